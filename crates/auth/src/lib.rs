@@ -1,0 +1,1 @@
+//! Phone-number registration: verification codes through pluggable providers, then tokens

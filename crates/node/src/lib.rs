@@ -1,0 +1,1 @@
+//! Node configuration, start-up, the supervision tree and the extension builder

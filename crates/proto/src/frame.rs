@@ -1,0 +1,333 @@
+//! The frames of the client protocol.
+//!
+//! A connection starts with [`ClientFrame::Hello`]; the node answers
+//! [`ServerFrame::Welcome`]. Every later client frame is a
+//! [`ClientFrame::Request`] with a request id chosen by the client; the node
+//! answers each with exactly one [`ServerFrame::Response`] or
+//! [`ServerFrame::Error`] carrying the same id. Pushed frames (deliveries,
+//! receipts, presence, typing) carry no request id.
+//!
+//! New variants are only ever appended, so an older peer fails to decode a
+//! newer variant instead of misreading it (postcard encodes the variant index).
+
+use serde::{Deserialize, Serialize};
+
+use crate::PhoneNumber;
+
+/// A client-chosen id that pairs a request with its answer.
+pub type RequestId = u32;
+
+/// A server-assigned message id, unique in the cluster. The top 16 bits are the
+/// mailbox fragment that assigned it, the low 48 bits that fragment's sequence.
+pub type MessageId = u64;
+
+/// Milliseconds since the Unix epoch, as stamped by the node.
+pub type TimestampMs = u64;
+
+/// A frame sent by a client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientFrame {
+    /// First frame of every connection.
+    Hello {
+        /// The client's [`crate::PROTOCOL_VERSION`].
+        version: u16,
+        /// Free text naming the client software, for logs.
+        agent: String,
+    },
+    /// Any request after the hello.
+    Request {
+        /// Echoed in the answer.
+        id: RequestId,
+        /// What is asked.
+        request: Request,
+    },
+}
+
+/// What a client asks of the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Send a verification code to `phone` (auth; allowed before login).
+    /// Answer: [`Response::CodeSent`].
+    RequestCode {
+        /// The number to verify.
+        phone: PhoneNumber,
+    },
+    /// Trade a verification code for a token (auth; allowed before login).
+    /// Answer: [`Response::Verified`].
+    Verify {
+        /// The number the code was sent to.
+        phone: PhoneNumber,
+        /// The six digits received.
+        code: String,
+    },
+    /// Start an authenticated session. Answer: [`Response::LoggedIn`], then the
+    /// node pushes everything waiting in the user's mailbox, oldest first.
+    Login {
+        /// A token from [`Response::Verified`].
+        token: String,
+    },
+    /// Send a message. Answer: [`Response::ServerAck`] once it is durable
+    /// (one tick). Resending the same `client_msg_id` is answered again and
+    /// never stored twice.
+    Send {
+        /// The recipient.
+        to: PhoneNumber,
+        /// Chosen by the sender, unique per sender; the dedupe key.
+        client_msg_id: u64,
+        /// Opaque bytes (clients may encrypt end to end).
+        payload: Vec<u8>,
+    },
+    /// Acknowledge received mailbox entries ([`ServerFrame::Deliver`] and
+    /// [`ServerFrame::Receipt`] ids): the node drops them, and for messages
+    /// sends the sender a `Delivered` receipt (two ticks). Answer: [`Response::Ok`].
+    Ack {
+        /// Ids of the acknowledged entries.
+        ids: Vec<MessageId>,
+    },
+    /// Tell `sender` that its messages `ids` were read (blue ticks).
+    /// Answer: [`Response::Ok`] once the receipt is stored for the sender.
+    Read {
+        /// Who sent the messages.
+        sender: PhoneNumber,
+        /// The message ids that were read.
+        ids: Vec<MessageId>,
+    },
+    /// Relay a typing indicator to `to` if online; never stored, rate-limited.
+    /// Answer: [`Response::Ok`] (also when it was dropped).
+    Typing {
+        /// Who is being typed to.
+        to: PhoneNumber,
+        /// Started (`true`) or stopped typing.
+        active: bool,
+    },
+    /// Ask for presence updates (online, last seen) of these users. The node
+    /// pushes the current state of each at once and then every change.
+    /// Answer: [`Response::Ok`].
+    SubscribePresence {
+        /// Users to watch; replaces the previous list.
+        users: Vec<PhoneNumber>,
+    },
+    /// Heartbeat. Answer: [`Response::Pong`].
+    Ping,
+    /// A request for an extension actor registered under `namespace`.
+    /// Answer: [`Response::Extension`] or an error.
+    Extension {
+        /// The extension's namespace, as registered with the node.
+        namespace: String,
+        /// Extension-defined bytes.
+        body: Vec<u8>,
+    },
+    /// End the session; the node answers [`Response::Ok`] and closes.
+    Logout,
+}
+
+/// A frame sent by the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerFrame {
+    /// Answer to [`ClientFrame::Hello`].
+    Welcome {
+        /// The node's [`crate::PROTOCOL_VERSION`].
+        version: u16,
+        /// The node's name, for logs.
+        node: String,
+        /// Largest frame the node accepts, length prefix excluded.
+        max_frame_bytes: u32,
+        /// The node closes a connection silent for this long; clients ping
+        /// at a third of it.
+        idle_timeout_secs: u32,
+    },
+    /// The answer to request `id`.
+    Response {
+        /// The request's id.
+        id: RequestId,
+        /// The answer.
+        response: Response,
+    },
+    /// Request `id` failed, or (with `id: None`) the connection did.
+    Error {
+        /// The failed request, if the frame could be read that far.
+        id: Option<RequestId>,
+        /// Machine-readable kind.
+        code: ErrorCode,
+        /// Human-readable detail.
+        message: String,
+    },
+    /// A message from the mailbox. Acknowledge with [`Request::Ack`].
+    Deliver {
+        /// Server message id: the ack key and the client's dedupe key.
+        msg_id: MessageId,
+        /// The sender.
+        from: PhoneNumber,
+        /// The sender's id for it.
+        client_msg_id: u64,
+        /// When the node stored it.
+        server_ts: TimestampMs,
+        /// The sender's bytes.
+        payload: Vec<u8>,
+    },
+    /// A receipt for messages this user sent. Acknowledge `id` with
+    /// [`Request::Ack`].
+    Receipt {
+        /// Mailbox entry id of this receipt.
+        id: MessageId,
+        /// Delivered (two ticks) or read (blue).
+        kind: ReceiptKind,
+        /// The recipient who received or read the messages.
+        by: PhoneNumber,
+        /// The messages concerned.
+        msg_ids: Vec<MessageId>,
+        /// When the recipient acked or read.
+        ts: TimestampMs,
+    },
+    /// A watched user's presence changed (or its current state on subscribe).
+    Presence {
+        /// Whose presence.
+        user: PhoneNumber,
+        /// Online, or offline since when.
+        status: PresenceStatus,
+    },
+    /// `from` started or stopped typing to this user.
+    Typing {
+        /// Who types.
+        from: PhoneNumber,
+        /// Started or stopped.
+        active: bool,
+    },
+    /// A push from an extension.
+    Extension {
+        /// The extension's namespace.
+        namespace: String,
+        /// Extension-defined bytes.
+        body: Vec<u8>,
+    },
+    /// The node is about to close this connection.
+    Closing {
+        /// Why.
+        reason: CloseReason,
+        /// When to reconnect (and where, in a cluster: any node in the list).
+        retry_after_ms: u32,
+    },
+}
+
+/// A successful answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// A code was generated and handed to the provider.
+    CodeSent {
+        /// How long the code stays valid.
+        expires_in_secs: u32,
+    },
+    /// The code matched; keep the token secret.
+    Verified {
+        /// Bearer token for [`Request::Login`].
+        token: String,
+        /// When the token stops working.
+        expires_at_ms: TimestampMs,
+    },
+    /// The session is authenticated as `user`.
+    LoggedIn {
+        /// The authenticated identity.
+        user: PhoneNumber,
+    },
+    /// One tick: the message is durable and will be delivered.
+    ServerAck {
+        /// The sender's id, echoed.
+        client_msg_id: u64,
+        /// The server's id for the message.
+        msg_id: MessageId,
+        /// When it was stored.
+        server_ts: TimestampMs,
+    },
+    /// Done.
+    Ok,
+    /// Answer to [`Request::Ping`].
+    Pong,
+    /// An extension's answer.
+    Extension {
+        /// Extension-defined bytes.
+        body: Vec<u8>,
+    },
+}
+
+/// The kind of a receipt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ReceiptKind {
+    /// The recipient's device has the message (two ticks).
+    Delivered,
+    /// The recipient read it (blue ticks).
+    Read,
+}
+
+/// A user's presence as seen by others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PresenceStatus {
+    /// Connected now.
+    Online,
+    /// Not connected; last seen at this time (`None`: not since the node started).
+    Offline {
+        /// Last time the user was connected.
+        last_seen_ms: Option<TimestampMs>,
+    },
+}
+
+/// Why a request or connection failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The hello named a protocol version this node does not speak.
+    UnsupportedVersion,
+    /// The bytes were not a frame; the connection is closed.
+    BadFrame,
+    /// The length prefix exceeds the limit; the connection is closed.
+    FrameTooLarge,
+    /// A frame other than hello came first, or a request needs a login.
+    NotAuthenticated,
+    /// A request this node does not know (a newer client?).
+    UnknownRequest,
+    /// Too many requests of this kind; retry later.
+    RateLimited {
+        /// When a retry can succeed.
+        retry_after_ms: u32,
+    },
+    /// The code was wrong.
+    InvalidCode,
+    /// No valid code is pending (expired, never requested, or used up).
+    CodeExpired,
+    /// Too many wrong codes; request a new one.
+    TooManyAttempts,
+    /// The token is unknown or expired.
+    InvalidToken,
+    /// The verification code could not be handed to its provider.
+    ProviderFailed,
+    /// A message payload exceeds the limit.
+    PayloadTooLarge,
+    /// No extension is registered under the namespace.
+    UnknownNamespace,
+    /// The node cannot take the request now (overloaded or draining).
+    Unavailable {
+        /// When a retry can succeed.
+        retry_after_ms: u32,
+    },
+    /// Login is already done on this connection.
+    AlreadyLoggedIn,
+    /// The request was malformed (e.g. an empty id list).
+    InvalidRequest,
+    /// A node-side failure; the request may be retried.
+    Internal,
+}
+
+/// Why the node closes a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CloseReason {
+    /// The node is shutting down or draining.
+    ShuttingDown,
+    /// The same user logged in on another connection.
+    Replaced,
+    /// The client did not read fast enough; it resumes from its mailbox.
+    SlowConsumer,
+    /// Nothing heard from the client within the idle timeout.
+    IdleTimeout,
+    /// The client broke the protocol (see the preceding error).
+    ProtocolViolation,
+    /// The client logged out.
+    LoggedOut,
+}

@@ -1,0 +1,1 @@
+//! Client listeners (TLS over TCP) and one supervised actor per connection

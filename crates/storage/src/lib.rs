@@ -1,0 +1,23 @@
+//! Embedded crash-safe storage for a node, with group commit.
+//!
+//! A node keeps all its durable state (mailboxes, dedupe keys, accounts and
+//! tokens) in one [redb](https://docs.rs/redb) file. redb allows one write
+//! transaction at a time and each durable commit costs an fsync, so every
+//! writer in the node hands its change to one writer thread: the thread takes
+//! all changes waiting at that moment, applies them in one transaction and
+//! commits once. Concurrent writers therefore share one fsync (group commit),
+//! and durability does not cap throughput. Reads use redb read transactions
+//! directly from any thread.
+//!
+//! A change is a closure over the write transaction; its completion is a
+//! callback (to post a message back to an actor) or an awaited future.
+//! Callbacks run on the writer thread and must not block.
+//!
+//! The choice of redb over fjall is recorded in `docs/benchmarks.md`.
+
+mod error;
+mod writer;
+
+pub use error::{Result, StorageError};
+pub use redb;
+pub use writer::{Store, StoreOptions, WriterStats};

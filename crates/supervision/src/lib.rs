@@ -1,0 +1,1 @@
+//! An OTP-style one-for-one supervisor for ractor actors, with restart intensity limits
