@@ -54,7 +54,7 @@ trait Engine {
 
 mod redb_engine {
     use super::{Engine, Res, Table};
-    use redb::{Durability, ReadableDatabase, TableDefinition};
+    use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition};
     use std::path::Path;
 
     const MESSAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("messages");
@@ -106,11 +106,12 @@ mod redb_engine {
         }
 
         fn scan(&self, start: &[u8], end: &[u8]) -> Res<(usize, usize)> {
-            use redb::ReadableTable;
             let rx = self.db.begin_read()?;
             let t = rx.open_table(MESSAGES)?;
             let (mut n, mut bytes) = (0, 0);
-            for item in t.range::<&[u8]>(start..end)? {
+            // Call the trait method explicitly: `ReadOnlyTable` also has inherent
+            // `range`/`get` in redb 4 (removed in redb 5).
+            for item in ReadableTable::range::<&[u8]>(&t, start..end)? {
                 let (_k, v) = item?;
                 n += 1;
                 bytes += v.value().len();
@@ -119,10 +120,9 @@ mod redb_engine {
         }
 
         fn get_dedupe(&self, key: &[u8]) -> Res<Option<u64>> {
-            use redb::ReadableTable;
             let rx = self.db.begin_read()?;
             let t = rx.open_table(DEDUPE)?;
-            Ok(t.get(key)?.map(|g| super::be_u64(g.value())))
+            Ok(ReadableTable::get(&t, key)?.map(|g| super::be_u64(g.value())))
         }
 
         fn compact(&mut self) -> Res<()> {
@@ -197,10 +197,12 @@ mod fjall_engine {
         }
 
         fn compact(&mut self) -> Res<()> {
+            // Both are #[doc(hidden)] in fjall 3.1: flush the memtables to table
+            // files, then merge all tables so tombstones and shadowed data drop out.
             for ks in [&self.messages, &self.dedupe] {
-                // Both are #[doc(hidden)] in fjall 3.1: flush the memtable to a table
-                // file, then merge all tables so tombstones and shadowed data drop out.
                 ks.rotate_memtable_and_wait()?;
+            }
+            for ks in [&self.messages, &self.dedupe] {
                 ks.major_compact()?;
             }
             self.db.persist(PersistMode::SyncAll)?;
@@ -302,6 +304,7 @@ struct Results {
     size_appended: (u64, u64),
     size_deleted: (u64, u64),
     size_compacted: (u64, u64),
+    size_reopened: (u64, u64),
     compact_secs: f64,
 }
 
@@ -346,15 +349,14 @@ fn delete_phase<E: Engine>(
     e: &mut E,
     keys: &mut std::vec::IntoIter<Vec<u8>>,
     batch: usize,
-    cap: Option<Duration>,
+    max_deletes: u64,
+    cap: Duration,
 ) -> Res<Rate> {
     let mut r = Rate::default();
     let start = Instant::now();
-    loop {
-        if cap.is_some_and(|c| start.elapsed() >= c) {
-            break;
-        }
-        let dels: Vec<_> = keys.by_ref().take(batch).collect();
+    while r.ops < max_deletes && start.elapsed() < cap {
+        let n = (max_deletes - r.ops).min(batch as u64) as usize;
+        let dels: Vec<_> = keys.by_ref().take(n).collect();
         if dels.is_empty() {
             break;
         }
@@ -461,13 +463,16 @@ fn run<E: Engine>(name: &str, root: &Path, open: impl Fn(&Path) -> Res<E>) -> Re
     res.get = r;
 
     // 3. Delete acked messages, recipient by recipient (as after delivering a queue):
-    //    batch 16 (time-capped), then batch 256 for everything that is left.
+    //    batch 16 for the first half (time-capped), then batch 256 for everything left.
     let all_keys: Vec<Vec<u8>> = (0..USERS)
         .flat_map(|u| (0..PER_USER).map(move |s| msg_key(u, s)))
         .collect();
     let mut keys = all_keys.into_iter();
-    for (batch, cap) in [(16usize, Some(PHASE_CAP)), (256, None)] {
-        let r = delete_phase(&mut e, &mut keys, batch, cap)?;
+    for (batch, max, cap) in [
+        (16usize, TOTAL / 2, PHASE_CAP),
+        (256, TOTAL, Duration::from_secs(120)),
+    ] {
+        let r = delete_phase(&mut e, &mut keys, batch, max, cap)?;
         log(format!(
             "delete b={batch}: {} deletes in {:.2}s -> {:.0} deletes/s, {:.0} commits/s",
             r.ops,
@@ -497,6 +502,9 @@ fn run<E: Engine>(name: &str, root: &Path, open: impl Fn(&Path) -> Res<E>) -> Re
     e.compact()?;
     res.compact_secs = t.elapsed().as_secs_f64();
     res.size_compacted = dir_size(&dir);
+    if std::env::var_os("BENCH_LIST_FILES").is_some() {
+        list_files(&dir);
+    }
     log(format!(
         "size after compaction ({:.2}s): {:.1} MiB (apparent {:.1} MiB)",
         res.compact_secs,
@@ -504,8 +512,31 @@ fn run<E: Engine>(name: &str, root: &Path, open: impl Fn(&Path) -> Res<E>) -> Re
         mib(res.size_compacted.1)
     ));
     drop(e);
+    let e = open(&dir)?;
+    res.size_reopened = dir_size(&dir);
+    log(format!(
+        "size after close + reopen: {:.1} MiB (apparent {:.1} MiB)",
+        mib(res.size_reopened.0),
+        mib(res.size_reopened.1)
+    ));
+    if std::env::var_os("BENCH_LIST_FILES").is_some() {
+        list_files(&dir);
+    }
+    drop(e);
     std::fs::remove_dir_all(&dir)?;
     Ok(res)
+}
+
+fn list_files(p: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+        let Ok(md) = e.metadata() else { continue };
+        if md.is_dir() {
+            list_files(&e.path());
+        } else {
+            eprintln!("  {:>12} {:>12} {}", md.blocks() * 512, md.len(), e.path().display());
+        }
+    }
 }
 
 fn mib(b: u64) -> f64 {

@@ -1,0 +1,186 @@
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use ractor::{Actor, ActorRef, call_t};
+
+use super::*;
+
+/// A child that counts its starts and panics on request.
+struct Crashy;
+
+enum CrashyMsg {
+    Panic,
+    Stop,
+    Ping(RpcReplyPort<u32>),
+}
+impl ractor::Message for CrashyMsg {}
+
+impl Actor for Crashy {
+    type Msg = CrashyMsg;
+    type State = u32;
+    type Arguments = Arc<AtomicU32>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        starts: Arc<AtomicU32>,
+    ) -> Result<u32, ActorProcessingErr> {
+        Ok(starts.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: CrashyMsg,
+        state: &mut u32,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            CrashyMsg::Panic => panic!("injected fault"),
+            CrashyMsg::Stop => myself.stop(None),
+            CrashyMsg::Ping(reply) => {
+                let _ = reply.send(*state);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn crashy_spec(name: &'static str, restart: Restart, starts: Arc<AtomicU32>) -> ChildSpec {
+    ChildSpec::new(name, restart, move |sup| {
+        let starts = starts.clone();
+        async move {
+            let (actor, _) = Actor::spawn_linked(Some(name.to_owned()), Crashy, starts, sup).await?;
+            Ok(actor.get_cell())
+        }
+    })
+}
+
+fn named(name: &str) -> ActorRef<CrashyMsg> {
+    ractor::registry::where_is(name.to_owned())
+        .expect("child registered")
+        .into()
+}
+
+async fn wait_for_restart(name: &str, generation: u32) -> ActorRef<CrashyMsg> {
+    for _ in 0..200 {
+        if let Some(cell) = ractor::registry::where_is(name.to_owned()) {
+            let actor: ActorRef<CrashyMsg> = cell.into();
+            if let Ok(g) = call_t!(actor, CrashyMsg::Ping, 200) {
+                if g >= generation {
+                    return actor;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{name} was not restarted to generation {generation}");
+}
+
+#[tokio::test]
+async fn one_for_one_restarts_only_the_failed_child() {
+    let a_starts = Arc::new(AtomicU32::new(0));
+    let b_starts = Arc::new(AtomicU32::new(0));
+    let (sup, handle) = Actor::spawn(
+        None,
+        Supervisor,
+        SupervisorArgs {
+            children: vec![
+                crashy_spec("ofo-a", Restart::Permanent, a_starts.clone()),
+                crashy_spec("ofo-b", Restart::Permanent, b_starts.clone()),
+            ],
+            intensity: Intensity::default(),
+        },
+    )
+    .await
+    .expect("spawn");
+
+    named("ofo-a").send_message(CrashyMsg::Panic).expect("send");
+    let a = wait_for_restart("ofo-a", 2).await;
+    assert_eq!(call_t!(a, CrashyMsg::Ping, 500).expect("ping"), 2);
+    assert_eq!(b_starts.load(Ordering::SeqCst), 1, "sibling untouched");
+    let counts = call_t!(sup, SupervisorMsg::RestartCounts, 500).expect("counts");
+    assert_eq!(counts.get("ofo-a"), Some(&1));
+    assert_eq!(counts.get("ofo-b"), None);
+
+    sup.stop(None);
+    handle.await.expect("supervisor ends");
+    assert!(ractor::registry::where_is("ofo-a".to_owned()).is_none());
+    assert!(ractor::registry::where_is("ofo-b".to_owned()).is_none());
+}
+
+#[tokio::test]
+async fn temporary_children_are_forgotten_and_transient_ones_restart_only_on_failure() {
+    let t_starts = Arc::new(AtomicU32::new(0));
+    let tr_starts = Arc::new(AtomicU32::new(0));
+    let (sup, handle) = Actor::spawn(None, Supervisor, SupervisorArgs::default())
+        .await
+        .expect("spawn");
+    call_t!(
+        sup,
+        SupervisorMsg::StartChild,
+        500,
+        crashy_spec("tmp-t", Restart::Temporary, t_starts.clone())
+    )
+    .expect("call")
+    .expect("start");
+    call_t!(
+        sup,
+        SupervisorMsg::StartChild,
+        500,
+        crashy_spec("tmp-tr", Restart::Transient, tr_starts.clone())
+    )
+    .expect("call")
+    .expect("start");
+
+    named("tmp-t").send_message(CrashyMsg::Panic).expect("send");
+    named("tmp-tr").send_message(CrashyMsg::Panic).expect("send");
+    wait_for_restart("tmp-tr", 2).await;
+    named("tmp-tr").send_message(CrashyMsg::Stop).expect("send");
+    for _ in 0..100 {
+        if call_t!(sup, SupervisorMsg::Children, 500)
+            .expect("children")
+            .is_empty()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        call_t!(sup, SupervisorMsg::Children, 500)
+            .expect("children")
+            .is_empty()
+    );
+    assert_eq!(t_starts.load(Ordering::SeqCst), 1, "temporary not restarted");
+    assert_eq!(tr_starts.load(Ordering::SeqCst), 2, "transient restarted once");
+    sup.stop(None);
+    handle.await.expect("ends");
+}
+
+#[tokio::test]
+async fn exceeding_the_intensity_fails_the_supervisor() {
+    let starts = Arc::new(AtomicU32::new(0));
+    let (sup, handle) = Actor::spawn(
+        None,
+        Supervisor,
+        SupervisorArgs {
+            children: vec![crashy_spec("int-a", Restart::Permanent, starts.clone())],
+            intensity: Intensity {
+                max_restarts: 2,
+                within: Duration::from_secs(60),
+            },
+        },
+    )
+    .await
+    .expect("spawn");
+    for generation in 2..=3 {
+        named("int-a").send_message(CrashyMsg::Panic).expect("send");
+        wait_for_restart("int-a", generation).await;
+    }
+    named("int-a").send_message(CrashyMsg::Panic).expect("send");
+    tokio::time::timeout(Duration::from_secs(5), handle)
+        .await
+        .expect("supervisor gave up")
+        .expect("join");
+    assert_eq!(sup.get_status(), ractor::ActorStatus::Stopped);
+    assert_eq!(starts.load(Ordering::SeqCst), 3);
+}
