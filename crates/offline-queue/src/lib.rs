@@ -1,1 +1,34 @@
-//! Mailbox fragments: durable store-and-forward of messages and receipts, one actor per fragment
+//! Mailbox fragments: durable store-and-forward.
+//!
+//! Users are spread over a fixed number of fragments ([`router::Placement`]).
+//! Each fragment is one actor and the single serialisation point for its users:
+//! it holds their undelivered messages and receipts, assigns message ids, drops
+//! resends by their `(sender, client_msg_id)` key, knows where each online user
+//! is attached, and pushes entries to it in order, a bounded window at a time.
+//! An entry stays until the user's device acknowledges it; acknowledging a
+//! message stores a `Delivered` receipt for its sender first, then deletes it.
+//!
+//! # Layout
+//! - [`entry`]: what a mailbox holds ([`Entry`], [`EntryBody`]) and message ids.
+//! - [`fragment`]: the pure core — events and `now` in, [`fragment::Action`]s
+//!   out; no actor, clock or disk writes.
+//! - [`store`]: the fragment's redb tables and the reads the core needs.
+//! - [`actor`]: the thin shell that runs a core as a ractor actor, sends its
+//!   writes to the group-commit writer and performs its actions.
+//!
+//! Durability: a message is acknowledged to its sender (one tick) only after
+//! its write is committed with fsync; writes of all fragments share commits.
+
+pub mod actor;
+pub mod entry;
+mod error;
+pub mod fragment;
+pub mod store;
+
+pub use actor::{
+    Endpoint, FragmentActor, FragmentArgs, FragmentDirectory, FragmentMsg, FragmentStats, Push,
+    fragment_name,
+};
+pub use entry::{Entry, EntryBody, compose_message_id, fragment_of_message_id};
+pub use error::{FragmentError, Result};
+pub use fragment::{FragmentConfig, Stored};

@@ -249,9 +249,7 @@ mod tests {
     fn encode_refuses_frames_over_the_limit() {
         let frame = ServerFrame::Response {
             id: 1,
-            response: Response::Extension {
-                body: vec![0; 100],
-            },
+            response: Response::Extension { body: vec![0; 100] },
         };
         let mut out = vec![9];
         assert!(encode_frame_into(&frame, 50, &mut out).is_err());

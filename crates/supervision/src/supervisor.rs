@@ -249,7 +249,9 @@ async fn stop_in_reverse(state: &mut SupervisorState) {
     let order = std::mem::take(&mut state.order);
     for id in order.into_values().rev() {
         if let Some(child) = state.children.remove(&id) {
-            let stopping = child.cell.stop_and_wait(Some("supervisor stopping".into()), None);
+            let stopping = child
+                .cell
+                .stop_and_wait(Some("supervisor stopping".into()), None);
             if let Err(e) = stopping.await {
                 tracing::debug!(error = %e, "child already gone at shutdown");
             }

@@ -49,26 +49,27 @@ fn crashy_spec(name: &'static str, restart: Restart, starts: Arc<AtomicU32>) -> 
     ChildSpec::new(name, restart, move |sup| {
         let starts = starts.clone();
         async move {
-            let (actor, _) = Actor::spawn_linked(Some(name.to_owned()), Crashy, starts, sup).await?;
+            let (actor, _) =
+                Actor::spawn_linked(Some(name.to_owned()), Crashy, starts, sup).await?;
             Ok(actor.get_cell())
         }
     })
 }
 
 fn named(name: &str) -> ActorRef<CrashyMsg> {
-    ractor::registry::where_is(name.to_owned())
+    ractor::registry::where_is(name)
         .expect("child registered")
         .into()
 }
 
 async fn wait_for_restart(name: &str, generation: u32) -> ActorRef<CrashyMsg> {
     for _ in 0..200 {
-        if let Some(cell) = ractor::registry::where_is(name.to_owned()) {
+        if let Some(cell) = ractor::registry::where_is(name) {
             let actor: ActorRef<CrashyMsg> = cell.into();
-            if let Ok(g) = call_t!(actor, CrashyMsg::Ping, 200) {
-                if g >= generation {
-                    return actor;
-                }
+            if let Ok(g) = call_t!(actor, CrashyMsg::Ping, 200)
+                && g >= generation
+            {
+                return actor;
             }
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -104,8 +105,8 @@ async fn one_for_one_restarts_only_the_failed_child() {
 
     sup.stop(None);
     handle.await.expect("supervisor ends");
-    assert!(ractor::registry::where_is("ofo-a".to_owned()).is_none());
-    assert!(ractor::registry::where_is("ofo-b".to_owned()).is_none());
+    assert!(ractor::registry::where_is("ofo-a").is_none());
+    assert!(ractor::registry::where_is("ofo-b").is_none());
 }
 
 #[tokio::test]
@@ -133,7 +134,9 @@ async fn temporary_children_are_forgotten_and_transient_ones_restart_only_on_fai
     .expect("start");
 
     named("tmp-t").send_message(CrashyMsg::Panic).expect("send");
-    named("tmp-tr").send_message(CrashyMsg::Panic).expect("send");
+    named("tmp-tr")
+        .send_message(CrashyMsg::Panic)
+        .expect("send");
     wait_for_restart("tmp-tr", 2).await;
     named("tmp-tr").send_message(CrashyMsg::Stop).expect("send");
     for _ in 0..100 {
@@ -150,8 +153,16 @@ async fn temporary_children_are_forgotten_and_transient_ones_restart_only_on_fai
             .expect("children")
             .is_empty()
     );
-    assert_eq!(t_starts.load(Ordering::SeqCst), 1, "temporary not restarted");
-    assert_eq!(tr_starts.load(Ordering::SeqCst), 2, "transient restarted once");
+    assert_eq!(
+        t_starts.load(Ordering::SeqCst),
+        1,
+        "temporary not restarted"
+    );
+    assert_eq!(
+        tr_starts.load(Ordering::SeqCst),
+        2,
+        "transient restarted once"
+    );
     sup.stop(None);
     handle.await.expect("ends");
 }

@@ -1,0 +1,37 @@
+//! Errors of the mailbox fragments.
+
+/// A mailbox operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FragmentError {
+    /// The write could not be made durable; the sender should retry.
+    #[error("storage failed: {0}")]
+    Storage(String),
+    /// The fragment actor is not running (restarting or shutting down).
+    #[error("mailbox fragment {0} is unavailable")]
+    Unavailable(u16),
+    /// A payload above the configured limit.
+    #[error("payload of {len} bytes exceeds the limit of {max}")]
+    PayloadTooLarge {
+        /// Its size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+impl FragmentError {
+    /// The wire error code for a client.
+    pub fn error_code(&self) -> proto::ErrorCode {
+        match self {
+            FragmentError::Storage(_) => proto::ErrorCode::Internal,
+            FragmentError::Unavailable(_) => proto::ErrorCode::Unavailable {
+                retry_after_ms: 1000,
+            },
+            FragmentError::PayloadTooLarge { .. } => proto::ErrorCode::PayloadTooLarge,
+        }
+    }
+}
+
+/// A result with [`FragmentError`].
+pub type Result<T, E = FragmentError> = std::result::Result<T, E>;

@@ -1,0 +1,676 @@
+//! The pure core of a mailbox fragment.
+//!
+//! A [`FragmentCore`] takes events (a send, an attach, an ack, a commit
+//! outcome) with the current time and returns [`Action`]s: writes to persist,
+//! entries to push, replies to send, receipts for other fragments. It reads the
+//! disk through [`MailboxRead`] but never writes it, and does no I/O of its
+//! own, so tests drive it with an in-memory store and read its outbox.
+//!
+//! Ordering: appends are persisted in the order they arrive and their commits
+//! complete in that order; an online user is pushed entries in id order, at
+//! most `window` unacknowledged at a time, from memory, paging older backlog in
+//! from disk. Resends are recognised by `(recipient, sender, client_msg_id)`,
+//! also while the first copy is still being committed.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use proto::{MessageId, PhoneNumber, ReceiptKind, TimestampMs};
+use router::{FragmentId, Placement};
+
+use crate::store::{MailboxRead, WriteOp};
+use crate::{Entry, EntryBody, FragmentError, compose_message_id};
+
+/// Tuning of a fragment.
+#[derive(Debug, Clone)]
+pub struct FragmentConfig {
+    /// Most entries pushed to a device and not yet acknowledged.
+    pub window: usize,
+    /// Entries read from disk at a time for a backlog.
+    pub page: usize,
+    /// Largest message payload accepted.
+    pub max_payload: usize,
+    /// How long a dedupe key outlives its message's arrival.
+    pub dedupe_retention_ms: u64,
+}
+
+impl Default for FragmentConfig {
+    fn default() -> Self {
+        Self {
+            window: 256,
+            page: 512,
+            max_payload: 60 * 1024,
+            dedupe_retention_ms: 7 * 24 * 3600 * 1000,
+        }
+    }
+}
+
+/// The one-tick answer to a send (or the id of a stored receipt).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    /// The assigned (or, for a resend, the original) id.
+    pub msg_id: MessageId,
+    /// When it was stored.
+    pub server_ts: TimestampMs,
+}
+
+/// A receipt to store in the mailbox of `owner` (the original sender).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiptRequest {
+    /// Who gets the receipt.
+    pub owner: PhoneNumber,
+    /// Delivered or read.
+    pub kind: ReceiptKind,
+    /// Who received or read.
+    pub by: PhoneNumber,
+    /// The owner's messages concerned.
+    pub msg_ids: Vec<MessageId>,
+    /// When.
+    pub ts: TimestampMs,
+    /// Once stored, tell this fragment to delete these acked entries.
+    pub then_delete: Option<(FragmentId, PhoneNumber, Vec<MessageId>)>,
+}
+
+/// What the shell must do.
+#[derive(Debug)]
+pub enum Action<E, R> {
+    /// Apply these ops in a group commit, then report [`FragmentCore::committed`]
+    /// with `tag`.
+    Persist {
+        /// Correlates the outcome.
+        tag: u64,
+        /// The writes.
+        ops: Vec<WriteOp>,
+    },
+    /// Push entries to an attached endpoint, in this order.
+    Push {
+        /// Where.
+        endpoint: E,
+        /// What.
+        entries: Vec<Entry>,
+    },
+    /// This endpoint was replaced by a newer attach of the same user.
+    Replaced {
+        /// The old endpoint.
+        endpoint: E,
+    },
+    /// Answer a waiter.
+    Reply {
+        /// Who waits.
+        to: R,
+        /// The answer.
+        result: Result<Stored, FragmentError>,
+    },
+    /// Store a receipt in the fragment that owns its recipient.
+    StoreReceipt {
+        /// The owner's fragment (may be this one).
+        fragment: FragmentId,
+        /// The receipt.
+        request: ReceiptRequest,
+    },
+    /// A receipt was stored: the acked entries may now be deleted there.
+    DeleteAcked {
+        /// The fragment holding them.
+        fragment: FragmentId,
+        /// Their owner.
+        owner: PhoneNumber,
+        /// Their ids.
+        ids: Vec<MessageId>,
+    },
+}
+
+type DedupeKey = (PhoneNumber, PhoneNumber, u64);
+
+enum Commit<R> {
+    Append {
+        key: DedupeKey,
+        entry: Entry,
+        waiters: Vec<R>,
+    },
+    Receipt {
+        owner: PhoneNumber,
+        entry: Entry,
+        then_delete: Option<(FragmentId, PhoneNumber, Vec<MessageId>)>,
+        waiter: Option<R>,
+    },
+    Delete {
+        ids: Vec<MessageId>,
+    },
+    Housekeeping,
+}
+
+struct Online<E> {
+    session_id: u64,
+    endpoint: E,
+    /// Loaded, unacknowledged entries.
+    queue: BTreeMap<MessageId, EntryBody>,
+    /// Entries below this id have been pushed to the current endpoint.
+    next_push: MessageId,
+    /// Pushed and not yet acknowledged.
+    in_flight: usize,
+    /// Entries beyond `loaded_until` may wait on disk.
+    more_on_disk: bool,
+    loaded_until: Option<MessageId>,
+}
+
+/// Counts for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CoreCounts {
+    /// Users attached right now.
+    pub online: usize,
+    /// Writes waiting for their commit.
+    pub pending_commits: usize,
+    /// Entries held in memory for online users.
+    pub cached_entries: usize,
+}
+
+/// The state of one fragment. `E` is an endpoint handle, `R` a reply handle.
+pub struct FragmentCore<E, R> {
+    id: FragmentId,
+    placement: Placement,
+    config: FragmentConfig,
+    next_seq: u64,
+    next_tag: u64,
+    online: HashMap<PhoneNumber, Online<E>>,
+    commits: HashMap<u64, Commit<R>>,
+    pending_appends: HashMap<DedupeKey, u64>,
+    pending_ids: HashSet<MessageId>,
+    /// Acked entries whose receipt or deletion is not yet durable.
+    acked: HashSet<MessageId>,
+}
+
+impl<E: Clone, R> FragmentCore<E, R> {
+    /// A core for fragment `id`, continuing from the persisted `next_seq`.
+    pub fn new(
+        id: FragmentId,
+        placement: Placement,
+        config: FragmentConfig,
+        next_seq: u64,
+    ) -> Self {
+        Self {
+            id,
+            placement,
+            config,
+            next_seq: next_seq.max(1),
+            next_tag: 0,
+            online: HashMap::new(),
+            commits: HashMap::new(),
+            pending_appends: HashMap::new(),
+            pending_ids: HashSet::new(),
+            acked: HashSet::new(),
+        }
+    }
+
+    /// Counts for metrics.
+    pub fn counts(&self) -> CoreCounts {
+        CoreCounts {
+            online: self.online.len(),
+            pending_commits: self.commits.len(),
+            cached_entries: self.online.values().map(|o| o.queue.len()).sum(),
+        }
+    }
+
+    fn next_id(&mut self) -> MessageId {
+        let id = compose_message_id(self.id, self.next_seq);
+        self.next_seq += 1;
+        id
+    }
+
+    fn persist(&mut self, commit: Commit<R>, ops: Vec<WriteOp>, out: &mut Vec<Action<E, R>>) {
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        self.commits.insert(tag, commit);
+        out.push(Action::Persist { tag, ops });
+    }
+
+    /// A message from `from` to `to` (a user of this fragment).
+    #[allow(clippy::too_many_arguments)]
+    pub fn append(
+        &mut self,
+        reads: &impl MailboxRead,
+        to: PhoneNumber,
+        from: PhoneNumber,
+        client_msg_id: u64,
+        payload: Vec<u8>,
+        now: TimestampMs,
+        reply: R,
+    ) -> Vec<Action<E, R>> {
+        let mut out = Vec::new();
+        if payload.len() > self.config.max_payload {
+            out.push(Action::Reply {
+                to: reply,
+                result: Err(FragmentError::PayloadTooLarge {
+                    len: payload.len(),
+                    max: self.config.max_payload,
+                }),
+            });
+            return out;
+        }
+        let key = (to, from, client_msg_id);
+        // A resend while the first copy is being committed waits for that commit.
+        if let Some(tag) = self.pending_appends.get(&key)
+            && let Some(Commit::Append { waiters, .. }) = self.commits.get_mut(tag)
+        {
+            waiters.push(reply);
+            return out;
+        }
+        match reads.dedupe(&key.0, &key.1, client_msg_id) {
+            Ok(Some((msg_id, server_ts))) => {
+                out.push(Action::Reply {
+                    to: reply,
+                    result: Ok(Stored { msg_id, server_ts }),
+                });
+                return out;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                out.push(Action::Reply {
+                    to: reply,
+                    result: Err(e),
+                });
+                return out;
+            }
+        }
+        let id = self.next_id();
+        let body = EntryBody::Message {
+            from: key.1.clone(),
+            client_msg_id,
+            server_ts: now,
+            payload,
+        };
+        let ops = vec![
+            WriteOp::PutMessage {
+                recipient: key.0.clone(),
+                sender: key.1.clone(),
+                client_msg_id,
+                id,
+                server_ts: now,
+                body: body.to_bytes(),
+            },
+            WriteOp::NextSeq(self.next_seq),
+        ];
+        self.pending_ids.insert(id);
+        let tag = self.next_tag;
+        self.pending_appends.insert(key.clone(), tag);
+        self.persist(
+            Commit::Append {
+                key,
+                entry: Entry { id, body },
+                waiters: vec![reply],
+            },
+            ops,
+            &mut out,
+        );
+        out
+    }
+
+    /// `user` is now reachable at `endpoint`; replaces any earlier endpoint and
+    /// pushes the mailbox from its oldest unacknowledged entry.
+    pub fn attach(
+        &mut self,
+        reads: &impl MailboxRead,
+        user: PhoneNumber,
+        session_id: u64,
+        endpoint: E,
+    ) -> Result<Vec<Action<E, R>>, FragmentError> {
+        let mut out = Vec::new();
+        let first_page = self.load_page(reads, &user, None)?;
+        let more_on_disk = first_page.len() >= self.config.page;
+        let loaded_until = first_page.last().map(|e| e.id);
+        let queue: BTreeMap<_, _> = first_page
+            .into_iter()
+            .filter(|e| !self.pending_ids.contains(&e.id) && !self.acked.contains(&e.id))
+            .map(|e| (e.id, e.body))
+            .collect();
+        let online = Online {
+            session_id,
+            endpoint,
+            queue,
+            next_push: 0,
+            in_flight: 0,
+            more_on_disk,
+            loaded_until,
+        };
+        if let Some(old) = self.online.insert(user.clone(), online)
+            && old.session_id != session_id
+        {
+            out.push(Action::Replaced {
+                endpoint: old.endpoint,
+            });
+        }
+        self.pump(reads, &user, &mut out);
+        Ok(out)
+    }
+
+    /// The endpoint of `session_id` is gone; later entries wait on disk.
+    pub fn detach(&mut self, user: &PhoneNumber, session_id: u64) {
+        if self
+            .online
+            .get(user)
+            .is_some_and(|o| o.session_id == session_id)
+        {
+            self.online.remove(user);
+        }
+    }
+
+    /// Whether `user` is attached here now.
+    pub fn is_online(&self, user: &PhoneNumber) -> bool {
+        self.online.contains_key(user)
+    }
+
+    fn load_page(
+        &self,
+        reads: &impl MailboxRead,
+        user: &PhoneNumber,
+        after: Option<MessageId>,
+    ) -> Result<Vec<Entry>, FragmentError> {
+        reads.page(user, after, self.config.page)
+    }
+
+    /// Pushes entries to `user` until the window is full or nothing is left.
+    fn pump(&mut self, reads: &impl MailboxRead, user: &PhoneNumber, out: &mut Vec<Action<E, R>>) {
+        let window = self.config.window;
+        let page_size = self.config.page;
+        let mut batch = Vec::new();
+        loop {
+            let Some(online) = self.online.get_mut(user) else {
+                return;
+            };
+            if online.in_flight >= window {
+                break;
+            }
+            let next = online
+                .queue
+                .range(online.next_push..)
+                .next()
+                .map(|(id, body)| Entry {
+                    id: *id,
+                    body: body.clone(),
+                });
+            if let Some(entry) = next {
+                online.next_push = entry.id + 1;
+                online.in_flight += 1;
+                batch.push(entry);
+                continue;
+            }
+            if !online.more_on_disk {
+                break;
+            }
+            let after = online.loaded_until;
+            let page = match reads.page(user, after, page_size) {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::error!(fragment = self.id, %user, error = %e, "cannot load backlog");
+                    break;
+                }
+            };
+            let Some(online) = self.online.get_mut(user) else {
+                return;
+            };
+            online.more_on_disk = page.len() >= page_size;
+            if let Some(last) = page.last() {
+                online.loaded_until = Some(last.id);
+            }
+            for entry in page {
+                if !self.pending_ids.contains(&entry.id) && !self.acked.contains(&entry.id) {
+                    online.queue.insert(entry.id, entry.body);
+                }
+            }
+        }
+        if !batch.is_empty()
+            && let Some(online) = self.online.get(user)
+        {
+            out.push(Action::Push {
+                endpoint: online.endpoint.clone(),
+                entries: batch,
+            });
+        }
+    }
+
+    /// `user`'s device acknowledged entries `ids`.
+    pub fn ack(
+        &mut self,
+        reads: &impl MailboxRead,
+        user: &PhoneNumber,
+        ids: &[MessageId],
+        now: TimestampMs,
+    ) -> Vec<Action<E, R>> {
+        let mut out = Vec::new();
+        let mut receipts: BTreeMap<PhoneNumber, Vec<MessageId>> = BTreeMap::new();
+        let mut deletions = Vec::new();
+        for &id in ids {
+            if self.acked.contains(&id) || self.pending_ids.contains(&id) {
+                continue;
+            }
+            let cached = self.online.get_mut(user).and_then(|online| {
+                let body = online.queue.remove(&id)?;
+                if id < online.next_push {
+                    online.in_flight = online.in_flight.saturating_sub(1);
+                }
+                Some(body)
+            });
+            let body = match cached {
+                Some(body) => body,
+                None => match reads.entry(user, id) {
+                    Ok(Some(body)) => body,
+                    Ok(None) => continue, // already gone: a repeated ack
+                    Err(e) => {
+                        tracing::warn!(fragment = self.id, %user, id, error = %e, "ack lookup failed");
+                        continue;
+                    }
+                },
+            };
+            self.acked.insert(id);
+            match body {
+                EntryBody::Message { from, .. } => receipts.entry(from).or_default().push(id),
+                EntryBody::Receipt { .. } => deletions.push(id),
+            }
+        }
+        for (sender, msg_ids) in receipts {
+            out.push(Action::StoreReceipt {
+                fragment: self.placement.fragment_of(&sender),
+                request: ReceiptRequest {
+                    owner: sender,
+                    kind: ReceiptKind::Delivered,
+                    by: user.clone(),
+                    msg_ids: msg_ids.clone(),
+                    ts: now,
+                    then_delete: Some((self.id, user.clone(), msg_ids)),
+                },
+            });
+        }
+        if !deletions.is_empty() {
+            self.delete(user.clone(), deletions, &mut out);
+        }
+        self.pump(reads, user, &mut out);
+        out
+    }
+
+    fn delete(&mut self, owner: PhoneNumber, ids: Vec<MessageId>, out: &mut Vec<Action<E, R>>) {
+        let ops = vec![WriteOp::Delete {
+            owner,
+            ids: ids.clone(),
+        }];
+        self.persist(Commit::Delete { ids }, ops, out);
+    }
+
+    /// The receipt for these acked entries could not be stored: let them be
+    /// delivered again at the next attach.
+    pub fn forget_acked(&mut self, ids: &[MessageId]) {
+        for id in ids {
+            self.acked.remove(id);
+        }
+    }
+
+    /// Another fragment stored the receipt for these acked entries: delete them.
+    pub fn delete_acked(&mut self, owner: PhoneNumber, ids: Vec<MessageId>) -> Vec<Action<E, R>> {
+        let mut out = Vec::new();
+        self.delete(owner, ids, &mut out);
+        out
+    }
+
+    /// Store a receipt for `request.owner`, a user of this fragment.
+    pub fn store_receipt(
+        &mut self,
+        request: ReceiptRequest,
+        waiter: Option<R>,
+    ) -> Vec<Action<E, R>> {
+        let mut out = Vec::new();
+        let id = self.next_id();
+        let body = EntryBody::Receipt {
+            kind: request.kind,
+            by: request.by,
+            msg_ids: request.msg_ids,
+            ts: request.ts,
+        };
+        let ops = vec![
+            WriteOp::PutReceipt {
+                owner: request.owner.clone(),
+                id,
+                body: body.to_bytes(),
+            },
+            WriteOp::NextSeq(self.next_seq),
+        ];
+        self.pending_ids.insert(id);
+        self.persist(
+            Commit::Receipt {
+                owner: request.owner,
+                entry: Entry { id, body },
+                then_delete: request.then_delete,
+                waiter,
+            },
+            ops,
+            &mut out,
+        );
+        out
+    }
+
+    /// Forget dedupe keys past the retention window (bounded work per call).
+    pub fn sweep(&mut self, now: TimestampMs) -> Vec<Action<E, R>> {
+        let mut out = Vec::new();
+        let before_ms = now.saturating_sub(self.config.dedupe_retention_ms);
+        self.persist(
+            Commit::Housekeeping,
+            vec![WriteOp::SweepDedupe {
+                before_ms,
+                max: 10_000,
+            }],
+            &mut out,
+        );
+        out
+    }
+
+    /// The commit of `tag` finished with `outcome`.
+    pub fn committed(
+        &mut self,
+        reads: &impl MailboxRead,
+        tag: u64,
+        outcome: Result<(), String>,
+    ) -> Vec<Action<E, R>> {
+        let mut out = Vec::new();
+        let Some(commit) = self.commits.remove(&tag) else {
+            return out;
+        };
+        match commit {
+            Commit::Append {
+                key,
+                entry,
+                waiters,
+            } => {
+                self.pending_appends.remove(&key);
+                self.pending_ids.remove(&entry.id);
+                let result = match &outcome {
+                    Ok(()) => Ok(Stored {
+                        msg_id: entry.id,
+                        server_ts: match &entry.body {
+                            EntryBody::Message { server_ts, .. } => *server_ts,
+                            EntryBody::Receipt { ts, .. } => *ts,
+                        },
+                    }),
+                    Err(e) => Err(FragmentError::Storage(e.clone())),
+                };
+                for to in waiters {
+                    out.push(Action::Reply {
+                        to,
+                        result: result.clone(),
+                    });
+                }
+                if outcome.is_ok() {
+                    self.deliver(reads, &key.0, entry, &mut out);
+                }
+            }
+            Commit::Receipt {
+                owner,
+                entry,
+                then_delete,
+                waiter,
+            } => {
+                self.pending_ids.remove(&entry.id);
+                let ts = match &entry.body {
+                    EntryBody::Receipt { ts, .. } => *ts,
+                    EntryBody::Message { server_ts, .. } => *server_ts,
+                };
+                let result = outcome
+                    .as_ref()
+                    .map(|()| Stored {
+                        msg_id: entry.id,
+                        server_ts: ts,
+                    })
+                    .map_err(|e| FragmentError::Storage(e.clone()));
+                if let Some(to) = waiter {
+                    out.push(Action::Reply {
+                        to,
+                        result: result.clone(),
+                    });
+                }
+                if outcome.is_ok() {
+                    if let Some((fragment, acked_owner, ids)) = then_delete {
+                        out.push(Action::DeleteAcked {
+                            fragment,
+                            owner: acked_owner,
+                            ids,
+                        });
+                    }
+                    self.deliver(reads, &owner, entry, &mut out);
+                }
+            }
+            Commit::Delete { ids } => {
+                // On failure the entries stay on disk and are delivered again
+                // at the next attach; the client drops them by id.
+                for id in ids {
+                    self.acked.remove(&id);
+                }
+                if let Err(e) = outcome {
+                    tracing::warn!(fragment = self.id, error = %e, "deleting acked entries failed");
+                }
+            }
+            Commit::Housekeeping => {
+                if let Err(e) = outcome {
+                    tracing::warn!(fragment = self.id, error = %e, "dedupe sweep failed");
+                }
+            }
+        }
+        out
+    }
+
+    /// A committed entry for `owner`: queue it for push if they are attached.
+    fn deliver(
+        &mut self,
+        reads: &impl MailboxRead,
+        owner: &PhoneNumber,
+        entry: Entry,
+        out: &mut Vec<Action<E, R>>,
+    ) {
+        let Some(online) = self.online.get_mut(owner) else {
+            return;
+        };
+        // Beyond the loaded range it is on disk and will be paged in in order.
+        let loaded = !online.more_on_disk || online.loaded_until.is_some_and(|l| entry.id <= l);
+        if loaded {
+            online.queue.insert(entry.id, entry.body);
+        }
+        self.pump(reads, owner, out);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,370 @@
+//! Table-style tests of the core with an in-memory store and a harness that
+//! commits persisted writes in order, like the writer thread does.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+use super::*;
+
+/// An in-memory [`MailboxRead`] that applies [`WriteOp`]s.
+#[derive(Default)]
+struct MemMailbox {
+    entries: RefCell<BTreeMap<(PhoneNumber, MessageId), EntryBody>>,
+    dedupe: RefCell<HashMap<DedupeKey, (MessageId, TimestampMs)>>,
+}
+
+impl MemMailbox {
+    fn apply(&self, ops: &[WriteOp]) {
+        for op in ops {
+            match op {
+                WriteOp::PutMessage {
+                    recipient,
+                    sender,
+                    client_msg_id,
+                    id,
+                    server_ts,
+                    body,
+                } => {
+                    let body = EntryBody::from_bytes(body).expect("body");
+                    self.entries
+                        .borrow_mut()
+                        .insert((recipient.clone(), *id), body);
+                    self.dedupe.borrow_mut().insert(
+                        (recipient.clone(), sender.clone(), *client_msg_id),
+                        (*id, *server_ts),
+                    );
+                }
+                WriteOp::PutReceipt { owner, id, body } => {
+                    let body = EntryBody::from_bytes(body).expect("body");
+                    self.entries.borrow_mut().insert((owner.clone(), *id), body);
+                }
+                WriteOp::Delete { owner, ids } => {
+                    for id in ids {
+                        self.entries.borrow_mut().remove(&(owner.clone(), *id));
+                    }
+                }
+                WriteOp::NextSeq(_) | WriteOp::SweepDedupe { .. } => {}
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.entries.borrow().len()
+    }
+}
+
+impl MailboxRead for MemMailbox {
+    fn dedupe(
+        &self,
+        recipient: &PhoneNumber,
+        sender: &PhoneNumber,
+        client_msg_id: u64,
+    ) -> Result<Option<(MessageId, TimestampMs)>, FragmentError> {
+        Ok(self
+            .dedupe
+            .borrow()
+            .get(&(recipient.clone(), sender.clone(), client_msg_id))
+            .copied())
+    }
+
+    fn page(
+        &self,
+        owner: &PhoneNumber,
+        after: Option<MessageId>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, FragmentError> {
+        let start = after.map_or(0, |a| a + 1);
+        Ok(self
+            .entries
+            .borrow()
+            .range((owner.clone(), start)..=(owner.clone(), u64::MAX))
+            .take(limit)
+            .map(|((_, id), body)| Entry {
+                id: *id,
+                body: body.clone(),
+            })
+            .collect())
+    }
+
+    fn entry(
+        &self,
+        owner: &PhoneNumber,
+        id: MessageId,
+    ) -> Result<Option<EntryBody>, FragmentError> {
+        Ok(self.entries.borrow().get(&(owner.clone(), id)).cloned())
+    }
+}
+
+type Core = FragmentCore<&'static str, u32>;
+
+/// What the shell would have done, after committing every write in order.
+#[derive(Default, Debug)]
+struct Outbox {
+    pushes: Vec<(&'static str, Vec<Entry>)>,
+    replaced: Vec<&'static str>,
+    replies: Vec<(u32, Result<Stored, FragmentError>)>,
+    receipts: Vec<(FragmentId, ReceiptRequest)>,
+    deletes: Vec<(FragmentId, PhoneNumber, Vec<MessageId>)>,
+}
+
+impl Outbox {
+    fn pushed_ids(&self) -> Vec<MessageId> {
+        self.pushes
+            .iter()
+            .flat_map(|(_, entries)| entries.iter().map(|e| e.id))
+            .collect()
+    }
+}
+
+/// Runs actions; `commit` false leaves persists pending (returned).
+fn run(
+    core: &mut Core,
+    mem: &MemMailbox,
+    actions: Vec<Action<&'static str, u32>>,
+    out: &mut Outbox,
+) {
+    let mut queue: std::collections::VecDeque<_> = actions.into();
+    while let Some(action) = queue.pop_front() {
+        match action {
+            Action::Persist { tag, ops } => {
+                mem.apply(&ops);
+                queue.extend(core.committed(mem, tag, Ok(())));
+            }
+            Action::Push { endpoint, entries } => out.pushes.push((endpoint, entries)),
+            Action::Replaced { endpoint } => out.replaced.push(endpoint),
+            Action::Reply { to, result } => out.replies.push((to, result)),
+            Action::StoreReceipt { fragment, request } => out.receipts.push((fragment, request)),
+            Action::DeleteAcked {
+                fragment,
+                owner,
+                ids,
+            } => out.deletes.push((fragment, owner, ids)),
+        }
+    }
+}
+
+fn phone(n: u32) -> PhoneNumber {
+    PhoneNumber::parse(&format!("+1555{n:07}")).expect("valid")
+}
+
+fn core(window: usize, page: usize) -> Core {
+    FragmentCore::new(
+        3,
+        Placement::new(1).expect("placement"),
+        FragmentConfig {
+            window,
+            page,
+            ..FragmentConfig::default()
+        },
+        1,
+    )
+}
+
+#[test]
+fn offline_message_is_acked_after_commit_and_pushed_at_attach() {
+    let mem = MemMailbox::default();
+    let mut c = core(16, 16);
+    let mut out = Outbox::default();
+    let actions = c.append(&mem, phone(2), phone(1), 10, b"hi".to_vec(), 1000, 1);
+    assert!(
+        matches!(actions.as_slice(), [Action::Persist { .. }]),
+        "nothing is answered before the commit"
+    );
+    run(&mut c, &mem, actions, &mut out);
+    let (to, result) = &out.replies[0];
+    assert_eq!(*to, 1);
+    let stored = result.clone().expect("stored");
+    assert_eq!(stored.server_ts, 1000);
+    assert!(out.pushes.is_empty(), "recipient offline");
+
+    let actions = c.attach(&mem, phone(2), 77, "dev-b").expect("attach");
+    run(&mut c, &mem, actions, &mut out);
+    assert_eq!(out.pushed_ids(), vec![stored.msg_id]);
+}
+
+#[test]
+fn resends_are_acked_with_the_first_id_and_stored_once() {
+    let mem = MemMailbox::default();
+    let mut c = core(16, 16);
+    let mut out = Outbox::default();
+    // Second copy arrives while the first is still being committed.
+    let first = c.append(&mem, phone(2), phone(1), 5, b"x".to_vec(), 1, 1);
+    let second = c.append(&mem, phone(2), phone(1), 5, b"x".to_vec(), 2, 2);
+    assert!(second.is_empty(), "the resend waits for the first commit");
+    run(&mut c, &mem, first, &mut out);
+    // A third copy after the commit is answered from the dedupe table.
+    let third = c.append(&mem, phone(2), phone(1), 5, b"x".to_vec(), 3, 3);
+    assert!(matches!(third.as_slice(), [Action::Reply { .. }]));
+    run(&mut c, &mem, third, &mut out);
+    let ids: Vec<_> = out
+        .replies
+        .iter()
+        .map(|(_, r)| r.clone().expect("ok").msg_id)
+        .collect();
+    assert_eq!(ids.len(), 3);
+    assert!(ids.iter().all(|id| *id == ids[0]));
+    assert_eq!(mem.len(), 1);
+    // The same client id from another sender is another message.
+    let other = c.append(&mem, phone(2), phone(9), 5, b"y".to_vec(), 4, 4);
+    run(&mut c, &mem, other, &mut out);
+    assert_eq!(mem.len(), 2);
+}
+
+#[test]
+fn online_pushes_keep_order_and_respect_the_window() {
+    let mem = MemMailbox::default();
+    let mut c = core(4, 8);
+    let mut out = Outbox::default();
+    let actions = c.attach(&mem, phone(2), 1, "dev").expect("attach");
+    run(&mut c, &mem, actions, &mut out);
+    for i in 0..10u64 {
+        let actions = c.append(&mem, phone(2), phone(1), i, vec![i as u8], i, i as u32);
+        run(&mut c, &mem, actions, &mut out);
+    }
+    let pushed = out.pushed_ids();
+    assert_eq!(pushed.len(), 4, "window of 4");
+    // Acking two opens two slots.
+    let actions = c.ack(&mem, &phone(2), &pushed[..2], 50);
+    run(&mut c, &mem, actions, &mut out);
+    let pushed = out.pushed_ids();
+    assert_eq!(pushed.len(), 6);
+    assert!(
+        pushed.windows(2).all(|w| w[0] < w[1]),
+        "in order: {pushed:?}"
+    );
+    let payloads: Vec<u8> = out
+        .pushes
+        .iter()
+        .flat_map(|(_, es)| es.iter())
+        .map(|e| match &e.body {
+            EntryBody::Message { payload, .. } => payload[0],
+            EntryBody::Receipt { .. } => 255,
+        })
+        .collect();
+    assert_eq!(payloads, vec![0, 1, 2, 3, 4, 5]);
+}
+
+#[test]
+fn a_backlog_larger_than_a_page_is_delivered_whole_and_in_order() {
+    let mem = MemMailbox::default();
+    let mut c = core(8, 5);
+    let mut out = Outbox::default();
+    for i in 0..23u64 {
+        let actions = c.append(&mem, phone(2), phone(1), i, vec![i as u8], i, 0);
+        run(&mut c, &mem, actions, &mut out);
+    }
+    let actions = c.attach(&mem, phone(2), 1, "dev").expect("attach");
+    run(&mut c, &mem, actions, &mut out);
+    // Live messages arrive while the backlog is still paged in.
+    for i in 23..26u64 {
+        let actions = c.append(&mem, phone(2), phone(1), i, vec![i as u8], i, 0);
+        run(&mut c, &mem, actions, &mut out);
+    }
+    let mut acked = 0;
+    while acked < out.pushed_ids().len() {
+        let ids = out.pushed_ids()[acked..].to_vec();
+        acked += ids.len();
+        let actions = c.ack(&mem, &phone(2), &ids, 100);
+        run(&mut c, &mem, actions, &mut out);
+    }
+    let pushed = out.pushed_ids();
+    assert_eq!(pushed.len(), 26);
+    assert!(pushed.windows(2).all(|w| w[0] < w[1]), "in order");
+}
+
+#[test]
+fn acking_a_message_stores_a_receipt_for_its_sender_then_deletes_it() {
+    let mem = MemMailbox::default();
+    let mut c = core(16, 16);
+    let mut out = Outbox::default();
+    let actions = c.append(&mem, phone(2), phone(1), 1, b"m".to_vec(), 10, 0);
+    run(&mut c, &mem, actions, &mut out);
+    let actions = c.attach(&mem, phone(1), 1, "sender").expect("attach");
+    run(&mut c, &mem, actions, &mut out);
+    let actions = c.attach(&mem, phone(2), 2, "recipient").expect("attach");
+    run(&mut c, &mem, actions, &mut out);
+    let msg_id = out.pushed_ids()[0];
+
+    let actions = c.ack(&mem, &phone(2), &[msg_id], 20);
+    run(&mut c, &mem, actions, &mut out);
+    assert_eq!(out.receipts.len(), 1);
+    assert_eq!(mem.len(), 1, "not deleted before the receipt is durable");
+    let (fragment, request) = out.receipts.remove(0);
+    assert_eq!(fragment, 0);
+    assert_eq!(request.owner, phone(1));
+    assert_eq!(request.msg_ids, vec![msg_id]);
+
+    // The sender's fragment (here the same core) stores the receipt.
+    let actions = c.store_receipt(request, None);
+    run(&mut c, &mem, actions, &mut out);
+    let (_, sender_push) = out
+        .pushes
+        .iter()
+        .find(|(e, _)| *e == "sender")
+        .cloned()
+        .expect("receipt pushed to the online sender");
+    assert!(matches!(
+        &sender_push[0].body,
+        EntryBody::Receipt { kind: ReceiptKind::Delivered, by, msg_ids, .. }
+            if *by == phone(2) && *msg_ids == vec![msg_id]
+    ));
+    let (_, owner, ids) = out.deletes.remove(0);
+    let actions = c.delete_acked(owner, ids);
+    run(&mut c, &mem, actions, &mut out);
+    assert_eq!(mem.len(), 1, "only the receipt is left");
+
+    // The sender acks the receipt: it is deleted without a receipt of its own.
+    let receipt_id = sender_push[0].id;
+    let actions = c.ack(&mem, &phone(1), &[receipt_id], 30);
+    run(&mut c, &mem, actions, &mut out);
+    assert!(out.receipts.is_empty());
+    assert_eq!(mem.len(), 0);
+}
+
+#[test]
+fn a_new_attach_replaces_the_old_endpoint_and_redelivers_unacked() {
+    let mem = MemMailbox::default();
+    let mut c = core(16, 16);
+    let mut out = Outbox::default();
+    let actions = c.append(&mem, phone(2), phone(1), 1, b"m".to_vec(), 10, 0);
+    run(&mut c, &mem, actions, &mut out);
+    let actions = c.attach(&mem, phone(2), 1, "old").expect("attach");
+    run(&mut c, &mem, actions, &mut out);
+    let actions = c.attach(&mem, phone(2), 2, "new").expect("attach");
+    run(&mut c, &mem, actions, &mut out);
+    assert_eq!(out.replaced, vec!["old"]);
+    assert_eq!(out.pushes.len(), 2);
+    assert_eq!(out.pushes[1].0, "new");
+    // A late detach of the old session does not detach the new one.
+    c.detach(&phone(2), 1);
+    assert!(c.is_online(&phone(2)));
+    c.detach(&phone(2), 2);
+    assert!(!c.is_online(&phone(2)));
+}
+
+#[test]
+fn oversized_payloads_and_failed_commits_are_answered_with_errors() {
+    let mem = MemMailbox::default();
+    let mut c = core(16, 16);
+    let mut out = Outbox::default();
+    let big = vec![0; FragmentConfig::default().max_payload + 1];
+    let actions = c.append(&mem, phone(2), phone(1), 1, big, 1, 1);
+    run(&mut c, &mem, actions, &mut out);
+    assert!(matches!(
+        out.replies[0].1,
+        Err(FragmentError::PayloadTooLarge { .. })
+    ));
+
+    let actions = c.append(&mem, phone(2), phone(1), 2, b"x".to_vec(), 1, 2);
+    let Some(Action::Persist { tag, .. }) = actions.into_iter().next() else {
+        panic!("expected a persist");
+    };
+    let actions = c.committed(&mem, tag, Err("disk full".into()));
+    run(&mut c, &mem, actions, &mut out);
+    assert!(matches!(out.replies[1].1, Err(FragmentError::Storage(_))));
+    // The failed key is not remembered as pending: a retry is stored.
+    let actions = c.append(&mem, phone(2), phone(1), 2, b"x".to_vec(), 1, 3);
+    run(&mut c, &mem, actions, &mut out);
+    assert!(out.replies[2].1.is_ok());
+    assert_eq!(mem.len(), 1);
+}

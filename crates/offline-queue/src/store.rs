@@ -1,0 +1,281 @@
+//! A fragment's tables in the node's redb database.
+//!
+//! Each fragment has its own tables, so its data is self-contained (a later
+//! replica catch-up copies exactly these):
+//! - `mbox.<fragment>`: `(owner, entry id) → postcard(EntryBody)`; a range
+//!   over one owner yields its mailbox oldest first.
+//! - `dedupe.<fragment>`: `(recipient, sender, client_msg_id) → (msg id,
+//!   stored at)`; kept past delivery, for the retention window, so that a late
+//!   resend is still recognised.
+//! - `fragment_seq`: `fragment → next sequence`, the id high-water mark.
+
+use proto::{MessageId, PhoneNumber, TimestampMs};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use router::FragmentId;
+use storage::{StorageError, Store};
+
+use crate::{Entry, EntryBody, FragmentError};
+
+const SEQ_TABLE: TableDefinition<u16, u64> = TableDefinition::new("fragment_seq");
+
+fn mbox_name(fragment: FragmentId) -> String {
+    format!("mbox.{fragment}")
+}
+
+fn dedupe_name(fragment: FragmentId) -> String {
+    format!("dedupe.{fragment}")
+}
+
+/// A durable change to a fragment's tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOp {
+    /// Store a message and its dedupe key.
+    PutMessage {
+        /// The mailbox owner.
+        recipient: PhoneNumber,
+        /// The sender (dedupe key part).
+        sender: PhoneNumber,
+        /// The sender's id (dedupe key part).
+        client_msg_id: u64,
+        /// The assigned id.
+        id: MessageId,
+        /// When it was stored.
+        server_ts: TimestampMs,
+        /// Serialised [`EntryBody`].
+        body: Vec<u8>,
+    },
+    /// Store a receipt entry.
+    PutReceipt {
+        /// The mailbox owner (the original sender).
+        owner: PhoneNumber,
+        /// The assigned id.
+        id: MessageId,
+        /// Serialised [`EntryBody`].
+        body: Vec<u8>,
+    },
+    /// Delete delivered entries.
+    Delete {
+        /// The mailbox owner.
+        owner: PhoneNumber,
+        /// Entry ids.
+        ids: Vec<MessageId>,
+    },
+    /// Raise the sequence high-water mark.
+    NextSeq(u64),
+    /// Forget dedupe keys stored before `before_ms`, at most `max` of them.
+    SweepDedupe {
+        /// Cut-off time.
+        before_ms: TimestampMs,
+        /// Bound on the work done in one commit.
+        max: usize,
+    },
+}
+
+/// Applies `ops` of `fragment` inside a group-commit transaction.
+pub fn apply_ops(
+    txn: &WriteTransaction,
+    fragment: FragmentId,
+    ops: &[WriteOp],
+) -> Result<(), StorageError> {
+    let mbox_name = mbox_name(fragment);
+    let dedupe_name = dedupe_name(fragment);
+    let mbox_def: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new(&mbox_name);
+    let dedupe_def: TableDefinition<(&str, &str, u64), (u64, u64)> =
+        TableDefinition::new(&dedupe_name);
+    let mut mbox = txn.open_table(mbox_def)?;
+    let mut dedupe = txn.open_table(dedupe_def)?;
+    for op in ops {
+        match op {
+            WriteOp::PutMessage {
+                recipient,
+                sender,
+                client_msg_id,
+                id,
+                server_ts,
+                body,
+            } => {
+                mbox.insert((recipient.as_str(), *id), body.as_slice())?;
+                dedupe.insert(
+                    (recipient.as_str(), sender.as_str(), *client_msg_id),
+                    (*id, *server_ts),
+                )?;
+            }
+            WriteOp::PutReceipt { owner, id, body } => {
+                mbox.insert((owner.as_str(), *id), body.as_slice())?;
+            }
+            WriteOp::Delete { owner, ids } => {
+                for id in ids {
+                    mbox.remove((owner.as_str(), *id))?;
+                }
+            }
+            WriteOp::NextSeq(next) => {
+                txn.open_table(SEQ_TABLE)?.insert(fragment, *next)?;
+            }
+            WriteOp::SweepDedupe { before_ms, max } => {
+                let mut expired: Vec<(String, String, u64)> = Vec::new();
+                for item in dedupe.iter()? {
+                    let (key, value) = item?;
+                    if value.value().1 < *before_ms {
+                        let (r, s, c) = key.value();
+                        expired.push((r.to_owned(), s.to_owned(), c));
+                        if expired.len() >= *max {
+                            break;
+                        }
+                    }
+                }
+                for (r, s, c) in &expired {
+                    dedupe.remove((r.as_str(), s.as_str(), *c))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The reads a fragment core needs (an in-memory impl serves its tests).
+pub trait MailboxRead {
+    /// The stored id and time of a message with this dedupe key.
+    fn dedupe(
+        &self,
+        recipient: &PhoneNumber,
+        sender: &PhoneNumber,
+        client_msg_id: u64,
+    ) -> Result<Option<(MessageId, TimestampMs)>, FragmentError>;
+    /// Up to `limit` entries of `owner` with ids above `after`, oldest first.
+    fn page(
+        &self,
+        owner: &PhoneNumber,
+        after: Option<MessageId>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, FragmentError>;
+    /// One entry of `owner`.
+    fn entry(&self, owner: &PhoneNumber, id: MessageId)
+    -> Result<Option<EntryBody>, FragmentError>;
+}
+
+/// [`MailboxRead`] over the node's database.
+#[derive(Clone)]
+pub struct RedbMailbox {
+    store: Store,
+    fragment: FragmentId,
+    mbox_name: String,
+    dedupe_name: String,
+}
+
+fn storage(e: impl std::fmt::Display) -> FragmentError {
+    FragmentError::Storage(e.to_string())
+}
+
+impl RedbMailbox {
+    /// The tables of `fragment` in `store`.
+    pub fn new(store: Store, fragment: FragmentId) -> Self {
+        Self {
+            store,
+            fragment,
+            mbox_name: mbox_name(fragment),
+            dedupe_name: dedupe_name(fragment),
+        }
+    }
+
+    /// The persisted next sequence of this fragment (1 for a new fragment).
+    pub fn next_seq(&self) -> Result<u64, FragmentError> {
+        let read = self.store.db().begin_read().map_err(storage)?;
+        match read.open_table(SEQ_TABLE) {
+            Ok(table) => Ok(table
+                .get(self.fragment)
+                .map_err(storage)?
+                .map(|v| v.value())
+                .unwrap_or(1)),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(1),
+            Err(e) => Err(storage(e)),
+        }
+    }
+
+    /// Entries held by this fragment, all users together (for metrics).
+    pub fn count(&self) -> Result<u64, FragmentError> {
+        use redb::ReadableTableMetadata;
+        let def: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new(&self.mbox_name);
+        let read = self.store.db().begin_read().map_err(storage)?;
+        match read.open_table(def) {
+            Ok(table) => table.len().map_err(storage),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+            Err(e) => Err(storage(e)),
+        }
+    }
+}
+
+impl MailboxRead for RedbMailbox {
+    fn dedupe(
+        &self,
+        recipient: &PhoneNumber,
+        sender: &PhoneNumber,
+        client_msg_id: u64,
+    ) -> Result<Option<(MessageId, TimestampMs)>, FragmentError> {
+        let def: TableDefinition<(&str, &str, u64), (u64, u64)> =
+            TableDefinition::new(&self.dedupe_name);
+        let read = self.store.db().begin_read().map_err(storage)?;
+        let table = match read.open_table(def) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(storage(e)),
+        };
+        Ok(table
+            .get((recipient.as_str(), sender.as_str(), client_msg_id))
+            .map_err(storage)?
+            .map(|v| v.value()))
+    }
+
+    fn page(
+        &self,
+        owner: &PhoneNumber,
+        after: Option<MessageId>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, FragmentError> {
+        let def: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new(&self.mbox_name);
+        let read = self.store.db().begin_read().map_err(storage)?;
+        let table = match read.open_table(def) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(storage(e)),
+        };
+        let start = after.map_or(0, |a| a.saturating_add(1));
+        let mut entries = Vec::new();
+        for item in table
+            .range((owner.as_str(), start)..=(owner.as_str(), u64::MAX))
+            .map_err(storage)?
+        {
+            let (key, value) = item.map_err(storage)?;
+            let id = key.value().1;
+            match EntryBody::from_bytes(value.value()) {
+                Ok(body) => entries.push(Entry { id, body }),
+                // One unreadable entry must not block the rest of the mailbox.
+                Err(e) => tracing::error!(fragment = self.fragment, id, error = %e,
+                    "skipping a corrupt mailbox entry"),
+            }
+            if entries.len() >= limit {
+                break;
+            }
+        }
+        Ok(entries)
+    }
+
+    fn entry(
+        &self,
+        owner: &PhoneNumber,
+        id: MessageId,
+    ) -> Result<Option<EntryBody>, FragmentError> {
+        let def: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new(&self.mbox_name);
+        let read = self.store.db().begin_read().map_err(storage)?;
+        let table = match read.open_table(def) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(storage(e)),
+        };
+        let Some(value) = table.get((owner.as_str(), id)).map_err(storage)? else {
+            return Ok(None);
+        };
+        EntryBody::from_bytes(value.value())
+            .map(Some)
+            .map_err(|e| FragmentError::Storage(format!("corrupt entry {id}: {e}")))
+    }
+}
