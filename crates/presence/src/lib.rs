@@ -1,1 +1,15 @@
-//! Online state, last seen, typing relay and presence subscriptions: in memory, rate-limited, batched
+//! Presence: who is online, when others were last seen, and typing.
+//!
+//! Nothing here is stored: presence is rebuilt from the sessions that are
+//! connected, and last-seen times live in memory for the node's lifetime.
+//! Updates to watchers are batched (flushed on a short timer) and typing
+//! indicators are rate-limited per sender, so a chatty client costs little.
+//!
+//! - [`core`]: the pure state machine (time in, pushes out).
+//! - [`actor`]: the ractor actor around it.
+
+pub mod actor;
+pub mod core;
+
+pub use actor::{PresenceActor, PresenceArgs, PresenceMsg, PresencePush};
+pub use core::{PresenceConfig, PresenceCore};

@@ -1,0 +1,306 @@
+//! The pure presence state machine.
+
+use std::collections::{HashMap, HashSet};
+
+use proto::{PhoneNumber, PresenceStatus, TimestampMs};
+
+/// Limits of the presence service.
+#[derive(Debug, Clone)]
+pub struct PresenceConfig {
+    /// Typing events a sender may send per window; more are dropped.
+    pub typing_per_window: u32,
+    /// The typing rate window.
+    pub typing_window_ms: u64,
+    /// Most users one subscriber may watch.
+    pub max_watched: usize,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self {
+            typing_per_window: 20,
+            typing_window_ms: 10_000,
+            max_watched: 1000,
+        }
+    }
+}
+
+/// One update for one receiver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Update {
+    /// `user`'s presence.
+    Presence {
+        /// Whose.
+        user: PhoneNumber,
+        /// Online or last seen.
+        status: PresenceStatus,
+    },
+    /// `from` is typing (or stopped).
+    Typing {
+        /// Who types.
+        from: PhoneNumber,
+        /// Started or stopped.
+        active: bool,
+    },
+}
+
+struct Online<T> {
+    session_id: u64,
+    target: T,
+}
+
+/// Presence state. `T` is the handle pushes go to.
+pub struct PresenceCore<T> {
+    config: PresenceConfig,
+    online: HashMap<PhoneNumber, Online<T>>,
+    last_seen: HashMap<PhoneNumber, TimestampMs>,
+    watchers: HashMap<PhoneNumber, HashSet<PhoneNumber>>,
+    watching: HashMap<PhoneNumber, Vec<PhoneNumber>>,
+    typing_budget: HashMap<PhoneNumber, (TimestampMs, u32)>,
+    pending: HashMap<PhoneNumber, Vec<Update>>,
+}
+
+impl<T: Clone> PresenceCore<T> {
+    /// Empty state.
+    pub fn new(config: PresenceConfig) -> Self {
+        Self {
+            config,
+            online: HashMap::new(),
+            last_seen: HashMap::new(),
+            watchers: HashMap::new(),
+            watching: HashMap::new(),
+            typing_budget: HashMap::new(),
+            pending: HashMap::new(),
+        }
+    }
+
+    /// Users online now.
+    pub fn online_count(&self) -> usize {
+        self.online.len()
+    }
+
+    fn status_of(&self, user: &PhoneNumber) -> PresenceStatus {
+        if self.online.contains_key(user) {
+            PresenceStatus::Online
+        } else {
+            PresenceStatus::Offline {
+                last_seen_ms: self.last_seen.get(user).copied(),
+            }
+        }
+    }
+
+    fn notify_watchers(&mut self, user: &PhoneNumber) {
+        let status = self.status_of(user);
+        let Some(watchers) = self.watchers.get(user) else {
+            return;
+        };
+        for watcher in watchers {
+            if self.online.contains_key(watcher) {
+                self.pending
+                    .entry(watcher.clone())
+                    .or_default()
+                    .push(Update::Presence {
+                        user: user.clone(),
+                        status,
+                    });
+            }
+        }
+    }
+
+    /// `user` connected with session `session_id`.
+    pub fn online(&mut self, user: PhoneNumber, session_id: u64, target: T) {
+        let was_online = self
+            .online
+            .insert(user.clone(), Online { session_id, target })
+            .is_some();
+        if !was_online {
+            self.notify_watchers(&user);
+        }
+    }
+
+    /// Session `session_id` of `user` ended at `now`.
+    pub fn offline(&mut self, user: &PhoneNumber, session_id: u64, now: TimestampMs) {
+        if self
+            .online
+            .get(user)
+            .is_none_or(|o| o.session_id != session_id)
+        {
+            return; // a newer session of the same user is still connected
+        }
+        self.online.remove(user);
+        self.last_seen.insert(user.clone(), now);
+        self.pending.remove(user);
+        self.typing_budget.remove(user);
+        // Its subscriptions end with its session.
+        if let Some(watched) = self.watching.remove(user) {
+            for w in watched {
+                if let Some(set) = self.watchers.get_mut(&w) {
+                    set.remove(user);
+                    if set.is_empty() {
+                        self.watchers.remove(&w);
+                    }
+                }
+            }
+        }
+        self.notify_watchers(user);
+    }
+
+    /// `subscriber` now watches `users` (replacing its earlier list); their
+    /// current states are queued for it.
+    pub fn subscribe(&mut self, subscriber: PhoneNumber, mut users: Vec<PhoneNumber>) {
+        users.truncate(self.config.max_watched);
+        users.sort();
+        users.dedup();
+        if let Some(old) = self.watching.remove(&subscriber) {
+            for w in old {
+                if let Some(set) = self.watchers.get_mut(&w) {
+                    set.remove(&subscriber);
+                    if set.is_empty() {
+                        self.watchers.remove(&w);
+                    }
+                }
+            }
+        }
+        let mut current = Vec::with_capacity(users.len());
+        for user in &users {
+            self.watchers
+                .entry(user.clone())
+                .or_default()
+                .insert(subscriber.clone());
+            current.push(Update::Presence {
+                user: user.clone(),
+                status: self.status_of(user),
+            });
+        }
+        self.watching.insert(subscriber.clone(), users);
+        self.pending.entry(subscriber).or_default().extend(current);
+    }
+
+    /// `from` types to `to`: relayed at the next flush if `to` is online and
+    /// `from` is within its rate. Returns whether it was accepted.
+    pub fn typing(
+        &mut self,
+        from: PhoneNumber,
+        to: PhoneNumber,
+        active: bool,
+        now: TimestampMs,
+    ) -> bool {
+        let budget = self.typing_budget.entry(from.clone()).or_insert((now, 0));
+        if now.saturating_sub(budget.0) >= self.config.typing_window_ms {
+            *budget = (now, 0);
+        }
+        if budget.1 >= self.config.typing_per_window {
+            return false;
+        }
+        budget.1 += 1;
+        if !self.online.contains_key(&to) {
+            return false;
+        }
+        self.pending
+            .entry(to)
+            .or_default()
+            .push(Update::Typing { from, active });
+        true
+    }
+
+    /// Takes every queued update, grouped by the receiver's push handle.
+    pub fn flush(&mut self) -> Vec<(T, Vec<Update>)> {
+        let pending = std::mem::take(&mut self.pending);
+        pending
+            .into_iter()
+            .filter_map(|(receiver, updates)| {
+                let online = self.online.get(&receiver)?;
+                Some((online.target.clone(), updates))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phone(n: u32) -> PhoneNumber {
+        PhoneNumber::parse(&format!("+1555{n:07}")).expect("valid")
+    }
+
+    fn flushed(core: &mut PresenceCore<u32>) -> Vec<(u32, Vec<Update>)> {
+        let mut out = core.flush();
+        out.sort_by_key(|(t, _)| *t);
+        out
+    }
+
+    #[test]
+    fn watchers_see_online_then_last_seen() {
+        let mut core = PresenceCore::new(PresenceConfig::default());
+        core.online(phone(1), 10, 1);
+        core.subscribe(phone(1), vec![phone(2)]);
+        assert_eq!(
+            flushed(&mut core),
+            vec![(
+                1,
+                vec![Update::Presence {
+                    user: phone(2),
+                    status: PresenceStatus::Offline { last_seen_ms: None }
+                }]
+            )]
+        );
+        core.online(phone(2), 20, 2);
+        core.offline(&phone(2), 20, 5000);
+        assert_eq!(
+            flushed(&mut core),
+            vec![(
+                1,
+                vec![
+                    Update::Presence {
+                        user: phone(2),
+                        status: PresenceStatus::Online
+                    },
+                    Update::Presence {
+                        user: phone(2),
+                        status: PresenceStatus::Offline {
+                            last_seen_ms: Some(5000)
+                        }
+                    }
+                ]
+            )]
+        );
+    }
+
+    #[test]
+    fn a_stale_session_going_offline_does_not_hide_a_newer_one() {
+        let mut core = PresenceCore::new(PresenceConfig::default());
+        core.online(phone(2), 1, 2);
+        core.online(phone(2), 2, 3);
+        core.offline(&phone(2), 1, 100);
+        assert_eq!(core.online_count(), 1);
+    }
+
+    #[test]
+    fn typing_is_relayed_to_online_peers_within_the_rate() {
+        let mut core = PresenceCore::new(PresenceConfig {
+            typing_per_window: 2,
+            typing_window_ms: 1000,
+            max_watched: 10,
+        });
+        core.online(phone(2), 1, 2);
+        assert!(core.typing(phone(1), phone(2), true, 0));
+        assert!(core.typing(phone(1), phone(2), false, 10));
+        assert!(!core.typing(phone(1), phone(2), true, 20), "over the rate");
+        assert!(core.typing(phone(1), phone(2), true, 1000), "new window");
+        assert!(!core.typing(phone(1), phone(3), true, 1001), "offline peer");
+        let out = flushed(&mut core);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].1.len(), 3);
+    }
+
+    #[test]
+    fn subscriptions_end_with_the_subscribers_session() {
+        let mut core = PresenceCore::new(PresenceConfig::default());
+        core.online(phone(1), 1, 1);
+        core.subscribe(phone(1), vec![phone(2), phone(3)]);
+        core.offline(&phone(1), 1, 10);
+        assert!(core.watchers.is_empty());
+        assert!(core.flush().is_empty());
+    }
+}
