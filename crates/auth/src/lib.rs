@@ -1,1 +1,270 @@
-//! Phone-number registration: verification codes through pluggable providers, then tokens
+//! Phone-number registration: verification codes through pluggable
+//! providers, then tokens.
+//!
+//! A user proves a phone number by receiving a six-digit code
+//! ([`AuthHandle::request_code`]) and sending it back
+//! ([`AuthHandle::verify`]), which yields a 256-bit bearer token. Every later
+//! connection presents the token ([`AuthHandle::login`]) and is the phone
+//! number from then on.
+//!
+//! # Layout
+//! - `codes`: the pure core. Pending codes, wrong tries, resend interval and
+//!   hourly cap as a state machine over `now_ms`; no clock, randomness or I/O.
+//! - [`tokens`](TokenBook): tokens and accounts in the node's
+//!   [`storage::Store`]. Only the SHA-256 of a token is stored. Logins read
+//!   directly (a read transaction), not through the actor, so a reconnect
+//!   storm is not serialised on one mailbox.
+//! - [`provider`](CodeProvider): how a code leaves the node
+//!   ([`WebhookProvider`], or [`FileProvider`] for development).
+//! - `actor`: [`AuthActor`], the shell: clock, random codes, provider calls
+//!   on the blocking pool, token writes through group commit.
+//! - `error`: [`AuthError`] and its wire [`proto::ErrorCode`].
+//!
+//! # Not here
+//! Sessions (which call this crate for the `RequestCode`, `Verify` and
+//! `Login` requests), devices, multi-device keys, and token revocation.
+//! Pending codes live in the memory of the node that issued them: a client
+//! verifies on the node it requested from, and a restart forgets them.
+
+#![warn(missing_docs, unreachable_pub)]
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use proto::PhoneNumber;
+use ractor::concurrency::JoinHandle;
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorCell, ActorRef, MessagingErr};
+use serde::{Deserialize, Serialize};
+use storage::Store;
+
+mod actor;
+mod codes;
+mod error;
+mod provider;
+mod tokens;
+
+pub use actor::{AuthActor, AuthArgs, AuthMsg, AuthState, CodeSent};
+pub use error::{AuthError, Result};
+pub use provider::{
+    CodeProvider, DEFAULT_CODES_FILE, FileProvider, ProviderConfig, ProviderError, WebhookProvider,
+    build_provider,
+};
+pub use tokens::{IssuedToken, TokenBook};
+
+/// Least time the handle waits for the actor.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Settings of the auth service (`[auth]` in the node's configuration).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuthConfig {
+    /// How long a verification code stays valid.
+    pub code_ttl_secs: u64,
+    /// Wrong codes allowed per code; the next try is refused.
+    pub max_code_attempts: u32,
+    /// Least time between two codes for one phone.
+    pub resend_interval_secs: u64,
+    /// Most codes for one phone in any hour.
+    pub max_codes_per_hour: u32,
+    /// How long a token stays valid.
+    pub token_ttl_days: u64,
+    /// Most provider calls in flight at once; beyond it code requests are
+    /// answered `Unavailable`, so a hung provider cannot exhaust threads.
+    pub max_deliveries_in_flight: usize,
+    /// Where codes go.
+    pub provider: ProviderConfig,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            code_ttl_secs: 600,
+            max_code_attempts: 5,
+            resend_interval_secs: 30,
+            max_codes_per_hour: 5,
+            token_ttl_days: 90,
+            max_deliveries_in_flight: 64,
+            provider: ProviderConfig::default(),
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Rejects settings that would lock every user out or never expire.
+    pub fn validate(&self) -> Result<()> {
+        let checks: [(bool, &str); 5] = [
+            (self.code_ttl_secs > 0, "code_ttl_secs must be at least 1"),
+            (
+                self.max_code_attempts > 0,
+                "max_code_attempts must be at least 1",
+            ),
+            (
+                self.max_codes_per_hour > 0,
+                "max_codes_per_hour must be at least 1",
+            ),
+            (self.token_ttl_days > 0, "token_ttl_days must be at least 1"),
+            (
+                self.max_deliveries_in_flight > 0,
+                "max_deliveries_in_flight must be at least 1",
+            ),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, why)) => Err(AuthError::InvalidConfig((*why).to_owned())),
+            None => Ok(()),
+        }
+    }
+
+    /// The token lifetime.
+    pub fn token_ttl(&self) -> Duration {
+        Duration::from_secs(self.token_ttl_days.saturating_mul(86_400))
+    }
+
+    /// How long the handle waits for the actor: at least 10 s, and longer
+    /// than the webhook's own timeout.
+    fn call_timeout(&self) -> Duration {
+        match &self.provider {
+            ProviderConfig::Webhook { timeout_ms, .. } => {
+                CALL_TIMEOUT.max(Duration::from_millis(timeout_ms.saturating_add(2_000)))
+            }
+            ProviderConfig::File { .. } => CALL_TIMEOUT,
+        }
+    }
+}
+
+/// The way into a running auth service. Cheap to clone.
+#[derive(Clone)]
+pub struct AuthHandle {
+    actor: ActorRef<AuthMsg>,
+    /// The registered name, when the actor runs under a supervisor that may
+    /// restart it: calls then go to whichever instance runs now.
+    name: Option<String>,
+    tokens: TokenBook,
+    call_timeout: Duration,
+}
+
+impl AuthHandle {
+    fn current(&self) -> ActorRef<AuthMsg> {
+        self.name
+            .as_ref()
+            .and_then(|name| ractor::registry::where_is(name.clone()))
+            .map_or_else(|| self.actor.clone(), ActorRef::from)
+    }
+
+    /// Sends a new code to `phone`.
+    pub async fn request_code(&self, phone: PhoneNumber) -> Result<CodeSent> {
+        let answer = self
+            .current()
+            .call(
+                |reply| AuthMsg::RequestCode { phone, reply },
+                Some(self.call_timeout),
+            )
+            .await;
+        flatten(answer)
+    }
+
+    /// Trades the code sent to `phone` for a token.
+    pub async fn verify(&self, phone: PhoneNumber, code: String) -> Result<IssuedToken> {
+        let answer = self
+            .current()
+            .call(
+                |reply| AuthMsg::Verify { phone, code, reply },
+                Some(self.call_timeout),
+            )
+            .await;
+        flatten(answer)
+    }
+
+    /// The phone a token belongs to. Reads the store directly, on the
+    /// blocking pool (a read may touch the disk), never through the actor.
+    pub async fn login(&self, token: &str) -> Result<PhoneNumber> {
+        let tokens = self.tokens.clone();
+        let token = token.to_owned();
+        tokio::task::spawn_blocking(move || tokens.lookup(&token, now_ms()))
+            .await
+            .unwrap_or_else(|e| Err(AuthError::unavailable(format!("login task failed: {e}"))))
+    }
+
+    /// Mints a token for `phone` without a code (admin tools, test users).
+    pub async fn issue_token(&self, phone: &PhoneNumber) -> Result<IssuedToken> {
+        self.tokens.issue_token(phone, now_ms()).await
+    }
+
+    /// The token book, for admin tools.
+    pub fn tokens(&self) -> &TokenBook {
+        &self.tokens
+    }
+
+    /// The actor, to link or stop it.
+    pub fn actor(&self) -> &ActorRef<AuthMsg> {
+        &self.actor
+    }
+}
+
+fn flatten<T>(
+    answer: std::result::Result<CallResult<Result<T>>, MessagingErr<AuthMsg>>,
+) -> Result<T> {
+    match answer {
+        Ok(CallResult::Success(result)) => result,
+        Ok(CallResult::Timeout) => Err(AuthError::unavailable("the auth service timed out")),
+        Ok(CallResult::SenderError) => Err(AuthError::unavailable(
+            "the auth service dropped the request",
+        )),
+        Err(_) => Err(AuthError::unavailable("the auth service is not running")),
+    }
+}
+
+/// Starts the auth actor (linked to `supervisor` if given) and returns its
+/// handle and the actor's join handle.
+pub async fn spawn_auth(
+    cfg: AuthConfig,
+    store: Store,
+    provider: Arc<dyn CodeProvider>,
+    supervisor: Option<ActorCell>,
+) -> Result<(AuthHandle, JoinHandle<()>)> {
+    spawn_named_auth(cfg, store, provider, supervisor, None).await
+}
+
+/// Like [`spawn_auth`], registering the actor under `name` so that the
+/// handle follows restarts by a supervisor.
+pub async fn spawn_named_auth(
+    cfg: AuthConfig,
+    store: Store,
+    provider: Arc<dyn CodeProvider>,
+    supervisor: Option<ActorCell>,
+    name: Option<String>,
+) -> Result<(AuthHandle, JoinHandle<()>)> {
+    cfg.validate()?;
+    let tokens = TokenBook::new(store, cfg.token_ttl());
+    let call_timeout = cfg.call_timeout();
+    let args = AuthArgs {
+        config: cfg,
+        tokens: tokens.clone(),
+        provider,
+    };
+    let spawned = match supervisor {
+        Some(supervisor) => Actor::spawn_linked(name.clone(), AuthActor, args, supervisor).await,
+        None => Actor::spawn(name.clone(), AuthActor, args).await,
+    };
+    let (actor, join) =
+        spawned.map_err(|e| AuthError::unavailable(format!("cannot start the auth actor: {e}")))?;
+    Ok((
+        AuthHandle {
+            actor,
+            name,
+            tokens,
+            call_timeout,
+        },
+        join,
+    ))
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,246 @@
+//! The auth actor: the shell around the code book.
+//!
+//! The actor owns the [`CodeBook`] (pending codes are per node, in memory: a
+//! restart forgets them and users request new ones). It reads the clock,
+//! draws codes, and hands the slow parts off so its mailbox keeps moving:
+//! provider calls run on Tokio's blocking pool and reply from there, token
+//! writes complete through the store's group-commit callback.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::PhoneNumber;
+use ractor::concurrency::JoinHandle;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use rand::Rng;
+use tokio::sync::Semaphore;
+
+use crate::codes::{CodeBook, CodePolicy};
+use crate::provider::{CodeProvider, ProviderError};
+use crate::tokens::{IssuedToken, TokenBook};
+use crate::{AuthConfig, AuthError, now_ms};
+
+/// How often expired codes are dropped from memory.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// A code was generated and handed to the provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodeSent {
+    /// How long the code stays valid.
+    pub expires_in_secs: u32,
+}
+
+/// Messages of the [`AuthActor`].
+pub enum AuthMsg {
+    /// Generate a code for `phone` and hand it to the provider. Answers once
+    /// the provider took it; on a provider failure the code is forgotten (so
+    /// the user may retry at once) and the answer is [`AuthError::Provider`].
+    RequestCode {
+        /// The number to verify.
+        phone: PhoneNumber,
+        /// The outcome.
+        reply: RpcReplyPort<Result<CodeSent, AuthError>>,
+    },
+    /// Check `code` against the pending code of `phone`; on a match, issue a
+    /// token and answer once it is durable. A matching code is consumed even
+    /// if the token write then fails (the answer is [`AuthError::Storage`]
+    /// and the user requests a new code).
+    Verify {
+        /// The number the code was sent to.
+        phone: PhoneNumber,
+        /// The digits the user typed.
+        code: String,
+        /// The token, or why not.
+        reply: RpcReplyPort<Result<IssuedToken, AuthError>>,
+    },
+    /// Internal, from a delivery task: the provider failed, forget `code` if
+    /// it is still pending for `phone`.
+    DeliveryFailed {
+        /// Whose code.
+        phone: PhoneNumber,
+        /// The code that did not go out.
+        code: String,
+    },
+    /// Internal, from the prune timer: drop expired codes.
+    Prune,
+}
+
+// Local only: replies are ports, so this type never crosses nodes.
+impl ractor::Message for AuthMsg {}
+
+/// The auth actor. Spawn it with [`crate::spawn_auth`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AuthActor;
+
+/// What [`AuthActor`] starts from (built by [`crate::spawn_auth`]).
+pub struct AuthArgs {
+    pub(crate) config: AuthConfig,
+    pub(crate) tokens: TokenBook,
+    pub(crate) provider: Arc<dyn CodeProvider>,
+}
+
+/// The state of a running [`AuthActor`].
+pub struct AuthState {
+    codes: CodeBook,
+    tokens: TokenBook,
+    provider: Arc<dyn CodeProvider>,
+    /// Bounds the provider calls in flight, so a hung provider cannot eat the
+    /// blocking pool: beyond it requests are answered `Unavailable`.
+    deliveries: Arc<Semaphore>,
+    prune_timer: Option<JoinHandle<()>>,
+}
+
+impl Actor for AuthActor {
+    type Msg = AuthMsg;
+    type State = AuthState;
+    type Arguments = AuthArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let policy = policy(&args.config);
+        let prune_timer = Some(myself.send_interval(PRUNE_EVERY, || AuthMsg::Prune));
+        tracing::info!(provider = args.provider.name(), "auth service started");
+        Ok(AuthState {
+            codes: CodeBook::new(policy),
+            tokens: args.tokens,
+            provider: args.provider,
+            deliveries: Arc::new(Semaphore::new(args.config.max_deliveries_in_flight.max(1))),
+            prune_timer,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(timer) = state.prune_timer.take() {
+            timer.abort();
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // Every error here is the client's or a dependency's: it is answered,
+        // and the actor goes on. Nothing in this handler needs a restart.
+        match message {
+            AuthMsg::RequestCode { phone, reply } => {
+                request_code(&myself, state, phone, reply);
+            }
+            AuthMsg::Verify { phone, code, reply } => {
+                let now = now_ms();
+                match state.codes.verify(&phone, &code, now) {
+                    Ok(()) => {
+                        tracing::debug!(%phone, "code verified");
+                        state.tokens.issue_with(&phone, now, move |result| {
+                            if let Err(e) = &result {
+                                tracing::error!(error = %e, "cannot store a new token");
+                            }
+                            let _ = reply.send(result);
+                        });
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                    }
+                }
+            }
+            AuthMsg::DeliveryFailed { phone, code } => {
+                state.codes.cancel(&phone, &code);
+            }
+            AuthMsg::Prune => {
+                let dropped = state.codes.prune(now_ms());
+                if dropped > 0 {
+                    tracing::debug!(dropped, remaining = state.codes.len(), "pruned codes");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn policy(config: &AuthConfig) -> CodePolicy {
+    CodePolicy {
+        ttl_ms: config.code_ttl_secs.saturating_mul(1_000),
+        max_attempts: config.max_code_attempts,
+        resend_interval_ms: config.resend_interval_secs.saturating_mul(1_000),
+        max_codes_per_hour: config.max_codes_per_hour,
+    }
+}
+
+fn request_code(
+    myself: &ActorRef<AuthMsg>,
+    state: &mut AuthState,
+    phone: PhoneNumber,
+    reply: RpcReplyPort<Result<CodeSent, AuthError>>,
+) {
+    let Ok(permit) = Arc::clone(&state.deliveries).try_acquire_owned() else {
+        tracing::warn!("too many verification codes in flight to the provider");
+        let _ = reply.send(Err(AuthError::unavailable(
+            "too many verification codes in flight",
+        )));
+        return;
+    };
+    let now = now_ms();
+    let code = new_code(&mut rand::rng());
+    let issued = match state.codes.request(&phone, code.clone(), now) {
+        Ok(issued) => issued,
+        Err(e) => {
+            let _ = reply.send(Err(e.into()));
+            return;
+        }
+    };
+    let expires_in_secs =
+        u32::try_from(issued.expires_at_ms.saturating_sub(now) / 1_000).unwrap_or(u32::MAX);
+    let provider = Arc::clone(&state.provider);
+    let myself = myself.clone();
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let delivered =
+            std::panic::catch_unwind(AssertUnwindSafe(|| provider.deliver(&phone, &code)))
+                .unwrap_or_else(|_| Err(ProviderError::Other("the provider panicked".into())));
+        let answer = match delivered {
+            Ok(()) => Ok(CodeSent { expires_in_secs }),
+            Err(e) => {
+                tracing::warn!(provider = provider.name(), error = %e, "code delivery failed");
+                // Forget the code before answering: the mailbox is FIFO, so a
+                // retry sent after this answer finds no resend wait.
+                let _ = myself.cast(AuthMsg::DeliveryFailed { phone, code });
+                Err(AuthError::Provider(e))
+            }
+        };
+        let _ = reply.send(answer);
+    });
+}
+
+/// Six uniform random digits, leading zeros kept.
+fn new_code(rng: &mut impl Rng) -> String {
+    format!("{:06}", rng.random_range(0..1_000_000u32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_six_digits() {
+        let mut rng = rand::rng();
+        let mut saw_leading_zero = false;
+        for _ in 0..10_000 {
+            let code = new_code(&mut rng);
+            assert_eq!(code.len(), 6, "{code}");
+            assert!(code.bytes().all(|b| b.is_ascii_digit()), "{code}");
+            saw_leading_zero |= code.starts_with('0');
+        }
+        // P(no leading zero in 10k draws) = 0.9^10000: never.
+        assert!(saw_leading_zero);
+    }
+}

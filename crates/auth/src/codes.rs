@@ -1,0 +1,532 @@
+//! Pending verification codes: a pure state machine.
+//!
+//! No clock, no randomness, no I/O: the caller passes `now_ms` and the freshly
+//! generated code, and reads the outcome. The actor in `actor.rs` is the only
+//! driver; the tests below are tables over time.
+//!
+//! Per phone the book keeps at most one pending code and the times codes were
+//! issued in the last hour (for the resend interval and the hourly cap).
+//! Requesting a new code replaces the pending one. [`CodeBook::prune`] drops
+//! what can no longer matter, so memory follows the numbers active in the last
+//! hour, not every number ever seen.
+
+use std::collections::{HashMap, VecDeque};
+
+use proto::PhoneNumber;
+
+use crate::AuthError;
+
+/// The window of the hourly cap.
+pub(crate) const HOUR_MS: u64 = 3_600_000;
+
+/// The limits the book enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CodePolicy {
+    /// How long a code stays valid.
+    pub(crate) ttl_ms: u64,
+    /// Wrong tries allowed per code; the next try after these is refused.
+    pub(crate) max_attempts: u32,
+    /// Least time between two codes for one phone.
+    pub(crate) resend_interval_ms: u64,
+    /// Most codes for one phone in any hour.
+    pub(crate) max_codes_per_hour: u32,
+}
+
+/// Why a request or a verification failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CodeError {
+    /// Too soon or too many; a request can succeed after `retry_after_ms`.
+    RateLimited { retry_after_ms: u64 },
+    /// Wrong code; `attempts_left` more wrong tries are allowed.
+    InvalidCode { attempts_left: u32 },
+    /// Nothing pending: expired, used, cancelled or never requested.
+    NonePending,
+    /// The pending code is locked after too many wrong tries.
+    TooManyAttempts,
+}
+
+impl From<CodeError> for AuthError {
+    fn from(e: CodeError) -> Self {
+        match e {
+            CodeError::RateLimited { retry_after_ms } => AuthError::RateLimited { retry_after_ms },
+            CodeError::InvalidCode { attempts_left } => AuthError::InvalidCode { attempts_left },
+            CodeError::NonePending => AuthError::CodeExpired,
+            CodeError::TooManyAttempts => AuthError::TooManyAttempts,
+        }
+    }
+}
+
+/// A code that was accepted into the book.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Issued {
+    /// When the code stops verifying.
+    pub(crate) expires_at_ms: u64,
+}
+
+#[derive(Debug)]
+struct Pending {
+    code: String,
+    issued_at_ms: u64,
+    expires_at_ms: u64,
+    wrong_tries: u32,
+}
+
+#[derive(Debug, Default)]
+struct PhoneCodes {
+    pending: Option<Pending>,
+    /// When codes were issued within the last hour, oldest first.
+    issued_ms: VecDeque<u64>,
+}
+
+impl PhoneCodes {
+    fn forget_old(&mut self, now_ms: u64) {
+        while self
+            .issued_ms
+            .front()
+            .is_some_and(|&t| t.saturating_add(HOUR_MS) <= now_ms)
+        {
+            self.issued_ms.pop_front();
+        }
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.expires_at_ms <= now_ms)
+        {
+            self.pending = None;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.pending.is_none() && self.issued_ms.is_empty()
+    }
+}
+
+/// Pending codes and recent issue times of every phone.
+#[derive(Debug)]
+pub(crate) struct CodeBook {
+    policy: CodePolicy,
+    phones: HashMap<PhoneNumber, PhoneCodes>,
+}
+
+impl CodeBook {
+    pub(crate) fn new(policy: CodePolicy) -> Self {
+        Self {
+            policy,
+            phones: HashMap::new(),
+        }
+    }
+
+    /// Makes `code` the pending code of `phone` unless the rate limits refuse.
+    /// A code pending before is replaced (and with it its wrong tries).
+    pub(crate) fn request(
+        &mut self,
+        phone: &PhoneNumber,
+        code: String,
+        now_ms: u64,
+    ) -> Result<Issued, CodeError> {
+        let policy = self.policy;
+        let entry = self.phones.entry(phone.clone()).or_default();
+        entry.forget_old(now_ms);
+        if let Some(&last) = entry.issued_ms.back() {
+            let ready_at = last.saturating_add(policy.resend_interval_ms);
+            if now_ms < ready_at {
+                return Err(CodeError::RateLimited {
+                    retry_after_ms: ready_at - now_ms,
+                });
+            }
+        }
+        if entry.issued_ms.len() >= policy.max_codes_per_hour as usize {
+            // The oldest issue leaves the window first.
+            let ready_at = entry
+                .issued_ms
+                .front()
+                .map_or(now_ms.saturating_add(HOUR_MS), |&t| {
+                    t.saturating_add(HOUR_MS)
+                });
+            return Err(CodeError::RateLimited {
+                retry_after_ms: ready_at.saturating_sub(now_ms).max(1),
+            });
+        }
+        let expires_at_ms = now_ms.saturating_add(policy.ttl_ms);
+        entry.issued_ms.push_back(now_ms);
+        entry.pending = Some(Pending {
+            code,
+            issued_at_ms: now_ms,
+            expires_at_ms,
+            wrong_tries: 0,
+        });
+        Ok(Issued { expires_at_ms })
+    }
+
+    /// Checks `code` against the pending code of `phone`. A match consumes the
+    /// code; a miss uses up one try.
+    pub(crate) fn verify(
+        &mut self,
+        phone: &PhoneNumber,
+        code: &str,
+        now_ms: u64,
+    ) -> Result<(), CodeError> {
+        let max_attempts = self.policy.max_attempts;
+        let Some(entry) = self.phones.get_mut(phone) else {
+            return Err(CodeError::NonePending);
+        };
+        entry.forget_old(now_ms);
+        let Some(pending) = entry.pending.as_mut() else {
+            return Err(CodeError::NonePending);
+        };
+        if pending.wrong_tries >= max_attempts {
+            return Err(CodeError::TooManyAttempts);
+        }
+        if constant_time_eq(pending.code.as_bytes(), code.as_bytes()) {
+            entry.pending = None;
+            return Ok(());
+        }
+        pending.wrong_tries += 1;
+        Err(CodeError::InvalidCode {
+            attempts_left: max_attempts - pending.wrong_tries,
+        })
+    }
+
+    /// Forgets `code` if it is still the pending code of `phone`, together
+    /// with its issue time, so that a new code can be requested at once (the
+    /// code never reached the user). Returns whether it was pending.
+    pub(crate) fn cancel(&mut self, phone: &PhoneNumber, code: &str) -> bool {
+        let Some(entry) = self.phones.get_mut(phone) else {
+            return false;
+        };
+        let Some(pending) = entry.pending.as_ref() else {
+            return false;
+        };
+        if pending.code != code {
+            return false;
+        }
+        let issued_at_ms = pending.issued_at_ms;
+        entry.pending = None;
+        if let Some(at) = entry.issued_ms.iter().rposition(|&t| t == issued_at_ms) {
+            entry.issued_ms.remove(at);
+        }
+        if entry.is_empty() {
+            self.phones.remove(phone);
+        }
+        true
+    }
+
+    /// Drops expired codes and issue times older than an hour, then every
+    /// phone left with neither. Returns how many phones were dropped.
+    pub(crate) fn prune(&mut self, now_ms: u64) -> usize {
+        let before = self.phones.len();
+        self.phones.retain(|_, entry| {
+            entry.forget_old(now_ms);
+            !entry.is_empty()
+        });
+        before - self.phones.len()
+    }
+
+    /// How many phones the book tracks.
+    pub(crate) fn len(&self) -> usize {
+        self.phones.len()
+    }
+}
+
+/// Compares without an early exit, so the time taken does not tell how many
+/// leading characters matched. The length is not secret (codes are 6 digits).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: CodePolicy = CodePolicy {
+        ttl_ms: 600_000,
+        max_attempts: 5,
+        resend_interval_ms: 30_000,
+        max_codes_per_hour: 5,
+    };
+
+    fn phone(s: &str) -> PhoneNumber {
+        PhoneNumber::parse(s).expect("valid phone")
+    }
+
+    /// One step of a table: an input at a time, and the expected outcome.
+    #[derive(Debug)]
+    enum Step {
+        /// Request `code` for `phone` at `now`.
+        Request(&'static str, &'static str, u64, Result<(), CodeError>),
+        /// Verify `code` for `phone` at `now`.
+        Verify(&'static str, &'static str, u64, Result<(), CodeError>),
+        /// Cancel `code` for `phone`; was it pending?
+        Cancel(&'static str, &'static str, bool),
+        /// Prune at `now`; how many phones remain.
+        Prune(u64, usize),
+    }
+    use Step::*;
+
+    const A: &str = "+15550000001";
+    const B: &str = "+15550000002";
+
+    fn limited(retry_after_ms: u64) -> Result<(), CodeError> {
+        Err(CodeError::RateLimited { retry_after_ms })
+    }
+
+    fn wrong(attempts_left: u32) -> Result<(), CodeError> {
+        Err(CodeError::InvalidCode { attempts_left })
+    }
+
+    fn run(name: &str, steps: &[Step]) {
+        let mut book = CodeBook::new(POLICY);
+        for (i, step) in steps.iter().enumerate() {
+            match step {
+                Request(p, code, now, want) => {
+                    let got = book
+                        .request(&phone(p), (*code).to_owned(), *now)
+                        .map(|issued| {
+                            assert_eq!(issued.expires_at_ms, now + POLICY.ttl_ms);
+                        });
+                    assert_eq!(&got, want, "{name}: step {i}: {step:?}");
+                }
+                Verify(p, code, now, want) => {
+                    let got = book.verify(&phone(p), code, *now);
+                    assert_eq!(&got, want, "{name}: step {i}: {step:?}");
+                }
+                Cancel(p, code, want) => {
+                    assert_eq!(
+                        book.cancel(&phone(p), code),
+                        *want,
+                        "{name}: step {i}: {step:?}"
+                    );
+                }
+                Prune(now, remaining) => {
+                    book.prune(*now);
+                    assert_eq!(book.len(), *remaining, "{name}: step {i}: {step:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tables() {
+        let tables: &[(&str, &[Step])] = &[
+            (
+                "right code verifies once, then is consumed",
+                &[
+                    Request(A, "123456", 0, Ok(())),
+                    Verify(A, "123456", 1_000, Ok(())),
+                    Verify(A, "123456", 2_000, Err(CodeError::NonePending)),
+                ],
+            ),
+            (
+                "leading zeros are part of the code",
+                &[
+                    Request(A, "000042", 0, Ok(())),
+                    Verify(A, "42", 1, wrong(4)),
+                    Verify(A, "000042", 2, Ok(())),
+                ],
+            ),
+            (
+                "never requested",
+                &[Verify(A, "123456", 0, Err(CodeError::NonePending))],
+            ),
+            (
+                "expiry: valid until the last millisecond",
+                &[
+                    Request(A, "123456", 0, Ok(())),
+                    Verify(A, "123456", 600_000, Err(CodeError::NonePending)),
+                ],
+            ),
+            (
+                "expiry: one millisecond before is fine",
+                &[
+                    Request(A, "123456", 0, Ok(())),
+                    Verify(A, "123456", 599_999, Ok(())),
+                ],
+            ),
+            (
+                "five wrong tries, then locked even for the right code",
+                &[
+                    Request(A, "123456", 0, Ok(())),
+                    Verify(A, "000000", 1, wrong(4)),
+                    Verify(A, "000001", 2, wrong(3)),
+                    Verify(A, "000002", 3, wrong(2)),
+                    Verify(A, "000003", 4, wrong(1)),
+                    Verify(A, "000004", 5, wrong(0)),
+                    Verify(A, "123456", 6, Err(CodeError::TooManyAttempts)),
+                    Verify(A, "000005", 7, Err(CodeError::TooManyAttempts)),
+                    // The lock ends with the code.
+                    Verify(A, "123456", 600_000, Err(CodeError::NonePending)),
+                ],
+            ),
+            (
+                "a new code resets the tries and replaces the old code",
+                &[
+                    Request(A, "111111", 0, Ok(())),
+                    Verify(A, "000000", 1, wrong(4)),
+                    Verify(A, "000000", 2, wrong(3)),
+                    Request(A, "222222", 30_000, Ok(())),
+                    Verify(A, "111111", 30_001, wrong(4)),
+                    Verify(A, "222222", 30_002, Ok(())),
+                ],
+            ),
+            (
+                "junk counts as a wrong try",
+                &[
+                    Request(A, "123456", 0, Ok(())),
+                    Verify(A, "", 1, wrong(4)),
+                    Verify(A, "1234567", 2, wrong(3)),
+                    Verify(A, "12345a", 3, wrong(2)),
+                    Verify(A, "123456", 4, Ok(())),
+                ],
+            ),
+            (
+                "resend interval",
+                &[
+                    Request(A, "111111", 0, Ok(())),
+                    Request(A, "222222", 1, limited(29_999)),
+                    Request(A, "222222", 29_999, limited(1)),
+                    Request(A, "222222", 30_000, Ok(())),
+                    // The refused requests did not replace the code.
+                    Verify(A, "222222", 30_001, Ok(())),
+                ],
+            ),
+            (
+                "hourly cap: the sixth code waits for the first to leave the window",
+                &[
+                    Request(A, "000001", 0, Ok(())),
+                    Request(A, "000002", 30_000, Ok(())),
+                    Request(A, "000003", 60_000, Ok(())),
+                    Request(A, "000004", 90_000, Ok(())),
+                    Request(A, "000005", 120_000, Ok(())),
+                    Request(A, "000006", 150_000, limited(HOUR_MS - 150_000)),
+                    Request(A, "000006", HOUR_MS - 1, limited(1)),
+                    Request(A, "000006", HOUR_MS, Ok(())),
+                    // The window slides: the next slot frees when the second
+                    // code is an hour old.
+                    Request(A, "000007", HOUR_MS + 30_000, Ok(())),
+                    Request(A, "000008", HOUR_MS + 60_000, Ok(())),
+                    Request(A, "000009", HOUR_MS + 90_000, Ok(())),
+                    Request(A, "000010", HOUR_MS + 120_000, Ok(())),
+                    Request(A, "000011", HOUR_MS + 150_000, limited(HOUR_MS - 150_000)),
+                ],
+            ),
+            (
+                "a verified code still counts toward the hourly cap",
+                &[
+                    Request(A, "000001", 0, Ok(())),
+                    Verify(A, "000001", 1, Ok(())),
+                    Request(A, "000002", 30_000, Ok(())),
+                    Request(A, "000003", 60_000, Ok(())),
+                    Request(A, "000004", 90_000, Ok(())),
+                    Request(A, "000005", 120_000, Ok(())),
+                    Request(A, "000006", 150_000, limited(HOUR_MS - 150_000)),
+                ],
+            ),
+            (
+                "one phone's code does not verify another, nor use its tries",
+                &[
+                    Request(A, "123456", 0, Ok(())),
+                    Verify(B, "123456", 1, Err(CodeError::NonePending)),
+                    Request(B, "654321", 2, Ok(())),
+                    Verify(B, "123456", 3, wrong(4)),
+                    Verify(A, "123456", 4, Ok(())),
+                    Verify(B, "654321", 5, Ok(())),
+                ],
+            ),
+            (
+                "rate limits are per phone",
+                &[
+                    Request(A, "111111", 0, Ok(())),
+                    Request(B, "222222", 1, Ok(())),
+                    Request(A, "333333", 2, limited(29_998)),
+                ],
+            ),
+            (
+                "cancel forgets the code and its issue time",
+                &[
+                    Request(A, "111111", 0, Ok(())),
+                    Cancel(A, "999999", false),
+                    Cancel(B, "111111", false),
+                    Cancel(A, "111111", true),
+                    Cancel(A, "111111", false),
+                    Verify(A, "111111", 1, Err(CodeError::NonePending)),
+                    Prune(1, 0),
+                    // No resend wait after a cancelled code.
+                    Request(A, "222222", 2, Ok(())),
+                    Verify(A, "222222", 3, Ok(())),
+                ],
+            ),
+            (
+                "cancel keeps earlier issue times",
+                &[
+                    Request(A, "000001", 0, Ok(())),
+                    Request(A, "000002", 30_000, Ok(())),
+                    Request(A, "000003", 60_000, Ok(())),
+                    Request(A, "000004", 90_000, Ok(())),
+                    Request(A, "000005", 120_000, Ok(())),
+                    Cancel(A, "000005", true),
+                    // The resend wait now runs from the code before.
+                    Request(A, "000006", 120_001, Ok(())),
+                    Request(A, "000007", 150_001, limited(HOUR_MS - 150_001)),
+                ],
+            ),
+            (
+                "prune drops expired codes, then phones an hour quiet",
+                &[
+                    Request(A, "111111", 0, Ok(())),
+                    Request(B, "222222", 100_000, Ok(())),
+                    Prune(599_999, 2),
+                    // A's code expired but its issue time still counts.
+                    Prune(600_000, 2),
+                    Verify(A, "111111", 600_000, Err(CodeError::NonePending)),
+                    Prune(HOUR_MS, 1),
+                    Prune(HOUR_MS + 100_000, 0),
+                ],
+            ),
+            (
+                "prune keeps a live code",
+                &[
+                    Request(A, "111111", 0, Ok(())),
+                    Prune(1_000, 1),
+                    Verify(A, "111111", 2_000, Ok(())),
+                ],
+            ),
+        ];
+        for (name, steps) in tables {
+            run(name, steps);
+        }
+    }
+
+    #[test]
+    fn memory_stays_bounded_under_many_phones() {
+        let mut book = CodeBook::new(POLICY);
+        for i in 0..10_000u64 {
+            let p = phone(&format!("+1555{i:07}"));
+            book.request(&p, "123456".into(), i).expect("first code");
+        }
+        assert_eq!(book.len(), 10_000);
+        assert_eq!(book.prune(10_000 + POLICY.ttl_ms), 0, "issue times count");
+        assert_eq!(book.prune(10_000 + HOUR_MS), 10_000);
+        assert_eq!(book.len(), 0);
+    }
+
+    #[test]
+    fn constant_time_eq_by_table() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("123456", "123456", true),
+            ("123456", "123457", false),
+            ("123456", "023456", false),
+            ("123456", "12345", false),
+            ("", "", true),
+        ];
+        for (a, b, want) in cases {
+            assert_eq!(
+                constant_time_eq(a.as_bytes(), b.as_bytes()),
+                *want,
+                "{a} {b}"
+            );
+        }
+    }
+}

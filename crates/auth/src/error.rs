@@ -1,0 +1,140 @@
+//! Errors of the auth service, and their wire codes.
+
+use proto::ErrorCode;
+use storage::StorageError;
+
+use crate::provider::ProviderError;
+
+/// How long a client is told to wait when the service is unavailable.
+const UNAVAILABLE_RETRY_MS: u32 = 1_000;
+
+/// Why an auth request failed.
+///
+/// Every variant but [`AuthError::Storage`], [`AuthError::Unavailable`] and
+/// [`AuthError::InvalidConfig`] is the client's doing and is answered, never
+/// logged as a node failure. [`AuthError::error_code`] gives the wire code.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// A code was requested too soon after the last one, or too many were
+    /// requested in the last hour.
+    #[error("too many verification codes requested; retry in {retry_after_ms} ms")]
+    RateLimited {
+        /// When a new request can succeed.
+        retry_after_ms: u64,
+    },
+    /// The code did not match the pending one.
+    #[error("wrong verification code ({attempts_left} tries left)")]
+    InvalidCode {
+        /// Wrong tries still allowed before the code is locked.
+        attempts_left: u32,
+    },
+    /// No code is pending for the number: it expired, was used, or was never
+    /// requested.
+    #[error("no verification code is pending for this number; request a new one")]
+    CodeExpired,
+    /// The pending code took too many wrong tries and is locked until it
+    /// expires or a new one is requested.
+    #[error("too many wrong verification codes; request a new one")]
+    TooManyAttempts,
+    /// The token is malformed, unknown or expired.
+    #[error("the token is unknown or expired")]
+    InvalidToken,
+    /// The code could not be handed to its provider; the code was forgotten,
+    /// so a new one can be requested at once.
+    #[error("the verification code could not be sent: {0}")]
+    Provider(ProviderError),
+    /// The token store failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The auth service cannot answer now (stopped, overloaded or timed out).
+    #[error("the auth service is unavailable: {reason}")]
+    Unavailable {
+        /// What went wrong, for logs.
+        reason: String,
+    },
+    /// The configuration makes no sense (see [`crate::AuthConfig::validate`]).
+    #[error("invalid auth configuration: {0}")]
+    InvalidConfig(String),
+}
+
+impl AuthError {
+    /// The machine-readable code sent to the client.
+    pub fn error_code(&self) -> ErrorCode {
+        match self {
+            AuthError::RateLimited { retry_after_ms } => ErrorCode::RateLimited {
+                retry_after_ms: u32::try_from(*retry_after_ms).unwrap_or(u32::MAX),
+            },
+            AuthError::InvalidCode { .. } => ErrorCode::InvalidCode,
+            AuthError::CodeExpired => ErrorCode::CodeExpired,
+            AuthError::TooManyAttempts => ErrorCode::TooManyAttempts,
+            AuthError::InvalidToken => ErrorCode::InvalidToken,
+            AuthError::Provider(_) => ErrorCode::ProviderFailed,
+            AuthError::Storage(_) | AuthError::InvalidConfig(_) => ErrorCode::Internal,
+            AuthError::Unavailable { .. } => ErrorCode::Unavailable {
+                retry_after_ms: UNAVAILABLE_RETRY_MS,
+            },
+        }
+    }
+
+    pub(crate) fn unavailable(reason: impl Into<String>) -> Self {
+        AuthError::Unavailable {
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A result with [`AuthError`].
+pub type Result<T, E = AuthError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_to_wire_codes() {
+        let cases: Vec<(AuthError, ErrorCode)> = vec![
+            (
+                AuthError::RateLimited {
+                    retry_after_ms: 1_500,
+                },
+                ErrorCode::RateLimited {
+                    retry_after_ms: 1_500,
+                },
+            ),
+            (
+                AuthError::RateLimited {
+                    retry_after_ms: u64::MAX,
+                },
+                ErrorCode::RateLimited {
+                    retry_after_ms: u32::MAX,
+                },
+            ),
+            (
+                AuthError::InvalidCode { attempts_left: 2 },
+                ErrorCode::InvalidCode,
+            ),
+            (AuthError::CodeExpired, ErrorCode::CodeExpired),
+            (AuthError::TooManyAttempts, ErrorCode::TooManyAttempts),
+            (AuthError::InvalidToken, ErrorCode::InvalidToken),
+            (
+                AuthError::Provider(ProviderError::Status(500)),
+                ErrorCode::ProviderFailed,
+            ),
+            (
+                AuthError::Storage(StorageError::Closed),
+                ErrorCode::Internal,
+            ),
+            (
+                AuthError::unavailable("stopped"),
+                ErrorCode::Unavailable {
+                    retry_after_ms: UNAVAILABLE_RETRY_MS,
+                },
+            ),
+            (AuthError::InvalidConfig("x".into()), ErrorCode::Internal),
+        ];
+        for (error, code) in cases {
+            assert_eq!(error.error_code(), code, "{error}");
+        }
+    }
+}
