@@ -135,7 +135,7 @@ impl AuthConfig {
 /// The way into a running auth service. Cheap to clone.
 #[derive(Clone)]
 pub struct AuthHandle {
-    actor: ActorRef<AuthMsg>,
+    actor: Option<ActorRef<AuthMsg>>,
     /// The registered name, when the actor runs under a supervisor that may
     /// restart it: calls then go to whichever instance runs now.
     name: Option<String>,
@@ -144,17 +144,30 @@ pub struct AuthHandle {
 }
 
 impl AuthHandle {
-    fn current(&self) -> ActorRef<AuthMsg> {
+    /// A handle to the auth actor registered as `name` (started elsewhere,
+    /// e.g. by a supervisor), with its own token book over `store`.
+    pub fn named(name: &str, cfg: &AuthConfig, store: Store) -> Self {
+        Self {
+            actor: None,
+            name: Some(name.to_owned()),
+            tokens: TokenBook::new(store, cfg.token_ttl()),
+            call_timeout: cfg.call_timeout(),
+        }
+    }
+
+    fn current(&self) -> std::result::Result<ActorRef<AuthMsg>, AuthError> {
         self.name
             .as_ref()
             .and_then(|name| ractor::registry::where_is(name.clone()))
-            .map_or_else(|| self.actor.clone(), ActorRef::from)
+            .map(ActorRef::from)
+            .or_else(|| self.actor.clone())
+            .ok_or_else(|| AuthError::unavailable("the auth service is not running"))
     }
 
     /// Sends a new code to `phone`.
     pub async fn request_code(&self, phone: PhoneNumber) -> Result<CodeSent> {
         let answer = self
-            .current()
+            .current()?
             .call(
                 |reply| AuthMsg::RequestCode { phone, reply },
                 Some(self.call_timeout),
@@ -166,7 +179,7 @@ impl AuthHandle {
     /// Trades the code sent to `phone` for a token.
     pub async fn verify(&self, phone: PhoneNumber, code: String) -> Result<IssuedToken> {
         let answer = self
-            .current()
+            .current()?
             .call(
                 |reply| AuthMsg::Verify { phone, code, reply },
                 Some(self.call_timeout),
@@ -195,9 +208,9 @@ impl AuthHandle {
         &self.tokens
     }
 
-    /// The actor, to link or stop it.
-    pub fn actor(&self) -> &ActorRef<AuthMsg> {
-        &self.actor
+    /// The actor running now, to link or stop it.
+    pub fn actor(&self) -> Option<ActorRef<AuthMsg>> {
+        self.current().ok()
     }
 }
 
@@ -250,7 +263,7 @@ pub async fn spawn_named_auth(
         spawned.map_err(|e| AuthError::unavailable(format!("cannot start the auth actor: {e}")))?;
     Ok((
         AuthHandle {
-            actor,
+            actor: Some(actor),
             name,
             tokens,
             call_timeout,

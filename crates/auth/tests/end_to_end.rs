@@ -144,7 +144,7 @@ async fn token_survives_a_store_reopen() {
         auth.request_code(alice.clone()).await.expect("code sent");
         let code = last_code(&codes_file(&dir), &alice);
         let issued = auth.verify(alice.clone(), code).await.expect("verified");
-        auth.actor().stop(None);
+        auth.actor().expect("running").stop(None);
         join.await.expect("actor stopped");
         issued.token
     };
@@ -337,7 +337,7 @@ async fn a_stopped_service_answers_unavailable_but_login_still_works() {
     let (auth, join) = start(&dir, open_store(&dir)).await;
     let erin = phone("+15550004444");
     let issued = auth.issue_token(&erin).await.expect("issue");
-    auth.actor().stop(None);
+    auth.actor().expect("running").stop(None);
     join.await.expect("stopped");
     let answer = auth.request_code(erin.clone()).await;
     assert!(

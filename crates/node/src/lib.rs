@@ -1,1 +1,33 @@
-//! Node configuration, start-up, the supervision tree and the extension builder
+//! A Switchboard node: configuration, start-up and the supervision tree.
+//!
+//! ```text
+//! root (one-for-one)
+//! ├── auth          registration codes and tokens
+//! ├── presence      online / last seen / typing
+//! ├── fragments     supervisor of the mailbox fragment actors (one per fragment)
+//! ├── extensions    supervisor of the actors added through the builder
+//! ├── sessions      supervisor of one temporary actor per client connection
+//! └── listener      the TLS accept loop
+//! ```
+//!
+//! Children start top to bottom and stop bottom to top, so the listener stops
+//! taking connections first and the fragments, which flush to disk, stop after
+//! every session is gone.
+//!
+//! # Layout
+//! - [`config`]: the one checked [`NodeConfig`], from TOML and `SWITCHBOARD_*`.
+//! - [`tls`]: the node's certificate (configured, or generated on first run).
+//! - [`builder`]: [`NodeBuilder`], which registers the services and any
+//!   extension actors, and the running [`Node`].
+//! - [`listener`]: the listener actor.
+
+pub mod builder;
+pub mod config;
+mod error;
+pub mod listener;
+pub mod tls;
+
+pub use builder::{ExtensionContext, Node, NodeBuilder};
+pub use config::NodeConfig;
+pub use error::{NodeError, Result};
+pub use session::{ExtensionMsg, ExtensionPush, ExtensionRequest};

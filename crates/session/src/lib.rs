@@ -1,1 +1,26 @@
-//! Client listeners (TLS over TCP) and one supervised actor per connection
+//! Client connections: listeners and one supervised actor per connection.
+//!
+//! # Layout
+//! - [`config`]: limits and timeouts of client connections.
+//! - [`state`]: the pure protocol phase machine — which frame is allowed when
+//!   (hello first, only auth before login).
+//! - [`connection`]: the socket side of a connection: a reader task that
+//!   decodes frames and a writer task that batches writes from a bounded queue.
+//! - [`actor`]: the session actor that serves one authenticated user.
+//! - [`listener`]: the TLS accept loop with a connection cap and a shutdown future.
+//! - [`extension`]: how client frames reach extension actors.
+//!
+//! Bad input from a client closes that client's connection and nothing
+//! else: errors are answered with an error frame, never raised to a supervisor.
+
+pub mod actor;
+pub mod config;
+pub mod connection;
+pub mod extension;
+pub mod listener;
+pub mod state;
+
+pub use actor::{SessionActor, SessionArgs, SessionContext, SessionMsg, broadcast_to_sessions};
+pub use config::SessionConfig;
+pub use extension::{ExtensionMsg, ExtensionPush, ExtensionRequest, extension_actor_name};
+pub use listener::{ListenerError, serve};

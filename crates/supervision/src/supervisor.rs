@@ -70,6 +70,9 @@ pub struct SupervisorArgs {
     pub children: Vec<ChildSpec>,
     /// Restart limit.
     pub intensity: Intensity,
+    /// Stop all children at once at shutdown instead of one by one in reverse
+    /// order: for many independent children such as client connections.
+    pub concurrent_shutdown: bool,
 }
 
 /// Messages to a [`Supervisor`].
@@ -103,6 +106,7 @@ pub struct SupervisorState {
     next_seq: u64,
     budget: RestartBudget,
     restarts: HashMap<String, u64>,
+    concurrent_shutdown: bool,
 }
 
 fn now_ms() -> u64 {
@@ -153,6 +157,7 @@ impl Actor for Supervisor {
             next_seq: 0,
             budget: RestartBudget::new(args.intensity),
             restarts: HashMap::new(),
+            concurrent_shutdown: args.concurrent_shutdown,
         };
         for spec in args.children {
             let id = spec.id.clone();
@@ -247,6 +252,19 @@ impl Actor for Supervisor {
 
 async fn stop_in_reverse(state: &mut SupervisorState) {
     let order = std::mem::take(&mut state.order);
+    if state.concurrent_shutdown {
+        let stops = order
+            .into_values()
+            .filter_map(|id| state.children.remove(&id))
+            .map(|child| async move {
+                let _ = child
+                    .cell
+                    .stop_and_wait(Some("supervisor stopping".into()), None)
+                    .await;
+            });
+        futures::future::join_all(stops).await;
+        return;
+    }
     for id in order.into_values().rev() {
         if let Some(child) = state.children.remove(&id) {
             let stopping = child

@@ -1,20 +1,72 @@
-//! `switchboard node`: placeholder until the node crate lands in this session.
+//! `switchboard node`: run one node until Ctrl-C or SIGTERM.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
 
 /// Arguments of `switchboard node`.
 #[derive(Debug, clap::Args)]
 pub struct NodeArgs {
-    /// Path to a TOML config file.
+    /// TOML config file; without it the embedded defaults apply (TLS on
+    /// 127.0.0.1:5222, data in ./switchboard-data, development code log).
     #[arg(long)]
-    pub config: Option<std::path::PathBuf>,
+    pub config: Option<PathBuf>,
     /// Client listen address (overrides the config).
     #[arg(long)]
     pub listen: Option<String>,
     /// Data directory (overrides the config).
     #[arg(long)]
-    pub data_dir: Option<std::path::PathBuf>,
+    pub data_dir: Option<PathBuf>,
 }
 
-/// Runs a node until Ctrl-C or SIGTERM.
-pub async fn run(_args: NodeArgs) -> anyhow::Result<()> {
-    anyhow::bail!("the node command is being written")
+/// Runs a node until Ctrl-C or SIGTERM, then drains and stops it.
+pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
+    let mut config = node::NodeConfig::load(args.config.as_deref()).context("loading the configuration")?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(data_dir) = args.data_dir {
+        config.data_dir = data_dir;
+    }
+    config.validate()?;
+    let mut running = node::NodeBuilder::new(config)
+        .start()
+        .await
+        .context("starting the node")?;
+    println!(
+        "switchboard node {} listening on {} (TLS; clients trust {})",
+        running.config().name,
+        running.local_addr(),
+        running.certificate().cert_path.display()
+    );
+    tokio::select! {
+        () = shutdown_signal() => {}
+        () = running.stopped() => anyhow::bail!("the node's root supervisor stopped; see the log"),
+    }
+    tokio::time::timeout(Duration::from_secs(30), running.shutdown())
+        .await
+        .context("shutdown took longer than 30 s")?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
 }

@@ -90,6 +90,7 @@ async fn one_for_one_restarts_only_the_failed_child() {
                 crashy_spec("ofo-b", Restart::Permanent, b_starts.clone()),
             ],
             intensity: Intensity::default(),
+            concurrent_shutdown: false,
         },
     )
     .await
@@ -179,6 +180,7 @@ async fn exceeding_the_intensity_fails_the_supervisor() {
                 max_restarts: 2,
                 within: Duration::from_secs(60),
             },
+            concurrent_shutdown: true,
         },
     )
     .await

@@ -1,0 +1,389 @@
+//! Putting a node together: [`NodeBuilder`] and the running [`Node`].
+//!
+//! An embedding program adds its own actor types with
+//! [`NodeBuilder::extension`]: each is started under the `extensions`
+//! supervisor (restarted alone if it fails), registered under its namespace,
+//! and receives the client frames of that namespace. See
+//! `examples/echo_bot.rs`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use offline_queue::{FragmentActor, FragmentArgs, FragmentDirectory, fragment_name};
+use presence::{PresenceActor, PresenceArgs};
+use ractor::{Actor, ActorCell, ActorRef, SpawnErr};
+use router::Placement;
+use session::{SessionContext, SessionMsg, broadcast_to_sessions, extension_actor_name};
+use storage::{Store, StoreOptions};
+use supervision::{ChildSpec, Intensity, Restart, Supervisor, SupervisorArgs, SupervisorMsg};
+use tokio_rustls::TlsAcceptor;
+
+use crate::listener::{ListenerActor, ListenerArgs};
+use crate::tls::{NodeCertificate, ensure_certificate, server_config};
+use crate::{NodeConfig, NodeError, Result};
+
+const PRESENCE_NAME: &str = "presence";
+const AUTH_NAME: &str = "auth";
+const SESSIONS_NAME: &str = "sessions";
+
+/// What an extension actor gets at start.
+#[derive(Clone)]
+pub struct ExtensionContext {
+    /// The namespace it serves.
+    pub namespace: String,
+    /// The name it must register under (`Actor::spawn_linked(Some(name), ..)`).
+    pub actor_name: String,
+    /// Finds mailbox fragments, for extensions that are users.
+    pub fragments: FragmentDirectory,
+    /// The node's name.
+    pub node_name: String,
+}
+
+type ExtensionStart = Arc<
+    dyn Fn(ExtensionContext, ActorCell) -> BoxFuture<'static, Result<ActorCell, SpawnErr>>
+        + Send
+        + Sync,
+>;
+
+struct ExtensionEntry {
+    namespace: String,
+    start: ExtensionStart,
+}
+
+/// Builds and starts a node.
+pub struct NodeBuilder {
+    config: NodeConfig,
+    extensions: Vec<ExtensionEntry>,
+}
+
+/// A running node.
+pub struct Node {
+    config: NodeConfig,
+    root: ActorRef<SupervisorMsg>,
+    root_handle: tokio::task::JoinHandle<()>,
+    store: Store,
+    local_addr: SocketAddr,
+    certificate: NodeCertificate,
+}
+
+fn supervisor_spec(id: &str, args: SupervisorArgs) -> ChildSpec {
+    let name = id.to_owned();
+    let args = Arc::new(args);
+    ChildSpec::new(id, Restart::Permanent, move |sup| {
+        let name = name.clone();
+        let args = (*args).clone();
+        async move {
+            let (actor, _) = Actor::spawn_linked(Some(name), Supervisor, args, sup).await?;
+            Ok(actor.get_cell())
+        }
+    })
+}
+
+impl NodeBuilder {
+    /// A builder for `config` with the built-in services.
+    pub fn new(config: NodeConfig) -> Self {
+        Self {
+            config,
+            extensions: Vec::new(),
+        }
+    }
+
+    /// Adds an extension actor serving client frames of `namespace`. `start`
+    /// spawns it linked to the given supervisor cell and registered under
+    /// `ctx.actor_name`; its message type must be [`session::ExtensionMsg`].
+    pub fn extension<F, Fut>(mut self, namespace: &str, start: F) -> Self
+    where
+        F: Fn(ExtensionContext, ActorCell) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<ActorCell, SpawnErr>> + Send + 'static,
+    {
+        self.extensions.push(ExtensionEntry {
+            namespace: namespace.to_owned(),
+            start: Arc::new(move |ctx, sup| Box::pin(start(ctx, sup))),
+        });
+        self
+    }
+
+    /// Opens storage, builds the supervision tree and starts listening.
+    pub async fn start(self) -> Result<Node> {
+        let config = self.config;
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::Io {
+            path: config.data_dir.display().to_string(),
+            source,
+        })?;
+        let certificate = ensure_certificate(&config.tls, &config.data_dir)?;
+        if certificate.generated {
+            tracing::info!(path = %certificate.cert_path.display(), "generated a self-signed certificate");
+        }
+        tracing::info!(cert = %certificate.cert_path.display(), sha256 = %certificate.fingerprint,
+            "client TLS certificate");
+        let acceptor = TlsAcceptor::from(server_config(&certificate)?);
+        let store = Store::open(
+            &config.data_dir.join("switchboard.redb"),
+            StoreOptions {
+                cache_bytes: config.storage.cache_mib * 1024 * 1024,
+                ..StoreOptions::default()
+            },
+        )?;
+        let placement =
+            Placement::new(config.fragments).map_err(|e| NodeError::Config(e.to_string()))?;
+        let fragments = FragmentDirectory::new(placement);
+
+        let provider = auth::build_provider(&config.auth.provider, &config.data_dir);
+        let socket =
+            std::net::TcpListener::bind(&config.listen).map_err(|source| NodeError::Bind {
+                addr: config.listen.clone(),
+                source,
+            })?;
+        let local_addr = socket.local_addr().map_err(|source| NodeError::Bind {
+            addr: config.listen.clone(),
+            source,
+        })?;
+        let socket = Arc::new(socket);
+
+        // auth: started once here for its handle; the handle follows restarts
+        // by name, and the child spec restarts it under the root.
+        let auth_spec = {
+            let (cfg, store, provider) = (config.auth.clone(), store.clone(), provider.clone());
+            ChildSpec::new(AUTH_NAME, Restart::Permanent, move |sup| {
+                let (cfg, store, provider) = (cfg.clone(), store.clone(), provider.clone());
+                async move {
+                    let (handle, _) = auth::spawn_named_auth(
+                        cfg,
+                        store,
+                        provider,
+                        Some(sup),
+                        Some(AUTH_NAME.into()),
+                    )
+                    .await
+                    .map_err(|e| SpawnErr::StartupFailed(e.to_string().into()))?;
+                    handle
+                        .actor()
+                        .map(|actor| actor.get_cell())
+                        .ok_or_else(|| SpawnErr::StartupFailed("auth stopped at start".into()))
+                }
+            })
+        };
+
+        let presence_spec = {
+            let args = PresenceArgs {
+                config: config.presence_config(),
+                flush_every: Duration::from_millis(config.presence.flush_ms),
+            };
+            ChildSpec::new(PRESENCE_NAME, Restart::Permanent, move |sup| {
+                let args = args.clone();
+                async move {
+                    let (actor, _) =
+                        Actor::spawn_linked(Some(PRESENCE_NAME.into()), PresenceActor, args, sup)
+                            .await?;
+                    Ok(actor.get_cell())
+                }
+            })
+        };
+
+        // A restarted fragment has forgotten who is attached: ask the
+        // sessions of its users to attach again.
+        let on_fragment_start: offline_queue::actor::OnFragmentStart = Arc::new(|fragment| {
+            tokio::spawn(async move {
+                if let Some(cell) = ractor::registry::where_is(SESSIONS_NAME) {
+                    let sessions: ActorRef<SupervisorMsg> = cell.into();
+                    broadcast_to_sessions(&sessions, || SessionMsg::Reattach(fragment)).await;
+                }
+            });
+        });
+        let fragment_children = (0..config.fragments)
+            .map(|id| {
+                let args = FragmentArgs {
+                    id,
+                    placement,
+                    config: config.fragment_config(),
+                    store: store.clone(),
+                    on_start: Some(on_fragment_start.clone()),
+                };
+                ChildSpec::new(fragment_name(id), Restart::Permanent, move |sup| {
+                    let args = args.clone();
+                    async move {
+                        let (actor, _) = Actor::spawn_linked(
+                            Some(fragment_name(args.id)),
+                            FragmentActor,
+                            args,
+                            sup,
+                        )
+                        .await?;
+                        Ok(actor.get_cell())
+                    }
+                })
+            })
+            .collect();
+
+        let extension_children = self
+            .extensions
+            .into_iter()
+            .map(|entry| {
+                let ctx = ExtensionContext {
+                    actor_name: extension_actor_name(&entry.namespace),
+                    namespace: entry.namespace.clone(),
+                    fragments,
+                    node_name: config.name.clone(),
+                };
+                let start = entry.start;
+                ChildSpec::new(
+                    format!("extension {}", entry.namespace),
+                    Restart::Permanent,
+                    move |sup| start(ctx.clone(), sup),
+                )
+            })
+            .collect();
+
+        // Sessions resolve the supervised auth actor by name, so restarts are followed.
+        let auth_handle = auth::AuthHandle::named(AUTH_NAME, &config.auth, store.clone());
+
+        let ctx = SessionContext {
+            config: config.session_config(),
+            node_name: config.name.clone(),
+            auth: auth_handle,
+            fragments,
+            presence: PRESENCE_NAME.into(),
+        };
+        let listener_spec = {
+            let (socket, acceptor, ctx) = (socket.clone(), acceptor.clone(), ctx.clone());
+            ChildSpec::new("listener", Restart::Permanent, move |sup| {
+                let (socket, acceptor, ctx) = (socket.clone(), acceptor.clone(), ctx.clone());
+                async move {
+                    let sessions = ractor::registry::where_is(SESSIONS_NAME)
+                        .map(ActorRef::<SupervisorMsg>::from)
+                        .ok_or_else(|| SpawnErr::StartupFailed("no session supervisor".into()))?;
+                    let args = ListenerArgs {
+                        socket,
+                        acceptor,
+                        ctx,
+                        sessions,
+                    };
+                    let (actor, _) =
+                        Actor::spawn_linked(Some("listener".into()), ListenerActor, args, sup)
+                            .await?;
+                    Ok(actor.get_cell())
+                }
+            })
+        };
+
+        let root_args = SupervisorArgs {
+            children: vec![
+                auth_spec,
+                presence_spec,
+                supervisor_spec(
+                    "fragments",
+                    SupervisorArgs {
+                        children: fragment_children,
+                        intensity: Intensity::default(),
+                        concurrent_shutdown: true,
+                    },
+                ),
+                supervisor_spec(
+                    "extensions",
+                    SupervisorArgs {
+                        children: extension_children,
+                        intensity: Intensity::default(),
+                        concurrent_shutdown: false,
+                    },
+                ),
+                supervisor_spec(
+                    SESSIONS_NAME,
+                    SupervisorArgs {
+                        children: Vec::new(),
+                        // Sessions are temporary: they are never restarted,
+                        // so this only bounds pathological start failures.
+                        intensity: Intensity::default(),
+                        concurrent_shutdown: true,
+                    },
+                ),
+                listener_spec,
+            ],
+            intensity: Intensity {
+                max_restarts: 5,
+                within: Duration::from_secs(30),
+            },
+            concurrent_shutdown: false,
+        };
+        let (root, root_handle) = Actor::spawn(Some("root".into()), Supervisor, root_args)
+            .await
+            .map_err(|e| NodeError::Startup(e.to_string()))?;
+        tracing::info!(node = %config.name, listen = %local_addr, data = %config.data_dir.display(),
+            fragments = config.fragments, "node started");
+        Ok(Node {
+            config,
+            root,
+            root_handle,
+            store,
+            local_addr,
+            certificate,
+        })
+    }
+}
+
+impl Node {
+    /// The client listen address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The certificate clients must trust.
+    pub fn certificate(&self) -> &NodeCertificate {
+        &self.certificate
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// The node's database.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The supervisor of the client sessions.
+    pub fn sessions(&self) -> Option<ActorRef<SupervisorMsg>> {
+        ractor::registry::where_is(SESSIONS_NAME).map(ActorRef::from)
+    }
+
+    /// Resolves when the root supervisor stops (a fatal fault).
+    pub async fn stopped(&mut self) {
+        let _ = (&mut self.root_handle).await;
+    }
+
+    /// Drains and stops: no new connections, every client told to reconnect
+    /// later, then the services stop bottom-up and storage is flushed.
+    pub async fn shutdown(self) {
+        tracing::info!("shutting down");
+        if let Some(listener) = ractor::registry::where_is("listener") {
+            let _ = listener
+                .stop_and_wait(None, Some(Duration::from_secs(5)))
+                .await;
+        }
+        if let Some(sessions) = self.sessions() {
+            let told = broadcast_to_sessions(&sessions, || {
+                SessionMsg::Close(proto::CloseReason::ShuttingDown)
+            })
+            .await;
+            tracing::info!(sessions = told, "told clients to reconnect later");
+            let deadline = tokio::time::Instant::now() + session::actor::CLOSE_GRACE;
+            while tokio::time::Instant::now() < deadline {
+                match ractor::call_t!(sessions, SupervisorMsg::Children, 1000) {
+                    Ok(children) if !children.is_empty() => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        self.root.stop(None);
+        let _ = self.root_handle.await;
+        if let Err(e) = self.store.flush().await {
+            tracing::error!(error = %e, "final flush failed");
+        }
+        tracing::info!("stopped");
+    }
+}

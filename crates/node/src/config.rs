@@ -1,0 +1,293 @@
+//! The node's configuration: embedded defaults, then a TOML file, then
+//! `SWITCHBOARD_*` environment variables (nested keys joined by `__`, e.g.
+//! `SWITCHBOARD_LIMITS__MAX_CONNECTIONS=50000`), then command-line overrides.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::{NodeError, Result};
+
+/// Everything a node needs to run. Every field has a default, so a node runs
+/// with no file at all.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The node's name, in logs and in `Welcome`.
+    pub name: String,
+    /// Client TLS listen address.
+    pub listen: String,
+    /// Where the database, certificate and development code log live.
+    pub data_dir: PathBuf,
+    /// Mailbox fragments; fixed when the cluster is created.
+    pub fragments: u16,
+    /// The client-facing certificate.
+    pub tls: TlsConfig,
+    /// Connection and message limits.
+    pub limits: LimitsConfig,
+    /// Registration and tokens.
+    pub auth: auth::AuthConfig,
+    /// Presence and typing.
+    pub presence: PresenceSettings,
+    /// The embedded database.
+    pub storage: StorageSettings,
+}
+
+/// Certificate and key files; when absent a self-signed pair is generated
+/// into `<data_dir>/tls/` on first run.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
+}
+
+/// Limits on connections and messages.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest frame, length prefix excluded.
+    pub max_frame_bytes: u32,
+    /// Largest message payload.
+    pub max_payload_bytes: u32,
+    /// Connections held at once.
+    pub max_connections: usize,
+    /// Frames queued for one client before it is disconnected as too slow.
+    pub outbound_queue: usize,
+    /// Requests one client may have in flight.
+    pub max_in_flight_requests: usize,
+    /// Seconds of silence before a connection is closed.
+    pub idle_timeout_secs: u64,
+    /// Mailbox entries pushed to a device before it acknowledges them.
+    pub delivery_window: usize,
+    /// Days a `(sender, client_msg_id)` is remembered to drop resends.
+    pub dedupe_retention_days: u64,
+}
+
+/// Presence settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PresenceSettings {
+    /// Typing events per sender per window.
+    pub typing_per_window: u32,
+    /// The typing window in milliseconds.
+    pub typing_window_ms: u64,
+    /// Users one client may watch.
+    pub max_watched: usize,
+    /// How often batched updates go out, in milliseconds.
+    pub flush_ms: u64,
+}
+
+/// Storage settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageSettings {
+    /// redb page cache in MiB.
+    pub cache_mib: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            name: "switchboard-1".into(),
+            listen: "127.0.0.1:5222".into(),
+            data_dir: PathBuf::from("./switchboard-data"),
+            fragments: 256,
+            tls: TlsConfig::default(),
+            limits: LimitsConfig::default(),
+            auth: auth::AuthConfig::default(),
+            presence: PresenceSettings::default(),
+            storage: StorageSettings::default(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: proto::DEFAULT_MAX_FRAME_BYTES,
+            max_payload_bytes: 60 * 1024,
+            max_connections: 100_000,
+            outbound_queue: 1024,
+            max_in_flight_requests: 256,
+            idle_timeout_secs: 90,
+            delivery_window: 256,
+            dedupe_retention_days: 7,
+        }
+    }
+}
+
+impl Default for PresenceSettings {
+    fn default() -> Self {
+        let core = presence::PresenceConfig::default();
+        Self {
+            typing_per_window: core.typing_per_window,
+            typing_window_ms: core.typing_window_ms,
+            max_watched: core.max_watched,
+            flush_ms: 100,
+        }
+    }
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        Self { cache_mib: 64 }
+    }
+}
+
+impl NodeConfig {
+    /// Defaults, then `file` if given, then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self> {
+        let mut builder = config::Config::builder();
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(NodeError::Config(format!(
+                    "config file {} does not exist",
+                    file.display()
+                )));
+            }
+            builder = builder.add_source(
+                config::File::from(file.to_path_buf()).format(config::FileFormat::Toml),
+            );
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("SWITCHBOARD")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true),
+        );
+        let raw = builder
+            .build()
+            .map_err(|e| NodeError::Config(e.to_string()))?;
+        let config: NodeConfig = raw
+            .try_deserialize()
+            .map_err(|e| NodeError::Config(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that would otherwise fail later and obscurely.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |m: String| Err(NodeError::Config(m));
+        if self.fragments == 0 {
+            return fail("fragments must be at least 1".into());
+        }
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return fail(format!(
+                "listen = {:?} is not an address like 127.0.0.1:5222",
+                self.listen
+            ));
+        }
+        let l = &self.limits;
+        if l.max_frame_bytes < 1024 {
+            return fail("limits.max_frame_bytes must be at least 1024".into());
+        }
+        if l.max_payload_bytes + 1024 > l.max_frame_bytes {
+            return fail(format!(
+                "limits.max_payload_bytes ({}) must leave 1024 bytes of the frame ({}) for headers",
+                l.max_payload_bytes, l.max_frame_bytes
+            ));
+        }
+        if l.max_connections == 0 || l.outbound_queue < 16 || l.max_in_flight_requests == 0 {
+            return fail(
+                "limits: max_connections and max_in_flight_requests must be > 0, outbound_queue >= 16"
+                    .into(),
+            );
+        }
+        if l.delivery_window == 0 || l.delivery_window + 16 > l.outbound_queue {
+            return fail(format!(
+                "limits.delivery_window ({}) must be > 0 and leave room in outbound_queue ({})",
+                l.delivery_window, l.outbound_queue
+            ));
+        }
+        if l.idle_timeout_secs < 3 {
+            return fail("limits.idle_timeout_secs must be at least 3".into());
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return fail("tls.cert and tls.key must be given together".into());
+        }
+        self.auth
+            .validate()
+            .map_err(|e| NodeError::Config(format!("auth: {e}")))?;
+        Ok(())
+    }
+
+    /// The session settings derived from the limits.
+    pub fn session_config(&self) -> session::SessionConfig {
+        let l = &self.limits;
+        session::SessionConfig {
+            max_frame_bytes: l.max_frame_bytes,
+            idle_timeout: Duration::from_secs(l.idle_timeout_secs),
+            outbound_capacity: l.outbound_queue,
+            max_in_flight_requests: l.max_in_flight_requests,
+            max_connections: l.max_connections,
+            ..session::SessionConfig::default()
+        }
+    }
+
+    /// The fragment settings derived from the limits.
+    pub fn fragment_config(&self) -> offline_queue::FragmentConfig {
+        offline_queue::FragmentConfig {
+            window: self.limits.delivery_window,
+            max_payload: self.limits.max_payload_bytes as usize,
+            dedupe_retention_ms: self.limits.dedupe_retention_days * 24 * 3600 * 1000,
+            ..offline_queue::FragmentConfig::default()
+        }
+    }
+
+    /// The presence settings.
+    pub fn presence_config(&self) -> presence::PresenceConfig {
+        presence::PresenceConfig {
+            typing_per_window: self.presence.typing_per_window,
+            typing_window_ms: self.presence.typing_window_ms,
+            max_watched: self.presence.max_watched,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        NodeConfig::default().validate().expect("defaults");
+    }
+
+    #[test]
+    fn a_file_overrides_defaults_and_unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "name = \"n7\"\nlisten = \"127.0.0.1:6000\"\n[limits]\nmax_connections = 10\n[auth.provider]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/sms\"\n",
+        )
+        .expect("write");
+        let config = NodeConfig::load(Some(&path)).expect("load");
+        assert_eq!(config.name, "n7");
+        assert_eq!(config.limits.max_connections, 10);
+        assert_eq!(config.fragments, 256);
+        assert!(matches!(
+            config.auth.provider,
+            auth::ProviderConfig::Webhook { .. }
+        ));
+
+        std::fs::write(&path, "lisen = \"127.0.0.1:6000\"\n").expect("write");
+        let err = NodeConfig::load(Some(&path)).expect_err("typo refused");
+        assert!(err.to_string().contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_are_explained() {
+        let mut config = NodeConfig::default();
+        config.listen = "localhost".into();
+        assert!(config.validate().is_err());
+        let mut config = NodeConfig::default();
+        config.limits.max_payload_bytes = config.limits.max_frame_bytes;
+        assert!(config.validate().is_err());
+        assert!(NodeConfig::load(Some(Path::new("/nonexistent/x.toml"))).is_err());
+    }
+}

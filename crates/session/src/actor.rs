@@ -1,0 +1,799 @@
+//! The session actor: one per client connection.
+//!
+//! It owns the connection's protocol phase and its bounded outbound queue.
+//! Requests that wait on another service (a durable store, a code provider,
+//! an extension) are answered from a small task holding the request's permit,
+//! so one client can pipeline sends while the actor stays free for pushes.
+//!
+//! A panic while handling a message is caught here: the session detaches
+//! from its fragment and presence, the connection is dropped (the client
+//! resumes from its mailbox), the actor fails and its supervisor logs it.
+//! No other session notices.
+
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use auth::AuthHandle;
+use futures::FutureExt;
+use offline_queue::fragment::ReceiptRequest;
+use offline_queue::{
+    Endpoint, Entry, EntryBody, FragmentDirectory, FragmentError, FragmentMsg, Push, Stored,
+};
+use presence::core::Update;
+use presence::{PresenceMsg, PresencePush};
+use proto::{
+    ClientFrame, CloseReason, ErrorCode, PROTOCOL_VERSION, PhoneNumber, ReceiptKind, Request,
+    RequestId, Response, ServerFrame,
+};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use router::FragmentId;
+use supervision::SupervisorMsg;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::SessionConfig;
+use crate::connection::{
+    Inbound, Outbound, ReadEnd, spawn_reader, spawn_writer, undecodable_error,
+};
+use crate::extension::{ExtensionMsg, ExtensionPush, ExtensionRequest, extension_actor_name};
+use crate::state::{Admission, Phase, admit};
+
+static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A byte stream to a client (TLS over TCP, or any other transport).
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> ClientStream for T {}
+
+/// What every session of a node shares.
+#[derive(Clone)]
+pub struct SessionContext {
+    /// Limits and timeouts.
+    pub config: SessionConfig,
+    /// This node's name, sent in `Welcome`.
+    pub node_name: String,
+    /// Registration and login.
+    pub auth: AuthHandle,
+    /// Finds mailbox fragments.
+    pub fragments: FragmentDirectory,
+    /// Registered name of the presence actor.
+    pub presence: String,
+}
+
+/// Start-up arguments of one session.
+pub struct SessionArgs {
+    /// Shared context.
+    pub ctx: SessionContext,
+    /// The connected, handshaken stream.
+    pub stream: Box<dyn ClientStream>,
+    /// The client's address, for logs.
+    pub peer: SocketAddr,
+    /// The node-wide connection slot this session holds until it ends.
+    pub slot: Option<OwnedSemaphorePermit>,
+}
+
+/// Messages to a session actor.
+pub enum SessionMsg {
+    /// A decoded frame from the client.
+    Frame(Inbound),
+    /// A frame whose request id could be read but not its request.
+    Undecodable {
+        /// The id to answer.
+        request_id: RequestId,
+        /// What failed.
+        reason: String,
+    },
+    /// The reader stopped; the session ends.
+    ReadEnded(ReadEnd),
+    /// Entries from the user's mailbox fragment.
+    Push(Push),
+    /// Batched presence and typing updates.
+    Presence(PresencePush),
+    /// A push from an extension.
+    Extension(ExtensionPush),
+    /// This fragment restarted: attach to it again if it is the user's.
+    Reattach(FragmentId),
+    /// Close the connection (drain, shutdown).
+    Close(CloseReason),
+    /// Panic in the handler (tests of fault isolation only).
+    #[cfg(feature = "fault-injection")]
+    InjectPanic,
+}
+
+impl ractor::Message for SessionMsg {}
+
+macro_rules! derived_message {
+    ($variant:ident, $ty:ty) => {
+        impl From<$ty> for SessionMsg {
+            fn from(m: $ty) -> Self {
+                SessionMsg::$variant(m)
+            }
+        }
+        impl TryFrom<SessionMsg> for $ty {
+            type Error = ();
+            fn try_from(m: SessionMsg) -> Result<Self, ()> {
+                match m {
+                    SessionMsg::$variant(m) => Ok(m),
+                    _ => Err(()),
+                }
+            }
+        }
+    };
+}
+
+derived_message!(Push, Push);
+derived_message!(Presence, PresencePush);
+derived_message!(Extension, ExtensionPush);
+
+/// Sends frames to the client's bounded queue. A client whose queue is full
+/// is disconnected (cancelling the connection) rather than buffered without
+/// bound; it resumes from its mailbox.
+#[derive(Clone)]
+struct Responder {
+    out: mpsc::Sender<Outbound>,
+    cancel: CancellationToken,
+}
+
+impl Responder {
+    /// Queues a frame that must not be lost; false if the client is gone.
+    fn send(&self, frame: ServerFrame) -> bool {
+        match self.out.try_send(Outbound::Frame(frame)) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                tracing::info!("slow consumer: outbound queue full, disconnecting");
+                self.cancel.cancel();
+                false
+            }
+            Err(TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Queues a frame that may be shed under pressure (presence, typing).
+    fn send_droppable(&self, frame: ServerFrame) {
+        let _ = self.out.try_send(Outbound::Frame(frame));
+    }
+
+    fn respond(&self, id: RequestId, response: Response) -> bool {
+        self.send(ServerFrame::Response { id, response })
+    }
+
+    fn error(&self, id: Option<RequestId>, code: ErrorCode, message: impl Into<String>) -> bool {
+        self.send(ServerFrame::Error {
+            id,
+            code,
+            message: message.into(),
+        })
+    }
+}
+
+/// The session actor.
+#[derive(Debug, Default)]
+pub struct SessionActor;
+
+/// Its state.
+pub struct SessionState {
+    ctx: SessionContext,
+    session_id: u64,
+    peer: SocketAddr,
+    phase: Phase,
+    responder: Responder,
+    cleaned_up: bool,
+    _slot: Option<OwnedSemaphorePermit>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn entry_frame(entry: Entry) -> ServerFrame {
+    match entry.body {
+        EntryBody::Message {
+            from,
+            client_msg_id,
+            server_ts,
+            payload,
+        } => ServerFrame::Deliver {
+            msg_id: entry.id,
+            from,
+            client_msg_id,
+            server_ts,
+            payload,
+        },
+        EntryBody::Receipt {
+            kind,
+            by,
+            msg_ids,
+            ts,
+        } => ServerFrame::Receipt {
+            id: entry.id,
+            kind,
+            by,
+            msg_ids,
+            ts,
+        },
+    }
+}
+
+fn update_frame(update: Update) -> ServerFrame {
+    match update {
+        Update::Presence { user, status } => ServerFrame::Presence { user, status },
+        Update::Typing { from, active } => ServerFrame::Typing { from, active },
+    }
+}
+
+fn panic_text(panic: Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
+}
+
+impl SessionState {
+    fn presence(&self) -> Option<ActorRef<PresenceMsg>> {
+        ractor::registry::where_is(self.ctx.presence.clone()).map(ActorRef::from)
+    }
+
+    fn user(&self) -> Option<&PhoneNumber> {
+        match &self.phase {
+            Phase::LoggedIn(user) => Some(user),
+            _ => None,
+        }
+    }
+
+    /// Tells the fragment and presence that this session is gone. Idempotent.
+    fn clean_up(&mut self) {
+        if self.cleaned_up {
+            return;
+        }
+        self.cleaned_up = true;
+        let Some(user) = self.user().cloned() else {
+            return;
+        };
+        if let Ok(fragment) = self.ctx.fragments.for_user(&user) {
+            let _ = fragment.send_message(FragmentMsg::Detach {
+                user: user.clone(),
+                session_id: self.session_id,
+            });
+        }
+        if let Some(presence) = self.presence() {
+            let _ = presence.send_message(PresenceMsg::Offline {
+                user,
+                session_id: self.session_id,
+            });
+        }
+    }
+
+    /// Says goodbye with `reason` and stops after the queue is flushed.
+    fn close(&mut self, myself: &ActorRef<SessionMsg>, reason: CloseReason) {
+        if self.phase == Phase::Closing {
+            return;
+        }
+        let retry_after_ms = match reason {
+            CloseReason::ShuttingDown => 1000,
+            _ => 0,
+        };
+        self.responder.send(ServerFrame::Closing {
+            reason,
+            retry_after_ms,
+        });
+        self.clean_up();
+        self.phase = Phase::Closing;
+        if self.responder.out.try_send(Outbound::Close).is_err() {
+            self.responder.cancel.cancel();
+        }
+        myself.stop(None);
+    }
+
+    /// Spawns `work` and answers request `id` with its outcome, holding the
+    /// request's permit until then.
+    fn answer_later<F>(&self, id: RequestId, permit: OwnedSemaphorePermit, work: F)
+    where
+        F: Future<Output = Result<Response, (ErrorCode, String)>> + Send + 'static,
+    {
+        let responder = self.responder.clone();
+        let timeout = self.ctx.config.request_timeout;
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tokio::time::timeout(timeout, work).await {
+                Ok(Ok(response)) => responder.respond(id, response),
+                Ok(Err((code, message))) => responder.error(Some(id), code, message),
+                Err(_) => responder.error(
+                    Some(id),
+                    ErrorCode::Unavailable {
+                        retry_after_ms: 1000,
+                    },
+                    "the request timed out",
+                ),
+            };
+        });
+    }
+}
+
+async fn await_fragment<T>(
+    rx: ractor::concurrency::OneshotReceiver<Result<T, FragmentError>>,
+) -> Result<T, (ErrorCode, String)> {
+    match rx.await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err((e.error_code(), e.to_string())),
+        Err(_) => Err((
+            ErrorCode::Unavailable {
+                retry_after_ms: 1000,
+            },
+            "the mailbox restarted; retry".to_owned(),
+        )),
+    }
+}
+
+fn fragment_reply<T>() -> (
+    RpcReplyPort<Result<T, FragmentError>>,
+    ractor::concurrency::OneshotReceiver<Result<T, FragmentError>>,
+) {
+    let (tx, rx) = ractor::concurrency::oneshot();
+    (tx.into(), rx)
+}
+
+fn unavailable(e: &FragmentError) -> (ErrorCode, String) {
+    (e.error_code(), e.to_string())
+}
+
+impl Actor for SessionActor {
+    type Msg = SessionMsg;
+    type State = SessionState;
+    type Arguments = SessionArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: SessionArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let config = &args.ctx.config;
+        let (reader, writer) = tokio::io::split(args.stream);
+        let (out, queue) = mpsc::channel(config.outbound_capacity);
+        let cancel = CancellationToken::new();
+        spawn_writer(
+            writer,
+            queue,
+            config.max_frame_bytes,
+            config.write_timeout,
+            cancel.clone(),
+        );
+        spawn_reader(
+            reader,
+            myself,
+            config.max_frame_bytes,
+            config.idle_timeout,
+            Arc::new(Semaphore::new(config.max_in_flight_requests)),
+            cancel.clone(),
+        );
+        Ok(SessionState {
+            session_id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
+            peer: args.peer,
+            phase: Phase::AwaitHello,
+            responder: Responder { out, cancel },
+            cleaned_up: false,
+            ctx: args.ctx,
+            _slot: args.slot,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.clean_up();
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let handled = AssertUnwindSafe(dispatch(&myself, message, state))
+            .catch_unwind()
+            .await;
+        if let Err(panic) = handled {
+            let reason = panic_text(panic);
+            tracing::error!(session = state.session_id, peer = %state.peer, %reason,
+                "session panicked; dropping its connection");
+            state.clean_up();
+            state.responder.cancel.cancel();
+            return Err(format!("session panicked: {reason}").into());
+        }
+        Ok(())
+    }
+}
+
+async fn dispatch(myself: &ActorRef<SessionMsg>, message: SessionMsg, state: &mut SessionState) {
+    match message {
+        SessionMsg::Frame(Inbound { frame, permit }) => {
+            on_frame(myself, state, frame, permit).await;
+        }
+        SessionMsg::Undecodable { request_id, reason } => {
+            state.responder.send(undecodable_error(request_id, &reason));
+        }
+        SessionMsg::ReadEnded(end) => {
+            tracing::debug!(session = state.session_id, peer = %state.peer, ?end, "reader ended");
+            let (code, message) = match &end {
+                ReadEnd::TooLarge { len, max } => (
+                    Some(ErrorCode::FrameTooLarge),
+                    format!("frame of {len} bytes exceeds the limit of {max}"),
+                ),
+                ReadEnd::Malformed(reason) => {
+                    (Some(ErrorCode::BadFrame), format!("not a frame: {reason}"))
+                }
+                _ => (None, String::new()),
+            };
+            if let Some(code) = code {
+                state.responder.error(None, code, message);
+                state.close(myself, CloseReason::ProtocolViolation);
+            } else if end == ReadEnd::Idle {
+                state.close(myself, CloseReason::IdleTimeout);
+            } else {
+                state.clean_up();
+                state.phase = Phase::Closing;
+                let _ = state.responder.out.try_send(Outbound::Close);
+                myself.stop(None);
+            }
+        }
+        SessionMsg::Push(Push::Entries(entries)) => {
+            for entry in entries {
+                if !state.responder.send(entry_frame(entry)) {
+                    break;
+                }
+            }
+        }
+        SessionMsg::Push(Push::Replaced) => state.close(myself, CloseReason::Replaced),
+        SessionMsg::Presence(PresencePush(updates)) => {
+            for update in updates {
+                state.responder.send_droppable(update_frame(update));
+            }
+        }
+        SessionMsg::Extension(ExtensionPush { namespace, body }) => {
+            state
+                .responder
+                .send(ServerFrame::Extension { namespace, body });
+        }
+        SessionMsg::Reattach(fragment) => {
+            let Some(user) = state.user().cloned() else {
+                return;
+            };
+            if state.ctx.fragments.placement().fragment_of(&user) == fragment {
+                if let Err(e) = attach(myself, state, &user).await {
+                    tracing::warn!(session = state.session_id, error = %e,
+                        "re-attach after a fragment restart failed; closing");
+                    state.close(myself, CloseReason::ShuttingDown);
+                }
+            }
+        }
+        SessionMsg::Close(reason) => state.close(myself, reason),
+        #[cfg(feature = "fault-injection")]
+        SessionMsg::InjectPanic => panic!("injected fault"),
+    }
+}
+
+async fn on_frame(
+    myself: &ActorRef<SessionMsg>,
+    state: &mut SessionState,
+    frame: ClientFrame,
+    permit: OwnedSemaphorePermit,
+) {
+    match admit(&state.phase, &frame, PROTOCOL_VERSION) {
+        Admission::Ignore => {}
+        Admission::Welcome => {
+            state.phase = Phase::Guest;
+            state.responder.send(ServerFrame::Welcome {
+                version: PROTOCOL_VERSION,
+                node: state.ctx.node_name.clone(),
+                max_frame_bytes: state.ctx.config.max_frame_bytes,
+                idle_timeout_secs: state.ctx.config.idle_timeout.as_secs() as u32,
+            });
+        }
+        Admission::Refuse { code, close } => {
+            let id = match &frame {
+                ClientFrame::Request { id, .. } => Some(*id),
+                ClientFrame::Hello { .. } => None,
+            };
+            let message = match code {
+                ErrorCode::NotAuthenticated => "log in first (only hello, auth and ping before)",
+                ErrorCode::UnsupportedVersion => "unsupported protocol version",
+                ErrorCode::AlreadyLoggedIn => "already logged in",
+                _ => "not allowed now",
+            };
+            state.responder.error(id, code, message);
+            if close {
+                state.close(myself, CloseReason::ProtocolViolation);
+            }
+        }
+        Admission::Serve => {
+            if let ClientFrame::Request { id, request } = frame {
+                serve(myself, state, id, request, permit).await;
+            }
+        }
+    }
+}
+
+async fn attach(
+    myself: &ActorRef<SessionMsg>,
+    state: &SessionState,
+    user: &PhoneNumber,
+) -> Result<(), FragmentError> {
+    let fragment = state.ctx.fragments.for_user(user)?;
+    let endpoint = Endpoint {
+        session_id: state.session_id,
+        target: myself.get_derived(),
+    };
+    let (reply, rx) = fragment_reply();
+    fragment
+        .send_message(FragmentMsg::Attach {
+            user: user.clone(),
+            endpoint,
+            reply,
+        })
+        .map_err(|_| {
+            FragmentError::Unavailable(state.ctx.fragments.placement().fragment_of(user))
+        })?;
+    match tokio::time::timeout(state.ctx.config.request_timeout, rx).await {
+        Ok(Ok(result)) => result,
+        _ => Err(FragmentError::Unavailable(
+            state.ctx.fragments.placement().fragment_of(user),
+        )),
+    }
+}
+
+async fn serve(
+    myself: &ActorRef<SessionMsg>,
+    state: &mut SessionState,
+    id: RequestId,
+    request: Request,
+    permit: OwnedSemaphorePermit,
+) {
+    match request {
+        Request::Ping => {
+            state.responder.respond(id, Response::Pong);
+        }
+        Request::RequestCode { phone } => {
+            let auth = state.ctx.auth.clone();
+            state.answer_later(id, permit, async move {
+                auth.request_code(phone)
+                    .await
+                    .map(|sent| Response::CodeSent {
+                        expires_in_secs: sent.expires_in_secs,
+                    })
+                    .map_err(|e| (e.error_code(), e.to_string()))
+            });
+        }
+        Request::Verify { phone, code } => {
+            let auth = state.ctx.auth.clone();
+            state.answer_later(id, permit, async move {
+                auth.verify(phone, code)
+                    .await
+                    .map(|issued| Response::Verified {
+                        token: issued.token,
+                        expires_at_ms: issued.expires_at_ms,
+                    })
+                    .map_err(|e| (e.error_code(), e.to_string()))
+            });
+        }
+        Request::Login { token } => match state.ctx.auth.login(&token).await {
+            Ok(user) => {
+                state.phase = Phase::LoggedIn(user.clone());
+                state.cleaned_up = false;
+                if let Some(presence) = state.presence() {
+                    let _ = presence.send_message(PresenceMsg::Online {
+                        user: user.clone(),
+                        session_id: state.session_id,
+                        target: myself.get_derived(),
+                    });
+                }
+                // The fragment's first pushes queue behind this handler, so
+                // the client sees LoggedIn before its backlog.
+                match attach(myself, state, &user).await {
+                    Ok(()) => {
+                        tracing::debug!(session = state.session_id, %user, "logged in");
+                        state.responder.respond(id, Response::LoggedIn { user });
+                    }
+                    Err(e) => {
+                        state.clean_up();
+                        state.phase = Phase::Guest;
+                        let (code, message) = unavailable(&e);
+                        state.responder.error(Some(id), code, message);
+                    }
+                }
+            }
+            Err(e) => {
+                state
+                    .responder
+                    .error(Some(id), e.error_code(), e.to_string());
+            }
+        },
+        Request::Send {
+            to,
+            client_msg_id,
+            payload,
+        } => {
+            let Some(from) = state.user().cloned() else {
+                return;
+            };
+            let fragment = match state.ctx.fragments.for_user(&to) {
+                Ok(fragment) => fragment,
+                Err(e) => {
+                    let (code, message) = unavailable(&e);
+                    state.responder.error(Some(id), code, message);
+                    return;
+                }
+            };
+            let (reply, rx) = fragment_reply::<Stored>();
+            if fragment
+                .send_message(FragmentMsg::Append {
+                    to,
+                    from,
+                    client_msg_id,
+                    payload,
+                    reply,
+                })
+                .is_err()
+            {
+                state.responder.error(
+                    Some(id),
+                    ErrorCode::Unavailable {
+                        retry_after_ms: 1000,
+                    },
+                    "the mailbox is restarting; retry",
+                );
+                return;
+            }
+            state.answer_later(id, permit, async move {
+                await_fragment(rx).await.map(|stored| Response::ServerAck {
+                    client_msg_id,
+                    msg_id: stored.msg_id,
+                    server_ts: stored.server_ts,
+                })
+            });
+        }
+        Request::Ack { ids } => {
+            let Some(user) = state.user().cloned() else {
+                return;
+            };
+            if ids.is_empty() {
+                state
+                    .responder
+                    .error(Some(id), ErrorCode::InvalidRequest, "no ids to ack");
+                return;
+            }
+            match state.ctx.fragments.for_user(&user) {
+                Ok(fragment) => {
+                    let _ = fragment.send_message(FragmentMsg::Ack { user, ids });
+                    state.responder.respond(id, Response::Ok);
+                }
+                Err(e) => {
+                    let (code, message) = unavailable(&e);
+                    state.responder.error(Some(id), code, message);
+                }
+            }
+        }
+        Request::Read { sender, ids } => {
+            let Some(user) = state.user().cloned() else {
+                return;
+            };
+            let fragment = match state.ctx.fragments.for_user(&sender) {
+                Ok(fragment) => fragment,
+                Err(e) => {
+                    let (code, message) = unavailable(&e);
+                    state.responder.error(Some(id), code, message);
+                    return;
+                }
+            };
+            let (reply, rx) = fragment_reply::<Stored>();
+            let request = ReceiptRequest {
+                owner: sender,
+                kind: ReceiptKind::Read,
+                by: user,
+                msg_ids: ids,
+                ts: now_ms(),
+                then_delete: None,
+            };
+            let _ = fragment.send_message(FragmentMsg::StoreReceipt {
+                request,
+                reply: Some(reply),
+            });
+            state.answer_later(id, permit, async move {
+                await_fragment(rx).await.map(|_| Response::Ok)
+            });
+        }
+        Request::Typing { to, active } => {
+            if let (Some(from), Some(presence)) = (state.user().cloned(), state.presence()) {
+                let _ = presence.send_message(PresenceMsg::Typing { from, to, active });
+            }
+            state.responder.respond(id, Response::Ok);
+        }
+        Request::SubscribePresence { users } => {
+            if let (Some(subscriber), Some(presence)) = (state.user().cloned(), state.presence()) {
+                let _ = presence.send_message(PresenceMsg::Subscribe { subscriber, users });
+            }
+            state.responder.respond(id, Response::Ok);
+        }
+        Request::Extension { namespace, body } => {
+            let Some(user) = state.user().cloned() else {
+                return;
+            };
+            let Some(extension) = ractor::registry::where_is(extension_actor_name(&namespace))
+            else {
+                state.responder.error(
+                    Some(id),
+                    ErrorCode::UnknownNamespace,
+                    format!("no extension serves {namespace:?}"),
+                );
+                return;
+            };
+            let (tx, rx) = ractor::concurrency::oneshot();
+            let sent = extension.send_message(ExtensionMsg::Request(ExtensionRequest {
+                user,
+                body,
+                session: myself.get_derived(),
+                reply: tx.into(),
+            }));
+            if sent.is_err() {
+                state.responder.error(
+                    Some(id),
+                    ErrorCode::Unavailable {
+                        retry_after_ms: 1000,
+                    },
+                    "the extension is restarting",
+                );
+                return;
+            }
+            state.answer_later(id, permit, async move {
+                match rx.await {
+                    Ok(Ok(body)) => Ok(Response::Extension { body }),
+                    Ok(Err(message)) => Err((ErrorCode::InvalidRequest, message)),
+                    Err(_) => Err((
+                        ErrorCode::Unavailable {
+                            retry_after_ms: 1000,
+                        },
+                        "the extension dropped the request".to_owned(),
+                    )),
+                }
+            });
+        }
+        Request::Logout => {
+            state.responder.respond(id, Response::Ok);
+            state.close(myself, CloseReason::LoggedOut);
+        }
+    }
+}
+
+/// Sends a message built by `make` to every session under `sessions` (the
+/// session supervisor), e.g. to re-attach after a fragment restart or to drain.
+pub async fn broadcast_to_sessions<F>(sessions: &ActorRef<SupervisorMsg>, make: F) -> usize
+where
+    F: Fn() -> SessionMsg,
+{
+    let children = match ractor::call_t!(sessions, SupervisorMsg::Children, 10_000) {
+        Ok(children) => children,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list sessions");
+            return 0;
+        }
+    };
+    let mut sent = 0;
+    for (_, cell) in children {
+        if cell.send_message::<SessionMsg>(make()).is_ok() {
+            sent += 1;
+        }
+    }
+    sent
+}
+
+/// How long a closing session may take to flush before it is dropped.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(2);

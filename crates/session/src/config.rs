@@ -1,0 +1,40 @@
+//! Limits and timeouts of client connections.
+
+use std::time::Duration;
+
+/// Settings shared by every client connection of a node.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Largest frame accepted or sent, length prefix excluded.
+    pub max_frame_bytes: u32,
+    /// A connection silent this long is closed (clients ping at a third).
+    pub idle_timeout: Duration,
+    /// Frames queued for one client before it counts as a slow consumer and
+    /// is disconnected (it resumes from its mailbox: nothing is lost).
+    pub outbound_capacity: usize,
+    /// Requests one client may have in flight; the reader waits beyond it.
+    pub max_in_flight_requests: usize,
+    /// Connections the node accepts at once.
+    pub max_connections: usize,
+    /// Time allowed for the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time allowed for one socket write before the client is dropped.
+    pub write_timeout: Duration,
+    /// Time allowed for a request to a service (fragment, auth, extension).
+    pub request_timeout: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: proto::DEFAULT_MAX_FRAME_BYTES,
+            idle_timeout: Duration::from_secs(90),
+            outbound_capacity: 1024,
+            max_in_flight_requests: 256,
+            max_connections: 100_000,
+            handshake_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(20),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}

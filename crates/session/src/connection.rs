@@ -1,0 +1,235 @@
+//! The socket side of a connection: a reader task and a writer task.
+//!
+//! The reader decodes frames (length checked before buffering) and hands each
+//! to the session actor together with a permit from a per-connection
+//! semaphore, so a client cannot queue unbounded work: the reader stops
+//! reading while all permits are out. The writer drains a bounded queue,
+//! encodes everything waiting into one buffer and writes it with one call,
+//! so a burst of deliveries costs one TLS record and one syscall.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use proto::{ClientFrame, CodecError, RequestId, ServerFrame, decode_frame, encode_frame_into};
+use ractor::ActorRef;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::actor::SessionMsg;
+
+/// Something to write to the client.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A frame.
+    Frame(ServerFrame),
+    /// Flush what is queued, close the TLS session and stop.
+    Close,
+}
+
+/// Why the reader stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadEnd {
+    /// The client closed the connection.
+    Eof,
+    /// A socket error.
+    Io(String),
+    /// Nothing arrived within the idle timeout.
+    Idle,
+    /// A length prefix above the limit.
+    TooLarge {
+        /// Announced length.
+        len: u32,
+        /// The limit.
+        max: u32,
+    },
+    /// Bytes that are not a frame.
+    Malformed(String),
+    /// The connection is being torn down from our side.
+    Cancelled,
+}
+
+/// A decoded frame with the permit it holds until answered.
+pub struct Inbound {
+    /// The frame.
+    pub frame: ClientFrame,
+    /// Released when the request is answered.
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// Smallest read buffer, kept small so that idle connections cost little.
+const MIN_READ_BUFFER: usize = 512;
+
+/// Starts the reader task.
+pub(crate) fn spawn_reader<R>(
+    mut reader: R,
+    actor: ActorRef<SessionMsg>,
+    max_frame_bytes: u32,
+    idle_timeout: Duration,
+    permits: Arc<Semaphore>,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<()>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let end = read_frames(
+            &mut reader,
+            &actor,
+            max_frame_bytes,
+            idle_timeout,
+            &permits,
+            &cancel,
+        )
+        .await;
+        let _ = actor.send_message(SessionMsg::ReadEnded(end));
+    })
+}
+
+async fn read_frames<R>(
+    reader: &mut R,
+    actor: &ActorRef<SessionMsg>,
+    max_frame_bytes: u32,
+    idle_timeout: Duration,
+    permits: &Arc<Semaphore>,
+    cancel: &CancellationToken,
+) -> ReadEnd
+where
+    R: AsyncRead + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(MIN_READ_BUFFER);
+    loop {
+        loop {
+            match decode_frame::<ClientFrame>(&buf, max_frame_bytes) {
+                Ok(Some((frame, used))) => {
+                    buf.advance(used);
+                    let permit = tokio::select! {
+                        permit = Arc::clone(permits).acquire_owned() => match permit {
+                            Ok(permit) => permit,
+                            Err(_) => return ReadEnd::Cancelled,
+                        },
+                        () = cancel.cancelled() => return ReadEnd::Cancelled,
+                    };
+                    if actor
+                        .send_message(SessionMsg::Frame(Inbound { frame, permit }))
+                        .is_err()
+                    {
+                        return ReadEnd::Cancelled;
+                    }
+                }
+                Ok(None) => break,
+                Err(CodecError::Malformed {
+                    request_id: Some(request_id),
+                    consumed,
+                    reason,
+                    ..
+                }) => {
+                    buf.advance(consumed);
+                    let _ = actor.send_message(SessionMsg::Undecodable { request_id, reason });
+                }
+                Err(CodecError::Malformed { reason, .. }) => return ReadEnd::Malformed(reason),
+                Err(CodecError::TooLarge { len, max }) => return ReadEnd::TooLarge { len, max },
+                Err(CodecError::Encode(reason)) => return ReadEnd::Malformed(reason),
+            }
+        }
+        if buf.is_empty() && buf.capacity() > 4 * MIN_READ_BUFFER * 8 {
+            // A large frame passed; give the memory back while idle.
+            buf = BytesMut::with_capacity(MIN_READ_BUFFER);
+        } else if buf.capacity() - buf.len() < 64 {
+            buf.reserve(MIN_READ_BUFFER.max(buf.len()));
+        }
+        let read = tokio::select! {
+            read = tokio::time::timeout(idle_timeout, reader.read_buf(&mut buf)) => read,
+            () = cancel.cancelled() => return ReadEnd::Cancelled,
+        };
+        match read {
+            Err(_) => return ReadEnd::Idle,
+            Ok(Ok(0)) => return ReadEnd::Eof,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return ReadEnd::Io(e.to_string()),
+        }
+    }
+}
+
+/// Largest batch of frames encoded before a write.
+const MAX_WRITE_BATCH: usize = 64 * 1024;
+
+/// Starts the writer task. When it ends, for any reason, it cancels `cancel`
+/// so that the reader stops too and the socket is released.
+pub(crate) fn spawn_writer<W>(
+    mut writer: W,
+    mut queue: mpsc::Receiver<Outbound>,
+    max_frame_bytes: u32,
+    write_timeout: Duration,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<()>
+where
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut out = Vec::new();
+        loop {
+            let first = tokio::select! {
+                next = queue.recv() => next,
+                () = cancel.cancelled() => break,
+            };
+            let Some(first) = first else { break };
+            let mut closing = false;
+            let mut take = |item: Outbound, out: &mut Vec<u8>| match item {
+                Outbound::Frame(frame) => {
+                    if let Err(e) = encode_frame_into(&frame, max_frame_bytes, out) {
+                        tracing::error!(error = %e, "dropping a frame that cannot be encoded");
+                    }
+                }
+                Outbound::Close => closing = true,
+            };
+            take(first, &mut out);
+            while out.len() < MAX_WRITE_BATCH {
+                match queue.try_recv() {
+                    Ok(item) => take(item, &mut out),
+                    Err(_) => break,
+                }
+            }
+            if !out.is_empty() {
+                let write = async {
+                    writer.write_all(&out).await?;
+                    writer.flush().await
+                };
+                let written = tokio::select! {
+                    written = tokio::time::timeout(write_timeout, write) => written,
+                    () = cancel.cancelled() => break,
+                };
+                match written {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "client write failed");
+                        break;
+                    }
+                    Err(_) => {
+                        tracing::debug!("client write timed out");
+                        break;
+                    }
+                }
+                out.clear();
+                if out.capacity() > MAX_WRITE_BATCH {
+                    out = Vec::new();
+                }
+            }
+            if closing {
+                let _ = tokio::time::timeout(Duration::from_secs(1), writer.shutdown()).await;
+                break;
+            }
+        }
+        cancel.cancel();
+    })
+}
+
+/// Whether a request id came from a frame we could not read whole.
+pub(crate) fn undecodable_error(request_id: RequestId, reason: &str) -> ServerFrame {
+    ServerFrame::Error {
+        id: Some(request_id),
+        code: proto::ErrorCode::UnknownRequest,
+        message: format!("request not understood: {reason}"),
+    }
+}

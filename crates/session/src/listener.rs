@@ -1,0 +1,101 @@
+//! The TLS accept loop.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ractor::{Actor, ActorRef};
+use supervision::{ChildSpec, Restart, SupervisorMsg};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+use crate::actor::{SessionActor, SessionArgs, SessionContext};
+
+/// Why the listener stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ListenerError {
+    /// Accepting failed persistently.
+    #[error("accept failed: {0}")]
+    Accept(std::io::Error),
+}
+
+/// Accepts TLS connections on `listener` until `shutdown` resolves, starting
+/// one session actor per connection under `sessions` (a supervisor whose
+/// session children are temporary). At most `max_connections` are served at
+/// once; beyond that new connections are closed at once.
+pub async fn serve(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    ctx: SessionContext,
+    sessions: ActorRef<SupervisorMsg>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ListenerError> {
+    let slots = Arc::new(Semaphore::new(ctx.config.max_connections));
+    let mut backoff = Duration::from_millis(5);
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(pair) => {
+                backoff = Duration::from_millis(5);
+                pair
+            }
+            Err(e) => {
+                // Out of file descriptors and similar: back off, keep serving.
+                tracing::warn!(error = %e, ?backoff, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::warn!(%peer, "connection limit reached; refusing");
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let ctx = ctx.clone();
+        let sessions = sessions.clone();
+        tokio::spawn(async move {
+            let handshake =
+                tokio::time::timeout(ctx.config.handshake_timeout, acceptor.accept(tcp));
+            let tls = match handshake.await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let args = Arc::new(Mutex::new(Some(SessionArgs {
+                ctx,
+                stream: Box::new(tls),
+                peer,
+                slot: Some(slot),
+            })));
+            // A temporary child is started exactly once; the args move into it.
+            let spec = ChildSpec::new(format!("session {peer}"), Restart::Temporary, move |sup| {
+                let args = args.lock().ok().and_then(|mut a| a.take());
+                async move {
+                    let Some(args) = args else {
+                        return Err(ractor::SpawnErr::ActorAlreadyStarted);
+                    };
+                    let (actor, _) = Actor::spawn_linked(None, SessionActor, args, sup).await?;
+                    Ok(actor.get_cell())
+                }
+            });
+            match ractor::call_t!(sessions, SupervisorMsg::StartChild, 10_000, spec) {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(%peer, error = %e, "session did not start"),
+                Err(e) => tracing::warn!(%peer, error = %e, "session supervisor unavailable"),
+            }
+        });
+    }
+}
