@@ -1,0 +1,115 @@
+//! A session actor that panics is cleaned up and no other session notices.
+
+use std::time::Duration;
+
+use client::{Client, ClientConfig, Event, Events, PhoneNumber};
+use node::{NodeBuilder, NodeConfig};
+use session::SessionMsg;
+use supervision::SupervisorMsg;
+
+async fn login(cfg: &ClientConfig, data: &std::path::Path, phone: &str) -> (Client, Events) {
+    let phone = PhoneNumber::parse(phone).expect("phone");
+    client::request_code(cfg, &phone).await.expect("code");
+    let log = std::fs::read_to_string(data.join("verification-codes.log")).expect("log");
+    let code = log
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix(&format!("{phone} ")))
+        .expect("code")
+        .to_owned();
+    let (token, _) = client::verify(cfg, &phone, &code).await.expect("verify");
+    Client::connect(cfg.clone(), token).await.expect("login")
+}
+
+async fn next_matching(
+    events: &mut Events,
+    secs: u64,
+    f: impl Fn(&Event) -> bool,
+) -> Option<Event> {
+    tokio::time::timeout(Duration::from_secs(secs), async {
+        loop {
+            match events.recv().await {
+                Some(e) if f(&e) => return Some(e),
+                Some(_) => {}
+                None => return None,
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_session_is_cleaned_up_and_others_do_not_notice() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = NodeConfig {
+        listen: "127.0.0.1:0".into(),
+        data_dir: dir.path().to_path_buf(),
+        fragments: 4,
+        ..NodeConfig::default()
+    };
+    let node = NodeBuilder::new(config).start().await.expect("start");
+    let ca = std::fs::read(&node.certificate().cert_path).expect("ca");
+    let cfg = ClientConfig::new(vec![node.local_addr().to_string()], ca);
+    let (alice, mut alice_events) = login(&cfg, dir.path(), "+15550000401").await;
+    let (bob, mut bob_events) = login(&cfg, dir.path(), "+15550000402").await;
+    let alice_phone = alice.user().clone();
+    let bob_phone = bob.user().clone();
+
+    let sessions = node.sessions().expect("session supervisor");
+    let children = ractor::call_t!(sessions, SupervisorMsg::Children, 1000).expect("children");
+    assert_eq!(children.len(), 2, "one actor per logged-in connection");
+    // The first is alice's (she logged in first).
+    children[0]
+        .1
+        .send_message(SessionMsg::InjectPanic)
+        .expect("send");
+
+    let dropped = next_matching(&mut alice_events, 10, |e| {
+        matches!(e, Event::Disconnected { .. })
+    })
+    .await;
+    assert!(
+        dropped.is_some(),
+        "the panicked session's connection is dropped"
+    );
+    // Alice's client reconnects by itself and is served again.
+    assert!(
+        next_matching(&mut alice_events, 20, |e| matches!(e, Event::Connected))
+            .await
+            .is_some()
+    );
+    let ack = bob
+        .send(&alice_phone, b"after the crash".to_vec())
+        .await
+        .expect("ack");
+    let got = next_matching(&mut alice_events, 10, |e| {
+        matches!(e, Event::Message { .. })
+    })
+    .await
+    .expect("message after reconnect");
+    assert!(matches!(got, Event::Message { msg_id, .. } if msg_id == ack.msg_id));
+    alice
+        .send(&bob_phone, b"hi".to_vec())
+        .await
+        .expect("alice sends again");
+    let got = next_matching(&mut bob_events, 10, |e| matches!(e, Event::Message { .. })).await;
+    assert!(got.is_some());
+    // Bob never saw a disconnect.
+    while let Some(event) = bob_events.try_recv() {
+        assert!(
+            !matches!(event, Event::Disconnected { .. }),
+            "bob was disturbed"
+        );
+    }
+    let children = ractor::call_t!(sessions, SupervisorMsg::Children, 1000).expect("children");
+    assert_eq!(
+        children.len(),
+        2,
+        "the crashed session is gone, its replacement is there"
+    );
+    alice.close().await;
+    bob.close().await;
+    node.shutdown().await;
+}

@@ -1,0 +1,200 @@
+//! Shared harness for end-to-end tests: real node processes over real TLS.
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use client::{Client, ClientConfig, Event, Events, PhoneNumber};
+
+/// A `switchboard node` process on a temporary data directory.
+pub struct NodeProcess {
+    child: Child,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub ca_path: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_switchboard")
+}
+
+impl NodeProcess {
+    /// Starts a node on a fresh data directory and a free port.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data_dir = dir.path().to_path_buf();
+        let mut node = Self::start_at(&data_dir, "127.0.0.1:0");
+        node._dir = Some(dir);
+        node
+    }
+
+    /// Starts a node on `data_dir`, listening on `listen`.
+    pub fn start_at(data_dir: &Path, listen: &str) -> Self {
+        let mut child = Command::new(binary())
+            .args(["node", "--listen", listen, "--data-dir"])
+            .arg(data_dir)
+            .env("SWITCHBOARD_FRAGMENTS", "16")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn the node");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        // "switchboard node NAME listening on ADDR (TLS; clients trust PATH)"
+        let line = lines
+            .next()
+            .expect("the node prints its address")
+            .expect("readable stdout");
+        let addr = line
+            .split(" listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+            .to_owned();
+        // Keep draining stdout so the node never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        NodeProcess {
+            child,
+            addr,
+            ca_path: data_dir.join("tls").join("cert.pem"),
+            data_dir: data_dir.to_path_buf(),
+            _dir: None,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, no chance to flush.
+    pub fn kill9(mut self) -> (PathBuf, String, Option<tempfile::TempDir>) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        (self.data_dir.clone(), self.addr.clone(), self._dir.take())
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        self.child.wait().expect("wait")
+    }
+
+    pub fn client_config(&self) -> ClientConfig {
+        let ca = std::fs::read(&self.ca_path).expect("ca file");
+        let mut cfg = ClientConfig::new(vec![self.addr.clone()], ca);
+        cfg.request_timeout = Duration::from_secs(10);
+        cfg
+    }
+
+    /// Registers `phone` through the development code log and returns a token.
+    pub async fn register(&self, phone: &PhoneNumber) -> String {
+        let cfg = self.client_config();
+        client::request_code(&cfg, phone).await.expect("code sent");
+        let code = self.code_for(phone);
+        client::verify(&cfg, phone, &code).await.expect("verified").0
+    }
+
+    /// The newest code logged for `phone`.
+    pub fn code_for(&self, phone: &PhoneNumber) -> String {
+        let log = std::fs::read_to_string(self.data_dir.join("verification-codes.log"))
+            .expect("code log");
+        log.lines()
+            .rev()
+            .find_map(|l| l.strip_prefix(&format!("{phone} ")))
+            .expect("a code for the phone")
+            .to_owned()
+    }
+
+    /// Registers and logs in.
+    pub async fn login(&self, phone: &str) -> (Client, Events, PhoneNumber) {
+        let phone = PhoneNumber::parse(phone).expect("phone");
+        let token = self.register(&phone).await;
+        let (client, events) = Client::connect(self.client_config(), token)
+            .await
+            .expect("login");
+        (client, events, phone)
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The next event matching `keep`, within `secs` seconds.
+pub async fn next_event<F>(events: &mut Events, secs: u64, mut keep: F) -> Event
+where
+    F: FnMut(&Event) -> bool,
+{
+    tokio::time::timeout(Duration::from_secs(secs), async {
+        loop {
+            match events.recv().await {
+                Some(event) if keep(&event) => return event,
+                Some(_) => {}
+                None => panic!("the event stream ended"),
+            }
+        }
+    })
+    .await
+    .expect("event in time")
+}
+
+pub fn is_message(e: &Event) -> bool {
+    matches!(e, Event::Message { .. })
+}
+
+/// A raw TLS stream to the node, for tests that speak bytes.
+pub async fn raw_tls(
+    node: &NodeProcess,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(&node.ca_path).expect("pem") {
+        roots.add(cert.expect("cert")).expect("add root");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(&node.addr).await.expect("tcp");
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+    connector.connect(name, tcp).await.expect("tls")
+}
+
+/// Reads frames until the server closes; returns them.
+pub async fn read_until_closed<R: tokio::io::AsyncRead + Unpin>(
+    stream: &mut R,
+) -> Vec<proto::ServerFrame> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    let mut frames = Vec::new();
+    let mut offset = 0;
+    while let Ok(Some((frame, used))) =
+        proto::decode_frame::<proto::ServerFrame>(&buf[offset..], proto::DEFAULT_MAX_FRAME_BYTES)
+    {
+        frames.push(frame);
+        offset += used;
+    }
+    frames
+}
