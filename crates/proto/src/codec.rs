@@ -246,6 +246,18 @@ mod tests {
     }
 
     #[test]
+    fn bytes_match_the_example_in_docs_protocol_md() {
+        let hello = ClientFrame::Hello {
+            version: 1,
+            agent: "x".into(),
+        };
+        assert_eq!(
+            encode_frame(&hello, MAX).expect("encode"),
+            vec![0, 0, 0, 4, 0, 1, 1, b'x']
+        );
+    }
+
+    #[test]
     fn encode_refuses_frames_over_the_limit() {
         let frame = ServerFrame::Response {
             id: 1,
