@@ -281,6 +281,13 @@ mod tests {
     }
 
     #[test]
+    fn the_example_in_deploy_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/switchboard.toml");
+        let config = NodeConfig::load(Some(&path)).expect("deploy/switchboard.toml is valid");
+        assert_eq!(config.listen, "0.0.0.0:5222");
+    }
+
+    #[test]
     fn invalid_values_are_explained() {
         let mut config = NodeConfig::default();
         config.listen = "localhost".into();
