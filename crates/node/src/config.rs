@@ -289,8 +289,10 @@ mod tests {
 
     #[test]
     fn invalid_values_are_explained() {
-        let mut config = NodeConfig::default();
-        config.listen = "localhost".into();
+        let config = NodeConfig {
+            listen: "localhost".into(),
+            ..NodeConfig::default()
+        };
         assert!(config.validate().is_err());
         let mut config = NodeConfig::default();
         config.limits.max_payload_bytes = config.limits.max_frame_bytes;

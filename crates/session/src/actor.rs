@@ -317,9 +317,7 @@ impl SessionState {
     }
 }
 
-async fn await_fragment<T>(
-    rx: ractor::concurrency::OneshotReceiver<Result<T, FragmentError>>,
-) -> Result<T, (ErrorCode, String)> {
+async fn await_fragment<T>(rx: FragmentAnswer<T>) -> Result<T, (ErrorCode, String)> {
     match rx.await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err((e.error_code(), e.to_string())),
@@ -332,10 +330,9 @@ async fn await_fragment<T>(
     }
 }
 
-fn fragment_reply<T>() -> (
-    RpcReplyPort<Result<T, FragmentError>>,
-    ractor::concurrency::OneshotReceiver<Result<T, FragmentError>>,
-) {
+type FragmentAnswer<T> = ractor::concurrency::OneshotReceiver<Result<T, FragmentError>>;
+
+fn fragment_reply<T>() -> (RpcReplyPort<Result<T, FragmentError>>, FragmentAnswer<T>) {
     let (tx, rx) = ractor::concurrency::oneshot();
     (tx.into(), rx)
 }
@@ -468,12 +465,12 @@ async fn dispatch(myself: &ActorRef<SessionMsg>, message: SessionMsg, state: &mu
             let Some(user) = state.user().cloned() else {
                 return;
             };
-            if state.ctx.fragments.placement().fragment_of(&user) == fragment {
-                if let Err(e) = attach(myself, state, &user).await {
-                    tracing::warn!(session = state.session_id, error = %e,
-                        "re-attach after a fragment restart failed; closing");
-                    state.close(myself, CloseReason::ShuttingDown);
-                }
+            if state.ctx.fragments.placement().fragment_of(&user) == fragment
+                && let Err(e) = attach(myself, state, &user).await
+            {
+                tracing::warn!(session = state.session_id, error = %e,
+                    "re-attach after a fragment restart failed; closing");
+                state.close(myself, CloseReason::ShuttingDown);
             }
         }
         SessionMsg::Close(reason) => state.close(myself, reason),
