@@ -20,9 +20,13 @@ async fn register_verify_login_and_bad_codes() {
     if right != "000000" {
         assert!(wrong.is_err(), "a wrong code is refused");
     }
-    let (token, expires) = client::verify(&cfg, &phone, &right).await.expect("verified");
+    let (token, expires) = client::verify(&cfg, &phone, &right)
+        .await
+        .expect("verified");
     assert!(expires > 0);
-    let (client, _events) = client::Client::connect(cfg.clone(), token).await.expect("login");
+    let (client, _events) = client::Client::connect(cfg.clone(), token)
+        .await
+        .expect("login");
     assert_eq!(client.user(), &phone);
     client.close().await;
     let bad = client::Client::connect(cfg, "f".repeat(64)).await;
@@ -36,10 +40,19 @@ async fn online_delivery_with_all_three_ticks() {
     let (bob, mut bob_events, bob_phone) = node.login("+15550000012").await;
 
     // Tick 1: the server ack, only once durable.
-    let ack = alice.send(&bob_phone, b"hi bob".to_vec()).await.expect("server ack");
+    let ack = alice
+        .send(&bob_phone, b"hi bob".to_vec())
+        .await
+        .expect("server ack");
 
     let delivered = next_event(&mut bob_events, 10, is_message).await;
-    let Event::Message { msg_id, from, payload, .. } = delivered else {
+    let Event::Message {
+        msg_id,
+        from,
+        payload,
+        ..
+    } = delivered
+    else {
         unreachable!()
     };
     assert_eq!(msg_id, ack.msg_id);
@@ -48,8 +61,18 @@ async fn online_delivery_with_all_three_ticks() {
 
     // Tick 2: bob's device acks, alice gets Delivered.
     bob.ack(vec![msg_id]).await.expect("ack");
-    let receipt = next_event(&mut alice_events, 10, |e| matches!(e, Event::Receipt { .. })).await;
-    let Event::Receipt { id, kind, by, msg_ids, .. } = receipt else {
+    let receipt = next_event(&mut alice_events, 10, |e| {
+        matches!(e, Event::Receipt { .. })
+    })
+    .await;
+    let Event::Receipt {
+        id,
+        kind,
+        by,
+        msg_ids,
+        ..
+    } = receipt
+    else {
         unreachable!()
     };
     assert_eq!(kind, ReceiptKind::Delivered);
@@ -59,7 +82,10 @@ async fn online_delivery_with_all_three_ticks() {
 
     // Blue ticks: bob reads, alice gets Read.
     bob.read(&alice_phone, vec![msg_id]).await.expect("read");
-    let receipt = next_event(&mut alice_events, 10, |e| matches!(e, Event::Receipt { .. })).await;
+    let receipt = next_event(&mut alice_events, 10, |e| {
+        matches!(e, Event::Receipt { .. })
+    })
+    .await;
     let Event::Receipt { kind, msg_ids, .. } = receipt else {
         unreachable!()
     };
@@ -84,14 +110,18 @@ async fn offline_messages_arrive_at_next_login_oldest_first() {
         .expect("bob logs in");
     let mut got = Vec::new();
     while got.len() < 5 {
-        if let Event::Message { msg_id, payload, .. } =
-            next_event(&mut bob_events, 10, is_message).await
+        if let Event::Message {
+            msg_id, payload, ..
+        } = next_event(&mut bob_events, 10, is_message).await
         {
             got.push((msg_id, payload[0]));
         }
     }
     assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), acks);
-    assert_eq!(got.iter().map(|g| g.1).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+    assert_eq!(
+        got.iter().map(|g| g.1).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3, 4]
+    );
     bob.close().await;
     alice.close().await;
 }
@@ -165,8 +195,9 @@ async fn a_thousand_messages_arrive_in_order() {
     });
     let mut seen = Vec::with_capacity(1000);
     while seen.len() < 1000 {
-        if let Event::Message { msg_id, payload, .. } =
-            next_event(&mut bob_events, 30, is_message).await
+        if let Event::Message {
+            msg_id, payload, ..
+        } = next_event(&mut bob_events, 30, is_message).await
         {
             let n = u32::from_be_bytes(payload[..4].try_into().expect("4 bytes"));
             seen.push(n);

@@ -59,10 +59,19 @@ async fn bad_input_closes_only_the_offending_connection() {
     bytes.extend(encode_frame(&send, 1 << 16).expect("encode"));
     early.write_all(&bytes).await.expect("write");
     let frames = read_until_closed(&mut early).await;
-    assert!(matches!(frames.first(), Some(ServerFrame::Welcome { .. })), "{frames:?}");
     assert!(
-        frames.iter().any(|f| matches!(f,
-            ServerFrame::Error { id: Some(9), code: ErrorCode::NotAuthenticated, .. })),
+        matches!(frames.first(), Some(ServerFrame::Welcome { .. })),
+        "{frames:?}"
+    );
+    assert!(
+        frames.iter().any(|f| matches!(
+            f,
+            ServerFrame::Error {
+                id: Some(9),
+                code: ErrorCode::NotAuthenticated,
+                ..
+            }
+        )),
         "{frames:?}"
     );
 
@@ -73,11 +82,19 @@ async fn bad_input_closes_only_the_offending_connection() {
         .await
         .expect("write");
     let frames = read_until_closed(&mut no_hello).await;
-    assert!(has_error(&frames, ErrorCode::NotAuthenticated), "{frames:?}");
+    assert!(
+        has_error(&frames, ErrorCode::NotAuthenticated),
+        "{frames:?}"
+    );
 
     // The well-behaved sessions never noticed.
-    let ack = bob.send(&alice_phone, b"still here".to_vec()).await.expect("ack");
-    let Event::Message { msg_id, payload, .. } = next_event(&mut alice_events, 10, is_message).await
+    let ack = bob
+        .send(&alice_phone, b"still here".to_vec())
+        .await
+        .expect("ack");
+    let Event::Message {
+        msg_id, payload, ..
+    } = next_event(&mut alice_events, 10, is_message).await
     else {
         unreachable!()
     };
@@ -117,13 +134,19 @@ async fn sigkill_after_acks_loses_nothing_and_duplicates_nothing() {
     let mut received: HashMap<u64, Vec<u8>> = HashMap::new();
     let mut order = Vec::new();
     while received.len() < acked.len() {
-        let Event::Message { msg_id, payload, .. } =
-            next_event(&mut bob_events, 20, is_message).await
+        let Event::Message {
+            msg_id, payload, ..
+        } = next_event(&mut bob_events, 20, is_message).await
         else {
             unreachable!()
         };
-        assert!(received.insert(msg_id, payload.clone()).is_none(), "duplicate {msg_id}");
-        order.push(u32::from_be_bytes(payload[..4].try_into().expect("4 bytes")));
+        assert!(
+            received.insert(msg_id, payload.clone()).is_none(),
+            "duplicate {msg_id}"
+        );
+        order.push(u32::from_be_bytes(
+            payload[..4].try_into().expect("4 bytes"),
+        ));
         bob.ack(vec![msg_id]).await.expect("ack");
     }
     assert_eq!(received, acked, "every acked message, exactly once");
@@ -144,6 +167,9 @@ async fn sigterm_drains_clients_and_exits_cleanly() {
     let (_alice, mut alice_events, _) = node.login("+15550000301").await;
     let status = node.terminate();
     assert!(status.success(), "clean exit: {status:?}");
-    let event = next_event(&mut alice_events, 10, |e| matches!(e, Event::Disconnected { .. })).await;
+    let event = next_event(&mut alice_events, 10, |e| {
+        matches!(e, Event::Disconnected { .. })
+    })
+    .await;
     assert!(matches!(event, Event::Disconnected { .. }));
 }

@@ -97,7 +97,10 @@ impl NodeProcess {
         let cfg = self.client_config();
         client::request_code(&cfg, phone).await.expect("code sent");
         let code = self.code_for(phone);
-        client::verify(&cfg, phone, &code).await.expect("verified").0
+        client::verify(&cfg, phone, &code)
+            .await
+            .expect("verified")
+            .0
     }
 
     /// The newest code logged for `phone`.
@@ -152,9 +155,7 @@ pub fn is_message(e: &Event) -> bool {
 }
 
 /// A raw TLS stream to the node, for tests that speak bytes.
-pub async fn raw_tls(
-    node: &NodeProcess,
-) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+pub async fn raw_tls(node: &NodeProcess) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pki_types::CertificateDer::pem_file_iter(&node.ca_path).expect("pem") {
@@ -167,7 +168,9 @@ pub async fn raw_tls(
         .with_root_certificates(roots)
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(&node.addr).await.expect("tcp");
+    let tcp = tokio::net::TcpStream::connect(&node.addr)
+        .await
+        .expect("tcp");
     let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
     connector.connect(name, tcp).await.expect("tls")
 }

@@ -129,6 +129,9 @@ impl NodeBuilder {
         )?;
         let placement =
             Placement::new(config.fragments).map_err(|e| NodeError::Config(e.to_string()))?;
+        offline_queue::store::ensure_fragment_count(&store, config.fragments)
+            .await
+            .map_err(|e| NodeError::Config(e.to_string()))?;
         let fragments = FragmentDirectory::new(placement);
 
         let provider = auth::build_provider(&config.auth.provider, &config.data_dir);

@@ -138,6 +138,35 @@ impl Default for StorageSettings {
     }
 }
 
+/// The top-level keys of [`NodeConfig`]: other `SWITCHBOARD_*` variables
+/// (such as the CLI's `SWITCHBOARD_PROFILE`) are not node settings.
+const NODE_KEYS: &[&str] = &[
+    "NAME",
+    "LISTEN",
+    "DATA_DIR",
+    "FRAGMENTS",
+    "TLS__",
+    "LIMITS__",
+    "AUTH__",
+    "PRESENCE__",
+    "STORAGE__",
+];
+
+fn node_environment(vars: impl Iterator<Item = (String, String)>) -> config::Map<String, String> {
+    vars.filter(|(key, _)| {
+        key.strip_prefix("SWITCHBOARD_").is_some_and(|rest| {
+            NODE_KEYS.iter().any(|k| {
+                if k.ends_with("__") {
+                    rest.starts_with(k)
+                } else {
+                    rest == *k
+                }
+            })
+        })
+    })
+    .collect()
+}
+
 impl NodeConfig {
     /// Defaults, then `file` if given, then the environment.
     pub fn load(file: Option<&Path>) -> Result<Self> {
@@ -157,7 +186,8 @@ impl NodeConfig {
             config::Environment::with_prefix("SWITCHBOARD")
                 .prefix_separator("_")
                 .separator("__")
-                .try_parsing(true),
+                .try_parsing(true)
+                .source(Some(node_environment(std::env::vars()))),
         );
         let raw = builder
             .build()
@@ -278,6 +308,24 @@ mod tests {
         std::fs::write(&path, "lisen = \"127.0.0.1:6000\"\n").expect("write");
         let err = NodeConfig::load(Some(&path)).expect_err("typo refused");
         assert!(err.to_string().contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn only_node_settings_are_taken_from_the_environment() {
+        let vars = [
+            ("SWITCHBOARD_LISTEN", "127.0.0.1:1"),
+            ("SWITCHBOARD_LIMITS__MAX_CONNECTIONS", "5"),
+            ("SWITCHBOARD_PROFILE", "me.toml"),
+            ("SWITCHBOARD_LISTENER", "x"),
+            ("PATH", "/bin"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let mut kept: Vec<String> = node_environment(vars.into_iter()).into_keys().collect();
+        kept.sort();
+        assert_eq!(
+            kept,
+            ["SWITCHBOARD_LIMITS__MAX_CONNECTIONS", "SWITCHBOARD_LISTEN"]
+        );
     }
 
     #[test]

@@ -279,3 +279,28 @@ impl MailboxRead for RedbMailbox {
             .map_err(|e| FragmentError::Storage(format!("corrupt entry {id}: {e}")))
     }
 }
+
+const LAYOUT_TABLE: TableDefinition<&str, u64> = TableDefinition::new("mailbox_layout");
+
+/// Records the fragment count on first start and refuses a different one
+/// later: placement depends on it, so changing it would strand every mailbox.
+pub async fn ensure_fragment_count(store: &Store, fragments: u16) -> Result<(), FragmentError> {
+    let recorded = store
+        .write(move |txn| {
+            let mut table = txn.open_table(LAYOUT_TABLE)?;
+            let existing = table.get("fragments")?.map(|v| v.value());
+            if existing.is_none() {
+                table.insert("fragments", u64::from(fragments))?;
+            }
+            Ok(existing)
+        })
+        .await
+        .map_err(storage)?;
+    match recorded {
+        Some(n) if n != u64::from(fragments) => Err(FragmentError::Storage(format!(
+            "this data directory was created with {n} fragments, not {fragments}; \
+             the fragment count cannot change"
+        ))),
+        _ => Ok(()),
+    }
+}

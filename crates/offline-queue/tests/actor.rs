@@ -155,3 +155,17 @@ async fn append_all(fragment: &ActorRef<FragmentMsg>, cids: std::ops::Range<u64>
     }
     ids
 }
+
+#[tokio::test]
+async fn the_fragment_count_is_fixed_at_creation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("db.redb"), StoreOptions::default()).expect("open");
+    offline_queue::store::ensure_fragment_count(&store, 16)
+        .await
+        .expect("first start records it");
+    offline_queue::store::ensure_fragment_count(&store, 16)
+        .await
+        .expect("same count again");
+    let refused = offline_queue::store::ensure_fragment_count(&store, 32).await;
+    assert!(refused.is_err(), "a different count is refused");
+}

@@ -22,7 +22,8 @@ pub struct NodeArgs {
 
 /// Runs a node until Ctrl-C or SIGTERM, then drains and stops it.
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
-    let mut config = node::NodeConfig::load(args.config.as_deref()).context("loading the configuration")?;
+    let mut config =
+        node::NodeConfig::load(args.config.as_deref()).context("loading the configuration")?;
     if let Some(listen) = args.listen {
         config.listen = listen;
     }

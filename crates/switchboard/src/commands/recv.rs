@@ -1,0 +1,234 @@
+//! `switchboard recv`: print received messages and receipts, then ack them.
+//!
+//! Each batch of events is written and flushed to stdout before it is
+//! acknowledged, so a message is acked only once it has been handed on: a
+//! crash in between means a redelivery, never a loss.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use client::{Event, MessageId, ReceiptKind};
+use serde::Serialize;
+use tokio::time::Instant;
+
+/// Arguments of `switchboard recv`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Profile file written by `switchboard verify`.
+    #[arg(long, value_name = "FILE", env = "SWITCHBOARD_PROFILE")]
+    pub(crate) profile: PathBuf,
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Keep receiving for this many seconds; without it, stop once the
+    /// mailbox backlog is drained (nothing new for --idle-ms).
+    #[arg(long, value_name = "SECS")]
+    pub(crate) wait: Option<f64>,
+    /// Without --wait: the quiet time that means the backlog is drained.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub(crate) idle_ms: u64,
+}
+
+/// A message as printed by `--json`.
+#[derive(Debug, Serialize)]
+struct JsonMessage<'a> {
+    from: &'a str,
+    id: MessageId,
+    text: &'a str,
+    server_ts: u64,
+    client_msg_id: u64,
+}
+
+/// A receipt as printed by `--json`.
+#[derive(Debug, Serialize)]
+struct JsonReceipt<'a> {
+    receipt: &'a str,
+    by: &'a str,
+    msg_ids: &'a [MessageId],
+}
+
+fn receipt_word(kind: ReceiptKind) -> &'static str {
+    match kind {
+        ReceiptKind::Delivered => "delivered",
+        ReceiptKind::Read => "read",
+    }
+}
+
+/// The output line for `event`, if it is one to print (and ack).
+fn render(event: &Event, json: bool) -> anyhow::Result<Option<String>> {
+    let line = match event {
+        Event::Message {
+            msg_id,
+            from,
+            client_msg_id,
+            server_ts,
+            payload,
+        } => {
+            let text = String::from_utf8_lossy(payload);
+            if json {
+                serde_json::to_string(&JsonMessage {
+                    from: from.as_str(),
+                    id: *msg_id,
+                    text: &text,
+                    server_ts: *server_ts,
+                    client_msg_id: *client_msg_id,
+                })?
+            } else {
+                format!("[{}] {from}: {text}", super::clock(*server_ts))
+            }
+        }
+        Event::Receipt {
+            kind,
+            by,
+            msg_ids,
+            ts,
+            ..
+        } => {
+            if json {
+                serde_json::to_string(&JsonReceipt {
+                    receipt: receipt_word(*kind),
+                    by: by.as_str(),
+                    msg_ids,
+                })?
+            } else {
+                let ids: Vec<String> = msg_ids.iter().map(u64::to_string).collect();
+                format!(
+                    "[{}] ✓✓ {} by {by}: {}",
+                    super::clock(*ts),
+                    receipt_word(*kind),
+                    ids.join(", ")
+                )
+            }
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(line))
+}
+
+pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    let wait = args
+        .wait
+        .map(Duration::try_from_secs_f64)
+        .transpose()
+        .context("--wait must be a non-negative number of seconds")?;
+    let (_profile, client, mut events) = super::connect(&args.profile).await?;
+    let deadline = wait.map(|wait| Instant::now() + wait);
+    let idle = Duration::from_millis(args.idle_ms);
+    let result = receive(&client, &mut events, args.json, deadline, idle).await;
+    client.close().await;
+    result
+}
+
+async fn receive(
+    client: &client::Client,
+    events: &mut client::Events,
+    json: bool,
+    deadline: Option<Instant>,
+    idle: Duration,
+) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout();
+    loop {
+        let until = deadline.unwrap_or_else(|| Instant::now() + idle);
+        let first = match tokio::time::timeout_at(until, events.recv()).await {
+            Err(_) => return Ok(()),
+            Ok(None) => anyhow::bail!("the client stopped"),
+            Ok(Some(event)) => event,
+        };
+        // Take whatever else is ready: one write, one ack for the batch.
+        let mut batch = vec![first];
+        while batch.len() < 256 {
+            match events.try_recv() {
+                Some(event) => batch.push(event),
+                None => break,
+            }
+        }
+        let mut out = String::new();
+        let mut ids = Vec::new();
+        for event in &batch {
+            match event {
+                Event::Disconnected { reason } if reason.is_final() => {
+                    anyhow::bail!("disconnected for good: {reason}")
+                }
+                // The client library logs the reconnect itself.
+                Event::Disconnected { reason } => tracing::debug!(%reason, "disconnected"),
+                _ => {}
+            }
+            if let Some(line) = render(event, json)? {
+                out.push_str(&line);
+                out.push('\n');
+                ids.extend(event.ack_id());
+            }
+        }
+        if out.is_empty() {
+            continue;
+        }
+        stdout
+            .write_all(out.as_bytes())
+            .context("cannot write to stdout")?;
+        stdout.flush().context("cannot write to stdout")?;
+        client
+            .ack(ids)
+            .await
+            .context("cannot acknowledge the messages printed")?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::PhoneNumber;
+
+    fn phone(s: &str) -> PhoneNumber {
+        PhoneNumber::parse(s).expect("phone")
+    }
+
+    #[test]
+    fn messages_render_as_json_objects() {
+        let event = Event::Message {
+            msg_id: 42,
+            from: phone("+15550000001"),
+            client_msg_id: 7,
+            server_ts: 1_700_000_000_000,
+            payload: b"hi \xff".to_vec(),
+        };
+        let line = render(&event, true).expect("render").expect("a line");
+        let value: serde_json::Value = serde_json::from_str(&line).expect("json");
+        assert_eq!(
+            value,
+            serde_json::json!({
+                "from": "+15550000001",
+                "id": 42,
+                "text": "hi \u{fffd}",
+                "server_ts": 1_700_000_000_000u64,
+                "client_msg_id": 7,
+            })
+        );
+        let text = render(&event, false).expect("render").expect("a line");
+        assert_eq!(text, "[22:13:20] +15550000001: hi \u{fffd}");
+    }
+
+    #[test]
+    fn receipts_render_and_other_events_do_not() {
+        let event = Event::Receipt {
+            id: 9,
+            kind: ReceiptKind::Read,
+            by: phone("+15550000002"),
+            msg_ids: vec![1, 2],
+            ts: 0,
+        };
+        let line = render(&event, true).expect("render").expect("a line");
+        let value: serde_json::Value = serde_json::from_str(&line).expect("json");
+        assert_eq!(
+            value,
+            serde_json::json!({"receipt": "read", "by": "+15550000002", "msg_ids": [1, 2]})
+        );
+        assert!(render(&Event::Connected, true).expect("render").is_none());
+        let typing = Event::Typing {
+            from: phone("+15550000002"),
+            active: true,
+        };
+        assert!(render(&typing, false).expect("render").is_none());
+    }
+}
