@@ -209,3 +209,59 @@ async fn a_thousand_messages_arrive_in_order() {
     assert_eq!(seen, sorted, "per sender→recipient order");
     bob.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_last_seen_and_typing_reach_watchers() {
+    let node = NodeProcess::start();
+    let (alice, mut alice_events, alice_phone) = node.login("+15550000051").await;
+    let bob_phone = client::PhoneNumber::parse("+15550000052").expect("phone");
+    let bob_token = node.register(&bob_phone).await;
+
+    alice
+        .subscribe_presence(vec![bob_phone.clone()])
+        .await
+        .expect("subscribe");
+    let first = next_event(&mut alice_events, 10, |e| {
+        matches!(e, Event::Presence { .. })
+    })
+    .await;
+    assert!(matches!(
+        first,
+        Event::Presence {
+            status: client::PresenceStatus::Offline { .. },
+            ..
+        }
+    ));
+
+    let (bob, _bob_events) = client::Client::connect(node.client_config(), bob_token)
+        .await
+        .expect("bob logs in");
+    let online = next_event(&mut alice_events, 10, |e| {
+        matches!(e, Event::Presence { .. })
+    })
+    .await;
+    assert!(matches!(
+        online,
+        Event::Presence { ref user, status: client::PresenceStatus::Online } if *user == bob_phone
+    ));
+
+    bob.typing(&alice_phone, true).await.expect("typing");
+    let typing = next_event(&mut alice_events, 10, |e| matches!(e, Event::Typing { .. })).await;
+    assert!(matches!(typing, Event::Typing { ref from, active: true } if *from == bob_phone));
+
+    bob.close().await;
+    let offline = next_event(&mut alice_events, 10, |e| {
+        matches!(e, Event::Presence { .. })
+    })
+    .await;
+    assert!(matches!(
+        offline,
+        Event::Presence {
+            status: client::PresenceStatus::Offline {
+                last_seen_ms: Some(_)
+            },
+            ..
+        }
+    ));
+    alice.close().await;
+}
