@@ -25,18 +25,28 @@ pub fn binary() -> &'static str {
 impl NodeProcess {
     /// Starts a node on a fresh data directory and a free port.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Like [`NodeProcess::start`] with extra `SWITCHBOARD_*` settings.
+    pub fn start_with(env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let data_dir = dir.path().to_path_buf();
-        let mut node = Self::start_at(&data_dir, "127.0.0.1:0");
+        let mut node = Self::spawn(&data_dir, "127.0.0.1:0", env);
         node._dir = Some(dir);
         node
     }
 
     /// Starts a node on `data_dir`, listening on `listen`.
     pub fn start_at(data_dir: &Path, listen: &str) -> Self {
+        Self::spawn(data_dir, listen, &[])
+    }
+
+    fn spawn(data_dir: &Path, listen: &str, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(binary())
             .args(["node", "--listen", listen, "--data-dir"])
             .arg(data_dir)
+            .envs(env.iter().copied())
             .env("SWITCHBOARD_FRAGMENTS", "16")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())

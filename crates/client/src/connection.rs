@@ -110,7 +110,21 @@ impl Connection {
         agent: &str,
         request_timeout: Duration,
     ) -> Result<(Connection, Pushes)> {
-        let opened = tokio::time::timeout(request_timeout, handshake(server, tls, agent)).await;
+        Self::connect_from(server, None, tls, agent, request_timeout).await
+    }
+
+    /// Like [`Connection::connect`], from the local address `source` (e.g. one
+    /// of several loopback addresses, so that a load generator is not limited
+    /// by the ephemeral ports of one address).
+    pub async fn connect_from(
+        server: &str,
+        source: Option<std::net::IpAddr>,
+        tls: &Tls,
+        agent: &str,
+        request_timeout: Duration,
+    ) -> Result<(Connection, Pushes)> {
+        let opened =
+            tokio::time::timeout(request_timeout, handshake(server, source, tls, agent)).await;
         let (reader, writer, buf, welcome) = match opened {
             Ok(result) => result?,
             Err(_) => {
@@ -352,8 +366,29 @@ impl Shared {
 
 type Stream = TlsStream<TcpStream>;
 
+async fn open_tcp(server: &str, source: Option<std::net::IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect(server).await;
+    };
+    let mut last = None;
+    for addr in tokio::net::lookup_host(server).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.bind(std::net::SocketAddr::new(source, 0))?;
+        match socket.connect(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("the address resolved to nothing")))
+}
+
 async fn handshake(
     server: &str,
+    source: Option<std::net::IpAddr>,
     tls: &Tls,
     agent: &str,
 ) -> Result<(ReadHalf<Stream>, WriteHalf<Stream>, Vec<u8>, Welcome)> {
@@ -361,7 +396,7 @@ async fn handshake(
         server: server.to_owned(),
         reason,
     };
-    let tcp = TcpStream::connect(server)
+    let tcp = open_tcp(server, source)
         .await
         .map_err(|e| connect_err(e.to_string()))?;
     if let Err(e) = tcp.set_nodelay(true) {

@@ -32,6 +32,19 @@ pub struct NodeConfig {
     pub presence: PresenceSettings,
     /// The embedded database.
     pub storage: StorageSettings,
+    /// Operator tools.
+    pub admin: AdminSettings,
+}
+
+/// Operator tools, all off by default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminSettings {
+    /// Allow `MintTestUsers` (bulk test users for load tests, no SMS).
+    /// Never enable on a node that real users reach.
+    pub mint_test_users: bool,
+    /// The secret `MintTestUsers` must present (at least 16 characters).
+    pub secret: String,
 }
 
 /// Certificate and key files; when absent a self-signed pair is generated
@@ -101,6 +114,7 @@ impl Default for NodeConfig {
             auth: auth::AuthConfig::default(),
             presence: PresenceSettings::default(),
             storage: StorageSettings::default(),
+            admin: AdminSettings::default(),
         }
     }
 }
@@ -150,6 +164,7 @@ const NODE_KEYS: &[&str] = &[
     "AUTH__",
     "PRESENCE__",
     "STORAGE__",
+    "ADMIN__",
 ];
 
 fn node_environment(vars: impl Iterator<Item = (String, String)>) -> config::Map<String, String> {
@@ -236,6 +251,11 @@ impl NodeConfig {
         if l.idle_timeout_secs < 3 {
             return fail("limits.idle_timeout_secs must be at least 3".into());
         }
+        if self.admin.mint_test_users && self.admin.secret.len() < 16 {
+            return fail(
+                "admin.mint_test_users needs admin.secret of at least 16 characters".into(),
+            );
+        }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return fail("tls.cert and tls.key must be given together".into());
         }
@@ -254,6 +274,10 @@ impl NodeConfig {
             outbound_capacity: l.outbound_queue,
             max_in_flight_requests: l.max_in_flight_requests,
             max_connections: l.max_connections,
+            admin_secret: self
+                .admin
+                .mint_test_users
+                .then(|| self.admin.secret.clone()),
             ..session::SessionConfig::default()
         }
     }

@@ -1,10 +1,12 @@
-//! A fragment's tables in the node's redb database.
+//! The mailbox tables in the node's redb database.
 //!
-//! Each fragment has its own tables, so its data is self-contained (a later
-//! replica catch-up copies exactly these):
-//! - `mbox.<fragment>`: `(owner, entry id) → postcard(EntryBody)`; a range
+//! Every key starts with the fragment, so a fragment's data is one contiguous
+//! range (a later replica catch-up copies exactly that range). One table per
+//! kind, not per fragment: a group commit then rewrites the few B-trees it
+//! touches instead of hundreds (measured in `docs/benchmarks.md`).
+//! - `mbox`: `(fragment, owner, entry id) → postcard(EntryBody)`; a range
 //!   over one owner yields its mailbox oldest first.
-//! - `dedupe.<fragment>`: `(recipient, sender, client_msg_id) → (msg id,
+//! - `dedupe`: `(fragment, recipient, sender, client_msg_id) → (msg id,
 //!   stored at)`; kept past delivery, for the retention window, so that a late
 //!   resend is still recognised.
 //! - `fragment_seq`: `fragment → next sequence`, the id high-water mark.
@@ -18,13 +20,9 @@ use crate::{Entry, EntryBody, FragmentError};
 
 const SEQ_TABLE: TableDefinition<u16, u64> = TableDefinition::new("fragment_seq");
 
-fn mbox_name(fragment: FragmentId) -> String {
-    format!("mbox.{fragment}")
-}
-
-fn dedupe_name(fragment: FragmentId) -> String {
-    format!("dedupe.{fragment}")
-}
+const MBOX_TABLE: TableDefinition<(u16, &str, u64), &[u8]> = TableDefinition::new("mbox");
+const DEDUPE_TABLE: TableDefinition<(u16, &str, &str, u64), (u64, u64)> =
+    TableDefinition::new("dedupe");
 
 /// A durable change to a fragment's tables.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,13 +75,8 @@ pub fn apply_ops(
     fragment: FragmentId,
     ops: &[WriteOp],
 ) -> Result<(), StorageError> {
-    let mbox_name = mbox_name(fragment);
-    let dedupe_name = dedupe_name(fragment);
-    let mbox_def: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new(&mbox_name);
-    let dedupe_def: TableDefinition<(&str, &str, u64), (u64, u64)> =
-        TableDefinition::new(&dedupe_name);
-    let mut mbox = txn.open_table(mbox_def)?;
-    let mut dedupe = txn.open_table(dedupe_def)?;
+    let mut mbox = txn.open_table(MBOX_TABLE)?;
+    let mut dedupe = txn.open_table(DEDUPE_TABLE)?;
     for op in ops {
         match op {
             WriteOp::PutMessage {
@@ -94,18 +87,23 @@ pub fn apply_ops(
                 server_ts,
                 body,
             } => {
-                mbox.insert((recipient.as_str(), *id), body.as_slice())?;
+                mbox.insert((fragment, recipient.as_str(), *id), body.as_slice())?;
                 dedupe.insert(
-                    (recipient.as_str(), sender.as_str(), *client_msg_id),
+                    (
+                        fragment,
+                        recipient.as_str(),
+                        sender.as_str(),
+                        *client_msg_id,
+                    ),
                     (*id, *server_ts),
                 )?;
             }
             WriteOp::PutReceipt { owner, id, body } => {
-                mbox.insert((owner.as_str(), *id), body.as_slice())?;
+                mbox.insert((fragment, owner.as_str(), *id), body.as_slice())?;
             }
             WriteOp::Delete { owner, ids } => {
                 for id in ids {
-                    mbox.remove((owner.as_str(), *id))?;
+                    mbox.remove((fragment, owner.as_str(), *id))?;
                 }
             }
             WriteOp::NextSeq(next) => {
@@ -113,10 +111,13 @@ pub fn apply_ops(
             }
             WriteOp::SweepDedupe { before_ms, max } => {
                 let mut expired: Vec<(String, String, u64)> = Vec::new();
-                for item in dedupe.iter()? {
+                for item in dedupe.range((fragment, "", "", 0)..)? {
                     let (key, value) = item?;
+                    let (f, r, s, c) = key.value();
+                    if f != fragment {
+                        break;
+                    }
                     if value.value().1 < *before_ms {
-                        let (r, s, c) = key.value();
                         expired.push((r.to_owned(), s.to_owned(), c));
                         if expired.len() >= *max {
                             break;
@@ -124,7 +125,7 @@ pub fn apply_ops(
                     }
                 }
                 for (r, s, c) in &expired {
-                    dedupe.remove((r.as_str(), s.as_str(), *c))?;
+                    dedupe.remove((fragment, r.as_str(), s.as_str(), *c))?;
                 }
             }
         }
@@ -158,8 +159,6 @@ pub trait MailboxRead {
 pub struct RedbMailbox {
     store: Store,
     fragment: FragmentId,
-    mbox_name: String,
-    dedupe_name: String,
 }
 
 fn storage(e: impl std::fmt::Display) -> FragmentError {
@@ -169,12 +168,7 @@ fn storage(e: impl std::fmt::Display) -> FragmentError {
 impl RedbMailbox {
     /// The tables of `fragment` in `store`.
     pub fn new(store: Store, fragment: FragmentId) -> Self {
-        Self {
-            store,
-            fragment,
-            mbox_name: mbox_name(fragment),
-            dedupe_name: dedupe_name(fragment),
-        }
+        Self { store, fragment }
     }
 
     /// The persisted next sequence of this fragment (1 for a new fragment).
@@ -190,18 +184,6 @@ impl RedbMailbox {
             Err(e) => Err(storage(e)),
         }
     }
-
-    /// Entries held by this fragment, all users together (for metrics).
-    pub fn count(&self) -> Result<u64, FragmentError> {
-        use redb::ReadableTableMetadata;
-        let def: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new(&self.mbox_name);
-        let read = self.store.db().begin_read().map_err(storage)?;
-        match read.open_table(def) {
-            Ok(table) => table.len().map_err(storage),
-            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
-            Err(e) => Err(storage(e)),
-        }
-    }
 }
 
 impl MailboxRead for RedbMailbox {
@@ -211,16 +193,19 @@ impl MailboxRead for RedbMailbox {
         sender: &PhoneNumber,
         client_msg_id: u64,
     ) -> Result<Option<(MessageId, TimestampMs)>, FragmentError> {
-        let def: TableDefinition<(&str, &str, u64), (u64, u64)> =
-            TableDefinition::new(&self.dedupe_name);
         let read = self.store.db().begin_read().map_err(storage)?;
-        let table = match read.open_table(def) {
+        let table = match read.open_table(DEDUPE_TABLE) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
             Err(e) => return Err(storage(e)),
         };
         Ok(table
-            .get((recipient.as_str(), sender.as_str(), client_msg_id))
+            .get((
+                self.fragment,
+                recipient.as_str(),
+                sender.as_str(),
+                client_msg_id,
+            ))
             .map_err(storage)?
             .map(|v| v.value()))
     }
@@ -231,9 +216,8 @@ impl MailboxRead for RedbMailbox {
         after: Option<MessageId>,
         limit: usize,
     ) -> Result<Vec<Entry>, FragmentError> {
-        let def: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new(&self.mbox_name);
         let read = self.store.db().begin_read().map_err(storage)?;
-        let table = match read.open_table(def) {
+        let table = match read.open_table(MBOX_TABLE) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
             Err(e) => return Err(storage(e)),
@@ -241,11 +225,13 @@ impl MailboxRead for RedbMailbox {
         let start = after.map_or(0, |a| a.saturating_add(1));
         let mut entries = Vec::new();
         for item in table
-            .range((owner.as_str(), start)..=(owner.as_str(), u64::MAX))
+            .range(
+                (self.fragment, owner.as_str(), start)..=(self.fragment, owner.as_str(), u64::MAX),
+            )
             .map_err(storage)?
         {
             let (key, value) = item.map_err(storage)?;
-            let id = key.value().1;
+            let id = key.value().2;
             match EntryBody::from_bytes(value.value()) {
                 Ok(body) => entries.push(Entry { id, body }),
                 // One unreadable entry must not block the rest of the mailbox.
@@ -264,14 +250,16 @@ impl MailboxRead for RedbMailbox {
         owner: &PhoneNumber,
         id: MessageId,
     ) -> Result<Option<EntryBody>, FragmentError> {
-        let def: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new(&self.mbox_name);
         let read = self.store.db().begin_read().map_err(storage)?;
-        let table = match read.open_table(def) {
+        let table = match read.open_table(MBOX_TABLE) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
             Err(e) => return Err(storage(e)),
         };
-        let Some(value) = table.get((owner.as_str(), id)).map_err(storage)? else {
+        let Some(value) = table
+            .get((self.fragment, owner.as_str(), id))
+            .map_err(storage)?
+        else {
             return Ok(None);
         };
         EntryBody::from_bytes(value.value())

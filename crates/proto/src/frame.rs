@@ -119,7 +119,22 @@ pub enum Request {
     },
     /// End the session; the node answers [`Response::Ok`] and closes.
     Logout,
+    /// Mint tokens for `count` test users numbered from `first` (load tests).
+    /// Allowed before login; refused unless the node's config enables it and
+    /// `secret` matches. Answer: [`Response::TestUsers`].
+    MintTestUsers {
+        /// The node's configured admin secret.
+        secret: String,
+        /// The first phone number; the others follow it numerically.
+        first: PhoneNumber,
+        /// How many (at most [`MAX_MINT_PER_REQUEST`]).
+        count: u32,
+    },
 }
+
+/// Most test users minted by one [`Request::MintTestUsers`], so that the
+/// answer fits in a default-sized frame.
+pub const MAX_MINT_PER_REQUEST: u32 = 500;
 
 /// A frame sent by the node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -246,6 +261,11 @@ pub enum Response {
     Extension {
         /// Extension-defined bytes.
         body: Vec<u8>,
+    },
+    /// Tokens of minted test users, in order from the requested first number.
+    TestUsers {
+        /// One token per user.
+        tokens: Vec<String>,
     },
 }
 

@@ -49,6 +49,19 @@ impl PhoneNumber {
         Ok(Self(s.to_owned()))
     }
 
+    /// The number `offset` after this one (`+15550000000` + 2 = `+15550000002`),
+    /// if it is still a valid number of the same length.
+    pub fn offset(&self, offset: u64) -> Option<Self> {
+        let digits = &self.0[1..];
+        let value: u64 = digits.parse().ok()?;
+        let next = value.checked_add(offset)?;
+        let text = format!("+{next:0width$}", width = digits.len());
+        if text.len() != self.0.len() {
+            return None;
+        }
+        Self::parse(&text).ok()
+    }
+
     /// The number as text, with its leading `+`.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -110,6 +123,15 @@ mod tests {
         for (input, ok) in cases {
             assert_eq!(PhoneNumber::parse(input).is_ok(), *ok, "{input:?}");
         }
+    }
+
+    #[test]
+    fn offsets_stay_valid_and_the_same_length() {
+        let base = PhoneNumber::parse("+15550000000").expect("valid");
+        assert_eq!(base.offset(42).map(|p| p.0), Some("+15550000042".into()));
+        // 99999999 + 1 needs a ninth digit: not the same length.
+        let top = PhoneNumber::parse("+99999999").expect("valid");
+        assert_eq!(top.offset(1), None);
     }
 
     #[test]

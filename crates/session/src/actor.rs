@@ -767,7 +767,61 @@ async fn serve(
             state.responder.respond(id, Response::Ok);
             state.close(myself, CloseReason::LoggedOut);
         }
+        Request::MintTestUsers {
+            secret,
+            first,
+            count,
+        } => {
+            let Some(expected) = &state.ctx.config.admin_secret else {
+                state.responder.error(
+                    Some(id),
+                    ErrorCode::InvalidRequest,
+                    "minting test users is disabled (admin.mint_test_users in the node's config)",
+                );
+                return;
+            };
+            if !constant_time_eq(expected.as_bytes(), secret.as_bytes()) {
+                tracing::warn!(peer = %state.peer, "wrong admin secret");
+                state
+                    .responder
+                    .error(Some(id), ErrorCode::InvalidToken, "wrong admin secret");
+                return;
+            }
+            if count == 0 || count > proto::MAX_MINT_PER_REQUEST {
+                state.responder.error(
+                    Some(id),
+                    ErrorCode::InvalidRequest,
+                    format!("count must be 1 to {}", proto::MAX_MINT_PER_REQUEST),
+                );
+                return;
+            }
+            let auth = state.ctx.auth.clone();
+            state.answer_later(id, permit, async move {
+                let phones: Option<Vec<PhoneNumber>> =
+                    (0..u64::from(count)).map(|i| first.offset(i)).collect();
+                let Some(phones) = phones else {
+                    return Err((
+                        ErrorCode::InvalidRequest,
+                        "the numbers run past a valid phone number".to_owned(),
+                    ));
+                };
+                // Issued concurrently, so they share group commits.
+                let issued =
+                    futures::future::join_all(phones.iter().map(|p| auth.issue_token(p))).await;
+                let tokens = issued
+                    .into_iter()
+                    .map(|t| t.map(|t| t.token))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| (e.error_code(), e.to_string()))?;
+                Ok(Response::TestUsers { tokens })
+            });
+        }
     }
+}
+
+/// Compares secrets without leaking where they differ through timing.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Sends a message built by `make` to every session under `sessions` (the

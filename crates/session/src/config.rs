@@ -22,6 +22,8 @@ pub struct SessionConfig {
     pub write_timeout: Duration,
     /// Time allowed for a request to a service (fragment, auth, extension).
     pub request_timeout: Duration,
+    /// The secret that enables `MintTestUsers`; `None` refuses it.
+    pub admin_secret: Option<String>,
 }
 
 impl Default for SessionConfig {
@@ -35,6 +37,7 @@ impl Default for SessionConfig {
             handshake_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(20),
             request_timeout: Duration::from_secs(10),
+            admin_secret: None,
         }
     }
 }

@@ -40,6 +40,8 @@ pub struct WriterStats {
     pub queued: AtomicU64,
     /// Transactions that failed (every change in them failed).
     pub failed_commits: AtomicU64,
+    /// Microseconds spent applying and committing, all transactions together.
+    pub busy_micros: AtomicU64,
 }
 
 /// One change: applied inside the shared transaction, then told the outcome.
@@ -175,7 +177,17 @@ fn run_writer(
         stats
             .queued
             .fetch_sub(batch.len() as u64, Ordering::Relaxed);
+        let began = std::time::Instant::now();
         let outcome = commit_batch(db, &mut batch);
+        let took = began.elapsed();
+        stats
+            .busy_micros
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        tracing::trace!(
+            changes = batch.len(),
+            micros = took.as_micros() as u64,
+            "group commit"
+        );
         match &outcome {
             Ok(()) => {
                 stats.commits.fetch_add(1, Ordering::Relaxed);

@@ -7,6 +7,7 @@
 
 #![warn(missing_docs, unreachable_pub)]
 
+mod bench;
 mod commands;
 // Owned by the node work; its items are `pub` for the day it moves to a library.
 #[allow(unreachable_pub)]
@@ -43,6 +44,10 @@ enum Command {
     Recv(commands::recv::Args),
     /// Interactive terminal chat.
     Chat(commands::chat::Args),
+    /// Load generator: connections, messages.
+    Bench(bench::Args),
+    /// Operator tools (test users for load tests).
+    Admin(commands::admin::Args),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +75,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Send(args) => commands::send::run(args).await,
             Command::Recv(args) => commands::recv::run(args).await,
             Command::Chat(args) => commands::chat::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
+            Command::Admin(args) => commands::admin::run(args).await,
         }
     })
 }

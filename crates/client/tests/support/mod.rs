@@ -493,6 +493,9 @@ fn handle(state: &Mutex<State>, conn: u64, rid: u32, request: Request) {
                 retry_after_ms: 0,
             })));
         }
+        (Request::MintTestUsers { .. }, Some(_)) => {
+            error(ErrorCode::InvalidRequest, "not offered by the fake node");
+        }
     }
 }
 

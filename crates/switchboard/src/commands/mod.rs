@@ -1,5 +1,6 @@
 //! The client commands, one per module, and what they share.
 
+pub(crate) mod admin;
 pub(crate) mod chat;
 pub(crate) mod recv;
 pub(crate) mod register;

@@ -1,0 +1,106 @@
+//! `switchboard bench`: the load generator.
+//!
+//! - `connections`: many logged-in idle connections, spread over worker
+//!   processes (each process may hold at most ~20,000 files here) and over
+//!   several source addresses (each has ~28k ephemeral ports); reports the
+//!   connect rate and the node's memory per connection.
+//! - `messages`: an open-loop 1:1 message load with latency histograms and an
+//!   exactly-once, in-order check of every acknowledged message.
+//! - `groups`: not yet (groups do not exist yet).
+//!
+//! Test users are minted in bulk through the node's admin request
+//! (`admin.mint_test_users` in the node's config), not through SMS codes.
+
+pub(crate) mod connections;
+pub(crate) mod messages;
+pub(crate) mod mint;
+pub(crate) mod report;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use client::Tls;
+use proto::PhoneNumber;
+
+/// `switchboard bench`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    #[command(subcommand)]
+    command: BenchCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum BenchCommand {
+    /// Hold many idle, logged-in connections; report connect rate and memory.
+    Connections(connections::Args),
+    /// Send 1:1 messages at a fixed rate; report latencies and check delivery.
+    Messages(messages::Args),
+    /// Group messaging load (not yet: groups do not exist yet).
+    Groups,
+    /// Internal: one worker process of `bench connections`.
+    #[command(hide = true)]
+    ConnectionsWorker,
+}
+
+/// Where the node is and how to mint users on it.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Target {
+    /// Node address, host:port.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:5222")]
+    pub(crate) server: String,
+    /// PEM file of the node's certificate (or its CA).
+    #[arg(
+        long,
+        value_name = "CERT",
+        default_value = "switchboard-data/tls/cert.pem"
+    )]
+    pub(crate) ca: PathBuf,
+    /// Name expected in the node's certificate.
+    #[arg(long, value_name = "NAME", default_value = client::DEFAULT_SERVER_NAME)]
+    pub(crate) server_name: String,
+    /// The node's `admin.secret` (its `admin.mint_test_users` must be on).
+    #[arg(long, env = "SWITCHBOARD_BENCH_ADMIN_SECRET", value_name = "SECRET")]
+    pub(crate) admin_secret: String,
+    /// Phone number of the first test user; the others follow it.
+    #[arg(long, value_name = "PHONE", default_value = "+15550000000")]
+    pub(crate) first: PhoneNumber,
+    /// Write every figure as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) json: Option<PathBuf>,
+}
+
+impl Target {
+    pub(crate) fn tls(&self) -> anyhow::Result<Tls> {
+        Tls::from_ca_file(&self.ca, &self.server_name)
+            .with_context(|| format!("reading the CA file {}", self.ca.display()))
+    }
+}
+
+/// How long a bench waits for the node to answer one request.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The agent string of bench connections.
+pub(crate) const AGENT: &str = concat!("switchboard-bench/", env!("CARGO_PKG_VERSION"));
+
+pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    match args.command {
+        BenchCommand::Connections(args) => connections::run(args).await,
+        BenchCommand::Messages(args) => messages::run(args).await,
+        BenchCommand::Groups => {
+            anyhow::bail!("bench groups: not yet — groups do not exist in Switchboard yet")
+        }
+        BenchCommand::ConnectionsWorker => connections::worker().await,
+    }
+}
+
+/// Raises this process's open-file limit to its hard limit; returns it.
+pub(crate) fn raise_file_limit() -> u64 {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the open-file limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
+        }
+    }
+}
