@@ -122,6 +122,9 @@ impl Setup {
     fn report_commits(&self, name: &str, before: (u64, u64)) {
         let (commits, changes) = self.writer_counts();
         let (commits, changes) = (commits - before.0, changes - before.1);
+        if changes == 0 {
+            return; // filtered out on the command line
+        }
         eprintln!(
             "{name}: {changes} changes in {commits} commits, {:.1} changes per commit",
             changes as f64 / commits.max(1) as f64

@@ -163,6 +163,9 @@ impl Mailbox {
             .stop_and_wait(None, None)
             .await
             .expect("stop fragment");
+        if self.next_cid == 0 {
+            return; // filtered out on the command line
+        }
         let stats = self.store.stats();
         let commits = stats.commits.load(std::sync::atomic::Ordering::Relaxed);
         let changes = stats.changes.load(std::sync::atomic::Ordering::Relaxed);
