@@ -40,6 +40,7 @@ pub enum EntryBody {
         /// When it was stored.
         server_ts: TimestampMs,
         /// Opaque bytes.
+        #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
     },
     /// A receipt for messages the owner sent.

@@ -246,6 +246,21 @@ mod tests {
     }
 
     #[test]
+    fn payloads_as_byte_strings_keep_the_sequence_wire_format() {
+        // Payloads are (de)serialised as byte strings for speed; on the wire
+        // that must stay identical to postcard's sequence of u8.
+        #[derive(serde::Serialize)]
+        struct AsSequence(Vec<u8>);
+        #[derive(serde::Serialize)]
+        struct AsBytes(#[serde(with = "serde_bytes")] Vec<u8>);
+        let data: Vec<u8> = (0..=255).collect();
+        assert_eq!(
+            postcard::to_stdvec(&AsSequence(data.clone())).expect("encode"),
+            postcard::to_stdvec(&AsBytes(data)).expect("encode")
+        );
+    }
+
+    #[test]
     fn bytes_match_the_example_in_docs_protocol_md() {
         let hello = ClientFrame::Hello {
             version: 1,

@@ -75,6 +75,7 @@ pub enum Request {
         /// Chosen by the sender, unique per sender; the dedupe key.
         client_msg_id: u64,
         /// Opaque bytes (clients may encrypt end to end).
+        #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
     },
     /// Acknowledge received mailbox entries ([`ServerFrame::Deliver`] and
@@ -115,6 +116,7 @@ pub enum Request {
         /// The extension's namespace, as registered with the node.
         namespace: String,
         /// Extension-defined bytes.
+        #[serde(with = "serde_bytes")]
         body: Vec<u8>,
     },
     /// End the session; the node answers [`Response::Ok`] and closes.
@@ -178,6 +180,7 @@ pub enum ServerFrame {
         /// When the node stored it.
         server_ts: TimestampMs,
         /// The sender's bytes.
+        #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
     },
     /// A receipt for messages this user sent. Acknowledge `id` with
@@ -213,6 +216,7 @@ pub enum ServerFrame {
         /// The extension's namespace.
         namespace: String,
         /// Extension-defined bytes.
+        #[serde(with = "serde_bytes")]
         body: Vec<u8>,
     },
     /// The node is about to close this connection.
@@ -260,6 +264,7 @@ pub enum Response {
     /// An extension's answer.
     Extension {
         /// Extension-defined bytes.
+        #[serde(with = "serde_bytes")]
         body: Vec<u8>,
     },
     /// Tokens of minted test users, in order from the requested first number.

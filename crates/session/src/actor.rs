@@ -136,12 +136,16 @@ derived_message!(Extension, ExtensionPush);
 struct Responder {
     out: mpsc::Sender<Outbound>,
     cancel: CancellationToken,
+    max_frame_bytes: u32,
 }
 
 impl Responder {
     /// Queues a frame that must not be lost; false if the client is gone.
     fn send(&self, frame: ServerFrame) -> bool {
-        match self.out.try_send(Outbound::Frame(frame)) {
+        let Some(item) = Outbound::frame(&frame, self.max_frame_bytes) else {
+            return true;
+        };
+        match self.out.try_send(item) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
                 tracing::info!("slow consumer: outbound queue full, disconnecting");
@@ -154,7 +158,13 @@ impl Responder {
 
     /// Queues a frame that may be shed under pressure (presence, typing).
     fn send_droppable(&self, frame: ServerFrame) {
-        let _ = self.out.try_send(Outbound::Frame(frame));
+        // A full queue sheds these first; skip the encoding work as well.
+        if self.out.capacity() == 0 {
+            return;
+        }
+        if let Some(item) = Outbound::frame(&frame, self.max_frame_bytes) {
+            let _ = self.out.try_send(item);
+        }
     }
 
     fn respond(&self, id: RequestId, response: Response) -> bool {
@@ -355,13 +365,7 @@ impl Actor for SessionActor {
         let (reader, writer) = tokio::io::split(args.stream);
         let (out, queue) = mpsc::channel(config.outbound_capacity);
         let cancel = CancellationToken::new();
-        spawn_writer(
-            writer,
-            queue,
-            config.max_frame_bytes,
-            config.write_timeout,
-            cancel.clone(),
-        );
+        spawn_writer(writer, queue, config.write_timeout, cancel.clone());
         spawn_reader(
             reader,
             myself,
@@ -374,7 +378,11 @@ impl Actor for SessionActor {
             session_id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
             peer: args.peer,
             phase: Phase::AwaitHello,
-            responder: Responder { out, cancel },
+            responder: Responder {
+                out,
+                cancel,
+                max_frame_bytes: config.max_frame_bytes,
+            },
             cleaned_up: false,
             ctx: args.ctx,
             _slot: args.slot,
@@ -396,7 +404,9 @@ impl Actor for SessionActor {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let handled = AssertUnwindSafe(dispatch(&myself, message, state))
+        // Boxed: an idle session's task then holds a pointer, not the largest
+        // request handler's state machine (measured: a few KiB per connection).
+        let handled = AssertUnwindSafe(Box::pin(dispatch(&myself, message, state)))
             .catch_unwind()
             .await;
         if let Err(panic) = handled {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use proto::{ClientFrame, CodecError, RequestId, ServerFrame, decode_frame, encode_frame_into};
+use proto::{ClientFrame, CodecError, RequestId, ServerFrame, decode_frame};
 use ractor::ActorRef;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -20,12 +20,29 @@ use tokio_util::sync::CancellationToken;
 use crate::actor::SessionMsg;
 
 /// Something to write to the client.
+///
+/// Frames are queued already encoded: the queue's slots are then 24 bytes, not
+/// the size of the largest frame variant, which matters at hundreds of
+/// thousands of idle connections, each with its own queue.
 #[derive(Debug)]
 pub enum Outbound {
-    /// A frame.
-    Frame(ServerFrame),
+    /// An encoded, length-prefixed frame.
+    Frame(Vec<u8>),
     /// Flush what is queued, close the TLS session and stop.
     Close,
+}
+
+impl Outbound {
+    /// Encodes `frame`; `None` (and a log line) if it exceeds the limit.
+    pub(crate) fn frame(frame: &ServerFrame, max_frame_bytes: u32) -> Option<Self> {
+        match proto::encode_frame(frame, max_frame_bytes) {
+            Ok(bytes) => Some(Outbound::Frame(bytes)),
+            Err(e) => {
+                tracing::error!(error = %e, "dropping a frame that cannot be encoded");
+                None
+            }
+        }
+    }
 }
 
 /// Why the reader stopped.
@@ -160,7 +177,6 @@ const MAX_WRITE_BATCH: usize = 64 * 1024;
 pub(crate) fn spawn_writer<W>(
     mut writer: W,
     mut queue: mpsc::Receiver<Outbound>,
-    max_frame_bytes: u32,
     write_timeout: Duration,
     cancel: CancellationToken,
 ) -> tokio::task::JoinHandle<()>
@@ -177,9 +193,11 @@ where
             let Some(first) = first else { break };
             let mut closing = false;
             let mut take = |item: Outbound, out: &mut Vec<u8>| match item {
-                Outbound::Frame(frame) => {
-                    if let Err(e) = encode_frame_into(&frame, max_frame_bytes, out) {
-                        tracing::error!(error = %e, "dropping a frame that cannot be encoded");
+                Outbound::Frame(bytes) => {
+                    if out.is_empty() {
+                        *out = bytes;
+                    } else {
+                        out.extend_from_slice(&bytes);
                     }
                 }
                 Outbound::Close => closing = true,
