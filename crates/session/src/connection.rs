@@ -203,6 +203,10 @@ where
                 Outbound::Close => closing = true,
             };
             take(first, &mut out);
+            // Let the other tasks that are about to queue frames for this
+            // client run first: under load, one write then carries many frames
+            // (one TLS record, one syscall) instead of one each.
+            tokio::task::yield_now().await;
             while out.len() < MAX_WRITE_BATCH {
                 match queue.try_recv() {
                     Ok(item) => take(item, &mut out),

@@ -55,6 +55,9 @@ pub(crate) struct Args {
 
 const HEADER: usize = 20;
 
+/// How long a receiving test user collects acks before sending them.
+const ACK_EVERY: Duration = Duration::from_millis(20);
+
 struct Shared {
     start: Instant,
     ack: Mutex<Histogram<u64>>,
@@ -145,13 +148,23 @@ async fn receive(
 ) -> HashSet<MessageId> {
     let mut seen = HashSet::new();
     let mut last_seq: HashMap<u32, u32> = HashMap::new();
+    // Acks are batched like a phone would (every 20 ms or 64 entries): fewer
+    // frames, and one receipt per sender per batch.
+    let mut to_ack = Vec::new();
+    let mut ack_timer = tokio::time::interval(ACK_EVERY);
+    ack_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let first = tokio::select! {
             frame = pushes.recv() => frame,
+            _ = ack_timer.tick() => {
+                if !to_ack.is_empty() {
+                    conn.submit(Request::Ack { ids: std::mem::take(&mut to_ack) }, |_| {});
+                }
+                continue;
+            }
             _ = stop.changed() => None,
         };
         let Some(first) = first else { break };
-        let mut to_ack = Vec::new();
         let mut frame = Some(first);
         while let Some(current) = frame.take() {
             match current {
@@ -199,8 +212,13 @@ async fn receive(
             }
             frame = pushes.try_recv().ok();
         }
-        if !to_ack.is_empty() {
-            conn.submit(Request::Ack { ids: to_ack }, |_| {});
+        if to_ack.len() >= 64 {
+            conn.submit(
+                Request::Ack {
+                    ids: std::mem::take(&mut to_ack),
+                },
+                |_| {},
+            );
         }
     }
     conn.close();

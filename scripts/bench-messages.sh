@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Starts a fresh release node with test users enabled, runs one
+# `switchboard bench messages` against it, and stops the node.
+# Usage: scripts/bench-messages.sh RATE [DURATION] [USERS] [extra bench flags...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rate=${1:?rate}; duration=${2:-10}; users=${3:-1000}; shift $(( $# < 3 ? $# : 3 ))
+sb=target/release/switchboard
+[ -x "$sb" ] || cargo build --release -p switchboard
+data=$(mktemp -d)
+secret=bench-secret-0123456789
+SWITCHBOARD_ADMIN__MINT_TEST_USERS=true SWITCHBOARD_ADMIN__SECRET=$secret RUST_LOG=warn \
+    "$sb" node --listen 127.0.0.1:0 --data-dir "$data" > "$data/node.out" 2> "$data/node.err" &
+node=$!
+trap 'kill $node 2>/dev/null; wait $node 2>/dev/null; rm -rf "$data"' EXIT
+for _ in $(seq 1 100); do grep -q "listening on" "$data/node.out" 2>/dev/null && break; sleep 0.1; done
+addr=$(sed -n 's/.* listening on \([^ ]*\) .*/\1/p' "$data/node.out")
+"$sb" bench messages --server "$addr" --ca "$data/tls/cert.pem" --admin-secret "$secret" \
+    --users "$users" --rate "$rate" --duration "$duration" --server-pid "$node" "$@"
