@@ -17,3 +17,16 @@ check:
 # The storage engine comparison behind the choice of redb.
 bench-storage:
     cd benches/storage-engines && cargo run --release
+
+# The load-generator figures in docs/benchmarks.md (release build).
+bench:
+    cargo build --release -p switchboard
+    scripts/bench-connections.sh 19500 --rate 3000 --source-ips 127.0.0.2-127.0.0.20 --hold 10
+    scripts/bench-messages.sh 4000 10 1000
+    scripts/bench-messages.sh 2000 10 1000
+
+# Criterion micro-benchmarks.
+bench-micro:
+    cargo bench -p proto --bench codec
+    cargo bench -p offline-queue --bench mailbox
+    cargo bench -p node --bench send_path
