@@ -19,6 +19,7 @@ use std::process::ExitCode;
 // Many small, short-lived allocations per message and per connection: mimalloc
 // is faster here than the system allocator and returns freed memory sooner
 // (figures in docs/benchmarks.md).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
