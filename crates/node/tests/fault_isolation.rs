@@ -1,44 +1,12 @@
 //! A session actor that panics is cleaned up and no other session notices.
 
-use std::time::Duration;
+mod common;
 
-use client::{Client, ClientConfig, Event, Events, PhoneNumber};
+use client::{ClientConfig, Event};
+use common::{login, next_matching};
 use node::{NodeBuilder, NodeConfig};
 use session::SessionMsg;
 use supervision::SupervisorMsg;
-
-async fn login(cfg: &ClientConfig, data: &std::path::Path, phone: &str) -> (Client, Events) {
-    let phone = PhoneNumber::parse(phone).expect("phone");
-    client::request_code(cfg, &phone).await.expect("code");
-    let log = std::fs::read_to_string(data.join("verification-codes.log")).expect("log");
-    let code = log
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix(&format!("{phone} ")))
-        .expect("code")
-        .to_owned();
-    let (token, _) = client::verify(cfg, &phone, &code).await.expect("verify");
-    Client::connect(cfg.clone(), token).await.expect("login")
-}
-
-async fn next_matching(
-    events: &mut Events,
-    secs: u64,
-    f: impl Fn(&Event) -> bool,
-) -> Option<Event> {
-    tokio::time::timeout(Duration::from_secs(secs), async {
-        loop {
-            match events.recv().await {
-                Some(e) if f(&e) => return Some(e),
-                Some(_) => {}
-                None => return None,
-            }
-        }
-    })
-    .await
-    .ok()
-    .flatten()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_session_is_cleaned_up_and_others_do_not_notice() {

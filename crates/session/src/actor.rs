@@ -340,6 +340,27 @@ async fn await_fragment<T>(rx: FragmentAnswer<T>) -> Result<T, (ErrorCode, Strin
     }
 }
 
+/// The fragment actor owning `user`, waiting out a restart. Waiting here,
+/// in the session's handler, holds back this client's later requests too, so
+/// a send that meets a restarting fragment is not overtaken by the next one
+/// (which a refusal and a client-side retry would allow).
+async fn fragment_when_ready(
+    ctx: &SessionContext,
+    user: &PhoneNumber,
+) -> Result<ActorRef<FragmentMsg>, FragmentError> {
+    let deadline = tokio::time::Instant::now() + FRAGMENT_RESTART_WAIT;
+    loop {
+        match ctx.fragments.for_user(user) {
+            Ok(fragment) => return Ok(fragment),
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
+/// How long a request waits for a restarting fragment before it is refused.
+const FRAGMENT_RESTART_WAIT: Duration = Duration::from_secs(2);
+
 type FragmentAnswer<T> = ractor::concurrency::OneshotReceiver<Result<T, FragmentError>>;
 
 fn fragment_reply<T>() -> (RpcReplyPort<Result<T, FragmentError>>, FragmentAnswer<T>) {
@@ -632,7 +653,7 @@ async fn serve(
             let Some(from) = state.user().cloned() else {
                 return;
             };
-            let fragment = match state.ctx.fragments.for_user(&to) {
+            let fragment = match fragment_when_ready(&state.ctx, &to).await {
                 Ok(fragment) => fragment,
                 Err(e) => {
                     let (code, message) = unavailable(&e);
@@ -678,7 +699,7 @@ async fn serve(
                     .error(Some(id), ErrorCode::InvalidRequest, "no ids to ack");
                 return;
             }
-            match state.ctx.fragments.for_user(&user) {
+            match fragment_when_ready(&state.ctx, &user).await {
                 Ok(fragment) => {
                     let _ = fragment.send_message(FragmentMsg::Ack { user, ids });
                     state.responder.respond(id, Response::Ok);
@@ -693,7 +714,7 @@ async fn serve(
             let Some(user) = state.user().cloned() else {
                 return;
             };
-            let fragment = match state.ctx.fragments.for_user(&sender) {
+            let fragment = match fragment_when_ready(&state.ctx, &sender).await {
                 Ok(fragment) => fragment,
                 Err(e) => {
                     let (code, message) = unavailable(&e);

@@ -1,0 +1,41 @@
+//! Helpers shared by the node's in-process tests.
+#![allow(dead_code, unreachable_pub)]
+
+use std::time::Duration;
+
+use client::{Client, ClientConfig, Event, Events, PhoneNumber};
+
+/// Registers `phone` through the development code log and logs in.
+pub async fn login(cfg: &ClientConfig, data: &std::path::Path, phone: &str) -> (Client, Events) {
+    let phone = PhoneNumber::parse(phone).expect("phone");
+    client::request_code(cfg, &phone).await.expect("code");
+    let log = std::fs::read_to_string(data.join("verification-codes.log")).expect("log");
+    let code = log
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix(&format!("{phone} ")))
+        .expect("code")
+        .to_owned();
+    let (token, _) = client::verify(cfg, &phone, &code).await.expect("verify");
+    Client::connect(cfg.clone(), token).await.expect("login")
+}
+
+/// The next event matching `f` within `secs` seconds.
+pub async fn next_matching(
+    events: &mut Events,
+    secs: u64,
+    f: impl Fn(&Event) -> bool,
+) -> Option<Event> {
+    tokio::time::timeout(Duration::from_secs(secs), async {
+        loop {
+            match events.recv().await {
+                Some(e) if f(&e) => return Some(e),
+                Some(_) => {}
+                None => return None,
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()
+}
