@@ -15,7 +15,7 @@ use offline_queue::{FragmentActor, FragmentArgs, FragmentDirectory, fragment_nam
 use presence::{PresenceActor, PresenceArgs};
 use ractor::{Actor, ActorCell, ActorRef, SpawnErr};
 use router::Placement;
-use session::{SessionContext, SessionMsg, broadcast_to_sessions, extension_actor_name};
+use session::{SessionContext, SessionMsg, Transport, broadcast_to_sessions, extension_actor_name};
 use storage::{Store, StoreOptions};
 use supervision::{ChildSpec, Intensity, Restart, Supervisor, SupervisorArgs, SupervisorMsg};
 use tokio_rustls::TlsAcceptor;
@@ -65,6 +65,7 @@ pub struct Node {
     root_handle: tokio::task::JoinHandle<()>,
     store: Store,
     local_addr: SocketAddr,
+    websocket_addr: Option<SocketAddr>,
     certificate: NodeCertificate,
 }
 
@@ -145,6 +146,22 @@ impl NodeBuilder {
             source,
         })?;
         let socket = Arc::new(socket);
+        let websocket = match &config.websocket_listen {
+            Some(addr) => {
+                let bound =
+                    std::net::TcpListener::bind(addr).map_err(|source| NodeError::Bind {
+                        addr: addr.clone(),
+                        source,
+                    })?;
+                let local = bound.local_addr().map_err(|source| NodeError::Bind {
+                    addr: addr.clone(),
+                    source,
+                })?;
+                Some((Arc::new(bound), local))
+            }
+            None => None,
+        };
+        let websocket_addr = websocket.as_ref().map(|(_, addr)| *addr);
 
         // auth: started once here for its handle; the handle follows restarts
         // by name, and the child spec restarts it under the root.
@@ -250,9 +267,9 @@ impl NodeBuilder {
             fragments,
             presence: PRESENCE_NAME.into(),
         };
-        let listener_spec = {
-            let (socket, acceptor, ctx) = (socket.clone(), acceptor.clone(), ctx.clone());
-            ChildSpec::new("listener", Restart::Permanent, move |sup| {
+        let listener_spec = |name: &'static str, socket: Arc<std::net::TcpListener>, transport| {
+            let (acceptor, ctx) = (acceptor.clone(), ctx.clone());
+            ChildSpec::new(name, Restart::Permanent, move |sup| {
                 let (socket, acceptor, ctx) = (socket.clone(), acceptor.clone(), ctx.clone());
                 async move {
                     let sessions = ractor::registry::where_is(SESSIONS_NAME)
@@ -260,17 +277,25 @@ impl NodeBuilder {
                         .ok_or_else(|| SpawnErr::StartupFailed("no session supervisor".into()))?;
                     let args = ListenerArgs {
                         socket,
+                        transport,
                         acceptor,
                         ctx,
                         sessions,
                     };
                     let (actor, _) =
-                        Actor::spawn_linked(Some("listener".into()), ListenerActor, args, sup)
-                            .await?;
+                        Actor::spawn_linked(Some(name.into()), ListenerActor, args, sup).await?;
                     Ok(actor.get_cell())
                 }
             })
         };
+        let mut listeners = vec![listener_spec("listener", socket, Transport::Tls)];
+        if let Some((ws_socket, _)) = websocket {
+            listeners.push(listener_spec(
+                "listener-websocket",
+                ws_socket,
+                Transport::WebSocket,
+            ));
+        }
 
         let root_args = SupervisorArgs {
             children: vec![
@@ -302,8 +327,10 @@ impl NodeBuilder {
                         concurrent_shutdown: true,
                     },
                 ),
-                listener_spec,
-            ],
+            ]
+            .into_iter()
+            .chain(listeners)
+            .collect(),
             intensity: Intensity {
                 max_restarts: 5,
                 within: Duration::from_secs(30),
@@ -321,6 +348,7 @@ impl NodeBuilder {
             root_handle,
             store,
             local_addr,
+            websocket_addr,
             certificate,
         })
     }
@@ -330,6 +358,11 @@ impl Node {
     /// The client listen address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The WebSocket listen address actually bound, if enabled.
+    pub fn websocket_addr(&self) -> Option<SocketAddr> {
+        self.websocket_addr
     }
 
     /// The certificate clients must trust.

@@ -18,6 +18,8 @@ pub struct NodeConfig {
     pub name: String,
     /// Client TLS listen address.
     pub listen: String,
+    /// WebSocket (over TLS) listen address for browsers; off when absent.
+    pub websocket_listen: Option<String>,
     /// Where the database, certificate and development code log live.
     pub data_dir: PathBuf,
     /// Mailbox fragments; fixed when the cluster is created.
@@ -107,6 +109,7 @@ impl Default for NodeConfig {
         Self {
             name: "switchboard-1".into(),
             listen: "127.0.0.1:5222".into(),
+            websocket_listen: None,
             data_dir: PathBuf::from("./switchboard-data"),
             fragments: 256,
             tls: TlsConfig::default(),
@@ -157,6 +160,7 @@ impl Default for StorageSettings {
 const NODE_KEYS: &[&str] = &[
     "NAME",
     "LISTEN",
+    "WEBSOCKET_LISTEN",
     "DATA_DIR",
     "FRAGMENTS",
     "TLS__",
@@ -224,6 +228,13 @@ impl NodeConfig {
             return fail(format!(
                 "listen = {:?} is not an address like 127.0.0.1:5222",
                 self.listen
+            ));
+        }
+        if let Some(ws) = &self.websocket_listen
+            && ws.parse::<std::net::SocketAddr>().is_err()
+        {
+            return fail(format!(
+                "websocket_listen = {ws:?} is not an address like 127.0.0.1:5280"
             ));
         }
         let l = &self.limits;

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use session::SessionContext;
+use session::{SessionContext, Transport};
 use supervision::SupervisorMsg;
 use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
@@ -15,6 +15,8 @@ use tokio_rustls::TlsAcceptor;
 pub struct ListenerArgs {
     /// The bound socket (a clone per incarnation).
     pub socket: Arc<std::net::TcpListener>,
+    /// TLS, or WebSocket over TLS.
+    pub transport: Transport,
     /// TLS settings.
     pub acceptor: TlsAcceptor,
     /// What sessions share.
@@ -55,8 +57,15 @@ impl Actor for ListenerActor {
             let shutdown = async {
                 let _ = stopped.await;
             };
-            if let Err(e) =
-                session::serve(listener, args.acceptor, args.ctx, args.sessions, shutdown).await
+            if let Err(e) = session::serve(
+                listener,
+                args.transport,
+                args.acceptor,
+                args.ctx,
+                args.sessions,
+                shutdown,
+            )
+            .await
             {
                 tracing::error!(error = %e, "listener failed");
                 // Fail the actor so its supervisor restarts it.

@@ -9,6 +9,7 @@
 //! - [`actor`]: the session actor that serves one authenticated user.
 //! - [`listener`]: the TLS accept loop with a connection cap and a shutdown future.
 //! - [`extension`]: how client frames reach extension actors.
+//! - `websocket`: the same byte stream over WebSocket messages, for browsers.
 //!
 //! Bad input from a client closes that client's connection and nothing
 //! else: errors are answered with an error frame, never raised to a supervisor.
@@ -19,8 +20,9 @@ pub mod connection;
 pub mod extension;
 pub mod listener;
 pub mod state;
+mod websocket;
 
 pub use actor::{SessionActor, SessionArgs, SessionContext, SessionMsg, broadcast_to_sessions};
 pub use config::SessionConfig;
 pub use extension::{ExtensionMsg, ExtensionPush, ExtensionRequest, extension_actor_name};
-pub use listener::{ListenerError, serve};
+pub use listener::{ListenerError, Transport, serve};

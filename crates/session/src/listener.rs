@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-use crate::actor::{SessionActor, SessionArgs, SessionContext};
+use crate::actor::{ClientStream, SessionActor, SessionArgs, SessionContext};
 
 /// Why the listener stopped.
 #[derive(Debug, thiserror::Error)]
@@ -20,12 +20,22 @@ pub enum ListenerError {
     Accept(std::io::Error),
 }
 
+/// How clients speak on a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Frames directly over TLS over TCP (apps).
+    Tls,
+    /// Frames in binary WebSocket messages over TLS (browsers).
+    WebSocket,
+}
+
 /// Accepts TLS connections on `listener` until `shutdown` resolves, starting
 /// one session actor per connection under `sessions` (a supervisor whose
 /// session children are temporary). At most `max_connections` are served at
 /// once; beyond that new connections are closed at once.
 pub async fn serve(
     listener: TcpListener,
+    transport: Transport,
     acceptor: TlsAcceptor,
     ctx: SessionContext,
     sessions: ActorRef<SupervisorMsg>,
@@ -74,9 +84,28 @@ pub async fn serve(
                     return;
                 }
             };
+            let stream: Box<dyn ClientStream> = match transport {
+                Transport::Tls => Box::new(tls),
+                Transport::WebSocket => {
+                    // Room for a full write batch of frames in one message.
+                    let max = ctx.config.max_frame_bytes as usize * 2 + 1024;
+                    let upgrade = crate::websocket::accept(tls, max);
+                    match tokio::time::timeout(ctx.config.handshake_timeout, upgrade).await {
+                        Ok(Ok(ws)) => ws,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "WebSocket handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "WebSocket handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
             let args = Arc::new(Mutex::new(Some(SessionArgs {
                 ctx,
-                stream: Box::new(tls),
+                stream,
                 peer,
                 slot: Some(slot),
             })));

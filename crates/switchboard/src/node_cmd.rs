@@ -41,6 +41,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         running.local_addr(),
         running.certificate().cert_path.display()
     );
+    if let Some(ws) = running.websocket_addr() {
+        println!("WebSocket (browsers) on wss://{ws}/");
+    }
     tokio::select! {
         () = shutdown_signal() => {}
         () = running.stopped() => anyhow::bail!("the node's root supervisor stopped; see the log"),
