@@ -337,6 +337,9 @@ impl NodeBuilder {
             },
             concurrent_shutdown: false,
         };
+        if let Some(listen) = &config.metrics.listen {
+            crate::telemetry::start(listen, store.clone(), fragments, config.fragments)?;
+        }
         let (root, root_handle) = Actor::spawn(Some("root".into()), Supervisor, root_args)
             .await
             .map_err(|e| NodeError::Startup(e.to_string()))?;

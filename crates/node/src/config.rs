@@ -36,6 +36,16 @@ pub struct NodeConfig {
     pub storage: StorageSettings,
     /// Operator tools.
     pub admin: AdminSettings,
+    /// Prometheus metrics.
+    pub metrics: MetricsSettings,
+}
+
+/// Prometheus metrics, off by default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Serve `/metrics` on this address (e.g. 127.0.0.1:9100).
+    pub listen: Option<String>,
 }
 
 /// Operator tools, all off by default.
@@ -118,6 +128,7 @@ impl Default for NodeConfig {
             presence: PresenceSettings::default(),
             storage: StorageSettings::default(),
             admin: AdminSettings::default(),
+            metrics: MetricsSettings::default(),
         }
     }
 }
@@ -169,6 +180,7 @@ const NODE_KEYS: &[&str] = &[
     "PRESENCE__",
     "STORAGE__",
     "ADMIN__",
+    "METRICS__",
 ];
 
 fn node_environment(vars: impl Iterator<Item = (String, String)>) -> config::Map<String, String> {

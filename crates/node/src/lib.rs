@@ -25,6 +25,7 @@ pub mod builder;
 pub mod config;
 mod error;
 pub mod listener;
+mod telemetry;
 pub mod tls;
 
 pub use builder::{ExtensionContext, Node, NodeBuilder};

@@ -296,7 +296,10 @@ impl Actor for FragmentActor {
                 state.core.detach(&user, session_id);
                 Vec::new()
             }
-            FragmentMsg::Ack { user, ids } => state.core.ack(&state.reads, &user, &ids, now_ms()),
+            FragmentMsg::Ack { user, ids } => {
+                metrics::counter!("switchboard_entries_acked_total").increment(ids.len() as u64);
+                state.core.ack(&state.reads, &user, &ids, now_ms())
+            }
             FragmentMsg::StoreReceipt { request, reply } => {
                 state.core.store_receipt(request, reply)
             }
@@ -335,6 +338,9 @@ fn perform(
                 state.store.submit(
                     move |txn| apply_ops(txn, fragment, &ops),
                     move |result| {
+                        if result.is_err() {
+                            metrics::counter!("switchboard_storage_failures_total").increment(1);
+                        }
                         let outcome = result.map_err(|e| e.to_string());
                         // The actor may have stopped; its writes are durable
                         // anyway and are served again after restart.
@@ -343,6 +349,8 @@ fn perform(
                 );
             }
             Action::Push { endpoint, entries } => {
+                metrics::counter!("switchboard_entries_pushed_total")
+                    .increment(entries.len() as u64);
                 if endpoint
                     .target
                     .send_message(Push::Entries(entries))
@@ -359,6 +367,9 @@ fn perform(
                 let _ = endpoint.target.send_message(Push::Replaced);
             }
             Action::Reply { to, result } => {
+                if result.is_ok() {
+                    metrics::counter!("switchboard_durable_acks_total").increment(1);
+                }
                 let _ = to.send(result);
             }
             Action::StoreReceipt { fragment, request } => {

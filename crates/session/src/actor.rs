@@ -44,6 +44,29 @@ use crate::extension::{ExtensionMsg, ExtensionPush, ExtensionRequest, extension_
 use crate::state::{Admission, Phase, admit};
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
+static LIVE_SESSIONS: AtomicU64 = AtomicU64::new(0);
+
+/// Session actors alive in this process now (for the connections gauge).
+pub fn live_sessions() -> u64 {
+    LIVE_SESSIONS.load(Ordering::Relaxed)
+}
+
+/// Counts a session from its start to its end, however it ends.
+struct LiveSession;
+
+impl LiveSession {
+    fn new() -> Self {
+        LIVE_SESSIONS.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("switchboard_sessions_opened_total").increment(1);
+        LiveSession
+    }
+}
+
+impl Drop for LiveSession {
+    fn drop(&mut self) {
+        LIVE_SESSIONS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// A byte stream to a client (TLS over TCP, or any other transport).
 pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -149,6 +172,7 @@ impl Responder {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
                 tracing::info!("slow consumer: outbound queue full, disconnecting");
+                metrics::counter!("switchboard_slow_consumer_disconnects_total").increment(1);
                 self.cancel.cancel();
                 false
             }
@@ -160,6 +184,7 @@ impl Responder {
     fn send_droppable(&self, frame: ServerFrame) {
         // A full queue sheds these first; skip the encoding work as well.
         if self.out.capacity() == 0 {
+            metrics::counter!("switchboard_frames_shed_total").increment(1);
             return;
         }
         if let Some(item) = Outbound::frame(&frame, self.max_frame_bytes) {
@@ -193,6 +218,7 @@ pub struct SessionState {
     responder: Responder,
     cleaned_up: bool,
     _slot: Option<OwnedSemaphorePermit>,
+    _live: LiveSession,
 }
 
 fn now_ms() -> u64 {
@@ -407,6 +433,7 @@ impl Actor for SessionActor {
             cleaned_up: false,
             ctx: args.ctx,
             _slot: args.slot,
+            _live: LiveSession::new(),
         })
     }
 
@@ -463,6 +490,7 @@ async fn dispatch(myself: &ActorRef<SessionMsg>, message: SessionMsg, state: &mu
                 _ => (None, String::new()),
             };
             if let Some(code) = code {
+                metrics::counter!("switchboard_protocol_errors_total").increment(1);
                 state.responder.error(None, code, message);
                 state.close(myself, CloseReason::ProtocolViolation);
             } else if end == ReadEnd::Idle {

@@ -22,7 +22,9 @@ pub mod listener;
 pub mod state;
 mod websocket;
 
-pub use actor::{SessionActor, SessionArgs, SessionContext, SessionMsg, broadcast_to_sessions};
+pub use actor::{
+    SessionActor, SessionArgs, SessionContext, SessionMsg, broadcast_to_sessions, live_sessions,
+};
 pub use config::SessionConfig;
 pub use extension::{ExtensionMsg, ExtensionPush, ExtensionRequest, extension_actor_name};
 pub use listener::{ListenerError, Transport, serve};

@@ -1,0 +1,100 @@
+//! The node serves Prometheus metrics that move with the traffic.
+
+mod common;
+
+use std::time::Duration;
+
+use client::{ClientConfig, Event};
+use common::{login, next_matching};
+use node::{NodeBuilder, NodeConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn scrape(addr: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.expect("response");
+    body
+}
+
+fn value(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_sessions_acks_and_storage() {
+    // A free port for the exporter (it does not report the one it bound).
+    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = NodeConfig {
+        listen: "127.0.0.1:0".into(),
+        data_dir: dir.path().to_path_buf(),
+        fragments: 4,
+        ..NodeConfig::default()
+    };
+    config.metrics.listen = Some(metrics_addr.clone());
+    let node = NodeBuilder::new(config).start().await.expect("start");
+    let ca = std::fs::read(&node.certificate().cert_path).expect("ca");
+    let cfg = ClientConfig::new(vec![node.local_addr().to_string()], ca);
+    let (alice, _a) = login(&cfg, dir.path(), "+15550000701").await;
+    let (bob, mut bob_events) = login(&cfg, dir.path(), "+15550000702").await;
+    alice
+        .send(bob.user(), b"counted".to_vec())
+        .await
+        .expect("ack");
+    let Some(Event::Message { msg_id, .. }) =
+        next_matching(&mut bob_events, 10, |e| matches!(e, Event::Message { .. })).await
+    else {
+        panic!("no delivery");
+    };
+    bob.ack(vec![msg_id]).await.expect("ack");
+
+    // Gauges are sampled every 5 s; counters move at once.
+    let mut text = String::new();
+    for _ in 0..80 {
+        text = scrape(&metrics_addr).await;
+        if value(&text, "switchboard_connections").is_some_and(|v| v >= 2.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        value(&text, "switchboard_durable_acks_total").is_some_and(|v| v >= 1.0),
+        "{text}"
+    );
+    assert!(
+        value(&text, "switchboard_entries_pushed_total").is_some_and(|v| v >= 1.0),
+        "{text}"
+    );
+    assert!(
+        value(&text, "switchboard_entries_acked_total").is_some_and(|v| v >= 1.0),
+        "{text}"
+    );
+    assert!(
+        value(&text, "switchboard_sessions_opened_total").is_some_and(|v| v >= 2.0),
+        "{text}"
+    );
+    assert_eq!(value(&text, "switchboard_connections"), Some(2.0), "{text}");
+    assert!(
+        value(&text, "switchboard_storage_commits").is_some_and(|v| v >= 1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "switchboard_online_users"),
+        Some(2.0),
+        "{text}"
+    );
+    alice.close().await;
+    bob.close().await;
+    node.shutdown().await;
+}
