@@ -90,6 +90,11 @@ pub struct LimitsConfig {
     pub delivery_window: usize,
     /// Days a `(sender, client_msg_id)` is remembered to drop resends.
     pub dedupe_retention_days: u64,
+    /// Messages per second one connection may send; faster senders are
+    /// slowed (their socket is read more slowly), never refused.
+    pub max_sends_per_sec: f64,
+    /// Messages one connection may send at once above that rate.
+    pub send_burst: f64,
 }
 
 /// Presence settings.
@@ -144,6 +149,8 @@ impl Default for LimitsConfig {
             idle_timeout_secs: 90,
             delivery_window: 256,
             dedupe_retention_days: 7,
+            max_sends_per_sec: 500.0,
+            send_burst: 1000.0,
         }
     }
 }
@@ -271,6 +278,9 @@ impl NodeConfig {
                 l.delivery_window, l.outbound_queue
             ));
         }
+        if !(l.max_sends_per_sec > 0.0 && l.send_burst >= 1.0) {
+            return fail("limits.max_sends_per_sec must be > 0 and limits.send_burst >= 1".into());
+        }
         if l.idle_timeout_secs < 3 {
             return fail("limits.idle_timeout_secs must be at least 3".into());
         }
@@ -297,6 +307,8 @@ impl NodeConfig {
             outbound_capacity: l.outbound_queue,
             max_in_flight_requests: l.max_in_flight_requests,
             max_connections: l.max_connections,
+            send_rate: l.max_sends_per_sec,
+            send_burst: l.send_burst,
             admin_secret: self
                 .admin
                 .mint_test_users

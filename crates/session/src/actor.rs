@@ -217,6 +217,7 @@ pub struct SessionState {
     phase: Phase,
     responder: Responder,
     cleaned_up: bool,
+    pacer: crate::pacing::Pacer,
     _slot: Option<OwnedSemaphorePermit>,
     _live: LiveSession,
 }
@@ -431,6 +432,7 @@ impl Actor for SessionActor {
                 max_frame_bytes: config.max_frame_bytes,
             },
             cleaned_up: false,
+            pacer: crate::pacing::Pacer::new(config.send_rate, config.send_burst, now_ms()),
             ctx: args.ctx,
             _slot: args.slot,
             _live: LiveSession::new(),
@@ -681,6 +683,11 @@ async fn serve(
             let Some(from) = state.user().cloned() else {
                 return;
             };
+            let wait = state.pacer.take(now_ms());
+            if !wait.is_zero() {
+                metrics::counter!("switchboard_sends_paced_total").increment(1);
+                tokio::time::sleep(wait).await;
+            }
             let fragment = match fragment_when_ready(&state.ctx, &to).await {
                 Ok(fragment) => fragment,
                 Err(e) => {

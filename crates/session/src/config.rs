@@ -24,6 +24,11 @@ pub struct SessionConfig {
     pub request_timeout: Duration,
     /// The secret that enables `MintTestUsers`; `None` refuses it.
     pub admin_secret: Option<String>,
+    /// Messages per second one connection may send; beyond it the session
+    /// reads more slowly (see [`crate::pacing`]).
+    pub send_rate: f64,
+    /// Messages a connection may send in a burst above the rate.
+    pub send_burst: f64,
 }
 
 impl Default for SessionConfig {
@@ -38,6 +43,8 @@ impl Default for SessionConfig {
             write_timeout: Duration::from_secs(20),
             request_timeout: Duration::from_secs(10),
             admin_secret: None,
+            send_rate: 500.0,
+            send_burst: 1000.0,
         }
     }
 }

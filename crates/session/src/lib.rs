@@ -7,6 +7,8 @@
 //! - [`connection`]: the socket side of a connection: a reader task that
 //!   decodes frames and a writer task that batches writes from a bounded queue.
 //! - [`actor`]: the session actor that serves one authenticated user.
+//! - [`pacing`]: the per-connection send rate (a token bucket that slows,
+//!   never refuses).
 //! - [`listener`]: the TLS accept loop with a connection cap and a shutdown future.
 //! - [`extension`]: how client frames reach extension actors.
 //! - `websocket`: the same byte stream over WebSocket messages, for browsers.
@@ -19,6 +21,7 @@ pub mod config;
 pub mod connection;
 pub mod extension;
 pub mod listener;
+pub mod pacing;
 pub mod state;
 mod websocket;
 

@@ -1,0 +1,48 @@
+//! A client sending faster than its rate is slowed down, never refused, and
+//! its messages keep their order.
+
+mod common;
+
+use client::{ClientConfig, Event};
+use common::{login, next_matching};
+use node::{NodeBuilder, NodeConfig};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_sender_is_slowed_not_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = NodeConfig {
+        listen: "127.0.0.1:0".into(),
+        data_dir: dir.path().to_path_buf(),
+        fragments: 4,
+        ..NodeConfig::default()
+    };
+    config.limits.max_sends_per_sec = 200.0;
+    config.limits.send_burst = 5.0;
+    let node = NodeBuilder::new(config).start().await.expect("start");
+    let ca = std::fs::read(&node.certificate().cert_path).expect("ca");
+    let cfg = ClientConfig::new(vec![node.local_addr().to_string()], ca);
+    let (alice, _a) = login(&cfg, dir.path(), "+15550000801").await;
+    let (bob, mut bob_events) = login(&cfg, dir.path(), "+15550000802").await;
+
+    // 60 sends at once: far over a burst of 5.
+    let sends = (0..60u8).map(|i| alice.send(bob.user(), vec![i]));
+    for acked in futures::future::join_all(sends).await {
+        acked.expect("every send is acknowledged, none refused");
+    }
+    let mut got = Vec::new();
+    while got.len() < 60 {
+        match next_matching(&mut bob_events, 10, |e| matches!(e, Event::Message { .. })).await {
+            Some(Event::Message {
+                payload, msg_id, ..
+            }) => {
+                got.push(payload[0]);
+                bob.ack(vec![msg_id]).await.expect("ack");
+            }
+            _ => panic!("missing messages after {}", got.len()),
+        }
+    }
+    assert_eq!(got, (0..60).collect::<Vec<u8>>(), "order kept");
+    alice.close().await;
+    bob.close().await;
+    node.shutdown().await;
+}
