@@ -30,7 +30,7 @@ use offline_queue::{
 };
 use proto::PhoneNumber;
 use ractor::concurrency::OneshotReceiver;
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorRef};
 use router::Placement;
 use storage::{Store, StoreOptions};
 use tokio::runtime::Runtime;
@@ -48,32 +48,9 @@ fn phone(n: u64) -> PhoneNumber {
     PhoneNumber::parse(&format!("+1555{n:07}")).expect("valid phone")
 }
 
-/// An endpoint that forwards pushes to a channel (as in `tests/actor.rs`).
-struct Probe;
-
-impl Actor for Probe {
-    type Msg = Push;
-    type State = mpsc::UnboundedSender<Push>;
-    type Arguments = mpsc::UnboundedSender<Push>;
-
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Push>,
-        tx: Self::Arguments,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(tx)
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<Push>,
-        message: Push,
-        tx: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        let _ = tx.send(message);
-        Ok(())
-    }
-}
+#[path = "../tests/support/probe.rs"]
+mod probe;
+use probe::Probe;
 
 /// A fragment actor over a fresh database.
 struct Mailbox {

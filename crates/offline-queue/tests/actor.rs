@@ -8,7 +8,7 @@ use offline_queue::{
     fragment_name,
 };
 use proto::PhoneNumber;
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorRef};
 use router::Placement;
 use storage::{Store, StoreOptions};
 use tokio::sync::mpsc;
@@ -17,32 +17,9 @@ fn phone(n: u32) -> PhoneNumber {
     PhoneNumber::parse(&format!("+1555{n:07}")).expect("valid")
 }
 
-/// An endpoint that forwards pushes to a channel.
-struct Probe;
-
-impl Actor for Probe {
-    type Msg = Push;
-    type State = mpsc::UnboundedSender<Push>;
-    type Arguments = mpsc::UnboundedSender<Push>;
-
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Push>,
-        tx: Self::Arguments,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(tx)
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<Push>,
-        message: Push,
-        tx: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        let _ = tx.send(message);
-        Ok(())
-    }
-}
+#[path = "support/probe.rs"]
+mod probe;
+use probe::Probe;
 
 async fn spawn_fragment(store: &Store) -> ActorRef<FragmentMsg> {
     let args = FragmentArgs {
