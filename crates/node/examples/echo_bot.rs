@@ -74,7 +74,7 @@ impl Actor for EchoBot {
                 let _ = request.reply.send(Ok(request.body));
             }
             ExtensionMsg::Mailbox(Push::Entries(entries)) => {
-                let fragments = state.ctx.fragments;
+                let fragments = state.ctx.fragments.clone();
                 let bot = state.user.clone();
                 // Answer each message, then ack the batch once every answer is
                 // durable; a crash in between redelivers and the entry id as

@@ -245,7 +245,7 @@ impl NodeBuilder {
                 let ctx = ExtensionContext {
                     actor_name: extension_actor_name(&entry.namespace),
                     namespace: entry.namespace.clone(),
-                    fragments,
+                    fragments: fragments.clone(),
                     node_name: config.name.clone(),
                 };
                 let start = entry.start;
@@ -264,7 +264,7 @@ impl NodeBuilder {
             config: config.session_config(),
             node_name: config.name.clone(),
             auth: auth_handle,
-            fragments,
+            fragments: fragments.clone(),
             presence: PRESENCE_NAME.into(),
         };
         let listener_spec = |name: &'static str, socket: Arc<std::net::TcpListener>, transport| {

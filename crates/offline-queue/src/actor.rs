@@ -150,16 +150,20 @@ pub struct FragmentArgs {
     pub on_start: Option<OnFragmentStart>,
 }
 
-/// Finds fragment actors by their registered names.
-#[derive(Debug, Clone, Copy)]
+/// Finds fragment actors by their registered names. Cheap to clone.
+#[derive(Debug, Clone)]
 pub struct FragmentDirectory {
     placement: Placement,
+    /// `fragment_name(id)` for every id, built once: lookups are on the
+    /// message path and need not format a name each time.
+    names: Arc<[String]>,
 }
 
 impl FragmentDirectory {
     /// A directory over `placement`'s fragments.
     pub fn new(placement: Placement) -> Self {
-        Self { placement }
+        let names = (0..placement.fragments()).map(fragment_name).collect();
+        Self { placement, names }
     }
 
     /// The placement it uses.
@@ -169,7 +173,9 @@ impl FragmentDirectory {
 
     /// Fragment `id`'s actor, if running.
     pub fn get(&self, id: FragmentId) -> Result<ActorRef<FragmentMsg>, FragmentError> {
-        ractor::registry::where_is(fragment_name(id))
+        self.names
+            .get(usize::from(id))
+            .and_then(|name| ractor::registry::where_is(name.as_str()))
             .map(ActorRef::from)
             .ok_or(FragmentError::Unavailable(id))
     }
@@ -177,6 +183,23 @@ impl FragmentDirectory {
     /// The actor of the fragment owning `user`.
     pub fn for_user(&self, user: &PhoneNumber) -> Result<ActorRef<FragmentMsg>, FragmentError> {
         self.get(self.placement.fragment_of(user))
+    }
+
+    /// Like [`FragmentDirectory::for_user`], waiting up to `wait` for a
+    /// fragment that is being restarted by its supervisor.
+    pub async fn for_user_when_ready(
+        &self,
+        user: &PhoneNumber,
+        wait: Duration,
+    ) -> Result<ActorRef<FragmentMsg>, FragmentError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match self.for_user(user) {
+                Ok(fragment) => return Ok(fragment),
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
     }
 }
 

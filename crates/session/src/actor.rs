@@ -367,25 +367,10 @@ async fn await_fragment<T>(rx: FragmentAnswer<T>) -> Result<T, (ErrorCode, Strin
     }
 }
 
-/// The fragment actor owning `user`, waiting out a restart. Waiting here,
-/// in the session's handler, holds back this client's later requests too, so
-/// a send that meets a restarting fragment is not overtaken by the next one
-/// (which a refusal and a client-side retry would allow).
-async fn fragment_when_ready(
-    ctx: &SessionContext,
-    user: &PhoneNumber,
-) -> Result<ActorRef<FragmentMsg>, FragmentError> {
-    let deadline = tokio::time::Instant::now() + FRAGMENT_RESTART_WAIT;
-    loop {
-        match ctx.fragments.for_user(user) {
-            Ok(fragment) => return Ok(fragment),
-            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
-            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-        }
-    }
-}
-
 /// How long a request waits for a restarting fragment before it is refused.
+/// Waiting in the session's handler holds back this client's later requests
+/// too, so a send that meets a restarting fragment is not overtaken by the
+/// next one (which a refusal and a client-side retry would allow).
 const FRAGMENT_RESTART_WAIT: Duration = Duration::from_secs(2);
 
 type FragmentAnswer<T> = ractor::concurrency::OneshotReceiver<Result<T, FragmentError>>;
@@ -688,7 +673,12 @@ async fn serve(
                 metrics::counter!("switchboard_sends_paced_total").increment(1);
                 tokio::time::sleep(wait).await;
             }
-            let fragment = match fragment_when_ready(&state.ctx, &to).await {
+            let fragment = match state
+                .ctx
+                .fragments
+                .for_user_when_ready(&to, FRAGMENT_RESTART_WAIT)
+                .await
+            {
                 Ok(fragment) => fragment,
                 Err(e) => {
                     let (code, message) = unavailable(&e);
@@ -734,7 +724,12 @@ async fn serve(
                     .error(Some(id), ErrorCode::InvalidRequest, "no ids to ack");
                 return;
             }
-            match fragment_when_ready(&state.ctx, &user).await {
+            match state
+                .ctx
+                .fragments
+                .for_user_when_ready(&user, FRAGMENT_RESTART_WAIT)
+                .await
+            {
                 Ok(fragment) => {
                     let _ = fragment.send_message(FragmentMsg::Ack { user, ids });
                     state.responder.respond(id, Response::Ok);
@@ -749,7 +744,12 @@ async fn serve(
             let Some(user) = state.user().cloned() else {
                 return;
             };
-            let fragment = match fragment_when_ready(&state.ctx, &sender).await {
+            let fragment = match state
+                .ctx
+                .fragments
+                .for_user_when_ready(&sender, FRAGMENT_RESTART_WAIT)
+                .await
+            {
                 Ok(fragment) => fragment,
                 Err(e) => {
                     let (code, message) = unavailable(&e);
