@@ -2,24 +2,16 @@
 
 mod common;
 
-use client::{ClientConfig, Event};
-use common::{login, next_matching};
-use node::{NodeBuilder, NodeConfig};
+use client::Event;
+use common::{login, next_matching, start, test_config};
 use session::SessionMsg;
 use supervision::SupervisorMsg;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_session_is_cleaned_up_and_others_do_not_notice() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = NodeConfig {
-        listen: "127.0.0.1:0".into(),
-        data_dir: dir.path().to_path_buf(),
-        fragments: 4,
-        ..NodeConfig::default()
-    };
-    let node = NodeBuilder::new(config).start().await.expect("start");
-    let ca = std::fs::read(&node.certificate().cert_path).expect("ca");
-    let cfg = ClientConfig::new(vec![node.local_addr().to_string()], ca);
+    let config = test_config(dir.path());
+    let (node, cfg) = start(config).await;
     let (alice, mut alice_events) = login(&cfg, dir.path(), "+15550000401").await;
     let (bob, mut bob_events) = login(&cfg, dir.path(), "+15550000402").await;
     let alice_phone = alice.user().clone();

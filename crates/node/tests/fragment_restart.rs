@@ -6,22 +6,14 @@ use std::time::Duration;
 
 mod common;
 
-use client::{ClientConfig, Event};
-use common::{login, next_matching};
-use node::{NodeBuilder, NodeConfig};
+use client::Event;
+use common::{login, next_matching, start, test_config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_fragment_reattaches_its_online_users() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = NodeConfig {
-        listen: "127.0.0.1:0".into(),
-        data_dir: dir.path().to_path_buf(),
-        fragments: 4,
-        ..NodeConfig::default()
-    };
-    let node = NodeBuilder::new(config).start().await.expect("start");
-    let ca = std::fs::read(&node.certificate().cert_path).expect("ca");
-    let cfg = ClientConfig::new(vec![node.local_addr().to_string()], ca);
+    let config = test_config(dir.path());
+    let (node, cfg) = start(config).await;
     let (alice, _alice_events) = login(&cfg, dir.path(), "+15550000501").await;
     let (bob, mut bob_events) = login(&cfg, dir.path(), "+15550000502").await;
     let bob_phone = bob.user().clone();

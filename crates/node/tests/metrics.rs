@@ -4,9 +4,8 @@ mod common;
 
 use std::time::Duration;
 
-use client::{ClientConfig, Event};
-use common::{login, next_matching};
-use node::{NodeBuilder, NodeConfig};
+use client::Event;
+use common::{login, next_matching, start, test_config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn scrape(addr: &str) -> String {
@@ -36,16 +35,9 @@ async fn metrics_count_sessions_acks_and_storage() {
         .expect("free port")
         .to_string();
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = NodeConfig {
-        listen: "127.0.0.1:0".into(),
-        data_dir: dir.path().to_path_buf(),
-        fragments: 4,
-        ..NodeConfig::default()
-    };
+    let mut config = test_config(dir.path());
     config.metrics.listen = Some(metrics_addr.clone());
-    let node = NodeBuilder::new(config).start().await.expect("start");
-    let ca = std::fs::read(&node.certificate().cert_path).expect("ca");
-    let cfg = ClientConfig::new(vec![node.local_addr().to_string()], ca);
+    let (node, cfg) = start(config).await;
     let (alice, _a) = login(&cfg, dir.path(), "+15550000701").await;
     let (bob, mut bob_events) = login(&cfg, dir.path(), "+15550000702").await;
     alice

@@ -3,24 +3,16 @@
 
 mod common;
 
-use client::{ClientConfig, Event};
-use common::{login, next_matching};
-use node::{NodeBuilder, NodeConfig};
+use client::Event;
+use common::{login, next_matching, start, test_config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fast_sender_is_slowed_not_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = NodeConfig {
-        listen: "127.0.0.1:0".into(),
-        data_dir: dir.path().to_path_buf(),
-        fragments: 4,
-        ..NodeConfig::default()
-    };
+    let mut config = test_config(dir.path());
     config.limits.max_sends_per_sec = 200.0;
     config.limits.send_burst = 5.0;
-    let node = NodeBuilder::new(config).start().await.expect("start");
-    let ca = std::fs::read(&node.certificate().cert_path).expect("ca");
-    let cfg = ClientConfig::new(vec![node.local_addr().to_string()], ca);
+    let (node, cfg) = start(config).await;
     let (alice, _a) = login(&cfg, dir.path(), "+15550000801").await;
     let (bob, mut bob_events) = login(&cfg, dir.path(), "+15550000802").await;
 

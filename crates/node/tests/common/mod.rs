@@ -39,3 +39,24 @@ pub async fn next_matching(
     .ok()
     .flatten()
 }
+
+/// A one-node test configuration on a free port, with data in `dir`.
+pub fn test_config(dir: &std::path::Path) -> node::NodeConfig {
+    node::NodeConfig {
+        listen: "127.0.0.1:0".into(),
+        data_dir: dir.to_path_buf(),
+        fragments: 4,
+        ..node::NodeConfig::default()
+    }
+}
+
+/// Starts a node and returns it with a client configuration trusting it.
+pub async fn start(config: node::NodeConfig) -> (node::Node, ClientConfig) {
+    let node = node::NodeBuilder::new(config)
+        .start()
+        .await
+        .expect("node starts");
+    let ca = std::fs::read(&node.certificate().cert_path).expect("ca");
+    let cfg = ClientConfig::new(vec![node.local_addr().to_string()], ca);
+    (node, cfg)
+}
