@@ -247,7 +247,7 @@ where
     })
 }
 
-/// Whether a request id came from a frame we could not read whole.
+/// The error answering a request whose id could be read but whose body could not.
 pub(crate) fn undecodable_error(request_id: RequestId, reason: &str) -> ServerFrame {
     ServerFrame::Error {
         id: Some(request_id),
