@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use client::{Client, ClientConfig, Event, Events, PhoneNumber};
 
+pub mod cluster;
+
 /// A `switchboard node` process on a temporary data directory.
 pub struct NodeProcess {
     child: Child,
@@ -42,9 +44,29 @@ impl NodeProcess {
         Self::spawn(data_dir, listen, &[])
     }
 
+    /// Starts a node from a config file (its data dir and listen address
+    /// come from the file).
+    pub fn start_with_config(config: &Path, data_dir: &Path, listen: &str) -> Self {
+        Self::spawn_with(Some(config), data_dir, listen, &[])
+    }
+
     fn spawn(data_dir: &Path, listen: &str, env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(binary())
-            .args(["node", "--listen", listen, "--data-dir"])
+        Self::spawn_with(None, data_dir, listen, env)
+    }
+
+    fn spawn_with(
+        config: Option<&Path>,
+        data_dir: &Path,
+        listen: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let mut command = Command::new(binary());
+        command.arg("node");
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        let mut child = command
+            .args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
             .envs(env.iter().copied())
             .env("SWITCHBOARD_FRAGMENTS", "16")

@@ -27,6 +27,7 @@ use crate::{NodeConfig, NodeError, Result};
 const PRESENCE_NAME: &str = "presence";
 const AUTH_NAME: &str = "auth";
 const SESSIONS_NAME: &str = "sessions";
+const MEMBERSHIP_NAME: &str = "membership";
 
 /// What an extension actor gets at start.
 #[derive(Clone)]
@@ -67,6 +68,7 @@ pub struct Node {
     local_addr: SocketAddr,
     websocket_addr: Option<SocketAddr>,
     certificate: NodeCertificate,
+    cluster: Option<cluster::ClusterHandle>,
 }
 
 fn supervisor_spec(id: &str, args: SupervisorArgs) -> ChildSpec {
@@ -297,40 +299,65 @@ impl NodeBuilder {
             ));
         }
 
+        // Membership starts first and stops last, so that peers see this
+        // node leave only after its clients have been drained.
+        let (membership_spec, cluster) = match &config.cluster {
+            Some(cluster_config) => {
+                let (view, handle) = cluster::membership::view_channel(&config.name);
+                let args = cluster::MembershipArgs {
+                    this: config.name.clone(),
+                    config: cluster_config.clone(),
+                    view,
+                };
+                let spec = ChildSpec::new(MEMBERSHIP_NAME, Restart::Permanent, move |sup| {
+                    let args = args.clone();
+                    async move {
+                        let actor = cluster::membership::spawn(args, Some(sup))
+                            .await
+                            .map_err(|e| SpawnErr::StartupFailed(e.to_string().into()))?;
+                        Ok(actor.get_cell())
+                    }
+                });
+                (Some(spec), Some(handle))
+            }
+            None => (None, None),
+        };
+
         let root_args = SupervisorArgs {
-            children: vec![
-                auth_spec,
-                presence_spec,
-                supervisor_spec(
-                    "fragments",
-                    SupervisorArgs {
-                        children: fragment_children,
-                        intensity: Intensity::default(),
-                        concurrent_shutdown: true,
-                    },
-                ),
-                supervisor_spec(
-                    "extensions",
-                    SupervisorArgs {
-                        children: extension_children,
-                        intensity: Intensity::default(),
-                        concurrent_shutdown: false,
-                    },
-                ),
-                supervisor_spec(
-                    SESSIONS_NAME,
-                    SupervisorArgs {
-                        children: Vec::new(),
-                        // Sessions are temporary: they are never restarted,
-                        // so this only bounds pathological start failures.
-                        intensity: Intensity::default(),
-                        concurrent_shutdown: true,
-                    },
-                ),
-            ]
-            .into_iter()
-            .chain(listeners)
-            .collect(),
+            children: membership_spec
+                .into_iter()
+                .chain([
+                    auth_spec,
+                    presence_spec,
+                    supervisor_spec(
+                        "fragments",
+                        SupervisorArgs {
+                            children: fragment_children,
+                            intensity: Intensity::default(),
+                            concurrent_shutdown: true,
+                        },
+                    ),
+                    supervisor_spec(
+                        "extensions",
+                        SupervisorArgs {
+                            children: extension_children,
+                            intensity: Intensity::default(),
+                            concurrent_shutdown: false,
+                        },
+                    ),
+                    supervisor_spec(
+                        SESSIONS_NAME,
+                        SupervisorArgs {
+                            children: Vec::new(),
+                            // Sessions are temporary: they are never restarted,
+                            // so this only bounds pathological start failures.
+                            intensity: Intensity::default(),
+                            concurrent_shutdown: true,
+                        },
+                    ),
+                ])
+                .chain(listeners)
+                .collect(),
             intensity: Intensity {
                 max_restarts: 5,
                 within: Duration::from_secs(30),
@@ -353,6 +380,7 @@ impl NodeBuilder {
             local_addr,
             websocket_addr,
             certificate,
+            cluster,
         })
     }
 }
@@ -376,6 +404,11 @@ impl Node {
     /// The configuration in force.
     pub fn config(&self) -> &NodeConfig {
         &self.config
+    }
+
+    /// The cluster membership, when the node is part of a cluster.
+    pub fn cluster(&self) -> Option<&cluster::ClusterHandle> {
+        self.cluster.as_ref()
     }
 
     /// The node's database.

@@ -38,6 +38,8 @@ pub struct NodeConfig {
     pub admin: AdminSettings,
     /// Prometheus metrics.
     pub metrics: MetricsSettings,
+    /// Membership of a cluster; absent, the node runs alone.
+    pub cluster: Option<cluster::ClusterConfig>,
 }
 
 /// Prometheus metrics, off by default.
@@ -134,6 +136,7 @@ impl Default for NodeConfig {
             storage: StorageSettings::default(),
             admin: AdminSettings::default(),
             metrics: MetricsSettings::default(),
+            cluster: None,
         }
     }
 }
@@ -188,6 +191,7 @@ const NODE_KEYS: &[&str] = &[
     "STORAGE__",
     "ADMIN__",
     "METRICS__",
+    "CLUSTER__",
 ];
 
 fn node_environment(vars: impl Iterator<Item = (String, String)>) -> config::Map<String, String> {
@@ -255,6 +259,11 @@ impl NodeConfig {
             return fail(format!(
                 "websocket_listen = {ws:?} is not an address like 127.0.0.1:5280"
             ));
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster
+                .validate(&self.name)
+                .map_err(|e| NodeError::Config(e.to_string()))?;
         }
         let l = &self.limits;
         if l.max_frame_bytes < 1024 {

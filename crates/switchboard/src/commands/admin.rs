@@ -20,6 +20,19 @@ enum AdminCommand {
     /// Mint tokens for numbered test users (the node must enable
     /// admin.mint_test_users); prints `PHONE TOKEN` lines.
     MintUsers(MintArgs),
+    /// Create a cluster CA and a certificate for each node name, for the
+    /// links between nodes (`[cluster.tls]`).
+    ClusterCerts(ClusterCertsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ClusterCertsArgs {
+    /// Folder for ca.pem, ca-key.pem, NAME.pem and NAME-key.pem.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Node names (each becomes its certificate's DNS name).
+    #[arg(required = true, value_name = "NAME")]
+    names: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -42,6 +55,17 @@ struct MintArgs {
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
+        AdminCommand::ClusterCerts(args) => {
+            let files = cluster::tls::generate(&args.out, &args.names)?;
+            println!("cluster CA: {}", files.ca_cert.display());
+            for (cert, key) in &files.nodes {
+                println!("node: {} {}", cert.display(), key.display());
+            }
+            println!(
+                "keep ca-key.pem offline; give each node ca.pem and its own pair ([cluster.tls])"
+            );
+            Ok(())
+        }
         AdminCommand::MintUsers(args) => {
             let cfg = args.server.client_config()?;
             let tls = cfg.validate()?;

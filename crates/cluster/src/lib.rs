@@ -1,0 +1,19 @@
+//! Cluster membership for Switchboard nodes.
+//!
+//! Every node runs a `ractor_cluster` node server and a membership actor
+//! that links it to every configured peer over mutually authenticated TLS,
+//! heartbeats the peers itself (ractor_cluster notices no silent peer and
+//! never redials), and publishes which peers are up. Only one actor per node
+//! is reachable from other nodes: its inbox, whose messages are versioned
+//! byte envelopes (`wire.rs`).
+
+mod config;
+mod error;
+pub mod membership;
+pub mod peers;
+pub mod tls;
+pub mod wire;
+
+pub use config::{ClusterConfig, ClusterNode, HeartbeatConfig, LinkTlsConfig};
+pub use error::{ClusterError, Result};
+pub use membership::{ClusterHandle, ClusterView, MembershipArgs, MembershipMsg};

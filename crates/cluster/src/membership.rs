@@ -1,0 +1,475 @@
+//! The membership actor: runs this node's `ractor_cluster` server, dials its
+//! peers over TLS, heartbeats them, and publishes which are up.
+//!
+//! ```text
+//! membership (one per node, supervised by the node's root)
+//! ├── NodeServer      ractor_cluster's listener and node sessions
+//! └── inbox           the node's one cluster-reachable actor (pg group
+//!                     "switchboard.inbox.<name>"): decodes envelopes
+//! ```
+//! Rules (which peer is up, when to redial) live in `peers.rs`; this file
+//! carries them out.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor_cluster::node::NodeServerSessionInformation;
+use ractor_cluster::{
+    IncomingEncryptionMode, NodeEventSubscription, NodeServer, NodeServerMessage,
+    NodeSessionMessage,
+};
+use tokio::sync::watch;
+
+use crate::config::ClusterConfig;
+use crate::peers::{Action, DownReason, PeerTable};
+use crate::tls::{self, LinkTls};
+use crate::wire::{Body, Envelope, Frame};
+use crate::{ClusterError, Result};
+
+/// A dial that has not produced a TLS link by then is abandoned.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The process group of a node's inbox.
+pub fn inbox_group(node: &str) -> String {
+    format!("switchboard.inbox.{node}")
+}
+
+/// The cluster as this node sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterView {
+    /// Peers that are up (this node excluded).
+    pub up: BTreeSet<String>,
+}
+
+/// What the rest of the node holds of the cluster: its view and a way to
+/// talk to peers.
+#[derive(Debug, Clone)]
+pub struct ClusterHandle {
+    this: String,
+    view: watch::Receiver<ClusterView>,
+}
+
+impl ClusterHandle {
+    /// This node's name.
+    pub fn this(&self) -> &str {
+        &self.this
+    }
+
+    /// The current view.
+    pub fn view(&self) -> ClusterView {
+        self.view.borrow().clone()
+    }
+
+    /// A receiver that wakes on every change of the view.
+    pub fn watch(&self) -> watch::Receiver<ClusterView> {
+        self.view.clone()
+    }
+
+    /// Sends a body to a peer's inbox. Fails if the peer has no live link.
+    pub fn send(&self, peer: &str, body: Body) -> Result<()> {
+        send_frame(&self.this, peer, body)
+    }
+}
+
+fn send_frame(this: &str, peer: &str, body: Body) -> Result<()> {
+    let inbox = ractor::pg::get_members(&inbox_group(peer))
+        .into_iter()
+        .find(|cell| !cell.get_id().is_local())
+        .ok_or_else(|| ClusterError::Wire(format!("no link to {peer}")))?;
+    let envelope = Frame {
+        from: this.to_owned(),
+        body,
+    }
+    .encode()?;
+    ActorRef::<Envelope>::from(inbox)
+        .cast(envelope)
+        .map_err(|e| ClusterError::Wire(format!("cannot send to {peer}: {e}")))
+}
+
+/// Messages of the membership actor (local only).
+#[derive(Debug)]
+pub enum MembershipMsg {
+    /// Heartbeat period elapsed.
+    Tick,
+    /// A dial ended.
+    DialDone {
+        /// The peer.
+        peer: String,
+        /// Whether a TLS link was handed to the node server.
+        ok: bool,
+    },
+    /// A link finished authentication and synchronisation.
+    LinkReady {
+        /// The peer.
+        peer: String,
+        /// Its node-session actor, to close the link if the peer goes silent.
+        session: ActorRef<NodeSessionMessage>,
+    },
+    /// A link closed.
+    LinkClosed {
+        /// The peer.
+        peer: String,
+    },
+    /// A frame arrived from the peer.
+    Heard {
+        /// The peer.
+        peer: String,
+    },
+}
+
+impl ractor::Message for MembershipMsg {}
+
+/// Starting arguments of the membership actor.
+#[derive(Debug, Clone)]
+pub struct MembershipArgs {
+    /// This node's name.
+    pub this: String,
+    /// The `[cluster]` section.
+    pub config: ClusterConfig,
+    /// Where the view is published.
+    pub view: watch::Sender<ClusterView>,
+}
+
+/// Creates the view channel and the handle for a node named `this`; pass
+/// the sender in [`MembershipArgs`].
+pub fn view_channel(this: &str) -> (watch::Sender<ClusterView>, ClusterHandle) {
+    let (tx, rx) = watch::channel(ClusterView::default());
+    let handle = ClusterHandle {
+        this: this.to_owned(),
+        view: rx,
+    };
+    (tx, handle)
+}
+
+/// The membership actor.
+#[derive(Debug)]
+pub struct Membership;
+
+/// Its state.
+pub struct MembershipState {
+    this: String,
+    table: PeerTable,
+    view: watch::Sender<ClusterView>,
+    tls: Option<LinkTls>,
+    node_server: ActorRef<NodeServerMessage>,
+    inbox: ActorRef<Envelope>,
+    sessions: HashMap<String, ActorRef<NodeSessionMessage>>,
+}
+
+impl std::fmt::Debug for MembershipState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MembershipState")
+            .field("this", &self.this)
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Peer names in ractor_cluster are `name@host`.
+fn peer_name(info: &NodeServerSessionInformation) -> Option<String> {
+    let full = &info.peer_name.as_ref()?.name;
+    Some(full.split('@').next().unwrap_or(full).to_owned())
+}
+
+/// Forwards ractor_cluster's session events to the membership actor.
+struct LinkEvents(ActorRef<MembershipMsg>);
+
+impl NodeEventSubscription for LinkEvents {
+    fn node_session_opened(&self, _: NodeServerSessionInformation) {}
+
+    fn node_session_authenticated(&self, _: NodeServerSessionInformation) {}
+
+    fn node_session_ready(&self, info: NodeServerSessionInformation) {
+        if let Some(peer) = peer_name(&info) {
+            let _ = self.0.cast(MembershipMsg::LinkReady {
+                peer,
+                session: info.actor,
+            });
+        }
+    }
+
+    fn node_session_disconnected(&self, info: NodeServerSessionInformation) {
+        if let Some(peer) = peer_name(&info) {
+            let _ = self.0.cast(MembershipMsg::LinkClosed { peer });
+        }
+    }
+}
+
+fn jitter() -> f64 {
+    rand::random_range(0.5..=1.0)
+}
+
+impl Actor for Membership {
+    type Msg = MembershipMsg;
+    type State = MembershipState;
+    type Arguments = MembershipArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<MembershipMsg>,
+        args: MembershipArgs,
+    ) -> std::result::Result<MembershipState, ActorProcessingErr> {
+        let MembershipArgs { this, config, view } = args;
+        config.validate(&this)?;
+        let tls = if config.tls.insecure_plaintext {
+            tracing::warn!("cluster links are plain TCP (cluster.tls.insecure_plaintext)");
+            None
+        } else {
+            Some(tls::load(&config.tls)?)
+        };
+        let encryption = tls
+            .as_ref()
+            .map(|tls| IncomingEncryptionMode::Tls(tls.acceptor.clone()));
+        let server = NodeServer::new(
+            config.listen.port(),
+            config.cookie.clone(),
+            this.clone(),
+            config.listen.ip().to_string(),
+            encryption,
+            Some(ractor_cluster::node::NodeConnectionMode::Isolated),
+        )
+        .with_listen_addr(config.listen.ip());
+        let (node_server, _) = Actor::spawn_linked(None, server, (), myself.get_cell()).await?;
+        node_server.cast(NodeServerMessage::SubscribeToEvents {
+            id: "membership".into(),
+            subscription: Box::new(LinkEvents(myself.clone())),
+        })?;
+        let (inbox, _) = Actor::spawn_linked(
+            None,
+            Inbox,
+            InboxArgs {
+                this: this.clone(),
+                membership: myself.clone(),
+            },
+            myself.get_cell(),
+        )
+        .await?;
+        let peers = config.peers(&this).map(|n| (n.name.as_str(), n.addr));
+        let table = PeerTable::new(&this, peers, &config.heartbeat, Instant::now());
+        myself.send_interval(config.heartbeat.interval(), || MembershipMsg::Tick);
+        tracing::info!(node = %this, listen = %config.listen, "cluster membership started");
+        let state = MembershipState {
+            this,
+            table,
+            view,
+            tls,
+            node_server,
+            inbox,
+            sessions: HashMap::new(),
+        };
+        // A restarted membership starts from "no peer up" until it hears them.
+        publish(&state);
+        Ok(state)
+    }
+
+    async fn post_stop(
+        &self,
+        _: ActorRef<MembershipMsg>,
+        state: &mut MembershipState,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        state.inbox.stop(None);
+        state.node_server.stop(None);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<MembershipMsg>,
+        msg: MembershipMsg,
+        state: &mut MembershipState,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        let now = Instant::now();
+        let actions = match msg {
+            MembershipMsg::Tick => state.table.tick(now),
+            MembershipMsg::DialDone { peer, ok } => {
+                state.table.dial_finished(&peer, ok, now, jitter());
+                Vec::new()
+            }
+            MembershipMsg::LinkReady { peer, session } => {
+                if !state.table.knows(&peer) {
+                    tracing::warn!(%peer, "a node not in cluster.nodes linked; closing");
+                    session.stop(Some("not a configured cluster node".into()));
+                    return Ok(());
+                }
+                state.sessions.insert(peer.clone(), session);
+                state.table.link_ready(&peer, now)
+            }
+            MembershipMsg::LinkClosed { peer } => {
+                state.sessions.remove(&peer);
+                state.table.link_closed(&peer, now, jitter())
+            }
+            MembershipMsg::Heard { peer } => state.table.heard(&peer, now),
+        };
+        for action in actions {
+            carry_out(&myself, state, action);
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _: ActorRef<MembershipMsg>,
+        event: SupervisionEvent,
+        state: &mut MembershipState,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(cell, _)
+        | SupervisionEvent::ActorTerminated(cell, ..) = &event
+        {
+            let id = cell.get_id();
+            if id == state.node_server.get_id() || id == state.inbox.get_id() {
+                // Without its server or inbox this node is cut off: fail, so
+                // that the supervisor starts membership afresh.
+                return Err(format!("cluster child stopped: {event}").into());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn carry_out(myself: &ActorRef<MembershipMsg>, state: &mut MembershipState, action: Action) {
+    match action {
+        Action::Dial { name, addr } => {
+            let node_server = state.node_server.clone();
+            let tls = state.tls.clone();
+            let membership = myself.clone();
+            tokio::spawn(async move {
+                let dial = async {
+                    match tls {
+                        Some(tls) => {
+                            let server_name = tls::server_name(&name).map_err(|e| e.to_string())?;
+                            ractor_cluster::client_connect_enc(
+                                &node_server,
+                                addr,
+                                tls.connector,
+                                server_name,
+                            )
+                            .await
+                            .map_err(|e| e.to_string())
+                        }
+                        None => ractor_cluster::client_connect(&node_server, addr)
+                            .await
+                            .map_err(|e| e.to_string()),
+                    }
+                };
+                let ok = match tokio::time::timeout(DIAL_TIMEOUT, dial).await {
+                    Ok(Ok(())) => true,
+                    Ok(Err(e)) => {
+                        tracing::debug!(peer = %name, %addr, error = %e, "dial failed");
+                        false
+                    }
+                    Err(_) => {
+                        tracing::debug!(peer = %name, %addr, "dial timed out");
+                        false
+                    }
+                };
+                let _ = membership.cast(MembershipMsg::DialDone { peer: name, ok });
+            });
+        }
+        Action::Ping { name } => {
+            if let Err(e) = send_frame(&state.this, &name, Body::Ping { seq: 0 }) {
+                tracing::debug!(peer = %name, error = %e, "ping not sent");
+            }
+        }
+        Action::DropLink { name } => {
+            if let Some(session) = state.sessions.remove(&name) {
+                tracing::warn!(peer = %name, "peer silent; closing its link to redial");
+                session.stop(Some("heartbeat timeout".into()));
+            }
+        }
+        Action::Up { name } => {
+            tracing::info!(peer = %name, "cluster peer up");
+            metrics::counter!("switchboard_cluster_peer_up_total").increment(1);
+            publish(state);
+        }
+        Action::Down { name, reason } => {
+            let reason = match reason {
+                DownReason::Silent => "silent",
+                DownReason::LinkClosed => "link_closed",
+            };
+            tracing::warn!(peer = %name, reason, "cluster peer down");
+            metrics::counter!("switchboard_cluster_peer_down_total", "reason" => reason)
+                .increment(1);
+            publish(state);
+        }
+    }
+}
+
+fn publish(state: &MembershipState) {
+    let up: BTreeSet<String> = state.table.up().map(str::to_owned).collect();
+    metrics::gauge!("switchboard_cluster_peers_up").set(up.len() as f64);
+    for peer in state.table.names() {
+        let value = if up.contains(peer) { 1.0 } else { 0.0 };
+        metrics::gauge!("switchboard_cluster_peer_up", "peer" => peer.to_owned()).set(value);
+    }
+    state.view.send_replace(ClusterView { up });
+}
+
+/// The node's cluster-reachable actor.
+#[derive(Debug)]
+struct Inbox;
+
+#[derive(Debug)]
+struct InboxArgs {
+    this: String,
+    membership: ActorRef<MembershipMsg>,
+}
+
+impl Actor for Inbox {
+    type Msg = Envelope;
+    type State = InboxArgs;
+    type Arguments = InboxArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Envelope>,
+        args: InboxArgs,
+    ) -> std::result::Result<InboxArgs, ActorProcessingErr> {
+        ractor::pg::join(inbox_group(&args.this), vec![myself.get_cell()]);
+        Ok(args)
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<Envelope>,
+        envelope: Envelope,
+        state: &mut InboxArgs,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        let frame = match Frame::decode(&envelope) {
+            Ok(frame) => frame,
+            Err(e) => {
+                // Never fatal: a peer on another version must not take this
+                // node down. Counted so that an upgrade gone wrong shows.
+                tracing::warn!(error = %e, "undecodable cluster envelope dropped");
+                metrics::counter!("switchboard_cluster_undecodable_total").increment(1);
+                return Ok(());
+            }
+        };
+        let _ = state.membership.cast(MembershipMsg::Heard {
+            peer: frame.from.clone(),
+        });
+        match frame.body {
+            Body::Ping { seq } => {
+                if let Err(e) = send_frame(&state.this, &frame.from, Body::Pong { seq }) {
+                    tracing::debug!(peer = %frame.from, error = %e, "pong not sent");
+                }
+            }
+            Body::Pong { .. } => {}
+        }
+        Ok(())
+    }
+}
+
+/// Starts membership as a child of `supervisor` (or unsupervised).
+pub async fn spawn(
+    args: MembershipArgs,
+    supervisor: Option<ActorCell>,
+) -> Result<ActorRef<MembershipMsg>> {
+    let spawned = match supervisor {
+        Some(sup) => Actor::spawn_linked(Some("membership".into()), Membership, args, sup).await,
+        None => Actor::spawn(Some("membership".into()), Membership, args).await,
+    };
+    spawned
+        .map(|(actor, _)| actor)
+        .map_err(|e| ClusterError::Spawn(e.to_string()))
+}

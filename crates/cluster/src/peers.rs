@@ -1,0 +1,349 @@
+//! The pure core of membership: which peers are up, which to dial, when to
+//! give up on a silent one. Time comes in as arguments so that the rules are
+//! tested without clocks or sockets; the actor in `membership.rs` carries
+//! out the actions.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::config::HeartbeatConfig;
+
+/// First redial delay after a failure; doubles up to the configured cap.
+const FIRST_REDIAL: Duration = Duration::from_millis(100);
+
+/// Something the membership actor must do or announce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Open a link to this peer.
+    Dial {
+        /// Peer name.
+        name: String,
+        /// Its cluster address.
+        addr: SocketAddr,
+    },
+    /// Send a heartbeat.
+    Ping {
+        /// Peer name.
+        name: String,
+    },
+    /// Close the link to a peer gone silent, so that it is dialed afresh
+    /// (ractor_cluster never notices a silent peer by itself).
+    DropLink {
+        /// Peer name.
+        name: String,
+    },
+    /// The peer is up: announce it.
+    Up {
+        /// Peer name.
+        name: String,
+    },
+    /// The peer is down: announce it.
+    Down {
+        /// Peer name.
+        name: String,
+        /// Why.
+        reason: DownReason,
+    },
+}
+
+/// Why a peer was declared down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DownReason {
+    /// Nothing heard for longer than the heartbeat timeout.
+    Silent,
+    /// Its link closed.
+    LinkClosed,
+}
+
+#[derive(Debug)]
+struct Peer {
+    addr: SocketAddr,
+    /// Links are opened by the node with the smaller name only, so two
+    /// nodes never race two links to each other.
+    we_dial: bool,
+    up: bool,
+    link: bool,
+    dialing: bool,
+    last_heard: Option<Instant>,
+    next_dial: Instant,
+    backoff: Duration,
+}
+
+/// Every peer's state as this node sees it.
+#[derive(Debug)]
+pub struct PeerTable {
+    peers: BTreeMap<String, Peer>,
+    down_after: Duration,
+    max_redial: Duration,
+}
+
+impl PeerTable {
+    /// Peers of node `this`, none of them up yet.
+    pub fn new<'a>(
+        this: &str,
+        peers: impl IntoIterator<Item = (&'a str, SocketAddr)>,
+        heartbeat: &HeartbeatConfig,
+        now: Instant,
+    ) -> Self {
+        let peers = peers
+            .into_iter()
+            .filter(|(name, _)| *name != this)
+            .map(|(name, addr)| {
+                let peer = Peer {
+                    addr,
+                    we_dial: this < name,
+                    up: false,
+                    link: false,
+                    dialing: false,
+                    last_heard: None,
+                    next_dial: now,
+                    backoff: FIRST_REDIAL,
+                };
+                (name.to_owned(), peer)
+            })
+            .collect();
+        Self {
+            peers,
+            down_after: heartbeat.down_after(),
+            max_redial: heartbeat.max_redial(),
+        }
+    }
+
+    /// One heartbeat period: silent peers go down, lost links are redialed,
+    /// linked peers are pinged.
+    pub fn tick(&mut self, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        for (name, peer) in &mut self.peers {
+            let silent = peer
+                .last_heard
+                .is_none_or(|heard| now.saturating_duration_since(heard) > self.down_after);
+            if peer.up && silent {
+                peer.up = false;
+                actions.push(Action::Down {
+                    name: name.clone(),
+                    reason: DownReason::Silent,
+                });
+            }
+            if peer.link && silent && peer.last_heard.is_some() {
+                actions.push(Action::DropLink { name: name.clone() });
+                peer.last_heard = None;
+            }
+            if peer.we_dial && !peer.link && !peer.dialing && now >= peer.next_dial {
+                peer.dialing = true;
+                actions.push(Action::Dial {
+                    name: name.clone(),
+                    addr: peer.addr,
+                });
+            }
+            if peer.link {
+                actions.push(Action::Ping { name: name.clone() });
+            }
+        }
+        actions
+    }
+
+    /// A dial ended. On failure the next one waits longer (doubling, capped,
+    /// scaled by `jitter` in 0.5..=1.0 so that restarted nodes spread out).
+    pub fn dial_finished(&mut self, name: &str, ok: bool, now: Instant, jitter: f64) {
+        let Some(peer) = self.peers.get_mut(name) else {
+            return;
+        };
+        peer.dialing = false;
+        if !ok {
+            peer.next_dial = now + peer.backoff.mul_f64(jitter.clamp(0.5, 1.0));
+            peer.backoff = (peer.backoff * 2).min(self.max_redial);
+        }
+    }
+
+    /// A link to the peer is authenticated and ready; counts as hearing it.
+    pub fn link_ready(&mut self, name: &str, now: Instant) -> Vec<Action> {
+        match self.peers.get_mut(name) {
+            Some(peer) => {
+                peer.link = true;
+                peer.dialing = false;
+                peer.backoff = FIRST_REDIAL;
+            }
+            None => return Vec::new(),
+        }
+        self.heard(name, now)
+    }
+
+    /// The link to the peer closed.
+    pub fn link_closed(&mut self, name: &str, now: Instant, jitter: f64) -> Vec<Action> {
+        let Some(peer) = self.peers.get_mut(name) else {
+            return Vec::new();
+        };
+        peer.link = false;
+        peer.last_heard = None;
+        peer.next_dial = now + peer.backoff.mul_f64(jitter.clamp(0.5, 1.0));
+        if peer.up {
+            peer.up = false;
+            return vec![Action::Down {
+                name: name.to_owned(),
+                reason: DownReason::LinkClosed,
+            }];
+        }
+        Vec::new()
+    }
+
+    /// Something arrived from the peer over a live link.
+    pub fn heard(&mut self, name: &str, now: Instant) -> Vec<Action> {
+        let Some(peer) = self.peers.get_mut(name) else {
+            return Vec::new();
+        };
+        peer.last_heard = Some(now);
+        peer.link = true;
+        if !peer.up {
+            peer.up = true;
+            return vec![Action::Up {
+                name: name.to_owned(),
+            }];
+        }
+        Vec::new()
+    }
+
+    /// Whether a name belongs to a configured peer.
+    pub fn knows(&self, name: &str) -> bool {
+        self.peers.contains_key(name)
+    }
+
+    /// Names of all configured peers.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.peers.keys().map(String::as_str)
+    }
+
+    /// Names of the peers that are up.
+    pub fn up(&self) -> impl Iterator<Item = &str> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.up)
+            .map(|(name, _)| name.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(last: u8) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, last], 6222))
+    }
+
+    fn table(this: &str, now: Instant) -> PeerTable {
+        let peers = [("n1", addr(1)), ("n2", addr(2)), ("n3", addr(3))];
+        PeerTable::new(this, peers, &HeartbeatConfig::default(), now)
+    }
+
+    fn dials(actions: &[Action]) -> Vec<&str> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Dial { name, .. } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_the_smaller_name_dials() {
+        let now = Instant::now();
+        assert_eq!(dials(&table("n1", now).tick(now)), ["n2", "n3"]);
+        assert_eq!(dials(&table("n2", now).tick(now)), ["n3"]);
+        assert!(dials(&table("n3", now).tick(now)).is_empty());
+    }
+
+    #[test]
+    fn a_dial_in_flight_is_not_repeated() {
+        let now = Instant::now();
+        let mut t = table("n2", now);
+        assert_eq!(dials(&t.tick(now)), ["n3"]);
+        assert!(dials(&t.tick(now + Duration::from_secs(5))).is_empty());
+    }
+
+    #[test]
+    fn failed_dials_back_off_up_to_the_cap() {
+        let start = Instant::now();
+        let mut t = table("n2", start);
+        let mut now = start;
+        let mut waits = Vec::new();
+        assert_eq!(dials(&t.tick(now)), ["n3"]);
+        let mut last_dial = now;
+        for _ in 0..8 {
+            t.dial_finished("n3", false, now, 1.0);
+            // Advance in 10 ms steps until the next dial happens.
+            while dials(&t.tick(now)).is_empty() {
+                now += Duration::from_millis(10);
+            }
+            waits.push(now - last_dial);
+            last_dial = now;
+        }
+        assert!(waits[0] <= Duration::from_millis(110), "{waits:?}");
+        assert!(waits.windows(2).all(|w| w[1] >= w[0]), "{waits:?}");
+        assert!(
+            *waits.last().expect("waits") <= Duration::from_millis(2_010),
+            "{waits:?}"
+        );
+    }
+
+    #[test]
+    fn a_ready_link_brings_the_peer_up_once_and_pings_it() {
+        let now = Instant::now();
+        let mut t = table("n1", now);
+        assert_eq!(t.link_ready("n2", now), [Action::Up { name: "n2".into() }]);
+        assert!(t.heard("n2", now).is_empty());
+        assert!(t.tick(now).contains(&Action::Ping { name: "n2".into() }));
+        assert_eq!(t.up().collect::<Vec<_>>(), ["n2"]);
+    }
+
+    #[test]
+    fn a_silent_peer_goes_down_and_its_link_is_dropped() {
+        let now = Instant::now();
+        let mut t = table("n1", now);
+        t.link_ready("n2", now);
+        let later = now + Duration::from_millis(900);
+        assert!(
+            !t.tick(later)
+                .iter()
+                .any(|a| matches!(a, Action::Down { .. }))
+        );
+        let late = now + Duration::from_millis(1_001);
+        let actions = t.tick(late);
+        assert!(actions.contains(&Action::Down {
+            name: "n2".into(),
+            reason: DownReason::Silent
+        }));
+        assert!(actions.contains(&Action::DropLink { name: "n2".into() }));
+        // Dropped once, not on every later tick.
+        let again = t.tick(late + Duration::from_millis(200));
+        assert!(!again.contains(&Action::DropLink { name: "n2".into() }));
+    }
+
+    #[test]
+    fn a_closed_link_is_down_at_once_and_redialed() {
+        let now = Instant::now();
+        let mut t = table("n1", now);
+        t.tick(now);
+        t.link_ready("n2", now);
+        let closed = t.link_closed("n2", now, 1.0);
+        assert_eq!(
+            closed,
+            [Action::Down {
+                name: "n2".into(),
+                reason: DownReason::LinkClosed
+            }]
+        );
+        assert!(t.up().next().is_none());
+        let redial = t.tick(now + Duration::from_millis(150));
+        assert!(dials(&redial).contains(&"n2"));
+    }
+
+    #[test]
+    fn strangers_are_ignored() {
+        let now = Instant::now();
+        let mut t = table("n1", now);
+        assert!(t.heard("n9", now).is_empty());
+        assert!(t.link_ready("n1", now).is_empty(), "itself is no peer");
+        assert!(!t.knows("n9"));
+    }
+}

@@ -1,0 +1,192 @@
+//! A local cluster of real node processes on 127.0.0.x, linked over TLS
+//! with certificates made by `switchboard admin cluster-certs`.
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::{NodeProcess, binary};
+
+/// One member: how to (re)start it, and the process while it runs.
+pub struct Member {
+    pub name: String,
+    pub ip: String,
+    pub client_addr: String,
+    pub metrics_addr: String,
+    pub config_path: PathBuf,
+    pub data_dir: PathBuf,
+    pub process: Option<NodeProcess>,
+}
+
+/// Nodes `n1..nN` on 127.0.0.1..N.
+pub struct LocalCluster {
+    pub members: Vec<Member>,
+    pub dir: tempfile::TempDir,
+}
+
+fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+impl LocalCluster {
+    /// Writes certificates and configs for `count` nodes in `islands` (pairs
+    /// of 1-based node numbers) and starts them all.
+    pub fn start(count: usize, islands: &[(usize, usize)]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let names: Vec<String> = (1..=count).map(|i| format!("n{i}")).collect();
+        let certs = dir.path().join("certs");
+        let status = Command::new(binary())
+            .args(["admin", "cluster-certs", "--out"])
+            .arg(&certs)
+            .args(&names)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("run cluster-certs");
+        assert!(status.success(), "cluster-certs failed");
+
+        let ips: Vec<String> = (1..=count).map(|i| format!("127.0.0.{i}")).collect();
+        let cluster_addrs: Vec<String> = ips
+            .iter()
+            .map(|ip| format!("{ip}:{}", free_port(ip)))
+            .collect();
+        let nodes_toml: Vec<String> = names
+            .iter()
+            .zip(&cluster_addrs)
+            .map(|(n, a)| format!("{{ name = \"{n}\", addr = \"{a}\" }}"))
+            .collect();
+        let islands_toml: Vec<String> = islands
+            .iter()
+            .map(|(a, b)| format!("[\"n{a}\", \"n{b}\"]"))
+            .collect();
+
+        let mut members = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let ip = &ips[i];
+            let data_dir = dir.path().join(name);
+            std::fs::create_dir_all(&data_dir).expect("data dir");
+            let client_addr = format!("{ip}:{}", free_port(ip));
+            let metrics_addr = format!("{ip}:{}", free_port(ip));
+            let config = format!(
+                r#"name = "{name}"
+listen = "{client_addr}"
+data_dir = "{data}"
+fragments = 16
+
+[metrics]
+listen = "{metrics_addr}"
+
+[cluster]
+listen = "{cluster_addr}"
+cookie = "local-test-cluster-cookie"
+nodes = [{nodes}]
+islands = [{islands}]
+
+[cluster.tls]
+cert = "{certs}/{name}.pem"
+key = "{certs}/{name}-key.pem"
+ca = "{certs}/ca.pem"
+"#,
+                data = data_dir.display(),
+                cluster_addr = cluster_addrs[i],
+                nodes = nodes_toml.join(", "),
+                islands = islands_toml.join(", "),
+                certs = certs.display(),
+            );
+            let config_path = dir.path().join(format!("{name}.toml"));
+            std::fs::write(&config_path, config).expect("write config");
+            members.push(Member {
+                name: name.clone(),
+                ip: ip.clone(),
+                client_addr,
+                metrics_addr,
+                config_path,
+                data_dir,
+                process: None,
+            });
+        }
+        let mut cluster = Self { members, dir };
+        for i in 0..count {
+            cluster.start_member(i);
+        }
+        cluster
+    }
+
+    /// Starts (or restarts) member `i` (0-based) with its config and data.
+    pub fn start_member(&mut self, i: usize) {
+        let m = &mut self.members[i];
+        m.process = Some(NodeProcess::start_with_config(
+            &m.config_path,
+            &m.data_dir,
+            &m.client_addr,
+        ));
+    }
+
+    /// SIGKILL member `i`.
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(process) = self.members[i].process.take() {
+            process.kill9();
+        }
+    }
+
+    /// The process of member `i`.
+    pub fn process(&self, i: usize) -> &NodeProcess {
+        self.members[i].process.as_ref().expect("member running")
+    }
+}
+
+/// `GET /metrics` from a node, or "" if it does not answer.
+pub fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ =
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let mut body = String::new();
+    let _ = stream.read_to_string(&mut body);
+    body
+}
+
+/// The value of a metric line `name{labels} value` (labels must match
+/// exactly as rendered, e.g. `peer="n2"`), if present.
+pub fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
+    let prefix = if labels.is_empty() {
+        format!("{name} ")
+    } else {
+        format!("{name}{{{labels}}} ")
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Polls until `member` reports `peers_up` peers up; returns how long it took.
+pub fn wait_for_peers_up(member: &Member, peers_up: usize, within: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let text = scrape(&member.metrics_addr);
+        if metric(&text, "switchboard_cluster_peers_up", "") == Some(peers_up as f64) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "{} did not see {peers_up} peers up within {within:?}; metrics:\n{}",
+            member.name,
+            text.lines()
+                .filter(|l| l.contains("cluster"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Where a member's data lives.
+pub fn data_dir(member: &Member) -> &Path {
+    &member.data_dir
+}
