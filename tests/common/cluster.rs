@@ -190,3 +190,63 @@ pub fn wait_for_peers_up(member: &Member, peers_up: usize, within: Duration) -> 
 pub fn data_dir(member: &Member) -> &Path {
     &member.data_dir
 }
+
+/// Polls until the members together serve `fragments` fragments (every
+/// fragment has a primary), and `member` serves at least `own` of them.
+pub fn wait_for_serving(members: &[&Member], fragments: usize, within: Duration) {
+    let start = Instant::now();
+    loop {
+        let serving: Vec<f64> = members
+            .iter()
+            .map(|m| {
+                metric(
+                    &scrape(&m.metrics_addr),
+                    "switchboard_fragments_serving",
+                    "",
+                )
+                .unwrap_or(0.0)
+            })
+            .collect();
+        if serving.iter().sum::<f64>() == fragments as f64 {
+            return;
+        }
+        assert!(
+            start.elapsed() < within,
+            "fragments not all served within {within:?}: {serving:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// How many fragments `member` serves now.
+pub fn serving(member: &Member) -> f64 {
+    metric(
+        &scrape(&member.metrics_addr),
+        "switchboard_fragments_serving",
+        "",
+    )
+    .unwrap_or(0.0)
+}
+
+/// Phone numbers whose fragment (of `fragments`) has `node` as preferred
+/// primary in `islands`.
+pub fn phones_owned_by(
+    node: &str,
+    islands: &[(usize, usize)],
+    fragments: u16,
+    count: usize,
+    start: u64,
+) -> Vec<client::PhoneNumber> {
+    let placement = router::Placement::new(fragments).expect("placement");
+    let islands = router::Islands::new(
+        islands
+            .iter()
+            .map(|(a, b)| [format!("n{a}"), format!("n{b}")])
+            .collect(),
+    );
+    (start..)
+        .map(|n| client::PhoneNumber::parse(&format!("+1555{n:07}")).expect("phone"))
+        .filter(|p| islands.members(placement.fragment_of(p)).map(|m| m.0) == Some(node))
+        .take(count)
+        .collect()
+}

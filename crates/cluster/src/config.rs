@@ -29,6 +29,22 @@ pub struct ClusterConfig {
     /// Heartbeat period and failure detection.
     #[serde(default)]
     pub heartbeat: HeartbeatConfig,
+    /// When a message is acknowledged to its sender.
+    #[serde(default)]
+    pub ack_policy: AckPolicy,
+}
+
+/// When the server ack (one tick) is sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AckPolicy {
+    /// After the write is durable on the primary and on its secondary (the
+    /// cluster default). With the secondary down the primary acks alone
+    /// and copies the fragment to the secondary when it returns.
+    #[default]
+    Replicated,
+    /// After the write is durable on the primary only.
+    Local,
 }
 
 /// One member of the cluster as every node's config names it.
@@ -129,6 +145,9 @@ impl ClusterConfig {
                     return invalid(format!("node {member:?} is in more than one island"));
                 }
             }
+        }
+        if self.nodes.len() > 1 && self.islands.is_empty() {
+            return invalid("a cluster of several nodes needs at least one island".into());
         }
         let hb = &self.heartbeat;
         if hb.interval_ms == 0 || hb.down_after_ms <= hb.interval_ms {

@@ -14,6 +14,6 @@ pub mod peers;
 pub mod tls;
 pub mod wire;
 
-pub use config::{ClusterConfig, ClusterNode, HeartbeatConfig, LinkTlsConfig};
+pub use config::{AckPolicy, ClusterConfig, ClusterNode, HeartbeatConfig, LinkTlsConfig};
 pub use error::{ClusterError, Result};
 pub use membership::{ClusterHandle, ClusterView, MembershipArgs, MembershipMsg};

@@ -11,6 +11,7 @@
 //! carries them out.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
@@ -120,8 +121,12 @@ pub enum MembershipMsg {
 
 impl ractor::Message for MembershipMsg {}
 
+/// Takes the `Data` bodies that arrive from peers: `(from, bytes)`. Called
+/// on the inbox actor, so it must only hand the bytes on, never block.
+pub type DataHandler = Arc<dyn Fn(&str, Vec<u8>) + Send + Sync>;
+
 /// Starting arguments of the membership actor.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MembershipArgs {
     /// This node's name.
     pub this: String,
@@ -129,6 +134,16 @@ pub struct MembershipArgs {
     pub config: ClusterConfig,
     /// Where the view is published.
     pub view: watch::Sender<ClusterView>,
+    /// Where `Data` bodies go.
+    pub data: Option<DataHandler>,
+}
+
+impl std::fmt::Debug for MembershipArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MembershipArgs")
+            .field("this", &self.this)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Creates the view channel and the handle for a node named `this`; pass
@@ -210,7 +225,12 @@ impl Actor for Membership {
         myself: ActorRef<MembershipMsg>,
         args: MembershipArgs,
     ) -> std::result::Result<MembershipState, ActorProcessingErr> {
-        let MembershipArgs { this, config, view } = args;
+        let MembershipArgs {
+            this,
+            config,
+            view,
+            data,
+        } = args;
         config.validate(&this)?;
         let tls = if config.tls.insecure_plaintext {
             tracing::warn!("cluster links are plain TCP (cluster.tls.insecure_plaintext)");
@@ -241,6 +261,7 @@ impl Actor for Membership {
             InboxArgs {
                 this: this.clone(),
                 membership: myself.clone(),
+                data,
             },
             myself.get_cell(),
         )
@@ -409,10 +430,10 @@ fn publish(state: &MembershipState) {
 #[derive(Debug)]
 struct Inbox;
 
-#[derive(Debug)]
 struct InboxArgs {
     this: String,
     membership: ActorRef<MembershipMsg>,
+    data: Option<DataHandler>,
 }
 
 impl Actor for Inbox {
@@ -445,9 +466,13 @@ impl Actor for Inbox {
                 return Ok(());
             }
         };
-        let _ = state.membership.cast(MembershipMsg::Heard {
-            peer: frame.from.clone(),
-        });
+        // Heartbeats alone prove liveness: data traffic need not cost the
+        // membership actor a message each.
+        if matches!(frame.body, Body::Ping { .. } | Body::Pong { .. }) {
+            let _ = state.membership.cast(MembershipMsg::Heard {
+                peer: frame.from.clone(),
+            });
+        }
         match frame.body {
             Body::Ping { seq } => {
                 if let Err(e) = send_frame(&state.this, &frame.from, Body::Pong { seq }) {
@@ -455,6 +480,10 @@ impl Actor for Inbox {
                 }
             }
             Body::Pong { .. } => {}
+            Body::Data(bytes) => match &state.data {
+                Some(handler) => handler(&frame.from, bytes),
+                None => tracing::debug!(peer = %frame.from, "data with no handler dropped"),
+            },
         }
         Ok(())
     }

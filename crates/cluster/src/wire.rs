@@ -54,6 +54,9 @@ pub enum Body {
         /// The ping's sequence number.
         seq: u64,
     },
+    /// A message of a service built on the cluster (mailbox fragments),
+    /// versioned and decoded by that service.
+    Data(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 impl Frame {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use offline_queue::{FragmentActor, FragmentArgs, FragmentDirectory, fragment_name};
+use offline_queue::{FragmentActor, FragmentArgs, FragmentDirectory, FragmentMsg, fragment_name};
 use presence::{PresenceActor, PresenceArgs};
 use ractor::{Actor, ActorCell, ActorRef, SpawnErr};
 use router::Placement;
@@ -205,6 +205,40 @@ impl NodeBuilder {
             })
         };
 
+        // Membership starts first and stops last, so that peers see this
+        // node leave only after its clients have been drained.
+        let (membership_spec, cluster) = match &config.cluster {
+            Some(cluster_config) => {
+                let (view, handle) = cluster::membership::view_channel(&config.name);
+                let args = cluster::MembershipArgs {
+                    this: config.name.clone(),
+                    config: cluster_config.clone(),
+                    view,
+                    data: Some(Arc::new(offline_queue::dispatch)),
+                };
+                let spec = ChildSpec::new(MEMBERSHIP_NAME, Restart::Permanent, move |sup| {
+                    let args = args.clone();
+                    async move {
+                        let actor = cluster::membership::spawn(args, Some(sup))
+                            .await
+                            .map_err(|e| SpawnErr::StartupFailed(e.to_string().into()))?;
+                        Ok(actor.get_cell())
+                    }
+                });
+                (Some(spec), Some(handle))
+            }
+            None => (None, None),
+        };
+
+        let fragment_cluster = match (&config.cluster, &cluster) {
+            (Some(cluster_config), Some(handle)) => Some(offline_queue::FragmentCluster {
+                handle: handle.clone(),
+                islands: router::Islands::new(cluster_config.islands.clone()),
+                policy: cluster_config.ack_policy,
+            }),
+            _ => None,
+        };
+
         // A restarted fragment has forgotten who is attached: ask the
         // sessions of its users to attach again.
         let on_fragment_start: offline_queue::actor::OnFragmentStart = Arc::new(|fragment| {
@@ -223,6 +257,7 @@ impl NodeBuilder {
                     config: config.fragment_config(),
                     store: store.clone(),
                     on_start: Some(on_fragment_start.clone()),
+                    cluster: fragment_cluster.clone(),
                 };
                 ChildSpec::new(fragment_name(id), Restart::Permanent, move |sup| {
                     let args = args.clone();
@@ -299,30 +334,6 @@ impl NodeBuilder {
             ));
         }
 
-        // Membership starts first and stops last, so that peers see this
-        // node leave only after its clients have been drained.
-        let (membership_spec, cluster) = match &config.cluster {
-            Some(cluster_config) => {
-                let (view, handle) = cluster::membership::view_channel(&config.name);
-                let args = cluster::MembershipArgs {
-                    this: config.name.clone(),
-                    config: cluster_config.clone(),
-                    view,
-                };
-                let spec = ChildSpec::new(MEMBERSHIP_NAME, Restart::Permanent, move |sup| {
-                    let args = args.clone();
-                    async move {
-                        let actor = cluster::membership::spawn(args, Some(sup))
-                            .await
-                            .map_err(|e| SpawnErr::StartupFailed(e.to_string().into()))?;
-                        Ok(actor.get_cell())
-                    }
-                });
-                (Some(spec), Some(handle))
-            }
-            None => (None, None),
-        };
-
         let root_args = SupervisorArgs {
             children: membership_spec
                 .into_iter()
@@ -365,11 +376,14 @@ impl NodeBuilder {
             concurrent_shutdown: false,
         };
         if let Some(listen) = &config.metrics.listen {
-            crate::telemetry::start(listen, store.clone(), fragments, config.fragments)?;
+            crate::telemetry::start(listen, store.clone(), fragments.clone(), config.fragments)?;
         }
         let (root, root_handle) = Actor::spawn(Some("root".into()), Supervisor, root_args)
             .await
             .map_err(|e| NodeError::Startup(e.to_string()))?;
+        if let Some(handle) = &cluster {
+            relay_peer_changes(handle.watch(), fragments.clone());
+        }
         tracing::info!(node = %config.name, listen = %local_addr, data = %config.data_dir.display(),
             fragments = config.fragments, "node started");
         Ok(Node {
@@ -383,6 +397,37 @@ impl NodeBuilder {
             cluster,
         })
     }
+}
+
+/// Tells every fragment actor when a peer comes up or goes down.
+fn relay_peer_changes(
+    mut view: tokio::sync::watch::Receiver<cluster::ClusterView>,
+    fragments: FragmentDirectory,
+) {
+    tokio::spawn(async move {
+        let mut known = view.borrow_and_update().up.clone();
+        while view.changed().await.is_ok() {
+            let now = view.borrow_and_update().up.clone();
+            let events: Vec<(bool, String)> = now
+                .difference(&known)
+                .map(|p| (true, p.clone()))
+                .chain(known.difference(&now).map(|p| (false, p.clone())))
+                .collect();
+            for (up, peer) in events {
+                for id in 0..fragments.placement().fragments() {
+                    if let Ok(fragment) = fragments.get(id) {
+                        let message = if up {
+                            FragmentMsg::PeerUp(peer.clone())
+                        } else {
+                            FragmentMsg::PeerDown(peer.clone())
+                        };
+                        let _ = fragment.send_message(message);
+                    }
+                }
+            }
+            known = now;
+        }
+    });
 }
 
 impl Node {

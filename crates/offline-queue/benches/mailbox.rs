@@ -72,6 +72,7 @@ impl Mailbox {
             config: FragmentConfig::default(),
             store: store.clone(),
             on_start: None,
+            cluster: None,
         };
         let (fragment, _) = Actor::spawn(Some(fragment_name(0)), FragmentActor, args)
             .await

@@ -5,16 +5,24 @@
 //! performs its other actions: pushes to endpoints, replies, and receipts for
 //! other fragments, which it finds by registered name so that a restarted
 //! fragment is found again.
+//!
+//! On a clustered node every fragment has an actor under the same name, but
+//! only the fragment's owner runs a core; the others forward requests to the
+//! owner and pushes back to their sessions, and the owner's island partner
+//! also applies the owner's writes to its own copy (`clustered.rs`).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use cluster::{AckPolicy, ClusterHandle};
 use proto::{MessageId, PhoneNumber, TimestampMs};
 use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef, RpcReplyPort};
-use router::{FragmentId, Placement};
+use router::{FragmentId, Islands, Placement, Role};
 use storage::Store;
 
+use crate::clustered::{self, Clustered};
 use crate::fragment::{Action, FragmentConfig, FragmentCore, ReceiptRequest, Stored};
+use crate::remote::FragmentWire;
 use crate::store::{RedbMailbox, apply_ops};
 use crate::{Entry, FragmentError};
 
@@ -85,7 +93,8 @@ pub enum FragmentMsg {
         user: PhoneNumber,
         /// Where to push.
         endpoint: Endpoint,
-        /// Answered once the first pushes are sent.
+        /// Answered once the first pushes are sent (or, when another node
+        /// owns the fragment, once the attach is on its way there).
         reply: RpcReplyPort<Result<(), FragmentError>>,
     },
     /// The session `session_id` of `user` ended.
@@ -127,13 +136,52 @@ pub enum FragmentMsg {
     Sweep,
     /// Report gauges.
     Stats(RpcReplyPort<FragmentStats>),
+    /// Cluster: a message about this fragment from another node.
+    FromPeer {
+        /// The sending node.
+        from: String,
+        /// What it says.
+        wire: FragmentWire,
+    },
+    /// Cluster: a peer came up.
+    PeerUp(String),
+    /// Cluster: a peer went down.
+    PeerDown(String),
 }
 
 impl ractor::Message for FragmentMsg {}
 
+impl FragmentMsg {
+    /// Requests that a fragment handing itself to another node holds back
+    /// until the hand-over, instead of serving them.
+    fn is_request(&self) -> bool {
+        match self {
+            FragmentMsg::Append { .. }
+            | FragmentMsg::Attach { .. }
+            | FragmentMsg::Detach { .. }
+            | FragmentMsg::Ack { .. }
+            | FragmentMsg::StoreReceipt { .. }
+            | FragmentMsg::DeleteAcked { .. } => true,
+            FragmentMsg::FromPeer { wire, .. } => wire.is_request(),
+            _ => false,
+        }
+    }
+}
+
 /// Called with the fragment id each time a fragment actor starts, so that
 /// sessions of its users attach again after a restart.
 pub type OnFragmentStart = Arc<dyn Fn(FragmentId) + Send + Sync>;
+
+/// What a fragment of a clustered node needs.
+#[derive(Clone)]
+pub struct FragmentCluster {
+    /// Membership and links to peers.
+    pub handle: ClusterHandle,
+    /// Which nodes may own which fragments.
+    pub islands: Islands,
+    /// When a sender gets its ack.
+    pub policy: AckPolicy,
+}
 
 /// Start-up arguments of a [`FragmentActor`].
 #[derive(Clone)]
@@ -148,6 +196,8 @@ pub struct FragmentArgs {
     pub store: Store,
     /// Told when this fragment (re)starts.
     pub on_start: Option<OnFragmentStart>,
+    /// Set on a node that is part of a cluster.
+    pub cluster: Option<FragmentCluster>,
 }
 
 /// Finds fragment actors by their registered names. Cheap to clone.
@@ -207,22 +257,84 @@ impl FragmentDirectory {
 #[derive(Debug, Default)]
 pub struct FragmentActor;
 
+/// Where the core pushes: a session of this node, or one on another node.
+#[derive(Clone)]
+pub(crate) enum Attached {
+    Local(Endpoint),
+    Remote {
+        node: String,
+        user: PhoneNumber,
+        session_id: u64,
+    },
+}
+
+/// Who waits for a durable write.
+pub(crate) enum Waiter {
+    Local(RpcReplyPort<Result<Stored, FragmentError>>),
+    Remote { node: String, req: u64 },
+}
+
+pub(crate) type Core = FragmentCore<Attached, Waiter>;
+pub(crate) type CoreAction = Action<Attached, Waiter>;
+
 /// A [`FragmentActor`]'s state.
 pub struct FragmentState {
-    id: FragmentId,
-    core: FragmentCore<Endpoint, RpcReplyPort<Result<Stored, FragmentError>>>,
-    reads: RedbMailbox,
-    store: Store,
+    pub(crate) id: FragmentId,
+    placement: Placement,
+    config: FragmentConfig,
+    /// Present while this node serves the fragment.
+    pub(crate) core: Option<Core>,
+    /// Counts this fragment in `switchboard_fragments_serving` while `core`
+    /// is present (and uncounts it however the actor ends).
+    serving: Option<ServingGauge>,
+    pub(crate) reads: RedbMailbox,
+    pub(crate) store: Store,
     directory: FragmentDirectory,
     on_start: Option<OnFragmentStart>,
     sweeper: Option<tokio::task::JoinHandle<()>>,
+    pub(crate) cluster: Option<Clustered>,
 }
 
-fn now_ms() -> TimestampMs {
+pub(crate) fn now_ms() -> TimestampMs {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// One fragment served by this node, for the gauge.
+struct ServingGauge;
+
+impl ServingGauge {
+    fn new() -> Self {
+        metrics::gauge!("switchboard_fragments_serving").increment(1.0);
+        Self
+    }
+}
+
+impl Drop for ServingGauge {
+    fn drop(&mut self) {
+        metrics::gauge!("switchboard_fragments_serving").decrement(1.0);
+    }
+}
+
+impl FragmentState {
+    /// Starts or stops serving.
+    pub(crate) fn set_core(&mut self, core: Option<Core>) -> Option<Core> {
+        self.serving = core.as_ref().map(|_| ServingGauge::new());
+        std::mem::replace(&mut self.core, core)
+    }
+
+    /// A core continuing from the fragment's stored sequence.
+    pub(crate) fn new_core(&self) -> Result<Core, FragmentError> {
+        let next_seq = self.reads.next_seq()?;
+        Ok(FragmentCore::new(
+            self.id,
+            self.placement,
+            self.config.clone(),
+            next_seq,
+        ))
+    }
 }
 
 impl Actor for FragmentActor {
@@ -236,16 +348,32 @@ impl Actor for FragmentActor {
         args: FragmentArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let reads = RedbMailbox::new(args.store.clone(), args.id);
-        let next_seq = reads.next_seq()?;
-        Ok(FragmentState {
+        let cluster = match args.cluster {
+            Some(c) => Some(Clustered::new(args.id, c, &args.store)?),
+            None => None,
+        };
+        let mut state = FragmentState {
             id: args.id,
-            core: FragmentCore::new(args.id, args.placement, args.config, next_seq),
+            placement: args.placement,
+            config: args.config,
+            core: None,
+            serving: None,
             reads,
             store: args.store,
             directory: FragmentDirectory::new(args.placement),
             on_start: args.on_start,
             sweeper: None,
-        })
+            cluster,
+        };
+        let serves = state
+            .cluster
+            .as_ref()
+            .is_none_or(|c| c.ownership.role() == Role::Primary);
+        if serves {
+            let core = state.new_core()?;
+            state.set_core(Some(core));
+        }
+        Ok(state)
     }
 
     async fn post_start(
@@ -254,6 +382,7 @@ impl Actor for FragmentActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         state.sweeper = Some(myself.send_interval(Duration::from_secs(60), || FragmentMsg::Sweep));
+        clustered::started(state);
         if let Some(on_start) = &state.on_start {
             on_start(state.id);
         }
@@ -282,57 +411,21 @@ impl Actor for FragmentActor {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        if message.is_request()
+            && let Some(cluster) = state.cluster.as_mut()
+            && cluster.handing_back
+        {
+            cluster.deferred.push(message);
+            return Ok(());
+        }
         let actions = match message {
-            FragmentMsg::Append {
-                to,
-                from,
-                client_msg_id,
-                payload,
-                reply,
-            } => state.core.append(
-                &state.reads,
-                to,
-                from,
-                client_msg_id,
-                payload,
-                now_ms(),
-                reply,
-            ),
-            FragmentMsg::Attach {
-                user,
-                endpoint,
-                reply,
-            } => {
-                let session_id = endpoint.session_id;
-                match state.core.attach(&state.reads, user, session_id, endpoint) {
-                    Ok(actions) => {
-                        let _ = reply.send(Ok(()));
-                        actions
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                        Vec::new()
-                    }
-                }
-            }
-            FragmentMsg::Detach { user, session_id } => {
-                state.core.detach(&user, session_id);
-                Vec::new()
-            }
-            FragmentMsg::Ack { user, ids } => {
-                metrics::counter!("switchboard_entries_acked_total").increment(ids.len() as u64);
-                state.core.ack(&state.reads, &user, &ids, now_ms())
-            }
-            FragmentMsg::StoreReceipt { request, reply } => {
-                state.core.store_receipt(request, reply)
-            }
-            FragmentMsg::DeleteAcked { owner, ids } => state.core.delete_acked(owner, ids),
-            FragmentMsg::Committed { tag, outcome } => {
-                state.core.committed(&state.reads, tag, outcome)
-            }
-            FragmentMsg::Sweep => state.core.sweep(now_ms()),
+            FragmentMsg::Committed { tag, outcome } => clustered::local_commit(state, tag, outcome),
+            FragmentMsg::Sweep => match state.core.as_mut() {
+                Some(core) => core.sweep(now_ms()),
+                None => Vec::new(),
+            },
             FragmentMsg::Stats(reply) => {
-                let counts = state.core.counts();
+                let counts = state.core.as_ref().map(|c| c.counts()).unwrap_or_default();
                 let _ = reply.send(FragmentStats {
                     fragment: state.id,
                     online: counts.online,
@@ -341,21 +434,101 @@ impl Actor for FragmentActor {
                 });
                 Vec::new()
             }
+            FragmentMsg::PeerUp(peer) => clustered::peer_up(state, peer).await?,
+            FragmentMsg::PeerDown(peer) => clustered::peer_down(state, peer).await?,
+            other => route(state, other).await?,
         };
         perform(&myself, state, actions);
+        for held in clustered::maybe_hand_back(&myself, state).await? {
+            let actions = route(state, held).await?;
+            perform(&myself, state, actions);
+        }
         Ok(())
     }
 }
 
-fn perform(
+/// A request or a message from a peer: served here if this node owns the
+/// fragment, forwarded to the owner otherwise.
+async fn route(
+    state: &mut FragmentState,
+    message: FragmentMsg,
+) -> Result<Vec<CoreAction>, ActorProcessingErr> {
+    match message {
+        FragmentMsg::FromPeer { from, wire } => clustered::from_peer(state, from, wire).await,
+        request if state.core.is_some() => Ok(serve(state, request)),
+        request => {
+            clustered::forward(state, request);
+            Ok(Vec::new())
+        }
+    }
+}
+
+/// A request served by this node's core.
+fn serve(state: &mut FragmentState, message: FragmentMsg) -> Vec<CoreAction> {
+    let Some(core) = state.core.as_mut() else {
+        return Vec::new();
+    };
+    let reads = &state.reads;
+    match message {
+        FragmentMsg::Append {
+            to,
+            from,
+            client_msg_id,
+            payload,
+            reply,
+        } => core.append(
+            reads,
+            to,
+            from,
+            client_msg_id,
+            payload,
+            now_ms(),
+            Waiter::Local(reply),
+        ),
+        FragmentMsg::Attach {
+            user,
+            endpoint,
+            reply,
+        } => {
+            let session_id = endpoint.session_id;
+            match core.attach(reads, user, session_id, Attached::Local(endpoint)) {
+                Ok(actions) => {
+                    let _ = reply.send(Ok(()));
+                    actions
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    Vec::new()
+                }
+            }
+        }
+        FragmentMsg::Detach { user, session_id } => {
+            core.detach(&user, session_id);
+            Vec::new()
+        }
+        FragmentMsg::Ack { user, ids } => {
+            metrics::counter!("switchboard_entries_acked_total").increment(ids.len() as u64);
+            core.ack(reads, &user, &ids, now_ms())
+        }
+        FragmentMsg::StoreReceipt { request, reply } => {
+            core.store_receipt(request, reply.map(Waiter::Local))
+        }
+        FragmentMsg::DeleteAcked { owner, ids } => core.delete_acked(owner, ids),
+        _ => Vec::new(),
+    }
+}
+
+/// Carries out the core's actions.
+pub(crate) fn perform(
     myself: &ActorRef<FragmentMsg>,
     state: &mut FragmentState,
-    actions: Vec<Action<Endpoint, RpcReplyPort<Result<Stored, FragmentError>>>>,
+    actions: Vec<CoreAction>,
 ) {
     let mut local = std::collections::VecDeque::from(actions);
     while let Some(action) = local.pop_front() {
         match action {
             Action::Persist { tag, ops } => {
+                clustered::replicate(state, tag, &ops);
                 let fragment = state.id;
                 let me = myself.clone();
                 state.store.submit(
@@ -374,30 +547,63 @@ fn perform(
             Action::Push { endpoint, entries } => {
                 metrics::counter!("switchboard_entries_pushed_total")
                     .increment(entries.len() as u64);
-                if endpoint
-                    .target
-                    .send_message(Push::Entries(entries))
-                    .is_err()
-                {
-                    tracing::debug!(
-                        fragment = state.id,
-                        session = endpoint.session_id,
-                        "push to a stopped endpoint; it will detach"
-                    );
+                match endpoint {
+                    Attached::Local(endpoint) => {
+                        if endpoint
+                            .target
+                            .send_message(Push::Entries(entries))
+                            .is_err()
+                        {
+                            tracing::debug!(
+                                fragment = state.id,
+                                session = endpoint.session_id,
+                                "push to a stopped endpoint; it will detach"
+                            );
+                        }
+                    }
+                    Attached::Remote {
+                        node,
+                        user,
+                        session_id,
+                    } => clustered::send(
+                        state,
+                        &node,
+                        FragmentWire::Push {
+                            user,
+                            session_id,
+                            entries,
+                        },
+                    ),
                 }
             }
-            Action::Replaced { endpoint } => {
-                let _ = endpoint.target.send_message(Push::Replaced);
-            }
+            Action::Replaced { endpoint } => match endpoint {
+                Attached::Local(endpoint) => {
+                    let _ = endpoint.target.send_message(Push::Replaced);
+                }
+                Attached::Remote {
+                    node,
+                    user,
+                    session_id,
+                } => clustered::send(state, &node, FragmentWire::Replaced { user, session_id }),
+            },
             Action::Reply { to, result } => {
                 if result.is_ok() {
                     metrics::counter!("switchboard_durable_acks_total").increment(1);
                 }
-                let _ = to.send(result);
+                match to {
+                    Waiter::Local(port) => {
+                        let _ = port.send(result);
+                    }
+                    Waiter::Remote { node, req } => {
+                        clustered::send(state, &node, FragmentWire::AppendDone { req, result });
+                    }
+                }
             }
             Action::StoreReceipt { fragment, request } => {
                 if fragment == state.id {
-                    local.extend(state.core.store_receipt(request, None));
+                    if let Some(core) = state.core.as_mut() {
+                        local.extend(core.store_receipt(request, None));
+                    }
                 } else {
                     let ids = request.msg_ids.clone();
                     let sent = state.directory.get(fragment).and_then(|f| {
@@ -410,7 +616,9 @@ fn perform(
                     if let Err(e) = sent {
                         tracing::warn!(fragment = state.id, error = %e,
                             "receipt not stored; entries stay for redelivery");
-                        state.core.forget_acked(&ids);
+                        if let Some(core) = state.core.as_mut() {
+                            core.forget_acked(&ids);
+                        }
                     }
                 }
             }
@@ -420,7 +628,9 @@ fn perform(
                 ids,
             } => {
                 if fragment == state.id {
-                    local.extend(state.core.delete_acked(owner, ids));
+                    if let Some(core) = state.core.as_mut() {
+                        local.extend(core.delete_acked(owner, ids));
+                    }
                 } else if let Ok(f) = state.directory.get(fragment) {
                     let _ = f.send_message(FragmentMsg::DeleteAcked { owner, ids });
                 }

@@ -20,7 +20,7 @@ pub fn fragment_of_message_id(id: MessageId) -> FragmentId {
 }
 
 /// One mailbox entry with its id.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     /// The entry's id (the ack key).
     pub id: MessageId,

@@ -1,7 +1,7 @@
 //! Errors of the mailbox fragments.
 
 /// A mailbox operation failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum FragmentError {
     /// The write could not be made durable; the sender should retry.

@@ -45,7 +45,7 @@ impl Default for FragmentConfig {
 }
 
 /// The one-tick answer to a send (or the id of a stored receipt).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Stored {
     /// The assigned (or, for a resend, the original) id.
     pub msg_id: MessageId,
@@ -54,7 +54,7 @@ pub struct Stored {
 }
 
 /// A receipt to store in the mailbox of `owner` (the original sender).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ReceiptRequest {
     /// Who gets the receipt.
     pub owner: PhoneNumber,
@@ -350,6 +350,22 @@ impl<E: Clone, R> FragmentCore<E, R> {
         {
             self.online.remove(user);
         }
+    }
+
+    /// Who is attached: user, session id, endpoint.
+    pub fn attached(&self) -> impl Iterator<Item = (&PhoneNumber, u64, &E)> {
+        self.online
+            .iter()
+            .map(|(user, online)| (user, online.session_id, &online.endpoint))
+    }
+
+    /// Detaches everyone and returns who was attached (a fragment handed
+    /// to another node gives its sessions to the new owner).
+    pub fn take_attached(&mut self) -> Vec<(PhoneNumber, u64, E)> {
+        self.online
+            .drain()
+            .map(|(user, online)| (user, online.session_id, online.endpoint))
+            .collect()
     }
 
     /// Whether `user` is attached here now.

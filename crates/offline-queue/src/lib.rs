@@ -20,15 +20,19 @@
 //! its write is committed with fsync; writes of all fragments share commits.
 
 pub mod actor;
+mod clustered;
 pub mod entry;
 mod error;
 pub mod fragment;
+pub mod remote;
+pub mod replica;
 pub mod store;
 
 pub use actor::{
-    Endpoint, FragmentActor, FragmentArgs, FragmentDirectory, FragmentMsg, FragmentStats, Push,
-    fragment_name,
+    Endpoint, FragmentActor, FragmentArgs, FragmentCluster, FragmentDirectory, FragmentMsg,
+    FragmentStats, Push, fragment_name,
 };
+pub use clustered::dispatch;
 pub use entry::{Entry, EntryBody, compose_message_id, fragment_of_message_id};
 pub use error::{FragmentError, Result};
 pub use fragment::{FragmentConfig, Stored};

@@ -18,14 +18,16 @@ use storage::{StorageError, Store};
 
 use crate::{Entry, EntryBody, FragmentError};
 
-const SEQ_TABLE: TableDefinition<u16, u64> = TableDefinition::new("fragment_seq");
+pub(crate) const SEQ_TABLE: TableDefinition<u16, u64> = TableDefinition::new("fragment_seq");
 
-const MBOX_TABLE: TableDefinition<(u16, &str, u64), &[u8]> = TableDefinition::new("mbox");
-const DEDUPE_TABLE: TableDefinition<(u16, &str, &str, u64), (u64, u64)> =
+pub(crate) const MBOX_TABLE: TableDefinition<(u16, &str, u64), &[u8]> =
+    TableDefinition::new("mbox");
+pub(crate) const DEDUPE_TABLE: TableDefinition<(u16, &str, &str, u64), (u64, u64)> =
     TableDefinition::new("dedupe");
 
-/// A durable change to a fragment's tables.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A durable change to a fragment's tables. Also what a primary streams to
+/// its secondary, so it is serialisable.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum WriteOp {
     /// Store a message and its dedupe key.
     PutMessage {
@@ -40,6 +42,7 @@ pub enum WriteOp {
         /// When it was stored.
         server_ts: TimestampMs,
         /// Serialised [`EntryBody`].
+        #[serde(with = "serde_bytes")]
         body: Vec<u8>,
     },
     /// Store a receipt entry.
@@ -49,6 +52,7 @@ pub enum WriteOp {
         /// The assigned id.
         id: MessageId,
         /// Serialised [`EntryBody`].
+        #[serde(with = "serde_bytes")]
         body: Vec<u8>,
     },
     /// Delete delivered entries.
@@ -161,7 +165,7 @@ pub struct RedbMailbox {
     fragment: FragmentId,
 }
 
-fn storage(e: impl std::fmt::Display) -> FragmentError {
+pub(crate) fn storage(e: impl std::fmt::Display) -> FragmentError {
     FragmentError::Storage(e.to_string())
 }
 

@@ -28,6 +28,7 @@ async fn spawn_fragment(store: &Store) -> ActorRef<FragmentMsg> {
         config: FragmentConfig::default(),
         store: store.clone(),
         on_start: None,
+        cluster: None,
     };
     Actor::spawn(Some(fragment_name(0)), FragmentActor, args)
         .await

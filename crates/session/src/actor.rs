@@ -43,7 +43,11 @@ use crate::connection::{
 use crate::extension::{ExtensionMsg, ExtensionPush, ExtensionRequest, extension_actor_name};
 use crate::state::{Admission, Phase, admit};
 
-static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
+/// Session ids are compared by fragments on other nodes too, so they must
+/// not repeat across nodes or restarts: a random 32-bit prefix per process
+/// above a counter.
+static NEXT_SESSION_ID: std::sync::LazyLock<AtomicU64> =
+    std::sync::LazyLock::new(|| AtomicU64::new(u64::from(rand::random::<u32>()) << 32 | 1));
 static LIVE_SESSIONS: AtomicU64 = AtomicU64::new(0);
 
 /// Session actors alive in this process now (for the connections gauge).

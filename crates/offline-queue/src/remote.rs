@@ -1,0 +1,196 @@
+//! What mailbox fragments tell each other across nodes, carried in the
+//! cluster's `Data` bodies: `[FRAGMENT_WIRE_VERSION][postcard(Envelope)]`.
+
+use proto::{MessageId, PhoneNumber};
+use router::{FragmentId, Owner};
+use serde::{Deserialize, Serialize};
+
+use crate::fragment::ReceiptRequest;
+use crate::replica::SnapshotChunk;
+use crate::store::WriteOp;
+use crate::{Entry, FragmentError, Stored};
+
+/// Version of [`FragmentWire`]. A node refuses (logs and counts) other
+/// versions rather than misreading them.
+pub const FRAGMENT_WIRE_VERSION: u8 = 1;
+
+/// One fragment message between nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireEnvelope {
+    /// The fragment it concerns.
+    pub fragment: FragmentId,
+    /// What it says.
+    pub wire: FragmentWire,
+}
+
+/// Requests from a forwarding node to the owner, the owner's answers and
+/// pushes, and the primary → secondary stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FragmentWire {
+    /// Store a message (answered by `AppendDone`).
+    Append {
+        /// Correlates the answer.
+        req: u64,
+        /// The recipient.
+        to: PhoneNumber,
+        /// The sender.
+        from: PhoneNumber,
+        /// The sender's dedupe id.
+        client_msg_id: u64,
+        /// Opaque bytes.
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+    },
+    /// The answer to `Append` (and to `StoreReceipt` with a `req`).
+    AppendDone {
+        /// The request.
+        req: u64,
+        /// Stored, or why not.
+        result: Result<Stored, FragmentError>,
+    },
+    /// `user` is online in session `session_id` on the sending node.
+    Attach {
+        /// The user.
+        user: PhoneNumber,
+        /// Its session there.
+        session_id: u64,
+    },
+    /// That session ended.
+    Detach {
+        /// The user.
+        user: PhoneNumber,
+        /// Its session.
+        session_id: u64,
+    },
+    /// The user's device has these entries.
+    Ack {
+        /// The user.
+        user: PhoneNumber,
+        /// Entry ids.
+        ids: Vec<MessageId>,
+    },
+    /// Store a receipt for one of the fragment's users; with a `req`,
+    /// answered by `AppendDone`.
+    StoreReceipt {
+        /// Correlates the answer, if one is wanted.
+        req: Option<u64>,
+        /// The receipt.
+        request: ReceiptRequest,
+    },
+    /// Receipts are durable: delete these acked entries.
+    DeleteAcked {
+        /// The entries' owner.
+        owner: PhoneNumber,
+        /// Their ids.
+        ids: Vec<MessageId>,
+    },
+    /// Entries for a user attached on the receiving node.
+    Push {
+        /// The user.
+        user: PhoneNumber,
+        /// The session they are for.
+        session_id: u64,
+        /// In order.
+        entries: Vec<Entry>,
+    },
+    /// That session was replaced by a newer one elsewhere.
+    Replaced {
+        /// The user.
+        user: PhoneNumber,
+        /// The replaced session.
+        session_id: u64,
+    },
+    /// Primary → secondary: apply these writes (in order).
+    Replicate {
+        /// The primary's epoch; older epochs are refused.
+        epoch: u64,
+        /// Stream position, echoed in `Replicated`.
+        rseq: u64,
+        /// The writes.
+        ops: Vec<WriteOp>,
+    },
+    /// Secondary → primary: the writes up to `rseq` are durable here.
+    Replicated {
+        /// The stream position.
+        rseq: u64,
+        /// False if refused (stale epoch) or not durable.
+        ok: bool,
+    },
+    /// Primary → secondary: part of a full copy of the fragment.
+    Snapshot {
+        /// The primary's epoch.
+        epoch: u64,
+        /// First chunk: erase the fragment before applying it.
+        first: bool,
+        /// Last chunk: answer with `Replicated` at `rseq`.
+        last: bool,
+        /// The stream position of the copy.
+        rseq: u64,
+        /// The rows.
+        chunk: SnapshotChunk,
+    },
+    /// Who owns the fragment, as the sender knows it.
+    Owner {
+        /// The sender's view.
+        owner: Owner,
+        /// Answer with your own view (sent by a node that just started or
+        /// just saw the receiver come up).
+        reply: bool,
+    },
+}
+
+/// Encodes an envelope for a cluster `Data` body.
+pub fn encode(fragment: FragmentId, wire: FragmentWire) -> Result<Vec<u8>, postcard::Error> {
+    let mut bytes = vec![FRAGMENT_WIRE_VERSION];
+    postcard::to_io(&WireEnvelope { fragment, wire }, &mut bytes)?;
+    Ok(bytes)
+}
+
+/// Why bytes from a peer are not an envelope.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// Another version.
+    #[error("fragment wire version {0} not understood (this node speaks {FRAGMENT_WIRE_VERSION})")]
+    Version(u8),
+    /// Undecodable.
+    #[error("undecodable fragment message: {0}")]
+    Decode(String),
+}
+
+/// Decodes a cluster `Data` body.
+pub fn decode(bytes: &[u8]) -> Result<WireEnvelope, WireError> {
+    match bytes {
+        [FRAGMENT_WIRE_VERSION, rest @ ..] => {
+            postcard::from_bytes(rest).map_err(|e| WireError::Decode(e.to_string()))
+        }
+        [other, ..] => Err(WireError::Version(*other)),
+        [] => Err(WireError::Decode("empty".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_round_trip_and_bad_bytes_are_errors() {
+        let phone = PhoneNumber::parse("+15550001111").expect("phone");
+        let wire = FragmentWire::Append {
+            req: 9,
+            to: phone.clone(),
+            from: phone,
+            client_msg_id: 3,
+            payload: vec![1, 2, 3],
+        };
+        let bytes = encode(7, wire.clone()).expect("encode");
+        assert_eq!(decode(&bytes), Ok(WireEnvelope { fragment: 7, wire }));
+        let mut other = bytes.clone();
+        other[0] = FRAGMENT_WIRE_VERSION + 1;
+        assert_eq!(
+            decode(&other),
+            Err(WireError::Version(FRAGMENT_WIRE_VERSION + 1))
+        );
+        assert!(decode(&[]).is_err());
+        assert!(decode(&bytes[..bytes.len() - 2]).is_err());
+    }
+}
