@@ -120,3 +120,145 @@ async fn messages_cross_nodes_with_all_three_ticks() {
     alice.close().await;
     bob.close().await;
 }
+
+/// Senders on n1 write to receivers on n3 whose mailboxes n4 owns; n4 is
+/// killed mid-stream (n3 takes over), restarted (it catches up and gets its
+/// fragments back), and every message the cluster acknowledged arrives
+/// exactly once and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_of_a_primary_loses_no_acknowledged_message() {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use client::Event;
+    use common::cluster::{phones_owned_by, serving};
+
+    const PAIRS: usize = 4;
+    let mut cluster = blocking(four_nodes_serving);
+    let senders = phones_owned_by("n2", ISLANDS, FRAGMENTS, PAIRS, 1_000);
+    let receivers = phones_owned_by("n4", ISLANDS, FRAGMENTS, PAIRS, 2_000);
+
+    type Log = Arc<Mutex<HashMap<(String, String), Vec<u64>>>>;
+    let received: Log = Arc::default();
+    let acked: Log = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut receiver_clients = Vec::new();
+    for phone in &receivers {
+        let (client, mut events, _) = cluster.process(2).login(phone.as_str()).await;
+        let client = Arc::new(client);
+        let (me, log, ack_with) = (phone.to_string(), received.clone(), client.clone());
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                if let Event::Message {
+                    msg_id,
+                    from,
+                    payload,
+                    ..
+                } = event
+                {
+                    let seq = String::from_utf8_lossy(&payload).parse().expect("seq");
+                    log.lock()
+                        .expect("log")
+                        .entry((from.to_string(), me.clone()))
+                        .or_default()
+                        .push(seq);
+                    let _ = ack_with.ack(vec![msg_id]).await;
+                }
+            }
+        });
+        receiver_clients.push(client);
+    }
+    let mut sender_tasks = Vec::new();
+    for (phone, to) in senders.iter().zip(receivers.clone()) {
+        let (client, _events, _) = cluster.process(0).login(phone.as_str()).await;
+        let (acked, stop, key) = (
+            acked.clone(),
+            stop.clone(),
+            (phone.to_string(), to.to_string()),
+        );
+        sender_tasks.push(tokio::spawn(async move {
+            let mut seq = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                client
+                    .send(&to, seq.to_string().into_bytes())
+                    .await
+                    .expect("the client retries until acked");
+                acked
+                    .lock()
+                    .expect("log")
+                    .entry(key.clone())
+                    .or_default()
+                    .push(seq);
+                seq += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            client.close().await;
+        }));
+    }
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    blocking(|| cluster.kill9(3));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    blocking(|| cluster.start_member(3));
+    blocking(|| {
+        for m in &cluster.members {
+            wait_for_peers_up(m, 3, PATIENCE);
+        }
+        // n4 caught up and has its fragments back.
+        let start = std::time::Instant::now();
+        while serving(&cluster.members[3]) < 4.0 {
+            assert!(
+                start.elapsed() < PATIENCE,
+                "n4 did not get its fragments back"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in sender_tasks {
+        task.await.expect("sender");
+    }
+
+    // Every acked message arrives, once, in order.
+    let acked = acked.lock().expect("log").clone();
+    let total: usize = acked.values().map(Vec::len).sum();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let received = received.lock().expect("log").clone();
+        let complete = acked
+            .iter()
+            .all(|(pair, seqs)| received.get(pair).map_or(0, |r| r.len()) >= seqs.len());
+        if complete || std::time::Instant::now() > deadline {
+            let mut lost = 0;
+            let mut duplicated = 0;
+            let mut out_of_order = 0;
+            for (pair, seqs) in &acked {
+                let got = received.get(pair).cloned().unwrap_or_default();
+                let mut seen = std::collections::HashSet::new();
+                let mut last = None;
+                for s in &got {
+                    if !seen.insert(*s) {
+                        duplicated += 1;
+                    }
+                    if last.is_some_and(|l| *s <= l) {
+                        out_of_order += 1;
+                    }
+                    last = Some(*s);
+                }
+                lost += seqs.iter().filter(|s| !seen.contains(s)).count();
+            }
+            eprintln!(
+                "acked {total}, lost {lost}, duplicated {duplicated}, out of order {out_of_order}"
+            );
+            assert!(total > 100, "too little traffic to mean anything: {total}");
+            assert_eq!((lost, duplicated, out_of_order), (0, 0, 0));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for client in receiver_clients {
+        client.close().await;
+    }
+}
