@@ -127,9 +127,8 @@ async fn messages_cross_nodes_with_all_three_ticks() {
 /// exactly once and in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_of_a_primary_loses_no_acknowledged_message() {
-    use std::collections::HashMap;
+    use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex};
 
     use client::Event;
     use common::cluster::{phones_owned_by, serving};
@@ -139,7 +138,6 @@ async fn kill9_of_a_primary_loses_no_acknowledged_message() {
     let senders = phones_owned_by("n2", ISLANDS, FRAGMENTS, PAIRS, 1_000);
     let receivers = phones_owned_by("n4", ISLANDS, FRAGMENTS, PAIRS, 2_000);
 
-    type Log = Arc<Mutex<HashMap<(String, String), Vec<u64>>>>;
     let received: Log = Arc::default();
     let acked: Log = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
@@ -261,4 +259,140 @@ async fn kill9_of_a_primary_loses_no_acknowledged_message() {
     for client in receiver_clients {
         client.close().await;
     }
+}
+
+/// Sequence numbers per (sender, receiver), as acked or as received.
+type Log = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(String, String), Vec<u64>>>>;
+
+/// Waits (up to 30 s) until every acked message was received, then checks
+/// that none is missing, repeated or out of order.
+async fn check_every_acked_message_arrived_once_in_order(acked: &Log, received: &Log) {
+    let acked = acked.lock().expect("log").clone();
+    let total: usize = acked.values().map(Vec::len).sum();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let received = received.lock().expect("log").clone();
+        let complete = acked
+            .iter()
+            .all(|(pair, seqs)| received.get(pair).map_or(0, |r| r.len()) >= seqs.len());
+        if complete || std::time::Instant::now() > deadline {
+            let (mut lost, mut duplicated, mut out_of_order) = (0, 0, 0);
+            for (pair, seqs) in &acked {
+                let got = received.get(pair).cloned().unwrap_or_default();
+                let mut seen = std::collections::HashSet::new();
+                let mut last = None;
+                for s in &got {
+                    if !seen.insert(*s) {
+                        duplicated += 1;
+                    }
+                    if last.is_some_and(|l| *s <= l) {
+                        out_of_order += 1;
+                    }
+                    last = Some(*s);
+                }
+                lost += seqs.iter().filter(|s| !seen.contains(s)).count();
+            }
+            eprintln!(
+                "acked {total}, lost {lost}, duplicated {duplicated}, out of order {out_of_order}"
+            );
+            assert!(total > 100, "too little traffic to mean anything: {total}");
+            assert_eq!((lost, duplicated, out_of_order), (0, 0, 0));
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Alice's node (n1) dies while she sends: her client reconnects to n3
+/// with the same (signed) token, resends what was not acked, and Bob gets
+/// every acknowledged message once and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_fails_over_to_another_node_when_its_node_dies() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use client::{Client, Event};
+    use common::cluster::phones_owned_by;
+
+    let mut cluster = blocking(four_nodes_serving);
+    let alice_phone = phones_owned_by("n2", ISLANDS, FRAGMENTS, 1, 3_000).remove(0);
+    let bob_phone = phones_owned_by("n4", ISLANDS, FRAGMENTS, 1, 4_000).remove(0);
+    let alice_token = cluster.process(0).register(&alice_phone).await;
+    let bob_token = cluster.process(2).register(&bob_phone).await;
+    let (alice, _alice_events) = Client::connect(cluster.client_config(&[0, 2]), alice_token)
+        .await
+        .expect("alice on n1");
+    let (bob, mut bob_events) = Client::connect(cluster.client_config(&[2, 0]), bob_token)
+        .await
+        .expect("bob on n3");
+    let bob = Arc::new(bob);
+
+    let received: Log = Arc::default();
+    let acked: Log = Arc::default();
+    let key = (alice_phone.to_string(), bob_phone.to_string());
+    let (log, acker, pair) = (received.clone(), bob.clone(), key.clone());
+    tokio::spawn(async move {
+        while let Some(event) = bob_events.recv().await {
+            if let Event::Message {
+                msg_id, payload, ..
+            } = event
+            {
+                let seq = String::from_utf8_lossy(&payload).parse().expect("seq");
+                log.lock()
+                    .expect("log")
+                    .entry(pair.clone())
+                    .or_default()
+                    .push(seq);
+                let _ = acker.ack(vec![msg_id]).await;
+            }
+        }
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let (acked_log, stopped) = (acked.clone(), stop.clone());
+    let sender = tokio::spawn(async move {
+        let mut seq = 0u64;
+        while !stopped.load(Ordering::Relaxed) {
+            alice
+                .send(&bob_phone, seq.to_string().into_bytes())
+                .await
+                .expect("the client retries until acked");
+            acked_log
+                .lock()
+                .expect("log")
+                .entry(key.clone())
+                .or_default()
+                .push(seq);
+            seq += 1;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        alice.close().await;
+    });
+
+    let count = |log: &Log| {
+        log.lock()
+            .expect("log")
+            .values()
+            .map(Vec::len)
+            .sum::<usize>()
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    blocking(|| cluster.kill9(0));
+    let at_kill = count(&acked);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let while_down = count(&acked) - at_kill;
+    assert!(
+        while_down > 10,
+        "alice did not go on through n3: {while_down} acks"
+    );
+    blocking(|| cluster.start_member(0));
+    blocking(|| {
+        for m in &cluster.members {
+            wait_for_peers_up(m, 3, PATIENCE);
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    sender.await.expect("sender");
+    check_every_acked_message_arrived_once_in_order(&acked, &received).await;
+    bob.close().await;
 }

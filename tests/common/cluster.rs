@@ -11,6 +11,8 @@ use super::{NodeProcess, binary};
 /// One member: how to (re)start it, and the process while it runs.
 pub struct Member {
     pub name: String,
+    /// The client-facing certificate all members share.
+    pub client_cert: PathBuf,
     pub ip: String,
     pub client_addr: String,
     pub metrics_addr: String,
@@ -47,6 +49,14 @@ impl LocalCluster {
             .status()
             .expect("run cluster-certs");
         assert!(status.success(), "cluster-certs failed");
+        // One client-facing certificate for every node, so that a client
+        // trusting it can fail over from node to node.
+        let pair = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+            .expect("client certificate");
+        let client_cert = certs.join("client-facing.pem");
+        let client_key = certs.join("client-facing-key.pem");
+        std::fs::write(&client_cert, pair.cert.pem()).expect("write cert");
+        std::fs::write(&client_key, pair.signing_key.serialize_pem()).expect("write key");
 
         let ips: Vec<String> = (1..=count).map(|i| format!("127.0.0.{i}")).collect();
         let cluster_addrs: Vec<String> = ips
@@ -76,8 +86,15 @@ listen = "{client_addr}"
 data_dir = "{data}"
 fragments = 16
 
+[tls]
+cert = "{client_cert}"
+key = "{client_key}"
+
 [metrics]
 listen = "{metrics_addr}"
+
+[auth]
+token_key = "local-test-cluster-token-key-of-32+-chars"
 
 [cluster]
 listen = "{cluster_addr}"
@@ -95,11 +112,14 @@ ca = "{certs}/ca.pem"
                 nodes = nodes_toml.join(", "),
                 islands = islands_toml.join(", "),
                 certs = certs.display(),
+                client_cert = client_cert.display(),
+                client_key = client_key.display(),
             );
             let config_path = dir.path().join(format!("{name}.toml"));
             std::fs::write(&config_path, config).expect("write config");
             members.push(Member {
                 name: name.clone(),
+                client_cert: client_cert.clone(),
                 ip: ip.clone(),
                 client_addr,
                 metrics_addr,
@@ -118,11 +138,10 @@ ca = "{certs}/ca.pem"
     /// Starts (or restarts) member `i` (0-based) with its config and data.
     pub fn start_member(&mut self, i: usize) {
         let m = &mut self.members[i];
-        m.process = Some(NodeProcess::start_with_config(
-            &m.config_path,
-            &m.data_dir,
-            &m.client_addr,
-        ));
+        let mut process =
+            NodeProcess::start_with_config(&m.config_path, &m.data_dir, &m.client_addr);
+        process.ca_path = m.client_cert.clone();
+        m.process = Some(process);
     }
 
     /// SIGKILL member `i`.
@@ -130,6 +149,18 @@ ca = "{certs}/ca.pem"
         if let Some(process) = self.members[i].process.take() {
             process.kill9();
         }
+    }
+
+    /// A client config for the given members (0-based), in that order.
+    pub fn client_config(&self, order: &[usize]) -> client::ClientConfig {
+        let servers = order
+            .iter()
+            .map(|&i| self.members[i].client_addr.clone())
+            .collect();
+        let ca = std::fs::read(&self.members[0].client_cert).expect("client cert");
+        let mut cfg = client::ClientConfig::new(servers, ca);
+        cfg.request_timeout = Duration::from_secs(10);
+        cfg
     }
 
     /// The process of member `i`.

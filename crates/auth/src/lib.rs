@@ -74,6 +74,9 @@ pub struct AuthConfig {
     pub max_deliveries_in_flight: usize,
     /// Where codes go.
     pub provider: ProviderConfig,
+    /// Signs tokens so that every node holding the same key accepts them
+    /// (required in a cluster; at least 32 characters; keep it secret).
+    pub token_key: Option<String>,
 }
 
 impl Default for AuthConfig {
@@ -86,6 +89,7 @@ impl Default for AuthConfig {
             token_ttl_days: 90,
             max_deliveries_in_flight: 64,
             provider: ProviderConfig::default(),
+            token_key: None,
         }
     }
 }
@@ -109,10 +113,21 @@ impl AuthConfig {
                 "max_deliveries_in_flight must be at least 1",
             ),
         ];
+        if self.token_key.as_ref().is_some_and(|k| k.len() < 32) {
+            return Err(AuthError::InvalidConfig(
+                "token_key must be at least 32 characters".into(),
+            ));
+        }
         match checks.iter().find(|(ok, _)| !ok) {
             Some((_, why)) => Err(AuthError::InvalidConfig((*why).to_owned())),
             None => Ok(()),
         }
+    }
+
+    /// The token book these settings describe.
+    fn token_book(&self, store: Store) -> TokenBook {
+        TokenBook::new(store, self.token_ttl())
+            .with_key(self.token_key.as_deref().map(str::as_bytes))
     }
 
     /// The token lifetime.
@@ -150,7 +165,7 @@ impl AuthHandle {
         Self {
             actor: None,
             name: Some(name.to_owned()),
-            tokens: TokenBook::new(store, cfg.token_ttl()),
+            tokens: cfg.token_book(store),
             call_timeout: cfg.call_timeout(),
         }
     }
@@ -248,7 +263,7 @@ pub async fn spawn_named_auth(
     name: Option<String>,
 ) -> Result<(AuthHandle, JoinHandle<()>)> {
     cfg.validate()?;
-    let tokens = TokenBook::new(store, cfg.token_ttl());
+    let tokens = cfg.token_book(store);
     let call_timeout = cfg.call_timeout();
     let args = AuthArgs {
         config: cfg,

@@ -10,10 +10,18 @@
 //!
 //! Writes go through the store's group commit; lookups are plain read
 //! transactions from any thread, so logins never queue behind an actor.
+//!
+//! With a token key (`auth.token_key`, the same on every node of a
+//! cluster) tokens are signed instead: `s1.<hex payload>.<hex HMAC-SHA256>`,
+//! the payload holding the expiry, 16 random bytes and the phone. Any node
+//! with the key checks them without a lookup, so a client that fails over
+//! to another node logs in there with the same token. Stored tokens issued
+//! before a key was set keep working on the node that issued them.
 
 use std::fmt;
 use std::time::Duration;
 
+use hmac::{Hmac, Mac};
 use proto::PhoneNumber;
 use rand::Rng;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableError};
@@ -30,6 +38,14 @@ const ACCOUNTS: TableDefinition<&str, u64> = TableDefinition::new("auth_accounts
 
 /// Raw token length in bytes (256 bits).
 const TOKEN_BYTES: usize = 32;
+
+/// Prefix of signed tokens (and their format version).
+const SIGNED_PREFIX: &str = "s1.";
+
+/// Random bytes in a signed token, so that two tokens never repeat.
+const SIGNED_NONCE_BYTES: usize = 16;
+
+type HmacSha256 = Hmac<Sha256>;
 
 /// What is stored under a token's hash.
 #[derive(Debug, Serialize, Deserialize)]
@@ -63,6 +79,8 @@ impl fmt::Debug for IssuedToken {
 pub struct TokenBook {
     store: Store,
     ttl_ms: u64,
+    /// Signs tokens when set (see the module docs).
+    key: Option<std::sync::Arc<[u8]>>,
 }
 
 impl fmt::Debug for TokenBook {
@@ -79,7 +97,62 @@ impl TokenBook {
         Self {
             store,
             ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+            key: None,
         }
+    }
+
+    /// Signs new tokens with `key` (and accepts tokens signed with it).
+    pub fn with_key(mut self, key: Option<&[u8]>) -> Self {
+        self.key = key.map(Into::into);
+        self
+    }
+
+    fn mac(key: &[u8]) -> Result<HmacSha256> {
+        HmacSha256::new_from_slice(key)
+            .map_err(|e| AuthError::InvalidConfig(format!("auth.token_key: {e}")))
+    }
+
+    fn signed_token(key: &[u8], phone: &PhoneNumber, expires_at_ms: u64) -> Result<String> {
+        let mut payload = expires_at_ms.to_be_bytes().to_vec();
+        let mut nonce = [0u8; SIGNED_NONCE_BYTES];
+        rand::rng().fill(&mut nonce);
+        payload.extend_from_slice(&nonce);
+        payload.extend_from_slice(phone.as_str().as_bytes());
+        let mut mac = Self::mac(key)?;
+        mac.update(SIGNED_PREFIX.as_bytes());
+        mac.update(&payload);
+        let tag = mac.finalize().into_bytes();
+        Ok(format!(
+            "{SIGNED_PREFIX}{}.{}",
+            hex::encode(&payload),
+            hex::encode(tag)
+        ))
+    }
+
+    fn check_signed(key: &[u8], token: &str, now_ms: u64) -> Result<PhoneNumber> {
+        let rest = token
+            .strip_prefix(SIGNED_PREFIX)
+            .ok_or(AuthError::InvalidToken)?;
+        let (payload_hex, tag_hex) = rest.split_once('.').ok_or(AuthError::InvalidToken)?;
+        let payload = hex::decode(payload_hex).map_err(|_| AuthError::InvalidToken)?;
+        let tag = hex::decode(tag_hex).map_err(|_| AuthError::InvalidToken)?;
+        let mut mac = Self::mac(key)?;
+        mac.update(SIGNED_PREFIX.as_bytes());
+        mac.update(&payload);
+        // Constant-time comparison.
+        mac.verify_slice(&tag)
+            .map_err(|_| AuthError::InvalidToken)?;
+        let (expiry, rest) = payload.split_at_checked(8).ok_or(AuthError::InvalidToken)?;
+        let expires_at_ms =
+            u64::from_be_bytes(expiry.try_into().map_err(|_| AuthError::InvalidToken)?);
+        if now_ms >= expires_at_ms {
+            return Err(AuthError::InvalidToken);
+        }
+        let phone = rest
+            .get(SIGNED_NONCE_BYTES..)
+            .and_then(|p| std::str::from_utf8(p).ok())
+            .ok_or(AuthError::InvalidToken)?;
+        PhoneNumber::parse(phone).map_err(|_| AuthError::InvalidToken)
     }
 
     /// Mints a token for `phone` (recording the account if new) and waits
@@ -101,11 +174,27 @@ impl TokenBook {
     where
         C: FnOnce(Result<IssuedToken>) + Send + 'static,
     {
+        let expires_at_ms = now_ms.saturating_add(self.ttl_ms);
+        if let Some(key) = &self.key {
+            let issued = Self::signed_token(key, phone, expires_at_ms).map(|token| IssuedToken {
+                token,
+                expires_at_ms,
+            });
+            let issued = match issued {
+                Ok(issued) => issued,
+                Err(e) => return done(Err(e)),
+            };
+            let account = phone.as_str().to_owned();
+            self.store.submit(
+                move |txn| record_account(txn, &account, now_ms),
+                move |outcome| done(outcome.map(|()| issued).map_err(AuthError::from)),
+            );
+            return;
+        }
         let mut raw = [0u8; TOKEN_BYTES];
         // ThreadRng is a CSPRNG (ChaCha, seeded and reseeded from the OS).
         rand::rng().fill(&mut raw);
         let hash = token_hash(&raw);
-        let expires_at_ms = now_ms.saturating_add(self.ttl_ms);
         let record = TokenRecord {
             phone: phone.as_str().to_owned(),
             issued_at_ms: now_ms,
@@ -129,12 +218,7 @@ impl TokenBook {
             move |txn| {
                 txn.open_table(TOKENS)?
                     .insert(hash.as_slice(), value.as_slice())?;
-                let mut accounts = txn.open_table(ACCOUNTS)?;
-                let known = accounts.get(account.as_str())?.is_some();
-                if !known {
-                    accounts.insert(account.as_str(), now_ms)?;
-                }
-                Ok(())
+                record_account(txn, &account, now_ms)
             },
             move |outcome| done(outcome.map(|()| issued).map_err(AuthError::from)),
         );
@@ -144,6 +228,12 @@ impl TokenBook {
     /// not expired at `now_ms`; [`AuthError::InvalidToken`] otherwise. Runs a
     /// read transaction (blocking, usually on cached pages).
     pub fn lookup(&self, token: &str, now_ms: u64) -> Result<PhoneNumber> {
+        if token.starts_with(SIGNED_PREFIX) {
+            return match &self.key {
+                Some(key) => Self::check_signed(key, token, now_ms),
+                None => Err(AuthError::InvalidToken),
+            };
+        }
         let raw = parse_token(token).ok_or(AuthError::InvalidToken)?;
         let hash = token_hash(&raw);
         let read = self.store.db().begin_read().map_err(engine)?;
@@ -175,6 +265,19 @@ impl TokenBook {
         let created = table.get(phone.as_str()).map_err(engine)?;
         Ok(created.map(|v| v.value()))
     }
+}
+
+/// Records `phone`'s first verification, once.
+fn record_account(
+    txn: &redb::WriteTransaction,
+    phone: &str,
+    now_ms: u64,
+) -> std::result::Result<(), StorageError> {
+    let mut accounts = txn.open_table(ACCOUNTS)?;
+    if accounts.get(phone)?.is_none() {
+        accounts.insert(phone, now_ms)?;
+    }
+    Ok(())
 }
 
 /// The raw bytes of a well-formed token: exactly 64 hex digits.
@@ -364,5 +467,59 @@ mod tests {
             matches!(err, AuthError::Storage(StorageError::Corrupt(_))),
             "{err:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn signed_tokens_work_on_every_node_with_the_key_and_nowhere_else() {
+        let key = b"a cluster-wide key of 32 bytes!!";
+        let (dir_a, dir_b) = (
+            tempfile::tempdir().expect("a"),
+            tempfile::tempdir().expect("b"),
+        );
+        let node_a = book(&dir_a).with_key(Some(key));
+        let node_b = book(&dir_b).with_key(Some(key));
+        let alice = phone("+15550001234");
+        let issued = node_a.issue_token(&alice, 1_000).await.expect("issued");
+        assert!(issued.token.starts_with(SIGNED_PREFIX));
+        assert_eq!(node_a.lookup(&issued.token, 2_000).expect("a"), alice);
+        assert_eq!(node_b.lookup(&issued.token, 2_000).expect("b"), alice);
+        assert!(
+            node_a
+                .account_created_at(&alice)
+                .expect("account")
+                .is_some()
+        );
+
+        // Expired, tampered, forged with another key, or without a key: refused.
+        let expired = issued.expires_at_ms;
+        assert!(matches!(
+            node_b.lookup(&issued.token, expired),
+            Err(AuthError::InvalidToken)
+        ));
+        let mut tampered = issued.token.clone().into_bytes();
+        let flip = SIGNED_PREFIX.len() + 20;
+        tampered[flip] = if tampered[flip] == b'0' { b'1' } else { b'0' };
+        let tampered = String::from_utf8(tampered).expect("ascii");
+        assert!(matches!(
+            node_b.lookup(&tampered, 2_000),
+            Err(AuthError::InvalidToken)
+        ));
+        let other = book(&tempfile::tempdir().expect("c"))
+            .with_key(Some(b"another key of thirty-two bytes!"));
+        assert!(matches!(
+            other.lookup(&issued.token, 2_000),
+            Err(AuthError::InvalidToken)
+        ));
+        let keyless = book(&tempfile::tempdir().expect("d"));
+        assert!(matches!(
+            keyless.lookup(&issued.token, 2_000),
+            Err(AuthError::InvalidToken)
+        ));
+        for garbage in ["s1.", "s1.zz.zz", "s1.00.", "s1..00"] {
+            assert!(matches!(
+                node_a.lookup(garbage, 2_000),
+                Err(AuthError::InvalidToken)
+            ));
+        }
     }
 }

@@ -264,6 +264,13 @@ impl NodeConfig {
             cluster
                 .validate(&self.name)
                 .map_err(|e| NodeError::Config(e.to_string()))?;
+            if cluster.nodes.len() > 1 && self.auth.token_key.is_none() {
+                return fail(
+                    "a cluster needs auth.token_key (the same on every node), so that a \
+                     client's token works on whichever node it reaches"
+                        .into(),
+                );
+            }
         }
         let l = &self.limits;
         if l.max_frame_bytes < 1024 {
