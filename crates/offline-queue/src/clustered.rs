@@ -245,21 +245,26 @@ pub(crate) fn forward(state: &mut FragmentState, message: FragmentMsg) {
             endpoint,
             reply,
         } => {
+            if !reachable {
+                // A node that is rejoining, or whose owner for this user is
+                // down and not yet replaced, sheds the login: the client
+                // retries after a while, here or at another node.
+                let _ = reply.send(Err(FragmentError::Unavailable(id)));
+                return;
+            }
             let session_id = endpoint.session_id;
             if let Some(old) = cluster.local_sessions.insert(user.clone(), endpoint)
                 && old.session_id != session_id
             {
                 let _ = old.target.send_message(Push::Replaced);
             }
-            if reachable {
-                send_via(
-                    cluster,
-                    id,
-                    &owner,
-                    FragmentWire::Attach { user, session_id },
-                );
-            }
-            // Attached here; pushes start when the owner is reachable (every
+            send_via(
+                cluster,
+                id,
+                &owner,
+                FragmentWire::Attach { user, session_id },
+            );
+            // Attached here; pushes come once the owner has it (and every
             // change of owner re-attaches the sessions held here).
             let _ = reply.send(Ok(()));
         }
