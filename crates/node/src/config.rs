@@ -422,4 +422,33 @@ mod tests {
         assert!(config.validate().is_err());
         assert!(NodeConfig::load(Some(Path::new("/nonexistent/x.toml"))).is_err());
     }
+
+    #[test]
+    fn a_cluster_section_parses_and_needs_a_token_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("n1.toml");
+        let text = r#"
+            name = "n1"
+            [cluster]
+            listen = "127.0.0.1:6222"
+            cookie = "0123456789abcdef"
+            ack_policy = "local"
+            nodes = [{ name = "n1", addr = "127.0.0.1:6222" }, { name = "n2", addr = "127.0.0.2:6222" }]
+            islands = [["n1", "n2"]]
+            tls = { insecure_plaintext = true }
+        "#;
+        std::fs::write(&path, text).expect("write");
+        let refused = NodeConfig::load(Some(&path)).expect_err("no auth.token_key");
+        assert!(refused.to_string().contains("token_key"), "{refused}");
+        std::fs::write(
+            &path,
+            format!("{text}\n[auth]\ntoken_key = \"{}\"\n", "k".repeat(32)),
+        )
+        .expect("write");
+        // [auth] after [cluster] in TOML: the table header ends the cluster section.
+        let config = NodeConfig::load(Some(&path)).expect("parses");
+        let cluster = config.cluster.as_ref().expect("cluster section");
+        assert_eq!(cluster.ack_policy, cluster::AckPolicy::Local);
+        assert_eq!(cluster.islands, [["n1".to_owned(), "n2".to_owned()]]);
+    }
 }

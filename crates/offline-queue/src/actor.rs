@@ -20,7 +20,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef, RpcReplyPort}
 use router::{FragmentId, Islands, Placement, Role};
 use storage::Store;
 
-use crate::clustered::{self, Clustered};
+use crate::clustered::{self, Clustered, Copied};
+use crate::replica::{TAKEOVER_SEQ_GAP, log_divergent};
 use crate::fragment::{Action, FragmentConfig, FragmentCore, ReceiptRequest, Stored};
 use crate::remote::FragmentWire;
 use crate::store::{RedbMailbox, apply_ops};
@@ -325,6 +326,18 @@ impl FragmentState {
         std::mem::replace(&mut self.core, core)
     }
 
+    /// A core for a fragment this node takes over: its ids start far above
+    /// any the former owner may have given out without copying them here.
+    pub(crate) fn new_core_after_takeover(&self) -> Result<Core, FragmentError> {
+        let next_seq = self.reads.next_seq()?.saturating_add(TAKEOVER_SEQ_GAP);
+        Ok(FragmentCore::new(
+            self.id,
+            self.placement,
+            self.config.clone(),
+            next_seq,
+        ))
+    }
+
     /// A core continuing from the fragment's stored sequence.
     pub(crate) fn new_core(&self) -> Result<Core, FragmentError> {
         let next_seq = self.reads.next_seq()?;
@@ -528,11 +541,19 @@ pub(crate) fn perform(
     while let Some(action) = local.pop_front() {
         match action {
             Action::Persist { tag, ops } => {
-                clustered::replicate(state, tag, &ops);
+                let divergent = clustered::replicate(state, tag, &ops) == Copied::Missing;
                 let fragment = state.id;
                 let me = myself.clone();
                 state.store.submit(
-                    move |txn| apply_ops(txn, fragment, &ops),
+                    move |txn| {
+                        apply_ops(txn, fragment, &ops)?;
+                        // Committed without the partner's copy: remember it
+                        // for the partner's catch-up or a later merge.
+                        if divergent {
+                            log_divergent(txn, fragment, &ops)?;
+                        }
+                        Ok(())
+                    },
                     move |result| {
                         if result.is_err() {
                             metrics::counter!("switchboard_storage_failures_total").increment(1);

@@ -23,8 +23,11 @@ use crate::actor::{
     Attached, CoreAction, FragmentCluster, FragmentMsg, FragmentState, Waiter, now_ms, perform,
 };
 use crate::remote::{self, FragmentWire};
-use crate::replica::{self, export_fragment, import_chunk, load_owner, save_owner};
-use crate::store::{WriteOp, apply_ops};
+use crate::replica::{
+    self, clear_divergent, export_fragment, import_chunk, load_divergent, load_owner,
+    log_divergent, save_owner,
+};
+use crate::store::{MailboxRead, WriteOp, apply_ops};
 use crate::{Endpoint, FragmentError, Push, Stored};
 
 impl FragmentWire {
@@ -49,7 +52,8 @@ enum PartnerCopy {
     /// Not being fed (down, or this node does not own the fragment).
     Absent,
     /// A full copy is on its way; complete once `until` is acknowledged.
-    CatchingUp { until: u64 },
+    /// It holds the divergent log up to `divergent_upto`.
+    CatchingUp { until: u64, divergent_upto: u64 },
     /// Up to date and fed every write.
     Streaming,
 }
@@ -59,6 +63,19 @@ enum PartnerCopy {
 struct Waiting {
     local: Option<Result<(), String>>,
     remote: Option<Result<(), String>>,
+    /// Kept until the partner confirms, to log them if it never does.
+    ops: Vec<WriteOp>,
+}
+
+/// Whether a write reached the partner's copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Copied {
+    /// Streamed to the partner.
+    Streamed,
+    /// No partner to copy to (a single node, or no island).
+    NoPartner,
+    /// The partner exists but is not being fed: the write diverges.
+    Missing,
 }
 
 /// The cluster state of one fragment actor.
@@ -431,6 +448,14 @@ pub(crate) async fn from_peer(
             Vec::new()
         }
         FragmentWire::Replicated { rseq, ok } => replicated(state, &from, rseq, ok),
+        FragmentWire::Merge { upto, ops } => merge(state, &from, upto, ops).await?,
+        FragmentWire::MergeDone { upto } => {
+            tracing::info!(fragment = id, peer = %from, "divergent writes merged");
+            state
+                .store
+                .submit(move |txn| clear_divergent(txn, id, upto), |_| {});
+            Vec::new()
+        }
         FragmentWire::Owner { owner, reply } => {
             let was_waiting = state
                 .cluster
@@ -468,7 +493,7 @@ pub(crate) async fn from_peer(
                 .as_ref()
                 .is_some_and(|c| c.ownership.partner() == Some(from.as_str()));
             if reply && from_partner && state.core.is_some() {
-                actions.extend(partner_lost(state));
+                actions.extend(partner_lost(state).await?);
                 start_copy(state).await;
             }
             actions
@@ -542,18 +567,19 @@ fn replica_reply(state: &FragmentState, to: &str) -> impl FnOnce(u64, bool) + Se
     }
 }
 
-/// Streams a write to the partner, if it is being fed; the write's commit
-/// then also waits for the partner's copy.
-pub(crate) fn replicate(state: &mut FragmentState, tag: u64, ops: &[WriteOp]) {
+/// Streams a write to the partner, if it is being fed. Under the
+/// `replicated` policy the write's commit then also waits for the partner.
+pub(crate) fn replicate(state: &mut FragmentState, tag: u64, ops: &[WriteOp]) -> Copied {
     let id = state.id;
     let Some(cluster) = state.cluster.as_mut() else {
-        return;
+        return Copied::NoPartner;
     };
-    if cluster.link.policy != AckPolicy::Replicated || cluster.copy == PartnerCopy::Absent {
-        return;
+    if cluster.ownership.partner().is_none() {
+        return Copied::NoPartner;
     }
-    let Some(partner) = cluster.partner_up().map(str::to_owned) else {
-        return;
+    let partner = match cluster.partner_up() {
+        Some(partner) if cluster.copy != PartnerCopy::Absent => partner.to_owned(),
+        _ => return Copied::Missing,
     };
     let rseq = cluster.next_rseq;
     cluster.next_rseq += 1;
@@ -563,14 +589,23 @@ pub(crate) fn replicate(state: &mut FragmentState, tag: u64, ops: &[WriteOp]) {
         rseq,
         ops: ops.to_vec(),
     };
-    if send_via(cluster, id, &partner, wire) {
-        cluster.by_rseq.insert(rseq, tag);
-        cluster.waiting.insert(tag, Waiting::default());
-    } else {
+    if !send_via(cluster, id, &partner, wire) {
         // The link is gone: membership will report the partner down, and
         // the partner catches up by a full copy when it returns.
         cluster.copy = PartnerCopy::Absent;
+        return Copied::Missing;
     }
+    if cluster.link.policy == AckPolicy::Replicated {
+        cluster.by_rseq.insert(rseq, tag);
+        cluster.waiting.insert(
+            tag,
+            Waiting {
+                ops: ops.to_vec(),
+                ..Waiting::default()
+            },
+        );
+    }
+    Copied::Streamed
 }
 
 /// The local commit of `tag` finished.
@@ -599,12 +634,22 @@ fn replicated(state: &mut FragmentState, from: &str, rseq: u64, ok: bool) -> Vec
     if cluster.ownership.partner() != Some(from) {
         return Vec::new();
     }
-    if let PartnerCopy::CatchingUp { until } = cluster.copy
+    if let PartnerCopy::CatchingUp {
+        until,
+        divergent_upto,
+    } = cluster.copy
         && rseq >= until
     {
         if ok {
             tracing::info!(fragment = id, partner = from, "partner caught up");
             cluster.copy = PartnerCopy::Streaming;
+            // The copy holds every divergent write logged before it.
+            if divergent_upto > 0 {
+                state.store.submit(
+                    move |txn| clear_divergent(txn, id, divergent_upto),
+                    |_| {},
+                );
+            }
         } else {
             tracing::warn!(fragment = id, partner = from, "partner refused the copy");
             cluster.copy = PartnerCopy::Absent;
@@ -641,6 +686,7 @@ fn finish_ready(state: &mut FragmentState) -> Vec<CoreAction> {
         if let Some(Waiting {
             local: Some(local),
             remote: Some(remote),
+            ..
         }) = cluster.waiting.remove(&tag)
         {
             actions.extend(core.committed(&state.reads, tag, local.and(remote)));
@@ -649,19 +695,38 @@ fn finish_ready(state: &mut FragmentState) -> Vec<CoreAction> {
     actions
 }
 
-/// The partner is gone: its pending copies no longer hold writes back.
-fn partner_lost(state: &mut FragmentState) -> Vec<CoreAction> {
+/// The partner is gone: its pending copies no longer hold writes back. The
+/// writes it may not have got are logged as divergent first (before they
+/// are acknowledged), so that they survive into a catch-up or a merge.
+async fn partner_lost(state: &mut FragmentState) -> Result<Vec<CoreAction>, FragmentError> {
+    let id = state.id;
     let Some(cluster) = state.cluster.as_mut() else {
-        return Vec::new();
+        return Ok(Vec::new());
     };
     cluster.copy = PartnerCopy::Absent;
     let tags: Vec<u64> = std::mem::take(&mut cluster.by_rseq).into_values().collect();
+    let mut unconfirmed = Vec::new();
+    for tag in &tags {
+        if let Some(waiting) = cluster.waiting.get_mut(tag) {
+            unconfirmed.extend(std::mem::take(&mut waiting.ops));
+        }
+    }
+    if !unconfirmed.is_empty() {
+        state
+            .store
+            .write(move |txn| log_divergent(txn, id, &unconfirmed))
+            .await
+            .map_err(crate::store::storage)?;
+    }
+    let Some(cluster) = state.cluster.as_mut() else {
+        return Ok(Vec::new());
+    };
     for tag in tags {
         if let Some(waiting) = cluster.waiting.get_mut(&tag) {
             waiting.remote = Some(Ok(()));
         }
     }
-    finish_ready(state)
+    Ok(finish_ready(state))
 }
 
 pub(crate) async fn peer_up(
@@ -692,6 +757,7 @@ pub(crate) async fn peer_up(
         }
     } else if cluster.ownership.owner().node == peer {
         reattach_all(state);
+        send_merge(state)?;
     }
     Ok(Vec::new())
 }
@@ -733,7 +799,7 @@ pub(crate) async fn peer_down(
         }
     }
     if is_partner {
-        actions.extend(partner_lost(state));
+        actions.extend(partner_lost(state).await?);
         let promoted = state
             .cluster
             .as_mut()
@@ -775,7 +841,11 @@ async fn settle(
     let mut actions = Vec::new();
     match (role, state.core.is_some()) {
         (Role::Primary, false) => {
-            let mut core = state.new_core()?;
+            let mut core = if changed.is_some() {
+                state.new_core_after_takeover()?
+            } else {
+                state.new_core()?
+            };
             let sessions = state
                 .cluster
                 .as_mut()
@@ -803,6 +873,96 @@ async fn settle(
             }
         }
     }
+    send_merge(state)?;
+    Ok(actions)
+}
+
+/// A node that no longer owns the fragment but holds writes its partner
+/// never got (it served behind a partition) offers them to the owner.
+fn send_merge(state: &FragmentState) -> Result<(), FragmentError> {
+    let Some(cluster) = state.cluster.as_ref() else {
+        return Ok(());
+    };
+    let owner = &cluster.ownership.owner().node;
+    if state.core.is_some()
+        || cluster.ownership.role() == Role::Waiting
+        || cluster.ownership.partner().is_none()
+        || !cluster.up.contains(owner)
+    {
+        return Ok(());
+    }
+    let (upto, ops) = load_divergent(&state.store, state.id)?;
+    if ops.is_empty() {
+        return Ok(());
+    }
+    tracing::warn!(fragment = state.id, to = %owner, writes = ops.len(),
+        "offering writes made apart from the owner for merging");
+    send_via(cluster, state.id, owner, FragmentWire::Merge { upto, ops });
+    Ok(())
+}
+
+/// Merges a former owner's divergent writes: messages not already here
+/// (by their dedupe key: the sender may have resent them here), receipts,
+/// deletions. Online users of the touched mailboxes get them pushed at
+/// once, and the partner gets a fresh copy that includes them.
+async fn merge(
+    state: &mut FragmentState,
+    from: &str,
+    upto: u64,
+    ops: Vec<WriteOp>,
+) -> Result<Vec<CoreAction>, ActorProcessingErr> {
+    let id = state.id;
+    if state.core.is_none() {
+        // Not the owner (any more): the sender offers them again once it
+        // knows the owner.
+        return Ok(Vec::new());
+    }
+    let mut keep = Vec::new();
+    let mut touched = BTreeSet::new();
+    for op in ops {
+        match &op {
+            WriteOp::PutMessage {
+                recipient,
+                sender,
+                client_msg_id,
+                ..
+            } => {
+                if state.reads.dedupe(recipient, sender, *client_msg_id)?.is_none() {
+                    touched.insert(recipient.clone());
+                    keep.push(op);
+                }
+            }
+            WriteOp::PutReceipt { owner, .. } => {
+                touched.insert(owner.clone());
+                keep.push(op);
+            }
+            WriteOp::Delete { .. } => keep.push(op),
+            // This owner's sequence is already past the former owner's,
+            // and sweeping is its own business.
+            WriteOp::NextSeq(_) | WriteOp::SweepDedupe { .. } => {}
+        }
+    }
+    let merged = keep.len();
+    state
+        .store
+        .write(move |txn| apply_ops(txn, id, &keep))
+        .await?;
+    tracing::warn!(fragment = id, from, merged, "merged writes made apart from this owner");
+    metrics::counter!("switchboard_fragment_merged_writes_total").increment(merged as u64);
+    send(state, from, FragmentWire::MergeDone { upto });
+    let mut actions = Vec::new();
+    if let Some(core) = state.core.as_mut() {
+        let online: Vec<_> = core
+            .attached()
+            .filter(|(user, _, _)| touched.contains(*user))
+            .map(|(user, session_id, endpoint)| (user.clone(), session_id, endpoint.clone()))
+            .collect();
+        for (user, session_id, endpoint) in online {
+            actions.extend(core.attach(&state.reads, user, session_id, endpoint)?);
+        }
+    }
+    actions.extend(partner_lost(state).await?);
+    start_copy(state).await;
     Ok(actions)
 }
 
@@ -867,6 +1027,13 @@ async fn start_copy(state: &mut FragmentState) {
         tracing::warn!(fragment = id, error = %e, "flush before copy failed");
         return;
     }
+    let divergent_upto = match load_divergent(&state.store, id) {
+        Ok((upto, _)) => upto,
+        Err(e) => {
+            tracing::warn!(fragment = id, error = %e, "cannot read the divergent log");
+            return;
+        }
+    };
     let chunks = match export_fragment(&state.store, id) {
         Ok(chunks) => chunks,
         Err(e) => {
@@ -894,7 +1061,10 @@ async fn start_copy(state: &mut FragmentState) {
         }
     }
     tracing::info!(fragment = id, partner = %partner, chunks = count, "copying to partner");
-    cluster.copy = PartnerCopy::CatchingUp { until: rseq };
+    cluster.copy = PartnerCopy::CatchingUp {
+        until: rseq,
+        divergent_upto,
+    };
 }
 
 /// A fragment held for its preferred owner goes back once that node has a

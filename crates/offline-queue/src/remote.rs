@@ -129,6 +129,19 @@ pub enum FragmentWire {
         /// The rows.
         chunk: SnapshotChunk,
     },
+    /// A former owner's writes its partner never got (it went on serving
+    /// behind a partition); the current owner merges them.
+    Merge {
+        /// The last divergent-log key included.
+        upto: u64,
+        /// The writes, in order.
+        ops: Vec<WriteOp>,
+    },
+    /// The merge up to `upto` is durable: the former owner may drop it.
+    MergeDone {
+        /// As in `Merge`.
+        upto: u64,
+    },
     /// Who owns the fragment, as the sender knows it.
     Owner {
         /// The sender's view.

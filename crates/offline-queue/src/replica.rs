@@ -1,19 +1,31 @@
 //! What a secondary needs besides the primary's stream of [`WriteOp`]s: a
 //! copy of a whole fragment to catch up from (its key range in each table),
 //! and the fragment's owner and epoch, kept on disk so that a restarted node
-//! never believes an older owner than the one it last knew.
+//! never believes an older owner than the one it last knew. And what a
+//! primary keeps of writes its partner never got (the divergent log), to
+//! merge them into a newer owner after a partition heals.
 //!
 //! [`WriteOp`]: crate::store::WriteOp
 
-use redb::{ReadableDatabase, TableDefinition, WriteTransaction};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use router::{FragmentId, Owner};
 use serde::{Deserialize, Serialize};
 use storage::{StorageError, Store};
 
 use crate::FragmentError;
-use crate::store::{DEDUPE_TABLE, MBOX_TABLE, SEQ_TABLE, storage};
+use crate::store::{DEDUPE_TABLE, MBOX_TABLE, SEQ_TABLE, WriteOp, storage};
 
 const OWNER_TABLE: TableDefinition<u16, (u64, &str)> = TableDefinition::new("fragment_owner");
+
+/// Writes a primary committed without its partner's copy: `(fragment, n)`
+/// → postcard(`Vec<WriteOp>`). Kept until the partner holds them (a full
+/// copy) or a newer owner has merged them (after a partition).
+const DIVERGENT_TABLE: TableDefinition<(u16, u64), &[u8]> = TableDefinition::new("divergent");
+
+/// Sequence numbers skipped when a node takes a fragment over, so that its
+/// new ids never collide with ids the old owner gave out without copying
+/// them (it may have gone on serving behind a partition).
+pub const TAKEOVER_SEQ_GAP: u64 = 1 << 32;
 
 /// Rows per snapshot chunk: keeps each cluster message far below
 /// ractor_cluster's 16 MiB frame limit for payloads up to 64 KiB.
@@ -158,10 +170,59 @@ pub async fn save_owner(store: &Store, f: FragmentId, owner: Owner) -> Result<()
         .map_err(storage)
 }
 
+/// Appends writes to the divergent log of `f` (in the caller's transaction).
+pub fn log_divergent(
+    txn: &WriteTransaction,
+    f: FragmentId,
+    ops: &[WriteOp],
+) -> Result<(), StorageError> {
+    let bytes = postcard::to_stdvec(ops)
+        .map_err(|e| StorageError::Corrupt(format!("cannot encode divergent writes: {e}")))?;
+    let mut table = txn.open_table(DIVERGENT_TABLE)?;
+    let next = table
+        .range((f, 0)..=(f, u64::MAX))?
+        .next_back()
+        .transpose()?
+        .map_or(1, |(key, _)| key.value().1 + 1);
+    table.insert((f, next), bytes.as_slice())?;
+    Ok(())
+}
+
+/// The divergent log of `f`: its last key and every write in it, in order.
+pub fn load_divergent(store: &Store, f: FragmentId) -> Result<(u64, Vec<WriteOp>), FragmentError> {
+    let read = store.db().begin_read().map_err(storage)?;
+    let table = match read.open_table(DIVERGENT_TABLE) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok((0, Vec::new())),
+        Err(e) => return Err(storage(e)),
+    };
+    let mut last = 0;
+    let mut ops = Vec::new();
+    for item in table.range((f, 0)..=(f, u64::MAX)).map_err(storage)? {
+        let (key, value) = item.map_err(storage)?;
+        last = key.value().1;
+        let batch: Vec<WriteOp> = postcard::from_bytes(value.value())
+            .map_err(|e| FragmentError::Storage(format!("corrupt divergent writes: {e}")))?;
+        ops.extend(batch);
+    }
+    Ok((last, ops))
+}
+
+/// Drops the divergent log of `f` up to and including key `upto`.
+pub fn clear_divergent(
+    txn: &WriteTransaction,
+    f: FragmentId,
+    upto: u64,
+) -> Result<(), StorageError> {
+    txn.open_table(DIVERGENT_TABLE)?
+        .retain_in((f, 0)..=(f, upto), |_, _| false)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{WriteOp, apply_ops};
+    use crate::store::apply_ops;
     use proto::PhoneNumber;
 
     fn phone(n: u32) -> PhoneNumber {
@@ -257,5 +318,33 @@ mod tests {
         let owner = load_owner(&store, 7).expect("load").expect("stored");
         assert_eq!((owner.epoch, owner.node.as_str()), (4, "n4"));
         assert_eq!(load_owner(&store, 8).expect("load"), None);
+    }
+
+    #[tokio::test]
+    async fn the_divergent_log_keeps_order_and_clears_up_to_a_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("d.redb"), Default::default()).expect("open");
+        assert_eq!(load_divergent(&store, 2).expect("load"), (0, Vec::new()));
+        for n in 1..=3u64 {
+            let ops = vec![WriteOp::NextSeq(n)];
+            store
+                .write(move |txn| log_divergent(txn, 2, &ops))
+                .await
+                .expect("log");
+        }
+        let other = vec![WriteOp::NextSeq(99)];
+        store
+            .write(move |txn| log_divergent(txn, 3, &other))
+            .await
+            .expect("log");
+        let (last, ops) = load_divergent(&store, 2).expect("load");
+        assert_eq!(last, 3);
+        assert_eq!(ops, (1..=3).map(WriteOp::NextSeq).collect::<Vec<_>>());
+        store
+            .write(|txn| clear_divergent(txn, 2, 2))
+            .await
+            .expect("clear");
+        assert_eq!(load_divergent(&store, 2).expect("load"), (3, vec![WriteOp::NextSeq(3)]));
+        assert_eq!(load_divergent(&store, 3).expect("load").1.len(), 1);
     }
 }
