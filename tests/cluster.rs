@@ -396,3 +396,89 @@ async fn a_client_fails_over_to_another_node_when_its_node_dies() {
     check_every_acked_message_arrived_once_in_order(&acked, &received).await;
     bob.close().await;
 }
+
+/// n1 is cut off from the other nodes while it and its clients go on: n2
+/// takes n1's fragments over for the rest of the cluster, n1 goes on acking
+/// its own clients' writes. When the links heal, n1 learns of the newer
+/// owner and hands its divergent writes over; the receiver gets every
+/// acked message once and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_node_heals_without_losing_what_it_acked() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use client::{Client, Event};
+    use common::cluster::{Partition, counter, phones_owned_by};
+
+    if !Partition::available() {
+        eprintln!("SKIPPED: cutting links needs root and iptables on this machine");
+        return;
+    }
+    let cluster = blocking(four_nodes_serving);
+    // Carol writes from n1 into Dave's mailbox, which n1 owns; Dave is on n3.
+    let carol_phone = phones_owned_by("n3", ISLANDS, FRAGMENTS, 1, 5_000).remove(0);
+    let dave_phone = phones_owned_by("n1", ISLANDS, FRAGMENTS, 1, 6_000).remove(0);
+    let carol_token = cluster.process(0).register(&carol_phone).await;
+    let dave_token = cluster.process(2).register(&dave_phone).await;
+    let (carol, _carol_events) = Client::connect(cluster.client_config(&[0]), carol_token)
+        .await
+        .expect("carol on n1");
+    let (dave, mut dave_events) = Client::connect(cluster.client_config(&[2]), dave_token)
+        .await
+        .expect("dave on n3");
+    let dave = Arc::new(dave);
+
+    let received: Log = Arc::default();
+    let acked: Log = Arc::default();
+    let key = (carol_phone.to_string(), dave_phone.to_string());
+    let (log, acker, pair) = (received.clone(), dave.clone(), key.clone());
+    tokio::spawn(async move {
+        while let Some(event) = dave_events.recv().await {
+            if let Event::Message { msg_id, payload, .. } = event {
+                let seq = String::from_utf8_lossy(&payload).parse().expect("seq");
+                log.lock().expect("log").entry(pair.clone()).or_default().push(seq);
+                let _ = acker.ack(vec![msg_id]).await;
+            }
+        }
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let (acked_log, stopped) = (acked.clone(), stop.clone());
+    let sender = tokio::spawn(async move {
+        let mut seq = 0u64;
+        while !stopped.load(Ordering::Relaxed) {
+            carol
+                .send(&dave_phone, seq.to_string().into_bytes())
+                .await
+                .expect("the client retries until acked");
+            acked_log.lock().expect("log").entry(key.clone()).or_default().push(seq);
+            seq += 1;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        carol.close().await;
+    });
+
+    let count = |log: &Log| log.lock().expect("log").values().map(Vec::len).sum::<usize>();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let partition = Partition::isolate(&cluster, 0);
+    blocking(|| {
+        wait_for_peers_up(&cluster.members[0], 0, PATIENCE);
+        wait_for_peers_up(&cluster.members[1], 2, PATIENCE);
+    });
+    let at_split = count(&acked);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let apart = count(&acked) - at_split;
+    assert!(apart > 10, "n1 should go on acking its clients apart: {apart}");
+    drop(partition);
+    blocking(|| {
+        for m in &cluster.members {
+            wait_for_peers_up(m, 3, PATIENCE);
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    sender.await.expect("sender");
+    check_every_acked_message_arrived_once_in_order(&acked, &received).await;
+    let merged = counter(&cluster.members[1], "switchboard_fragment_merged_writes_total");
+    assert!(merged > 0.0, "n2 merged nothing");
+    dave.close().await;
+}

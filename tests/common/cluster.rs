@@ -11,6 +11,8 @@ use super::{NodeProcess, binary};
 /// One member: how to (re)start it, and the process while it runs.
 pub struct Member {
     pub name: String,
+    /// The port of its cluster listener.
+    pub cluster_port: u16,
     /// The client-facing certificate all members share.
     pub client_cert: PathBuf,
     pub ip: String,
@@ -117,8 +119,14 @@ ca = "{certs}/ca.pem"
             );
             let config_path = dir.path().join(format!("{name}.toml"));
             std::fs::write(&config_path, config).expect("write config");
+            let cluster_port = cluster_addrs[i]
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .expect("port");
             members.push(Member {
                 name: name.clone(),
+                cluster_port,
                 client_cert: client_cert.clone(),
                 ip: ip.clone(),
                 client_addr,
@@ -280,4 +288,72 @@ pub fn phones_owned_by(
         .filter(|p| islands.members(placement.fragment_of(p)).map(|m| m.0) == Some(node))
         .take(count)
         .collect()
+}
+
+/// Cuts cluster links by dropping their packets on loopback (iptables).
+/// A link is opened by the node with the smaller name, from its own
+/// address to the other's cluster port, so one pair of rules cuts exactly
+/// one link and nothing else (client connections stay). Removed on drop,
+/// also when a test fails.
+pub struct Partition {
+    rules: Vec<Vec<String>>,
+}
+
+impl Partition {
+    /// Whether this machine lets the test cut links (root and iptables).
+    pub fn available() -> bool {
+        Command::new("iptables")
+            .args(["-w", "-L", "INPUT", "-n"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Cuts member `i` off from every other member.
+    pub fn isolate(cluster: &LocalCluster, i: usize) -> Self {
+        let mut partition = Self { rules: Vec::new() };
+        for (j, other) in cluster.members.iter().enumerate() {
+            if j != i {
+                partition.cut(&cluster.members[i], other);
+            }
+        }
+        partition
+    }
+
+    fn cut(&mut self, a: &Member, b: &Member) {
+        let (dialer, dialed) = if a.name < b.name { (a, b) } else { (b, a) };
+        let port = dialed.cluster_port.to_string();
+        let rules = [
+            (&dialer.ip, &dialed.ip, "--dport"),
+            (&dialed.ip, &dialer.ip, "--sport"),
+        ]
+        .map(|(from, to, dir)| {
+            ["INPUT", "-i", "lo", "-s", from, "-d", to, "-p", "tcp", dir, &port, "-j", "DROP"]
+                .map(str::to_owned)
+                .to_vec()
+        });
+        for rule in rules {
+            let status = Command::new("iptables")
+                .args(["-w", "-I"])
+                .args(&rule)
+                .status()
+                .expect("iptables");
+            assert!(status.success(), "iptables -I {rule:?}");
+            self.rules.push(rule);
+        }
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        for rule in &self.rules {
+            let _ = Command::new("iptables").args(["-w", "-D"]).args(rule).status();
+        }
+    }
+}
+
+/// A counter's value on a member (0 if absent).
+pub fn counter(member: &Member, name: &str) -> f64 {
+    metric(&scrape(&member.metrics_addr), name, "").unwrap_or(0.0)
 }

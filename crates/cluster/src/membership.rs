@@ -11,6 +11,7 @@
 //! carries them out.
 
 use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,7 @@ use ractor_cluster::{
     IncomingEncryptionMode, NodeEventSubscription, NodeServer, NodeServerMessage,
     NodeSessionMessage,
 };
+use tokio::net::TcpSocket;
 use tokio::sync::watch;
 
 use crate::config::ClusterConfig;
@@ -157,6 +159,81 @@ pub fn view_channel(this: &str) -> (watch::Sender<ClusterView>, ClusterHandle) {
     (tx, handle)
 }
 
+/// A link this node opened, handed to ractor_cluster as an external stream
+/// so that it leaves from the cluster listen address (on a host with
+/// several addresses, peers and firewalls see the node's own address).
+struct DialedLink<S> {
+    stream: S,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+}
+
+impl<S> ractor_cluster::ClusterBidiStream for DialedLink<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    fn split(self: Box<Self>) -> (ractor_cluster::BoxRead, ractor_cluster::BoxWrite) {
+        let (read, write) = tokio::io::split(self.stream);
+        (Box::new(read), Box::new(write))
+    }
+
+    fn peer_label(&self) -> Option<String> {
+        Some(self.peer.to_string())
+    }
+
+    fn local_label(&self) -> Option<String> {
+        self.local.map(|a| a.to_string())
+    }
+}
+
+/// Opens a link to `addr` from `from` (port chosen by the system), over TLS
+/// unless links are plaintext, and hands it to the node server.
+async fn dial(
+    node_server: &ActorRef<NodeServerMessage>,
+    from: IpAddr,
+    addr: SocketAddr,
+    name: &str,
+    tls: Option<LinkTls>,
+) -> std::result::Result<(), String> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|e| e.to_string())?;
+    if !from.is_unspecified() && from.is_ipv4() == addr.is_ipv4() {
+        socket
+            .bind(SocketAddr::new(from, 0))
+            .map_err(|e| format!("bind {from}: {e}"))?;
+    }
+    let tcp = socket.connect(addr).await.map_err(|e| e.to_string())?;
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    let local = tcp.local_addr().ok();
+    let stream: Box<dyn ractor_cluster::ClusterBidiStream> = match tls {
+        Some(tls) => {
+            let server_name = tls::server_name(name).map_err(|e| e.to_string())?;
+            let stream = tls
+                .connector
+                .connect(server_name, tcp)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?;
+            Box::new(DialedLink {
+                stream,
+                peer: addr,
+                local,
+            })
+        }
+        None => Box::new(DialedLink {
+            stream: tcp,
+            peer: addr,
+            local,
+        }),
+    };
+    ractor_cluster::client_connect_external(node_server, stream)
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// The membership actor.
 #[derive(Debug)]
 pub struct Membership;
@@ -167,6 +244,8 @@ pub struct MembershipState {
     table: PeerTable,
     view: watch::Sender<ClusterView>,
     tls: Option<LinkTls>,
+    /// Links are dialed from this address.
+    listen_ip: IpAddr,
     node_server: ActorRef<NodeServerMessage>,
     inbox: ActorRef<Envelope>,
     sessions: HashMap<String, ActorRef<NodeSessionMessage>>,
@@ -275,6 +354,7 @@ impl Actor for Membership {
             table,
             view,
             tls,
+            listen_ip: config.listen.ip(),
             node_server,
             inbox,
             sessions: HashMap::new(),
@@ -354,25 +434,9 @@ fn carry_out(myself: &ActorRef<MembershipMsg>, state: &mut MembershipState, acti
             let node_server = state.node_server.clone();
             let tls = state.tls.clone();
             let membership = myself.clone();
+            let from = state.listen_ip;
             tokio::spawn(async move {
-                let dial = async {
-                    match tls {
-                        Some(tls) => {
-                            let server_name = tls::server_name(&name).map_err(|e| e.to_string())?;
-                            ractor_cluster::client_connect_enc(
-                                &node_server,
-                                addr,
-                                tls.connector,
-                                server_name,
-                            )
-                            .await
-                            .map_err(|e| e.to_string())
-                        }
-                        None => ractor_cluster::client_connect(&node_server, addr)
-                            .await
-                            .map_err(|e| e.to_string()),
-                    }
-                };
+                let dial = dial(&node_server, from, addr, &name, tls);
                 let ok = match tokio::time::timeout(DIAL_TIMEOUT, dial).await {
                     Ok(Ok(())) => true,
                     Ok(Err(e)) => {
