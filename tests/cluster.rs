@@ -121,81 +121,43 @@ async fn messages_cross_nodes_with_all_three_ticks() {
     bob.close().await;
 }
 
-/// Senders on n1 write to receivers on n3 whose mailboxes n4 owns; n4 is
-/// killed mid-stream (n3 takes over), restarted (it catches up and gets its
-/// fragments back), and every message the cluster acknowledged arrives
-/// exactly once and in order.
+/// `switchboard bench steady` keeps 16 pairs of users busy across all four
+/// nodes while n4 is killed (its sessions fail over, n3 takes its
+/// fragments), restarted (it catches up and gets its fragments back); the
+/// generator's check of every acknowledged message must come out clean.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill9_of_a_primary_loses_no_acknowledged_message() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
+async fn kill9_of_a_primary_under_the_load_generator_loses_nothing() {
+    use common::cluster::{ADMIN_SECRET, serving};
 
-    use client::Event;
-    use common::cluster::{phones_owned_by, serving};
-
-    const PAIRS: usize = 4;
     let mut cluster = blocking(four_nodes_serving);
-    let senders = phones_owned_by("n2", ISLANDS, FRAGMENTS, PAIRS, 1_000);
-    let receivers = phones_owned_by("n4", ISLANDS, FRAGMENTS, PAIRS, 2_000);
+    let servers: Vec<String> = cluster
+        .members
+        .iter()
+        .map(|m| m.client_addr.clone())
+        .collect();
+    let json = cluster.dir.path().join("steady.json");
+    let generator = tokio::process::Command::new(common::binary())
+        .args(["bench", "steady", "--server", &servers.join(",")])
+        .arg("--ca")
+        .arg(&cluster.members[0].client_cert)
+        .args([
+            "--admin-secret",
+            ADMIN_SECRET,
+            "--pairs",
+            "16",
+            "--rate",
+            "25",
+        ])
+        .args(["--duration", "9", "--drain", "30", "--json"])
+        .arg(&json)
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::inherit())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the load generator");
 
-    let received: Log = Arc::default();
-    let acked: Log = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut receiver_clients = Vec::new();
-    for phone in &receivers {
-        let (client, mut events, _) = cluster.process(2).login(phone.as_str()).await;
-        let client = Arc::new(client);
-        let (me, log, ack_with) = (phone.to_string(), received.clone(), client.clone());
-        tokio::spawn(async move {
-            while let Some(event) = events.recv().await {
-                if let Event::Message {
-                    msg_id,
-                    from,
-                    payload,
-                    ..
-                } = event
-                {
-                    let seq = String::from_utf8_lossy(&payload).parse().expect("seq");
-                    log.lock()
-                        .expect("log")
-                        .entry((from.to_string(), me.clone()))
-                        .or_default()
-                        .push(seq);
-                    let _ = ack_with.ack(vec![msg_id]).await;
-                }
-            }
-        });
-        receiver_clients.push(client);
-    }
-    let mut sender_tasks = Vec::new();
-    for (phone, to) in senders.iter().zip(receivers.clone()) {
-        let (client, _events, _) = cluster.process(0).login(phone.as_str()).await;
-        let (acked, stop, key) = (
-            acked.clone(),
-            stop.clone(),
-            (phone.to_string(), to.to_string()),
-        );
-        sender_tasks.push(tokio::spawn(async move {
-            let mut seq = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                client
-                    .send(&to, seq.to_string().into_bytes())
-                    .await
-                    .expect("the client retries until acked");
-                acked
-                    .lock()
-                    .expect("log")
-                    .entry(key.clone())
-                    .or_default()
-                    .push(seq);
-                seq += 1;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            client.close().await;
-        }));
-    }
-
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     blocking(|| cluster.kill9(3));
     tokio::time::sleep(Duration::from_secs(2)).await;
     blocking(|| cluster.start_member(3));
@@ -213,51 +175,18 @@ async fn kill9_of_a_primary_loses_no_acknowledged_message() {
             std::thread::sleep(Duration::from_millis(50));
         }
     });
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    for task in sender_tasks {
-        task.await.expect("sender");
-    }
-
-    // Every acked message arrives, once, in order.
-    let acked = acked.lock().expect("log").clone();
-    let total: usize = acked.values().map(Vec::len).sum();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let received = received.lock().expect("log").clone();
-        let complete = acked
-            .iter()
-            .all(|(pair, seqs)| received.get(pair).map_or(0, |r| r.len()) >= seqs.len());
-        if complete || std::time::Instant::now() > deadline {
-            let mut lost = 0;
-            let mut duplicated = 0;
-            let mut out_of_order = 0;
-            for (pair, seqs) in &acked {
-                let got = received.get(pair).cloned().unwrap_or_default();
-                let mut seen = std::collections::HashSet::new();
-                let mut last = None;
-                for s in &got {
-                    if !seen.insert(*s) {
-                        duplicated += 1;
-                    }
-                    if last.is_some_and(|l| *s <= l) {
-                        out_of_order += 1;
-                    }
-                    last = Some(*s);
-                }
-                lost += seqs.iter().filter(|s| !seen.contains(s)).count();
-            }
-            eprintln!(
-                "acked {total}, lost {lost}, duplicated {duplicated}, out of order {out_of_order}"
-            );
-            assert!(total > 100, "too little traffic to mean anything: {total}");
-            assert_eq!((lost, duplicated, out_of_order), (0, 0, 0));
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    for client in receiver_clients {
-        client.close().await;
+    let status = generator
+        .wait_with_output()
+        .await
+        .expect("generator")
+        .status;
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("report")).expect("json");
+    eprintln!("load generator: {report}");
+    assert!(status.success(), "the generator's check failed: {report}");
+    assert!(report["acked"].as_u64().unwrap_or(0) > 500, "{report}");
+    for key in ["lost", "duplicated", "out_of_order"] {
+        assert_eq!(report[key], 0, "{key}: {report}");
     }
 }
 
@@ -434,9 +363,16 @@ async fn a_partitioned_node_heals_without_losing_what_it_acked() {
     let (log, acker, pair) = (received.clone(), dave.clone(), key.clone());
     tokio::spawn(async move {
         while let Some(event) = dave_events.recv().await {
-            if let Event::Message { msg_id, payload, .. } = event {
+            if let Event::Message {
+                msg_id, payload, ..
+            } = event
+            {
                 let seq = String::from_utf8_lossy(&payload).parse().expect("seq");
-                log.lock().expect("log").entry(pair.clone()).or_default().push(seq);
+                log.lock()
+                    .expect("log")
+                    .entry(pair.clone())
+                    .or_default()
+                    .push(seq);
                 let _ = acker.ack(vec![msg_id]).await;
             }
         }
@@ -450,14 +386,25 @@ async fn a_partitioned_node_heals_without_losing_what_it_acked() {
                 .send(&dave_phone, seq.to_string().into_bytes())
                 .await
                 .expect("the client retries until acked");
-            acked_log.lock().expect("log").entry(key.clone()).or_default().push(seq);
+            acked_log
+                .lock()
+                .expect("log")
+                .entry(key.clone())
+                .or_default()
+                .push(seq);
             seq += 1;
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         carol.close().await;
     });
 
-    let count = |log: &Log| log.lock().expect("log").values().map(Vec::len).sum::<usize>();
+    let count = |log: &Log| {
+        log.lock()
+            .expect("log")
+            .values()
+            .map(Vec::len)
+            .sum::<usize>()
+    };
     tokio::time::sleep(Duration::from_secs(1)).await;
     let partition = Partition::isolate(&cluster, 0);
     blocking(|| {
@@ -467,7 +414,10 @@ async fn a_partitioned_node_heals_without_losing_what_it_acked() {
     let at_split = count(&acked);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let apart = count(&acked) - at_split;
-    assert!(apart > 10, "n1 should go on acking its clients apart: {apart}");
+    assert!(
+        apart > 10,
+        "n1 should go on acking its clients apart: {apart}"
+    );
     drop(partition);
     blocking(|| {
         for m in &cluster.members {
@@ -478,7 +428,10 @@ async fn a_partitioned_node_heals_without_losing_what_it_acked() {
     stop.store(true, Ordering::Relaxed);
     sender.await.expect("sender");
     check_every_acked_message_arrived_once_in_order(&acked, &received).await;
-    let merged = counter(&cluster.members[1], "switchboard_fragment_merged_writes_total");
+    let merged = counter(
+        &cluster.members[1],
+        "switchboard_fragment_merged_writes_total",
+    );
     assert!(merged > 0.0, "n2 merged nothing");
     dave.close().await;
 }

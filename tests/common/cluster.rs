@@ -23,6 +23,9 @@ pub struct Member {
     pub process: Option<NodeProcess>,
 }
 
+/// The `admin.secret` of test clusters (for `bench steady`'s test users).
+pub const ADMIN_SECRET: &str = "local-test-cluster-admin";
+
 /// Nodes `n1..nN` on 127.0.0.1..N.
 pub struct LocalCluster {
     pub members: Vec<Member>,
@@ -98,6 +101,10 @@ listen = "{metrics_addr}"
 [auth]
 token_key = "local-test-cluster-token-key-of-32+-chars"
 
+[admin]
+mint_test_users = true
+secret = "{ADMIN_SECRET}"
+
 [cluster]
 listen = "{cluster_addr}"
 cookie = "local-test-cluster-cookie"
@@ -115,6 +122,7 @@ ca = "{certs}/ca.pem"
                 islands = islands_toml.join(", "),
                 certs = certs.display(),
                 client_cert = client_cert.display(),
+                ADMIN_SECRET = ADMIN_SECRET,
                 client_key = client_key.display(),
             );
             let config_path = dir.path().join(format!("{name}.toml"));
@@ -329,9 +337,11 @@ impl Partition {
             (&dialed.ip, &dialer.ip, "--sport"),
         ]
         .map(|(from, to, dir)| {
-            ["INPUT", "-i", "lo", "-s", from, "-d", to, "-p", "tcp", dir, &port, "-j", "DROP"]
-                .map(str::to_owned)
-                .to_vec()
+            [
+                "INPUT", "-i", "lo", "-s", from, "-d", to, "-p", "tcp", dir, &port, "-j", "DROP",
+            ]
+            .map(str::to_owned)
+            .to_vec()
         });
         for rule in rules {
             let status = Command::new("iptables")
@@ -348,7 +358,10 @@ impl Partition {
 impl Drop for Partition {
     fn drop(&mut self) {
         for rule in &self.rules {
-            let _ = Command::new("iptables").args(["-w", "-D"]).args(rule).status();
+            let _ = Command::new("iptables")
+                .args(["-w", "-D"])
+                .args(rule)
+                .status();
         }
     }
 }

@@ -21,9 +21,9 @@ use router::{FragmentId, Islands, Placement, Role};
 use storage::Store;
 
 use crate::clustered::{self, Clustered, Copied};
-use crate::replica::{TAKEOVER_SEQ_GAP, log_divergent};
 use crate::fragment::{Action, FragmentConfig, FragmentCore, ReceiptRequest, Stored};
 use crate::remote::FragmentWire;
+use crate::replica::{TAKEOVER_SEQ_GAP, log_divergent};
 use crate::store::{RedbMailbox, apply_ops};
 use crate::{Entry, FragmentError};
 

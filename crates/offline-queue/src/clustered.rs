@@ -645,10 +645,9 @@ fn replicated(state: &mut FragmentState, from: &str, rseq: u64, ok: bool) -> Vec
             cluster.copy = PartnerCopy::Streaming;
             // The copy holds every divergent write logged before it.
             if divergent_upto > 0 {
-                state.store.submit(
-                    move |txn| clear_divergent(txn, id, divergent_upto),
-                    |_| {},
-                );
+                state
+                    .store
+                    .submit(move |txn| clear_divergent(txn, id, divergent_upto), |_| {});
             }
         } else {
             tracing::warn!(fragment = id, partner = from, "partner refused the copy");
@@ -927,7 +926,11 @@ async fn merge(
                 client_msg_id,
                 ..
             } => {
-                if state.reads.dedupe(recipient, sender, *client_msg_id)?.is_none() {
+                if state
+                    .reads
+                    .dedupe(recipient, sender, *client_msg_id)?
+                    .is_none()
+                {
                     touched.insert(recipient.clone());
                     keep.push(op);
                 }
@@ -947,7 +950,12 @@ async fn merge(
         .store
         .write(move |txn| apply_ops(txn, id, &keep))
         .await?;
-    tracing::warn!(fragment = id, from, merged, "merged writes made apart from this owner");
+    tracing::warn!(
+        fragment = id,
+        from,
+        merged,
+        "merged writes made apart from this owner"
+    );
     metrics::counter!("switchboard_fragment_merged_writes_total").increment(merged as u64);
     send(state, from, FragmentWire::MergeDone { upto });
     let mut actions = Vec::new();

@@ -344,7 +344,10 @@ mod tests {
             .write(|txn| clear_divergent(txn, 2, 2))
             .await
             .expect("clear");
-        assert_eq!(load_divergent(&store, 2).expect("load"), (3, vec![WriteOp::NextSeq(3)]));
+        assert_eq!(
+            load_divergent(&store, 2).expect("load"),
+            (3, vec![WriteOp::NextSeq(3)])
+        );
         assert_eq!(load_divergent(&store, 3).expect("load").1.len(), 1);
     }
 }

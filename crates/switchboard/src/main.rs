@@ -13,6 +13,7 @@ mod commands;
 #[allow(unreachable_pub)]
 mod node_cmd;
 mod profile;
+mod steady;
 
 use std::process::ExitCode;
 

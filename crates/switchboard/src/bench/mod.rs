@@ -6,6 +6,8 @@
 //!   connect rate and the node's memory per connection.
 //! - `messages`: an open-loop 1:1 message load with latency histograms and an
 //!   exactly-once, in-order check of every acknowledged message.
+//! - `steady`: steady traffic through the failover client while nodes are
+//!   killed, cut off or restarted; checks every acknowledged message.
 //! - `groups`: not yet (groups do not exist yet).
 //!
 //! Test users are minted in bulk through the node's admin request
@@ -15,6 +17,7 @@ pub(crate) mod connections;
 pub(crate) mod messages;
 pub(crate) mod mint;
 pub(crate) mod report;
+pub(crate) mod steady;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -36,6 +39,9 @@ enum BenchCommand {
     Connections(connections::Args),
     /// Send 1:1 messages at a fixed rate; report latencies and check delivery.
     Messages(messages::Args),
+    /// Steady traffic across a cluster through faults; checks every acked
+    /// message (exit code 1 if any was lost, duplicated or reordered).
+    Steady(steady::Args),
     /// Group messaging load (not yet: groups do not exist yet).
     Groups,
     /// Internal: one worker process of `bench connections`.
@@ -87,6 +93,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         BenchCommand::Connections(args) => connections::run(args).await,
         BenchCommand::Messages(args) => messages::run(args).await,
+        BenchCommand::Steady(args) => steady::run(args).await,
         BenchCommand::Groups => {
             anyhow::bail!("bench groups: not yet — groups do not exist in Switchboard yet")
         }

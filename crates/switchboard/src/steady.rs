@@ -1,0 +1,293 @@
+//! Steady traffic through faults: pairs of test users, each sender sending
+//! numbered messages to its receiver at a fixed pace with the failover
+//! client (server list, reconnect, resend with the same id), each receiver
+//! acking what arrives. At the end every message the cluster acknowledged
+//! is checked off: lost, duplicated (after the client's own dedupe) and out
+//! of order per pair are counted. Used by `bench steady` and `demo`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use client::{Client, ClientConfig, Event, PhoneNumber};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::bench::report::{Percentiles, new_histogram, percentiles};
+
+/// What a run needs.
+pub(crate) struct SteadyConfig {
+    /// Every node; user `i` tries them starting at `i % len`.
+    pub(crate) servers: Vec<String>,
+    /// PEM of the client-facing CA or certificate.
+    pub(crate) ca_pem: Vec<u8>,
+    /// Name in the nodes' certificate.
+    pub(crate) server_name: String,
+    /// Users with tokens, two per pair (sender, receiver).
+    pub(crate) users: Vec<(PhoneNumber, String)>,
+    /// Messages per second per pair.
+    pub(crate) rate_per_pair: f64,
+}
+
+/// Per pair: the sequence numbers acknowledged (sender side) or received.
+type Log = Arc<Mutex<HashMap<usize, Vec<u64>>>>;
+
+#[derive(Default)]
+struct Counters {
+    acked: AtomicU64,
+    delivered: AtomicU64,
+    retried: AtomicU64,
+}
+
+/// A running load.
+pub(crate) struct SteadyRun {
+    start: Instant,
+    stop: Arc<AtomicBool>,
+    senders: Vec<tokio::task::JoinHandle<()>>,
+    receivers: Vec<Arc<Client>>,
+    acked: Log,
+    received: Log,
+    counters: Arc<Counters>,
+    ack_latency: Arc<Mutex<Histogram<u64>>>,
+    deliver_latency: Arc<Mutex<Histogram<u64>>>,
+}
+
+/// The check at the end.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct SteadyOutcome {
+    pub(crate) pairs: usize,
+    pub(crate) duration_s: f64,
+    pub(crate) acked: u64,
+    pub(crate) delivered: u64,
+    pub(crate) lost: u64,
+    pub(crate) duplicated: u64,
+    pub(crate) out_of_order: u64,
+    pub(crate) latency_ms: SteadyLatencies,
+}
+
+/// Latencies of the run (including the stalls of faults).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct SteadyLatencies {
+    pub(crate) ack: Percentiles,
+    pub(crate) deliver: Percentiles,
+}
+
+/// A live snapshot for progress lines.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SteadySnapshot {
+    pub(crate) elapsed: Duration,
+    pub(crate) acked: u64,
+    pub(crate) delivered: u64,
+    pub(crate) ack_p99_ms: f64,
+}
+
+fn payload(seq: u64, at_us: u64) -> Vec<u8> {
+    let mut bytes = seq.to_be_bytes().to_vec();
+    bytes.extend_from_slice(&at_us.to_be_bytes());
+    bytes
+}
+
+fn parse(payload: &[u8]) -> Option<(u64, u64)> {
+    let seq = u64::from_be_bytes(payload.get(..8)?.try_into().ok()?);
+    let at = u64::from_be_bytes(payload.get(8..16)?.try_into().ok()?);
+    Some((seq, at))
+}
+
+fn record(hist: &Mutex<Histogram<u64>>, us: u64) {
+    if let Ok(mut h) = hist.lock() {
+        let _ = h.record(us.max(1));
+    }
+}
+
+impl SteadyConfig {
+    fn client_config(&self, first: usize) -> ClientConfig {
+        let n = self.servers.len().max(1);
+        let servers = (0..self.servers.len())
+            .map(|k| self.servers[(first + k) % n].clone())
+            .collect();
+        let mut cfg = ClientConfig::new(servers, self.ca_pem.clone());
+        cfg.server_name = self.server_name.clone();
+        cfg.agent = crate::commands::AGENT.to_owned();
+        cfg.request_timeout = Duration::from_secs(10);
+        cfg
+    }
+}
+
+impl SteadyRun {
+    /// Logs every user in (receivers first, so that nothing waits offline)
+    /// and starts sending.
+    pub(crate) async fn start(config: SteadyConfig) -> anyhow::Result<Self> {
+        let pairs = config.users.len() / 2;
+        anyhow::ensure!(pairs > 0, "steady traffic needs at least two users");
+        let start = Instant::now();
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked: Log = Arc::default();
+        let received: Log = Arc::default();
+        let counters = Arc::new(Counters::default());
+        let ack_latency = Arc::new(Mutex::new(new_histogram()));
+        let deliver_latency = Arc::new(Mutex::new(new_histogram()));
+        let mut receivers = Vec::with_capacity(pairs);
+        for pair in 0..pairs {
+            let (_, token) = &config.users[2 * pair + 1];
+            let (client, mut events) =
+                Client::connect(config.client_config(2 * pair + 1), token.clone()).await?;
+            let client = Arc::new(client);
+            let (acker, log, counters, hist) = (
+                client.clone(),
+                received.clone(),
+                counters.clone(),
+                deliver_latency.clone(),
+            );
+            tokio::spawn(async move {
+                while let Some(event) = events.recv().await {
+                    if let Event::Message {
+                        msg_id, payload, ..
+                    } = event
+                        && let Some((seq, at_us)) = parse(&payload)
+                    {
+                        let now_us = start.elapsed().as_micros() as u64;
+                        record(&hist, now_us.saturating_sub(at_us));
+                        counters.delivered.fetch_add(1, Ordering::Relaxed);
+                        if let Ok(mut log) = log.lock() {
+                            log.entry(pair).or_default().push(seq);
+                        }
+                        let _ = acker.ack(vec![msg_id]).await;
+                    }
+                }
+            });
+            receivers.push(client);
+        }
+        let period = Duration::from_secs_f64(1.0 / config.rate_per_pair.max(0.1));
+        let mut senders = Vec::with_capacity(pairs);
+        for pair in 0..pairs {
+            let (_, token) = &config.users[2 * pair];
+            let to = config.users[2 * pair + 1].0.clone();
+            let (client, _events) =
+                Client::connect(config.client_config(2 * pair), token.clone()).await?;
+            let (stop, log, counters, hist) = (
+                stop.clone(),
+                acked.clone(),
+                counters.clone(),
+                ack_latency.clone(),
+            );
+            senders.push(tokio::spawn(async move {
+                let mut next = tokio::time::Instant::now();
+                let mut seq = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let at_us = start.elapsed().as_micros() as u64;
+                    match client.send(&to, payload(seq, at_us)).await {
+                        Ok(_) => {
+                            let now_us = start.elapsed().as_micros() as u64;
+                            record(&hist, now_us.saturating_sub(at_us));
+                            counters.acked.fetch_add(1, Ordering::Relaxed);
+                            if let Ok(mut log) = log.lock() {
+                                log.entry(pair).or_default().push(seq);
+                            }
+                            seq += 1;
+                        }
+                        // Refused for good (the client retries everything
+                        // else itself): try the next number later.
+                        Err(e) => {
+                            counters.retried.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(pair, error = %e, "send refused");
+                            seq += 1;
+                        }
+                    }
+                    next += period;
+                    tokio::time::sleep_until(next).await;
+                    if tokio::time::Instant::now() > next + period * 10 {
+                        // After a stall, go on at the pace instead of bursting.
+                        next = tokio::time::Instant::now();
+                    }
+                }
+                client.close().await;
+            }));
+        }
+        Ok(Self {
+            start,
+            stop,
+            senders,
+            receivers,
+            acked,
+            received,
+            counters,
+            ack_latency,
+            deliver_latency,
+        })
+    }
+
+    /// Figures so far.
+    pub(crate) fn snapshot(&self) -> SteadySnapshot {
+        let ack_p99_ms = self
+            .ack_latency
+            .lock()
+            .map(|h| h.value_at_quantile(0.99) as f64 / 1000.0)
+            .unwrap_or(0.0);
+        SteadySnapshot {
+            elapsed: self.start.elapsed(),
+            acked: self.counters.acked.load(Ordering::Relaxed),
+            delivered: self.counters.delivered.load(Ordering::Relaxed),
+            ack_p99_ms,
+        }
+    }
+
+    /// Stops sending, waits up to `drain` for every acked message to
+    /// arrive, and counts what did not.
+    pub(crate) async fn finish(self, drain: Duration) -> SteadyOutcome {
+        self.stop.store(true, Ordering::Relaxed);
+        let duration_s = self.start.elapsed().as_secs_f64();
+        for sender in self.senders {
+            let _ = sender.await;
+        }
+        let acked = self.acked.lock().map(|l| l.clone()).unwrap_or_default();
+        let deadline = Instant::now() + drain;
+        let received = loop {
+            let received = self.received.lock().map(|l| l.clone()).unwrap_or_default();
+            let complete = acked
+                .iter()
+                .all(|(pair, seqs)| received.get(pair).map_or(0, Vec::len) >= seqs.len());
+            if complete || Instant::now() >= deadline {
+                break received;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        for receiver in &self.receivers {
+            receiver.close().await;
+        }
+        let (mut lost, mut duplicated, mut out_of_order) = (0, 0, 0);
+        for (pair, seqs) in &acked {
+            let got = received.get(pair).map(Vec::as_slice).unwrap_or_default();
+            let mut seen = HashSet::new();
+            let mut last = None;
+            for seq in got {
+                if !seen.insert(*seq) {
+                    duplicated += 1;
+                }
+                if last.is_some_and(|l| *seq <= l) {
+                    out_of_order += 1;
+                }
+                last = Some(*seq);
+            }
+            lost += seqs.iter().filter(|s| !seen.contains(*s)).count() as u64;
+        }
+        let hist = |h: &Mutex<Histogram<u64>>| {
+            h.lock()
+                .map(|h| percentiles(&h))
+                .unwrap_or_else(|_| percentiles(&new_histogram()))
+        };
+        SteadyOutcome {
+            pairs: acked.len().max(self.receivers.len()),
+            duration_s,
+            acked: acked.values().map(|s| s.len() as u64).sum(),
+            delivered: received.values().map(|s| s.len() as u64).sum(),
+            lost,
+            duplicated,
+            out_of_order,
+            latency_ms: SteadyLatencies {
+                ack: hist(&self.ack_latency),
+                deliver: hist(&self.deliver_latency),
+            },
+        }
+    }
+}
