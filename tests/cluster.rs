@@ -435,3 +435,28 @@ async fn a_partitioned_node_heals_without_losing_what_it_acked() {
     assert!(merged > 0.0, "n2 merged nothing");
     dave.close().await;
 }
+
+/// `switchboard demo`, shortened: four nodes, a kill and a restart, and
+/// the final count comes out clean.
+#[test]
+fn the_demo_runs_and_loses_nothing() {
+    let output = std::process::Command::new(common::binary())
+        .args(["demo", "--duration", "9", "--pairs", "20", "--rate", "5"])
+        .output()
+        .expect("run the demo");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    eprintln!("{stdout}");
+    assert!(
+        output.status.success(),
+        "demo failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("── kill -9 n3") && stdout.contains("── restart n3"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("acknowledged messages lost: 0 · duplicated: 0"),
+        "{stdout}"
+    );
+}

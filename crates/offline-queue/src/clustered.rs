@@ -461,10 +461,19 @@ pub(crate) async fn from_peer(
                 .cluster
                 .as_ref()
                 .is_some_and(|c| c.ownership.role() == Role::Waiting);
+            // The owner announcing itself is known to serve now: attaches
+            // sent on an earlier word (another node's relay) may have
+            // reached it before it knew, and were refused.
+            let from_owner = owner.node == from;
             let changed = state
                 .cluster
                 .as_mut()
                 .and_then(|c| c.ownership.observe(&from, owner));
+            let owner_spoke = from_owner
+                && state
+                    .cluster
+                    .as_ref()
+                    .is_some_and(|c| c.ownership.owner().node == from);
             let resolved = was_waiting
                 && state
                     .cluster
@@ -485,7 +494,7 @@ pub(crate) async fn from_peer(
                     },
                 );
             }
-            let mut actions = settle(state, changed, resolved).await?;
+            let mut actions = settle(state, changed, resolved || owner_spoke).await?;
             // The partner's fragment (re)started and may have missed a copy
             // in flight: start it afresh.
             let from_partner = state
@@ -818,7 +827,7 @@ pub(crate) async fn peer_down(
 async fn settle(
     state: &mut FragmentState,
     changed: Option<Owner>,
-    resolved: bool,
+    reattach: bool,
 ) -> Result<Vec<CoreAction>, ActorProcessingErr> {
     let id = state.id;
     let Some(cluster) = state.cluster.as_ref() else {
@@ -867,7 +876,7 @@ async fn settle(
             demote(state);
         }
         (_, false) => {
-            if changed.is_some() || resolved {
+            if changed.is_some() || reattach {
                 reattach_all(state);
             }
         }

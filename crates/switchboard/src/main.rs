@@ -9,6 +9,7 @@
 
 mod bench;
 mod commands;
+mod demo;
 // Owned by the node work; its items are `pub` for the day it moves to a library.
 #[allow(unreachable_pub)]
 mod node_cmd;
@@ -42,6 +43,9 @@ struct Cli {
 enum Command {
     /// Run a node until Ctrl-C or SIGTERM.
     Node(node_cmd::NodeArgs),
+    /// A local four-node cluster with simulated users, a node killed and
+    /// restarted midway, and the count of lost messages at the end.
+    Demo(demo::Args),
     /// Ask for a verification code for a phone number.
     Register(commands::register::Args),
     /// Trade the code for a token and store it in a profile file.
@@ -60,7 +64,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log.as_deref(), matches!(cli.command, Command::Node(_)));
+    // The node logs what it does; the demo draws its own view, so only
+    // errors; the other commands print their results and warn.
+    let default_level = match cli.command {
+        Command::Node(_) => "info",
+        Command::Demo(_) => "error",
+        _ => "warn",
+    };
+    init_logging(cli.log.as_deref(), default_level);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
@@ -78,6 +89,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Node(args) => node_cmd::run(args).await,
+            Command::Demo(args) => demo::run(args).await,
             Command::Register(args) => commands::register::run(args).await,
             Command::Verify(args) => commands::verify::run(args).await,
             Command::Send(args) => commands::send::run(args).await,
@@ -89,9 +101,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     })
 }
 
-fn init_logging(level: Option<&str>, node: bool) {
+fn init_logging(level: Option<&str>, default: &str) {
     use tracing_subscriber::EnvFilter;
-    let default = if node { "info" } else { "warn" };
     let filter = match level {
         Some(level) => EnvFilter::try_new(level).unwrap_or_else(|e| {
             eprintln!("switchboard: bad --log filter {level:?} ({e}); using {default:?}");
