@@ -9,6 +9,16 @@ node:
 test:
     cargo test --workspace
 
+# Container tests of the cluster: the compose cluster of deploy/ under
+# steady load through a docker kill, a 30 s network disconnect and a
+# rolling restart (needs a Docker engine; says SKIPPED without one).
+cluster-test:
+    scripts/cluster-test.sh
+
+# The local four-node demo.
+demo:
+    cargo run --release -p switchboard -- demo
+
 # Formatting and lints, as required before a commit.
 check:
     cargo fmt --all -- --check

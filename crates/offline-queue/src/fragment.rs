@@ -303,8 +303,14 @@ impl<E: Clone, R> FragmentCore<E, R> {
         out
     }
 
-    /// `user` is now reachable at `endpoint`; replaces any earlier endpoint and
+    /// `user` is now reachable at `endpoint`; replaces an older endpoint and
     /// pushes the mailbox from its oldest unacknowledged entry.
+    ///
+    /// Session ids grow with the time a session started, so an attach from
+    /// an *older* session than the one attached (a node re-attaching a
+    /// session its client has already left, after a partition healed)
+    /// does not displace the newer one: that endpoint is told it was
+    /// replaced instead.
     pub fn attach(
         &mut self,
         reads: &impl MailboxRead,
@@ -313,6 +319,14 @@ impl<E: Clone, R> FragmentCore<E, R> {
         endpoint: E,
     ) -> Result<Vec<Action<E, R>>, FragmentError> {
         let mut out = Vec::new();
+        if self
+            .online
+            .get(&user)
+            .is_some_and(|current| current.session_id > session_id)
+        {
+            out.push(Action::Replaced { endpoint });
+            return Ok(out);
+        }
         let first_page = self.load_page(reads, &user, None)?;
         let more_on_disk = first_page.len() >= self.config.page;
         let loaded_until = first_page.last().map(|e| e.id);

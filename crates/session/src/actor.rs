@@ -43,11 +43,22 @@ use crate::connection::{
 use crate::extension::{ExtensionMsg, ExtensionPush, ExtensionRequest, extension_actor_name};
 use crate::state::{Admission, Phase, admit};
 
-/// Session ids are compared by fragments on other nodes too, so they must
-/// not repeat across nodes or restarts: a random 32-bit prefix per process
-/// above a counter.
-static NEXT_SESSION_ID: std::sync::LazyLock<AtomicU64> =
-    std::sync::LazyLock::new(|| AtomicU64::new(u64::from(rand::random::<u32>()) << 32 | 1));
+/// Low bits of session ids: a per-process random start, then a counter.
+static SESSION_ID_LOW: std::sync::LazyLock<AtomicU64> =
+    std::sync::LazyLock::new(|| AtomicU64::new(u64::from(rand::random::<u32>())));
+
+/// A session id: the start time in ms above 20 bits that tell apart sessions
+/// of the same millisecond. Fragments on any node compare them: a newer
+/// session of a user wins over an older one re-attached late, and ids never
+/// repeat across nodes or restarts.
+fn new_session_id() -> u64 {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let low = SESSION_ID_LOW.fetch_add(1, Ordering::Relaxed) & 0xF_FFFF;
+    (ms << 20) | low
+}
 static LIVE_SESSIONS: AtomicU64 = AtomicU64::new(0);
 
 /// Session actors alive in this process now (for the connections gauge).
@@ -412,7 +423,7 @@ impl Actor for SessionActor {
             cancel.clone(),
         );
         Ok(SessionState {
-            session_id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
+            session_id: new_session_id(),
             peer: args.peer,
             phase: Phase::AwaitHello,
             responder: Responder {

@@ -343,6 +343,26 @@ fn a_new_attach_replaces_the_old_endpoint_and_redelivers_unacked() {
 }
 
 #[test]
+fn an_older_session_does_not_displace_a_newer_one() {
+    let mem = MemMailbox::default();
+    let mut c = core(16, 16);
+    let mut out = Outbox::default();
+    let actions = c.attach(&mem, phone(2), 20, "newer").expect("attach");
+    run(&mut c, &mem, actions, &mut out);
+    let actions = c.attach(&mem, phone(2), 10, "stale").expect("attach");
+    run(&mut c, &mem, actions, &mut out);
+    assert_eq!(out.replaced, vec!["stale"]);
+    let actions = c.append(&mem, phone(2), phone(1), 1, b"m".to_vec(), 10, 0);
+    run(&mut c, &mem, actions, &mut out);
+    assert!(
+        out.pushes.iter().all(|(to, _)| *to == "newer"),
+        "{:?}",
+        out.pushes
+    );
+    assert!(!out.pushes.is_empty());
+}
+
+#[test]
 fn oversized_payloads_and_failed_commits_are_answered_with_errors() {
     let mem = MemMailbox::default();
     let mut c = core(16, 16);

@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# Container tests of the cluster (`just cluster-test`): the four-node
+# compose cluster of deploy/, then under steady traffic from the load
+# generator (`switchboard bench steady`, run on this host):
+#   1. docker kill of a node, and its restart;
+#   2. docker network disconnect of one island member for 30 s, and back;
+#   3. a rolling restart of all four nodes, one by one.
+# Each scenario ends with the generator's check over every acknowledged
+# message: lost, duplicated, out of order (all must be 0).
+#
+# The engine here has no registry: the base image is made from this host's
+# own C library with `docker import`, and the binary is built on the host.
+# Without a usable container engine the script says SKIPPED and exits 0.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v docker >/dev/null 2>&1 || ! docker info >/dev/null 2>&1; then
+    echo "cluster-test: SKIPPED (no container engine available)"
+    exit 0
+fi
+if docker compose version >/dev/null 2>&1; then
+    compose() { docker compose -f deploy/docker-compose.yml -p switchboard-test "$@"; }
+elif command -v docker-compose >/dev/null 2>&1; then
+    compose() { docker-compose -f deploy/docker-compose.yml -p switchboard-test "$@"; }
+else
+    echo "cluster-test: SKIPPED (no docker compose)"
+    exit 0
+fi
+
+profile=${CLUSTER_TEST_PROFILE:-debug}
+if [ "$profile" = release ]; then
+    cargo build --release -p switchboard
+else
+    cargo build -p switchboard
+fi
+bin=target/$profile/switchboard
+work=$(mktemp -d)
+cleanup() {
+    compose down -v --remove-orphans >/dev/null 2>&1 || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "cluster-test: base image from this host's libraries"
+rootfs=$work/rootfs
+mkdir -p "$rootfs/tmp" "$rootfs/etc" "$rootfs/var/lib/switchboard"
+chmod 1777 "$rootfs/tmp"
+for lib in $(ldd "$bin" | grep -o '/[^ ]*'); do
+    mkdir -p "$rootfs$(dirname "$lib")"
+    cp -L "$lib" "$rootfs$lib"
+done
+echo "root:x:0:0:root:/root:/sbin/nologin" > "$rootfs/etc/passwd"
+tar -C "$rootfs" -c . | docker import - switchboard-base:local >/dev/null
+
+echo "cluster-test: certificates"
+certs=deploy/cluster/certs
+rm -rf "$certs"
+"$bin" admin cluster-certs --out "$certs" n1 n2 n3 n4 >/dev/null
+# One client-facing certificate for all nodes (a node generates one when
+# none is configured; take that one).
+"$bin" node --data-dir "$work/certgen" --listen 127.0.0.1:0 >/dev/null 2>&1 &
+gen=$!
+for _ in $(seq 100); do [ -s "$work/certgen/tls/key.pem" ] && break; sleep 0.1; done
+kill "$gen" 2>/dev/null || true
+wait "$gen" 2>/dev/null || true
+cp "$work/certgen/tls/cert.pem" "$certs/client-facing.pem"
+cp "$work/certgen/tls/key.pem" "$certs/client-facing-key.pem"
+chmod a+r "$certs"/*
+
+echo "cluster-test: image"
+docker build -q -f deploy/Dockerfile --target prebuilt \
+    --build-arg BASE_IMAGE=switchboard-base:local --build-arg BINARY="$bin" \
+    -t switchboard:local . >/dev/null
+
+ips=(172.28.0.11 172.28.0.12 172.28.0.13 172.28.0.14)
+servers=$(printf '%s:5222,' "${ips[@]}"); servers=${servers%,}
+
+peers_up() { # ip -> number of peers it sees up, or -1
+    local v
+    v=$(curl -s --max-time 1 "http://$1:9100/metrics" 2>/dev/null \
+        | awk '$1 == "switchboard_cluster_peers_up" { print $2 }')
+    echo "${v:--1}"
+}
+wait_mesh() { # every node sees the three others
+    for _ in $(seq 300); do
+        local ok=1
+        for ip in "${ips[@]}"; do [ "$(peers_up "$ip")" = 3 ] || ok=0; done
+        [ "$ok" = 1 ] && return 0
+        sleep 0.2
+    done
+    echo "cluster-test: the mesh did not form" >&2
+    compose logs --tail 30 >&2
+    return 1
+}
+
+failures=0
+# CLUSTER_TEST_ONLY="kill partition rolling" picks scenarios (default: all).
+only=${CLUSTER_TEST_ONLY:-kill partition rolling}
+want() { [[ " $only " == *" $1 "* ]]; }
+steady() { # duration first-phone name: the generator, in the background ($!)
+    "$bin" bench steady --server "$servers" --ca "$certs/client-facing.pem" \
+        --admin-secret example-admin-secret --first "$2" --pairs 24 --rate 10 \
+        --duration "$1" --drain 60 --json "$work/$3.json" \
+        > "$work/$3.out" 2> "$work/$3.err" &
+}
+finish() { # name pid
+    local status=0
+    wait "$2" || status=$?
+    local counts
+    counts=$(python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(f\"acked {r['acked']} lost {r['lost']} duplicated {r['duplicated']} out_of_order {r['out_of_order']}\")" "$work/$1.json" 2>/dev/null || echo "no report")
+    if [ "$status" = 0 ]; then
+        echo "cluster-test: $1: ok: $counts"
+    else
+        echo "cluster-test: $1: FAILED: $counts"
+        tail -5 "$work/$1.err" >&2 || true
+        failures=$((failures + 1))
+    fi
+}
+
+echo "cluster-test: starting the cluster"
+compose up -d >/dev/null
+wait_mesh
+
+if want kill; then
+    echo "cluster-test: 1. docker kill of n3 under load"
+    steady 40 +15557100000 kill; pid=$!
+    sleep 10
+    compose kill n3 >/dev/null
+    sleep 10
+    compose start n3 >/dev/null
+    wait_mesh
+    finish kill "$pid"
+fi
+
+if want partition; then
+    echo "cluster-test: 2. n2 cut off from the network for 30 s"
+    steady 60 +15557200000 partition; pid=$!
+    sleep 10
+    n2=$(compose ps -q n2)
+    docker network disconnect switchboard-test_switchboard "$n2"
+    sleep 30
+    docker network connect --ip 172.28.0.12 switchboard-test_switchboard "$n2"
+    wait_mesh
+    finish partition "$pid"
+fi
+
+if want rolling; then
+    echo "cluster-test: 3. rolling restart of all four nodes"
+    steady 80 +15557300000 rolling; pid=$!
+    sleep 5
+    for n in n1 n2 n3 n4; do
+        compose restart "$n" >/dev/null
+        wait_mesh
+        sleep 5
+    done
+    finish rolling "$pid"
+fi
+
+if [ "$failures" -gt 0 ]; then
+    echo "cluster-test: $failures scenario(s) failed"
+    exit 1
+fi
+echo "cluster-test: all scenarios passed"
