@@ -121,6 +121,60 @@ async fn messages_cross_nodes_with_all_three_ticks() {
     bob.close().await;
 }
 
+/// Alice on n1 watches Bob, who logs in on n3: she sees him come online,
+/// his typing, and his last seen when he leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_and_typing_cross_nodes() {
+    use client::{Client, Event, PresenceStatus};
+    use common::next_event;
+
+    let cluster = blocking(four_nodes_serving);
+    let (alice, mut alice_events, alice_phone) = cluster.process(0).login("+15550007001").await;
+    let bob_phone = client::PhoneNumber::parse("+15550007002").expect("phone");
+    let bob_token = cluster.process(2).register(&bob_phone).await;
+    alice
+        .subscribe_presence(vec![bob_phone.clone()])
+        .await
+        .expect("subscribe");
+    let is_presence = |e: &Event| matches!(e, Event::Presence { .. });
+    let first = next_event(&mut alice_events, 10, is_presence).await;
+    assert!(matches!(
+        first,
+        Event::Presence {
+            status: PresenceStatus::Offline { .. },
+            ..
+        }
+    ));
+
+    let (bob, _bob_events) = Client::connect(cluster.client_config(&[2]), bob_token)
+        .await
+        .expect("bob on n3");
+    let online = next_event(&mut alice_events, 10, is_presence).await;
+    assert!(
+        matches!(online, Event::Presence { ref user, status: PresenceStatus::Online } if *user == bob_phone),
+        "{online:?}"
+    );
+    bob.typing(&alice_phone, true).await.expect("typing");
+    let typing = next_event(&mut alice_events, 10, |e| matches!(e, Event::Typing { .. })).await;
+    assert!(matches!(typing, Event::Typing { ref from, active: true } if *from == bob_phone));
+
+    bob.close().await;
+    let offline = next_event(&mut alice_events, 10, is_presence).await;
+    assert!(
+        matches!(
+            offline,
+            Event::Presence {
+                status: PresenceStatus::Offline {
+                    last_seen_ms: Some(_)
+                },
+                ..
+            }
+        ),
+        "{offline:?}"
+    );
+    alice.close().await;
+}
+
 /// `switchboard bench steady` keeps 16 pairs of users busy across all four
 /// nodes while n4 is killed (its sessions fail over, n3 takes its
 /// fragments), restarted (it catches up and gets its fragments back); the

@@ -138,6 +138,8 @@ pub struct MembershipArgs {
     pub view: watch::Sender<ClusterView>,
     /// Where `Data` bodies go.
     pub data: Option<DataHandler>,
+    /// Where `Presence` bodies go.
+    pub presence: Option<DataHandler>,
 }
 
 impl std::fmt::Debug for MembershipArgs {
@@ -309,6 +311,7 @@ impl Actor for Membership {
             config,
             view,
             data,
+            presence,
         } = args;
         config.validate(&this)?;
         let tls = if config.tls.insecure_plaintext {
@@ -341,6 +344,7 @@ impl Actor for Membership {
                 this: this.clone(),
                 membership: myself.clone(),
                 data,
+                presence,
             },
             myself.get_cell(),
         )
@@ -498,6 +502,7 @@ struct InboxArgs {
     this: String,
     membership: ActorRef<MembershipMsg>,
     data: Option<DataHandler>,
+    presence: Option<DataHandler>,
 }
 
 impl Actor for Inbox {
@@ -547,6 +552,10 @@ impl Actor for Inbox {
             Body::Data(bytes) => match &state.data {
                 Some(handler) => handler(&frame.from, bytes),
                 None => tracing::debug!(peer = %frame.from, "data with no handler dropped"),
+            },
+            Body::Presence(bytes) => match &state.presence {
+                Some(handler) => handler(&frame.from, bytes),
+                None => tracing::debug!(peer = %frame.from, "presence with no handler dropped"),
             },
         }
         Ok(())

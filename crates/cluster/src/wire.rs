@@ -57,6 +57,9 @@ pub enum Body {
     /// A message of a service built on the cluster (mailbox fragments),
     /// versioned and decoded by that service.
     Data(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Presence and typing between the nodes' presence actors, versioned
+    /// and decoded by the presence service.
+    Presence(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 impl Frame {

@@ -189,22 +189,6 @@ impl NodeBuilder {
             })
         };
 
-        let presence_spec = {
-            let args = PresenceArgs {
-                config: config.presence_config(),
-                flush_every: Duration::from_millis(config.presence.flush_ms),
-            };
-            ChildSpec::new(PRESENCE_NAME, Restart::Permanent, move |sup| {
-                let args = args.clone();
-                async move {
-                    let (actor, _) =
-                        Actor::spawn_linked(Some(PRESENCE_NAME.into()), PresenceActor, args, sup)
-                            .await?;
-                    Ok(actor.get_cell())
-                }
-            })
-        };
-
         // Membership starts first and stops last, so that peers see this
         // node leave only after its clients have been drained.
         let (membership_spec, cluster) = match &config.cluster {
@@ -215,6 +199,9 @@ impl NodeBuilder {
                     config: cluster_config.clone(),
                     view,
                     data: Some(Arc::new(offline_queue::dispatch)),
+                    presence: Some(Arc::new(|from: &str, bytes: Vec<u8>| {
+                        presence::dispatch(PRESENCE_NAME, from, bytes)
+                    })),
                 };
                 let spec = ChildSpec::new(MEMBERSHIP_NAME, Restart::Permanent, move |sup| {
                     let args = args.clone();
@@ -237,6 +224,23 @@ impl NodeBuilder {
                 policy: cluster_config.ack_policy,
             }),
             _ => None,
+        };
+
+        let presence_spec = {
+            let args = PresenceArgs {
+                config: config.presence_config(),
+                flush_every: Duration::from_millis(config.presence.flush_ms),
+                cluster: cluster.clone(),
+            };
+            ChildSpec::new(PRESENCE_NAME, Restart::Permanent, move |sup| {
+                let args = args.clone();
+                async move {
+                    let (actor, _) =
+                        Actor::spawn_linked(Some(PRESENCE_NAME.into()), PresenceActor, args, sup)
+                            .await?;
+                    Ok(actor.get_cell())
+                }
+            })
         };
 
         // A restarted fragment has forgotten who is attached: ask the
@@ -399,7 +403,8 @@ impl NodeBuilder {
     }
 }
 
-/// Tells every fragment actor when a peer comes up or goes down.
+/// Tells the presence actor and every fragment actor when a peer comes up
+/// or goes down.
 fn relay_peer_changes(
     mut view: tokio::sync::watch::Receiver<cluster::ClusterView>,
     fragments: FragmentDirectory,
@@ -414,6 +419,15 @@ fn relay_peer_changes(
                 .chain(known.difference(&now).map(|p| (false, p.clone())))
                 .collect();
             for (up, peer) in events {
+                if let Some(cell) = ractor::registry::where_is(PRESENCE_NAME) {
+                    let presence: ActorRef<presence::PresenceMsg> = cell.into();
+                    let message = if up {
+                        presence::PresenceMsg::PeerUp(peer.clone())
+                    } else {
+                        presence::PresenceMsg::PeerDown(peer.clone())
+                    };
+                    let _ = presence.send_message(message);
+                }
                 for id in 0..fragments.placement().fragments() {
                     if let Ok(fragment) = fragments.get(id) {
                         let message = if up {

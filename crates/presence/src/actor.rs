@@ -5,7 +5,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use proto::PhoneNumber;
 use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef};
 
+use std::collections::HashMap;
+
 use crate::core::{PresenceConfig, PresenceCore, Update};
+use crate::remote::{self, Change, PresenceWire};
 
 /// A batch of presence and typing updates for one session.
 #[derive(Debug)]
@@ -49,17 +52,40 @@ pub enum PresenceMsg {
     },
     /// Internal: send the batched updates.
     Flush,
+    /// Cluster: a batch from another node's presence actor.
+    FromPeer {
+        /// The sending node.
+        from: String,
+        /// The encoded batch (see `remote.rs`).
+        bytes: Vec<u8>,
+    },
+    /// Cluster: a peer came up (it gets the list of users online here).
+    PeerUp(String),
+    /// Cluster: a peer went down (its users are offline now).
+    PeerDown(String),
 }
 
 impl ractor::Message for PresenceMsg {}
 
 /// Start-up arguments.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct PresenceArgs {
     /// Limits.
     pub config: PresenceConfig,
     /// How often batched updates are sent.
     pub flush_every: Duration,
+    /// Set on a clustered node: presence then spans every node.
+    pub cluster: Option<cluster::ClusterHandle>,
+}
+
+impl std::fmt::Debug for PresenceArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PresenceArgs")
+            .field("config", &self.config)
+            .field("flush_every", &self.flush_every)
+            .field("clustered", &self.cluster.is_some())
+            .finish()
+    }
 }
 
 /// The presence actor (registered as `presence`).
@@ -67,8 +93,21 @@ pub struct PresenceArgs {
 pub struct PresenceActor;
 
 /// Its state.
+/// Where a user online somewhere gets its updates.
+#[derive(Clone)]
+enum Target {
+    /// A session on this node.
+    Local(DerivedActorRef<PresencePush>),
+    /// A session on that node.
+    Remote(String),
+}
+
+/// The presence actor's state.
 pub struct PresenceState {
-    core: PresenceCore<DerivedActorRef<PresencePush>>,
+    core: PresenceCore<Target>,
+    cluster: Option<cluster::ClusterHandle>,
+    /// Comings and goings of this node's users since the last flush.
+    changes: Vec<Change>,
     flush_every: Duration,
     flusher: Option<tokio::task::JoinHandle<()>>,
 }
@@ -92,6 +131,8 @@ impl Actor for PresenceActor {
     ) -> Result<Self::State, ActorProcessingErr> {
         Ok(PresenceState {
             core: PresenceCore::new(args.config),
+            cluster: args.cluster,
+            changes: Vec::new(),
             flush_every: if args.flush_every.is_zero() {
                 Duration::from_millis(100)
             } else {
@@ -132,21 +173,144 @@ impl Actor for PresenceActor {
                 user,
                 session_id,
                 target,
-            } => state.core.online(user, session_id, target),
+            } => {
+                if state.cluster.is_some() {
+                    state.changes.push(Change::Online {
+                        user: user.clone(),
+                        session_id,
+                    });
+                }
+                state.core.online(user, session_id, Target::Local(target));
+            }
             PresenceMsg::Offline { user, session_id } => {
-                state.core.offline(&user, session_id, now_ms())
+                let at_ms = now_ms();
+                if state.cluster.is_some() {
+                    state.changes.push(Change::Offline {
+                        user: user.clone(),
+                        session_id,
+                        at_ms,
+                    });
+                }
+                state.core.offline(&user, session_id, at_ms);
             }
             PresenceMsg::Subscribe { subscriber, users } => state.core.subscribe(subscriber, users),
             PresenceMsg::Typing { from, to, active } => {
                 state.core.typing(from, to, active, now_ms());
             }
-            PresenceMsg::Flush => {
-                for (target, updates) in state.core.flush() {
-                    // A session that just ended drops its updates; nothing is owed.
-                    let _ = target.send_message(PresencePush(updates));
+            PresenceMsg::Flush => flush(state),
+            PresenceMsg::FromPeer { from, bytes } => match remote::decode(&bytes) {
+                Ok(wire) => from_peer(state, from, wire),
+                Err(e) => {
+                    tracing::warn!(peer = %from, error = %e, "undecodable presence batch dropped");
+                    metrics::counter!("switchboard_cluster_undecodable_total").increment(1);
+                }
+            },
+            PresenceMsg::PeerUp(peer) => {
+                let online = state.core.online_where(|t| matches!(t, Target::Local(_)));
+                send(state, &peer, &PresenceWire::Snapshot(online));
+            }
+            PresenceMsg::PeerDown(peer) => {
+                let gone = state
+                    .core
+                    .online_where(|t| matches!(t, Target::Remote(node) if *node == peer));
+                let at_ms = now_ms();
+                for (user, session_id) in gone {
+                    state.core.offline(&user, session_id, at_ms);
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// Sends the batched updates: to this node's sessions, to the nodes of
+/// users online elsewhere, and this node's changes to every peer.
+fn flush(state: &mut PresenceState) {
+    let mut remote: HashMap<String, Vec<(PhoneNumber, Vec<Update>)>> = HashMap::new();
+    let pending = state.core.flush_by_user();
+    for (user, target, updates) in pending {
+        match target {
+            // A session that just ended drops its updates; nothing is owed.
+            Target::Local(target) => {
+                let _ = target.send_message(PresencePush(updates));
+            }
+            Target::Remote(node) => remote.entry(node).or_default().push((user, updates)),
+        }
+    }
+    for (node, batch) in remote {
+        send(state, &node, &PresenceWire::Deliver(batch));
+    }
+    if !state.changes.is_empty() {
+        let changes = PresenceWire::Changes(std::mem::take(&mut state.changes));
+        let peers: Vec<String> = state
+            .cluster
+            .as_ref()
+            .map(|c| c.view().up.into_iter().collect())
+            .unwrap_or_default();
+        for peer in peers {
+            send(state, &peer, &changes);
+        }
+    }
+}
+
+fn from_peer(state: &mut PresenceState, from: String, wire: PresenceWire) {
+    match wire {
+        PresenceWire::Changes(changes) => {
+            for change in changes {
+                match change {
+                    Change::Online { user, session_id } => {
+                        state
+                            .core
+                            .online(user, session_id, Target::Remote(from.clone()));
+                    }
+                    Change::Offline {
+                        user,
+                        session_id,
+                        at_ms,
+                    } => state.core.offline(&user, session_id, at_ms),
+                }
+            }
+        }
+        PresenceWire::Snapshot(users) => {
+            for (user, session_id) in users {
+                state
+                    .core
+                    .online(user, session_id, Target::Remote(from.clone()));
+            }
+        }
+        PresenceWire::Deliver(batch) => {
+            for (user, updates) in batch {
+                if let Some(Target::Local(target)) = state.core.target_of(&user) {
+                    let _ = target.send_message(PresencePush(updates));
+                }
+            }
+        }
+    }
+}
+
+/// Presence is best effort: a batch that cannot be sent is dropped.
+fn send(state: &PresenceState, node: &str, wire: &PresenceWire) {
+    let Some(cluster) = &state.cluster else {
+        return;
+    };
+    match remote::encode(wire) {
+        Ok(bytes) => {
+            if let Err(e) = cluster.send(node, cluster::wire::Body::Presence(bytes)) {
+                tracing::debug!(peer = node, error = %e, "presence batch not sent");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot encode a presence batch"),
+    }
+}
+
+/// Hands a cluster `Presence` body to the presence actor registered as
+/// `name` on this node.
+pub fn dispatch(name: &str, from: &str, bytes: Vec<u8>) {
+    if let Some(cell) = ractor::registry::where_is(name) {
+        let presence: ActorRef<PresenceMsg> = cell.into();
+        let _ = presence.send_message(PresenceMsg::FromPeer {
+            from: from.to_owned(),
+            bytes,
+        });
     }
 }

@@ -26,7 +26,7 @@ impl Default for PresenceConfig {
 }
 
 /// One update for one receiver.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Update {
     /// `user`'s presence.
     Presence {
@@ -107,8 +107,17 @@ impl<T: Clone> PresenceCore<T> {
         }
     }
 
-    /// `user` connected with session `session_id`.
+    /// `user` connected with session `session_id`. Session ids grow with
+    /// time: news of an older session (from another node, late) does not
+    /// replace a newer one.
     pub fn online(&mut self, user: PhoneNumber, session_id: u64, target: T) {
+        if self
+            .online
+            .get(&user)
+            .is_some_and(|current| current.session_id > session_id)
+        {
+            return;
+        }
         let was_online = self
             .online
             .insert(user.clone(), Online { session_id, target })
@@ -203,15 +212,38 @@ impl<T: Clone> PresenceCore<T> {
         true
     }
 
-    /// Takes every queued update, grouped by the receiver's push handle.
-    pub fn flush(&mut self) -> Vec<(T, Vec<Update>)> {
+    /// Users online through a target `matches` accepts, with their sessions
+    /// (e.g. everyone online at a node that went down).
+    pub fn online_where(&self, matches: impl Fn(&T) -> bool) -> Vec<(PhoneNumber, u64)> {
+        self.online
+            .iter()
+            .filter(|(_, o)| matches(&o.target))
+            .map(|(user, o)| (user.clone(), o.session_id))
+            .collect()
+    }
+
+    /// Where `user` gets its updates, if online.
+    pub fn target_of(&self, user: &PhoneNumber) -> Option<&T> {
+        self.online.get(user).map(|o| &o.target)
+    }
+
+    /// Takes every queued update with its receiver and push handle.
+    pub fn flush_by_user(&mut self) -> Vec<(PhoneNumber, T, Vec<Update>)> {
         let pending = std::mem::take(&mut self.pending);
         pending
             .into_iter()
             .filter_map(|(receiver, updates)| {
-                let online = self.online.get(&receiver)?;
-                Some((online.target.clone(), updates))
+                let target = self.online.get(&receiver)?.target.clone();
+                Some((receiver, target, updates))
             })
+            .collect()
+    }
+
+    /// Takes every queued update, grouped by the receiver's push handle.
+    pub fn flush(&mut self) -> Vec<(T, Vec<Update>)> {
+        self.flush_by_user()
+            .into_iter()
+            .map(|(_, target, updates)| (target, updates))
             .collect()
     }
 }

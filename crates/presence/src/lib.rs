@@ -6,10 +6,12 @@
 //! indicators are rate-limited per sender, so a chatty client costs little.
 //!
 //! - [`core`]: the pure state machine (time in, pushes out).
-//! - [`actor`]: the ractor actor around it.
+//! - [`actor`]: the ractor actor around it; on a clustered node it also
+//!   shares presence with the other nodes' presence actors ([`remote`]).
 
 pub mod actor;
 pub mod core;
+pub mod remote;
 
-pub use actor::{PresenceActor, PresenceArgs, PresenceMsg, PresencePush};
+pub use actor::{PresenceActor, PresenceArgs, PresenceMsg, PresencePush, dispatch};
 pub use core::{PresenceConfig, PresenceCore};
