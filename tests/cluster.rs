@@ -244,6 +244,88 @@ async fn kill9_of_a_primary_under_the_load_generator_loses_nothing() {
     }
 }
 
+/// One sender streaming numbered messages to one receiver, which acks them.
+struct PairTraffic {
+    acked: Log,
+    received: Log,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sender: tokio::task::JoinHandle<()>,
+    receiver: std::sync::Arc<client::Client>,
+}
+
+impl PairTraffic {
+    fn start(
+        sender: client::Client,
+        receiver: client::Client,
+        mut receiver_events: client::Events,
+        receiver_phone: &client::PhoneNumber,
+    ) -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+
+        let key = (sender.user().to_string(), receiver_phone.to_string());
+        let (acked, received): (Log, Log) = (Arc::default(), Arc::default());
+        let receiver = Arc::new(receiver);
+        let (log, acker, pair) = (received.clone(), receiver.clone(), key.clone());
+        tokio::spawn(async move {
+            while let Some(event) = receiver_events.recv().await {
+                if let client::Event::Message {
+                    msg_id, payload, ..
+                } = event
+                {
+                    let seq = String::from_utf8_lossy(&payload).parse().expect("seq");
+                    log.lock()
+                        .expect("log")
+                        .entry(pair.clone())
+                        .or_default()
+                        .push(seq);
+                    let _ = acker.ack(vec![msg_id]).await;
+                }
+            }
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let (acked_log, stopped, to) = (acked.clone(), stop.clone(), receiver_phone.clone());
+        let sender = tokio::spawn(async move {
+            let mut seq = 0u64;
+            while !stopped.load(Ordering::Relaxed) {
+                sender
+                    .send(&to, seq.to_string().into_bytes())
+                    .await
+                    .expect("the client retries until acked");
+                acked_log
+                    .lock()
+                    .expect("log")
+                    .entry(key.clone())
+                    .or_default()
+                    .push(seq);
+                seq += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            sender.close().await;
+        });
+        Self {
+            acked,
+            received,
+            stop,
+            sender,
+            receiver,
+        }
+    }
+
+    /// Messages acknowledged so far.
+    fn acked(&self) -> usize {
+        self.acked.lock().expect("log").values().map(Vec::len).sum()
+    }
+
+    /// Stops the sender and checks every acknowledged message arrived.
+    async fn finish_and_check(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.sender.await.expect("sender");
+        check_every_acked_message_arrived_once_in_order(&self.acked, &self.received).await;
+        self.receiver.close().await;
+    }
+}
+
 /// Sequence numbers per (sender, receiver), as acked or as received.
 type Log = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(String, String), Vec<u64>>>>;
 
@@ -291,10 +373,7 @@ async fn check_every_acked_message_arrived_once_in_order(acked: &Log, received: 
 /// every acknowledged message once and in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_fails_over_to_another_node_when_its_node_dies() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    use client::{Client, Event};
+    use client::Client;
     use common::cluster::phones_owned_by;
 
     let mut cluster = blocking(four_nodes_serving);
@@ -305,64 +384,15 @@ async fn a_client_fails_over_to_another_node_when_its_node_dies() {
     let (alice, _alice_events) = Client::connect(cluster.client_config(&[0, 2]), alice_token)
         .await
         .expect("alice on n1");
-    let (bob, mut bob_events) = Client::connect(cluster.client_config(&[2, 0]), bob_token)
+    let (bob, bob_events) = Client::connect(cluster.client_config(&[2, 0]), bob_token)
         .await
         .expect("bob on n3");
-    let bob = Arc::new(bob);
-
-    let received: Log = Arc::default();
-    let acked: Log = Arc::default();
-    let key = (alice_phone.to_string(), bob_phone.to_string());
-    let (log, acker, pair) = (received.clone(), bob.clone(), key.clone());
-    tokio::spawn(async move {
-        while let Some(event) = bob_events.recv().await {
-            if let Event::Message {
-                msg_id, payload, ..
-            } = event
-            {
-                let seq = String::from_utf8_lossy(&payload).parse().expect("seq");
-                log.lock()
-                    .expect("log")
-                    .entry(pair.clone())
-                    .or_default()
-                    .push(seq);
-                let _ = acker.ack(vec![msg_id]).await;
-            }
-        }
-    });
-    let stop = Arc::new(AtomicBool::new(false));
-    let (acked_log, stopped) = (acked.clone(), stop.clone());
-    let sender = tokio::spawn(async move {
-        let mut seq = 0u64;
-        while !stopped.load(Ordering::Relaxed) {
-            alice
-                .send(&bob_phone, seq.to_string().into_bytes())
-                .await
-                .expect("the client retries until acked");
-            acked_log
-                .lock()
-                .expect("log")
-                .entry(key.clone())
-                .or_default()
-                .push(seq);
-            seq += 1;
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        alice.close().await;
-    });
-
-    let count = |log: &Log| {
-        log.lock()
-            .expect("log")
-            .values()
-            .map(Vec::len)
-            .sum::<usize>()
-    };
+    let traffic = PairTraffic::start(alice, bob, bob_events, &bob_phone);
     tokio::time::sleep(Duration::from_secs(1)).await;
     blocking(|| cluster.kill9(0));
-    let at_kill = count(&acked);
+    let at_kill = traffic.acked();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let while_down = count(&acked) - at_kill;
+    let while_down = traffic.acked() - at_kill;
     assert!(
         while_down > 10,
         "alice did not go on through n3: {while_down} acks"
@@ -374,10 +404,7 @@ async fn a_client_fails_over_to_another_node_when_its_node_dies() {
         }
     });
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    sender.await.expect("sender");
-    check_every_acked_message_arrived_once_in_order(&acked, &received).await;
-    bob.close().await;
+    traffic.finish_and_check().await;
 }
 
 /// n1 is cut off from the other nodes while it and its clients go on: n2
@@ -387,10 +414,7 @@ async fn a_client_fails_over_to_another_node_when_its_node_dies() {
 /// acked message once and in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_node_heals_without_losing_what_it_acked() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    use client::{Client, Event};
+    use client::Client;
     use common::cluster::{Partition, counter, phones_owned_by};
 
     if !Partition::available() {
@@ -406,68 +430,19 @@ async fn a_partitioned_node_heals_without_losing_what_it_acked() {
     let (carol, _carol_events) = Client::connect(cluster.client_config(&[0]), carol_token)
         .await
         .expect("carol on n1");
-    let (dave, mut dave_events) = Client::connect(cluster.client_config(&[2]), dave_token)
+    let (dave, dave_events) = Client::connect(cluster.client_config(&[2]), dave_token)
         .await
         .expect("dave on n3");
-    let dave = Arc::new(dave);
-
-    let received: Log = Arc::default();
-    let acked: Log = Arc::default();
-    let key = (carol_phone.to_string(), dave_phone.to_string());
-    let (log, acker, pair) = (received.clone(), dave.clone(), key.clone());
-    tokio::spawn(async move {
-        while let Some(event) = dave_events.recv().await {
-            if let Event::Message {
-                msg_id, payload, ..
-            } = event
-            {
-                let seq = String::from_utf8_lossy(&payload).parse().expect("seq");
-                log.lock()
-                    .expect("log")
-                    .entry(pair.clone())
-                    .or_default()
-                    .push(seq);
-                let _ = acker.ack(vec![msg_id]).await;
-            }
-        }
-    });
-    let stop = Arc::new(AtomicBool::new(false));
-    let (acked_log, stopped) = (acked.clone(), stop.clone());
-    let sender = tokio::spawn(async move {
-        let mut seq = 0u64;
-        while !stopped.load(Ordering::Relaxed) {
-            carol
-                .send(&dave_phone, seq.to_string().into_bytes())
-                .await
-                .expect("the client retries until acked");
-            acked_log
-                .lock()
-                .expect("log")
-                .entry(key.clone())
-                .or_default()
-                .push(seq);
-            seq += 1;
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        carol.close().await;
-    });
-
-    let count = |log: &Log| {
-        log.lock()
-            .expect("log")
-            .values()
-            .map(Vec::len)
-            .sum::<usize>()
-    };
+    let traffic = PairTraffic::start(carol, dave, dave_events, &dave_phone);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let partition = Partition::isolate(&cluster, 0);
     blocking(|| {
         wait_for_peers_up(&cluster.members[0], 0, PATIENCE);
         wait_for_peers_up(&cluster.members[1], 2, PATIENCE);
     });
-    let at_split = count(&acked);
+    let at_split = traffic.acked();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let apart = count(&acked) - at_split;
+    let apart = traffic.acked() - at_split;
     assert!(
         apart > 10,
         "n1 should go on acking its clients apart: {apart}"
@@ -479,15 +454,12 @@ async fn a_partitioned_node_heals_without_losing_what_it_acked() {
         }
     });
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    sender.await.expect("sender");
-    check_every_acked_message_arrived_once_in_order(&acked, &received).await;
+    traffic.finish_and_check().await;
     let merged = counter(
         &cluster.members[1],
         "switchboard_fragment_merged_writes_total",
     );
     assert!(merged > 0.0, "n2 merged nothing");
-    dave.close().await;
 }
 
 /// `switchboard demo`, shortened: four nodes, a kill and a restart, and
