@@ -282,4 +282,19 @@ mod tests {
         assert!(encode_frame_into(&frame, 50, &mut out).is_err());
         assert_eq!(out, vec![9], "a failed encode leaves the buffer as it was");
     }
+
+    #[test]
+    fn the_largest_mint_answer_fits_a_default_frame() {
+        // A signed token: "s1." + hex(8 expiry + 16 nonce + 16 phone bytes)
+        // + "." + hex(32-byte MAC) = 148 characters.
+        let token = format!("s1.{}.{}", "a".repeat(80), "b".repeat(64));
+        assert_eq!(token.len(), 148);
+        let frame = crate::ServerFrame::Response {
+            id: 1,
+            response: crate::Response::TestUsers {
+                tokens: vec![token; crate::MAX_MINT_PER_REQUEST as usize],
+            },
+        };
+        assert!(encode_frame(&frame, DEFAULT_MAX_FRAME_BYTES).is_ok());
+    }
 }
