@@ -173,3 +173,39 @@ async fn sigterm_drains_clients_and_exits_cleanly() {
     .await;
     assert!(matches!(event, Event::Disconnected { .. }));
 }
+
+/// An answer larger than the node's frame limit is replaced by an error for
+/// that request, instead of leaving the client to its timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_too_large_for_a_frame_becomes_an_error() {
+    let secret = "robustness-admin-secret";
+    let node = NodeProcess::start_with(&[
+        ("SWITCHBOARD_LIMITS__MAX_FRAME_BYTES", "2048"),
+        ("SWITCHBOARD_LIMITS__MAX_PAYLOAD_BYTES", "1024"),
+        ("SWITCHBOARD_ADMIN__MINT_TEST_USERS", "true"),
+        ("SWITCHBOARD_ADMIN__SECRET", secret),
+    ]);
+    let tls = client::Tls::from_ca_file(&node.ca_path, client::DEFAULT_SERVER_NAME).expect("tls");
+    let (conn, _pushes) =
+        client::Connection::connect(&node.addr, &tls, "robustness", Duration::from_secs(30))
+            .await
+            .expect("connect");
+    let started = std::time::Instant::now();
+    let answer = conn
+        .request(Request::MintTestUsers {
+            secret: secret.into(),
+            first: client::PhoneNumber::parse("+15550008000").expect("phone"),
+            count: 100,
+        })
+        .await;
+    match answer {
+        Err(client::ClientError::Server { code, .. }) => assert_eq!(code, ErrorCode::Internal),
+        other => panic!("expected an error answer, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "answered by the timeout, not by the node"
+    );
+    // The connection still works.
+    assert!(conn.request(Request::Ping).await.is_ok());
+}

@@ -180,8 +180,24 @@ struct Responder {
 impl Responder {
     /// Queues a frame that must not be lost; false if the client is gone.
     fn send(&self, frame: ServerFrame) -> bool {
-        let Some(item) = Outbound::frame(&frame, self.max_frame_bytes) else {
-            return true;
+        let item = match Outbound::frame(&frame, self.max_frame_bytes) {
+            Some(item) => item,
+            // An answer too large for a frame: the request gets an error
+            // instead of waiting for its timeout.
+            None => match frame {
+                ServerFrame::Response { id, .. } => {
+                    let error = ServerFrame::Error {
+                        id: Some(id),
+                        code: ErrorCode::Internal,
+                        message: "the answer exceeds the frame size limit".into(),
+                    };
+                    match Outbound::frame(&error, self.max_frame_bytes) {
+                        Some(item) => item,
+                        None => return true,
+                    }
+                }
+                _ => return true,
+            },
         };
         match self.out.try_send(item) {
             Ok(()) => true,
