@@ -128,6 +128,10 @@ pub enum FragmentMsg {
     },
     /// Internal: the group commit of `tag` finished.
     Committed {
+        /// Which core submitted it (a core dropped and made again on this
+        /// actor starts its tags afresh; late answers to the old one are
+        /// ignored).
+        generation: u64,
         /// The core's tag.
         tag: u64,
         /// Ok, or the storage error text.
@@ -288,6 +292,8 @@ pub struct FragmentState {
     /// Counts this fragment in `switchboard_fragments_serving` while `core`
     /// is present (and uncounts it however the actor ends).
     serving: Option<ServingGauge>,
+    /// Bumped with every new core (see [`FragmentMsg::Committed`]).
+    generation: u64,
     pub(crate) reads: RedbMailbox,
     pub(crate) store: Store,
     directory: FragmentDirectory,
@@ -323,6 +329,7 @@ impl FragmentState {
     /// Starts or stops serving.
     pub(crate) fn set_core(&mut self, core: Option<Core>) -> Option<Core> {
         self.serving = core.as_ref().map(|_| ServingGauge::new());
+        self.generation += 1;
         std::mem::replace(&mut self.core, core)
     }
 
@@ -371,6 +378,7 @@ impl Actor for FragmentActor {
             config: args.config,
             core: None,
             serving: None,
+            generation: 0,
             reads,
             store: args.store,
             directory: FragmentDirectory::new(args.placement),
@@ -432,7 +440,17 @@ impl Actor for FragmentActor {
             return Ok(());
         }
         let actions = match message {
-            FragmentMsg::Committed { tag, outcome } => clustered::local_commit(state, tag, outcome),
+            FragmentMsg::Committed {
+                generation,
+                tag,
+                outcome,
+            } => {
+                if generation == state.generation {
+                    clustered::local_commit(state, tag, outcome)
+                } else {
+                    Vec::new()
+                }
+            }
             FragmentMsg::Sweep => match state.core.as_mut() {
                 Some(core) => core.sweep(now_ms()),
                 None => Vec::new(),
@@ -543,6 +561,7 @@ pub(crate) fn perform(
             Action::Persist { tag, ops } => {
                 let divergent = clustered::replicate(state, tag, &ops) == Copied::Missing;
                 let fragment = state.id;
+                let generation = state.generation;
                 let me = myself.clone();
                 state.store.submit(
                     move |txn| {
@@ -561,7 +580,11 @@ pub(crate) fn perform(
                         let outcome = result.map_err(|e| e.to_string());
                         // The actor may have stopped; its writes are durable
                         // anyway and are served again after restart.
-                        let _ = me.send_message(FragmentMsg::Committed { tag, outcome });
+                        let _ = me.send_message(FragmentMsg::Committed {
+                            generation,
+                            tag,
+                            outcome,
+                        });
                     },
                 );
             }

@@ -24,8 +24,8 @@ use crate::actor::{
 };
 use crate::remote::{self, FragmentWire};
 use crate::replica::{
-    self, clear_divergent, export_fragment, import_chunk, load_divergent, load_owner,
-    log_divergent, save_owner,
+    self, clear_divergent, divergent_chunks, export_fragment, import_chunk, load_divergent,
+    load_owner, log_divergent, save_owner,
 };
 use crate::store::{MailboxRead, WriteOp, apply_ops};
 use crate::{Endpoint, FragmentError, Push, Stored};
@@ -91,7 +91,10 @@ pub(crate) struct Clustered {
     copy: PartnerCopy,
     next_rseq: u64,
     by_rseq: BTreeMap<u64, u64>,
-    waiting: HashMap<u64, Waiting>,
+    /// Every write of this primary until it completes, by tag: writes
+    /// complete in tag order (pushes and acks rely on it), so one that needs
+    /// no copy still waits behind an older one that does.
+    waiting: BTreeMap<u64, Waiting>,
     /// Draining before handing the fragment to its preferred owner.
     pub(crate) handing_back: bool,
     /// Requests that arrived while draining; served as a forwarder after.
@@ -117,7 +120,7 @@ impl Clustered {
             copy: PartnerCopy::Absent,
             next_rseq: 1,
             by_rseq: BTreeMap::new(),
-            waiting: HashMap::new(),
+            waiting: BTreeMap::new(),
             handing_back: false,
             deferred: Vec::new(),
         })
@@ -448,7 +451,7 @@ pub(crate) async fn from_peer(
             Vec::new()
         }
         FragmentWire::Replicated { rseq, ok } => replicated(state, &from, rseq, ok),
-        FragmentWire::Merge { upto, ops } => merge(state, &from, upto, ops).await?,
+        FragmentWire::Merge { upto, ops, last } => merge(state, &from, upto, ops, last).await?,
         FragmentWire::MergeDone { upto } => {
             tracing::info!(fragment = id, peer = %from, "divergent writes merged");
             state
@@ -583,12 +586,34 @@ pub(crate) fn replicate(state: &mut FragmentState, tag: u64, ops: &[WriteOp]) ->
     let Some(cluster) = state.cluster.as_mut() else {
         return Copied::NoPartner;
     };
+    let copied = stream_to_partner(cluster, id, ops);
+    let awaited = copied.0 == Copied::Streamed && cluster.link.policy == AckPolicy::Replicated;
+    if awaited && let Some(rseq) = copied.1 {
+        cluster.by_rseq.insert(rseq, tag);
+    }
+    cluster.waiting.insert(
+        tag,
+        Waiting {
+            local: None,
+            remote: if awaited { None } else { Some(Ok(())) },
+            ops: if awaited { ops.to_vec() } else { Vec::new() },
+        },
+    );
+    copied.0
+}
+
+/// Sends a write to the partner if it is being fed; its stream position.
+fn stream_to_partner(
+    cluster: &mut Clustered,
+    id: FragmentId,
+    ops: &[WriteOp],
+) -> (Copied, Option<u64>) {
     if cluster.ownership.partner().is_none() {
-        return Copied::NoPartner;
+        return (Copied::NoPartner, None);
     }
     let partner = match cluster.partner_up() {
         Some(partner) if cluster.copy != PartnerCopy::Absent => partner.to_owned(),
-        _ => return Copied::Missing,
+        _ => return (Copied::Missing, None),
     };
     let rseq = cluster.next_rseq;
     cluster.next_rseq += 1;
@@ -602,19 +627,9 @@ pub(crate) fn replicate(state: &mut FragmentState, tag: u64, ops: &[WriteOp]) ->
         // The link is gone: membership will report the partner down, and
         // the partner catches up by a full copy when it returns.
         cluster.copy = PartnerCopy::Absent;
-        return Copied::Missing;
+        return (Copied::Missing, None);
     }
-    if cluster.link.policy == AckPolicy::Replicated {
-        cluster.by_rseq.insert(rseq, tag);
-        cluster.waiting.insert(
-            tag,
-            Waiting {
-                ops: ops.to_vec(),
-                ..Waiting::default()
-            },
-        );
-    }
-    Copied::Streamed
+    (Copied::Streamed, Some(rseq))
 }
 
 /// The local commit of `tag` finished.
@@ -678,27 +693,24 @@ fn replicated(state: &mut FragmentState, from: &str, rseq: u64, ok: bool) -> Vec
     finish_ready(state)
 }
 
-/// Completes every write whose local commit and partner copy are both in.
+/// Completes, oldest first, the writes whose local commit and partner copy
+/// are both in, stopping at the first that is not.
 fn finish_ready(state: &mut FragmentState) -> Vec<CoreAction> {
     let (Some(cluster), Some(core)) = (state.cluster.as_mut(), state.core.as_mut()) else {
         return Vec::new();
     };
-    let ready: Vec<u64> = cluster
-        .waiting
-        .iter()
-        .filter(|(_, w)| w.local.is_some() && w.remote.is_some())
-        .map(|(tag, _)| *tag)
-        .collect();
     let mut actions = Vec::new();
-    for tag in ready {
-        if let Some(Waiting {
-            local: Some(local),
-            remote: Some(remote),
-            ..
-        }) = cluster.waiting.remove(&tag)
-        {
-            actions.extend(core.committed(&state.reads, tag, local.and(remote)));
+    while let Some(entry) = cluster.waiting.first_entry() {
+        let waiting = entry.get();
+        if waiting.local.is_none() || waiting.remote.is_none() {
+            break;
         }
+        let (tag, waiting) = entry.remove_entry();
+        let outcome = match (waiting.local, waiting.remote) {
+            (Some(local), Some(remote)) => local.and(remote),
+            _ => continue,
+        };
+        actions.extend(core.committed(&state.reads, tag, outcome));
     }
     actions
 }
@@ -885,6 +897,10 @@ async fn settle(
     Ok(actions)
 }
 
+/// Writes per merge message: far below the link's 16 MiB frame limit even
+/// at the largest payloads.
+const MERGE_CHUNK_OPS: usize = 128;
+
 /// A node that no longer owns the fragment but holds writes its partner
 /// never got (it served behind a partition) offers them to the owner.
 fn send_merge(state: &FragmentState) -> Result<(), FragmentError> {
@@ -899,13 +915,25 @@ fn send_merge(state: &FragmentState) -> Result<(), FragmentError> {
     {
         return Ok(());
     }
-    let (upto, ops) = load_divergent(&state.store, state.id)?;
-    if ops.is_empty() {
+    let chunks = divergent_chunks(&state.store, state.id, MERGE_CHUNK_OPS)?;
+    if chunks.is_empty() {
         return Ok(());
     }
-    tracing::warn!(fragment = state.id, to = %owner, writes = ops.len(),
+    let writes: usize = chunks.iter().map(|(_, ops)| ops.len()).sum();
+    tracing::warn!(fragment = state.id, to = %owner, writes,
         "offering writes made apart from the owner for merging");
-    send_via(cluster, state.id, owner, FragmentWire::Merge { upto, ops });
+    let count = chunks.len();
+    for (i, (upto, ops)) in chunks.into_iter().enumerate() {
+        let last = i + 1 == count;
+        if !send_via(
+            cluster,
+            state.id,
+            owner,
+            FragmentWire::Merge { upto, ops, last },
+        ) {
+            break;
+        }
+    }
     Ok(())
 }
 
@@ -918,6 +946,7 @@ async fn merge(
     from: &str,
     upto: u64,
     ops: Vec<WriteOp>,
+    last: bool,
 ) -> Result<Vec<CoreAction>, ActorProcessingErr> {
     let id = state.id;
     if state.core.is_none() {
@@ -978,8 +1007,10 @@ async fn merge(
             actions.extend(core.attach(&state.reads, user, session_id, endpoint)?);
         }
     }
-    actions.extend(partner_lost(state).await?);
-    start_copy(state).await;
+    if last {
+        actions.extend(partner_lost(state).await?);
+        start_copy(state).await;
+    }
     Ok(actions)
 }
 

@@ -136,6 +136,8 @@ pub enum FragmentWire {
         upto: u64,
         /// The writes, in order.
         ops: Vec<WriteOp>,
+        /// The last chunk of this offer.
+        last: bool,
     },
     /// The merge up to `upto` is durable: the former owner may drop it.
     MergeDone {

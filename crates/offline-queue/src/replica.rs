@@ -208,6 +208,36 @@ pub fn load_divergent(store: &Store, f: FragmentId) -> Result<(u64, Vec<WriteOp>
     Ok((last, ops))
 }
 
+/// The divergent log of `f` in chunks of about `max_ops` writes (a logged
+/// batch is never split), each with the last key it holds: merged one
+/// cluster message at a time, far below the link's frame limit.
+pub fn divergent_chunks(
+    store: &Store,
+    f: FragmentId,
+    max_ops: usize,
+) -> Result<Vec<(u64, Vec<WriteOp>)>, FragmentError> {
+    let read = store.db().begin_read().map_err(storage)?;
+    let table = match read.open_table(DIVERGENT_TABLE) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(storage(e)),
+    };
+    let mut chunks: Vec<(u64, Vec<WriteOp>)> = Vec::new();
+    for item in table.range((f, 0)..=(f, u64::MAX)).map_err(storage)? {
+        let (key, value) = item.map_err(storage)?;
+        let batch: Vec<WriteOp> = postcard::from_bytes(value.value())
+            .map_err(|e| FragmentError::Storage(format!("corrupt divergent writes: {e}")))?;
+        match chunks.last_mut() {
+            Some((upto, ops)) if ops.len() < max_ops => {
+                *upto = key.value().1;
+                ops.extend(batch);
+            }
+            _ => chunks.push((key.value().1, batch)),
+        }
+    }
+    Ok(chunks)
+}
+
 /// Drops the divergent log of `f` up to and including key `upto`.
 pub fn clear_divergent(
     txn: &WriteTransaction,
@@ -349,5 +379,16 @@ mod tests {
             (3, vec![WriteOp::NextSeq(3)])
         );
         assert_eq!(load_divergent(&store, 3).expect("load").1.len(), 1);
+        for n in 4..=9u64 {
+            let ops = vec![WriteOp::NextSeq(n), WriteOp::NextSeq(n)];
+            store
+                .write(move |txn| log_divergent(txn, 2, &ops))
+                .await
+                .expect("log");
+        }
+        let chunks = divergent_chunks(&store, 2, 4).expect("chunks");
+        let keys: Vec<u64> = chunks.iter().map(|(k, _)| *k).collect();
+        let sizes: Vec<usize> = chunks.iter().map(|(_, ops)| ops.len()).collect();
+        assert_eq!((keys, sizes), (vec![5, 7, 9], vec![5, 4, 4]));
     }
 }
