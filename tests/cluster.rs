@@ -11,6 +11,11 @@ use common::cluster::{LocalCluster, wait_for_peers_up, wait_for_serving};
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
+/// The tests that kill, freeze or cut off nodes run one at a time: on a
+/// 2-core machine several clusters at once could starve heartbeats and
+/// fail over nodes nobody touched.
+static FAULTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn signal(pid: u32, sig: &str) {
     let status = std::process::Command::new("kill")
         .args([sig, &pid.to_string()])
@@ -21,6 +26,7 @@ fn signal(pid: u32, sig: &str) {
 
 #[test]
 fn the_mesh_forms_notices_lost_and_frozen_nodes_and_heals() {
+    let _one_at_a_time = FAULTS.blocking_lock();
     let mut cluster = LocalCluster::start(3, &[(1, 2)]);
     for m in &cluster.members {
         wait_for_peers_up(m, 2, PATIENCE);
@@ -181,6 +187,7 @@ async fn presence_and_typing_cross_nodes() {
 /// generator's check of every acknowledged message must come out clean.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_of_a_primary_under_the_load_generator_loses_nothing() {
+    let _one_at_a_time = FAULTS.lock().await;
     use common::cluster::{ADMIN_SECRET, serving};
 
     let mut cluster = blocking(four_nodes_serving);
@@ -373,6 +380,7 @@ async fn check_every_acked_message_arrived_once_in_order(acked: &Log, received: 
 /// every acknowledged message once and in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_fails_over_to_another_node_when_its_node_dies() {
+    let _one_at_a_time = FAULTS.lock().await;
     use client::Client;
     use common::cluster::phones_owned_by;
 
@@ -414,6 +422,7 @@ async fn a_client_fails_over_to_another_node_when_its_node_dies() {
 /// acked message once and in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_node_heals_without_losing_what_it_acked() {
+    let _one_at_a_time = FAULTS.lock().await;
     use client::Client;
     use common::cluster::{Partition, counter, phones_owned_by};
 
@@ -466,6 +475,7 @@ async fn a_partitioned_node_heals_without_losing_what_it_acked() {
 /// the final count comes out clean.
 #[test]
 fn the_demo_runs_and_loses_nothing() {
+    let _one_at_a_time = FAULTS.blocking_lock();
     let output = std::process::Command::new(common::binary())
         .args(["demo", "--duration", "9", "--pairs", "20", "--rate", "5"])
         .output()
