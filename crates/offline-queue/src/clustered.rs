@@ -126,6 +126,21 @@ impl Clustered {
         })
     }
 
+    /// Keeps a forwarded request's reply port until the owner answers. A
+    /// request whose session stopped waiting (its port closed) is dropped
+    /// now and then, so an answer lost with a link does not leak it.
+    fn remember(
+        &mut self,
+        req: u64,
+        owner: String,
+        reply: RpcReplyPort<Result<Stored, FragmentError>>,
+    ) {
+        self.forwarded.insert(req, (owner, reply));
+        if self.forwarded.len().is_power_of_two() && self.forwarded.len() >= 1024 {
+            self.forwarded.retain(|_, (_, reply)| !reply.is_closed());
+        }
+    }
+
     fn partner_up(&self) -> Option<&str> {
         self.ownership.partner().filter(|p| self.up.contains(*p))
     }
@@ -233,7 +248,7 @@ pub(crate) fn forward(state: &mut FragmentState, message: FragmentMsg) {
                 payload,
             };
             if send_via(cluster, id, &owner, wire) {
-                cluster.forwarded.insert(req, (owner, reply));
+                cluster.remember(req, owner, reply);
             } else {
                 let _ = reply.send(Err(FragmentError::Unavailable(id)));
             }
@@ -252,7 +267,7 @@ pub(crate) fn forward(state: &mut FragmentState, message: FragmentMsg) {
                 );
             match (reply, req) {
                 (Some(reply), Some(req)) if sent => {
-                    cluster.forwarded.insert(req, (owner, reply));
+                    cluster.remember(req, owner, reply);
                 }
                 (Some(reply), _) => {
                     let _ = reply.send(Err(FragmentError::Unavailable(id)));
