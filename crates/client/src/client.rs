@@ -233,16 +233,32 @@ impl Client {
     /// refuses it for good (e.g. [`ErrorCode::PayloadTooLarge`]) or the client
     /// stops. Dropping the future does not withdraw the message.
     pub async fn send(&self, to: &PhoneNumber, payload: Vec<u8>) -> Result<SendAck> {
+        self.queue_send(to, payload)?.await
+    }
+
+    /// Queues a send now and returns a future of its ack: several sends
+    /// queued one after another go out (and are stored) in that order while
+    /// their acks are awaited together. Otherwise as [`Client::send`].
+    pub fn queue_send(
+        &self,
+        to: &PhoneNumber,
+        payload: Vec<u8>,
+    ) -> Result<impl Future<Output = Result<SendAck>> + Send + 'static> {
         let (reply, answer) = oneshot::channel();
         self.command(Command::Send {
             to: to.clone(),
             payload,
             reply,
         })?;
-        match answer.await {
-            Ok(result) => result,
-            Err(_) => Err(self.stopped_error()),
-        }
+        let stopped = self.stopped.clone();
+        Ok(async move {
+            match answer.await {
+                Ok(result) => result,
+                Err(_) => Err(ClientError::Stopped(
+                    stopped.get().cloned().unwrap_or(DisconnectReason::Local),
+                )),
+            }
+        })
     }
 
     /// Acknowledges mailbox entries (message `msg_id`s, receipt `id`s): the node

@@ -78,14 +78,24 @@ pub(crate) enum Copied {
     Missing,
 }
 
+/// A request sent to the owner, kept until answered: if the owner dies
+/// first, it goes to the next owner, ahead of any later request, so that a
+/// sender's messages keep their order across a failover.
+pub(crate) struct Forwarded {
+    owner: String,
+    wire: FragmentWire,
+    reply: RpcReplyPort<Result<Stored, FragmentError>>,
+}
+
 /// The cluster state of one fragment actor.
 pub(crate) struct Clustered {
     pub(crate) ownership: FragmentOwnership,
     link: FragmentCluster,
     up: BTreeSet<String>,
     next_req: u64,
-    /// Requests forwarded to the owner, by request id.
-    forwarded: HashMap<u64, (String, RpcReplyPort<Result<Stored, FragmentError>>)>,
+    /// Requests forwarded to the owner and not yet answered, by request id
+    /// (ids grow, so this is also their order).
+    forwarded: BTreeMap<u64, Forwarded>,
     /// Sessions of this node attached through this forwarder.
     local_sessions: HashMap<PhoneNumber, Endpoint>,
     copy: PartnerCopy,
@@ -115,7 +125,7 @@ impl Clustered {
             link,
             up,
             next_req: 0,
-            forwarded: HashMap::new(),
+            forwarded: BTreeMap::new(),
             local_sessions: HashMap::new(),
             copy: PartnerCopy::Absent,
             next_rseq: 1,
@@ -126,18 +136,23 @@ impl Clustered {
         })
     }
 
-    /// Keeps a forwarded request's reply port until the owner answers. A
-    /// request whose session stopped waiting (its port closed) is dropped
-    /// now and then, so an answer lost with a link does not leak it.
+    fn new_req(&mut self) -> u64 {
+        self.next_req += 1;
+        self.next_req
+    }
+
+    /// Keeps a forwarded request until the owner answers. A request whose
+    /// session stopped waiting (its port closed) is dropped now and then.
     fn remember(
         &mut self,
         req: u64,
         owner: String,
+        wire: FragmentWire,
         reply: RpcReplyPort<Result<Stored, FragmentError>>,
     ) {
-        self.forwarded.insert(req, (owner, reply));
+        self.forwarded.insert(req, Forwarded { owner, wire, reply });
         if self.forwarded.len().is_power_of_two() && self.forwarded.len() >= 1024 {
-            self.forwarded.retain(|_, (_, reply)| !reply.is_closed());
+            self.forwarded.retain(|_, f| !f.reply.is_closed());
         }
     }
 
@@ -238,8 +253,7 @@ pub(crate) fn forward(state: &mut FragmentState, message: FragmentMsg) {
                 let _ = reply.send(Err(FragmentError::Unavailable(id)));
                 return;
             }
-            let req = cluster.next_req;
-            cluster.next_req += 1;
+            let req = cluster.new_req();
             let wire = FragmentWire::Append {
                 req,
                 to,
@@ -247,28 +261,18 @@ pub(crate) fn forward(state: &mut FragmentState, message: FragmentMsg) {
                 client_msg_id,
                 payload,
             };
-            if send_via(cluster, id, &owner, wire) {
-                cluster.remember(req, owner, reply);
+            if send_via(cluster, id, &owner, wire.clone()) {
+                cluster.remember(req, owner, wire, reply);
             } else {
                 let _ = reply.send(Err(FragmentError::Unavailable(id)));
             }
         }
         FragmentMsg::StoreReceipt { request, reply } => {
-            let req = reply.as_ref().map(|_| {
-                cluster.next_req += 1;
-                cluster.next_req
-            });
-            let sent = reachable
-                && send_via(
-                    cluster,
-                    id,
-                    &owner,
-                    FragmentWire::StoreReceipt { req, request },
-                );
+            let req = reply.as_ref().map(|_| cluster.new_req());
+            let wire = FragmentWire::StoreReceipt { req, request };
+            let sent = reachable && send_via(cluster, id, &owner, wire.clone());
             match (reply, req) {
-                (Some(reply), Some(req)) if sent => {
-                    cluster.remember(req, owner, reply);
-                }
+                (Some(reply), Some(req)) if sent => cluster.remember(req, owner, wire, reply),
                 (Some(reply), _) => {
                     let _ = reply.send(Err(FragmentError::Unavailable(id)));
                 }
@@ -418,9 +422,9 @@ pub(crate) async fn from_peer(
         },
         FragmentWire::AppendDone { req, result } => {
             if let Some(cluster) = state.cluster.as_mut()
-                && let Some((_, reply)) = cluster.forwarded.remove(&req)
+                && let Some(forwarded) = cluster.forwarded.remove(&req)
             {
-                let _ = reply.send(result);
+                let _ = forwarded.reply.send(result);
             }
             Vec::new()
         }
@@ -793,6 +797,7 @@ pub(crate) async fn peer_up(
     } else if cluster.ownership.owner().node == peer {
         reattach_all(state);
         send_merge(state)?;
+        return Ok(resend_held(state));
     }
     Ok(Vec::new())
 }
@@ -806,16 +811,12 @@ pub(crate) async fn peer_down(
         return Ok(Vec::new());
     };
     cluster.up.remove(&peer);
-    // Requests forwarded there will never be answered.
-    let lost: Vec<u64> = cluster
-        .forwarded
-        .iter()
-        .filter(|(_, (node, _))| *node == peer)
-        .map(|(req, _)| *req)
-        .collect();
-    for req in lost {
-        if let Some((_, reply)) = cluster.forwarded.remove(&req) {
-            let _ = reply.send(Err(FragmentError::Unavailable(id)));
+    // Requests forwarded there stay held: they go to the next owner (or to
+    // this one when it returns) ahead of later ones; a session that gives
+    // up waiting drops its own.
+    for held in cluster.forwarded.values_mut() {
+        if held.owner == peer {
+            held.owner.clear();
         }
     }
     let is_partner = cluster.ownership.partner() == Some(peer.as_str());
@@ -909,6 +910,7 @@ async fn settle(
         }
     }
     send_merge(state)?;
+    actions.extend(resend_held(state));
     Ok(actions)
 }
 
@@ -1050,6 +1052,66 @@ fn demote(state: &mut FragmentState) {
     }
     tracing::info!(fragment = id, "no longer serving");
     reattach_all(state);
+}
+
+/// Sends held requests (those whose owner died or changed) to the current
+/// owner, oldest first, or serves them here if this node is the owner now.
+fn resend_held(state: &mut FragmentState) -> Vec<CoreAction> {
+    let id = state.id;
+    let Some(cluster) = state.cluster.as_mut() else {
+        return Vec::new();
+    };
+    if let Some(core) = state.core.as_mut() {
+        let mut actions = Vec::new();
+        for (_, held) in std::mem::take(&mut cluster.forwarded) {
+            let Forwarded { wire, reply, .. } = held;
+            match wire {
+                FragmentWire::Append {
+                    to,
+                    from,
+                    client_msg_id,
+                    payload,
+                    ..
+                } => actions.extend(core.append(
+                    &state.reads,
+                    to,
+                    from,
+                    client_msg_id,
+                    payload,
+                    now_ms(),
+                    Waiter::Local(reply),
+                )),
+                FragmentWire::StoreReceipt { request, .. } => {
+                    actions.extend(core.store_receipt(request, Some(Waiter::Local(reply))));
+                }
+                _ => {
+                    let _ = reply.send(Err(FragmentError::Unavailable(id)));
+                }
+            }
+        }
+        return actions;
+    }
+    let owner = cluster.ownership.owner().node.clone();
+    if cluster.ownership.role() == Role::Waiting || !cluster.up.contains(&owner) {
+        return Vec::new();
+    }
+    let stale: Vec<u64> = cluster
+        .forwarded
+        .iter()
+        .filter(|(_, held)| held.owner != owner)
+        .map(|(req, _)| *req)
+        .collect();
+    for req in stale {
+        let Some(wire) = cluster.forwarded.get(&req).map(|held| held.wire.clone()) else {
+            continue;
+        };
+        if send_via(cluster, id, &owner, wire)
+            && let Some(held) = cluster.forwarded.get_mut(&req)
+        {
+            held.owner = owner.clone();
+        }
+    }
+    Vec::new()
 }
 
 /// Re-attaches this node's sessions at the current owner.

@@ -252,6 +252,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         server_name: client::DEFAULT_SERVER_NAME.to_owned(),
         users,
         rate_per_pair: args.rate,
+        window: 8,
     })
     .await?;
     println!(

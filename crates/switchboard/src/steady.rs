@@ -28,6 +28,9 @@ pub(crate) struct SteadyConfig {
     pub(crate) users: Vec<(PhoneNumber, String)>,
     /// Messages per second per pair.
     pub(crate) rate_per_pair: f64,
+    /// Sends one sender may have unacknowledged at once (1: each waits for
+    /// the previous ack; more: pipelined, as a chatty app would).
+    pub(crate) window: usize,
 }
 
 /// Per pair: the sequence numbers acknowledged (sender side) or received.
@@ -171,29 +174,55 @@ impl SteadyRun {
                 counters.clone(),
                 ack_latency.clone(),
             );
+            let window = Arc::new(tokio::sync::Semaphore::new(config.window.max(1)));
             senders.push(tokio::spawn(async move {
+                // Acks are awaited in send order by a second task, so that
+                // up to `window` sends are in flight.
+                type Pending = (
+                    u64,
+                    u64,
+                    std::pin::Pin<Box<dyn Future<Output = client::Result<client::SendAck>> + Send>>,
+                    tokio::sync::OwnedSemaphorePermit,
+                );
+                let (queue, mut pending) = tokio::sync::mpsc::unbounded_channel::<Pending>();
+                let acks = tokio::spawn(async move {
+                    while let Some((seq, at_us, ack, permit)) = pending.recv().await {
+                        match ack.await {
+                            Ok(_) => {
+                                let now_us = start.elapsed().as_micros() as u64;
+                                record(&hist, now_us.saturating_sub(at_us));
+                                counters.acked.fetch_add(1, Ordering::Relaxed);
+                                if let Ok(mut log) = log.lock() {
+                                    log.entry(pair).or_default().push(seq);
+                                }
+                            }
+                            // Refused for good (the client retries everything
+                            // else itself).
+                            Err(e) => {
+                                counters.retried.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(pair, error = %e, "send refused");
+                            }
+                        }
+                        drop(permit);
+                    }
+                });
                 let mut next = tokio::time::Instant::now();
                 let mut seq = 0u64;
                 while !stop.load(Ordering::Relaxed) {
+                    let Ok(permit) = window.clone().acquire_owned().await else {
+                        break;
+                    };
                     let at_us = start.elapsed().as_micros() as u64;
-                    match client.send(&to, payload(seq, at_us)).await {
-                        Ok(_) => {
-                            let now_us = start.elapsed().as_micros() as u64;
-                            record(&hist, now_us.saturating_sub(at_us));
-                            counters.acked.fetch_add(1, Ordering::Relaxed);
-                            if let Ok(mut log) = log.lock() {
-                                log.entry(pair).or_default().push(seq);
-                            }
-                            seq += 1;
+                    match client.queue_send(&to, payload(seq, at_us)) {
+                        Ok(ack) => {
+                            let _ = queue.send((seq, at_us, Box::pin(ack), permit));
                         }
-                        // Refused for good (the client retries everything
-                        // else itself): try the next number later.
                         Err(e) => {
-                            counters.retried.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(pair, error = %e, "send refused");
-                            seq += 1;
+                            tracing::warn!(pair, error = %e, "the client stopped");
+                            break;
                         }
                     }
+                    seq += 1;
                     next += period;
                     tokio::time::sleep_until(next).await;
                     if tokio::time::Instant::now() > next + period * 10 {
@@ -201,6 +230,8 @@ impl SteadyRun {
                         next = tokio::time::Instant::now();
                     }
                 }
+                drop(queue);
+                let _ = acks.await;
                 client.close().await;
             }));
         }

@@ -47,6 +47,9 @@ pub(crate) struct Args {
     /// Seconds of sending.
     #[arg(long, default_value_t = 30.0)]
     duration: f64,
+    /// Sends a sender may have unacknowledged at once (pipelined, in order).
+    #[arg(long, default_value_t = 8)]
+    window: usize,
     /// Seconds to wait at the end for acked messages still on their way.
     #[arg(long, default_value_t = 30.0)]
     drain: f64,
@@ -84,6 +87,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         server_name: args.server_name.clone(),
         users,
         rate_per_pair: args.rate,
+        window: args.window,
     })
     .await?;
     eprintln!(
