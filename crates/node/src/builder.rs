@@ -222,6 +222,7 @@ impl NodeBuilder {
                 handle: handle.clone(),
                 islands: router::Islands::new(cluster_config.islands.clone()),
                 policy: cluster_config.ack_policy,
+                nodes: cluster_config.nodes.len(),
             }),
             _ => None,
         };

@@ -186,6 +186,8 @@ pub struct FragmentCluster {
     pub islands: Islands,
     /// When a sender gets its ack.
     pub policy: AckPolicy,
+    /// How many nodes the cluster has (for the take-over quorum).
+    pub nodes: usize,
 }
 
 /// Start-up arguments of a [`FragmentActor`].

@@ -1,0 +1,121 @@
+//! Writes a former owner made apart from the current one (behind a
+//! partition), offered and merged when the cluster is whole again.
+
+use super::*;
+
+/// Writes per merge message: far below the link's 16 MiB frame limit even
+/// at the largest payloads.
+pub(super) const MERGE_CHUNK_OPS: usize = 128;
+
+/// A node that no longer owns the fragment but holds writes its partner
+/// never got (it served behind a partition) offers them to the owner.
+pub(super) fn send_merge(state: &FragmentState) -> Result<(), FragmentError> {
+    let Some(cluster) = state.cluster.as_ref() else {
+        return Ok(());
+    };
+    let owner = &cluster.ownership.owner().node;
+    if state.core.is_some()
+        || cluster.ownership.role() == Role::Waiting
+        || cluster.ownership.partner().is_none()
+        || !cluster.up.contains(owner)
+    {
+        return Ok(());
+    }
+    let chunks = divergent_chunks(&state.store, state.id, MERGE_CHUNK_OPS)?;
+    if chunks.is_empty() {
+        return Ok(());
+    }
+    let writes: usize = chunks.iter().map(|(_, ops)| ops.len()).sum();
+    tracing::warn!(fragment = state.id, to = %owner, writes,
+        "offering writes made apart from the owner for merging");
+    let count = chunks.len();
+    for (i, (upto, ops)) in chunks.into_iter().enumerate() {
+        let last = i + 1 == count;
+        if !send_via(
+            cluster,
+            state.id,
+            owner,
+            FragmentWire::Merge { upto, ops, last },
+        ) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Merges a former owner's divergent writes: messages not already here
+/// (by their dedupe key: the sender may have resent them here), receipts,
+/// deletions. Online users of the touched mailboxes get them pushed at
+/// once, and the partner gets a fresh copy that includes them.
+pub(super) async fn merge(
+    state: &mut FragmentState,
+    from: &str,
+    upto: u64,
+    ops: Vec<WriteOp>,
+    last: bool,
+) -> Result<Vec<CoreAction>, ActorProcessingErr> {
+    let id = state.id;
+    if state.core.is_none() {
+        // Not the owner (any more): the sender offers them again once it
+        // knows the owner.
+        return Ok(Vec::new());
+    }
+    let mut keep = Vec::new();
+    let mut touched = BTreeSet::new();
+    for op in ops {
+        match &op {
+            WriteOp::PutMessage {
+                recipient,
+                sender,
+                client_msg_id,
+                ..
+            } => {
+                if state
+                    .reads
+                    .dedupe(recipient, sender, *client_msg_id)?
+                    .is_none()
+                {
+                    touched.insert(recipient.clone());
+                    keep.push(op);
+                }
+            }
+            WriteOp::PutReceipt { owner, .. } => {
+                touched.insert(owner.clone());
+                keep.push(op);
+            }
+            WriteOp::Delete { .. } => keep.push(op),
+            // This owner's sequence is already past the former owner's,
+            // and sweeping is its own business.
+            WriteOp::NextSeq(_) | WriteOp::SweepDedupe { .. } => {}
+        }
+    }
+    let merged = keep.len();
+    state
+        .store
+        .write(move |txn| apply_ops(txn, id, &keep))
+        .await?;
+    tracing::warn!(
+        fragment = id,
+        from,
+        merged,
+        "merged writes made apart from this owner"
+    );
+    metrics::counter!("switchboard_fragment_merged_writes_total").increment(merged as u64);
+    send(state, from, FragmentWire::MergeDone { upto });
+    let mut actions = Vec::new();
+    if let Some(core) = state.core.as_mut() {
+        let online: Vec<_> = core
+            .attached()
+            .filter(|(user, _, _)| touched.contains(*user))
+            .map(|(user, session_id, endpoint)| (user.clone(), session_id, endpoint.clone()))
+            .collect();
+        for (user, session_id, endpoint) in online {
+            actions.extend(core.attach(&state.reads, user, session_id, endpoint)?);
+        }
+    }
+    if last {
+        actions.extend(partner_lost(state).await?);
+        start_copy(state).await;
+    }
+    Ok(actions)
+}
