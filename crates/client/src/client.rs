@@ -204,6 +204,7 @@ impl Client {
                         outbox: Outbox::new(),
                         parked: Vec::new(),
                         recent: RecentIds::default(),
+                        recent_sends: RecentIds::default(),
                         rng: StdRng::from_os_rng(),
                         stopped,
                     };
@@ -373,6 +374,16 @@ fn is_final(e: &ClientError) -> bool {
 }
 
 /// The delay a refusal asks for before retrying, if the refusal is temporary.
+/// A message's identity across copies: its sender and the sender's id.
+fn send_key(from: &PhoneNumber, client_msg_id: u64) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // DefaultHasher::new() has fixed keys: the same key for the same pair.
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    from.hash(&mut hasher);
+    client_msg_id.hash(&mut hasher);
+    hasher.finish()
+}
+
 fn retry_after(code: ErrorCode) -> Option<Duration> {
     match code {
         ErrorCode::RateLimited { retry_after_ms } | ErrorCode::Unavailable { retry_after_ms } => {
@@ -446,6 +457,9 @@ struct Supervisor {
     /// Requests made while the link was down.
     parked: Vec<(Request, oneshot::Sender<Result<Response>>)>,
     recent: RecentIds,
+    /// Messages by (sender, client id): a message stored twice under two
+    /// ids (two sides of a partitioned cluster each took it) is one message.
+    recent_sends: RecentIds,
     rng: StdRng,
     stopped: Arc<OnceLock<DisconnectReason>>,
 }
@@ -733,7 +747,22 @@ impl Supervisor {
             };
             if let Some(id) = event.ack_id() {
                 match self.recent.observe(id) {
-                    Seen::New => {}
+                    Seen::New => {
+                        if let Event::Message {
+                            from,
+                            client_msg_id,
+                            ..
+                        } = &event
+                            && self.recent_sends.observe(send_key(from, *client_msg_id))
+                                != Seen::New
+                        {
+                            // The same message under a second id: hide it
+                            // and let the node drop that copy.
+                            debug!(id, "dropping a second copy of a message");
+                            re_ack.push(id);
+                            continue;
+                        }
+                    }
                     Seen::Pending => {
                         debug!(id, "dropping a redelivery");
                         continue;

@@ -324,6 +324,32 @@ async fn redeliveries_are_hidden_and_lost_acks_repeated() {
     assert_eq!(acks_after, acks_before + 1);
 }
 
+/// Two copies of one message (same sender and client id, two server ids,
+/// as two sides of a partitioned cluster may store) are shown once; the
+/// second copy is acknowledged so that the node drops it.
+#[tokio::test]
+async fn a_second_copy_of_a_message_under_another_id_is_hidden_and_acked() {
+    let node = FakeNode::start(Options::default()).await;
+    let b = phone("+15550000002");
+    let (_bob, mut events) = login(&node, &b).await;
+    next(&mut events).await;
+    let deliver = |msg_id, client_msg_id| ServerFrame::Deliver {
+        msg_id,
+        from: phone("+15550000001"),
+        client_msg_id,
+        server_ts: 1,
+        payload: b"x".to_vec(),
+    };
+    node.push(&b, deliver(2000, 7));
+    node.push(&b, deliver(9000, 7));
+    node.push(&b, deliver(2001, 8));
+    assert_eq!(next(&mut events).await.ack_id(), Some(2000));
+    assert_eq!(next(&mut events).await.ack_id(), Some(2001));
+    quiet(&mut events, Duration::from_millis(200)).await;
+    let acks = node.requests_seen().iter().filter(|r| *r == "Ack").count();
+    assert_eq!(acks, 1, "the second copy is acked");
+}
+
 #[tokio::test]
 async fn a_second_login_replaces_the_first_for_good() {
     let node = FakeNode::start(Options::default()).await;
