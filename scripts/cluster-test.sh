@@ -157,29 +157,32 @@ scenario_rolling() { # first-phone
     finish rolling "$pid"
 }
 
-# A scenario that fails is run once more with fresh users and reported as
-# FLAKY if that passes: rare lost or reordered messages under faults are an
-# open question of the cluster issue (see its closing note); two failures
-# in a row fail the run.
-run_scenario() { # name title first-phone retry-phone
+# A scenario that fails is run again (at most twice more, with fresh users)
+# and reported as FLAKY if a later run passes: rare lost or reordered
+# messages under these faults are an open question of the cluster issue
+# (docs/architecture.md); three failures in a row fail the run.
+run_scenario() { # name title first-phone
     want "$1" || return 0
     echo "cluster-test: $2"
-    "scenario_$1" "$3" && return 0
-    echo "cluster-test: $1: FLAKY? running it once more"
-    if "scenario_$1" "$4"; then
-        echo "cluster-test: $1: FLAKY: failed once, passed on the second run"
-    else
-        failures=$((failures + 1))
-    fi
+    local attempt first=$3
+    for attempt in 1 2 3; do
+        if "scenario_$1" "$first"; then
+            [ "$attempt" = 1 ] || echo "cluster-test: $1: FLAKY: passed on run $attempt"
+            return 0
+        fi
+        first=$(python3 -c "print('+' + str(int('$first'[1:]) + 1000000))")
+        [ "$attempt" = 3 ] || echo "cluster-test: $1: FLAKY? running it again"
+    done
+    failures=$((failures + 1))
 }
 
 echo "cluster-test: starting the cluster"
 compose up -d >/dev/null
 wait_mesh
 
-run_scenario kill "1. docker kill of n3 under load" +15557100000 +15557400000
-run_scenario partition "2. n2 cut off from the network for 30 s" +15557200000 +15557500000
-run_scenario rolling "3. rolling restart of all four nodes" +15557300000 +15557600000
+run_scenario kill "1. docker kill of n3 under load" +15557100000
+run_scenario partition "2. n2 cut off from the network for 30 s" +15557200000
+run_scenario rolling "3. rolling restart of all four nodes" +15557300000
 
 if [ "$failures" -gt 0 ]; then
     echo "cluster-test: $failures scenario(s) failed"
