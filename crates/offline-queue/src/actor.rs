@@ -139,6 +139,8 @@ pub enum FragmentMsg {
     },
     /// Internal: forget expired dedupe keys.
     Sweep,
+    /// Internal (clustered): look for writes the partner left unconfirmed.
+    CheckPartner,
     /// Report gauges.
     Stats(RpcReplyPort<FragmentStats>),
     /// Cluster: a message about this fragment from another node.
@@ -301,6 +303,7 @@ pub struct FragmentState {
     directory: FragmentDirectory,
     on_start: Option<OnFragmentStart>,
     sweeper: Option<tokio::task::JoinHandle<()>>,
+    checker: Option<tokio::task::JoinHandle<()>>,
     pub(crate) cluster: Option<Clustered>,
 }
 
@@ -386,6 +389,7 @@ impl Actor for FragmentActor {
             directory: FragmentDirectory::new(args.placement),
             on_start: args.on_start,
             sweeper: None,
+            checker: None,
             cluster,
         };
         let serves = state
@@ -405,6 +409,10 @@ impl Actor for FragmentActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         state.sweeper = Some(myself.send_interval(Duration::from_secs(60), || FragmentMsg::Sweep));
+        if state.cluster.is_some() {
+            state.checker =
+                Some(myself.send_interval(Duration::from_secs(1), || FragmentMsg::CheckPartner));
+        }
         clustered::started(state);
         if let Some(on_start) = &state.on_start {
             on_start(state.id);
@@ -419,6 +427,9 @@ impl Actor for FragmentActor {
     ) -> Result<(), ActorProcessingErr> {
         if let Some(sweeper) = state.sweeper.take() {
             sweeper.abort();
+        }
+        if let Some(checker) = state.checker.take() {
+            checker.abort();
         }
         // Writes already handed to the writer complete on their own; wait for
         // them so a clean shutdown leaves nothing half-acknowledged.
@@ -453,6 +464,7 @@ impl Actor for FragmentActor {
                     Vec::new()
                 }
             }
+            FragmentMsg::CheckPartner => clustered::check_partner(state).await?,
             FragmentMsg::Sweep => match state.core.as_mut() {
                 Some(core) => core.sweep(now_ms()),
                 None => Vec::new(),

@@ -81,7 +81,18 @@ struct Waiting {
     remote: Option<Result<(), String>>,
     /// Kept until the partner confirms, to log them if it never does.
     ops: Vec<WriteOp>,
+    /// When the write was made (see [`PARTNER_ANSWER_TIMEOUT`]).
+    since: Option<std::time::Instant>,
 }
+
+/// A partner that has not confirmed a write by then is treated as lost for
+/// this fragment: the write completes (logged as divergent) and the partner
+/// gets a fresh copy. A lost answer must not hold every later write back.
+pub(crate) const PARTNER_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A hand-back that has not drained by then is given up (and tried again
+/// later), so that requests are never held for long.
+pub(crate) const HAND_BACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Whether a write reached the partner's copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +134,8 @@ pub(crate) struct Clustered {
     waiting: BTreeMap<u64, Waiting>,
     /// Draining before handing the fragment to its preferred owner.
     pub(crate) handing_back: bool,
+    /// Since when it drains.
+    handing_since: Option<std::time::Instant>,
     /// Requests that arrived while draining; served as a forwarder after.
     pub(crate) deferred: Vec<FragmentMsg>,
 }
@@ -148,6 +161,7 @@ impl Clustered {
             by_rseq: BTreeMap::new(),
             waiting: BTreeMap::new(),
             handing_back: false,
+            handing_since: None,
             deferred: Vec::new(),
         })
     }
@@ -481,6 +495,33 @@ async fn take_over_if_quorate(
         metrics::counter!("switchboard_fragment_failovers_total").increment(1);
     }
     settle(state, promoted, false).await
+}
+
+/// Once a second: a partner that left a write unconfirmed for too long is
+/// treated as lost for this fragment (see [`PARTNER_ANSWER_TIMEOUT`]).
+pub(crate) async fn check_partner(
+    state: &mut FragmentState,
+) -> Result<Vec<CoreAction>, ActorProcessingErr> {
+    let id = state.id;
+    let stalled = state.core.is_some()
+        && state.cluster.as_ref().is_some_and(|c| {
+            c.waiting.values().any(|w| {
+                w.remote.is_none()
+                    && w.since
+                        .is_some_and(|t| t.elapsed() > PARTNER_ANSWER_TIMEOUT)
+            })
+        });
+    if !stalled {
+        return Ok(Vec::new());
+    }
+    tracing::warn!(
+        fragment = id,
+        "the partner left a write unconfirmed; copying afresh"
+    );
+    metrics::counter!("switchboard_fragment_partner_timeouts_total").increment(1);
+    let actions = partner_lost(state).await?;
+    start_copy(state).await;
+    Ok(actions)
 }
 
 pub(crate) async fn peer_up(

@@ -96,6 +96,7 @@ pub(crate) fn replicate(state: &mut FragmentState, tag: u64, ops: &[WriteOp]) ->
             local: None,
             remote: if awaited { None } else { Some(Ok(())) },
             ops: if awaited { ops.to_vec() } else { Vec::new() },
+            since: awaited.then(std::time::Instant::now),
         },
     );
     copied.0

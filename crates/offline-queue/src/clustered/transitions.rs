@@ -115,9 +115,19 @@ pub(crate) async fn maybe_hand_back(
             "partner caught up; draining to hand the fragment back"
         );
         cluster.handing_back = true;
+        cluster.handing_since = Some(std::time::Instant::now());
     }
     if core.counts().pending_commits > 0 || !cluster.waiting.is_empty() {
-        return Ok(Vec::new());
+        let too_long = cluster
+            .handing_since
+            .is_some_and(|t| t.elapsed() > HAND_BACK_TIMEOUT);
+        if !too_long {
+            return Ok(Vec::new());
+        }
+        tracing::warn!(fragment = id, "hand-back did not drain in time; serving on");
+        cluster.handing_back = false;
+        cluster.handing_since = None;
+        return Ok(std::mem::take(&mut cluster.deferred));
     }
     if cluster.partner_up().is_some()
         && let Some(owner) = cluster.ownership.hand_to_partner()
@@ -131,5 +141,6 @@ pub(crate) async fn maybe_hand_back(
         return Ok(Vec::new());
     };
     cluster.handing_back = false;
+    cluster.handing_since = None;
     Ok(std::mem::take(&mut cluster.deferred))
 }
