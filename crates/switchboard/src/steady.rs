@@ -33,14 +33,17 @@ pub(crate) struct SteadyConfig {
     pub(crate) window: usize,
 }
 
-/// Per pair: the sequence numbers acknowledged (sender side) or received.
+/// Per pair: the sequence numbers received, in arrival order.
 type Log = Arc<Mutex<HashMap<usize, Vec<u64>>>>;
+
+/// Per pair: the sequence numbers acknowledged, with the server's id.
+type AckLog = Arc<Mutex<HashMap<usize, Vec<(u64, String)>>>>;
 
 #[derive(Default)]
 struct Counters {
     acked: AtomicU64,
     delivered: AtomicU64,
-    retried: AtomicU64,
+    refused: AtomicU64,
 }
 
 /// A running load.
@@ -49,7 +52,9 @@ pub(crate) struct SteadyRun {
     stop: Arc<AtomicBool>,
     senders: Vec<tokio::task::JoinHandle<()>>,
     receivers: Vec<Arc<Client>>,
-    acked: Log,
+    /// Per pair: (sender, receiver).
+    phones: Vec<(String, String)>,
+    acked: AckLog,
     received: Log,
     counters: Arc<Counters>,
     ack_latency: Arc<Mutex<Histogram<u64>>>,
@@ -66,7 +71,31 @@ pub(crate) struct SteadyOutcome {
     pub(crate) lost: u64,
     pub(crate) duplicated: u64,
     pub(crate) out_of_order: u64,
+    /// Sends the cluster refused for good (not acked, so not checked).
+    pub(crate) refused: u64,
     pub(crate) latency_ms: SteadyLatencies,
+    /// The pairs the check found at fault (at most [`MAX_FAULTS_SHOWN`]),
+    /// so that a failed run can be traced in the nodes' logs.
+    pub(crate) faults: Vec<PairFault>,
+}
+
+/// How many faulty pairs an outcome names.
+const MAX_FAULTS_SHOWN: usize = 16;
+/// How many sequence numbers one [`PairFault`] list names.
+const MAX_SEQS_SHOWN: usize = 32;
+
+/// What went wrong for one pair.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct PairFault {
+    pub(crate) pair: usize,
+    pub(crate) sender: String,
+    pub(crate) receiver: String,
+    /// Acked but never received: (sequence number, server message id).
+    pub(crate) lost: Vec<(u64, String)>,
+    /// Received more than once.
+    pub(crate) duplicated: Vec<u64>,
+    /// Received after a later one: (the one before it, this one).
+    pub(crate) out_of_order: Vec<(u64, u64)>,
 }
 
 /// Latencies of the run (including the stalls of faults).
@@ -125,7 +154,7 @@ impl SteadyRun {
         anyhow::ensure!(pairs > 0, "steady traffic needs at least two users");
         let start = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
-        let acked: Log = Arc::default();
+        let acked: AckLog = Arc::default();
         let received: Log = Arc::default();
         let counters = Arc::new(Counters::default());
         let ack_latency = Arc::new(Mutex::new(new_histogram()));
@@ -188,18 +217,20 @@ impl SteadyRun {
                 let acks = tokio::spawn(async move {
                     while let Some((seq, at_us, ack, permit)) = pending.recv().await {
                         match ack.await {
-                            Ok(_) => {
+                            Ok(ack) => {
                                 let now_us = start.elapsed().as_micros() as u64;
                                 record(&hist, now_us.saturating_sub(at_us));
                                 counters.acked.fetch_add(1, Ordering::Relaxed);
                                 if let Ok(mut log) = log.lock() {
-                                    log.entry(pair).or_default().push(seq);
+                                    log.entry(pair)
+                                        .or_default()
+                                        .push((seq, ack.msg_id.to_string()));
                                 }
                             }
                             // Refused for good (the client retries everything
                             // else itself).
                             Err(e) => {
-                                counters.retried.fetch_add(1, Ordering::Relaxed);
+                                counters.refused.fetch_add(1, Ordering::Relaxed);
                                 tracing::warn!(pair, error = %e, "send refused");
                             }
                         }
@@ -235,11 +266,20 @@ impl SteadyRun {
                 client.close().await;
             }));
         }
+        let phones = (0..pairs)
+            .map(|pair| {
+                (
+                    config.users[2 * pair].0.to_string(),
+                    config.users[2 * pair + 1].0.to_string(),
+                )
+            })
+            .collect();
         Ok(Self {
             start,
             stop,
             senders,
             receivers,
+            phones,
             acked,
             received,
             counters,
@@ -287,20 +327,31 @@ impl SteadyRun {
             receiver.close().await;
         }
         let (mut lost, mut duplicated, mut out_of_order) = (0, 0, 0);
-        for (pair, seqs) in &acked {
-            let got = received.get(pair).map(Vec::as_slice).unwrap_or_default();
-            let mut seen = HashSet::new();
-            let mut last = None;
-            for seq in got {
-                if !seen.insert(*seq) {
-                    duplicated += 1;
-                }
-                if last.is_some_and(|l| *seq <= l) {
-                    out_of_order += 1;
-                }
-                last = Some(*seq);
+        let mut faults = Vec::new();
+        let mut pairs: Vec<_> = acked.keys().copied().collect();
+        pairs.sort_unstable();
+        for pair in pairs {
+            let sent = acked.get(&pair).map(Vec::as_slice).unwrap_or_default();
+            let got = received.get(&pair).map(Vec::as_slice).unwrap_or_default();
+            let check = check_pair(sent, got);
+            lost += check.lost.len() as u64;
+            duplicated += check.duplicated.len() as u64;
+            out_of_order += check.out_of_order.len() as u64;
+            if !check.is_clean() && faults.len() < MAX_FAULTS_SHOWN {
+                let (sender, receiver) = self.phones.get(pair).cloned().unwrap_or_default();
+                faults.push(PairFault {
+                    pair,
+                    sender,
+                    receiver,
+                    lost: check.lost.into_iter().take(MAX_SEQS_SHOWN).collect(),
+                    duplicated: check.duplicated.into_iter().take(MAX_SEQS_SHOWN).collect(),
+                    out_of_order: check
+                        .out_of_order
+                        .into_iter()
+                        .take(MAX_SEQS_SHOWN)
+                        .collect(),
+                });
             }
-            lost += seqs.iter().filter(|s| !seen.contains(*s)).count() as u64;
         }
         let hist = |h: &Mutex<Histogram<u64>>| {
             h.lock()
@@ -315,10 +366,75 @@ impl SteadyRun {
             lost,
             duplicated,
             out_of_order,
+            refused: self.counters.refused.load(Ordering::Relaxed),
             latency_ms: SteadyLatencies {
                 ack: hist(&self.ack_latency),
                 deliver: hist(&self.deliver_latency),
             },
+            faults,
         }
+    }
+}
+
+/// The faults of one pair, complete.
+#[derive(Debug, Default, PartialEq)]
+struct PairCheck {
+    lost: Vec<(u64, String)>,
+    duplicated: Vec<u64>,
+    out_of_order: Vec<(u64, u64)>,
+}
+
+impl PairCheck {
+    fn is_clean(&self) -> bool {
+        self.lost.is_empty() && self.duplicated.is_empty() && self.out_of_order.is_empty()
+    }
+}
+
+/// Checks what one receiver got (in arrival order) against what its sender
+/// had acknowledged.
+fn check_pair(acked: &[(u64, String)], received: &[u64]) -> PairCheck {
+    let mut check = PairCheck::default();
+    let mut seen = HashSet::new();
+    let mut last = None;
+    for &seq in received {
+        if !seen.insert(seq) {
+            check.duplicated.push(seq);
+        }
+        if let Some(before) = last
+            && seq <= before
+        {
+            check.out_of_order.push((before, seq));
+        }
+        last = Some(seq);
+    }
+    check.lost = acked
+        .iter()
+        .filter(|(seq, _)| !seen.contains(seq))
+        .cloned()
+        .collect();
+    check
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acked(seqs: &[u64]) -> Vec<(u64, String)> {
+        seqs.iter().map(|s| (*s, format!("m{s}"))).collect()
+    }
+
+    #[test]
+    fn a_clean_pair_has_no_faults() {
+        assert!(check_pair(&acked(&[0, 1, 2]), &[0, 1, 2]).is_clean());
+        // A message received but whose ack the sender never saw is fine.
+        assert!(check_pair(&acked(&[0, 1]), &[0, 1, 2]).is_clean());
+    }
+
+    #[test]
+    fn each_kind_of_fault_is_named() {
+        let check = check_pair(&acked(&[0, 1, 2, 3, 4]), &[0, 2, 1, 2, 4]);
+        assert_eq!(check.lost, vec![(3, "m3".to_owned())]);
+        assert_eq!(check.duplicated, vec![2]);
+        assert_eq!(check.out_of_order, vec![(2, 1)]);
     }
 }

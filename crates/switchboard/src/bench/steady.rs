@@ -127,9 +127,15 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
 /// The human summary.
 pub(crate) fn print_outcome(o: &SteadyOutcome) {
     println!(
-        "acked {} · delivered {} · lost {} · duplicated {} · out of order {}",
-        o.acked, o.delivered, o.lost, o.duplicated, o.out_of_order
+        "acked {} · delivered {} · lost {} · duplicated {} · out of order {} · refused {}",
+        o.acked, o.delivered, o.lost, o.duplicated, o.out_of_order, o.refused
     );
+    for f in &o.faults {
+        println!(
+            "pair {} ({} → {}): lost {:?} · duplicated {:?} · out of order {:?}",
+            f.pair, f.sender, f.receiver, f.lost, f.duplicated, f.out_of_order
+        );
+    }
     println!("{}", latency_line("send → ack    ", &o.latency_ms.ack));
     println!("{}", latency_line("send → deliver", &o.latency_ms.deliver));
 }
