@@ -389,7 +389,8 @@ fn retry_after(code: ErrorCode) -> Option<Duration> {
         ErrorCode::RateLimited { retry_after_ms } | ErrorCode::Unavailable { retry_after_ms } => {
             Some(Duration::from_millis(retry_after_ms.into()))
         }
-        ErrorCode::Internal => Some(Duration::ZERO),
+        // The earlier message is being resent; this one goes again after it.
+        ErrorCode::Internal | ErrorCode::EarlierMessageMissing => Some(Duration::ZERO),
         _ => None,
     }
 }
@@ -790,25 +791,32 @@ impl Supervisor {
         for Outgoing {
             to,
             client_msg_id,
+            after,
             payload,
         } in self.outbox.take_unsent()
         {
             let internal = self.internal.clone();
             let epoch = self.epoch;
-            conn.submit(
-                Request::Send {
+            let request = match after {
+                None => Request::Send {
                     to,
                     client_msg_id,
                     payload,
                 },
-                move |result| {
-                    let _ = internal.send(Internal::SendDone {
-                        epoch,
-                        client_msg_id,
-                        result,
-                    });
+                Some(after) => Request::SendAfter {
+                    to,
+                    client_msg_id,
+                    after,
+                    payload,
                 },
-            );
+            };
+            conn.submit(request, move |result| {
+                let _ = internal.send(Internal::SendDone {
+                    epoch,
+                    client_msg_id,
+                    result,
+                });
+            });
         }
     }
 

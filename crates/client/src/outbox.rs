@@ -4,7 +4,10 @@
 //! [`proto::Response::ServerAck`] arrives (or it fails for good). After a
 //! reconnect every entry still here is sent again, in the original order and
 //! with its original `client_msg_id`, so the node stores it once and answers
-//! the same ack. Pure: the waiter `T` is whatever the caller wants to wake.
+//! the same ack. Each send names the one before it to the same recipient
+//! that is still waiting ([`Outgoing::after`]): the node stores it only
+//! after that one, so a refusal in the middle of a pipeline cannot reorder
+//! a conversation. Pure: the waiter `T` is whatever the caller wants to wake.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -30,6 +33,9 @@ pub struct Outgoing {
     pub to: PhoneNumber,
     /// The dedupe key.
     pub client_msg_id: u64,
+    /// The previous waiting send to the same recipient, which the node
+    /// must store first.
+    pub after: Option<u64>,
     /// The bytes.
     pub payload: Vec<u8>,
 }
@@ -44,6 +50,8 @@ pub struct Outbox<T> {
     entries: BTreeMap<u64, Entry<T>>,
     unsent: BTreeSet<u64>,
     seq_of: HashMap<u64, u64>,
+    /// The waiting sends of each recipient.
+    by_recipient: HashMap<PhoneNumber, BTreeSet<u64>>,
     next_seq: u64,
 }
 
@@ -53,6 +61,7 @@ impl<T> Default for Outbox<T> {
             entries: BTreeMap::new(),
             unsent: BTreeSet::new(),
             seq_of: HashMap::new(),
+            by_recipient: HashMap::new(),
             next_seq: 0,
         }
     }
@@ -84,6 +93,7 @@ impl<T> Outbox<T> {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.seq_of.insert(client_msg_id, seq);
+        self.by_recipient.entry(to.clone()).or_default().insert(seq);
         self.unsent.insert(seq);
         self.entries.insert(
             seq,
@@ -101,10 +111,16 @@ impl<T> Outbox<T> {
     pub fn take_unsent(&mut self) -> Vec<Outgoing> {
         std::mem::take(&mut self.unsent)
             .into_iter()
-            .filter_map(|seq| self.entries.get(&seq))
-            .map(|e| Outgoing {
+            .filter_map(|seq| Some((seq, self.entries.get(&seq)?)))
+            .map(|(seq, e)| Outgoing {
                 to: e.to.clone(),
                 client_msg_id: e.client_msg_id,
+                after: self
+                    .by_recipient
+                    .get(&e.to)
+                    .and_then(|seqs| seqs.range(..seq).next_back())
+                    .and_then(|earlier| self.entries.get(earlier))
+                    .map(|earlier| earlier.client_msg_id),
                 payload: e.payload.clone(),
             })
             .collect()
@@ -127,13 +143,21 @@ impl<T> Outbox<T> {
     pub fn complete(&mut self, client_msg_id: u64) -> Option<Entry<T>> {
         let seq = self.seq_of.remove(&client_msg_id)?;
         self.unsent.remove(&seq);
-        self.entries.remove(&seq)
+        let entry = self.entries.remove(&seq)?;
+        if let Some(seqs) = self.by_recipient.get_mut(&entry.to) {
+            seqs.remove(&seq);
+            if seqs.is_empty() {
+                self.by_recipient.remove(&entry.to);
+            }
+        }
+        Some(entry)
     }
 
     /// Removes everything, oldest first.
     pub fn drain(&mut self) -> impl Iterator<Item = Entry<T>> + use<T> {
         self.seq_of.clear();
         self.unsent.clear();
+        self.by_recipient.clear();
         std::mem::take(&mut self.entries).into_values()
     }
 
@@ -211,6 +235,30 @@ mod tests {
         assert!(outbox.is_empty());
         // The id may be used again once it left.
         assert!(outbox.push(phone(), 7, vec![3], "third"));
+    }
+
+    #[test]
+    fn each_send_names_the_waiting_one_before_it_to_the_same_recipient() {
+        let other = PhoneNumber::parse("+15550002222").expect("valid");
+        let mut outbox = Outbox::new();
+        outbox.push(phone(), 1, vec![], ());
+        outbox.push(other.clone(), 2, vec![], ());
+        outbox.push(phone(), 3, vec![], ());
+        outbox.push(phone(), 4, vec![], ());
+        let after = |out: &[Outgoing]| out.iter().map(|o| o.after).collect::<Vec<_>>();
+        assert_eq!(after(&outbox.take_unsent()), [None, None, Some(1), Some(3)]);
+        // 1 acked, 3 refused: 3 goes again with nothing before it, and 4
+        // (refused too, since 3 was missing) after 3.
+        outbox.complete(1);
+        outbox.mark_unsent(3);
+        outbox.mark_unsent(4);
+        let again = outbox.take_unsent();
+        assert_eq!(ids(&again), [3, 4]);
+        assert_eq!(after(&again), [None, Some(3)]);
+        outbox.complete(3);
+        outbox.complete(4);
+        outbox.push(phone(), 5, vec![], ());
+        assert_eq!(after(&outbox.take_unsent()), [None]);
     }
 
     #[test]

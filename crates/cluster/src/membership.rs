@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
@@ -24,7 +24,7 @@ use ractor_cluster::{
 use tokio::net::TcpSocket;
 use tokio::sync::watch;
 
-use crate::config::ClusterConfig;
+use crate::config::{ClusterConfig, HeartbeatConfig};
 use crate::peers::{Action, DownReason, PeerTable};
 use crate::tls::{self, LinkTls};
 use crate::wire::{Body, Envelope, Frame};
@@ -45,18 +45,46 @@ pub struct ClusterView {
     pub up: BTreeSet<String>,
 }
 
+/// When each peer was last heard: written by the membership actor, read
+/// through [`ClusterHandle::heard_lately`].
+type LastHeard = Arc<Mutex<HashMap<String, Instant>>>;
+
 /// What the rest of the node holds of the cluster: its view and a way to
 /// talk to peers.
 #[derive(Debug, Clone)]
 pub struct ClusterHandle {
     this: String,
     view: watch::Receiver<ClusterView>,
+    last_heard: LastHeard,
+    /// Heard within this is "lately" (half the silence that marks a peer down).
+    lately: Duration,
+    /// Longest a live peer can take to link again after a cut heals.
+    relink: Duration,
 }
 
 impl ClusterHandle {
     /// This node's name.
     pub fn this(&self) -> &str {
         &self.this
+    }
+
+    /// Whether `peer` was heard within half the time that marks a peer
+    /// down. When a node is cut off, all its peers fall silent at once but
+    /// are declared down one after another; a decision taken at the first
+    /// of them must not count the others as still there.
+    pub fn heard_lately(&self, peer: &str) -> bool {
+        self.last_heard
+            .lock()
+            .map(|heard| heard.get(peer).is_some_and(|t| t.elapsed() <= self.lately))
+            .unwrap_or(false)
+    }
+
+    /// How long after a cut heals a live peer may still be unlinked (the
+    /// longest redial wait plus the silence that marks a peer down): a node
+    /// that just came back in sight of the others waits this long before
+    /// it believes a peer it still cannot see is dead.
+    pub fn relink_time(&self) -> Duration {
+        self.relink
     }
 
     /// The current view.
@@ -135,7 +163,7 @@ pub struct MembershipArgs {
     /// The `[cluster]` section.
     pub config: ClusterConfig,
     /// Where the view is published.
-    pub view: watch::Sender<ClusterView>,
+    pub view: ViewPublisher,
     /// Where `Data` bodies go.
     pub data: Option<DataHandler>,
     /// Where `Presence` bodies go.
@@ -150,15 +178,48 @@ impl std::fmt::Debug for MembershipArgs {
     }
 }
 
+/// Where the membership actor publishes what it sees.
+#[derive(Debug, Clone)]
+pub struct ViewPublisher {
+    view: watch::Sender<ClusterView>,
+    last_heard: LastHeard,
+}
+
+impl ViewPublisher {
+    fn publish(&self, view: ClusterView) {
+        self.view.send_replace(view);
+    }
+
+    fn heard(&self, peer: &str, now: Instant) {
+        if let Ok(mut heard) = self.last_heard.lock() {
+            heard.insert(peer.to_owned(), now);
+        }
+    }
+
+    fn lost(&self, peer: &str) {
+        if let Ok(mut heard) = self.last_heard.lock() {
+            heard.remove(peer);
+        }
+    }
+}
+
 /// Creates the view channel and the handle for a node named `this`; pass
-/// the sender in [`MembershipArgs`].
-pub fn view_channel(this: &str) -> (watch::Sender<ClusterView>, ClusterHandle) {
+/// the publisher in [`MembershipArgs`].
+pub fn view_channel(this: &str, heartbeat: &HeartbeatConfig) -> (ViewPublisher, ClusterHandle) {
     let (tx, rx) = watch::channel(ClusterView::default());
+    let last_heard = LastHeard::default();
     let handle = ClusterHandle {
         this: this.to_owned(),
         view: rx,
+        last_heard: last_heard.clone(),
+        lately: heartbeat.down_after() / 2,
+        relink: heartbeat.max_redial() + heartbeat.down_after(),
     };
-    (tx, handle)
+    let publisher = ViewPublisher {
+        view: tx,
+        last_heard,
+    };
+    (publisher, handle)
 }
 
 /// A link this node opened, handed to ractor_cluster as an external stream
@@ -244,7 +305,7 @@ pub struct Membership;
 pub struct MembershipState {
     this: String,
     table: PeerTable,
-    view: watch::Sender<ClusterView>,
+    view: ViewPublisher,
     tls: Option<LinkTls>,
     /// Links are dialed from this address.
     listen_ip: IpAddr,
@@ -398,13 +459,18 @@ impl Actor for Membership {
                     return Ok(());
                 }
                 state.sessions.insert(peer.clone(), session);
+                state.view.heard(&peer, now);
                 state.table.link_ready(&peer, now)
             }
             MembershipMsg::LinkClosed { peer } => {
                 state.sessions.remove(&peer);
+                state.view.lost(&peer);
                 state.table.link_closed(&peer, now, jitter())
             }
-            MembershipMsg::Heard { peer } => state.table.heard(&peer, now),
+            MembershipMsg::Heard { peer } => {
+                state.view.heard(&peer, now);
+                state.table.heard(&peer, now)
+            }
         };
         for action in actions {
             carry_out(&myself, state, action);
@@ -491,7 +557,7 @@ fn publish(state: &MembershipState) {
         let value = if up.contains(peer) { 1.0 } else { 0.0 };
         metrics::gauge!("switchboard_cluster_peer_up", "peer" => peer.to_owned()).set(value);
     }
-    state.view.send_replace(ClusterView { up });
+    state.view.publish(ClusterView { up });
 }
 
 /// The node's cluster-reachable actor.

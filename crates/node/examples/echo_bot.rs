@@ -97,6 +97,7 @@ impl Actor for EchoBot {
                                 to: from,
                                 from: bot.clone(),
                                 client_msg_id: entry.id,
+                                after: None,
                                 payload: echo,
                                 reply
                             },

@@ -193,7 +193,8 @@ impl NodeBuilder {
         // node leave only after its clients have been drained.
         let (membership_spec, cluster) = match &config.cluster {
             Some(cluster_config) => {
-                let (view, handle) = cluster::membership::view_channel(&config.name);
+                let (view, handle) =
+                    cluster::membership::view_channel(&config.name, &cluster_config.heartbeat);
                 let args = cluster::MembershipArgs {
                     this: config.name.clone(),
                     config: cluster_config.clone(),

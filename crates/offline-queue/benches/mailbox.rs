@@ -94,6 +94,7 @@ impl Mailbox {
                 to,
                 from,
                 client_msg_id: self.next_cid,
+                after: None,
                 payload: vec![0xa5; PAYLOAD],
                 reply: tx.into(),
             })

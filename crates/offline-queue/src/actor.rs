@@ -21,10 +21,10 @@ use router::{FragmentId, Islands, Placement, Role};
 use storage::Store;
 
 use crate::clustered::{self, Clustered, Copied};
-use crate::fragment::{Action, FragmentConfig, FragmentCore, ReceiptRequest, Stored};
+use crate::fragment::{Action, FragmentConfig, FragmentCore, NewMessage, ReceiptRequest, Stored};
 use crate::remote::FragmentWire;
-use crate::replica::{TAKEOVER_SEQ_GAP, log_divergent};
-use crate::store::{RedbMailbox, apply_ops};
+use crate::replica::{log_divergent, takeover_seq};
+use crate::store::{RedbMailbox, WriteOp, apply_ops};
 use crate::{Entry, FragmentError};
 
 /// The registered name of fragment `id`'s actor.
@@ -83,6 +83,9 @@ pub enum FragmentMsg {
         from: PhoneNumber,
         /// The sender's dedupe id.
         client_msg_id: u64,
+        /// The sender's previous message to `to`, to be stored first
+        /// (see [`crate::NewMessage`]).
+        after: Option<u64>,
         /// Opaque bytes.
         payload: Vec<u8>,
         /// Gets the server ack.
@@ -339,9 +342,14 @@ impl FragmentState {
     }
 
     /// A core for a fragment this node takes over: its ids start far above
-    /// any the former owner may have given out without copying them here.
+    /// any the former owner may have given out without copying them here
+    /// (see [`takeover_seq`]).
     pub(crate) fn new_core_after_takeover(&self) -> Result<Core, FragmentError> {
-        let next_seq = self.reads.next_seq()?.saturating_add(TAKEOVER_SEQ_GAP);
+        let member = self
+            .cluster
+            .as_ref()
+            .map_or(0, |c| c.island_member(self.id));
+        let next_seq = takeover_seq(self.reads.next_seq()?, member);
         Ok(FragmentCore::new(
             self.id,
             self.placement,
@@ -519,14 +527,18 @@ fn serve(state: &mut FragmentState, message: FragmentMsg) -> Vec<CoreAction> {
             to,
             from,
             client_msg_id,
+            after,
             payload,
             reply,
         } => core.append(
             reads,
-            to,
-            from,
-            client_msg_id,
-            payload,
+            NewMessage {
+                to,
+                from,
+                client_msg_id,
+                after,
+                payload,
+            },
             now_ms(),
             Waiter::Local(reply),
         ),
@@ -574,6 +586,7 @@ pub(crate) fn perform(
         match action {
             Action::Persist { tag, ops } => {
                 let divergent = clustered::replicate(state, tag, &ops) == Copied::Missing;
+                trace_writes(state.id, tag, divergent, &ops);
                 let fragment = state.id;
                 let generation = state.generation;
                 let me = myself.clone();
@@ -605,6 +618,16 @@ pub(crate) fn perform(
             Action::Push { endpoint, entries } => {
                 metrics::counter!("switchboard_entries_pushed_total")
                     .increment(entries.len() as u64);
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    let ids: Vec<_> = entries.iter().map(|e| e.id).collect();
+                    let to = match &endpoint {
+                        Attached::Local(e) => format!("local session {}", e.session_id),
+                        Attached::Remote {
+                            node, session_id, ..
+                        } => format!("{node} session {session_id}"),
+                    };
+                    tracing::debug!(fragment = state.id, ?ids, %to, "push");
+                }
                 match endpoint {
                     Attached::Local(endpoint) => {
                         if endpoint
@@ -693,6 +716,30 @@ pub(crate) fn perform(
                     let _ = f.send_message(FragmentMsg::DeleteAcked { owner, ids });
                 }
             }
+        }
+    }
+}
+
+/// Debug log of each stored message and deletion, to follow one message
+/// through a cluster's logs (`RUST_LOG=offline_queue=debug`).
+fn trace_writes(fragment: FragmentId, tag: u64, divergent: bool, ops: &[WriteOp]) {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    for op in ops {
+        match op {
+            WriteOp::PutMessage {
+                recipient,
+                sender,
+                client_msg_id,
+                id,
+                ..
+            } => tracing::debug!(fragment, tag, divergent, id, %recipient, %sender,
+                client_msg_id, "store message"),
+            WriteOp::Delete { owner, ids } => {
+                tracing::debug!(fragment, tag, divergent, ?ids, %owner, "delete")
+            }
+            _ => {}
         }
     }
 }

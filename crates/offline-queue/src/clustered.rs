@@ -30,7 +30,7 @@ use crate::replica::{
     load_owner, log_divergent, save_owner,
 };
 use crate::store::{MailboxRead, WriteOp, apply_ops};
-use crate::{Endpoint, FragmentError, Push, Stored};
+use crate::{Endpoint, FragmentError, NewMessage, Push, Stored};
 
 mod forwarding;
 mod merge;
@@ -47,12 +47,35 @@ use replication::*;
 use transitions::*;
 
 impl FragmentWire {
+    /// The variant's name, for logs.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            FragmentWire::Append { .. } => "append",
+            FragmentWire::AppendAfter { .. } => "append-after",
+            FragmentWire::AppendDone { .. } => "append-done",
+            FragmentWire::Attach { .. } => "attach",
+            FragmentWire::Detach { .. } => "detach",
+            FragmentWire::Ack { .. } => "ack",
+            FragmentWire::StoreReceipt { .. } => "store-receipt",
+            FragmentWire::DeleteAcked { .. } => "delete-acked",
+            FragmentWire::Push { .. } => "push",
+            FragmentWire::Replaced { .. } => "replaced",
+            FragmentWire::Replicate { .. } => "replicate",
+            FragmentWire::Replicated { .. } => "replicated",
+            FragmentWire::Snapshot { .. } => "snapshot",
+            FragmentWire::Merge { .. } => "merge",
+            FragmentWire::MergeDone { .. } => "merge-done",
+            FragmentWire::Owner { .. } => "owner",
+        }
+    }
+
     /// Requests a hand-over holds back (answers and the replication stream
     /// are never held).
     pub(crate) fn is_request(&self) -> bool {
         matches!(
             self,
             FragmentWire::Append { .. }
+                | FragmentWire::AppendAfter { .. }
                 | FragmentWire::Attach { .. }
                 | FragmentWire::Detach { .. }
                 | FragmentWire::Ack { .. }
@@ -138,7 +161,17 @@ pub(crate) struct Clustered {
     handing_since: Option<std::time::Instant>,
     /// Requests that arrived while draining; served as a forwarder after.
     pub(crate) deferred: Vec<FragmentMsg>,
+    /// The divergent writes offered to an owner and not yet confirmed:
+    /// offered again only to another owner or after [`MERGE_RETRY`].
+    /// Since when this node has seen a majority of the others without a
+    /// break (see [`Clustered::may_take_over`]).
+    in_sight_since: Option<std::time::Instant>,
+    /// To whom, up to which divergent entry, since when.
+    merge_offer: Option<(String, u64, std::time::Instant)>,
 }
+
+/// How long an unconfirmed merge offer stands before it is made again.
+pub(crate) const MERGE_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Clustered {
     pub(crate) fn new(
@@ -149,6 +182,7 @@ impl Clustered {
         let persisted = load_owner(store, id)?;
         let ownership = FragmentOwnership::new(link.handle.this(), &link.islands, id, persisted);
         let up = link.handle.view().up;
+        let in_sight_since = sees_majority(link.nodes, up.len()).then(std::time::Instant::now);
         Ok(Self {
             ownership,
             link,
@@ -163,6 +197,8 @@ impl Clustered {
             handing_back: false,
             handing_since: None,
             deferred: Vec::new(),
+            in_sight_since,
+            merge_offer: None,
         })
     }
 
@@ -186,20 +222,59 @@ impl Clustered {
         }
     }
 
-    /// Whether this node, with the peers it sees, is a majority of the
-    /// cluster's nodes other than `lost`: a node cut off from the rest must
+    /// Whether this node may take a fragment over from `lost`: with the
+    /// peers it sees, it must be a majority of the cluster's nodes other
+    /// than `lost`: a node cut off from the rest must
     /// not take fragments over from a primary that is alive elsewhere (its
     /// higher epoch would win when the cut heals). Two-node clusters always
     /// pass: a lone partner cannot tell a crash from a cut, and merges.
-    fn sees_majority_without(&self, lost: &str) -> bool {
-        let others = self.link.nodes.saturating_sub(1);
-        let seen = 1 + self.up.iter().filter(|p| *p != lost).count();
-        seen * 2 > others
+    ///
+    /// Only peers heard lately count: a node cut off from everyone hears
+    /// its partner declared down a moment before the others, and must not
+    /// count them as still there. And a node that has just come back in
+    /// sight of the others (a healed cut) waits until a live partner has
+    /// had time to link again.
+    fn may_take_over(&self, lost: &str) -> bool {
+        let handle = &self.link.handle;
+        let fresh = self
+            .up
+            .iter()
+            .filter(|p| *p != lost && handle.heard_lately(p))
+            .count();
+        let settled = self
+            .in_sight_since
+            .is_some_and(|since| since.elapsed() >= handle.relink_time());
+        sees_majority(self.link.nodes, fresh) && settled
+    }
+
+    /// Keeps [`Clustered::in_sight_since`] after a change of `up`.
+    fn note_sight(&mut self) {
+        let now_in_sight = sees_majority(self.link.nodes, self.up.len());
+        match (now_in_sight, self.in_sight_since) {
+            (true, None) => self.in_sight_since = Some(std::time::Instant::now()),
+            (false, Some(_)) => self.in_sight_since = None,
+            _ => {}
+        }
+    }
+
+    /// This node's place (0 or 1) in the island of fragment `id`.
+    pub(crate) fn island_member(&self, id: FragmentId) -> usize {
+        match self.link.islands.members(id) {
+            Some((_, second)) if second == self.link.handle.this() => 1,
+            _ => 0,
+        }
     }
 
     fn partner_up(&self) -> Option<&str> {
         self.ownership.partner().filter(|p| self.up.contains(*p))
     }
+}
+
+/// Whether this node and `up` peers are a majority of the other `nodes - 1`
+/// nodes of a cluster of `nodes` (a cluster of two always passes: a lone
+/// partner cannot tell a crash from a cut, and merges).
+fn sees_majority(nodes: usize, up: usize) -> bool {
+    (1 + up) * 2 > nodes.saturating_sub(1)
 }
 
 /// Sends one fragment message to `node`; a failure only logs (the peer is
@@ -286,10 +361,11 @@ pub(crate) async fn from_peer(
     // forwarded again: no request travels in circles while views differ.
     if wire.is_request() && state.core.is_none() {
         let reply_req = match &wire {
-            FragmentWire::Append { req, .. } => Some(*req),
+            FragmentWire::Append { req, .. } | FragmentWire::AppendAfter { req, .. } => Some(*req),
             FragmentWire::StoreReceipt { req, .. } => *req,
             _ => None,
         };
+        tracing::debug!(fragment = id, peer = %from, request = wire.kind(), "request refused: not served here");
         if let Some(req) = reply_req {
             let result = Err(FragmentError::Unavailable(id));
             send(state, &from, FragmentWire::AppendDone { req, result });
@@ -298,24 +374,14 @@ pub(crate) async fn from_peer(
     }
     let reads = &state.reads;
     let actions = match wire {
-        FragmentWire::Append {
-            req,
-            to,
-            from: sender,
-            client_msg_id,
-            payload,
-        } => match state.core.as_mut() {
-            Some(core) => core.append(
-                reads,
-                to,
-                sender,
-                client_msg_id,
-                payload,
-                now_ms(),
-                Waiter::Remote { node: from, req },
-            ),
-            None => Vec::new(),
-        },
+        wire @ (FragmentWire::Append { .. } | FragmentWire::AppendAfter { .. }) => {
+            match (wire.into_append(), state.core.as_mut()) {
+                (Some((req, message)), Some(core)) => {
+                    core.append(reads, message, now_ms(), Waiter::Remote { node: from, req })
+                }
+                _ => Vec::new(),
+            }
+        }
         FragmentWire::StoreReceipt { req, request } => match state.core.as_mut() {
             Some(core) => {
                 let waiter = req.map(|req| Waiter::Remote { node: from, req });
@@ -325,6 +391,7 @@ pub(crate) async fn from_peer(
         },
         FragmentWire::Attach { user, session_id } => match state.core.as_mut() {
             Some(core) => {
+                tracing::debug!(fragment = id, %user, session_id, node = %from, "remote attach");
                 let endpoint = Attached::Remote {
                     node: from,
                     user: user.clone(),
@@ -408,6 +475,14 @@ pub(crate) async fn from_peer(
         FragmentWire::Merge { upto, ops, last } => merge(state, &from, upto, ops, last).await?,
         FragmentWire::MergeDone { upto } => {
             tracing::info!(fragment = id, peer = %from, "divergent writes merged");
+            if let Some(cluster) = state.cluster.as_mut()
+                && cluster
+                    .merge_offer
+                    .as_ref()
+                    .is_some_and(|(_, last, _)| upto >= *last)
+            {
+                cluster.merge_offer = None;
+            }
             state
                 .store
                 .submit(move |txn| clear_divergent(txn, id, upto), |_| {});
@@ -483,9 +558,9 @@ async fn take_over_if_quorate(
     if cluster.up.contains(&partner) || cluster.ownership.owner().node != partner {
         return Ok(Vec::new());
     }
-    if !cluster.sees_majority_without(&partner) {
-        tracing::warn!(fragment = id, lost = %partner,
-            "primary lost, but this node sees too little of the cluster to take over");
+    if !cluster.may_take_over(&partner) {
+        tracing::debug!(fragment = id, lost = %partner,
+            "primary lost, but this node does not see enough of the cluster (yet) to take over");
         return Ok(Vec::new());
     }
     let promoted = cluster.ownership.partner_down();
@@ -498,11 +573,15 @@ async fn take_over_if_quorate(
 }
 
 /// Once a second: a partner that left a write unconfirmed for too long is
-/// treated as lost for this fragment (see [`PARTNER_ANSWER_TIMEOUT`]).
+/// treated as lost for this fragment (see [`PARTNER_ANSWER_TIMEOUT`]); a
+/// node that held back from taking over a lost primary looks again.
 pub(crate) async fn check_partner(
     state: &mut FragmentState,
 ) -> Result<Vec<CoreAction>, ActorProcessingErr> {
     let id = state.id;
+    if state.core.is_none() {
+        return take_over_if_quorate(state).await;
+    }
     let stalled = state.core.is_some()
         && state.cluster.as_ref().is_some_and(|c| {
             c.waiting.values().any(|w| {
@@ -533,6 +612,7 @@ pub(crate) async fn peer_up(
         return Ok(Vec::new());
     };
     cluster.up.insert(peer.clone());
+    cluster.note_sight();
     let is_partner = cluster.ownership.partner() == Some(peer.as_str());
     if cluster.ownership.partner().is_some() {
         let owner = cluster.ownership.owner().clone();
@@ -581,6 +661,7 @@ pub(crate) async fn peer_down(
         return Ok(Vec::new());
     };
     cluster.up.remove(&peer);
+    cluster.note_sight();
     // Requests forwarded there stay held: they go to the next owner (or to
     // this one when it returns) ahead of later ones; a session that gives
     // up waiting drops its own.

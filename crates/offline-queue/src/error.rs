@@ -18,6 +18,10 @@ pub enum FragmentError {
         /// The limit.
         max: usize,
     },
+    /// The sender's earlier message (that this one must follow) is not
+    /// stored: the sender resends that one first.
+    #[error("the sender's earlier message is not stored yet")]
+    EarlierMessageMissing,
 }
 
 impl FragmentError {
@@ -29,6 +33,7 @@ impl FragmentError {
                 retry_after_ms: 1000,
             },
             FragmentError::PayloadTooLarge { .. } => proto::ErrorCode::PayloadTooLarge,
+            FragmentError::EarlierMessageMissing => proto::ErrorCode::EarlierMessageMissing,
         }
     }
 }

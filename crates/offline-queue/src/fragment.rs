@@ -70,6 +70,21 @@ pub struct ReceiptRequest {
     pub then_delete: Option<(FragmentId, PhoneNumber, Vec<MessageId>)>,
 }
 
+/// A message to store (see [`FragmentCore::append`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    /// The recipient, a user of this fragment.
+    pub to: PhoneNumber,
+    /// The authenticated sender.
+    pub from: PhoneNumber,
+    /// The sender's dedupe id.
+    pub client_msg_id: u64,
+    /// The sender's previous message to `to`, if it must be stored first.
+    pub after: Option<u64>,
+    /// Opaque bytes.
+    pub payload: Vec<u8>,
+}
+
 /// What the shell must do.
 #[derive(Debug)]
 pub enum Action<E, R> {
@@ -222,18 +237,25 @@ impl<E: Clone, R> FragmentCore<E, R> {
         out.push(Action::Persist { tag, ops });
     }
 
-    /// A message from `from` to `to` (a user of this fragment).
-    #[allow(clippy::too_many_arguments)]
+    /// A message for a user of this fragment. With `after`, it is refused
+    /// ([`FragmentError::EarlierMessageMissing`]) unless the sender's
+    /// message `after` to the same user is stored or being stored here:
+    /// a sender's pipelined messages are stored in order even when an
+    /// earlier one was refused somewhere and is being resent.
     pub fn append(
         &mut self,
         reads: &impl MailboxRead,
-        to: PhoneNumber,
-        from: PhoneNumber,
-        client_msg_id: u64,
-        payload: Vec<u8>,
+        message: NewMessage,
         now: TimestampMs,
         reply: R,
     ) -> Vec<Action<E, R>> {
+        let NewMessage {
+            to,
+            from,
+            client_msg_id,
+            after,
+            payload,
+        } = message;
         let mut out = Vec::new();
         if payload.len() > self.config.max_payload {
             out.push(Action::Reply {
@@ -266,6 +288,27 @@ impl<E: Clone, R> FragmentCore<E, R> {
                 out.push(Action::Reply {
                     to: reply,
                     result: Err(e),
+                });
+                return out;
+            }
+        }
+        if let Some(earlier) = after {
+            let earlier_key = (key.0.clone(), key.1.clone(), earlier);
+            let stored = match reads.dedupe(&key.0, &key.1, earlier) {
+                Ok(found) => found.is_some(),
+                Err(e) => {
+                    out.push(Action::Reply {
+                        to: reply,
+                        result: Err(e),
+                    });
+                    return out;
+                }
+            };
+            // Being committed counts: commits complete in order.
+            if !stored && !self.pending_appends.contains_key(&earlier_key) {
+                out.push(Action::Reply {
+                    to: reply,
+                    result: Err(FragmentError::EarlierMessageMissing),
                 });
                 return out;
             }

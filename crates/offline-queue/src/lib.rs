@@ -35,4 +35,4 @@ pub use actor::{
 pub use clustered::dispatch;
 pub use entry::{Entry, EntryBody, compose_message_id, fragment_of_message_id};
 pub use error::{FragmentError, Result};
-pub use fragment::{FragmentConfig, Stored};
+pub use fragment::{FragmentConfig, NewMessage, Stored};

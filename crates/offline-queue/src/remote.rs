@@ -152,6 +152,94 @@ pub enum FragmentWire {
         /// just saw the receiver come up).
         reply: bool,
     },
+    /// Store a message after the sender's message `after` (answered by
+    /// `AppendDone`; see [`crate::NewMessage`]). A variant of its own so
+    /// that nodes of the previous release still read every `Append`.
+    AppendAfter {
+        /// Correlates the answer.
+        req: u64,
+        /// The recipient.
+        to: PhoneNumber,
+        /// The sender.
+        from: PhoneNumber,
+        /// The sender's dedupe id.
+        client_msg_id: u64,
+        /// The sender's previous message to `to`.
+        after: u64,
+        /// Opaque bytes.
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+    },
+}
+
+impl FragmentWire {
+    /// The wire form of a forwarded message.
+    pub fn append(req: u64, message: crate::NewMessage) -> Self {
+        let crate::NewMessage {
+            to,
+            from,
+            client_msg_id,
+            after,
+            payload,
+        } = message;
+        match after {
+            None => FragmentWire::Append {
+                req,
+                to,
+                from,
+                client_msg_id,
+                payload,
+            },
+            Some(after) => FragmentWire::AppendAfter {
+                req,
+                to,
+                from,
+                client_msg_id,
+                after,
+                payload,
+            },
+        }
+    }
+
+    /// The request id and message of an `Append` or `AppendAfter`.
+    pub fn into_append(self) -> Option<(u64, crate::NewMessage)> {
+        match self {
+            FragmentWire::Append {
+                req,
+                to,
+                from,
+                client_msg_id,
+                payload,
+            } => Some((
+                req,
+                crate::NewMessage {
+                    to,
+                    from,
+                    client_msg_id,
+                    after: None,
+                    payload,
+                },
+            )),
+            FragmentWire::AppendAfter {
+                req,
+                to,
+                from,
+                client_msg_id,
+                after,
+                payload,
+            } => Some((
+                req,
+                crate::NewMessage {
+                    to,
+                    from,
+                    client_msg_id,
+                    after: Some(after),
+                    payload,
+                },
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// Encodes an envelope for a cluster `Data` body.

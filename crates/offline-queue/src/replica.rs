@@ -22,10 +22,22 @@ const OWNER_TABLE: TableDefinition<u16, (u64, &str)> = TableDefinition::new("fra
 /// copy) or a newer owner has merged them (after a partition).
 const DIVERGENT_TABLE: TableDefinition<(u16, u64), &[u8]> = TableDefinition::new("divergent");
 
-/// Sequence numbers skipped when a node takes a fragment over, so that its
-/// new ids never collide with ids the old owner gave out without copying
-/// them (it may have gone on serving behind a partition).
+/// Sequence numbers are given out in blocks of this size: a node that
+/// takes a fragment over starts in a fresh block, so that its new ids never
+/// collide with ids the old owner gave out without copying them (it may
+/// have gone on serving behind a partition).
 pub const TAKEOVER_SEQ_GAP: u64 = 1 << 32;
+
+/// Where a node that takes a fragment over starts its sequence: the next
+/// block after `current`, in the half of that block that belongs to its
+/// place in the island (`member` 0 or 1). Two partners that each take the
+/// fragment over from the same copy at once (each thought the other dead)
+/// thus never give out the same id.
+pub fn takeover_seq(current: u64, member: usize) -> u64 {
+    let block = (current / TAKEOVER_SEQ_GAP).saturating_add(1);
+    let half = (member.min(1) as u64) * (TAKEOVER_SEQ_GAP / 2);
+    block.saturating_mul(TAKEOVER_SEQ_GAP).saturating_add(half)
+}
 
 /// Rows per snapshot chunk: keeps each cluster message far below
 /// ractor_cluster's 16 MiB frame limit for payloads up to 64 KiB.
@@ -390,5 +402,19 @@ mod tests {
         let keys: Vec<u64> = chunks.iter().map(|(k, _)| *k).collect();
         let sizes: Vec<usize> = chunks.iter().map(|(_, ops)| ops.len()).collect();
         assert_eq!((keys, sizes), (vec![5, 7, 9], vec![5, 4, 4]));
+    }
+
+    #[test]
+    fn partners_taking_over_from_one_copy_get_disjoint_ids() {
+        for current in [1, 119, TAKEOVER_SEQ_GAP - 1, TAKEOVER_SEQ_GAP + 119] {
+            let first = takeover_seq(current, 0);
+            let second = takeover_seq(current, 1);
+            assert!(first > current && second > current);
+            // Each has half a block to itself.
+            assert_eq!(second - first, TAKEOVER_SEQ_GAP / 2);
+            // A later take-over by either starts past both halves.
+            assert!(takeover_seq(second + 10, 0) >= second + TAKEOVER_SEQ_GAP / 2);
+            assert!(takeover_seq(first + 10, 1) >= second + TAKEOVER_SEQ_GAP);
+        }
     }
 }

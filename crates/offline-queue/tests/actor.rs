@@ -43,6 +43,7 @@ async fn append(fragment: &ActorRef<FragmentMsg>, to: u32, cid: u64) -> u64 {
             to: phone(to),
             from: phone(1),
             client_msg_id: cid,
+            after: None,
             payload: cid.to_be_bytes().to_vec(),
             reply
         },

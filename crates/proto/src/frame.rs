@@ -132,6 +132,24 @@ pub enum Request {
         /// How many (at most [`MAX_MINT_PER_REQUEST`]).
         count: u32,
     },
+    /// Send a message that must be stored after the sender's earlier,
+    /// still unacknowledged message `after` to the same recipient: it is
+    /// refused with [`ErrorCode::EarlierMessageMissing`] unless that one is
+    /// stored (or being stored) first. A client that pipelines several
+    /// messages to one recipient thus keeps their order even when an
+    /// earlier one is refused for a while (a failover, a busy node) and
+    /// resent. Otherwise as [`Request::Send`].
+    SendAfter {
+        /// The recipient.
+        to: PhoneNumber,
+        /// Chosen by the sender, unique per sender; the dedupe key.
+        client_msg_id: u64,
+        /// The `client_msg_id` of the sender's previous message to `to`.
+        after: u64,
+        /// Opaque bytes (clients may encrypt end to end).
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+    },
 }
 
 /// Most test users minted by one [`Request::MintTestUsers`], so that the
@@ -339,6 +357,9 @@ pub enum ErrorCode {
     InvalidRequest,
     /// A node-side failure; the request may be retried.
     Internal,
+    /// A [`Request::SendAfter`] whose earlier message is not stored: resend
+    /// that one first, then this one.
+    EarlierMessageMissing,
 }
 
 /// Why the node closes a connection.

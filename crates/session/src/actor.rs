@@ -695,56 +695,13 @@ async fn serve(
             to,
             client_msg_id,
             payload,
-        } => {
-            let Some(from) = state.user().cloned() else {
-                return;
-            };
-            let wait = state.pacer.take(now_ms());
-            if !wait.is_zero() {
-                metrics::counter!("switchboard_sends_paced_total").increment(1);
-                tokio::time::sleep(wait).await;
-            }
-            let fragment = match state
-                .ctx
-                .fragments
-                .for_user_when_ready(&to, FRAGMENT_RESTART_WAIT)
-                .await
-            {
-                Ok(fragment) => fragment,
-                Err(e) => {
-                    let (code, message) = unavailable(&e);
-                    state.responder.error(Some(id), code, message);
-                    return;
-                }
-            };
-            let (reply, rx) = fragment_reply::<Stored>();
-            if fragment
-                .send_message(FragmentMsg::Append {
-                    to,
-                    from,
-                    client_msg_id,
-                    payload,
-                    reply,
-                })
-                .is_err()
-            {
-                state.responder.error(
-                    Some(id),
-                    ErrorCode::Unavailable {
-                        retry_after_ms: 1000,
-                    },
-                    "the mailbox is restarting; retry",
-                );
-                return;
-            }
-            state.answer_later(id, permit, async move {
-                await_fragment(rx).await.map(|stored| Response::ServerAck {
-                    client_msg_id,
-                    msg_id: stored.msg_id,
-                    server_ts: stored.server_ts,
-                })
-            });
-        }
+        } => send(state, id, permit, to, client_msg_id, None, payload).await,
+        Request::SendAfter {
+            to,
+            client_msg_id,
+            after,
+            payload,
+        } => send(state, id, permit, to, client_msg_id, Some(after), payload).await,
         Request::Ack { ids } => {
             let Some(user) = state.user().cloned() else {
                 return;
@@ -917,6 +874,69 @@ async fn serve(
 }
 
 /// Compares secrets without leaking where they differ through timing.
+/// Stores a message in the recipient's mailbox fragment (after the
+/// sender's message `after`, if given) and answers with the server ack.
+#[allow(clippy::too_many_arguments)]
+async fn send(
+    state: &mut SessionState,
+    id: RequestId,
+    permit: OwnedSemaphorePermit,
+    to: PhoneNumber,
+    client_msg_id: u64,
+    after: Option<u64>,
+    payload: Vec<u8>,
+) {
+    let Some(from) = state.user().cloned() else {
+        return;
+    };
+    let wait = state.pacer.take(now_ms());
+    if !wait.is_zero() {
+        metrics::counter!("switchboard_sends_paced_total").increment(1);
+        tokio::time::sleep(wait).await;
+    }
+    let fragment = match state
+        .ctx
+        .fragments
+        .for_user_when_ready(&to, FRAGMENT_RESTART_WAIT)
+        .await
+    {
+        Ok(fragment) => fragment,
+        Err(e) => {
+            let (code, message) = unavailable(&e);
+            state.responder.error(Some(id), code, message);
+            return;
+        }
+    };
+    let (reply, rx) = fragment_reply::<Stored>();
+    if fragment
+        .send_message(FragmentMsg::Append {
+            to,
+            from,
+            client_msg_id,
+            after,
+            payload,
+            reply,
+        })
+        .is_err()
+    {
+        state.responder.error(
+            Some(id),
+            ErrorCode::Unavailable {
+                retry_after_ms: 1000,
+            },
+            "the mailbox is restarting; retry",
+        );
+        return;
+    }
+    state.answer_later(id, permit, async move {
+        await_fragment(rx).await.map(|stored| Response::ServerAck {
+            client_msg_id,
+            msg_id: stored.msg_id,
+            server_ts: stored.server_ts,
+        })
+    });
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -397,11 +397,25 @@ fn handle(state: &Mutex<State>, conn: u64, rid: u32, request: Request) {
             }
         }
         (_, None) => error(ErrorCode::NotAuthenticated, "log in first"),
+        (Request::SendAfter { after, .. }, Some(me))
+            if !st.stored.contains_key(&(me.clone(), after)) =>
+        {
+            error(
+                ErrorCode::EarlierMessageMissing,
+                "send the earlier one first",
+            );
+        }
         (
             Request::Send {
                 to,
                 client_msg_id,
                 payload,
+            }
+            | Request::SendAfter {
+                to,
+                client_msg_id,
+                payload,
+                ..
             },
             Some(me),
         ) => {

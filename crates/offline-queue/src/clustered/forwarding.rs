@@ -19,6 +19,7 @@ pub(crate) fn forward(state: &mut FragmentState, message: FragmentMsg) {
             to,
             from,
             client_msg_id,
+            after,
             payload,
             reply,
         } => {
@@ -27,13 +28,14 @@ pub(crate) fn forward(state: &mut FragmentState, message: FragmentMsg) {
                 return;
             }
             let req = cluster.new_req();
-            let wire = FragmentWire::Append {
-                req,
+            let message = NewMessage {
                 to,
                 from,
                 client_msg_id,
+                after,
                 payload,
             };
+            let wire = FragmentWire::append(req, message);
             if send_via(cluster, id, &owner, wire.clone()) {
                 cluster.remember(req, owner, wire, reply);
             } else {
@@ -70,6 +72,7 @@ pub(crate) fn forward(state: &mut FragmentState, message: FragmentMsg) {
             {
                 let _ = old.target.send_message(Push::Replaced);
             }
+            tracing::debug!(fragment = id, %user, session_id, %owner, "attach forwarded");
             send_via(
                 cluster,
                 id,
@@ -122,21 +125,12 @@ pub(super) fn resend_held(state: &mut FragmentState) -> Vec<CoreAction> {
         for (_, held) in std::mem::take(&mut cluster.forwarded) {
             let Forwarded { wire, reply, .. } = held;
             match wire {
-                FragmentWire::Append {
-                    to,
-                    from,
-                    client_msg_id,
-                    payload,
-                    ..
-                } => actions.extend(core.append(
-                    &state.reads,
-                    to,
-                    from,
-                    client_msg_id,
-                    payload,
-                    now_ms(),
-                    Waiter::Local(reply),
-                )),
+                FragmentWire::Append { .. } | FragmentWire::AppendAfter { .. } => {
+                    if let Some((_, message)) = wire.into_append() {
+                        let waiter = Waiter::Local(reply);
+                        actions.extend(core.append(&state.reads, message, now_ms(), waiter));
+                    }
+                }
                 FragmentWire::StoreReceipt { request, .. } => {
                     actions.extend(core.store_receipt(request, Some(Waiter::Local(reply))));
                 }
@@ -180,6 +174,8 @@ pub(super) fn reattach_all(state: &FragmentState) {
         return;
     }
     for (user, endpoint) in &cluster.local_sessions {
+        tracing::debug!(fragment = state.id, %user, session_id = endpoint.session_id, %owner,
+            "re-attach forwarded");
         let wire = FragmentWire::Attach {
             user: user.clone(),
             session_id: endpoint.session_id,

@@ -9,16 +9,25 @@ pub(super) const MERGE_CHUNK_OPS: usize = 128;
 
 /// A node that no longer owns the fragment but holds writes its partner
 /// never got (it served behind a partition) offers them to the owner.
-pub(super) fn send_merge(state: &FragmentState) -> Result<(), FragmentError> {
-    let Some(cluster) = state.cluster.as_ref() else {
+/// One offer at a time: the owner merges and copies the fragment afresh
+/// for each, which is too much work to repeat at every change of view.
+pub(super) fn send_merge(state: &mut FragmentState) -> Result<(), FragmentError> {
+    let Some(cluster) = state.cluster.as_mut() else {
         return Ok(());
     };
-    let owner = &cluster.ownership.owner().node;
+    let owner = cluster.ownership.owner().node.clone();
     if state.core.is_some()
         || cluster.ownership.role() == Role::Waiting
         || cluster.ownership.partner().is_none()
-        || !cluster.up.contains(owner)
+        || !cluster.up.contains(&owner)
     {
+        return Ok(());
+    }
+    let pending = cluster
+        .merge_offer
+        .as_ref()
+        .is_some_and(|(to, _, at)| *to == owner && at.elapsed() < MERGE_RETRY);
+    if pending {
         return Ok(());
     }
     let chunks = divergent_chunks(&state.store, state.id, MERGE_CHUNK_OPS)?;
@@ -29,17 +38,19 @@ pub(super) fn send_merge(state: &FragmentState) -> Result<(), FragmentError> {
     tracing::warn!(fragment = state.id, to = %owner, writes,
         "offering writes made apart from the owner for merging");
     let count = chunks.len();
+    let last_upto = chunks.last().map_or(0, |(upto, _)| *upto);
     for (i, (upto, ops)) in chunks.into_iter().enumerate() {
         let last = i + 1 == count;
         if !send_via(
             cluster,
             state.id,
-            owner,
+            &owner,
             FragmentWire::Merge { upto, ops, last },
         ) {
-            break;
+            return Ok(());
         }
     }
+    cluster.merge_offer = Some((owner, last_upto, std::time::Instant::now()));
     Ok(())
 }
 

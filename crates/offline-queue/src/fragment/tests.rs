@@ -147,6 +147,17 @@ fn phone(n: u32) -> PhoneNumber {
     PhoneNumber::parse(&format!("+1555{n:07}")).expect("valid")
 }
 
+/// A message with no ordering constraint.
+fn msg(to: PhoneNumber, from: PhoneNumber, client_msg_id: u64, payload: Vec<u8>) -> NewMessage {
+    NewMessage {
+        to,
+        from,
+        client_msg_id,
+        after: None,
+        payload,
+    }
+}
+
 fn core(window: usize, page: usize) -> Core {
     FragmentCore::new(
         3,
@@ -165,7 +176,7 @@ fn offline_message_is_acked_after_commit_and_pushed_at_attach() {
     let mem = MemMailbox::default();
     let mut c = core(16, 16);
     let mut out = Outbox::default();
-    let actions = c.append(&mem, phone(2), phone(1), 10, b"hi".to_vec(), 1000, 1);
+    let actions = c.append(&mem, msg(phone(2), phone(1), 10, b"hi".to_vec()), 1000, 1);
     assert!(
         matches!(actions.as_slice(), [Action::Persist { .. }]),
         "nothing is answered before the commit"
@@ -188,12 +199,12 @@ fn resends_are_acked_with_the_first_id_and_stored_once() {
     let mut c = core(16, 16);
     let mut out = Outbox::default();
     // Second copy arrives while the first is still being committed.
-    let first = c.append(&mem, phone(2), phone(1), 5, b"x".to_vec(), 1, 1);
-    let second = c.append(&mem, phone(2), phone(1), 5, b"x".to_vec(), 2, 2);
+    let first = c.append(&mem, msg(phone(2), phone(1), 5, b"x".to_vec()), 1, 1);
+    let second = c.append(&mem, msg(phone(2), phone(1), 5, b"x".to_vec()), 2, 2);
     assert!(second.is_empty(), "the resend waits for the first commit");
     run(&mut c, &mem, first, &mut out);
     // A third copy after the commit is answered from the dedupe table.
-    let third = c.append(&mem, phone(2), phone(1), 5, b"x".to_vec(), 3, 3);
+    let third = c.append(&mem, msg(phone(2), phone(1), 5, b"x".to_vec()), 3, 3);
     assert!(matches!(third.as_slice(), [Action::Reply { .. }]));
     run(&mut c, &mem, third, &mut out);
     let ids: Vec<_> = out
@@ -205,9 +216,55 @@ fn resends_are_acked_with_the_first_id_and_stored_once() {
     assert!(ids.iter().all(|id| *id == ids[0]));
     assert_eq!(mem.len(), 1);
     // The same client id from another sender is another message.
-    let other = c.append(&mem, phone(2), phone(9), 5, b"y".to_vec(), 4, 4);
+    let other = c.append(&mem, msg(phone(2), phone(9), 5, b"y".to_vec()), 4, 4);
     run(&mut c, &mem, other, &mut out);
     assert_eq!(mem.len(), 2);
+}
+
+#[test]
+fn a_message_after_an_earlier_one_waits_for_it_to_be_stored() {
+    let mem = MemMailbox::default();
+    let mut c = core(16, 16);
+    let mut out = Outbox::default();
+    let after = |cid: u64, earlier: u64| NewMessage {
+        after: Some(earlier),
+        ..msg(phone(2), phone(1), cid, vec![cid as u8])
+    };
+    // The earlier one was refused elsewhere and not yet resent: refused.
+    let refused = c.append(&mem, after(2, 1), 1, 1);
+    run(&mut c, &mem, refused, &mut out);
+    assert_eq!(
+        out.replies,
+        vec![(1, Err(FragmentError::EarlierMessageMissing))]
+    );
+    assert_eq!(mem.len(), 0);
+    // Being committed is enough (commits complete in order) ...
+    let first = c.append(&mem, msg(phone(2), phone(1), 1, vec![1]), 2, 2);
+    let second = c.append(&mem, after(2, 1), 3, 3);
+    run(&mut c, &mem, first, &mut out);
+    run(&mut c, &mem, second, &mut out);
+    // ... and so is being stored; another sender's id 1 does not count.
+    let third = c.append(&mem, after(3, 2), 4, 4);
+    run(&mut c, &mem, third, &mut out);
+    let stranger = NewMessage {
+        after: Some(1),
+        ..msg(phone(2), phone(9), 7, vec![7])
+    };
+    let strangers = c.append(&mem, stranger, 5, 5);
+    run(&mut c, &mem, strangers, &mut out);
+    let results: Vec<_> = out.replies[1..]
+        .iter()
+        .map(|(to, r)| (*to, r.is_ok()))
+        .collect();
+    assert_eq!(results, vec![(2, true), (3, true), (4, true), (5, false)]);
+    let ids: Vec<_> = out.replies[1..4]
+        .iter()
+        .map(|(_, r)| r.clone().expect("stored").msg_id)
+        .collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "stored in order: {ids:?}"
+    );
 }
 
 #[test]
@@ -218,7 +275,7 @@ fn online_pushes_keep_order_and_respect_the_window() {
     let actions = c.attach(&mem, phone(2), 1, "dev").expect("attach");
     run(&mut c, &mem, actions, &mut out);
     for i in 0..10u64 {
-        let actions = c.append(&mem, phone(2), phone(1), i, vec![i as u8], i, i as u32);
+        let actions = c.append(&mem, msg(phone(2), phone(1), i, vec![i as u8]), i, i as u32);
         run(&mut c, &mem, actions, &mut out);
     }
     let pushed = out.pushed_ids();
@@ -250,14 +307,14 @@ fn a_backlog_larger_than_a_page_is_delivered_whole_and_in_order() {
     let mut c = core(8, 5);
     let mut out = Outbox::default();
     for i in 0..23u64 {
-        let actions = c.append(&mem, phone(2), phone(1), i, vec![i as u8], i, 0);
+        let actions = c.append(&mem, msg(phone(2), phone(1), i, vec![i as u8]), i, 0);
         run(&mut c, &mem, actions, &mut out);
     }
     let actions = c.attach(&mem, phone(2), 1, "dev").expect("attach");
     run(&mut c, &mem, actions, &mut out);
     // Live messages arrive while the backlog is still paged in.
     for i in 23..26u64 {
-        let actions = c.append(&mem, phone(2), phone(1), i, vec![i as u8], i, 0);
+        let actions = c.append(&mem, msg(phone(2), phone(1), i, vec![i as u8]), i, 0);
         run(&mut c, &mem, actions, &mut out);
     }
     let mut acked = 0;
@@ -277,7 +334,7 @@ fn acking_a_message_stores_a_receipt_for_its_sender_then_deletes_it() {
     let mem = MemMailbox::default();
     let mut c = core(16, 16);
     let mut out = Outbox::default();
-    let actions = c.append(&mem, phone(2), phone(1), 1, b"m".to_vec(), 10, 0);
+    let actions = c.append(&mem, msg(phone(2), phone(1), 1, b"m".to_vec()), 10, 0);
     run(&mut c, &mem, actions, &mut out);
     let actions = c.attach(&mem, phone(1), 1, "sender").expect("attach");
     run(&mut c, &mem, actions, &mut out);
@@ -326,7 +383,7 @@ fn a_new_attach_replaces_the_old_endpoint_and_redelivers_unacked() {
     let mem = MemMailbox::default();
     let mut c = core(16, 16);
     let mut out = Outbox::default();
-    let actions = c.append(&mem, phone(2), phone(1), 1, b"m".to_vec(), 10, 0);
+    let actions = c.append(&mem, msg(phone(2), phone(1), 1, b"m".to_vec()), 10, 0);
     run(&mut c, &mem, actions, &mut out);
     let actions = c.attach(&mem, phone(2), 1, "old").expect("attach");
     run(&mut c, &mem, actions, &mut out);
@@ -352,7 +409,7 @@ fn an_older_session_does_not_displace_a_newer_one() {
     let actions = c.attach(&mem, phone(2), 10, "stale").expect("attach");
     run(&mut c, &mem, actions, &mut out);
     assert_eq!(out.replaced, vec!["stale"]);
-    let actions = c.append(&mem, phone(2), phone(1), 1, b"m".to_vec(), 10, 0);
+    let actions = c.append(&mem, msg(phone(2), phone(1), 1, b"m".to_vec()), 10, 0);
     run(&mut c, &mem, actions, &mut out);
     assert!(
         out.pushes.iter().all(|(to, _)| *to == "newer"),
@@ -368,14 +425,14 @@ fn oversized_payloads_and_failed_commits_are_answered_with_errors() {
     let mut c = core(16, 16);
     let mut out = Outbox::default();
     let big = vec![0; FragmentConfig::default().max_payload + 1];
-    let actions = c.append(&mem, phone(2), phone(1), 1, big, 1, 1);
+    let actions = c.append(&mem, msg(phone(2), phone(1), 1, big), 1, 1);
     run(&mut c, &mem, actions, &mut out);
     assert!(matches!(
         out.replies[0].1,
         Err(FragmentError::PayloadTooLarge { .. })
     ));
 
-    let actions = c.append(&mem, phone(2), phone(1), 2, b"x".to_vec(), 1, 2);
+    let actions = c.append(&mem, msg(phone(2), phone(1), 2, b"x".to_vec()), 1, 2);
     let Some(Action::Persist { tag, .. }) = actions.into_iter().next() else {
         panic!("expected a persist");
     };
@@ -383,7 +440,7 @@ fn oversized_payloads_and_failed_commits_are_answered_with_errors() {
     run(&mut c, &mem, actions, &mut out);
     assert!(matches!(out.replies[1].1, Err(FragmentError::Storage(_))));
     // The failed key is not remembered as pending: a retry is stored.
-    let actions = c.append(&mem, phone(2), phone(1), 2, b"x".to_vec(), 1, 3);
+    let actions = c.append(&mem, msg(phone(2), phone(1), 2, b"x".to_vec()), 1, 3);
     run(&mut c, &mem, actions, &mut out);
     assert!(out.replies[2].1.is_ok());
     assert_eq!(mem.len(), 1);
