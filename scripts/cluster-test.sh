@@ -28,12 +28,19 @@ else
 fi
 
 profile=${CLUSTER_TEST_PROFILE:-debug}
-if [ "$profile" = release ]; then
-    cargo build --release -p switchboard
+if [ -n "${CLUSTER_TEST_BIN:-}" ]; then
+    # A binary built before (e.g. to loop a scenario while editing).
+    mkdir -p target/cluster-test
+    cp "$CLUSTER_TEST_BIN" target/cluster-test/switchboard
+    bin=target/cluster-test/switchboard
 else
-    cargo build -p switchboard
+    if [ "$profile" = release ]; then
+        cargo build --release -p switchboard
+    else
+        cargo build -p switchboard
+    fi
+    bin=target/$profile/switchboard
 fi
-bin=target/$profile/switchboard
 work=$(mktemp -d)
 cleanup() {
     compose down -v --remove-orphans >/dev/null 2>&1 || true
@@ -135,8 +142,7 @@ scenario_kill() { # first-phone
 }
 
 scenario_partition() { # first-phone
-    # Senders wait for each ack here (window 1); see the retry note below.
-    steady 60 "$1" partition 1; pid=$!
+    steady 60 "$1" partition; pid=$!
     sleep 10
     n2=$(compose ps -q n2)
     docker network disconnect switchboard-test_switchboard "$n2"
@@ -157,21 +163,20 @@ scenario_rolling() { # first-phone
     finish rolling "$pid"
 }
 
-# A scenario that fails is run again (at most twice more, with fresh users)
-# and reported as FLAKY if a later run passes: rare lost or reordered
-# messages under these faults are an open question of the cluster issue
-# (docs/architecture.md); three failures in a row fail the run.
+# CLUSTER_TEST_ATTEMPTS=n runs a failing scenario up to n times (with fresh
+# users), to tell a rare fault from a steady one while investigating; the
+# default, one run, is what CI uses: any loss, duplicate or reordering fails.
 run_scenario() { # name title first-phone
     want "$1" || return 0
     echo "cluster-test: $2"
-    local attempt first=$3
-    for attempt in 1 2 3; do
+    local attempt first=$3 attempts=${CLUSTER_TEST_ATTEMPTS:-1}
+    for attempt in $(seq "$attempts"); do
         if "scenario_$1" "$first"; then
             [ "$attempt" = 1 ] || echo "cluster-test: $1: FLAKY: passed on run $attempt"
             return 0
         fi
         first=$(python3 -c "print('+' + str(int('$first'[1:]) + 1000000))")
-        [ "$attempt" = 3 ] || echo "cluster-test: $1: FLAKY? running it again"
+        [ "$attempt" = "$attempts" ] || echo "cluster-test: $1: running it again"
     done
     failures=$((failures + 1))
 }
