@@ -700,3 +700,22 @@ impl std::fmt::Debug for Clustered {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::sees_majority;
+
+    #[test]
+    fn a_majority_is_of_the_other_nodes() {
+        // Four nodes: this one and one more peer are a majority of the
+        // three others (a cut-off node alone is not).
+        assert!(!sees_majority(4, 0));
+        assert!(sees_majority(4, 1));
+        // Six nodes: three of the five.
+        assert!(!sees_majority(6, 1));
+        assert!(sees_majority(6, 2));
+        // Two nodes: a lone partner always may (it cannot tell a crash
+        // from a cut, and merges afterwards).
+        assert!(sees_majority(2, 0));
+    }
+}
