@@ -7,24 +7,15 @@ mod common;
 
 use std::time::Duration;
 
-use client::{ClientError, Connection, Event, PhoneNumber, Tls};
-use common::{login, next_matching, start, test_config};
+use client::{ClientError, Connection, Tls};
+use common::{login, receive_first_bytes, register, start, test_config};
 use proto::{ErrorCode, Request, Response};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_after_a_missing_message_is_refused_until_that_one_is_stored() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (node, cfg) = start(test_config(dir.path())).await;
-    let alice = PhoneNumber::parse("+15550000901").expect("phone");
-    client::request_code(&cfg, &alice).await.expect("code");
-    let log = std::fs::read_to_string(dir.path().join("verification-codes.log")).expect("log");
-    let code = log
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix(&format!("{alice} ")))
-        .expect("code")
-        .to_owned();
-    let (token, _) = client::verify(&cfg, &alice, &code).await.expect("verify");
+    let token = register(&cfg, dir.path(), "+15550000901").await;
     let (bob, mut bob_events) = login(&cfg, dir.path(), "+15550000902").await;
 
     let tls = Tls::new(&cfg.ca_pem, &cfg.server_name).expect("tls");
@@ -65,18 +56,7 @@ async fn a_send_after_a_missing_message_is_refused_until_that_one_is_stored() {
     };
     assert!(id1 < id2, "stored in order: {id1} then {id2}");
 
-    let mut got = Vec::new();
-    while got.len() < 2 {
-        match next_matching(&mut bob_events, 10, |e| matches!(e, Event::Message { .. })).await {
-            Some(Event::Message {
-                payload, msg_id, ..
-            }) => {
-                got.push(payload[0]);
-                bob.ack(vec![msg_id]).await.expect("ack");
-            }
-            _ => panic!("missing messages after {got:?}"),
-        }
-    }
+    let got = receive_first_bytes(&bob, &mut bob_events, 2).await;
     assert_eq!(got, [1, 2], "delivered once each, in order");
     conn.close();
     bob.close().await;

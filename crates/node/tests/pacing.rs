@@ -3,8 +3,7 @@
 
 mod common;
 
-use client::Event;
-use common::{login, next_matching, start, test_config};
+use common::{login, receive_first_bytes, start, test_config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fast_sender_is_slowed_not_refused() {
@@ -21,18 +20,7 @@ async fn a_fast_sender_is_slowed_not_refused() {
     for acked in futures::future::join_all(sends).await {
         acked.expect("every send is acknowledged, none refused");
     }
-    let mut got = Vec::new();
-    while got.len() < 60 {
-        match next_matching(&mut bob_events, 10, |e| matches!(e, Event::Message { .. })).await {
-            Some(Event::Message {
-                payload, msg_id, ..
-            }) => {
-                got.push(payload[0]);
-                bob.ack(vec![msg_id]).await.expect("ack");
-            }
-            _ => panic!("missing messages after {}", got.len()),
-        }
-    }
+    let got = receive_first_bytes(&bob, &mut bob_events, 60).await;
     assert_eq!(got, (0..60).collect::<Vec<u8>>(), "order kept");
     alice.close().await;
     bob.close().await;

@@ -7,6 +7,12 @@ use client::{Client, ClientConfig, Event, Events, PhoneNumber};
 
 /// Registers `phone` through the development code log and logs in.
 pub async fn login(cfg: &ClientConfig, data: &std::path::Path, phone: &str) -> (Client, Events) {
+    let token = register(cfg, data, phone).await;
+    Client::connect(cfg.clone(), token).await.expect("login")
+}
+
+/// Registers `phone` through the development code log; its token.
+pub async fn register(cfg: &ClientConfig, data: &std::path::Path, phone: &str) -> String {
     let phone = PhoneNumber::parse(phone).expect("phone");
     client::request_code(cfg, &phone).await.expect("code");
     let log = std::fs::read_to_string(data.join("verification-codes.log")).expect("log");
@@ -16,8 +22,25 @@ pub async fn login(cfg: &ClientConfig, data: &std::path::Path, phone: &str) -> (
         .find_map(|l| l.strip_prefix(&format!("{phone} ")))
         .expect("code")
         .to_owned();
-    let (token, _) = client::verify(cfg, &phone, &code).await.expect("verify");
-    Client::connect(cfg.clone(), token).await.expect("login")
+    client::verify(cfg, &phone, &code).await.expect("verify").0
+}
+
+/// The first byte of each of the next `count` messages `client` receives,
+/// each acked as it arrives; panics if they do not come within 10 s each.
+pub async fn receive_first_bytes(client: &Client, events: &mut Events, count: usize) -> Vec<u8> {
+    let mut got = Vec::new();
+    while got.len() < count {
+        match next_matching(events, 10, |e| matches!(e, Event::Message { .. })).await {
+            Some(Event::Message {
+                payload, msg_id, ..
+            }) => {
+                got.push(payload[0]);
+                client.ack(vec![msg_id]).await.expect("ack");
+            }
+            _ => panic!("missing messages after {got:?}"),
+        }
+    }
+    got
 }
 
 /// The next event matching `f` within `secs` seconds.
