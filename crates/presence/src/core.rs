@@ -238,14 +238,6 @@ impl<T: Clone> PresenceCore<T> {
             })
             .collect()
     }
-
-    /// Takes every queued update, grouped by the receiver's push handle.
-    pub fn flush(&mut self) -> Vec<(T, Vec<Update>)> {
-        self.flush_by_user()
-            .into_iter()
-            .map(|(_, target, updates)| (target, updates))
-            .collect()
-    }
 }
 
 #[cfg(test)]
@@ -256,8 +248,13 @@ mod tests {
         PhoneNumber::parse(&format!("+1555{n:07}")).expect("valid")
     }
 
+    /// Every queued update by the receiver's push handle, in handle order.
     fn flushed(core: &mut PresenceCore<u32>) -> Vec<(u32, Vec<Update>)> {
-        let mut out = core.flush();
+        let mut out: Vec<_> = core
+            .flush_by_user()
+            .into_iter()
+            .map(|(_, target, updates)| (target, updates))
+            .collect();
         out.sort_by_key(|(t, _)| *t);
         out
     }
@@ -333,6 +330,6 @@ mod tests {
         core.subscribe(phone(1), vec![phone(2), phone(3)]);
         core.offline(&phone(1), 1, 10);
         assert!(core.watchers.is_empty());
-        assert!(core.flush().is_empty());
+        assert!(core.flush_by_user().is_empty());
     }
 }
