@@ -116,18 +116,19 @@ finish() { # name pid -> 0 if the generator's check passed
     wait "$2" || status=$?
     local counts
     counts=$(python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(f\"acked {r['acked']} lost {r['lost']} duplicated {r['duplicated']} out_of_order {r['out_of_order']}\")" "$work/$1.json" 2>/dev/null || echo "no report")
+    if [ -n "${CLUSTER_TEST_LOGS:-}" ]; then
+        # The nodes' logs so far and the generator's report, pass or fail.
+        mkdir -p "$CLUSTER_TEST_LOGS"
+        compose logs --no-color > "$CLUSTER_TEST_LOGS/$1-nodes.log" 2>&1 || true
+        cp "$work/$1".* "$CLUSTER_TEST_LOGS/" 2>/dev/null || true
+    fi
     if [ "$status" = 0 ]; then
         echo "cluster-test: $1: ok: $counts"
         return 0
     fi
     echo "cluster-test: $1: FAILED: $counts"
     tail -5 "$work/$1.err" >&2 || true
-    if [ -n "${CLUSTER_TEST_LOGS:-}" ]; then
-        mkdir -p "$CLUSTER_TEST_LOGS"
-        compose logs --no-color > "$CLUSTER_TEST_LOGS/$1-nodes.log" 2>&1 || true
-        cp "$work/$1".* "$CLUSTER_TEST_LOGS/" 2>/dev/null || true
-        echo "cluster-test: logs in $CLUSTER_TEST_LOGS" >&2
-    fi
+    [ -z "${CLUSTER_TEST_LOGS:-}" ] || echo "cluster-test: logs in $CLUSTER_TEST_LOGS" >&2
     return 1
 }
 
