@@ -444,6 +444,8 @@ async fn a_partitioned_node_heals_without_losing_what_it_acked() {
         .expect("dave on n3");
     let traffic = PairTraffic::start(carol, dave, dave_events, &dave_phone);
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let failovers = |m: usize| counter(&cluster.members[m], "switchboard_fragment_failovers_total");
+    let n1_failovers_before = failovers(0);
     let partition = Partition::isolate(&cluster, 0);
     blocking(|| {
         wait_for_peers_up(&cluster.members[0], 0, PATIENCE);
@@ -456,12 +458,26 @@ async fn a_partitioned_node_heals_without_losing_what_it_acked() {
         apart > 10,
         "n1 should go on acking its clients apart: {apart}"
     );
+    // Cut off from everyone, n1 must not take n2's fragments too (it hears
+    // n2 declared down a moment before n3 and n4); n2 takes n1's.
+    assert_eq!(
+        failovers(0),
+        n1_failovers_before,
+        "the cut-off n1 took fragments over"
+    );
+    assert!(failovers(1) > 0.0, "n2 took nothing over from n1");
     drop(partition);
     blocking(|| {
         for m in &cluster.members {
             wait_for_peers_up(m, 3, PATIENCE);
         }
     });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        failovers(0),
+        n1_failovers_before,
+        "n1 took fragments over while the cut healed"
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     traffic.finish_and_check().await;
     let merged = counter(
