@@ -458,8 +458,8 @@ async fn a_partitioned_node_heals_without_losing_what_it_acked() {
         apart > 10,
         "n1 should go on acking its clients apart: {apart}"
     );
-    // Cut off from everyone, n1 must not take n2's fragments too (it hears
-    // n2 declared down a moment before n3 and n4); n2 takes n1's.
+    // Cut off from everyone, n1 must not take n2's fragments too; n2,
+    // with n3 and n4 in sight, takes n1's.
     assert_eq!(
         failovers(0),
         n1_failovers_before,
