@@ -318,11 +318,16 @@ impl Partition {
             .is_ok_and(|s| s.success())
     }
 
-    /// Cuts member `i` off from every other member.
-    pub fn isolate(cluster: &LocalCluster, i: usize) -> Self {
+    /// Cuts member `i` off from every other member, one link after
+    /// another with `gap` between two cuts: member `i` then hears the first
+    /// peer declared down while the others, already silent, are not yet.
+    pub fn isolate(cluster: &LocalCluster, i: usize, gap: std::time::Duration) -> Self {
         let mut partition = Self { rules: Vec::new() };
         for (j, other) in cluster.members.iter().enumerate() {
             if j != i {
+                if !partition.rules.is_empty() {
+                    std::thread::sleep(gap);
+                }
                 partition.cut(&cluster.members[i], other);
             }
         }
