@@ -161,12 +161,12 @@ pub(crate) struct Clustered {
     handing_since: Option<std::time::Instant>,
     /// Requests that arrived while draining; served as a forwarder after.
     pub(crate) deferred: Vec<FragmentMsg>,
-    /// The divergent writes offered to an owner and not yet confirmed:
-    /// offered again only to another owner or after [`MERGE_RETRY`].
     /// Since when this node has seen a majority of the others without a
     /// break (see [`Clustered::may_take_over`]).
     in_sight_since: Option<std::time::Instant>,
-    /// To whom, up to which divergent entry, since when.
+    /// The divergent writes offered to an owner and not yet confirmed (to
+    /// whom, up to which divergent entry, since when): offered again only
+    /// to another owner or after [`MERGE_RETRY`].
     merge_offer: Option<(String, u64, std::time::Instant)>,
 }
 
@@ -224,10 +224,10 @@ impl Clustered {
 
     /// Whether this node may take a fragment over from `lost`: with the
     /// peers it sees, it must be a majority of the cluster's nodes other
-    /// than `lost`: a node cut off from the rest must
-    /// not take fragments over from a primary that is alive elsewhere (its
-    /// higher epoch would win when the cut heals). Two-node clusters always
-    /// pass: a lone partner cannot tell a crash from a cut, and merges.
+    /// than `lost`, since a node cut off from the rest must not take
+    /// fragments over from a primary that is alive elsewhere (its higher
+    /// epoch would win when the cut heals). Two-node clusters always pass:
+    /// a lone partner cannot tell a crash from a cut, and merges.
     ///
     /// Only peers heard lately count: a node cut off from everyone hears
     /// its partner declared down a moment before the others, and must not
@@ -582,14 +582,13 @@ pub(crate) async fn check_partner(
     if state.core.is_none() {
         return take_over_if_quorate(state).await;
     }
-    let stalled = state.core.is_some()
-        && state.cluster.as_ref().is_some_and(|c| {
-            c.waiting.values().any(|w| {
-                w.remote.is_none()
-                    && w.since
-                        .is_some_and(|t| t.elapsed() > PARTNER_ANSWER_TIMEOUT)
-            })
-        });
+    let stalled = state.cluster.as_ref().is_some_and(|c| {
+        c.waiting.values().any(|w| {
+            w.remote.is_none()
+                && w.since
+                    .is_some_and(|t| t.elapsed() > PARTNER_ANSWER_TIMEOUT)
+        })
+    });
     if !stalled {
         return Ok(Vec::new());
     }
