@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use node::{ExtensionContext, ExtensionMsg, NodeBuilder, NodeConfig};
-use offline_queue::{Endpoint, EntryBody, FragmentMsg, Push};
+use offline_queue::{Endpoint, EntryBody, FragmentMsg, NewMessage, Push};
 use proto::PhoneNumber;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr};
 
@@ -94,11 +94,13 @@ impl Actor for EchoBot {
                         let stored = ractor::call_t!(
                             fragment,
                             |reply| FragmentMsg::Append {
-                                to: from,
-                                from: bot.clone(),
-                                client_msg_id: entry.id,
-                                after: None,
-                                payload: echo,
+                                message: NewMessage {
+                                    to: from,
+                                    from: bot.clone(),
+                                    client_msg_id: entry.id,
+                                    after: None,
+                                    payload: echo,
+                                },
                                 reply
                             },
                             10_000

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use offline_queue::{
     Endpoint, EntryBody, FragmentActor, FragmentArgs, FragmentConfig, FragmentError, FragmentMsg,
-    Push, Stored, fragment_name,
+    NewMessage, Push, Stored, fragment_name,
 };
 use proto::PhoneNumber;
 use ractor::concurrency::OneshotReceiver;
@@ -91,11 +91,13 @@ impl Mailbox {
         let (tx, rx) = ractor::concurrency::oneshot();
         self.fragment
             .send_message(FragmentMsg::Append {
-                to,
-                from,
-                client_msg_id: self.next_cid,
-                after: None,
-                payload: vec![0xa5; PAYLOAD],
+                message: NewMessage {
+                    to,
+                    from,
+                    client_msg_id: self.next_cid,
+                    after: None,
+                    payload: vec![0xa5; PAYLOAD],
+                },
                 reply: tx.into(),
             })
             .expect("fragment running");

@@ -75,19 +75,11 @@ pub struct FragmentStats {
 
 /// Messages to a fragment actor.
 pub enum FragmentMsg {
-    /// Store a message for `to`; replied to once durable (one tick).
+    /// Store a message for a user of this fragment; replied to once
+    /// durable (one tick).
     Append {
-        /// The recipient, a user of this fragment.
-        to: PhoneNumber,
-        /// The authenticated sender.
-        from: PhoneNumber,
-        /// The sender's dedupe id.
-        client_msg_id: u64,
-        /// The sender's previous message to `to`, to be stored first
-        /// (see [`crate::NewMessage`]).
-        after: Option<u64>,
-        /// Opaque bytes.
-        payload: Vec<u8>,
+        /// What to store.
+        message: NewMessage,
         /// Gets the server ack.
         reply: RpcReplyPort<Result<Stored, FragmentError>>,
     },
@@ -523,25 +515,9 @@ fn serve(state: &mut FragmentState, message: FragmentMsg) -> Vec<CoreAction> {
     };
     let reads = &state.reads;
     match message {
-        FragmentMsg::Append {
-            to,
-            from,
-            client_msg_id,
-            after,
-            payload,
-            reply,
-        } => core.append(
-            reads,
-            NewMessage {
-                to,
-                from,
-                client_msg_id,
-                after,
-                payload,
-            },
-            now_ms(),
-            Waiter::Local(reply),
-        ),
+        FragmentMsg::Append { message, reply } => {
+            core.append(reads, message, now_ms(), Waiter::Local(reply))
+        }
         FragmentMsg::Attach {
             user,
             endpoint,

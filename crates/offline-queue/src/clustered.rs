@@ -30,7 +30,7 @@ use crate::replica::{
     load_owner, log_divergent, save_owner,
 };
 use crate::store::{MailboxRead, WriteOp, apply_ops};
-use crate::{Endpoint, FragmentError, NewMessage, Push, Stored};
+use crate::{Endpoint, FragmentError, Push, Stored};
 
 mod forwarding;
 mod merge;

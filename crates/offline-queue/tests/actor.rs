@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use offline_queue::{
-    Endpoint, EntryBody, FragmentActor, FragmentArgs, FragmentConfig, FragmentMsg, Push,
-    fragment_name,
+    Endpoint, EntryBody, FragmentActor, FragmentArgs, FragmentConfig, FragmentMsg, NewMessage,
+    Push, fragment_name,
 };
 use proto::PhoneNumber;
 use ractor::{Actor, ActorRef};
@@ -40,11 +40,13 @@ async fn append(fragment: &ActorRef<FragmentMsg>, to: u32, cid: u64) -> u64 {
     ractor::call_t!(
         fragment,
         |reply| FragmentMsg::Append {
-            to: phone(to),
-            from: phone(1),
-            client_msg_id: cid,
-            after: None,
-            payload: cid.to_be_bytes().to_vec(),
+            message: NewMessage {
+                to: phone(to),
+                from: phone(1),
+                client_msg_id: cid,
+                after: None,
+                payload: cid.to_be_bytes().to_vec(),
+            },
             reply
         },
         5000

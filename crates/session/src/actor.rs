@@ -20,7 +20,8 @@ use auth::AuthHandle;
 use futures::FutureExt;
 use offline_queue::fragment::ReceiptRequest;
 use offline_queue::{
-    Endpoint, Entry, EntryBody, FragmentDirectory, FragmentError, FragmentMsg, Push, Stored,
+    Endpoint, Entry, EntryBody, FragmentDirectory, FragmentError, FragmentMsg, NewMessage, Push,
+    Stored,
 };
 use presence::core::Update;
 use presence::{PresenceMsg, PresencePush};
@@ -910,11 +911,13 @@ async fn send(
     let (reply, rx) = fragment_reply::<Stored>();
     if fragment
         .send_message(FragmentMsg::Append {
-            to,
-            from,
-            client_msg_id,
-            after,
-            payload,
+            message: NewMessage {
+                to,
+                from,
+                client_msg_id,
+                after,
+                payload,
+            },
             reply,
         })
         .is_err()

@@ -15,26 +15,12 @@ pub(crate) fn forward(state: &mut FragmentState, message: FragmentMsg) {
     let owner = cluster.ownership.owner().node.clone();
     let reachable = cluster.ownership.role() != Role::Waiting && cluster.up.contains(&owner);
     match message {
-        FragmentMsg::Append {
-            to,
-            from,
-            client_msg_id,
-            after,
-            payload,
-            reply,
-        } => {
+        FragmentMsg::Append { message, reply } => {
             if !reachable {
                 let _ = reply.send(Err(FragmentError::Unavailable(id)));
                 return;
             }
             let req = cluster.new_req();
-            let message = NewMessage {
-                to,
-                from,
-                client_msg_id,
-                after,
-                payload,
-            };
             let wire = FragmentWire::append(req, message);
             if send_via(cluster, id, &owner, wire.clone()) {
                 cluster.remember(req, owner, wire, reply);
