@@ -416,6 +416,28 @@ fn unavailable(e: &FragmentError) -> (ErrorCode, String) {
     (e.error_code(), e.to_string())
 }
 
+/// The fragment actor of `user`'s mailbox, waiting out a restart; if there
+/// is none, request `id` is answered with the error.
+async fn fragment_of(
+    state: &mut SessionState,
+    id: RequestId,
+    user: &PhoneNumber,
+) -> Option<ActorRef<FragmentMsg>> {
+    match state
+        .ctx
+        .fragments
+        .for_user_when_ready(user, FRAGMENT_RESTART_WAIT)
+        .await
+    {
+        Ok(fragment) => Some(fragment),
+        Err(e) => {
+            let (code, message) = unavailable(&e);
+            state.responder.error(Some(id), code, message);
+            None
+        }
+    }
+}
+
 impl Actor for SessionActor {
     type Msg = SessionMsg;
     type State = SessionState;
@@ -713,38 +735,17 @@ async fn serve(
                     .error(Some(id), ErrorCode::InvalidRequest, "no ids to ack");
                 return;
             }
-            match state
-                .ctx
-                .fragments
-                .for_user_when_ready(&user, FRAGMENT_RESTART_WAIT)
-                .await
-            {
-                Ok(fragment) => {
-                    let _ = fragment.send_message(FragmentMsg::Ack { user, ids });
-                    state.responder.respond(id, Response::Ok);
-                }
-                Err(e) => {
-                    let (code, message) = unavailable(&e);
-                    state.responder.error(Some(id), code, message);
-                }
+            if let Some(fragment) = fragment_of(state, id, &user).await {
+                let _ = fragment.send_message(FragmentMsg::Ack { user, ids });
+                state.responder.respond(id, Response::Ok);
             }
         }
         Request::Read { sender, ids } => {
             let Some(user) = state.user().cloned() else {
                 return;
             };
-            let fragment = match state
-                .ctx
-                .fragments
-                .for_user_when_ready(&sender, FRAGMENT_RESTART_WAIT)
-                .await
-            {
-                Ok(fragment) => fragment,
-                Err(e) => {
-                    let (code, message) = unavailable(&e);
-                    state.responder.error(Some(id), code, message);
-                    return;
-                }
+            let Some(fragment) = fragment_of(state, id, &sender).await else {
+                return;
             };
             let (reply, rx) = fragment_reply::<Stored>();
             let request = ReceiptRequest {
@@ -895,18 +896,8 @@ async fn send(
         metrics::counter!("switchboard_sends_paced_total").increment(1);
         tokio::time::sleep(wait).await;
     }
-    let fragment = match state
-        .ctx
-        .fragments
-        .for_user_when_ready(&to, FRAGMENT_RESTART_WAIT)
-        .await
-    {
-        Ok(fragment) => fragment,
-        Err(e) => {
-            let (code, message) = unavailable(&e);
-            state.responder.error(Some(id), code, message);
-            return;
-        }
+    let Some(fragment) = fragment_of(state, id, &to).await else {
+        return;
     };
     let (reply, rx) = fragment_reply::<Stored>();
     if fragment
