@@ -159,6 +159,15 @@ mod tests {
                 id: u32::MAX,
                 request: Request::Ack { ids: vec![1, 2, 3] },
             },
+            ClientFrame::Request {
+                id: 8,
+                request: Request::SendAfter {
+                    to: phone("+15551234567"),
+                    client_msg_id: 2,
+                    after: 1,
+                    payload: vec![9],
+                },
+            },
         ]
     }
 
