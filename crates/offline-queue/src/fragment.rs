@@ -293,22 +293,26 @@ impl<E: Clone, R> FragmentCore<E, R> {
             }
         }
         if let Some(earlier) = after {
+            // Being committed counts (commits complete in order), and is the
+            // usual case for a pipelining sender: the table is read only
+            // when the earlier message is not in flight here.
             let earlier_key = (key.0.clone(), key.1.clone(), earlier);
-            let stored = match reads.dedupe(&key.0, &key.1, earlier) {
-                Ok(found) => found.is_some(),
-                Err(e) => {
-                    out.push(Action::Reply {
-                        to: reply,
-                        result: Err(e),
-                    });
-                    return out;
-                }
+            let present = if self.pending_appends.contains_key(&earlier_key) {
+                Ok(true)
+            } else {
+                reads
+                    .dedupe(&key.0, &key.1, earlier)
+                    .map(|found| found.is_some())
             };
-            // Being committed counts: commits complete in order.
-            if !stored && !self.pending_appends.contains_key(&earlier_key) {
+            let refusal = match present {
+                Ok(true) => None,
+                Ok(false) => Some(FragmentError::EarlierMessageMissing),
+                Err(e) => Some(e),
+            };
+            if let Some(error) = refusal {
                 out.push(Action::Reply {
                     to: reply,
-                    result: Err(FragmentError::EarlierMessageMissing),
+                    result: Err(error),
                 });
                 return out;
             }
