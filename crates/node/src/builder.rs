@@ -18,7 +18,6 @@ use router::Placement;
 use session::{SessionContext, SessionMsg, Transport, broadcast_to_sessions, extension_actor_name};
 use storage::{Store, StoreOptions};
 use supervision::{ChildSpec, Intensity, Restart, Supervisor, SupervisorArgs, SupervisorMsg};
-use tokio_rustls::TlsAcceptor;
 
 use crate::listener::{ListenerActor, ListenerArgs};
 use crate::tls::{NodeCertificate, ensure_certificate, server_config};
@@ -122,7 +121,7 @@ impl NodeBuilder {
         }
         tracing::info!(cert = %certificate.cert_path.display(), sha256 = %certificate.fingerprint,
             "client TLS certificate");
-        let acceptor = TlsAcceptor::from(server_config(&certificate)?);
+        let tls = server_config(&certificate)?;
         let store = Store::open(
             &config.data_dir.join("switchboard.redb"),
             StoreOptions {
@@ -311,9 +310,9 @@ impl NodeBuilder {
             presence: PRESENCE_NAME.into(),
         };
         let listener_spec = |name: &'static str, socket: Arc<std::net::TcpListener>, transport| {
-            let (acceptor, ctx) = (acceptor.clone(), ctx.clone());
+            let (tls, ctx) = (tls.clone(), ctx.clone());
             ChildSpec::new(name, Restart::Permanent, move |sup| {
-                let (socket, acceptor, ctx) = (socket.clone(), acceptor.clone(), ctx.clone());
+                let (socket, tls, ctx) = (socket.clone(), tls.clone(), ctx.clone());
                 async move {
                     let sessions = ractor::registry::where_is(SESSIONS_NAME)
                         .map(ActorRef::<SupervisorMsg>::from)
@@ -321,7 +320,7 @@ impl NodeBuilder {
                     let args = ListenerArgs {
                         socket,
                         transport,
-                        acceptor,
+                        tls,
                         ctx,
                         sessions,
                     };

@@ -9,7 +9,6 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use session::{SessionContext, Transport};
 use supervision::SupervisorMsg;
 use tokio::sync::oneshot;
-use tokio_rustls::TlsAcceptor;
 
 /// Start-up arguments of the listener.
 pub struct ListenerArgs {
@@ -18,7 +17,7 @@ pub struct ListenerArgs {
     /// TLS, or WebSocket over TLS.
     pub transport: Transport,
     /// TLS settings.
-    pub acceptor: TlsAcceptor,
+    pub tls: Arc<rustls::ServerConfig>,
     /// What sessions share.
     pub ctx: SessionContext,
     /// The session supervisor.
@@ -60,7 +59,7 @@ impl Actor for ListenerActor {
             if let Err(e) = session::serve(
                 listener,
                 args.transport,
-                args.acceptor,
+                args.tls,
                 args.ctx,
                 args.sessions,
                 shutdown,

@@ -10,6 +10,7 @@
 //! - [`pacing`]: the per-connection send rate (a token bucket that slows,
 //!   never refuses).
 //! - [`listener`]: the TLS accept loop with a connection cap and a shutdown future.
+//! - [`tls`]: the server side of TLS, buffering only bytes in flight.
 //! - [`extension`]: how client frames reach extension actors.
 //! - `websocket`: the same byte stream over WebSocket messages, for browsers.
 //!
@@ -23,6 +24,7 @@ pub mod extension;
 pub mod listener;
 pub mod pacing;
 pub mod state;
+pub mod tls;
 mod websocket;
 
 pub use actor::{

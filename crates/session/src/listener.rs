@@ -4,10 +4,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ractor::{Actor, ActorRef};
+use rustls::ServerConfig;
 use supervision::{ChildSpec, Restart, SupervisorMsg};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 
 use crate::actor::{ClientStream, SessionActor, SessionArgs, SessionContext};
 
@@ -36,7 +36,7 @@ pub enum Transport {
 pub async fn serve(
     listener: TcpListener,
     transport: Transport,
-    acceptor: TlsAcceptor,
+    tls: Arc<ServerConfig>,
     ctx: SessionContext,
     sessions: ActorRef<SupervisorMsg>,
     shutdown: impl Future<Output = ()>,
@@ -67,12 +67,12 @@ pub async fn serve(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
+        let tls = Arc::clone(&tls);
         let ctx = ctx.clone();
         let sessions = sessions.clone();
         tokio::spawn(async move {
             let handshake =
-                tokio::time::timeout(ctx.config.handshake_timeout, acceptor.accept(tcp));
+                tokio::time::timeout(ctx.config.handshake_timeout, crate::tls::accept(tcp, tls));
             let tls = match handshake.await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -103,12 +103,14 @@ pub async fn serve(
                     }
                 }
             };
-            let args = Arc::new(Mutex::new(Some(SessionArgs {
+            // Boxed: the supervisor keeps this spec as long as the session
+            // lives, and an emptied box is smaller than emptied args.
+            let args = Arc::new(Mutex::new(Some(Box::new(SessionArgs {
                 ctx,
                 stream,
                 peer,
                 slot: Some(slot),
-            })));
+            }))));
             // A temporary child is started exactly once; the args move into it.
             let spec = ChildSpec::new(format!("session {peer}"), Restart::Temporary, move |sup| {
                 let args = args.lock().ok().and_then(|mut a| a.take());
@@ -116,7 +118,7 @@ pub async fn serve(
                     let Some(args) = args else {
                         return Err(ractor::SpawnErr::ActorAlreadyStarted);
                     };
-                    let (actor, _) = Actor::spawn_linked(None, SessionActor, args, sup).await?;
+                    let (actor, _) = Actor::spawn_linked(None, SessionActor, *args, sup).await?;
                     Ok(actor.get_cell())
                 }
             });
