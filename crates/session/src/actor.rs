@@ -33,15 +33,15 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use router::FragmentId;
 use supervision::SupervisorMsg;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SessionConfig;
 use crate::connection::{
-    Inbound, Outbound, ReadEnd, spawn_reader, spawn_writer, undecodable_error,
+    Inbound, ReadEnd, encode_outbound, spawn_reader, spawn_writer, undecodable_error,
 };
 use crate::extension::{ExtensionMsg, ExtensionPush, ExtensionRequest, extension_actor_name};
+use crate::outbound::{OutboundSender, PushError};
 use crate::state::{Admission, Phase, admit};
 
 /// Low bits of session ids: a per-process random start, then a counter.
@@ -173,7 +173,7 @@ derived_message!(Extension, ExtensionPush);
 /// bound; it resumes from its mailbox.
 #[derive(Clone)]
 struct Responder {
-    out: mpsc::Sender<Outbound>,
+    out: OutboundSender,
     cancel: CancellationToken,
     max_frame_bytes: u32,
 }
@@ -181,7 +181,7 @@ struct Responder {
 impl Responder {
     /// Queues a frame that must not be lost; false if the client is gone.
     fn send(&self, frame: ServerFrame) -> bool {
-        let item = match Outbound::frame(&frame, self.max_frame_bytes) {
+        let bytes = match encode_outbound(&frame, self.max_frame_bytes) {
             Some(item) => item,
             // An answer too large for a frame: the request gets an error
             // instead of waiting for its timeout.
@@ -192,7 +192,7 @@ impl Responder {
                         code: ErrorCode::Internal,
                         message: "the answer exceeds the frame size limit".into(),
                     };
-                    match Outbound::frame(&error, self.max_frame_bytes) {
+                    match encode_outbound(&error, self.max_frame_bytes) {
                         Some(item) => item,
                         None => return true,
                     }
@@ -200,27 +200,27 @@ impl Responder {
                 _ => return true,
             },
         };
-        match self.out.try_send(item) {
+        match self.out.push(&bytes) {
             Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
+            Err(PushError::Full) => {
                 tracing::info!("slow consumer: outbound queue full, disconnecting");
                 metrics::counter!("switchboard_slow_consumer_disconnects_total").increment(1);
                 self.cancel.cancel();
                 false
             }
-            Err(TrySendError::Closed(_)) => false,
+            Err(PushError::Closed) => false,
         }
     }
 
     /// Queues a frame that may be shed under pressure (presence, typing).
     fn send_droppable(&self, frame: ServerFrame) {
         // A full queue sheds these first; skip the encoding work as well.
-        if self.out.capacity() == 0 {
+        if self.out.is_full() {
             metrics::counter!("switchboard_frames_shed_total").increment(1);
             return;
         }
-        if let Some(item) = Outbound::frame(&frame, self.max_frame_bytes) {
-            let _ = self.out.try_send(item);
+        if let Some(bytes) = encode_outbound(&frame, self.max_frame_bytes) {
+            let _ = self.out.push(&bytes);
         }
     }
 
@@ -355,7 +355,7 @@ impl SessionState {
         });
         self.clean_up();
         self.phase = Phase::Closing;
-        if self.responder.out.try_send(Outbound::Close).is_err() {
+        if self.responder.out.close().is_err() {
             self.responder.cancel.cancel();
         }
         myself.stop(None);
@@ -450,7 +450,7 @@ impl Actor for SessionActor {
     ) -> Result<Self::State, ActorProcessingErr> {
         let config = &args.ctx.config;
         let (reader, writer) = tokio::io::split(args.stream);
-        let (out, queue) = mpsc::channel(config.outbound_capacity);
+        let (out, queue) = crate::outbound::queue(config.outbound_capacity);
         let cancel = CancellationToken::new();
         spawn_writer(writer, queue, config.write_timeout, cancel.clone());
         spawn_reader(
@@ -539,7 +539,7 @@ async fn dispatch(myself: &ActorRef<SessionMsg>, message: SessionMsg, state: &mu
             } else {
                 state.clean_up();
                 state.phase = Phase::Closing;
-                let _ = state.responder.out.try_send(Outbound::Close);
+                let _ = state.responder.out.close();
                 myself.stop(None);
             }
         }

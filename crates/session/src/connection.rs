@@ -3,9 +3,9 @@
 //! The reader decodes frames (length checked before buffering) and hands each
 //! to the session actor together with a permit from a per-connection
 //! semaphore, so a client cannot queue unbounded work: the reader stops
-//! reading while all permits are out. The writer drains a bounded queue,
-//! encodes everything waiting into one buffer and writes it with one call,
-//! so a burst of deliveries costs one TLS record and one syscall.
+//! reading while all permits are out. The writer takes everything waiting in
+//! the bounded outbound queue (already encoded, in one buffer) and writes it
+//! with one call, so a burst of deliveries costs one TLS record and one syscall.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,33 +14,20 @@ use bytes::{Buf, BytesMut};
 use proto::{ClientFrame, CodecError, RequestId, ServerFrame, decode_frame};
 use ractor::ActorRef;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::actor::SessionMsg;
+use crate::outbound::OutboundReceiver;
 
-/// Something to write to the client.
-///
-/// Frames are queued already encoded: the queue's slots are then 24 bytes, not
-/// the size of the largest frame variant, which matters at hundreds of
-/// thousands of idle connections, each with its own queue.
-#[derive(Debug)]
-pub enum Outbound {
-    /// An encoded, length-prefixed frame.
-    Frame(Vec<u8>),
-    /// Flush what is queued, close the TLS session and stop.
-    Close,
-}
-
-impl Outbound {
-    /// Encodes `frame`; `None` (and a log line) if it exceeds the limit.
-    pub(crate) fn frame(frame: &ServerFrame, max_frame_bytes: u32) -> Option<Self> {
-        match proto::encode_frame(frame, max_frame_bytes) {
-            Ok(bytes) => Some(Outbound::Frame(bytes)),
-            Err(e) => {
-                tracing::error!(error = %e, "dropping a frame that cannot be encoded");
-                None
-            }
+/// Encodes `frame` for the outbound queue; `None` (and a log line) if it
+/// exceeds the limit.
+pub(crate) fn encode_outbound(frame: &ServerFrame, max_frame_bytes: u32) -> Option<Vec<u8>> {
+    match proto::encode_frame(frame, max_frame_bytes) {
+        Ok(bytes) => Some(bytes),
+        Err(e) => {
+            tracing::error!(error = %e, "dropping a frame that cannot be encoded");
+            None
         }
     }
 }
@@ -169,14 +156,11 @@ where
     }
 }
 
-/// Largest batch of frames encoded before a write.
-const MAX_WRITE_BATCH: usize = 64 * 1024;
-
 /// Starts the writer task. When it ends, for any reason, it cancels `cancel`
 /// so that the reader stops too and the socket is released.
 pub(crate) fn spawn_writer<W>(
     mut writer: W,
-    mut queue: mpsc::Receiver<Outbound>,
+    queue: OutboundReceiver,
     write_timeout: Duration,
     cancel: CancellationToken,
 ) -> tokio::task::JoinHandle<()>
@@ -184,38 +168,22 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     tokio::spawn(async move {
-        let mut out = Vec::new();
         loop {
-            let first = tokio::select! {
-                next = queue.recv() => next,
+            let ready = tokio::select! {
+                ready = queue.ready() => ready,
                 () = cancel.cancelled() => break,
             };
-            let Some(first) = first else { break };
-            let mut closing = false;
-            let mut take = |item: Outbound, out: &mut Vec<u8>| match item {
-                Outbound::Frame(bytes) => {
-                    if out.is_empty() {
-                        *out = bytes;
-                    } else {
-                        out.extend_from_slice(&bytes);
-                    }
-                }
-                Outbound::Close => closing = true,
-            };
-            take(first, &mut out);
+            if !ready {
+                break;
+            }
             // Let the other tasks that are about to queue frames for this
             // client run first: under load, one write then carries many frames
             // (one TLS record, one syscall) instead of one each.
             tokio::task::yield_now().await;
-            while out.len() < MAX_WRITE_BATCH {
-                match queue.try_recv() {
-                    Ok(item) => take(item, &mut out),
-                    Err(_) => break,
-                }
-            }
-            if !out.is_empty() {
+            let batch = queue.take();
+            if !batch.bytes.is_empty() {
                 let write = async {
-                    writer.write_all(&out).await?;
+                    writer.write_all(&batch.bytes).await?;
                     writer.flush().await
                 };
                 let written = tokio::select! {
@@ -233,12 +201,8 @@ where
                         break;
                     }
                 }
-                out.clear();
-                if out.capacity() > MAX_WRITE_BATCH {
-                    out = Vec::new();
-                }
             }
-            if closing {
+            if batch.closing {
                 let _ = tokio::time::timeout(Duration::from_secs(1), writer.shutdown()).await;
                 break;
             }

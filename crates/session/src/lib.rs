@@ -6,6 +6,8 @@
 //!   (hello first, only auth before login).
 //! - [`connection`]: the socket side of a connection: a reader task that
 //!   decodes frames and a writer task that batches writes from a bounded queue.
+//! - `outbound`: the bounded queue of encoded frames from a session to its
+//!   writer, empty of allocations while idle.
 //! - [`actor`]: the session actor that serves one authenticated user.
 //! - [`pacing`]: the per-connection send rate (a token bucket that slows,
 //!   never refuses).
@@ -22,6 +24,7 @@ pub mod config;
 pub mod connection;
 pub mod extension;
 pub mod listener;
+mod outbound;
 pub mod pacing;
 pub mod state;
 pub mod tls;
