@@ -17,3 +17,6 @@ for _ in $(seq 1 100); do grep -q "listening on" "$data/node.out" 2>/dev/null &&
 addr=$(sed -n 's/.* listening on \([^ ]*\) .*/\1/p' "$data/node.out")
 "$sb" bench messages --server "$addr" --ca "$data/tls/cert.pem" --admin-secret "$secret" \
     --users "$users" --rate "$rate" --duration "$duration" --server-pid "$node" "$@"
+# The node's CPU time over the whole run (minting, logins and messages):
+# steadier than latency on a shared machine for comparing two builds.
+awk -v hz="$(getconf CLK_TCK)" '{printf "node CPU: %.2f s (user %.2f, system %.2f)\n", ($14+$15)/hz, $14/hz, $15/hz}' "/proc/$node/stat"

@@ -7,13 +7,16 @@
 //! the bounded outbound queue (already encoded, in one buffer) and writes it
 //! with one call, so a burst of deliveries costs one TLS record and one syscall.
 
+use std::mem::MaybeUninit;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Poll, ready};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use proto::{ClientFrame, CodecError, RequestId, ServerFrame, decode_frame};
 use ractor::ActorRef;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -62,8 +65,25 @@ pub struct Inbound {
     pub permit: OwnedSemaphorePermit,
 }
 
-/// Smallest read buffer, kept small so that idle connections cost little.
-const MIN_READ_BUFFER: usize = 512;
+/// Most bytes taken from the stream in one read.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// Reads what the stream has and appends it to `buf`; 0 means end of file.
+/// The bytes pass through a buffer on the stack that exists only while the
+/// stream is polled, so a connection waiting for input holds none.
+async fn read_into<R>(reader: &mut R, buf: &mut BytesMut) -> std::io::Result<usize>
+where
+    R: AsyncRead + Unpin,
+{
+    std::future::poll_fn(|cx| {
+        let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut read = ReadBuf::uninit(&mut chunk);
+        ready!(Pin::new(&mut *reader).poll_read(cx, &mut read))?;
+        buf.extend_from_slice(read.filled());
+        Poll::Ready(Ok(read.filled().len()))
+    })
+    .await
+}
 
 /// Starts the reader task.
 pub(crate) fn spawn_reader<R>(
@@ -102,7 +122,7 @@ async fn read_frames<R>(
 where
     R: AsyncRead + Unpin,
 {
-    let mut buf = BytesMut::with_capacity(MIN_READ_BUFFER);
+    let mut buf = BytesMut::new();
     loop {
         loop {
             match decode_frame::<ClientFrame>(&buf, max_frame_bytes) {
@@ -137,14 +157,12 @@ where
                 Err(CodecError::Encode(reason)) => return ReadEnd::Malformed(reason),
             }
         }
-        if buf.is_empty() && buf.capacity() > 4 * MIN_READ_BUFFER * 8 {
-            // A large frame passed; give the memory back while idle.
-            buf = BytesMut::with_capacity(MIN_READ_BUFFER);
-        } else if buf.capacity() - buf.len() < 64 {
-            buf.reserve(MIN_READ_BUFFER.max(buf.len()));
+        if buf.is_empty() {
+            // Every frame is handed on: an idle connection keeps no buffer.
+            buf = BytesMut::new();
         }
         let read = tokio::select! {
-            read = tokio::time::timeout(idle_timeout, reader.read_buf(&mut buf)) => read,
+            read = tokio::time::timeout(idle_timeout, read_into(reader, &mut buf)) => read,
             () = cancel.cancelled() => return ReadEnd::Cancelled,
         };
         match read {
