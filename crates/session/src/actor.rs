@@ -106,7 +106,7 @@ pub struct SessionContext {
 /// Start-up arguments of one session.
 pub struct SessionArgs {
     /// Shared context.
-    pub ctx: SessionContext,
+    pub ctx: Arc<SessionContext>,
     /// The connected, handshaken stream.
     pub stream: Box<dyn ClientStream>,
     /// The client's address, for logs.
@@ -243,7 +243,7 @@ pub struct SessionActor;
 
 /// Its state.
 pub struct SessionState {
-    ctx: SessionContext,
+    ctx: Arc<SessionContext>,
     session_id: u64,
     peer: SocketAddr,
     phase: Phase,

@@ -42,6 +42,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ListenerError> {
     let slots = Arc::new(Semaphore::new(ctx.config.max_connections));
+    // Shared by every session: one copy, not one per connection.
+    let ctx = Arc::new(ctx);
     let mut backoff = Duration::from_millis(5);
     tokio::pin!(shutdown);
     loop {
@@ -68,7 +70,7 @@ pub async fn serve(
         };
         let _ = tcp.set_nodelay(true);
         let tls = Arc::clone(&tls);
-        let ctx = ctx.clone();
+        let ctx = Arc::clone(&ctx);
         let sessions = sessions.clone();
         tokio::spawn(async move {
             let handshake =
