@@ -37,9 +37,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SessionConfig;
-use crate::connection::{
-    Inbound, ReadEnd, encode_outbound, spawn_reader, spawn_writer, undecodable_error,
-};
+use crate::connection::{Inbound, ReadEnd, encode_outbound, spawn_reader, undecodable_error};
 use crate::extension::{ExtensionMsg, ExtensionPush, ExtensionRequest, extension_actor_name};
 use crate::outbound::{OutboundSender, PushError};
 use crate::state::{Admission, Phase, admit};
@@ -450,9 +448,13 @@ impl Actor for SessionActor {
     ) -> Result<Self::State, ActorProcessingErr> {
         let config = &args.ctx.config;
         let (reader, writer) = tokio::io::split(args.stream);
-        let (out, queue) = crate::outbound::queue(config.outbound_capacity);
         let cancel = CancellationToken::new();
-        spawn_writer(writer, queue, config.write_timeout, cancel.clone());
+        let out = crate::outbound::outbound(
+            writer,
+            config.outbound_capacity,
+            config.write_timeout,
+            cancel.clone(),
+        );
         spawn_reader(
             reader,
             myself,
@@ -484,6 +486,7 @@ impl Actor for SessionActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         state.clean_up();
+        state.responder.out.abandon();
         Ok(())
     }
 
@@ -504,6 +507,7 @@ impl Actor for SessionActor {
                 "session panicked; dropping its connection");
             state.clean_up();
             state.responder.cancel.cancel();
+            state.responder.out.abandon();
             return Err(format!("session panicked: {reason}").into());
         }
         Ok(())

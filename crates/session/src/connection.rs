@@ -1,11 +1,9 @@
-//! The socket side of a connection: a reader task and a writer task.
+//! The read side of a connection: the reader task.
 //!
 //! The reader decodes frames (length checked before buffering) and hands each
 //! to the session actor together with a permit from a per-connection
 //! semaphore, so a client cannot queue unbounded work: the reader stops
-//! reading while all permits are out. The writer takes everything waiting in
-//! the bounded outbound queue (already encoded, in one buffer) and writes it
-//! with one call, so a burst of deliveries costs one TLS record and one syscall.
+//! reading while all permits are out. The write side is `outbound`.
 
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -16,12 +14,11 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use proto::{ClientFrame, CodecError, RequestId, ServerFrame, decode_frame};
 use ractor::ActorRef;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::actor::SessionMsg;
-use crate::outbound::OutboundReceiver;
 
 /// Encodes `frame` for the outbound queue; `None` (and a log line) if it
 /// exceeds the limit.
@@ -172,61 +169,6 @@ where
             Ok(Err(e)) => return ReadEnd::Io(e.to_string()),
         }
     }
-}
-
-/// Starts the writer task. When it ends, for any reason, it cancels `cancel`
-/// so that the reader stops too and the socket is released.
-pub(crate) fn spawn_writer<W>(
-    mut writer: W,
-    queue: OutboundReceiver,
-    write_timeout: Duration,
-    cancel: CancellationToken,
-) -> tokio::task::JoinHandle<()>
-where
-    W: AsyncWrite + Unpin + Send + 'static,
-{
-    tokio::spawn(async move {
-        loop {
-            let ready = tokio::select! {
-                ready = queue.ready() => ready,
-                () = cancel.cancelled() => break,
-            };
-            if !ready {
-                break;
-            }
-            // Let the other tasks that are about to queue frames for this
-            // client run first: under load, one write then carries many frames
-            // (one TLS record, one syscall) instead of one each.
-            tokio::task::yield_now().await;
-            let batch = queue.take();
-            if !batch.bytes.is_empty() {
-                let write = async {
-                    writer.write_all(&batch.bytes).await?;
-                    writer.flush().await
-                };
-                let written = tokio::select! {
-                    written = tokio::time::timeout(write_timeout, write) => written,
-                    () = cancel.cancelled() => break,
-                };
-                match written {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "client write failed");
-                        break;
-                    }
-                    Err(_) => {
-                        tracing::debug!("client write timed out");
-                        break;
-                    }
-                }
-            }
-            if batch.closing {
-                let _ = tokio::time::timeout(Duration::from_secs(1), writer.shutdown()).await;
-                break;
-            }
-        }
-        cancel.cancel();
-    })
 }
 
 /// The error answering a request whose id could be read but whose body could not.

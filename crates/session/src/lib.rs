@@ -4,10 +4,9 @@
 //! - [`config`]: limits and timeouts of client connections.
 //! - [`state`]: the pure protocol phase machine — which frame is allowed when
 //!   (hello first, only auth before login).
-//! - [`connection`]: the socket side of a connection: a reader task that
-//!   decodes frames and a writer task that batches writes from a bounded queue.
+//! - [`connection`]: the reader task that decodes a connection's frames.
 //! - `outbound`: the bounded queue of encoded frames from a session to its
-//!   writer, empty of allocations while idle.
+//!   client, and the writer task that runs only while it holds frames.
 //! - [`actor`]: the session actor that serves one authenticated user.
 //! - [`pacing`]: the per-connection send rate (a token bucket that slows,
 //!   never refuses).

@@ -1,40 +1,54 @@
-//! The queue of frames from a session to its writer task.
+//! Frames from a session to its client: a bounded queue and a writer task
+//! that exists only while there is something to write.
 //!
-//! Why not a tokio mpsc channel: a channel allocates its first block of
-//! slots and its shared state up front (~1.2 KiB), held by every idle
-//! connection. Here frames are appended, already encoded, to one byte buffer
-//! that the writer takes whole as its next write: an empty queue holds no
-//! allocation, and a burst of frames becomes one write without a second copy.
+//! Why not a tokio channel and a writer task per connection: the channel
+//! pre-allocates its first block (~1.2 KiB) and the task ~0.5 KiB, held by
+//! every idle connection. Here frames are appended, already encoded, to one
+//! byte buffer; the first frame after a quiet spell starts a writer task,
+//! which takes the whole buffer as its next write (a burst of frames is one
+//! write, one TLS record) and, once the buffer stays empty, parks the socket's
+//! write half back in the queue and ends. An idle connection holds neither a
+//! buffer nor a task.
 
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::io::{AsyncWriteExt, WriteHalf};
+use tokio_util::sync::CancellationToken;
 
-/// A bounded queue of encoded frames for one client.
-pub(crate) fn queue(max_frames: usize) -> (OutboundSender, OutboundReceiver) {
-    let shared = Arc::new(Shared {
-        state: Mutex::new(State {
-            bytes: Vec::new(),
-            frames: 0,
-            max_frames: max_frames.max(1),
-            closing: false,
-            senders: 1,
-            receiver_gone: false,
+use crate::actor::ClientStream;
+
+/// The write half of a client connection.
+pub(crate) type ClientWriter = WriteHalf<Box<dyn ClientStream>>;
+
+/// A bounded queue of encoded frames for `writer`. When writing fails, times
+/// out or ends with a close, `cancel` is cancelled (the reader stops too).
+pub(crate) fn outbound(
+    writer: ClientWriter,
+    max_frames: usize,
+    write_timeout: Duration,
+    cancel: CancellationToken,
+) -> OutboundSender {
+    OutboundSender {
+        shared: Arc::new(Shared {
+            state: Mutex::new(State {
+                bytes: Vec::new(),
+                frames: 0,
+                max_frames: max_frames.max(1),
+                closing: false,
+                closed: false,
+                idle_writer: Some(writer),
+            }),
+            write_timeout,
+            cancel,
         }),
-        ready: Notify::new(),
-    });
-    (
-        OutboundSender {
-            shared: Arc::clone(&shared),
-        },
-        OutboundReceiver { shared },
-    )
+    }
 }
 
 struct Shared {
     state: Mutex<State>,
-    /// Wakes the writer; `notify_one` keeps a permit if it is not waiting.
-    ready: Notify,
+    write_timeout: Duration,
+    cancel: CancellationToken,
 }
 
 struct State {
@@ -44,14 +58,16 @@ struct State {
     max_frames: usize,
     /// Close after writing what is queued.
     closing: bool,
-    senders: usize,
-    receiver_gone: bool,
+    /// The connection is over: nothing more is written.
+    closed: bool,
+    /// The write half while no writer task runs.
+    idle_writer: Option<ClientWriter>,
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding this lock leaves consistent state (every
-        // change is a single push or take), so poisoning is ignored.
+        // Every change under this lock is a single push or take, so a panic
+        // elsewhere cannot leave it half done: poisoning is ignored.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -61,11 +77,12 @@ impl Shared {
 pub(crate) enum PushError {
     /// The client is not reading fast enough.
     Full,
-    /// The writer is gone (the connection is closed).
+    /// The connection is closing or closed.
     Closed,
 }
 
-/// The sessions's end; clones share the queue.
+/// The session's end of the queue; clones share it.
+#[derive(Clone)]
 pub(crate) struct OutboundSender {
     shared: Arc<Shared>,
 }
@@ -74,7 +91,7 @@ impl OutboundSender {
     /// Queues one encoded frame.
     pub(crate) fn push(&self, frame: &[u8]) -> Result<(), PushError> {
         let mut state = self.shared.lock();
-        if state.receiver_gone || state.closing {
+        if state.closed || state.closing {
             return Err(PushError::Closed);
         }
         if state.frames >= state.max_frames {
@@ -82,21 +99,42 @@ impl OutboundSender {
         }
         state.bytes.extend_from_slice(frame);
         state.frames += 1;
+        let idle = state.idle_writer.take();
         drop(state);
-        self.shared.ready.notify_one();
+        if let Some(writer) = idle {
+            self.start_writer(writer);
+        }
         Ok(())
     }
 
-    /// Asks the writer to close the connection once the queue is written.
+    /// Asks for the connection to be closed once the queue is written.
     pub(crate) fn close(&self) -> Result<(), PushError> {
         let mut state = self.shared.lock();
-        if state.receiver_gone {
+        if state.closed {
             return Err(PushError::Closed);
         }
         state.closing = true;
+        let idle = state.idle_writer.take();
         drop(state);
-        self.shared.ready.notify_one();
+        if let Some(writer) = idle {
+            self.start_writer(writer);
+        }
         Ok(())
+    }
+
+    /// The session ended: unless a close is under way (which finishes on its
+    /// own), a parked write half is dropped now rather than when the last
+    /// sender goes.
+    pub(crate) fn abandon(&self) {
+        let mut state = self.shared.lock();
+        if state.closing {
+            return;
+        }
+        state.closed = true;
+        state.bytes = Vec::new();
+        let idle = state.idle_writer.take();
+        drop(state);
+        drop(idle);
     }
 
     /// Whether the next frame would be refused as `Full`.
@@ -104,167 +142,185 @@ impl OutboundSender {
         let state = self.shared.lock();
         state.frames >= state.max_frames
     }
-}
 
-impl Clone for OutboundSender {
-    fn clone(&self) -> Self {
-        self.shared.lock().senders += 1;
-        Self {
-            shared: Arc::clone(&self.shared),
+    fn start_writer(&self, writer: ClientWriter) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            // No runtime (it is shutting down): the connection is over.
+            self.shared.lock().closed = true;
+            return;
         }
+        tokio::spawn(write_out(Arc::clone(&self.shared), writer));
     }
 }
 
-impl Drop for OutboundSender {
-    fn drop(&mut self) {
-        let mut state = self.shared.lock();
-        state.senders -= 1;
-        let last = state.senders == 0;
-        drop(state);
-        if last {
-            self.shared.ready.notify_one();
-        }
-    }
-}
-
-/// What the writer takes from the queue at once.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct Batch {
-    /// Encoded frames to write, in order.
-    pub(crate) bytes: Vec<u8>,
-    /// Close the connection after writing them.
-    pub(crate) closing: bool,
-}
-
-/// The writer's end.
-pub(crate) struct OutboundReceiver {
-    shared: Arc<Shared>,
-}
-
-impl OutboundReceiver {
-    /// Waits until there is something to take; false once every sender is
-    /// gone and nothing is left.
-    pub(crate) async fn ready(&self) -> bool {
-        loop {
-            {
-                let state = self.shared.lock();
-                if !state.bytes.is_empty() || state.closing {
-                    return true;
+/// The writer task: writes what is queued until the queue stays empty, then
+/// parks the write half and ends.
+async fn write_out(shared: Arc<Shared>, mut writer: ClientWriter) {
+    loop {
+        // Let the other tasks that are about to queue frames for this client
+        // run first: under load, one write then carries many frames (one TLS
+        // record, one syscall) instead of one each.
+        tokio::task::yield_now().await;
+        let (bytes, closing) = {
+            let mut state = shared.lock();
+            if state.closed {
+                return;
+            }
+            if state.bytes.is_empty() && !state.closing {
+                state.idle_writer = Some(writer);
+                return;
+            }
+            state.frames = 0;
+            (std::mem::take(&mut state.bytes), state.closing)
+        };
+        if !bytes.is_empty() {
+            let write = async {
+                writer.write_all(&bytes).await?;
+                writer.flush().await
+            };
+            let written = tokio::select! {
+                written = tokio::time::timeout(shared.write_timeout, write) => written,
+                () = shared.cancel.cancelled() => break,
+            };
+            match written {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "client write failed");
+                    break;
                 }
-                if state.senders == 0 {
-                    return false;
+                Err(_) => {
+                    tracing::debug!("client write timed out");
+                    break;
                 }
             }
-            self.shared.ready.notified().await;
+        }
+        if closing {
+            let _ = tokio::time::timeout(Duration::from_secs(1), writer.shutdown()).await;
+            break;
         }
     }
-
-    /// Takes everything queued, leaving the queue without an allocation.
-    pub(crate) fn take(&self) -> Batch {
-        let mut state = self.shared.lock();
-        state.frames = 0;
-        Batch {
-            bytes: std::mem::take(&mut state.bytes),
-            closing: state.closing,
-        }
-    }
-}
-
-impl Drop for OutboundReceiver {
-    fn drop(&mut self) {
-        let mut state = self.shared.lock();
-        state.receiver_gone = true;
-        state.bytes = Vec::new();
-    }
+    let mut state = shared.lock();
+    state.closed = true;
+    state.bytes = Vec::new();
+    drop(state);
+    shared.cancel.cancel();
 }
 
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
-    use super::{Batch, PushError, queue};
+    use tokio::io::{AsyncReadExt, DuplexStream};
+    use tokio_util::sync::CancellationToken;
+
+    use super::{OutboundSender, PushError, outbound};
+    use crate::actor::ClientStream;
+
+    /// A queue writing into one end of an in-memory pipe of `capacity` bytes;
+    /// the test reads the other end.
+    fn queue_over_pipe(
+        max_frames: usize,
+        capacity: usize,
+    ) -> (OutboundSender, DuplexStream, CancellationToken) {
+        let (client, server) = tokio::io::duplex(capacity);
+        let stream: Box<dyn ClientStream> = Box::new(server);
+        let (_reader, writer) = tokio::io::split(stream);
+        let cancel = CancellationToken::new();
+        let tx = outbound(
+            writer,
+            max_frames,
+            Duration::from_millis(300),
+            cancel.clone(),
+        );
+        (tx, client, cancel)
+    }
+
+    fn writer_is_parked(tx: &OutboundSender) -> bool {
+        tx.shared.lock().idle_writer.is_some()
+    }
+
+    async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+        for _ in 0..500 {
+            if check() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("never: {what}");
+    }
 
     #[tokio::test]
-    async fn frames_arrive_in_order_as_one_batch_and_the_queue_empties() {
-        let (tx, rx) = queue(8);
+    async fn frames_arrive_in_order_and_an_idle_queue_parks_its_writer() {
+        let (tx, mut client, _cancel) = queue_over_pipe(8, 1024);
+        assert!(writer_is_parked(&tx));
         tx.push(b"one").expect("push");
         tx.clone().push(b"two").expect("push");
-        assert!(rx.ready().await);
-        assert_eq!(
-            rx.take(),
-            Batch {
-                bytes: b"onetwo".to_vec(),
-                closing: false
-            }
-        );
-        assert_eq!(rx.take(), Batch::default());
+        let mut got = [0u8; 6];
+        client.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got, b"onetwo");
+        eventually("the writer parks", || writer_is_parked(&tx)).await;
+        assert_eq!(tx.shared.lock().bytes.capacity(), 0);
+        // And wakes again for the next frame.
+        tx.push(b"three").expect("push");
+        let mut got = [0u8; 5];
+        client.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got, b"three");
     }
 
     #[tokio::test]
     async fn a_full_queue_refuses_until_the_writer_takes() {
-        let (tx, rx) = queue(2);
+        let (tx, mut client, _cancel) = queue_over_pipe(2, 1024);
+        // Frames queued without yielding to the writer count up to the limit.
         tx.push(b"a").expect("push");
         tx.push(b"b").expect("push");
         assert!(tx.is_full());
         assert_eq!(tx.push(b"c"), Err(PushError::Full));
-        rx.take();
+        let mut got = [0u8; 2];
+        client.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got, b"ab");
         assert!(!tx.is_full());
         tx.push(b"c").expect("room again");
     }
 
     #[tokio::test]
-    async fn the_writer_wakes_for_a_frame_pushed_while_it_waits() {
-        let (tx, rx) = queue(4);
-        let waiting = tokio::spawn(async move {
-            let ready = rx.ready().await;
-            (ready, rx.take())
-        });
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        tx.push(b"late").expect("push");
-        let (ready, batch) = tokio::time::timeout(Duration::from_secs(5), waiting)
-            .await
-            .expect("woken")
-            .expect("task");
-        assert!(ready);
-        assert_eq!(batch.bytes, b"late");
-    }
-
-    #[tokio::test]
-    async fn close_is_seen_after_the_frames_before_it_and_refuses_more() {
-        let (tx, rx) = queue(4);
+    async fn close_writes_what_is_queued_then_ends_the_stream() {
+        let (tx, mut client, cancel) = queue_over_pipe(8, 1024);
         tx.push(b"last").expect("push");
         tx.close().expect("close");
         assert_eq!(tx.push(b"after"), Err(PushError::Closed));
-        assert!(rx.ready().await);
-        assert_eq!(
-            rx.take(),
-            Batch {
-                bytes: b"last".to_vec(),
-                closing: true
-            }
-        );
+        let mut all = Vec::new();
+        client.read_to_end(&mut all).await.expect("read to the end");
+        assert_eq!(all, b"last");
+        eventually("the reader is told", || cancel.is_cancelled()).await;
     }
 
     #[tokio::test]
-    async fn the_writer_ends_when_every_sender_is_gone() {
-        let (tx, rx) = queue(4);
-        let other = tx.clone();
-        drop(tx);
-        let waiting = tokio::spawn(async move { rx.ready().await });
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        drop(other);
-        let ready = tokio::time::timeout(Duration::from_secs(5), waiting)
-            .await
-            .expect("woken")
-            .expect("task");
-        assert!(!ready);
-    }
-
-    #[tokio::test]
-    async fn senders_learn_that_the_writer_is_gone() {
-        let (tx, rx) = queue(4);
-        drop(rx);
+    async fn a_client_that_does_not_read_is_cut_off_after_the_write_timeout() {
+        let (tx, _client, cancel) = queue_over_pipe(8, 16);
+        tx.push(&[7u8; 1000]).expect("push");
+        eventually("cancelled by the write timeout", || cancel.is_cancelled()).await;
         assert_eq!(tx.push(b"x"), Err(PushError::Closed));
-        assert_eq!(tx.close(), Err(PushError::Closed));
+    }
+
+    #[tokio::test]
+    async fn a_gone_client_ends_the_connection() {
+        let (tx, client, cancel) = queue_over_pipe(8, 1024);
+        drop(client);
+        tx.push(b"lost").expect("queued before the failure shows");
+        eventually("cancelled by the failed write", || cancel.is_cancelled()).await;
+        assert_eq!(tx.push(b"x"), Err(PushError::Closed));
+    }
+
+    #[tokio::test]
+    async fn abandoning_drops_the_parked_write_half() {
+        let (tx, mut client, _cancel) = queue_over_pipe(8, 1024);
+        tx.abandon();
+        assert!(!writer_is_parked(&tx));
+        assert_eq!(tx.push(b"x"), Err(PushError::Closed));
+        // The pipe's other end sees the end of the stream once both halves
+        // are gone (the test dropped the read half at once).
+        let mut all = Vec::new();
+        client.read_to_end(&mut all).await.expect("end of stream");
+        assert!(all.is_empty());
     }
 }
