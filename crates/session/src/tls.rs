@@ -64,7 +64,7 @@ enum Step {
 }
 
 /// What to do when the state machine allows sending application data.
-enum Send<'a> {
+enum ToSend<'a> {
     Nothing,
     Data(&'a [u8]),
     CloseNotify,
@@ -86,7 +86,13 @@ pub async fn accept(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<Ser
         read_waker: None,
     };
     loop {
-        let step = stream.step(Send::Nothing)?;
+        let step = match stream.step(ToSend::Nothing) {
+            Ok(step) => step,
+            Err(e) => {
+                let _ = stream.send_outgoing_now();
+                return Err(e);
+            }
+        };
         std::future::poll_fn(|cx| stream.poll_send_outgoing(cx)).await?;
         match step {
             Step::Writable(_) => return Ok(stream),
@@ -112,11 +118,18 @@ pub async fn accept(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<Ser
 impl ServerTlsStream {
     /// Runs the TLS state machine over the received bytes until it needs I/O:
     /// decrypted records go to `plaintext`, records to send to `outgoing`.
-    fn step(&mut self, mut send: Send<'_>) -> io::Result<Step> {
+    fn step(&mut self, mut send: ToSend<'_>) -> io::Result<Step> {
         loop {
             let UnbufferedStatus { mut discard, state } =
                 self.conn.process_tls_records(&mut self.incoming);
-            let state = state.map_err(tls_error)?;
+            let state = match state {
+                Ok(state) => state,
+                Err(e) => {
+                    self.incoming.drain(..discard);
+                    self.encode_alert();
+                    return Err(tls_error(e));
+                }
+            };
             let step = match state {
                 ConnectionState::ReadTraffic(mut traffic) => {
                     while let Some(record) = traffic.next_record() {
@@ -134,22 +147,15 @@ impl ServerTlsStream {
                     None
                 }
                 ConnectionState::EncodeTlsData(mut encode) => {
-                    let start = self.outgoing.len();
-                    let mut room = 2048;
-                    loop {
-                        self.outgoing.resize(start + room, 0);
-                        match encode.encode(&mut self.outgoing[start..]) {
-                            Ok(written) => {
-                                self.outgoing.truncate(start + written);
-                                break;
-                            }
-                            Err(EncodeError::InsufficientSize(e)) => room = e.required_size,
-                            Err(e) => {
-                                self.outgoing.truncate(start);
-                                return Err(io::Error::other(e));
-                            }
-                        }
-                    }
+                    append_grown(
+                        &mut self.outgoing,
+                        2048,
+                        |out| encode.encode(out),
+                        |e| match e {
+                            EncodeError::InsufficientSize(e) => Some(e.required_size),
+                            _ => None,
+                        },
+                    )?;
                     None
                 }
                 // The records are in `outgoing`, which is sent before any
@@ -168,9 +174,9 @@ impl ServerTlsStream {
                     Some(Step::Closed)
                 }
                 ConnectionState::WriteTraffic(mut traffic) => {
-                    let written = match std::mem::replace(&mut send, Send::Nothing) {
-                        Send::Nothing => 0,
-                        Send::Data(data) => {
+                    let written = match std::mem::replace(&mut send, ToSend::Nothing) {
+                        ToSend::Nothing => 0,
+                        ToSend::Data(data) => {
                             let data = &data[..data.len().min(MAX_WRITE_CHUNK)];
                             append_encrypted(
                                 &mut self.outgoing,
@@ -179,7 +185,7 @@ impl ServerTlsStream {
                             )?;
                             data.len()
                         }
-                        Send::CloseNotify => {
+                        ToSend::CloseNotify => {
                             append_encrypted(&mut self.outgoing, 64, |out| {
                                 traffic.queue_close_notify(out)
                             })?;
@@ -205,6 +211,24 @@ impl ServerTlsStream {
             if let Some(step) = step {
                 return Ok(step);
             }
+        }
+    }
+
+    /// After an error, encodes the alert rustls queued for the peer (so a
+    /// client learns why, not just that the connection closed).
+    fn encode_alert(&mut self) {
+        let mut no_input: [u8; 0] = [];
+        let status = self.conn.process_tls_records(&mut no_input);
+        if let Ok(ConnectionState::EncodeTlsData(mut encode)) = status.state {
+            let _ = append_grown(
+                &mut self.outgoing,
+                64,
+                |out| encode.encode(out),
+                |e| match e {
+                    EncodeError::InsufficientSize(e) => Some(e.required_size),
+                    _ => None,
+                },
+            );
         }
     }
 
@@ -252,27 +276,46 @@ impl ServerTlsStream {
     }
 }
 
-/// Appends what `encrypt` writes to `out`, growing the room if it asks.
-fn append_encrypted(
+/// Appends to `out` what `write` puts into `room` spare bytes, growing the
+/// room when the error says how much is `needed`.
+fn append_grown<E>(
     out: &mut Vec<u8>,
     mut room: usize,
-    mut encrypt: impl FnMut(&mut [u8]) -> Result<usize, EncryptError>,
-) -> io::Result<()> {
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, E>,
+    needed: impl Fn(&E) -> Option<usize>,
+) -> io::Result<()>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
     let start = out.len();
     loop {
         out.resize(start + room, 0);
-        match encrypt(&mut out[start..]) {
+        match write(&mut out[start..]) {
             Ok(written) => {
                 out.truncate(start + written);
                 return Ok(());
             }
-            Err(EncryptError::InsufficientSize(e)) => room = e.required_size,
-            Err(e) => {
-                out.truncate(start);
-                return Err(io::Error::other(e));
-            }
+            Err(e) => match needed(&e) {
+                Some(size) => room = size,
+                None => {
+                    out.truncate(start);
+                    return Err(io::Error::other(e));
+                }
+            },
         }
     }
+}
+
+/// [`append_grown`] for application data and alerts.
+fn append_encrypted(
+    out: &mut Vec<u8>,
+    room: usize,
+    encrypt: impl FnMut(&mut [u8]) -> Result<usize, EncryptError>,
+) -> io::Result<()> {
+    append_grown(out, room, encrypt, |e| match e {
+        EncryptError::InsufficientSize(e) => Some(e.required_size),
+        _ => None,
+    })
 }
 
 fn tls_error(e: rustls::Error) -> io::Error {
@@ -314,9 +357,11 @@ impl AsyncRead for ServerTlsStream {
                 this.read_closed = true;
                 continue;
             }
-            this.step(Send::Nothing)?;
+            let stepped = this.step(ToSend::Nothing);
             // Answers the records may need (a key update, an alert).
-            this.send_outgoing_now()?;
+            let sent = this.send_outgoing_now();
+            stepped?;
+            sent?;
         }
     }
 }
@@ -332,7 +377,7 @@ impl AsyncWrite for ServerTlsStream {
         if this.close_notify_sent {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
-        let written = match this.step(Send::Data(data))? {
+        let written = match this.step(ToSend::Data(data))? {
             Step::Writable(written) => written,
             Step::NeedsInput | Step::Closed => {
                 return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
@@ -356,7 +401,7 @@ impl AsyncWrite for ServerTlsStream {
         let this = self.get_mut();
         ready!(this.poll_send_outgoing(cx))?;
         if !this.close_notify_sent {
-            this.step(Send::CloseNotify)?;
+            this.step(ToSend::CloseNotify)?;
             this.close_notify_sent = true;
             ready!(this.poll_send_outgoing(cx))?;
         }
@@ -548,5 +593,13 @@ mod tests {
             .err()
             .expect("refused");
         assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        // The client is told why: a TLS alert record (content type 21).
+        let mut answer = Vec::new();
+        tcp.read_to_end(&mut answer).await.expect("read the answer");
+        assert_eq!(
+            answer.first(),
+            Some(&21),
+            "expected an alert, got {answer:?}"
+        );
     }
 }
