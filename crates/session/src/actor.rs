@@ -37,7 +37,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SessionConfig;
-use crate::connection::{Inbound, ReadEnd, encode_outbound, spawn_reader, undecodable_error};
+use crate::connection::{Inbound, ReadEnd, spawn_reader, undecodable_error};
 use crate::extension::{ExtensionMsg, ExtensionPush, ExtensionRequest, extension_actor_name};
 use crate::outbound::{OutboundSender, PushError};
 use crate::state::{Admission, Phase, admit};
@@ -179,26 +179,7 @@ struct Responder {
 impl Responder {
     /// Queues a frame that must not be lost; false if the client is gone.
     fn send(&self, frame: ServerFrame) -> bool {
-        let bytes = match encode_outbound(&frame, self.max_frame_bytes) {
-            Some(item) => item,
-            // An answer too large for a frame: the request gets an error
-            // instead of waiting for its timeout.
-            None => match frame {
-                ServerFrame::Response { id, .. } => {
-                    let error = ServerFrame::Error {
-                        id: Some(id),
-                        code: ErrorCode::Internal,
-                        message: "the answer exceeds the frame size limit".into(),
-                    };
-                    match encode_outbound(&error, self.max_frame_bytes) {
-                        Some(item) => item,
-                        None => return true,
-                    }
-                }
-                _ => return true,
-            },
-        };
-        match self.out.push(&bytes) {
+        match self.out.push_frame(&frame, self.max_frame_bytes) {
             Ok(()) => true,
             Err(PushError::Full) => {
                 tracing::info!("slow consumer: outbound queue full, disconnecting");
@@ -207,18 +188,27 @@ impl Responder {
                 false
             }
             Err(PushError::Closed) => false,
+            Err(PushError::Unencodable(reason)) => {
+                tracing::error!(%reason, "dropping a frame that cannot be encoded");
+                match frame {
+                    // An answer too large for a frame: the request gets an
+                    // error instead of waiting for its timeout.
+                    ServerFrame::Response { id, .. } => self.send(ServerFrame::Error {
+                        id: Some(id),
+                        code: ErrorCode::Internal,
+                        message: "the answer exceeds the frame size limit".into(),
+                    }),
+                    _ => true,
+                }
+            }
         }
     }
 
     /// Queues a frame that may be shed under pressure (presence, typing).
     fn send_droppable(&self, frame: ServerFrame) {
-        // A full queue sheds these first; skip the encoding work as well.
-        if self.out.is_full() {
+        // A full queue sheds these first (before spending work on encoding).
+        if let Err(PushError::Full) = self.out.push_frame(&frame, self.max_frame_bytes) {
             metrics::counter!("switchboard_frames_shed_total").increment(1);
-            return;
-        }
-        if let Some(bytes) = encode_outbound(&frame, self.max_frame_bytes) {
-            let _ = self.out.push(&bytes);
         }
     }
 

@@ -20,18 +20,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::actor::SessionMsg;
 
-/// Encodes `frame` for the outbound queue; `None` (and a log line) if it
-/// exceeds the limit.
-pub(crate) fn encode_outbound(frame: &ServerFrame, max_frame_bytes: u32) -> Option<Vec<u8>> {
-    match proto::encode_frame(frame, max_frame_bytes) {
-        Ok(bytes) => Some(bytes),
-        Err(e) => {
-            tracing::error!(error = %e, "dropping a frame that cannot be encoded");
-            None
-        }
-    }
-}
-
 /// Why the reader stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReadEnd {

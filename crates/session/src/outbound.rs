@@ -3,8 +3,8 @@
 //!
 //! Why not a tokio channel and a writer task per connection: the channel
 //! pre-allocates its first block (~1.2 KiB) and the task ~0.5 KiB, held by
-//! every idle connection. Here frames are appended, already encoded, to one
-//! byte buffer; the first frame after a quiet spell starts a writer task,
+//! every idle connection. Here frames are encoded straight onto the end of
+//! one byte buffer; the first frame after a quiet spell starts a writer task,
 //! which takes the whole buffer as its next write (a burst of frames is one
 //! write, one TLS record) and, once the buffer stays empty, parks the socket's
 //! write half back in the queue and ends. An idle connection holds neither a
@@ -13,6 +13,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use proto::ServerFrame;
 use tokio::io::{AsyncWriteExt, WriteHalf};
 use tokio_util::sync::CancellationToken;
 
@@ -73,12 +74,14 @@ impl Shared {
 }
 
 /// Why a frame was not queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum PushError {
     /// The client is not reading fast enough.
     Full,
     /// The connection is closing or closed.
     Closed,
+    /// The frame cannot be encoded (it exceeds the frame size limit).
+    Unencodable(String),
 }
 
 /// The session's end of the queue; clones share it.
@@ -88,8 +91,33 @@ pub(crate) struct OutboundSender {
 }
 
 impl OutboundSender {
-    /// Queues one encoded frame.
-    pub(crate) fn push(&self, frame: &[u8]) -> Result<(), PushError> {
+    /// Encodes `frame` straight onto the end of the queue.
+    pub(crate) fn push_frame(
+        &self,
+        frame: &ServerFrame,
+        max_frame_bytes: u32,
+    ) -> Result<(), PushError> {
+        self.push_with(|bytes| {
+            proto::encode_frame_into(frame, max_frame_bytes, bytes)
+                .map_err(|e| PushError::Unencodable(e.to_string()))
+        })
+    }
+
+    /// Queues bytes that are one whole encoded frame.
+    #[cfg(test)]
+    fn push(&self, frame: &[u8]) -> Result<(), PushError> {
+        self.push_with(|bytes| {
+            bytes.extend_from_slice(frame);
+            Ok(())
+        })
+    }
+
+    /// Appends one frame with `append`, which leaves the bytes as they were
+    /// when it fails.
+    fn push_with(
+        &self,
+        append: impl FnOnce(&mut Vec<u8>) -> Result<(), PushError>,
+    ) -> Result<(), PushError> {
         let mut state = self.shared.lock();
         if state.closed || state.closing {
             return Err(PushError::Closed);
@@ -97,7 +125,7 @@ impl OutboundSender {
         if state.frames >= state.max_frames {
             return Err(PushError::Full);
         }
-        state.bytes.extend_from_slice(frame);
+        append(&mut state.bytes)?;
         state.frames += 1;
         let idle = state.idle_writer.take();
         drop(state);
@@ -135,12 +163,6 @@ impl OutboundSender {
         let idle = state.idle_writer.take();
         drop(state);
         drop(idle);
-    }
-
-    /// Whether the next frame would be refused as `Full`.
-    pub(crate) fn is_full(&self) -> bool {
-        let state = self.shared.lock();
-        state.frames >= state.max_frames
     }
 
     fn start_writer(&self, writer: ClientWriter) {
@@ -210,6 +232,7 @@ async fn write_out(shared: Arc<Shared>, mut writer: ClientWriter) {
 mod tests {
     use std::time::Duration;
 
+    use proto::{ErrorCode, ServerFrame};
     use tokio::io::{AsyncReadExt, DuplexStream};
     use tokio_util::sync::CancellationToken;
 
@@ -273,13 +296,37 @@ mod tests {
         // Frames queued without yielding to the writer count up to the limit.
         tx.push(b"a").expect("push");
         tx.push(b"b").expect("push");
-        assert!(tx.is_full());
         assert_eq!(tx.push(b"c"), Err(PushError::Full));
         let mut got = [0u8; 2];
         client.read_exact(&mut got).await.expect("read");
         assert_eq!(&got, b"ab");
-        assert!(!tx.is_full());
         tx.push(b"c").expect("room again");
+    }
+
+    #[tokio::test]
+    async fn a_frame_over_the_limit_is_refused_and_leaves_the_queue_as_it_was() {
+        let (tx, mut client, _cancel) = queue_over_pipe(8, 1024);
+        tx.push(b"ok").expect("push");
+        let big = ServerFrame::Error {
+            id: None,
+            code: ErrorCode::Internal,
+            message: "x".repeat(100),
+        };
+        assert!(matches!(
+            tx.push_frame(&big, 16),
+            Err(PushError::Unencodable(_))
+        ));
+        let small = ServerFrame::Error {
+            id: None,
+            code: ErrorCode::Internal,
+            message: String::new(),
+        };
+        tx.push_frame(&small, 1024).expect("fits");
+        let mut expected = b"ok".to_vec();
+        expected.extend(proto::encode_frame(&small, 1024).expect("encodes"));
+        let mut got = vec![0u8; expected.len()];
+        client.read_exact(&mut got).await.expect("read");
+        assert_eq!(got, expected);
     }
 
     #[tokio::test]
