@@ -79,6 +79,9 @@ pub(crate) struct SteadyOutcome {
     pub(crate) faults: Vec<PairFault>,
 }
 
+/// How long closing one receiver may take at the end of a run.
+const RECEIVER_CLOSE_WAIT: Duration = Duration::from_secs(2);
+
 /// How many faulty pairs an outcome names.
 const MAX_FAULTS_SHOWN: usize = 16;
 /// How many sequence numbers one [`PairFault`] list names.
@@ -304,15 +307,20 @@ impl SteadyRun {
     }
 
     /// Stops sending, waits up to `drain` for every acked message to
-    /// arrive, and counts what did not.
+    /// arrive, and counts what did not. Bounded: a sender still waiting for
+    /// an answer after `drain` (a cluster that never heals) is abandoned,
+    /// and what it sent unanswered was never acked.
     pub(crate) async fn finish(self, drain: Duration) -> SteadyOutcome {
         self.stop.store(true, Ordering::Relaxed);
         let duration_s = self.start.elapsed().as_secs_f64();
-        for sender in self.senders {
-            let _ = sender.await;
+        let deadline = Instant::now() + drain;
+        for mut sender in self.senders {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if tokio::time::timeout(left, &mut sender).await.is_err() {
+                sender.abort();
+            }
         }
         let acked = self.acked.lock().map(|l| l.clone()).unwrap_or_default();
-        let deadline = Instant::now() + drain;
         let received = loop {
             let received = self.received.lock().map(|l| l.clone()).unwrap_or_default();
             let complete = acked
@@ -324,7 +332,7 @@ impl SteadyRun {
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         for receiver in &self.receivers {
-            receiver.close().await;
+            let _ = tokio::time::timeout(RECEIVER_CLOSE_WAIT, receiver.close()).await;
         }
         let (mut lost, mut duplicated, mut out_of_order) = (0, 0, 0);
         let mut faults = Vec::new();
