@@ -530,6 +530,15 @@ fn carry_out(myself: &ActorRef<MembershipMsg>, state: &mut MembershipState, acti
             if let Some(session) = state.sessions.remove(&name) {
                 tracing::warn!(peer = %name, "peer silent; closing its link to redial");
                 session.stop(Some("heartbeat timeout".into()));
+            } else {
+                // No such link here: the table believed in one because a
+                // closed link's last message arrived after its closing. Left
+                // so, nothing would ever close or redial it; it is closed.
+                tracing::warn!(peer = %name, "peer silent and its link already gone; redialing");
+                let actions = state.table.link_closed(&name, Instant::now(), jitter());
+                for action in actions {
+                    carry_out(myself, state, action);
+                }
             }
         }
         Action::Up { name } => {
