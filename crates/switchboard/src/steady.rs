@@ -308,19 +308,20 @@ impl SteadyRun {
 
     /// Stops sending, waits up to `drain` for every acked message to
     /// arrive, and counts what did not. Bounded: a sender still waiting for
-    /// an answer after `drain` (a cluster that never heals) is abandoned,
-    /// and what it sent unanswered was never acked.
+    /// an answer after another `drain` (a cluster that never heals) is
+    /// abandoned, and what it sent unanswered was never acked.
     pub(crate) async fn finish(self, drain: Duration) -> SteadyOutcome {
         self.stop.store(true, Ordering::Relaxed);
         let duration_s = self.start.elapsed().as_secs_f64();
-        let deadline = Instant::now() + drain;
+        let senders_deadline = Instant::now() + drain;
         for mut sender in self.senders {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = senders_deadline.saturating_duration_since(Instant::now());
             if tokio::time::timeout(left, &mut sender).await.is_err() {
                 sender.abort();
             }
         }
         let acked = self.acked.lock().map(|l| l.clone()).unwrap_or_default();
+        let deadline = Instant::now() + drain;
         let received = loop {
             let received = self.received.lock().map(|l| l.clone()).unwrap_or_default();
             let complete = acked
