@@ -147,15 +147,7 @@ impl ServerTlsStream {
                     None
                 }
                 ConnectionState::EncodeTlsData(mut encode) => {
-                    append_grown(
-                        &mut self.outgoing,
-                        2048,
-                        |out| encode.encode(out),
-                        |e| match e {
-                            EncodeError::InsufficientSize(e) => Some(e.required_size),
-                            _ => None,
-                        },
-                    )?;
+                    append_encoded(&mut self.outgoing, 2048, |out| encode.encode(out))?;
                     None
                 }
                 // The records are in `outgoing`, which is sent before any
@@ -220,15 +212,7 @@ impl ServerTlsStream {
         let mut no_input: [u8; 0] = [];
         let status = self.conn.process_tls_records(&mut no_input);
         if let Ok(ConnectionState::EncodeTlsData(mut encode)) = status.state {
-            let _ = append_grown(
-                &mut self.outgoing,
-                64,
-                |out| encode.encode(out),
-                |e| match e {
-                    EncodeError::InsufficientSize(e) => Some(e.required_size),
-                    _ => None,
-                },
-            );
+            let _ = append_encoded(&mut self.outgoing, 64, |out| encode.encode(out));
         }
     }
 
@@ -306,7 +290,19 @@ where
     }
 }
 
-/// [`append_grown`] for application data and alerts.
+/// [`append_grown`] for handshake records and queued alerts.
+fn append_encoded(
+    out: &mut Vec<u8>,
+    room: usize,
+    encode: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
+) -> io::Result<()> {
+    append_grown(out, room, encode, |e| match e {
+        EncodeError::InsufficientSize(e) => Some(e.required_size),
+        _ => None,
+    })
+}
+
+/// [`append_grown`] for application data and close_notify.
 fn append_encrypted(
     out: &mut Vec<u8>,
     room: usize,
