@@ -5,16 +5,13 @@
 //! semaphore, so a client cannot queue unbounded work: the reader stops
 //! reading while all permits are out. The write side is `outbound`.
 
-use std::mem::MaybeUninit;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Poll, ready};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use proto::{ClientFrame, CodecError, RequestId, ServerFrame, decode_frame};
 use ractor::ActorRef;
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::AsyncRead;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -50,24 +47,12 @@ pub struct Inbound {
     pub permit: OwnedSemaphorePermit,
 }
 
-/// Most bytes taken from the stream in one read.
-const READ_CHUNK: usize = 8 * 1024;
-
 /// Reads what the stream has and appends it to `buf`; 0 means end of file.
-/// The bytes pass through a buffer on the stack that exists only while the
-/// stream is polled, so a connection waiting for input holds none.
 async fn read_into<R>(reader: &mut R, buf: &mut BytesMut) -> std::io::Result<usize>
 where
     R: AsyncRead + Unpin,
 {
-    std::future::poll_fn(|cx| {
-        let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
-        let mut read = ReadBuf::uninit(&mut chunk);
-        ready!(Pin::new(&mut *reader).poll_read(cx, &mut read))?;
-        buf.extend_from_slice(read.filled());
-        Poll::Ready(Ok(read.filled().len()))
-    })
-    .await
+    std::future::poll_fn(|cx| crate::read_chunk::poll_read_appending(reader, cx, buf)).await
 }
 
 /// Starts the reader task.

@@ -5,6 +5,8 @@
 //! - [`state`]: the pure protocol phase machine — which frame is allowed when
 //!   (hello first, only auth before login).
 //! - [`connection`]: the reader task that decodes a connection's frames.
+//! - `read_chunk`: reading through a stack buffer, so idle connections hold
+//!   no read buffer (used by the reader and by `tls`).
 //! - `outbound`: the bounded queue of encoded frames from a session to its
 //!   client, and the writer task that runs only while it holds frames.
 //! - [`actor`]: the session actor that serves one authenticated user.
@@ -25,6 +27,7 @@ pub mod extension;
 pub mod listener;
 mod outbound;
 pub mod pacing;
+mod read_chunk;
 pub mod state;
 pub mod tls;
 mod websocket;

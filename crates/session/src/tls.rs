@@ -9,7 +9,6 @@
 //! and the WebSocket layer above it do not know the difference.
 
 use std::io;
-use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker, ready};
@@ -19,9 +18,6 @@ use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-
-/// Bytes read from the socket in one go: one largest TLS record and its header.
-const READ_CHUNK: usize = 16 * 1024 + 5 + 256;
 
 /// Largest plaintext encrypted per `poll_write`: a bound on the ciphertext
 /// buffered at once.
@@ -218,12 +214,7 @@ impl ServerTlsStream {
 
     /// Reads what the socket has into `incoming`; 0 means end of file.
     fn poll_receive(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        // Uninitialised: zeroing 16 KiB per read would be wasted work.
-        let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
-        let mut buf = ReadBuf::uninit(&mut chunk);
-        ready!(Pin::new(&mut self.tcp).poll_read(cx, &mut buf))?;
-        self.incoming.extend_from_slice(buf.filled());
-        Poll::Ready(Ok(buf.filled().len()))
+        crate::read_chunk::poll_read_appending(&mut self.tcp, cx, &mut self.incoming)
     }
 
     /// Writes all of `outgoing` to the socket.
