@@ -14,6 +14,12 @@ pub fn compose_message_id(fragment: FragmentId, seq: u64) -> MessageId {
     (u64::from(fragment) << SEQ_BITS) | (seq & ((1 << SEQ_BITS) - 1))
 }
 
+/// The sequence number that `id` was given: the fragment's high-water mark
+/// must stay above it.
+pub fn seq_of_message_id(id: MessageId) -> u64 {
+    id & ((1 << SEQ_BITS) - 1)
+}
+
 /// The fragment that assigned `id`.
 pub fn fragment_of_message_id(id: MessageId) -> FragmentId {
     (id >> SEQ_BITS) as FragmentId

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use storage::{StorageError, Store};
 
 use crate::FragmentError;
-use crate::store::{DEDUPE_TABLE, MBOX_TABLE, SEQ_TABLE, WriteOp, storage};
+use crate::entry::seq_of_message_id;
+use crate::store::{DEDUPE_TABLE, MBOX_TABLE, SEQ_TABLE, WriteOp, raise_next_seq, storage};
 
 const OWNER_TABLE: TableDefinition<u16, (u64, &str)> = TableDefinition::new("fragment_owner");
 
@@ -124,7 +125,9 @@ pub fn export_fragment(store: &Store, f: FragmentId) -> Result<Vec<SnapshotChunk
 
 /// Applies one chunk of a copy of fragment `f`; the first chunk first
 /// erases whatever this node held of `f` (it may hold writes the primary
-/// never acknowledged, which must not come back).
+/// never acknowledged, which must not come back). The id high-water mark is
+/// not erased but raised: ids this node gave out while it owned the fragment
+/// may be missing from the copy, and must never be given out again.
 pub fn import_chunk(
     txn: &WriteTransaction,
     f: FragmentId,
@@ -133,23 +136,23 @@ pub fn import_chunk(
 ) -> Result<(), StorageError> {
     let mut mbox = txn.open_table(MBOX_TABLE)?;
     let mut dedupe = txn.open_table(DEDUPE_TABLE)?;
-    let mut seq = txn.open_table(SEQ_TABLE)?;
     if first {
         mbox.retain_in((f, "", 0)..=(f, "\u{10FFFF}", u64::MAX), |_, _| false)?;
         dedupe.retain_in(
             (f, "", "", 0)..=(f, "\u{10FFFF}", "\u{10FFFF}", u64::MAX),
             |_, _| false,
         )?;
-        seq.remove(f)?;
     }
+    let mut next_seq = chunk.next_seq.unwrap_or(0);
     for (owner, id, body) in &chunk.mbox {
+        next_seq = next_seq.max(seq_of_message_id(*id).saturating_add(1));
         mbox.insert((f, owner.as_str(), *id), body.as_slice())?;
     }
     for (recipient, sender, cid, id, ts) in &chunk.dedupe {
         dedupe.insert((f, recipient.as_str(), sender.as_str(), *cid), (*id, *ts))?;
     }
-    if let Some(next) = chunk.next_seq {
-        seq.insert(f, next)?;
+    if next_seq > 0 {
+        raise_next_seq(txn, f, next_seq)?;
     }
     Ok(())
 }
@@ -402,6 +405,66 @@ mod tests {
         let keys: Vec<u64> = chunks.iter().map(|(k, _)| *k).collect();
         let sizes: Vec<usize> = chunks.iter().map(|(_, ops)| ops.len()).collect();
         assert_eq!((keys, sizes), (vec![5, 7, 9], vec![5, 4, 4]));
+    }
+
+    /// The mark a take-over would start from, as the fragment actor reads it.
+    fn stored_next_seq(store: &Store, f: FragmentId) -> u64 {
+        crate::store::RedbMailbox::new(store.clone(), f)
+            .next_seq()
+            .expect("next seq")
+    }
+
+    #[tokio::test]
+    async fn the_id_mark_covers_every_stored_id_and_never_falls() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("m.redb"), Default::default()).expect("open");
+        // Merged writes carry ids and no NextSeq: the mark rises past them.
+        let merged = vec![WriteOp::PutMessage {
+            recipient: phone(1),
+            sender: phone(2),
+            client_msg_id: 7,
+            id: crate::entry::compose_message_id(5, 3 * TAKEOVER_SEQ_GAP + 41),
+            server_ts: 5,
+            body: vec![1],
+        }];
+        store
+            .write(move |txn| apply_ops(txn, 5, &merged))
+            .await
+            .expect("merge");
+        assert_eq!(stored_next_seq(&store, 5), 3 * TAKEOVER_SEQ_GAP + 42);
+        // An older NextSeq (a running core behind the merge) does not lower it.
+        store
+            .write(|txn| apply_ops(txn, 5, &[WriteOp::NextSeq(12)]))
+            .await
+            .expect("older mark");
+        assert_eq!(stored_next_seq(&store, 5), 3 * TAKEOVER_SEQ_GAP + 42);
+    }
+
+    /// Seen in the container tests: a node gave out ids as owner, its partner
+    /// (which had not merged them yet) copied it a lower mark, and the node's
+    /// next take-over started in the same block again: two messages shared
+    /// an id and one overwrote the other.
+    #[tokio::test]
+    async fn a_copy_from_a_partner_with_a_lower_mark_keeps_this_nodes_ids_unused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let partner = Store::open(&dir.path().join("p.redb"), Default::default()).expect("open");
+        let this = Store::open(&dir.path().join("t.redb"), Default::default()).expect("open");
+        fill(&partner, 3, 2).await;
+        let given_out = takeover_seq(stored_next_seq(&this, 3), 0) + 10;
+        this.write(move |txn| apply_ops(txn, 3, &[WriteOp::NextSeq(given_out)]))
+            .await
+            .expect("owner's ids");
+        for (i, chunk) in export_fragment(&partner, 3)
+            .expect("export")
+            .into_iter()
+            .enumerate()
+        {
+            this.write(move |txn| import_chunk(txn, 3, i == 0, &chunk))
+                .await
+                .expect("import");
+        }
+        assert_eq!(stored_next_seq(&this, 3), given_out);
+        assert!(takeover_seq(stored_next_seq(&this, 3), 0) > given_out);
     }
 
     #[test]

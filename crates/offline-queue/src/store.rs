@@ -9,13 +9,18 @@
 //! - `dedupe`: `(fragment, recipient, sender, client_msg_id) → (msg id,
 //!   stored at)`; kept past delivery, for the retention window, so that a late
 //!   resend is still recognised.
-//! - `fragment_seq`: `fragment → next sequence`, the id high-water mark.
+//! - `fragment_seq`: `fragment → next sequence`, the id high-water mark. It
+//!   only rises, and every write raises it past the ids it stores: a node
+//!   that takes a fragment over starts its ids above it, so a mark that fell
+//!   back (a copy from a partner that had not seen this node's ids, a merge
+//!   of a partner's ids) would give out ids already in use.
 
 use proto::{MessageId, PhoneNumber, TimestampMs};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use router::FragmentId;
 use storage::{StorageError, Store};
 
+use crate::entry::seq_of_message_id;
 use crate::{Entry, EntryBody, FragmentError};
 
 pub(crate) const SEQ_TABLE: TableDefinition<u16, u64> = TableDefinition::new("fragment_seq");
@@ -62,7 +67,7 @@ pub enum WriteOp {
         /// Entry ids.
         ids: Vec<MessageId>,
     },
-    /// Raise the sequence high-water mark.
+    /// Raise the sequence high-water mark (never lowers it).
     NextSeq(u64),
     /// Forget dedupe keys stored before `before_ms`, at most `max` of them.
     SweepDedupe {
@@ -81,6 +86,9 @@ pub fn apply_ops(
 ) -> Result<(), StorageError> {
     let mut mbox = txn.open_table(MBOX_TABLE)?;
     let mut dedupe = txn.open_table(DEDUPE_TABLE)?;
+    // The mark these ops need: past every id they store and every NextSeq.
+    let mut next_seq: Option<u64> = None;
+    let mut raise = |next: u64| next_seq = Some(next_seq.map_or(next, |n| n.max(next)));
     for op in ops {
         match op {
             WriteOp::PutMessage {
@@ -91,6 +99,7 @@ pub fn apply_ops(
                 server_ts,
                 body,
             } => {
+                raise(seq_of_message_id(*id).saturating_add(1));
                 mbox.insert((fragment, recipient.as_str(), *id), body.as_slice())?;
                 dedupe.insert(
                     (
@@ -103,6 +112,7 @@ pub fn apply_ops(
                 )?;
             }
             WriteOp::PutReceipt { owner, id, body } => {
+                raise(seq_of_message_id(*id).saturating_add(1));
                 mbox.insert((fragment, owner.as_str(), *id), body.as_slice())?;
             }
             WriteOp::Delete { owner, ids } => {
@@ -110,9 +120,7 @@ pub fn apply_ops(
                     mbox.remove((fragment, owner.as_str(), *id))?;
                 }
             }
-            WriteOp::NextSeq(next) => {
-                txn.open_table(SEQ_TABLE)?.insert(fragment, *next)?;
-            }
+            WriteOp::NextSeq(next) => raise(*next),
             WriteOp::SweepDedupe { before_ms, max } => {
                 let mut expired: Vec<(String, String, u64)> = Vec::new();
                 for item in dedupe.range((fragment, "", "", 0)..)? {
@@ -133,6 +141,24 @@ pub fn apply_ops(
                 }
             }
         }
+    }
+    if let Some(next) = next_seq {
+        raise_next_seq(txn, fragment, next)?;
+    }
+    Ok(())
+}
+
+/// Raises the id high-water mark of `fragment` to `next` unless it is
+/// higher already (see the module docs for why it never falls).
+pub(crate) fn raise_next_seq(
+    txn: &WriteTransaction,
+    fragment: FragmentId,
+    next: u64,
+) -> Result<(), StorageError> {
+    let mut seq = txn.open_table(SEQ_TABLE)?;
+    let current = seq.get(fragment)?.map(|v| v.value());
+    if current.is_none_or(|current| current < next) {
+        seq.insert(fragment, next)?;
     }
     Ok(())
 }
