@@ -563,6 +563,16 @@ async fn take_over_if_quorate(
             "primary lost, but this node does not see enough of the cluster (yet) to take over");
         return Ok(Vec::new());
     }
+    if replica::copy_incomplete(&state.store, id)? {
+        // Serving from part of a copy would lose what the rest held; the
+        // fragment waits for its owner instead (checked again every second).
+        tracing::warn!(fragment = id, lost = %partner,
+            "primary lost in the middle of copying the fragment here; waiting for it");
+        return Ok(Vec::new());
+    }
+    let Some(cluster) = state.cluster.as_mut() else {
+        return Ok(Vec::new());
+    };
     let promoted = cluster.ownership.partner_down();
     if let Some(owner) = &promoted {
         tracing::warn!(fragment = id, epoch = owner.epoch, lost = %partner,

@@ -23,6 +23,12 @@ const OWNER_TABLE: TableDefinition<u16, (u64, &str)> = TableDefinition::new("fra
 /// copy) or a newer owner has merged them (after a partition).
 const DIVERGENT_TABLE: TableDefinition<(u16, u64), &[u8]> = TableDefinition::new("divergent");
 
+/// Fragments whose copy from the owner is under way: the first chunk
+/// erased what this node held and the last has not arrived. Such a node
+/// holds only part of the fragment and must not take it over (it would
+/// serve without writes its owner had acknowledged). Kept across restarts.
+const COPYING_TABLE: TableDefinition<u16, u8> = TableDefinition::new("fragment_copying");
+
 /// Sequence numbers are given out in blocks of this size: a node that
 /// takes a fragment over starts in a fresh block, so that its new ids never
 /// collide with ids the old owner gave out without copying them (it may
@@ -128,10 +134,13 @@ pub fn export_fragment(store: &Store, f: FragmentId) -> Result<Vec<SnapshotChunk
 /// never acknowledged, which must not come back). The id high-water mark is
 /// not erased but raised: ids this node gave out while it owned the fragment
 /// may be missing from the copy, and must never be given out again.
+/// Between the first chunk and the last, the fragment counts as being
+/// copied ([`copy_incomplete`]).
 pub fn import_chunk(
     txn: &WriteTransaction,
     f: FragmentId,
     first: bool,
+    last: bool,
     chunk: &SnapshotChunk,
 ) -> Result<(), StorageError> {
     let mut mbox = txn.open_table(MBOX_TABLE)?;
@@ -142,6 +151,14 @@ pub fn import_chunk(
             (f, "", "", 0)..=(f, "\u{10FFFF}", "\u{10FFFF}", u64::MAX),
             |_, _| false,
         )?;
+    }
+    if first || last {
+        let mut copying = txn.open_table(COPYING_TABLE)?;
+        if last {
+            copying.remove(f)?;
+        } else {
+            copying.insert(f, 1)?;
+        }
     }
     let mut next_seq = chunk.next_seq.unwrap_or(0);
     for (owner, id, body) in &chunk.mbox {
@@ -155,6 +172,17 @@ pub fn import_chunk(
         raise_next_seq(txn, f, next_seq)?;
     }
     Ok(())
+}
+
+/// Whether this node is in the middle of receiving a copy of `f` (see
+/// [`import_chunk`]): its rows of `f` are then only part of the fragment.
+pub fn copy_incomplete(store: &Store, f: FragmentId) -> Result<bool, FragmentError> {
+    let read = store.db().begin_read().map_err(storage)?;
+    match read.open_table(COPYING_TABLE) {
+        Ok(table) => Ok(table.get(f).map_err(storage)?.is_some()),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+        Err(e) => Err(storage(e)),
+    }
 }
 
 /// The owner of `f` this node last stored, if any.
@@ -319,12 +347,16 @@ mod tests {
 
         let chunks = export_fragment(&source, 3).expect("export");
         assert!(chunks.len() >= 4, "600 rows make several chunks");
+        let last = chunks.len() - 1;
         for (i, chunk) in chunks.into_iter().enumerate() {
             target
-                .write(move |txn| import_chunk(txn, 3, i == 0, &chunk))
+                .write(move |txn| import_chunk(txn, 3, i == 0, i == last, &chunk))
                 .await
                 .expect("import");
+            // Partly copied until the last chunk is in.
+            assert_eq!(copy_incomplete(&target, 3).expect("read"), i != last);
         }
+        assert!(!copy_incomplete(&target, 4).expect("read"));
         let again = export_fragment(&target, 3).expect("export");
         let merged = |chunks: Vec<SnapshotChunk>| {
             let mut all = SnapshotChunk::default();
@@ -454,12 +486,10 @@ mod tests {
         this.write(move |txn| apply_ops(txn, 3, &[WriteOp::NextSeq(given_out)]))
             .await
             .expect("owner's ids");
-        for (i, chunk) in export_fragment(&partner, 3)
-            .expect("export")
-            .into_iter()
-            .enumerate()
-        {
-            this.write(move |txn| import_chunk(txn, 3, i == 0, &chunk))
+        let chunks = export_fragment(&partner, 3).expect("export");
+        let last = chunks.len() - 1;
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            this.write(move |txn| import_chunk(txn, 3, i == 0, i == last, &chunk))
                 .await
                 .expect("import");
         }

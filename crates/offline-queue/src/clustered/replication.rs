@@ -50,7 +50,7 @@ pub(super) fn apply_snapshot(
     let fragment = state.id;
     let reply = replica_reply(state, from);
     state.store.submit(
-        move |txn| import_chunk(txn, fragment, first, &chunk),
+        move |txn| import_chunk(txn, fragment, first, last, &chunk),
         move |result| {
             // A failed chunk fails the copy at once; the last one completes it.
             if last || result.is_err() {
