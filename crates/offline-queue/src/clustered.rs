@@ -165,8 +165,9 @@ pub(crate) struct Clustered {
     /// break (see [`Clustered::may_take_over`]).
     in_sight_since: Option<std::time::Instant>,
     /// The divergent writes offered to an owner and not yet confirmed (to
-    /// whom, up to which divergent entry, since when): offered again only
-    /// to another owner or after [`MERGE_RETRY`].
+    /// whom, up to which divergent entry, since when): offered again to
+    /// another owner, after [`MERGE_RETRY`] (checked every second), or when
+    /// the owner's link comes back (the offer may have died with the old one).
     merge_offer: Option<(String, u64, std::time::Instant)>,
 }
 
@@ -590,7 +591,17 @@ pub(crate) async fn check_partner(
 ) -> Result<Vec<CoreAction>, ActorProcessingErr> {
     let id = state.id;
     if state.core.is_none() {
-        return take_over_if_quorate(state).await;
+        let actions = take_over_if_quorate(state).await?;
+        let offered = state
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.merge_offer.is_some());
+        if state.core.is_none() && offered {
+            // An offer the owner never answered (lost with a link) is made
+            // again once MERGE_RETRY has passed.
+            send_merge(state)?;
+        }
+        return Ok(actions);
     }
     let stalled = state.cluster.as_ref().is_some_and(|c| {
         c.waiting.values().any(|w| {
@@ -656,6 +667,16 @@ pub(crate) async fn peer_up(
         .is_some_and(|c| c.ownership.owner().node == peer);
     if owner_is_back {
         reattach_all(state);
+        // An offer sent before the link came back may have been lost with
+        // the old link: offer again now.
+        if let Some(cluster) = state.cluster.as_mut()
+            && cluster
+                .merge_offer
+                .as_ref()
+                .is_some_and(|(to, _, _)| *to == peer)
+        {
+            cluster.merge_offer = None;
+        }
         send_merge(state)?;
         actions.extend(resend_held(state));
     }

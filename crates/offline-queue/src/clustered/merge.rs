@@ -39,6 +39,10 @@ pub(super) fn send_merge(state: &mut FragmentState) -> Result<(), FragmentError>
         "offering writes made apart from the owner for merging");
     let count = chunks.len();
     let last_upto = chunks.last().map_or(0, |(upto, _)| *upto);
+    // Outstanding until the owner's MergeDone, even if a send fails here or
+    // the link drops the offer: `check_partner` offers again after
+    // MERGE_RETRY, and the owner's link coming back offers again at once.
+    cluster.merge_offer = Some((owner.clone(), last_upto, std::time::Instant::now()));
     for (i, (upto, ops)) in chunks.into_iter().enumerate() {
         let last = i + 1 == count;
         if !send_via(
@@ -50,7 +54,6 @@ pub(super) fn send_merge(state: &mut FragmentState) -> Result<(), FragmentError>
             return Ok(());
         }
     }
-    cluster.merge_offer = Some((owner, last_upto, std::time::Instant::now()));
     Ok(())
 }
 
