@@ -183,6 +183,9 @@ run_scenario() { # name title first-phone
 }
 
 echo "cluster-test: starting the cluster"
+# A run that was killed before its cleanup leaves containers and volumes
+# behind; starting on their old data would test something else.
+compose down -v --remove-orphans >/dev/null 2>&1 || true
 compose up -d >/dev/null
 wait_mesh
 
