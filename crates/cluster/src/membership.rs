@@ -141,6 +141,9 @@ pub enum MembershipMsg {
     LinkClosed {
         /// The peer.
         peer: String,
+        /// Its node-session actor: a duplicate or stale link closing must
+        /// not count as the closing of the link in use.
+        session: ractor::ActorId,
     },
     /// A frame arrived from the peer.
     Heard {
@@ -348,7 +351,10 @@ impl NodeEventSubscription for LinkEvents {
 
     fn node_session_disconnected(&self, info: NodeServerSessionInformation) {
         if let Some(peer) = peer_name(&info) {
-            let _ = self.0.cast(MembershipMsg::LinkClosed { peer });
+            let _ = self.0.cast(MembershipMsg::LinkClosed {
+                peer,
+                session: info.actor.get_id(),
+            });
         }
     }
 }
@@ -462,12 +468,27 @@ impl Actor for Membership {
                 state.view.heard(&peer, now);
                 state.table.link_ready(&peer, now)
             }
-            MembershipMsg::LinkClosed { peer } => {
+            MembershipMsg::LinkClosed { peer, session } => {
+                let current = state.sessions.get(&peer).map(|s| s.get_id());
+                if current.is_some_and(|current| current != session) {
+                    // A second link to the peer (closed by ractor_cluster as
+                    // a duplicate) or an old one whose closing came late:
+                    // the link in use is still up.
+                    tracing::debug!(%peer, "a link that is not the one in use closed");
+                    return Ok(());
+                }
                 state.sessions.remove(&peer);
                 state.view.lost(&peer);
                 state.table.link_closed(&peer, now, jitter())
             }
             MembershipMsg::Heard { peer } => {
+                if !state.sessions.contains_key(&peer) {
+                    // The last messages of a closed link (or the first of
+                    // one not ready yet): they prove no link, and counting
+                    // them would make the table believe in one that nothing
+                    // closes or redials.
+                    return Ok(());
+                }
                 state.view.heard(&peer, now);
                 state.table.heard(&peer, now)
             }

@@ -145,12 +145,17 @@ impl PeerTable {
 
     /// A dial ended. On failure the next one waits longer (doubling, capped,
     /// scaled by `jitter` in 0.5..=1.0 so that restarted nodes spread out).
+    /// On success the link is still being set up (authentication, then
+    /// ready): no second dial for a heartbeat timeout, since two links to one
+    /// peer make ractor_cluster close one as a duplicate.
     pub fn dial_finished(&mut self, name: &str, ok: bool, now: Instant, jitter: f64) {
         let Some(peer) = self.peers.get_mut(name) else {
             return;
         };
         peer.dialing = false;
-        if !ok {
+        if ok {
+            peer.next_dial = peer.next_dial.max(now + self.down_after);
+        } else {
             peer.next_dial = now + peer.backoff.mul_f64(jitter.clamp(0.5, 1.0));
             peer.backoff = (peer.backoff * 2).min(self.max_redial);
         }
@@ -259,6 +264,17 @@ mod tests {
         let mut t = table("n2", now);
         assert_eq!(dials(&t.tick(now)), ["n3"]);
         assert!(dials(&t.tick(now + Duration::from_secs(5))).is_empty());
+    }
+
+    #[test]
+    fn a_dial_handed_over_is_not_repeated_while_its_link_comes_up() {
+        let now = Instant::now();
+        let mut t = table("n2", now);
+        assert_eq!(dials(&t.tick(now)), ["n3"]);
+        t.dial_finished("n3", true, now, 1.0);
+        assert!(dials(&t.tick(now + Duration::from_millis(400))).is_empty());
+        // A link that never became ready is dialed again.
+        assert_eq!(dials(&t.tick(now + Duration::from_millis(1_100))), ["n3"]);
     }
 
     #[test]
