@@ -187,6 +187,12 @@ echo "cluster-test: starting the cluster"
 # behind; starting on their old data would test something else.
 compose down -v --remove-orphans >/dev/null 2>&1 || true
 compose up -d >/dev/null
+if [ -n "${CLUSTER_TEST_CPUS:-}" ]; then
+    # e.g. 0.15: each node gets that share of a core (kept across restarts),
+    # so heartbeats run late and islands flap, as on a starved host.
+    for c in $(compose ps -q); do docker update --cpus "$CLUSTER_TEST_CPUS" "$c" >/dev/null; done
+    echo "cluster-test: each node limited to $CLUSTER_TEST_CPUS of a core"
+fi
 wait_mesh
 
 run_scenario kill "1. docker kill of n3 under load" +15557100000
