@@ -656,24 +656,48 @@ pub(crate) fn perform(
                     }
                 }
             }
-            Action::StoreReceipt { fragment, request } => {
+            Action::StoreReceipt {
+                fragment,
+                request,
+                waiter,
+            } => {
                 if fragment == state.id {
                     if let Some(core) = state.core.as_mut() {
-                        local.extend(core.store_receipt(request, None));
+                        local.extend(core.store_receipt(request, waiter));
                     }
                 } else {
                     let ids = request.msg_ids.clone();
-                    let sent = state.directory.get(fragment).and_then(|f| {
-                        f.send_message(FragmentMsg::StoreReceipt {
-                            request,
-                            reply: None,
-                        })
-                        .map_err(|_| FragmentError::Unavailable(fragment))
-                    });
-                    if let Err(e) = sent {
-                        tracing::warn!(fragment = state.id, error = %e,
-                            "receipt not stored; entries stay for redelivery");
-                        if let Some(core) = state.core.as_mut() {
+                    let from_an_ack = request.then_delete.is_some();
+                    let reply = match waiter {
+                        None => None,
+                        Some(Waiter::Local(port)) => Some(port),
+                        Some(Waiter::Remote { node, req }) => {
+                            clustered::reply_to_remote(state, node, req)
+                        }
+                    };
+                    let sent = match state.directory.get(fragment) {
+                        Ok(f) => f
+                            .send_message(FragmentMsg::StoreReceipt { request, reply })
+                            .map_err(|e| match e {
+                                ractor::MessagingErr::SendErr(FragmentMsg::StoreReceipt {
+                                    reply: Some(reply),
+                                    ..
+                                }) => Some(reply),
+                                _ => None,
+                            }),
+                        Err(_) => Err(reply),
+                    };
+                    if let Err(reply) = sent {
+                        tracing::warn!(
+                            fragment = state.id,
+                            to = fragment,
+                            "receipt not stored: its fragment is not reachable"
+                        );
+                        if let Some(reply) = reply {
+                            let _ = reply.send(Err(FragmentError::Unavailable(fragment)));
+                        }
+                        // An ack's entries stay for redelivery (and a new ack).
+                        if from_an_ack && let Some(core) = state.core.as_mut() {
                             core.forget_acked(&ids);
                         }
                     }

@@ -288,6 +288,10 @@ pub(crate) fn send(state: &FragmentState, node: &str, wire: FragmentWire) {
 }
 
 fn send_via(cluster: &Clustered, fragment: FragmentId, node: &str, wire: FragmentWire) -> bool {
+    send_over(&cluster.link, fragment, node, wire)
+}
+
+fn send_over(link: &FragmentCluster, fragment: FragmentId, node: &str, wire: FragmentWire) -> bool {
     let bytes = match remote::encode(fragment, wire) {
         Ok(bytes) => bytes,
         Err(e) => {
@@ -295,13 +299,40 @@ fn send_via(cluster: &Clustered, fragment: FragmentId, node: &str, wire: Fragmen
             return false;
         }
     };
-    match cluster.link.handle.send(node, Body::Data(bytes)) {
+    match link.handle.send(node, Body::Data(bytes)) {
         Ok(()) => true,
         Err(e) => {
             tracing::debug!(fragment, peer = node, error = %e, "fragment message not sent");
             false
         }
     }
+}
+
+/// A reply port whose answer goes back to request `req` of `node`: for a
+/// request from another node that this fragment passes on to a third
+/// fragment (a read receipt on its way to the sender's fragment). `None`
+/// on a node without a cluster. A port dropped unanswered answers
+/// `Unavailable`, so the waiter is never left to its timeout.
+pub(crate) fn reply_to_remote(
+    state: &FragmentState,
+    node: String,
+    req: u64,
+) -> Option<RpcReplyPort<Result<Stored, FragmentError>>> {
+    let link = state.cluster.as_ref()?.link.clone();
+    let fragment = state.id;
+    let (port, answer) = ractor::concurrency::oneshot();
+    tokio::spawn(async move {
+        let result = answer
+            .await
+            .unwrap_or(Err(FragmentError::Unavailable(fragment)));
+        send_over(
+            &link,
+            fragment,
+            &node,
+            FragmentWire::AppendDone { req, result },
+        );
+    });
+    Some(port.into())
 }
 
 /// Hands a cluster `Data` body to the fragment actor it concerns.

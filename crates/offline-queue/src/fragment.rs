@@ -121,6 +121,8 @@ pub enum Action<E, R> {
         fragment: FragmentId,
         /// The receipt.
         request: ReceiptRequest,
+        /// Answer once it is stored (a read receipt passed on).
+        waiter: Option<R>,
     },
     /// A receipt was stored: the acked entries may now be deleted there.
     DeleteAcked {
@@ -544,6 +546,7 @@ impl<E: Clone, R> FragmentCore<E, R> {
         }
         for (sender, msg_ids) in receipts {
             out.push(Action::StoreReceipt {
+                waiter: None,
                 fragment: self.placement.fragment_of(&sender),
                 request: ReceiptRequest {
                     owner: sender,
@@ -585,13 +588,26 @@ impl<E: Clone, R> FragmentCore<E, R> {
         out
     }
 
-    /// Store a receipt for `request.owner`, a user of this fragment.
+    /// Store a receipt for `request.owner`. One for a user of another
+    /// fragment is passed on there: read receipts come through the reader's
+    /// own fragment, behind the reader's earlier acks, so that a message's
+    /// `Delivered` receipt (which this fragment sends on an ack) reaches its
+    /// sender before its `Read`.
     pub fn store_receipt(
         &mut self,
         request: ReceiptRequest,
         waiter: Option<R>,
     ) -> Vec<Action<E, R>> {
         let mut out = Vec::new();
+        let owners_fragment = self.placement.fragment_of(&request.owner);
+        if owners_fragment != self.id {
+            out.push(Action::StoreReceipt {
+                fragment: owners_fragment,
+                request,
+                waiter,
+            });
+            return out;
+        }
         let id = self.next_id();
         let body = EntryBody::Receipt {
             kind: request.kind,

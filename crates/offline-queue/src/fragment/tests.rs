@@ -133,7 +133,9 @@ fn run(
             Action::Push { endpoint, entries } => out.pushes.push((endpoint, entries)),
             Action::Replaced { endpoint } => out.replaced.push(endpoint),
             Action::Reply { to, result } => out.replies.push((to, result)),
-            Action::StoreReceipt { fragment, request } => out.receipts.push((fragment, request)),
+            Action::StoreReceipt {
+                fragment, request, ..
+            } => out.receipts.push((fragment, request)),
             Action::DeleteAcked {
                 fragment,
                 owner,
@@ -158,9 +160,10 @@ fn msg(to: PhoneNumber, from: PhoneNumber, client_msg_id: u64, payload: Vec<u8>)
     }
 }
 
+/// Fragment 0 of a placement of one fragment: every user is its own.
 fn core(window: usize, page: usize) -> Core {
     FragmentCore::new(
-        3,
+        0,
         Placement::new(1).expect("placement"),
         FragmentConfig {
             window,
@@ -376,6 +379,73 @@ fn acking_a_message_stores_a_receipt_for_its_sender_then_deletes_it() {
     run(&mut c, &mem, actions, &mut out);
     assert!(out.receipts.is_empty());
     assert_eq!(mem.len(), 0);
+}
+
+/// A read receipt comes through the reader's fragment; one whose owner
+/// lives in another fragment is passed on there with its waiter, behind the
+/// Delivered receipts this fragment sent on earlier acks, and nothing is
+/// stored here.
+#[test]
+fn a_receipt_for_another_fragments_user_is_passed_on_in_order() {
+    let placement = Placement::new(2).expect("placement");
+    let (reader, sender) = {
+        let mut users = (1..).map(phone);
+        let reader = users
+            .find(|u| placement.fragment_of(u) == 0)
+            .expect("a user of 0");
+        let sender = users
+            .find(|u| placement.fragment_of(u) == 1)
+            .expect("a user of 1");
+        (reader, sender)
+    };
+    let mut c: Core = FragmentCore::new(0, placement, FragmentConfig::default(), 1);
+    let mem = MemMailbox::default();
+    let mut out = Outbox::default();
+    let actions = c.attach(&mem, reader.clone(), 1, "reader").expect("attach");
+    run(&mut c, &mem, actions, &mut out);
+    let actions = c.append(
+        &mem,
+        msg(reader.clone(), sender.clone(), 1, b"x".to_vec()),
+        10,
+        7,
+    );
+    run(&mut c, &mem, actions, &mut out);
+    let msg_id = out.pushed_ids()[0];
+
+    let mut actions = c.ack(&mem, &reader, &[msg_id], 20);
+    actions.extend(c.store_receipt(
+        ReceiptRequest {
+            owner: sender.clone(),
+            kind: ReceiptKind::Read,
+            by: reader.clone(),
+            msg_ids: vec![msg_id],
+            ts: 21,
+            then_delete: None,
+        },
+        Some(8),
+    ));
+    let passed_on: Vec<_> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::StoreReceipt {
+                fragment,
+                request,
+                waiter,
+            } => Some((*fragment, request.kind, *waiter)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        passed_on,
+        vec![
+            (1, ReceiptKind::Delivered, None),
+            (1, ReceiptKind::Read, Some(8))
+        ]
+    );
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::Persist { .. })),
+        "nothing is stored for a user of another fragment"
+    );
 }
 
 #[test]
