@@ -9,10 +9,10 @@ sb=target/release/switchboard
 [ -x "$sb" ] || cargo build --release -p switchboard
 data=$(mktemp -d)
 secret=bench-secret-0123456789
-SWITCHBOARD_ADMIN__MINT_TEST_USERS=true SWITCHBOARD_ADMIN__SECRET=$secret RUST_LOG=warn \
+SWITCHBOARD_ADMIN__MINT_TEST_USERS=true SWITCHBOARD_ADMIN__SECRET=$secret RUST_LOG=${NODE_LOG:-warn} \
     "$sb" node --listen 127.0.0.1:0 --data-dir "$data" > "$data/node.out" 2> "$data/node.err" &
 node=$!
-trap 'kill $node 2>/dev/null; wait $node 2>/dev/null; rm -rf "$data"' EXIT
+trap 'kill $node 2>/dev/null; wait $node 2>/dev/null; [ -n "${KEEP_NODE_LOG:-}" ] && cat "$data/node.out" "$data/node.err" > "$KEEP_NODE_LOG"; rm -rf "$data"' EXIT
 for _ in $(seq 1 100); do grep -q "listening on" "$data/node.out" 2>/dev/null && break; sleep 0.1; done
 addr=$(sed -n 's/.* listening on \([^ ]*\) .*/\1/p' "$data/node.out")
 "$sb" bench messages --server "$addr" --ca "$data/tls/cert.pem" --admin-secret "$secret" \

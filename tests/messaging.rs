@@ -6,8 +6,9 @@ mod common;
 use std::time::Duration;
 
 use client::{Connection, Event, ReceiptKind, Tls};
-use common::{NodeProcess, is_message, next_event};
-use proto::{Request, Response};
+use common::{NodeProcess, is_message, next_event, next_frame, raw_tls, read_until_closed};
+use proto::{ClientFrame, ErrorCode, Request, Response, ServerFrame, encode_frame};
+use tokio::io::AsyncWriteExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_verify_login_and_bad_codes() {
@@ -93,6 +94,114 @@ async fn online_delivery_with_all_three_ticks() {
     assert_eq!(msg_ids, vec![ack.msg_id]);
     alice.close().await;
     bob.close().await;
+}
+
+/// Clients in the field speak older protocol versions until they update:
+/// a version 1 client is welcomed in version 1 and acks with the answered
+/// `Request::Ack`; the unanswered `ClientFrame::Ack` of version 2 is
+/// refused before login like any other request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_client_is_served_and_its_acks_answered() {
+    let node = NodeProcess::start();
+    let (alice, mut alice_events, _) = node.login("+15550000021").await;
+    let bob_phone = client::PhoneNumber::parse("+15550000022").expect("phone");
+    let bob_token = node.register(&bob_phone).await;
+
+    let mut bob = raw_tls(&node).await;
+    let mut buf = Vec::new();
+    let mut bytes = encode_frame(
+        &ClientFrame::Hello {
+            version: 1,
+            agent: "v1 test".into(),
+        },
+        1 << 16,
+    )
+    .expect("encode");
+    let login = ClientFrame::Request {
+        id: 1,
+        request: Request::Login { token: bob_token },
+    };
+    bytes.extend(encode_frame(&login, 1 << 16).expect("encode"));
+    bob.write_all(&bytes).await.expect("write");
+    let welcome = next_frame(&mut bob, &mut buf, |_| true).await;
+    assert!(
+        matches!(welcome, ServerFrame::Welcome { version: 1, .. }),
+        "{welcome:?}"
+    );
+    next_frame(&mut bob, &mut buf, |f| {
+        matches!(
+            f,
+            ServerFrame::Response {
+                id: 1,
+                response: Response::LoggedIn { .. }
+            }
+        )
+    })
+    .await;
+
+    let ack = alice
+        .send(&bob_phone, b"to an old client".to_vec())
+        .await
+        .expect("server ack");
+    let deliver = next_frame(&mut bob, &mut buf, |f| {
+        matches!(f, ServerFrame::Deliver { .. })
+    })
+    .await;
+    let ServerFrame::Deliver { msg_id, .. } = deliver else {
+        unreachable!()
+    };
+    assert_eq!(msg_id, ack.msg_id);
+    let ack_request = ClientFrame::Request {
+        id: 2,
+        request: Request::Ack { ids: vec![msg_id] },
+    };
+    bob.write_all(&encode_frame(&ack_request, 1 << 16).expect("encode"))
+        .await
+        .expect("write");
+    next_frame(&mut bob, &mut buf, |f| {
+        matches!(
+            f,
+            ServerFrame::Response {
+                id: 2,
+                response: Response::Ok
+            }
+        )
+    })
+    .await;
+    let receipt = next_event(&mut alice_events, 10, |e| {
+        matches!(e, Event::Receipt { .. })
+    })
+    .await;
+    let Event::Receipt { kind, msg_ids, .. } = receipt else {
+        unreachable!()
+    };
+    assert_eq!(kind, ReceiptKind::Delivered);
+    assert_eq!(msg_ids, vec![ack.msg_id]);
+
+    let mut early = raw_tls(&node).await;
+    let mut bytes = encode_frame(
+        &ClientFrame::Hello {
+            version: proto::PROTOCOL_VERSION,
+            agent: "early ack".into(),
+        },
+        1 << 16,
+    )
+    .expect("encode");
+    bytes.extend(encode_frame(&ClientFrame::Ack { ids: vec![msg_id] }, 1 << 16).expect("encode"));
+    early.write_all(&bytes).await.expect("write");
+    let frames = read_until_closed(&mut early).await;
+    assert!(
+        frames.iter().any(|f| matches!(
+            f,
+            ServerFrame::Error {
+                id: None,
+                code: ErrorCode::NotAuthenticated,
+                ..
+            }
+        )),
+        "{frames:?}"
+    );
+    alice.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

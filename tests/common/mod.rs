@@ -233,3 +233,32 @@ pub async fn read_until_closed<R: tokio::io::AsyncRead + Unpin>(
     }
     frames
 }
+
+/// Reads frames from a raw stream (carrying over `buf`) until one matches
+/// `wanted`; panics after 10 s or if the stream ends first.
+pub async fn next_frame<R, F>(stream: &mut R, buf: &mut Vec<u8>, wanted: F) -> proto::ServerFrame
+where
+    R: tokio::io::AsyncRead + Unpin,
+    F: Fn(&proto::ServerFrame) -> bool,
+{
+    use tokio::io::AsyncReadExt;
+    let found = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            while let Some((frame, used)) =
+                proto::decode_frame::<proto::ServerFrame>(buf, proto::DEFAULT_MAX_FRAME_BYTES)
+                    .expect("a well-formed frame")
+            {
+                buf.drain(..used);
+                if wanted(&frame) {
+                    return frame;
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "the node closed the stream");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    found.expect("the frame within 10 s")
+}

@@ -155,6 +155,9 @@ enum Command {
         request: Request,
         reply: oneshot::Sender<Result<Response>>,
     },
+    Ack {
+        ids: Vec<MessageId>,
+    },
     Close {
         done: oneshot::Sender<()>,
     },
@@ -263,12 +266,15 @@ impl Client {
     }
 
     /// Acknowledges mailbox entries (message `msg_id`s, receipt `id`s): the node
-    /// drops them and tells senders their messages were delivered.
+    /// drops them and tells senders their messages were delivered. The ack
+    /// is not answered: `Ok` means it is queued for the connection. One
+    /// lost with a connection is repeated when the node pushes the entries
+    /// again after the reconnect (they are never shown twice).
     pub async fn ack(&self, ids: Vec<MessageId>) -> Result<()> {
         if ids.is_empty() {
             return Ok(());
         }
-        self.expect_ok(Request::Ack { ids }).await
+        self.command(Command::Ack { ids })
     }
 
     /// Acknowledges the mailbox entry behind `event`, if it has one.
@@ -636,6 +642,18 @@ impl Supervisor {
                     None => self.parked.push((request, reply)),
                 }
             }
+            Command::Ack { ids } => {
+                for id in &ids {
+                    self.recent.mark_acked(*id);
+                }
+                // Without a connection the ack is dropped: the entries come
+                // again after the reconnect and are acked again (Seen::Acked).
+                if let Some(conn) = conn
+                    && let Err(e) = conn.ack(ids)
+                {
+                    debug!("ack not sent, repeated after the reconnect: {e}");
+                }
+            }
             Command::Close { .. } => {} // handled by the loop
         }
     }
@@ -779,11 +797,9 @@ impl Supervisor {
         }
         if !re_ack.is_empty() {
             debug!(count = re_ack.len(), "acknowledging redeliveries again");
-            conn.submit(Request::Ack { ids: re_ack }, |result| {
-                if let Err(e) = result {
-                    debug!("re-ack failed: {e}");
-                }
-            });
+            if let Err(e) = conn.ack(re_ack) {
+                debug!("re-ack failed: {e}");
+            }
         }
     }
 

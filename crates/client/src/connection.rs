@@ -24,8 +24,8 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use proto::{
-    ClientFrame, CodecError, DEFAULT_MAX_FRAME_BYTES, ErrorCode, PROTOCOL_VERSION, PhoneNumber,
-    Request, RequestId, Response, ServerFrame, decode_frame, encode_frame,
+    ClientFrame, CodecError, DEFAULT_MAX_FRAME_BYTES, ErrorCode, MessageId, PROTOCOL_VERSION,
+    PhoneNumber, Request, RequestId, Response, ServerFrame, decode_frame, encode_frame,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
@@ -211,6 +211,14 @@ impl Connection {
         self.shared.submit(request, Box::new(on_reply));
     }
 
+    /// Acknowledges mailbox entries with an unanswered [`ClientFrame::Ack`]:
+    /// `Ok` once the frame is queued behind every request submitted before
+    /// it. An ack lost with the connection costs only a redelivery at the
+    /// next login.
+    pub fn ack(&self, ids: Vec<MessageId>) -> Result<()> {
+        self.shared.send_unanswered(&ClientFrame::Ack { ids })
+    }
+
     /// Logs in with `token`; returns the authenticated user.
     pub async fn login(&self, token: &str) -> Result<PhoneNumber> {
         let response = self
@@ -318,6 +326,24 @@ impl Shared {
                 (p.reply)(Err(ClientError::ConnectionLost(reason)));
             }
         }
+    }
+
+    fn send_unanswered(&self, frame: &ClientFrame) -> Result<()> {
+        let bytes = encode_frame(frame, self.max_frame_bytes).map_err(|e| match e {
+            CodecError::TooLarge { len, max } => ClientError::FrameTooLarge {
+                len: len as usize,
+                max,
+            },
+            other => ClientError::Protocol(other.to_string()),
+        })?;
+        let state = self.lock();
+        if let Some(reason) = &state.closed {
+            return Err(ClientError::ConnectionLost(reason.clone()));
+        }
+        // Sent under the lock, like requests, so it stays in order with them.
+        self.writer.send(bytes).map_err(|_| {
+            ClientError::ConnectionLost(DisconnectReason::Io("writer stopped".to_owned()))
+        })
     }
 
     fn complete(&self, id: RequestId, result: Result<Response>) {

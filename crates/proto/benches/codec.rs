@@ -54,11 +54,8 @@ fn deliver() -> ServerFrame {
 }
 
 fn ack_64() -> ClientFrame {
-    ClientFrame::Request {
-        id: 4712,
-        request: Request::Ack {
-            ids: (0..64).map(|i| msg_id(1_000_000 + i)).collect(),
-        },
+    ClientFrame::Ack {
+        ids: (0..64).map(|i| msg_id(1_000_000 + i)).collect(),
     }
 }
 

@@ -159,6 +159,9 @@ mod tests {
                 id: u32::MAX,
                 request: Request::Ack { ids: vec![1, 2, 3] },
             },
+            ClientFrame::Ack {
+                ids: vec![u64::MAX, 0],
+            },
             ClientFrame::Request {
                 id: 8,
                 request: Request::SendAfter {

@@ -26,5 +26,11 @@ pub use phone::{PhoneError, PhoneNumber};
 
 /// The protocol version this build speaks. A client sends it in
 /// [`ClientFrame::Hello`]; a node refuses versions it does not know with
-/// [`ErrorCode::UnsupportedVersion`].
-pub const PROTOCOL_VERSION: u16 = 1;
+/// [`ErrorCode::UnsupportedVersion`]. Version 2 added [`ClientFrame::Ack`].
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// The oldest protocol version a node still serves: a node welcomes a
+/// client in the client's own version, from this one up to
+/// [`PROTOCOL_VERSION`], so clients in the field keep working across an
+/// upgrade of the nodes. (Versions only append variants.)
+pub const MIN_PROTOCOL_VERSION: u16 = 1;

@@ -26,8 +26,8 @@ use offline_queue::{
 use presence::core::Update;
 use presence::{PresenceMsg, PresencePush};
 use proto::{
-    ClientFrame, CloseReason, ErrorCode, PROTOCOL_VERSION, PhoneNumber, ReceiptKind, Request,
-    RequestId, Response, ServerFrame,
+    ClientFrame, CloseReason, ErrorCode, MIN_PROTOCOL_VERSION, MessageId, PROTOCOL_VERSION,
+    PhoneNumber, ReceiptKind, Request, RequestId, Response, ServerFrame,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use router::FragmentId;
@@ -579,12 +579,16 @@ async fn on_frame(
     frame: ClientFrame,
     permit: OwnedSemaphorePermit,
 ) {
-    match admit(&state.phase, &frame, PROTOCOL_VERSION) {
+    match admit(
+        &state.phase,
+        &frame,
+        MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION,
+    ) {
         Admission::Ignore => {}
-        Admission::Welcome => {
+        Admission::Welcome { version } => {
             state.phase = Phase::Guest;
             state.responder.send(ServerFrame::Welcome {
-                version: PROTOCOL_VERSION,
+                version,
                 node: state.ctx.node_name.clone(),
                 max_frame_bytes: state.ctx.config.max_frame_bytes,
                 idle_timeout_secs: state.ctx.config.idle_timeout.as_secs() as u32,
@@ -593,7 +597,7 @@ async fn on_frame(
         Admission::Refuse { code, close } => {
             let id = match &frame {
                 ClientFrame::Request { id, .. } => Some(*id),
-                ClientFrame::Hello { .. } => None,
+                ClientFrame::Hello { .. } | ClientFrame::Ack { .. } => None,
             };
             let message = match code {
                 ErrorCode::NotAuthenticated => "log in first (only hello, auth and ping before)",
@@ -606,10 +610,38 @@ async fn on_frame(
                 state.close(myself, CloseReason::ProtocolViolation);
             }
         }
-        Admission::Serve => {
-            if let ClientFrame::Request { id, request } = frame {
+        Admission::Serve => match frame {
+            ClientFrame::Request { id, request } => {
                 serve(myself, state, id, request, permit).await;
             }
+            ClientFrame::Ack { ids } => acknowledge(state, ids).await,
+            ClientFrame::Hello { .. } => {}
+        },
+    }
+}
+
+/// An unanswered ack: handed to the user's fragment. If the fragment is
+/// not reachable now the ack is dropped; the entries stay in the mailbox,
+/// are pushed again and the client acks them again.
+async fn acknowledge(state: &mut SessionState, ids: Vec<MessageId>) {
+    let Some(user) = state.user().cloned() else {
+        return;
+    };
+    if ids.is_empty() {
+        return;
+    }
+    match state
+        .ctx
+        .fragments
+        .for_user_when_ready(&user, FRAGMENT_RESTART_WAIT)
+        .await
+    {
+        Ok(fragment) => {
+            let _ = fragment.send_message(FragmentMsg::Ack { user, ids });
+        }
+        Err(e) => {
+            tracing::debug!(session = state.session_id, %user, error = %e,
+                "ack dropped: the fragment is not reachable; its entries will be pushed again");
         }
     }
 }
@@ -738,7 +770,11 @@ async fn serve(
             let Some(user) = state.user().cloned() else {
                 return;
             };
-            let Some(fragment) = fragment_of(state, id, &sender).await else {
+            // Through the reader's own fragment, which passes it on to the
+            // sender's behind the Delivered receipts of this reader's
+            // earlier acks (acks are not answered, so a client reads right
+            // after it acks).
+            let Some(fragment) = fragment_of(state, id, &user).await else {
                 return;
             };
             let (reply, rx) = fragment_reply::<Stored>();

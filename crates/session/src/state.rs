@@ -1,5 +1,7 @@
 //! Which frame is allowed in which phase of a connection. Pure.
 
+use std::ops::RangeInclusive;
+
 use proto::{ClientFrame, ErrorCode, PhoneNumber, Request};
 
 /// Where a connection stands.
@@ -18,8 +20,11 @@ pub enum Phase {
 /// What to do with an incoming frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
-    /// A hello with our version: answer `Welcome`.
-    Welcome,
+    /// A hello with a version we serve: answer `Welcome` in that version.
+    Welcome {
+        /// The client's version, which the connection then speaks.
+        version: u16,
+    },
     /// Serve the request.
     Serve,
     /// Answer with this error; close the connection if `close`.
@@ -44,21 +49,24 @@ fn allowed_before_login(request: &Request) -> bool {
     )
 }
 
-/// Decides what `frame` may do in `phase`.
-pub fn admit(phase: &Phase, frame: &ClientFrame, our_version: u16) -> Admission {
+/// Decides what `frame` may do in `phase`, for a node that serves the
+/// protocol `versions`.
+pub fn admit(phase: &Phase, frame: &ClientFrame, versions: RangeInclusive<u16>) -> Admission {
     match (phase, frame) {
         (Phase::Closing, _) => Admission::Ignore,
-        (Phase::AwaitHello, ClientFrame::Hello { version, .. }) if *version == our_version => {
-            Admission::Welcome
+        (Phase::AwaitHello, ClientFrame::Hello { version, .. }) if versions.contains(version) => {
+            Admission::Welcome { version: *version }
         }
         (Phase::AwaitHello, ClientFrame::Hello { .. }) => Admission::Refuse {
             code: ErrorCode::UnsupportedVersion,
             close: true,
         },
-        (Phase::AwaitHello, ClientFrame::Request { .. }) => Admission::Refuse {
-            code: ErrorCode::NotAuthenticated,
-            close: true,
-        },
+        (Phase::AwaitHello, ClientFrame::Request { .. } | ClientFrame::Ack { .. }) => {
+            Admission::Refuse {
+                code: ErrorCode::NotAuthenticated,
+                close: true,
+            }
+        }
         (_, ClientFrame::Hello { .. }) => Admission::Refuse {
             code: ErrorCode::InvalidRequest,
             close: true,
@@ -73,6 +81,11 @@ pub fn admit(phase: &Phase, frame: &ClientFrame, our_version: u16) -> Admission 
                 }
             }
         }
+        (Phase::Guest, ClientFrame::Ack { .. }) => Admission::Refuse {
+            code: ErrorCode::NotAuthenticated,
+            close: true,
+        },
+        (Phase::LoggedIn(_), ClientFrame::Ack { .. }) => Admission::Serve,
         (Phase::LoggedIn(_), ClientFrame::Request { request, .. }) => match request {
             Request::Login { .. } => Admission::Refuse {
                 code: ErrorCode::AlreadyLoggedIn,
@@ -94,14 +107,15 @@ mod tests {
     #[test]
     fn admission_by_table() {
         let me = PhoneNumber::parse("+15550000001").expect("phone");
-        let hello = ClientFrame::Hello {
-            version: 1,
+        let hello_in = |version| ClientFrame::Hello {
+            version,
             agent: "t".into(),
         };
-        let old_hello = ClientFrame::Hello {
-            version: 0,
-            agent: "t".into(),
-        };
+        let hello = hello_in(2);
+        let v1_hello = hello_in(1);
+        let old_hello = hello_in(0);
+        let new_hello = hello_in(3);
+        let ack = ClientFrame::Ack { ids: vec![7] };
         let send = req(Request::Send {
             to: me.clone(),
             client_msg_id: 1,
@@ -112,12 +126,37 @@ mod tests {
         let refuse = |code, close| Admission::Refuse { code, close };
         let logged_in = Phase::LoggedIn(me);
         let cases: Vec<(&Phase, &ClientFrame, Admission)> = vec![
-            (&Phase::AwaitHello, &hello, Admission::Welcome),
+            (
+                &Phase::AwaitHello,
+                &hello,
+                Admission::Welcome { version: 2 },
+            ),
+            (
+                &Phase::AwaitHello,
+                &v1_hello,
+                Admission::Welcome { version: 1 },
+            ),
             (
                 &Phase::AwaitHello,
                 &old_hello,
                 refuse(ErrorCode::UnsupportedVersion, true),
             ),
+            (
+                &Phase::AwaitHello,
+                &new_hello,
+                refuse(ErrorCode::UnsupportedVersion, true),
+            ),
+            (
+                &Phase::AwaitHello,
+                &ack,
+                refuse(ErrorCode::NotAuthenticated, true),
+            ),
+            (
+                &Phase::Guest,
+                &ack,
+                refuse(ErrorCode::NotAuthenticated, true),
+            ),
+            (&logged_in, &ack, Admission::Serve),
             (
                 &Phase::AwaitHello,
                 &ping,
@@ -144,7 +183,7 @@ mod tests {
             (&Phase::Closing, &send, Admission::Ignore),
         ];
         for (phase, frame, expected) in cases {
-            assert_eq!(admit(phase, frame, 1), expected, "{phase:?} {frame:?}");
+            assert_eq!(admit(phase, frame, 1..=2), expected, "{phase:?} {frame:?}");
         }
     }
 }

@@ -284,6 +284,7 @@ async fn serve(
                         ClientFrame::Request { id: rid, request } if hello_done => {
                             handle(&state, id, rid, request);
                         }
+                        ClientFrame::Ack { ids } if hello_done => handle_ack(&state, id, &ids),
                         _ => broken = true,
                     }
                 }
@@ -452,25 +453,7 @@ fn handle(state: &Mutex<State>, conn: u64, rid: u32, request: Request) {
             });
         }
         (Request::Ack { ids }, Some(me)) => {
-            let entries = st.mailboxes.entry(me.clone()).or_default();
-            let mut delivered: Vec<MessageId> = Vec::new();
-            entries.retain(|entry| match entry {
-                ServerFrame::Deliver { msg_id, .. } if ids.contains(msg_id) => {
-                    delivered.push(*msg_id);
-                    false
-                }
-                ServerFrame::Receipt { id, .. } => !ids.contains(id),
-                _ => true,
-            });
-            let mut by_sender: HashMap<PhoneNumber, Vec<MessageId>> = HashMap::new();
-            for msg_id in delivered {
-                if let Some(sender) = st.senders.get(&msg_id) {
-                    by_sender.entry(sender.clone()).or_default().push(msg_id);
-                }
-            }
-            for (sender, msg_ids) in by_sender {
-                receipt(&mut st, &sender, ReceiptKind::Delivered, &me, msg_ids);
-            }
+            acknowledge(&mut st, &me, &ids);
             answer(Response::Ok);
         }
         (Request::Read { sender, ids }, Some(me)) => {
@@ -510,6 +493,41 @@ fn handle(state: &Mutex<State>, conn: u64, rid: u32, request: Request) {
         (Request::MintTestUsers { .. }, Some(_)) => {
             error(ErrorCode::InvalidRequest, "not offered by the fake node");
         }
+    }
+}
+
+/// An unanswered `ClientFrame::Ack` (protocol 2); ignored before login.
+fn handle_ack(state: &Mutex<State>, conn: u64, ids: &[MessageId]) {
+    let mut st = state.lock().expect("state lock");
+    st.requests_seen.push("Ack".to_owned());
+    if st.mute {
+        return;
+    }
+    if let Some(me) = st.conns.get(&conn).and_then(|c| c.user.clone()) {
+        acknowledge(&mut st, &me, ids);
+    }
+}
+
+/// Drops acked entries of `me` and stores a `Delivered` receipt per sender.
+fn acknowledge(st: &mut State, me: &PhoneNumber, ids: &[MessageId]) {
+    let entries = st.mailboxes.entry(me.clone()).or_default();
+    let mut delivered: Vec<MessageId> = Vec::new();
+    entries.retain(|entry| match entry {
+        ServerFrame::Deliver { msg_id, .. } if ids.contains(msg_id) => {
+            delivered.push(*msg_id);
+            false
+        }
+        ServerFrame::Receipt { id, .. } => !ids.contains(id),
+        _ => true,
+    });
+    let mut by_sender: HashMap<PhoneNumber, Vec<MessageId>> = HashMap::new();
+    for msg_id in delivered {
+        if let Some(sender) = st.senders.get(&msg_id) {
+            by_sender.entry(sender.clone()).or_default().push(msg_id);
+        }
+    }
+    for (sender, msg_ids) in by_sender {
+        receipt(st, &sender, ReceiptKind::Delivered, me, msg_ids);
     }
 }
 

@@ -157,8 +157,9 @@ async fn receive(
         let first = tokio::select! {
             frame = pushes.recv() => frame,
             _ = ack_timer.tick() => {
+                // An ack fails only with the connection, which the sender side reports.
                 if !to_ack.is_empty() {
-                    conn.submit(Request::Ack { ids: std::mem::take(&mut to_ack) }, |_| {});
+                    let _ = conn.ack(std::mem::take(&mut to_ack));
                 }
                 continue;
             }
@@ -213,12 +214,7 @@ async fn receive(
             frame = pushes.try_recv().ok();
         }
         if to_ack.len() >= 64 {
-            conn.submit(
-                Request::Ack {
-                    ids: std::mem::take(&mut to_ack),
-                },
-                |_| {},
-            );
+            let _ = conn.ack(std::mem::take(&mut to_ack));
         }
     }
     conn.close();
