@@ -8,12 +8,15 @@ cd "$(dirname "$0")/.."
 count=${1:?count}; shift
 sb=target/release/switchboard
 [ -x "$sb" ] || cargo build --release -p switchboard
+# BENCH_NODE_BIN runs another build of the node (e.g. one built with
+# --no-default-features) under the same generator.
+node_bin=${BENCH_NODE_BIN:-$sb}
 data=$(mktemp -d)
 secret=bench-secret-0123456789
 ulimit -n "$(ulimit -Hn)"
 SWITCHBOARD_ADMIN__MINT_TEST_USERS=true SWITCHBOARD_ADMIN__SECRET=$secret RUST_LOG=warn \
     SWITCHBOARD_LIMITS__MAX_CONNECTIONS=1000000 \
-    "$sb" node --listen 127.0.0.1:0 --data-dir "$data" > "$data/node.out" 2> "$data/node.err" &
+    "$node_bin" node --listen 127.0.0.1:0 --data-dir "$data" > "$data/node.out" 2> "$data/node.err" &
 node=$!
 trap 'kill $node 2>/dev/null; wait $node 2>/dev/null; rm -rf "$data"' EXIT
 for _ in $(seq 1 100); do grep -q "listening on" "$data/node.out" 2>/dev/null && break; sleep 0.1; done

@@ -7,10 +7,13 @@ cd "$(dirname "$0")/.."
 rate=${1:?rate}; duration=${2:-10}; users=${3:-1000}; shift $(( $# < 3 ? $# : 3 ))
 sb=target/release/switchboard
 [ -x "$sb" ] || cargo build --release -p switchboard
+# BENCH_NODE_BIN runs another build of the node (e.g. one built with
+# --no-default-features) under the same generator.
+node_bin=${BENCH_NODE_BIN:-$sb}
 data=$(mktemp -d)
 secret=bench-secret-0123456789
 SWITCHBOARD_ADMIN__MINT_TEST_USERS=true SWITCHBOARD_ADMIN__SECRET=$secret RUST_LOG=${NODE_LOG:-warn} \
-    "$sb" node --listen 127.0.0.1:0 --data-dir "$data" > "$data/node.out" 2> "$data/node.err" &
+    "$node_bin" node --listen 127.0.0.1:0 --data-dir "$data" > "$data/node.out" 2> "$data/node.err" &
 node=$!
 trap 'kill $node 2>/dev/null; wait $node 2>/dev/null; [ -n "${KEEP_NODE_LOG:-}" ] && cat "$data/node.out" "$data/node.err" > "$KEEP_NODE_LOG"; rm -rf "$data"' EXIT
 for _ in $(seq 1 100); do grep -q "listening on" "$data/node.out" 2>/dev/null && break; sleep 0.1; done

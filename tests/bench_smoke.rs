@@ -86,6 +86,20 @@ fn bench_messages_smoke() {
     assert_eq!(report["lost"], 0);
     assert_eq!(report["duplicated"], 0);
     assert_eq!(report["out_of_order"], 0);
+    // CPU per message of the node (its pid was given) and of the generator.
+    let cpu = &report["cpu"];
+    for key in ["server_us_per_message", "generator_us_per_message"] {
+        assert!(
+            cpu[key].as_f64().is_some_and(|us| us > 0.0),
+            "cpu.{key}: {cpu}"
+        );
+    }
+    assert!(
+        cpu["server_threads_s"]
+            .as_object()
+            .is_some_and(|threads| threads.contains_key("storage-writer")),
+        "the node's writer thread: {cpu}"
+    );
 }
 
 #[test]

@@ -23,7 +23,8 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use super::report::{
-    Percentiles, latency_line, new_histogram, percentiles, rss_bytes, text_histogram, write_json,
+    CpuSample, CpuUse, Percentiles, latency_line, new_histogram, percentiles, rss_bytes,
+    text_histogram, write_json,
 };
 use super::{AGENT, REQUEST_TIMEOUT, Target, mint::mint_users, raise_file_limit};
 
@@ -109,6 +110,9 @@ struct MessagesReport {
     throughput_per_s: f64,
     latency_ms: Latencies,
     server_rss_bytes: Option<u64>,
+    /// CPU time over the sending and the online deliveries' drain: the
+    /// node's (with `--server-pid`) and this generator's.
+    cpu: CpuUse,
 }
 
 #[derive(Debug, Serialize)]
@@ -332,6 +336,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let mut rng = rand::rng();
     let mut next = 0u64;
     let send_start = Instant::now();
+    let cpu_at_start = CpuSample::now(args.server_pid);
     let start_offset_us = shared.since_start_us();
     while next < total {
         let due = ((send_start.elapsed().as_secs_f64() * args.rate) as u64).min(total);
@@ -409,6 +414,14 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         Duration::from_secs(60),
     )
     .await;
+    // The window ends within 50 ms of the last online delivery; the last
+    // receipts (batched acks) are still on their way, a few ms of work.
+    let cpu = CpuUse::between(
+        &cpu_at_start,
+        &CpuSample::now(args.server_pid),
+        send_start.elapsed().as_secs_f64(),
+        shared.acked.load(Ordering::Relaxed),
+    );
     if online_count < args.users {
         eprintln!(
             "logging in the {} offline users…",
@@ -485,6 +498,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             receipt: percentiles(&receipt),
         },
         server_rss_bytes: args.server_pid.and_then(rss_bytes),
+        cpu,
     };
     println!(
         "messages: {} sent, {} acked, {} delivered, {} lost, {} duplicated, {} out of order, {} errors",
@@ -507,6 +521,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     println!("{}", latency_line("ack", &report.latency_ms.ack));
     println!("{}", latency_line("deliver", &report.latency_ms.deliver));
     println!("{}", latency_line("receipt", &report.latency_ms.receipt));
+    println!("{}", report.cpu.line());
     print!("{}", text_histogram("send → deliver", &deliver));
     if let Some(path) = &args.target.json {
         write_json(path, &report)?;

@@ -1,4 +1,6 @@
-//! Figures: latency summaries, plain-text histograms, process memory.
+//! Figures: latency summaries, plain-text histograms, process memory and CPU time.
+
+use std::collections::BTreeMap;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -87,6 +89,131 @@ pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// CPU time (user + system) process `pid` has used, in seconds, from
+/// /proc. Linux reports it in USER_HZ ticks, which is 100 on every
+/// architecture it runs on (the kernel scales its internal HZ to it).
+pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
+    stat_cpu_seconds(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// CPU seconds of process `pid` by thread name (threads of one name added
+/// up: the node's `tokio-rt-worker`s and its `storage-writer`).
+pub(crate) fn thread_cpu_seconds(pid: u32) -> Option<BTreeMap<String, f64>> {
+    let mut by_name = BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let dir = task.ok()?.path();
+        // A thread may end between the listing and the reads: skip it.
+        let (Ok(name), Ok(stat)) = (
+            std::fs::read_to_string(dir.join("comm")),
+            std::fs::read_to_string(dir.join("stat")),
+        ) else {
+            continue;
+        };
+        if let Some(cpu) = stat_cpu_seconds(&stat) {
+            *by_name.entry(name.trim().to_owned()).or_insert(0.0) += cpu;
+        }
+    }
+    Some(by_name)
+}
+
+/// utime + stime of a /proc `stat` line, in seconds.
+fn stat_cpu_seconds(stat: &str) -> Option<f64> {
+    // The command name may hold spaces and parentheses: fields are counted
+    // from after its closing parenthesis, where field 3 (state) begins.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
+/// CPU time of one phase of a run, total and per acknowledged message:
+/// the node's (its pid given) and this generator's.
+#[derive(Debug, Serialize)]
+pub(crate) struct CpuUse {
+    seconds: f64,
+    server_s: Option<f64>,
+    /// The node's share by thread name.
+    server_threads_s: BTreeMap<String, f64>,
+    generator_s: Option<f64>,
+    server_us_per_message: Option<f64>,
+    generator_us_per_message: Option<f64>,
+}
+
+/// CPU seconds of the node (if its pid is known) and of this process.
+pub(crate) struct CpuSample {
+    server: Option<f64>,
+    server_threads: BTreeMap<String, f64>,
+    generator: Option<f64>,
+}
+
+impl CpuSample {
+    pub(crate) fn now(server_pid: Option<u32>) -> Self {
+        Self {
+            server: server_pid.and_then(cpu_seconds),
+            server_threads: server_pid.and_then(thread_cpu_seconds).unwrap_or_default(),
+            generator: cpu_seconds(std::process::id()),
+        }
+    }
+}
+
+impl CpuUse {
+    pub(crate) fn between(
+        before: &CpuSample,
+        after: &CpuSample,
+        seconds: f64,
+        messages: u64,
+    ) -> Self {
+        let used = |b: Option<f64>, a: Option<f64>| Some(a? - b?);
+        let per_message = |cpu: Option<f64>| cpu.map(|c| c * 1e6 / messages.max(1) as f64);
+        let server_s = used(before.server, after.server);
+        let generator_s = used(before.generator, after.generator);
+        // Threads that started during the run count from zero.
+        let server_threads_s = after
+            .server_threads
+            .iter()
+            .map(|(name, cpu)| {
+                let earlier = before.server_threads.get(name).copied().unwrap_or(0.0);
+                (name.clone(), cpu - earlier)
+            })
+            .filter(|(_, cpu)| *cpu > 0.0)
+            .collect();
+        Self {
+            seconds,
+            server_s,
+            server_threads_s,
+            generator_s,
+            server_us_per_message: per_message(server_s),
+            generator_us_per_message: per_message(generator_s),
+        }
+    }
+
+    /// One line for the summary.
+    pub(crate) fn line(&self) -> String {
+        let cores = |cpu: f64| cpu / self.seconds.max(1e-9);
+        let part = |name: &str, cpu: Option<f64>, per: Option<f64>| match (cpu, per) {
+            (Some(cpu), Some(per)) => format!("{name} {per:.1} µs/msg ({:.2} cores)", cores(cpu)),
+            _ => format!("{name} unknown"),
+        };
+        let threads: Vec<String> = self
+            .server_threads_s
+            .iter()
+            .map(|(name, cpu)| format!("{name} {:.2}", cores(*cpu)))
+            .collect();
+        let threads = if threads.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", threads.join(", "))
+        };
+        format!(
+            "cpu: {}{threads} · {} over {:.1} s of sending and delivery",
+            part("node", self.server_s, self.server_us_per_message),
+            part("generator", self.generator_s, self.generator_us_per_message),
+            self.seconds
+        )
+    }
+}
+
 /// Least-squares slope of `(x, y)` points (bytes per connection).
 pub(crate) fn slope(points: &[(f64, f64)]) -> Option<f64> {
     if points.len() < 2 {
@@ -133,5 +260,58 @@ mod tests {
     #[test]
     fn reads_our_own_rss() {
         assert!(rss_bytes(std::process::id()).is_some_and(|b| b > 0));
+    }
+
+    #[test]
+    fn reads_our_own_cpu_time_and_it_grows() {
+        let before = cpu_seconds(std::process::id()).expect("cpu time");
+        let spin = std::time::Instant::now();
+        let mut x = 0u64;
+        while spin.elapsed() < std::time::Duration::from_millis(100) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let after = cpu_seconds(std::process::id()).expect("cpu time");
+        assert!(after > before, "{before} -> {after}");
+        let threads = thread_cpu_seconds(std::process::id()).expect("threads");
+        assert!(threads.values().sum::<f64>() > 0.0, "{threads:?}");
+    }
+
+    #[test]
+    fn cpu_use_is_the_difference_per_message_and_per_thread() {
+        let sample = |server: f64, writer: f64, generator: f64| CpuSample {
+            server: Some(server),
+            server_threads: [("storage-writer".to_owned(), writer)].into(),
+            generator: Some(generator),
+        };
+        let mut after = sample(12.0, 3.0, 5.0);
+        after
+            .server_threads
+            .insert("tokio-rt-worker".to_owned(), 1.5);
+        let cpu = CpuUse::between(&sample(10.0, 2.5, 4.0), &after, 4.0, 20_000);
+        assert_eq!(cpu.server_us_per_message, Some(100.0));
+        assert_eq!(cpu.generator_us_per_message, Some(50.0));
+        // A thread that started during the run counts from zero.
+        assert_eq!(
+            cpu.server_threads_s.into_iter().collect::<Vec<_>>(),
+            [
+                ("storage-writer".to_owned(), 0.5),
+                ("tokio-rt-worker".to_owned(), 1.5)
+            ]
+        );
+        let unknown = CpuSample {
+            server: None,
+            server_threads: BTreeMap::new(),
+            generator: Some(1.0),
+        };
+        let cpu = CpuUse::between(&unknown, &unknown, 1.0, 10);
+        assert_eq!(cpu.server_us_per_message, None);
+        assert!(cpu.line().contains("node unknown"), "{}", cpu.line());
+    }
+
+    #[test]
+    fn a_command_name_with_spaces_and_parentheses_is_skipped() {
+        let stat = "42 (a b) c) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0";
+        assert_eq!(stat_cpu_seconds(stat), Some(3.0));
+        assert_eq!(stat_cpu_seconds("garbage"), None);
     }
 }
