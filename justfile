@@ -32,8 +32,8 @@ bench-storage:
 bench:
     cargo build --release -p switchboard
     scripts/bench-connections.sh 19500 --rate 3000 --source-ips 127.0.0.2-127.0.0.20 --hold 10
-    scripts/bench-messages.sh 4000 10 1000
-    scripts/bench-messages.sh 2000 10 1000
+    scripts/bench-messages.sh 18000 10 1000
+    scripts/bench-messages.sh 9000 10 1000
 
 # Criterion micro-benchmarks.
 bench-micro:
