@@ -18,13 +18,13 @@ use cluster::{AckPolicy, ClusterHandle};
 use proto::{MessageId, PhoneNumber, TimestampMs};
 use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef, RpcReplyPort};
 use router::{FragmentId, Islands, Placement, Role};
-use storage::Store;
+use storage::{ApplyGroup, Store};
 
 use crate::clustered::{self, Clustered, Copied};
 use crate::fragment::{Action, FragmentConfig, FragmentCore, NewMessage, ReceiptRequest, Stored};
 use crate::remote::FragmentWire;
 use crate::replica::{log_divergent, takeover_seq};
-use crate::store::{RedbMailbox, WriteOp, apply_ops};
+use crate::store::{MailboxTables, RedbMailbox, WriteOp};
 use crate::{Entry, FragmentError};
 
 /// The registered name of fragment `id`'s actor.
@@ -563,20 +563,16 @@ pub(crate) fn perform(
             Action::Persist { tag, ops } => {
                 let divergent = clustered::replicate(state, tag, &ops) == Copied::Missing;
                 trace_writes(state.id, tag, divergent, &ops);
-                let fragment = state.id;
                 let generation = state.generation;
                 let me = myself.clone();
-                state.store.submit(
-                    move |txn| {
-                        apply_ops(txn, fragment, &ops)?;
-                        // Committed without the partner's copy: remember it
-                        // for the partner's catch-up or a later merge.
-                        if divergent {
-                            log_divergent(txn, fragment, &ops)?;
-                        }
-                        Ok(())
-                    },
-                    move |result| {
+                let writes = FragmentWrites {
+                    fragment: state.id,
+                    ops,
+                    divergent,
+                };
+                state
+                    .store
+                    .submit_grouped::<MailboxWrites>(writes, move |result| {
                         if result.is_err() {
                             metrics::counter!("switchboard_storage_failures_total").increment(1);
                         }
@@ -588,8 +584,7 @@ pub(crate) fn perform(
                             tag,
                             outcome,
                         });
-                    },
-                );
+                    });
             }
             Action::Push { endpoint, entries } => {
                 metrics::counter!("switchboard_entries_pushed_total")
@@ -720,6 +715,38 @@ pub(crate) fn perform(
     }
 }
 
+/// One fragment's writes for the group commit.
+pub(crate) struct FragmentWrites {
+    pub(crate) fragment: FragmentId,
+    pub(crate) ops: Vec<WriteOp>,
+    /// Committed without the partner's copy: also remembered in the
+    /// divergent log, for the partner's catch-up or a later merge.
+    pub(crate) divergent: bool,
+}
+
+/// The writes of every fragment of the node: the writer applies a run of
+/// them with the mailbox tables opened once (see [`ApplyGroup`]).
+pub(crate) enum MailboxWrites {}
+
+impl ApplyGroup for MailboxWrites {
+    type Item = FragmentWrites;
+
+    fn apply_group(
+        txn: &storage::redb::WriteTransaction,
+        items: Vec<FragmentWrites>,
+    ) -> storage::Result<()> {
+        let mut tables = MailboxTables::open(txn)?;
+        for writes in &items {
+            tables.apply(writes.fragment, &writes.ops)?;
+        }
+        tables.finish()?;
+        for writes in items.iter().filter(|w| w.divergent) {
+            log_divergent(txn, writes.fragment, &writes.ops)?;
+        }
+        Ok(())
+    }
+}
+
 /// Debug log of each stored message and deletion, to follow one message
 /// through a cluster's logs (`RUST_LOG=offline_queue=debug`).
 fn trace_writes(fragment: FragmentId, tag: u64, divergent: bool, ops: &[WriteOp]) {
@@ -741,5 +768,97 @@ fn trace_writes(fragment: FragmentId, tag: u64, divergent: bool, ops: &[WriteOp]
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proto::PhoneNumber;
+    use storage::Store;
+
+    use super::{FragmentWrites, MailboxWrites};
+    use crate::replica::load_divergent;
+    use crate::store::{MailboxRead, RedbMailbox, WriteOp};
+
+    fn phone(n: u32) -> PhoneNumber {
+        PhoneNumber::parse(&format!("+1555{n:07}")).expect("phone")
+    }
+
+    fn message(client_msg_id: u64, id: u64) -> WriteOp {
+        WriteOp::PutMessage {
+            recipient: phone(1),
+            sender: phone(2),
+            client_msg_id,
+            id,
+            server_ts: 5,
+            body: crate::EntryBody::Message {
+                from: phone(2),
+                client_msg_id,
+                server_ts: 5,
+                payload: vec![1, 2, 3],
+            }
+            .to_bytes(),
+        }
+    }
+
+    #[tokio::test]
+    async fn one_run_stores_every_fragments_writes_their_marks_and_divergent_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("db.redb"), Default::default()).expect("open");
+        // Hold the writer so that the three changes are taken as one run.
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+        let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
+        store.submit(
+            move |_| {
+                let _ = started_tx.send(());
+                let _ = gate_rx.recv();
+                Ok(())
+            },
+            |_| {},
+        );
+        started_rx.recv().expect("the writer holds");
+        let writes = [
+            (3, vec![message(1, 40), WriteOp::NextSeq(41)], false),
+            (4, vec![message(1, 7)], true),
+            (3, vec![message(2, 41), WriteOp::NextSeq(42)], false),
+        ];
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for (fragment, ops, divergent) in writes {
+            let tx = tx.clone();
+            let item = FragmentWrites {
+                fragment,
+                ops,
+                divergent,
+            };
+            store.submit_grouped::<MailboxWrites>(item, move |result| {
+                let _ = tx.send((fragment, result.is_ok()));
+            });
+        }
+        let _ = gate_tx.send(());
+        let mut completed = Vec::new();
+        for _ in 0..3 {
+            completed.push(rx.recv().await.expect("completion"));
+        }
+        assert_eq!(completed, [(3, true), (4, true), (3, true)]);
+        let three = RedbMailbox::new(store.clone(), 3);
+        let four = RedbMailbox::new(store.clone(), 4);
+        assert_eq!(three.next_seq().expect("mark"), 42);
+        assert_eq!(four.next_seq().expect("mark"), 8);
+        let ids = |m: &RedbMailbox| -> Vec<u64> {
+            m.page(&phone(1), None, 10)
+                .expect("page")
+                .iter()
+                .map(|e| e.id)
+                .collect()
+        };
+        assert_eq!(ids(&three), [40, 41]);
+        assert_eq!(ids(&four), [7]);
+        assert_eq!(
+            three.dedupe(&phone(1), &phone(2), 2).expect("dedupe"),
+            Some((41, 5))
+        );
+        // Only the divergent item went to the divergent log.
+        assert_eq!(load_divergent(&store, 4).expect("log").1, [message(1, 7)]);
+        assert!(load_divergent(&store, 3).expect("log").1.is_empty());
     }
 }

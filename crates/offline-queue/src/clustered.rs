@@ -22,7 +22,8 @@ use router::{FragmentId, FragmentOwnership, Owner, Role};
 use storage::Store;
 
 use crate::actor::{
-    Attached, CoreAction, FragmentCluster, FragmentMsg, FragmentState, Waiter, now_ms, perform,
+    Attached, CoreAction, FragmentCluster, FragmentMsg, FragmentState, FragmentWrites,
+    MailboxWrites, Waiter, now_ms, perform,
 };
 use crate::remote::{self, FragmentWire};
 use crate::replica::{

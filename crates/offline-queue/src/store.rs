@@ -16,7 +16,7 @@
 //!   of a partner's ids) would give out ids already in use.
 
 use proto::{MessageId, PhoneNumber, TimestampMs};
-use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 use router::FragmentId;
 use storage::{StorageError, Store};
 
@@ -84,68 +84,123 @@ pub fn apply_ops(
     fragment: FragmentId,
     ops: &[WriteOp],
 ) -> Result<(), StorageError> {
-    let mut mbox = txn.open_table(MBOX_TABLE)?;
-    let mut dedupe = txn.open_table(DEDUPE_TABLE)?;
-    // The mark these ops need: past every id they store and every NextSeq.
-    let mut next_seq: Option<u64> = None;
-    let mut raise = |next: u64| next_seq = Some(next_seq.map_or(next, |n| n.max(next)));
-    for op in ops {
-        match op {
-            WriteOp::PutMessage {
-                recipient,
-                sender,
-                client_msg_id,
-                id,
-                server_ts,
-                body,
-            } => {
-                raise(seq_of_message_id(*id).saturating_add(1));
-                mbox.insert((fragment, recipient.as_str(), *id), body.as_slice())?;
-                dedupe.insert(
-                    (
-                        fragment,
-                        recipient.as_str(),
-                        sender.as_str(),
-                        *client_msg_id,
-                    ),
-                    (*id, *server_ts),
-                )?;
-            }
-            WriteOp::PutReceipt { owner, id, body } => {
-                raise(seq_of_message_id(*id).saturating_add(1));
-                mbox.insert((fragment, owner.as_str(), *id), body.as_slice())?;
-            }
-            WriteOp::Delete { owner, ids } => {
-                for id in ids {
-                    mbox.remove((fragment, owner.as_str(), *id))?;
+    let mut tables = MailboxTables::open(txn)?;
+    tables.apply(fragment, ops)?;
+    tables.finish()
+}
+
+/// The mailbox tables, opened once in a write transaction for the ops of
+/// any number of fragments (opening and closing them costs about as much
+/// as a small change's inserts). [`MailboxTables::finish`] writes the id
+/// marks the ops need, one write per fragment.
+pub(crate) struct MailboxTables<'txn> {
+    txn: &'txn WriteTransaction,
+    mbox: Table<'txn, (u16, &'static str, u64), &'static [u8]>,
+    dedupe: Table<'txn, (u16, &'static str, &'static str, u64), (u64, u64)>,
+    /// Per fragment, the mark its ops need: past every id they store and
+    /// every `NextSeq`.
+    marks: Vec<(FragmentId, u64)>,
+}
+
+impl<'txn> MailboxTables<'txn> {
+    pub(crate) fn open(txn: &'txn WriteTransaction) -> Result<Self, StorageError> {
+        Ok(Self {
+            txn,
+            mbox: txn.open_table(MBOX_TABLE)?,
+            dedupe: txn.open_table(DEDUPE_TABLE)?,
+            marks: Vec::new(),
+        })
+    }
+
+    fn raise(&mut self, fragment: FragmentId, next: u64) {
+        match self.marks.iter_mut().find(|(f, _)| *f == fragment) {
+            Some((_, mark)) => *mark = (*mark).max(next),
+            None => self.marks.push((fragment, next)),
+        }
+    }
+
+    /// Applies `ops` of `fragment`.
+    pub(crate) fn apply(
+        &mut self,
+        fragment: FragmentId,
+        ops: &[WriteOp],
+    ) -> Result<(), StorageError> {
+        for op in ops {
+            match op {
+                WriteOp::PutMessage {
+                    recipient,
+                    sender,
+                    client_msg_id,
+                    id,
+                    server_ts,
+                    body,
+                } => {
+                    self.raise(fragment, seq_of_message_id(*id).saturating_add(1));
+                    self.mbox
+                        .insert((fragment, recipient.as_str(), *id), body.as_slice())?;
+                    self.dedupe.insert(
+                        (
+                            fragment,
+                            recipient.as_str(),
+                            sender.as_str(),
+                            *client_msg_id,
+                        ),
+                        (*id, *server_ts),
+                    )?;
                 }
-            }
-            WriteOp::NextSeq(next) => raise(*next),
-            WriteOp::SweepDedupe { before_ms, max } => {
-                let mut expired: Vec<(String, String, u64)> = Vec::new();
-                for item in dedupe.range((fragment, "", "", 0)..)? {
-                    let (key, value) = item?;
-                    let (f, r, s, c) = key.value();
-                    if f != fragment {
-                        break;
+                WriteOp::PutReceipt { owner, id, body } => {
+                    self.raise(fragment, seq_of_message_id(*id).saturating_add(1));
+                    self.mbox
+                        .insert((fragment, owner.as_str(), *id), body.as_slice())?;
+                }
+                WriteOp::Delete { owner, ids } => {
+                    for id in ids {
+                        self.mbox.remove((fragment, owner.as_str(), *id))?;
                     }
-                    if value.value().1 < *before_ms {
-                        expired.push((r.to_owned(), s.to_owned(), c));
-                        if expired.len() >= *max {
+                }
+                WriteOp::NextSeq(next) => self.raise(fragment, *next),
+                WriteOp::SweepDedupe { before_ms, max } => {
+                    let mut expired: Vec<(String, String, u64)> = Vec::new();
+                    for item in self.dedupe.range((fragment, "", "", 0)..)? {
+                        let (key, value) = item?;
+                        let (f, r, s, c) = key.value();
+                        if f != fragment {
                             break;
                         }
+                        if value.value().1 < *before_ms {
+                            expired.push((r.to_owned(), s.to_owned(), c));
+                            if expired.len() >= *max {
+                                break;
+                            }
+                        }
                     }
-                }
-                for (r, s, c) in &expired {
-                    dedupe.remove((fragment, r.as_str(), s.as_str(), *c))?;
+                    for (r, s, c) in &expired {
+                        self.dedupe.remove((fragment, r.as_str(), s.as_str(), *c))?;
+                    }
                 }
             }
         }
+        Ok(())
     }
-    if let Some(next) = next_seq {
-        raise_next_seq(txn, fragment, next)?;
+
+    /// Raises the id marks the applied ops need.
+    pub(crate) fn finish(self) -> Result<(), StorageError> {
+        let Self {
+            txn,
+            mbox,
+            dedupe,
+            marks,
+        } = self;
+        drop((mbox, dedupe));
+        if marks.is_empty() {
+            return Ok(());
+        }
+        let mut seq = txn.open_table(SEQ_TABLE)?;
+        for (fragment, next) in marks {
+            raise_mark(&mut seq, fragment, next)?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Raises the id high-water mark of `fragment` to `next` unless it is
@@ -155,7 +210,14 @@ pub(crate) fn raise_next_seq(
     fragment: FragmentId,
     next: u64,
 ) -> Result<(), StorageError> {
-    let mut seq = txn.open_table(SEQ_TABLE)?;
+    raise_mark(&mut txn.open_table(SEQ_TABLE)?, fragment, next)
+}
+
+fn raise_mark(
+    seq: &mut Table<'_, u16, u64>,
+    fragment: FragmentId,
+    next: u64,
+) -> Result<(), StorageError> {
     let current = seq.get(fragment)?.map(|v| v.value());
     if current.is_none_or(|current| current < next) {
         seq.insert(fragment, next)?;

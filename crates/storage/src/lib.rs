@@ -11,7 +11,10 @@
 //!
 //! A change is a closure over the write transaction; its completion is a
 //! callback (to post a message back to an actor) or an awaited future.
-//! Callbacks run on the writer thread and must not block.
+//! Callbacks run on the writer thread and must not block. Small changes of
+//! one kind (the mailbox fragments' writes) can name an [`ApplyGroup`]: the
+//! writer applies a run of them that follow each other in its queue with one
+//! call, so their tables are opened once per run instead of once per change.
 //!
 //! The choice of redb over fjall is recorded in `docs/benchmarks.md`.
 
@@ -20,4 +23,4 @@ mod writer;
 
 pub use error::{Result, StorageError};
 pub use redb;
-pub use writer::{Store, StoreOptions, WriterStats};
+pub use writer::{ApplyGroup, Store, StoreOptions, WriterStats};

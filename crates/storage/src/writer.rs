@@ -1,5 +1,6 @@
 //! The group-commit writer thread.
 
+use std::any::{Any, TypeId};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,10 +45,75 @@ pub struct WriterStats {
     pub busy_micros: AtomicU64,
 }
 
+/// A kind of small change that is applied in runs: the writer hands every
+/// item of consecutive [`Store::submit_grouped`] changes of one group to one
+/// `apply_group` call, which can open its tables once for all of them (in
+/// redb, opening a table and writing its root back on close costs about as
+/// much as the inserts of a small change). Changes are still applied and
+/// completed in submission order: a run ends at the first change of another
+/// kind.
+pub trait ApplyGroup: 'static {
+    /// One change.
+    type Item: Send + 'static;
+    /// Applies `items`, in order, inside the group commit's transaction.
+    fn apply_group(txn: &WriteTransaction, items: Vec<Self::Item>) -> Result<()>;
+}
+
 /// One change: applied inside the shared transaction, then told the outcome.
 trait Change: Send {
     fn apply(&mut self, txn: &WriteTransaction) -> Result<()>;
     fn complete(self: Box<Self>, outcome: Result<()>);
+    /// The group of a grouped change.
+    fn group(&self) -> Option<TypeId> {
+        None
+    }
+    /// Applies this change and `others` (changes of the same group) at once.
+    fn apply_run(&mut self, txn: &WriteTransaction, _others: &mut [Box<dyn Change>]) -> Result<()> {
+        self.apply(txn)
+    }
+    /// A grouped change's item, taken by the first change of its run.
+    fn take_item(&mut self) -> Option<Box<dyn Any + Send>> {
+        None
+    }
+}
+
+struct GroupedChange<G: ApplyGroup> {
+    item: Option<G::Item>,
+    done: Option<Box<dyn FnOnce(Result<()>) + Send>>,
+}
+
+impl<G: ApplyGroup> Change for GroupedChange<G> {
+    fn apply(&mut self, txn: &WriteTransaction) -> Result<()> {
+        self.apply_run(txn, &mut [])
+    }
+
+    fn complete(mut self: Box<Self>, outcome: Result<()>) {
+        if let Some(done) = self.done.take() {
+            done(outcome);
+        }
+    }
+
+    fn group(&self) -> Option<TypeId> {
+        Some(TypeId::of::<G>())
+    }
+
+    fn apply_run(&mut self, txn: &WriteTransaction, others: &mut [Box<dyn Change>]) -> Result<()> {
+        let mut items = Vec::with_capacity(1 + others.len());
+        items.extend(self.item.take());
+        for other in others {
+            // Same group, so the same item type: the downcast cannot fail.
+            if let Some(Ok(item)) = other.take_item().map(|item| item.downcast::<G::Item>()) {
+                items.push(*item);
+            }
+        }
+        G::apply_group(txn, items)
+    }
+
+    fn take_item(&mut self) -> Option<Box<dyn Any + Send>> {
+        self.item
+            .take()
+            .map(|item| Box::new(item) as Box<dyn Any + Send>)
+    }
 }
 
 struct TypedChange<F, R, C> {
@@ -126,11 +192,29 @@ impl Store {
         R: Send + 'static,
         C: FnOnce(Result<R>) + Send + 'static,
     {
-        let change = Box::new(TypedChange {
+        self.send(Box::new(TypedChange {
             apply: Some(apply),
             output: None,
             done: Some(done),
-        });
+        }));
+    }
+
+    /// Queues `item` of group `G` for the next group commit (applied in a run
+    /// with the grouped changes next to it, see [`ApplyGroup`]) and calls
+    /// `done` once the commit is durable (or with the error if it failed).
+    /// `done` runs on the writer thread: it must only hand the result on.
+    pub fn submit_grouped<G: ApplyGroup>(
+        &self,
+        item: G::Item,
+        done: impl FnOnce(Result<()>) + Send + 'static,
+    ) {
+        self.send(Box::new(GroupedChange::<G> {
+            item: Some(item),
+            done: Some(Box::new(done)),
+        }));
+    }
+
+    fn send(&self, change: Box<dyn Change>) {
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
         if let Err(mpsc::SendError(change)) = self.changes.send(change) {
             self.stats.queued.fetch_sub(1, Ordering::Relaxed);
@@ -212,8 +296,17 @@ fn run_writer(
 /// does, and then none of them can be trusted to be durable.
 fn commit_batch(db: &Database, batch: &mut [Box<dyn Change>]) -> Result<()> {
     let txn = db.begin_write()?;
-    for change in batch.iter_mut() {
-        if let Err(e) = change.apply(&txn) {
+    let mut next = 0;
+    while next < batch.len() {
+        // A run of consecutive changes of one group is applied by its first.
+        let group = batch[next].group();
+        let run = batch[next + 1..]
+            .iter()
+            .take_while(|c| group.is_some() && c.group() == group)
+            .count();
+        let (first, rest) = batch[next..=next + run].split_at_mut(1);
+        next += 1 + run;
+        if let Err(e) = first[0].apply_run(&txn, rest) {
             if let Err(abort) = txn.abort() {
                 tracing::warn!(error = %abort, "abort after a failed change also failed");
             }
@@ -260,6 +353,130 @@ mod tests {
         let table = read.open_table(TABLE).expect("table");
         assert_eq!(table.len().expect("len"), 500);
         assert_eq!(table.get(7).expect("get").map(|v| v.value()), Some(14));
+    }
+
+    type Log = Arc<std::sync::Mutex<Vec<String>>>;
+
+    /// A group whose runs insert their items and say so in a log; 13 fails.
+    struct Logged;
+
+    impl ApplyGroup for Logged {
+        type Item = (u64, Log);
+        fn apply_group(txn: &WriteTransaction, items: Vec<(u64, Log)>) -> Result<()> {
+            let ids: Vec<u64> = items.iter().map(|(id, _)| *id).collect();
+            if let Some((_, log)) = items.first() {
+                log.lock().expect("log").push(format!("run {ids:?}"));
+            }
+            if ids.contains(&13) {
+                return Err(StorageError::Corrupt("injected".into()));
+            }
+            let mut table = txn.open_table(TABLE)?;
+            for id in ids {
+                table.insert(id, id)?;
+            }
+            Ok(())
+        }
+    }
+
+    /// Holds the writer inside a change until the returned sender is used,
+    /// so that what is submitted meanwhile is taken as one batch.
+    fn hold_writer(store: &Store, log: &Log) -> std::sync::mpsc::Sender<()> {
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+        let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
+        let log = Arc::clone(log);
+        store.submit(
+            move |_| -> Result<()> {
+                let _ = started_tx.send(());
+                let _ = gate_rx.recv();
+                log.lock().expect("log").push("held".into());
+                Ok(())
+            },
+            |_| {},
+        );
+        started_rx.recv().expect("the writer holds");
+        gate_tx
+    }
+
+    #[tokio::test]
+    async fn consecutive_grouped_changes_are_applied_as_one_run_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(&dir);
+        let log: Log = Arc::default();
+        let release = hold_writer(&store, &log);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let grouped = |id: u64| {
+            let tx = tx.clone();
+            store.submit_grouped::<Logged>((id, Arc::clone(&log)), move |result| {
+                let _ = tx.send((id, result.is_ok()));
+            });
+        };
+        grouped(1);
+        grouped(2);
+        grouped(3);
+        // A change of another kind ends the run: order is submission order.
+        let direct_log = Arc::clone(&log);
+        let direct_tx = tx.clone();
+        store.submit(
+            move |_| -> Result<()> {
+                direct_log.lock().expect("log").push("direct".into());
+                Ok(())
+            },
+            move |result| {
+                let _ = direct_tx.send((0, result.is_ok()));
+            },
+        );
+        grouped(4);
+        grouped(5);
+        let _ = release.send(());
+        let mut completed = Vec::new();
+        for _ in 0..6 {
+            completed.push(rx.recv().await.expect("completion"));
+        }
+        assert_eq!(
+            completed,
+            [
+                (1, true),
+                (2, true),
+                (3, true),
+                (0, true),
+                (4, true),
+                (5, true)
+            ]
+        );
+        assert_eq!(
+            *log.lock().expect("log"),
+            ["held", "run [1, 2, 3]", "direct", "run [4, 5]"]
+        );
+        let read = store.db().begin_read().expect("read");
+        assert_eq!(
+            read.open_table(TABLE).expect("table").len().expect("len"),
+            5
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_run_fails_every_change_of_its_transaction_and_the_store_goes_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(&dir);
+        let log: Log = Arc::default();
+        let release = hold_writer(&store, &log);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for id in [12, 13] {
+            let tx = tx.clone();
+            store.submit_grouped::<Logged>((id, Arc::clone(&log)), move |result| {
+                let _ = tx.send(result.is_ok());
+            });
+        }
+        let _ = release.send(());
+        assert!(!rx.recv().await.expect("completion"));
+        assert!(!rx.recv().await.expect("completion"));
+        store
+            .write(|txn| {
+                txn.open_table(TABLE)?.insert(1, 1)?;
+                Ok(())
+            })
+            .await
+            .expect("later writes work");
     }
 
     #[tokio::test]

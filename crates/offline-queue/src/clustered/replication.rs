@@ -24,12 +24,15 @@ pub(super) fn apply_replica(
         send(state, from, FragmentWire::Replicated { rseq, ok: false });
         return;
     }
-    let fragment = state.id;
     let reply = replica_reply(state, from);
-    state.store.submit(
-        move |txn| apply_ops(txn, fragment, &ops),
-        move |result| reply(rseq, result.is_ok()),
-    );
+    let writes = FragmentWrites {
+        fragment: state.id,
+        ops,
+        divergent: false,
+    };
+    state
+        .store
+        .submit_grouped::<MailboxWrites>(writes, move |result| reply(rseq, result.is_ok()));
 }
 
 pub(super) fn apply_snapshot(
