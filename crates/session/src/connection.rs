@@ -4,6 +4,12 @@
 //! to the session actor together with a permit from a per-connection
 //! semaphore, so a client cannot queue unbounded work: the reader stops
 //! reading while all permits are out. The write side is `outbound`.
+//!
+//! A permit is taken without waiting when one is free, the usual case, so
+//! that a frame does not also register a cancellation waiter. (The idle
+//! timer stays one per read: a timer armed once per connection saved ~2 %
+//! of the node's CPU under load but made every idle connection's reader
+//! 144 bytes larger.)
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +18,7 @@ use bytes::{Buf, BytesMut};
 use proto::{ClientFrame, CodecError, RequestId, ServerFrame, decode_frame};
 use ractor::ActorRef;
 use tokio::io::AsyncRead;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 
 use crate::actor::SessionMsg;
@@ -68,9 +74,10 @@ where
     R: AsyncRead + Unpin + Send + 'static,
 {
     tokio::spawn(async move {
+        let deliver = |msg| actor.send_message(msg).is_ok();
         let end = read_frames(
             &mut reader,
-            &actor,
+            deliver,
             max_frame_bytes,
             idle_timeout,
             &permits,
@@ -81,9 +88,11 @@ where
     })
 }
 
+/// Reads and hands on frames until the connection ends; `deliver` says
+/// whether the session still takes them.
 async fn read_frames<R>(
     reader: &mut R,
-    actor: &ActorRef<SessionMsg>,
+    mut deliver: impl FnMut(SessionMsg) -> bool,
     max_frame_bytes: u32,
     idle_timeout: Duration,
     permits: &Arc<Semaphore>,
@@ -98,17 +107,19 @@ where
             match decode_frame::<ClientFrame>(&buf, max_frame_bytes) {
                 Ok(Some((frame, used))) => {
                     buf.advance(used);
-                    let permit = tokio::select! {
-                        permit = Arc::clone(permits).acquire_owned() => match permit {
-                            Ok(permit) => permit,
-                            Err(_) => return ReadEnd::Cancelled,
+                    let permit = match Arc::clone(permits).try_acquire_owned() {
+                        Ok(permit) => permit,
+                        Err(TryAcquireError::Closed) => return ReadEnd::Cancelled,
+                        // Every permit is out: stop reading until one is back.
+                        Err(TryAcquireError::NoPermits) => tokio::select! {
+                            permit = Arc::clone(permits).acquire_owned() => match permit {
+                                Ok(permit) => permit,
+                                Err(_) => return ReadEnd::Cancelled,
+                            },
+                            () = cancel.cancelled() => return ReadEnd::Cancelled,
                         },
-                        () = cancel.cancelled() => return ReadEnd::Cancelled,
                     };
-                    if actor
-                        .send_message(SessionMsg::Frame(Inbound { frame, permit }))
-                        .is_err()
-                    {
+                    if !deliver(SessionMsg::Frame(Inbound { frame, permit })) {
                         return ReadEnd::Cancelled;
                     }
                 }
@@ -120,7 +131,7 @@ where
                     ..
                 }) => {
                     buf.advance(consumed);
-                    let _ = actor.send_message(SessionMsg::Undecodable { request_id, reason });
+                    deliver(SessionMsg::Undecodable { request_id, reason });
                 }
                 Err(CodecError::Malformed { reason, .. }) => return ReadEnd::Malformed(reason),
                 Err(CodecError::TooLarge { len, max }) => return ReadEnd::TooLarge { len, max },
@@ -150,5 +161,94 @@ pub(crate) fn undecodable_error(request_id: RequestId, reason: &str) -> ServerFr
         id: Some(request_id),
         code: proto::ErrorCode::UnknownRequest,
         message: format!("request not understood: {reason}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use proto::{ClientFrame, encode_frame};
+    use tokio::io::AsyncWriteExt;
+    use tokio::sync::Semaphore;
+    use tokio::time::Instant;
+    use tokio_util::sync::CancellationToken;
+
+    use super::{ReadEnd, read_frames};
+    use crate::actor::SessionMsg;
+
+    const IDLE: Duration = Duration::from_secs(10);
+
+    fn ping() -> Vec<u8> {
+        encode_frame(&ClientFrame::Ack { ids: vec![7] }, 1024).expect("encodes")
+    }
+
+    /// Runs a reader over `server`, keeping what it delivers in `got`.
+    async fn read(
+        server: &mut tokio::io::DuplexStream,
+        permits: usize,
+        cancel: &CancellationToken,
+        got: &Arc<Mutex<Vec<SessionMsg>>>,
+    ) -> ReadEnd {
+        let got = Arc::clone(got);
+        let deliver = move |msg| {
+            got.lock().expect("lock").push(msg);
+            true
+        };
+        let permits = Arc::new(Semaphore::new(permits));
+        read_frames(server, deliver, 1024, IDLE, &permits, cancel).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_is_idle_after_the_idle_timeout() {
+        let (_client, mut server) = tokio::io::duplex(1024);
+        let started = Instant::now();
+        let got = Arc::default();
+        let end = read(&mut server, 8, &CancellationToken::new(), &got).await;
+        assert_eq!(end, ReadEnd::Idle);
+        assert_eq!(started.elapsed().as_secs(), IDLE.as_secs());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_keeps_sending_is_idle_only_a_timeout_after_its_last_frame() {
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        let started = Instant::now();
+        let writer = tokio::spawn(async move {
+            for _ in 0..5 {
+                tokio::time::sleep(Duration::from_secs(6)).await;
+                client.write_all(&ping()).await.expect("write");
+            }
+            // Keep the stream open, silent.
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            drop(client);
+        });
+        let got: Arc<Mutex<Vec<SessionMsg>>> = Arc::default();
+        let end = read(&mut server, 8, &CancellationToken::new(), &got).await;
+        assert_eq!(end, ReadEnd::Idle);
+        // The last frame came at 30 s: idle from 40 s, not from 10 s.
+        assert_eq!(started.elapsed().as_secs(), 30 + IDLE.as_secs());
+        assert_eq!(got.lock().expect("lock").len(), 5);
+        writer.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_without_permits_waits_and_stops_when_cancelled() {
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        let mut two = ping();
+        two.extend(ping());
+        client.write_all(&two).await.expect("write");
+        let cancel = CancellationToken::new();
+        let canceller = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            canceller.cancel();
+        });
+        // One permit: the first frame holds it (it is kept, unanswered),
+        // so the second waits until the connection is cancelled.
+        let got: Arc<Mutex<Vec<SessionMsg>>> = Arc::default();
+        let end = read(&mut server, 1, &cancel, &got).await;
+        assert_eq!(end, ReadEnd::Cancelled);
+        assert_eq!(got.lock().expect("lock").len(), 1);
     }
 }
