@@ -71,8 +71,8 @@ trait Change: Send {
     fn apply_run(&mut self, txn: &WriteTransaction, _others: &mut [Box<dyn Change>]) -> Result<()> {
         self.apply(txn)
     }
-    /// A grouped change's item, taken by the first change of its run.
-    fn take_item(&mut self) -> Option<Box<dyn Any + Send>> {
+    /// A grouped change, for the first change of its run to take its item.
+    fn as_grouped(&mut self) -> Option<&mut dyn Any> {
         None
     }
 }
@@ -101,18 +101,17 @@ impl<G: ApplyGroup> Change for GroupedChange<G> {
         let mut items = Vec::with_capacity(1 + others.len());
         items.extend(self.item.take());
         for other in others {
-            // Same group, so the same item type: the downcast cannot fail.
-            if let Some(Ok(item)) = other.take_item().map(|item| item.downcast::<G::Item>()) {
-                items.push(*item);
-            }
+            // Same group, so the same change type: the downcast cannot fail.
+            let other = other
+                .as_grouped()
+                .and_then(|change| change.downcast_mut::<Self>());
+            items.extend(other.and_then(|change| change.item.take()));
         }
         G::apply_group(txn, items)
     }
 
-    fn take_item(&mut self) -> Option<Box<dyn Any + Send>> {
-        self.item
-            .take()
-            .map(|item| Box::new(item) as Box<dyn Any + Send>)
+    fn as_grouped(&mut self) -> Option<&mut dyn Any> {
+        Some(self)
     }
 }
 
