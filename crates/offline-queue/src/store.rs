@@ -15,6 +15,8 @@
 //!   back (a copy from a partner that had not seen this node's ids, a merge
 //!   of a partner's ids) would give out ids already in use.
 
+use std::collections::BTreeMap;
+
 use proto::{MessageId, PhoneNumber, TimestampMs};
 use redb::{ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 use router::FragmentId;
@@ -99,7 +101,7 @@ pub(crate) struct MailboxTables<'txn> {
     dedupe: Table<'txn, (u16, &'static str, &'static str, u64), (u64, u64)>,
     /// Per fragment, the mark its ops need: past every id they store and
     /// every `NextSeq`.
-    marks: Vec<(FragmentId, u64)>,
+    marks: BTreeMap<FragmentId, u64>,
 }
 
 impl<'txn> MailboxTables<'txn> {
@@ -108,15 +110,13 @@ impl<'txn> MailboxTables<'txn> {
             txn,
             mbox: txn.open_table(MBOX_TABLE)?,
             dedupe: txn.open_table(DEDUPE_TABLE)?,
-            marks: Vec::new(),
+            marks: BTreeMap::new(),
         })
     }
 
     fn raise(&mut self, fragment: FragmentId, next: u64) {
-        match self.marks.iter_mut().find(|(f, _)| *f == fragment) {
-            Some((_, mark)) => *mark = (*mark).max(next),
-            None => self.marks.push((fragment, next)),
-        }
+        let mark = self.marks.entry(fragment).or_insert(next);
+        *mark = (*mark).max(next);
     }
 
     /// Applies `ops` of `fragment`.
