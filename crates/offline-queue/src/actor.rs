@@ -23,7 +23,7 @@ use storage::{ApplyGroup, Store};
 use crate::clustered::{self, Clustered, Copied};
 use crate::fragment::{Action, FragmentConfig, FragmentCore, NewMessage, ReceiptRequest, Stored};
 use crate::remote::FragmentWire;
-use crate::replica::{log_divergent, takeover_seq};
+use crate::replica::{log_divergent_all, takeover_seq};
 use crate::store::{MailboxTables, RedbMailbox, WriteOp};
 use crate::{Entry, FragmentError};
 
@@ -740,10 +740,13 @@ impl ApplyGroup for MailboxWrites {
             tables.apply(writes.fragment, &writes.ops)?;
         }
         tables.finish()?;
-        for writes in items.iter().filter(|w| w.divergent) {
-            log_divergent(txn, writes.fragment, &writes.ops)?;
-        }
-        Ok(())
+        log_divergent_all(
+            txn,
+            items
+                .iter()
+                .filter(|w| w.divergent)
+                .map(|w| (w.fragment, w.ops.as_slice())),
+        )
     }
 }
 

@@ -219,15 +219,30 @@ pub fn log_divergent(
     f: FragmentId,
     ops: &[WriteOp],
 ) -> Result<(), StorageError> {
-    let bytes = postcard::to_stdvec(ops)
-        .map_err(|e| StorageError::Corrupt(format!("cannot encode divergent writes: {e}")))?;
-    let mut table = txn.open_table(DIVERGENT_TABLE)?;
-    let next = table
-        .range((f, 0)..=(f, u64::MAX))?
-        .next_back()
-        .transpose()?
-        .map_or(1, |(key, _)| key.value().1 + 1);
-    table.insert((f, next), bytes.as_slice())?;
+    log_divergent_all(txn, [(f, ops)])
+}
+
+/// Appends each fragment's writes to its divergent log, in order, with the
+/// table opened once (a run of grouped writes while a partner is away).
+pub(crate) fn log_divergent_all<'a>(
+    txn: &WriteTransaction,
+    writes: impl IntoIterator<Item = (FragmentId, &'a [WriteOp])>,
+) -> Result<(), StorageError> {
+    let mut table = None;
+    for (f, ops) in writes {
+        let bytes = postcard::to_stdvec(ops)
+            .map_err(|e| StorageError::Corrupt(format!("cannot encode divergent writes: {e}")))?;
+        let table = match &mut table {
+            Some(table) => table,
+            None => table.insert(txn.open_table(DIVERGENT_TABLE)?),
+        };
+        let next = table
+            .range((f, 0)..=(f, u64::MAX))?
+            .next_back()
+            .transpose()?
+            .map_or(1, |(key, _)| key.value().1 + 1);
+        table.insert((f, next), bytes.as_slice())?;
+    }
     Ok(())
 }
 
@@ -318,6 +333,23 @@ mod tests {
             .write(move |txn| apply_ops(txn, f, &ops))
             .await
             .expect("write");
+    }
+
+    #[tokio::test]
+    async fn writes_logged_together_keep_their_order_per_fragment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("a.redb"), Default::default()).expect("open");
+        let one = vec![WriteOp::NextSeq(1)];
+        let two = vec![WriteOp::NextSeq(2)];
+        let other = vec![WriteOp::NextSeq(9)];
+        let (a, b, c) = (one.clone(), two.clone(), other.clone());
+        store
+            .write(move |txn| log_divergent_all(txn, [(3, &a[..]), (4, &c[..]), (3, &b[..])]))
+            .await
+            .expect("write");
+        let (last, ops) = load_divergent(&store, 3).expect("log");
+        assert_eq!((last, ops), (2, [one, two].concat()));
+        assert_eq!(load_divergent(&store, 4).expect("log").1, other);
     }
 
     #[tokio::test]
