@@ -1,0 +1,1 @@
+//! Mailbox jamming with forged or oversized receipts, and ack floods.
