@@ -544,7 +544,7 @@ fn serve(state: &mut FragmentState, message: FragmentMsg) -> Vec<CoreAction> {
             core.ack(reads, &user, &ids, now_ms())
         }
         FragmentMsg::StoreReceipt { request, reply } => {
-            core.store_receipt(request, reply.map(Waiter::Local))
+            core.store_receipt(reads, request, reply.map(Waiter::Local))
         }
         FragmentMsg::DeleteAcked { owner, ids } => core.delete_acked(owner, ids),
         _ => Vec::new(),
@@ -658,7 +658,7 @@ pub(crate) fn perform(
             } => {
                 if fragment == state.id {
                     if let Some(core) = state.core.as_mut() {
-                        local.extend(core.store_receipt(request, waiter));
+                        local.extend(core.store_receipt(&state.reads, request, waiter));
                     }
                 } else {
                     let ids = request.msg_ids.clone();

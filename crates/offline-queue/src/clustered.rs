@@ -418,7 +418,7 @@ pub(crate) async fn from_peer(
         FragmentWire::StoreReceipt { req, request } => match state.core.as_mut() {
             Some(core) => {
                 let waiter = req.map(|req| Waiter::Remote { node: from, req });
-                core.store_receipt(request, waiter)
+                core.store_receipt(reads, request, waiter)
             }
             None => Vec::new(),
         },

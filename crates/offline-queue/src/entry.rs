@@ -75,6 +75,54 @@ impl EntryBody {
     }
 }
 
+/// The leading fields of a stored [`EntryBody`], read without copying a
+/// message's payload (postcard writes fields in order, and
+/// `take_from_bytes` leaves the rest unread).
+#[derive(Deserialize)]
+enum EntryHead {
+    Message {
+        from: PhoneNumber,
+        _client_msg_id: u64,
+        server_ts: TimestampMs,
+    },
+    Receipt,
+}
+
+/// The sender and store time of a stored message entry; `None` for a
+/// receipt or unreadable bytes.
+pub(crate) fn message_sender(bytes: &[u8]) -> Option<(PhoneNumber, TimestampMs)> {
+    match postcard::take_from_bytes::<EntryHead>(bytes) {
+        Ok((
+            EntryHead::Message {
+                from, server_ts, ..
+            },
+            _,
+        )) => Some((from, server_ts)),
+        _ => None,
+    }
+}
+
+/// What stays of a message once its recipient's device has acknowledged it:
+/// who sent it and when it was stored, so that a read receipt for it can
+/// be checked, until the dedupe retention ends (see `store`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct DeliveredMark {
+    /// The message's sender.
+    pub(crate) from: PhoneNumber,
+    /// When the message was stored.
+    pub(crate) stored_at: TimestampMs,
+}
+
+impl DeliveredMark {
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).unwrap_or_default()
+    }
+
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        postcard::from_bytes(bytes).ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,5 +137,28 @@ mod tests {
             fragment_of_message_id(compose_message_id(u16::MAX, 5)),
             u16::MAX
         );
+    }
+
+    #[test]
+    fn a_message_head_is_read_without_its_payload_and_a_receipt_has_none() {
+        let from = PhoneNumber::parse("+15550001111").expect("phone");
+        let message = EntryBody::Message {
+            from: from.clone(),
+            client_msg_id: 9,
+            server_ts: 1234,
+            payload: vec![7; 5000],
+        };
+        assert_eq!(
+            message_sender(&message.to_bytes()),
+            Some((from.clone(), 1234))
+        );
+        let receipt = EntryBody::Receipt {
+            kind: ReceiptKind::Read,
+            by: from,
+            msg_ids: vec![1, 2],
+            ts: 5,
+        };
+        assert_eq!(message_sender(&receipt.to_bytes()), None);
+        assert_eq!(message_sender(&[0xff, 0xff]), None);
     }
 }

@@ -22,6 +22,10 @@ pub enum FragmentError {
     /// stored: the sender resends that one first.
     #[error("the sender's earlier message is not stored yet")]
     EarlierMessageMissing,
+    /// The request cannot be served as asked (e.g. a read receipt for
+    /// messages that were never delivered to the reader).
+    #[error("{0}")]
+    InvalidRequest(String),
 }
 
 impl FragmentError {
@@ -34,6 +38,7 @@ impl FragmentError {
             },
             FragmentError::PayloadTooLarge { .. } => proto::ErrorCode::PayloadTooLarge,
             FragmentError::EarlierMessageMissing => proto::ErrorCode::EarlierMessageMissing,
+            FragmentError::InvalidRequest(_) => proto::ErrorCode::InvalidRequest,
         }
     }
 }

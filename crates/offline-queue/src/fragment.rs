@@ -18,7 +18,12 @@ use proto::{MessageId, PhoneNumber, ReceiptKind, TimestampMs};
 use router::{FragmentId, Placement};
 
 use crate::store::{MailboxRead, WriteOp};
-use crate::{Entry, EntryBody, FragmentError, compose_message_id};
+use crate::{Entry, EntryBody, FragmentError, compose_message_id, fragment_of_message_id};
+
+/// Most message ids one stored receipt names: a receipt for more is stored
+/// as several entries, so that each one's frame (about 10 bytes an id)
+/// stays far below the smallest frame limit a node accepts (4 KiB).
+pub const RECEIPT_IDS_PER_ENTRY: usize = 256;
 
 /// Tuning of a fragment.
 #[derive(Debug, Clone)]
@@ -505,7 +510,11 @@ impl<E: Clone, R> FragmentCore<E, R> {
         }
     }
 
-    /// `user`'s device acknowledged entries `ids`.
+    /// `user`'s device acknowledged entries `ids`. Only entries pushed to
+    /// the attached device and not yet acknowledged count; any other id
+    /// (repeated, never pushed, or from a device no longer attached) is
+    /// ignored without a disk read: its entry, if any, is pushed again at
+    /// the next attach and acknowledged then.
     pub fn ack(
         &mut self,
         reads: &impl MailboxRead,
@@ -514,35 +523,28 @@ impl<E: Clone, R> FragmentCore<E, R> {
         now: TimestampMs,
     ) -> Vec<Action<E, R>> {
         let mut out = Vec::new();
+        let Some(online) = self.online.get_mut(user) else {
+            metrics::counter!("switchboard_acks_ignored_total").increment(ids.len() as u64);
+            return out;
+        };
         let mut receipts: BTreeMap<PhoneNumber, Vec<MessageId>> = BTreeMap::new();
         let mut deletions = Vec::new();
+        let mut ignored = 0u64;
         for &id in ids {
-            if self.acked.contains(&id) || self.pending_ids.contains(&id) {
+            let in_window = id < online.next_push;
+            let Some(body) = in_window.then(|| online.queue.remove(&id)).flatten() else {
+                ignored += 1;
                 continue;
-            }
-            let cached = self.online.get_mut(user).and_then(|online| {
-                let body = online.queue.remove(&id)?;
-                if id < online.next_push {
-                    online.in_flight = online.in_flight.saturating_sub(1);
-                }
-                Some(body)
-            });
-            let body = match cached {
-                Some(body) => body,
-                None => match reads.entry(user, id) {
-                    Ok(Some(body)) => body,
-                    Ok(None) => continue, // already gone: a repeated ack
-                    Err(e) => {
-                        tracing::warn!(fragment = self.id, %user, id, error = %e, "ack lookup failed");
-                        continue;
-                    }
-                },
             };
+            online.in_flight = online.in_flight.saturating_sub(1);
             self.acked.insert(id);
             match body {
                 EntryBody::Message { from, .. } => receipts.entry(from).or_default().push(id),
                 EntryBody::Receipt { .. } => deletions.push(id),
             }
+        }
+        if ignored > 0 {
+            metrics::counter!("switchboard_acks_ignored_total").increment(ignored);
         }
         for (sender, msg_ids) in receipts {
             out.push(Action::StoreReceipt {
@@ -592,13 +594,28 @@ impl<E: Clone, R> FragmentCore<E, R> {
     /// fragment is passed on there: read receipts come through the reader's
     /// own fragment, behind the reader's earlier acks, so that a message's
     /// `Delivered` receipt (which this fragment sends on an ack) reaches its
-    /// sender before its `Read`.
+    /// sender before its `Read`. That fragment first checks the read
+    /// ([`FragmentCore::check_read`]): a reader can mark read only messages
+    /// that the sender sent it. A receipt naming many messages is stored as
+    /// entries of at most [`RECEIPT_IDS_PER_ENTRY`] ids.
     pub fn store_receipt(
         &mut self,
-        request: ReceiptRequest,
+        reads: &impl MailboxRead,
+        mut request: ReceiptRequest,
         waiter: Option<R>,
     ) -> Vec<Action<E, R>> {
         let mut out = Vec::new();
+        if request.kind == ReceiptKind::Read && self.placement.fragment_of(&request.by) == self.id {
+            match self.check_read(reads, &request) {
+                Ok(ids) => request.msg_ids = ids,
+                Err(e) => {
+                    if let Some(to) = waiter {
+                        out.push(Action::Reply { to, result: Err(e) });
+                    }
+                    return out;
+                }
+            }
+        }
         let owners_fragment = self.placement.fragment_of(&request.owner);
         if owners_fragment != self.id {
             out.push(Action::StoreReceipt {
@@ -608,33 +625,97 @@ impl<E: Clone, R> FragmentCore<E, R> {
             });
             return out;
         }
-        let id = self.next_id();
-        let body = EntryBody::Receipt {
-            kind: request.kind,
-            by: request.by,
-            msg_ids: request.msg_ids,
-            ts: request.ts,
-        };
-        let ops = vec![
-            WriteOp::PutReceipt {
-                owner: request.owner.clone(),
-                id,
-                body: body.to_bytes(),
-            },
-            WriteOp::NextSeq(self.next_seq),
-        ];
-        self.pending_ids.insert(id);
-        self.persist(
-            Commit::Receipt {
-                owner: request.owner,
-                entry: Entry { id, body },
-                then_delete: request.then_delete,
-                waiter,
-            },
-            ops,
-            &mut out,
-        );
+        let ReceiptRequest {
+            owner,
+            kind,
+            by,
+            msg_ids,
+            ts,
+            then_delete,
+        } = request;
+        let chunks: Vec<Vec<MessageId>> = msg_ids
+            .chunks(RECEIPT_IDS_PER_ENTRY)
+            .map(<[MessageId]>::to_vec)
+            .collect();
+        let last = chunks.len().saturating_sub(1);
+        let mut waiter = waiter;
+        for (i, msg_ids) in chunks.into_iter().enumerate() {
+            // Each entry deletes the acked entries it names once it is
+            // durable; the waiter is answered with the last (commits
+            // complete in order).
+            let then_delete = then_delete.as_ref().map(|(fragment, acked_owner, _)| {
+                (*fragment, acked_owner.clone(), msg_ids.clone())
+            });
+            let id = self.next_id();
+            let body = EntryBody::Receipt {
+                kind,
+                by: by.clone(),
+                msg_ids,
+                ts,
+            };
+            let ops = vec![
+                WriteOp::PutReceipt {
+                    owner: owner.clone(),
+                    id,
+                    body: body.to_bytes(),
+                },
+                WriteOp::NextSeq(self.next_seq),
+            ];
+            self.pending_ids.insert(id);
+            self.persist(
+                Commit::Receipt {
+                    owner: owner.clone(),
+                    entry: Entry { id, body },
+                    then_delete,
+                    waiter: if i == last { waiter.take() } else { None },
+                },
+                ops,
+                &mut out,
+            );
+        }
         out
+    }
+
+    /// The ids of `read` (a read receipt by a user of this fragment) that
+    /// name messages `read.owner` sent to the reader: in the reader's
+    /// mailbox now, or delivered to it (see `store`'s delivered marks).
+    /// Others are dropped; none left, too many, or none at all is an error.
+    fn check_read(
+        &self,
+        reads: &impl MailboxRead,
+        read: &ReceiptRequest,
+    ) -> Result<Vec<MessageId>, FragmentError> {
+        if read.msg_ids.is_empty() || read.msg_ids.len() > proto::MAX_IDS_PER_ACK {
+            return Err(FragmentError::InvalidRequest(format!(
+                "a read receipt names 1 to {} messages",
+                proto::MAX_IDS_PER_ACK
+            )));
+        }
+        let mut ids = read.msg_ids.clone();
+        ids.sort_unstable();
+        ids.dedup();
+        // Messages to the reader were numbered by the reader's fragment, and
+        // one being committed cannot have reached the reader yet.
+        ids.retain(|id| fragment_of_message_id(*id) == self.id && !self.pending_ids.contains(id));
+        let asked = ids.len();
+        let senders = reads.senders(&read.by, &ids)?;
+        let ids: Vec<MessageId> = ids
+            .into_iter()
+            .zip(senders)
+            .filter(|(_, sender)| sender.as_ref() == Some(&read.owner))
+            .map(|(id, _)| id)
+            .collect();
+        let refused = asked - ids.len();
+        if refused > 0 {
+            metrics::counter!("switchboard_read_receipt_ids_refused_total")
+                .increment(refused as u64);
+        }
+        if ids.is_empty() {
+            return Err(FragmentError::InvalidRequest(
+                "none of these messages was delivered to you from that sender".into(),
+            ));
+        }
+        Ok(ids)
     }
 
     /// Forget dedupe keys past the retention window (bounded work per call).

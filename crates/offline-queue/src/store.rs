@@ -9,6 +9,14 @@
 //! - `dedupe`: `(fragment, recipient, sender, client_msg_id) → (msg id,
 //!   stored at)`; kept past delivery, for the retention window, so that a late
 //!   resend is still recognised.
+//! - `mbox` also holds, under the owner's *delivered key* (the owner
+//!   followed by `/`, which sorts right after the owner's own entries and
+//!   before any other number), a [`DeliveredMark`] for each message the
+//!   owner's device acknowledged: its sender and store time, written where
+//!   the deletion removes the message (the same B-tree leaf, so no page
+//!   more), kept for the dedupe retention. A read receipt is accepted only
+//!   for messages that are in the reader's mailbox or marked delivered to
+//!   it from that sender ([`MailboxRead::senders`]).
 //! - `fragment_seq`: `fragment → next sequence`, the id high-water mark. It
 //!   only rises, and every write raises it past the ids it stores: a node
 //!   that takes a fragment over starts its ids above it, so a mark that fell
@@ -22,7 +30,7 @@ use redb::{ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransac
 use router::FragmentId;
 use storage::{StorageError, Store};
 
-use crate::entry::seq_of_message_id;
+use crate::entry::{DeliveredMark, message_sender, seq_of_message_id};
 use crate::{Entry, EntryBody, FragmentError};
 
 pub(crate) const SEQ_TABLE: TableDefinition<u16, u64> = TableDefinition::new("fragment_seq");
@@ -62,7 +70,7 @@ pub enum WriteOp {
         #[serde(with = "serde_bytes")]
         body: Vec<u8>,
     },
-    /// Delete delivered entries.
+    /// Delete delivered entries (a message leaves a [`DeliveredMark`]).
     Delete {
         /// The mailbox owner.
         owner: PhoneNumber,
@@ -71,7 +79,8 @@ pub enum WriteOp {
     },
     /// Raise the sequence high-water mark (never lowers it).
     NextSeq(u64),
-    /// Forget dedupe keys stored before `before_ms`, at most `max` of them.
+    /// Forget dedupe keys and delivered marks stored before `before_ms`,
+    /// at most `max` of each.
     SweepDedupe {
         /// Cut-off time.
         before_ms: TimestampMs,
@@ -154,8 +163,19 @@ impl<'txn> MailboxTables<'txn> {
                         .insert((fragment, owner.as_str(), *id), body.as_slice())?;
                 }
                 WriteOp::Delete { owner, ids } => {
+                    let delivered = delivered_key(owner);
                     for id in ids {
-                        self.mbox.remove((fragment, owner.as_str(), *id))?;
+                        let mark = self
+                            .mbox
+                            .remove((fragment, owner.as_str(), *id))?
+                            .and_then(|old| message_sender(old.value()))
+                            .map(|(from, stored_at)| DeliveredMark { from, stored_at });
+                        if let Some(mark) = mark {
+                            self.mbox.insert(
+                                (fragment, delivered.as_str(), *id),
+                                mark.to_bytes().as_slice(),
+                            )?;
+                        }
                     }
                 }
                 WriteOp::NextSeq(next) => self.raise(fragment, *next),
@@ -177,8 +197,42 @@ impl<'txn> MailboxTables<'txn> {
                     for (r, s, c) in &expired {
                         self.dedupe.remove((fragment, r.as_str(), s.as_str(), *c))?;
                     }
+                    self.sweep_delivered_marks(fragment, *before_ms, *max)?;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Removes up to `max` delivered marks of `fragment` stored before
+    /// `before_ms`.
+    fn sweep_delivered_marks(
+        &mut self,
+        fragment: FragmentId,
+        before_ms: TimestampMs,
+        max: usize,
+    ) -> Result<(), StorageError> {
+        let mut expired: Vec<(String, u64)> = Vec::new();
+        for item in self.mbox.range((fragment, "", 0)..)? {
+            let (key, value) = item?;
+            let (f, owner, id) = key.value();
+            if f != fragment {
+                break;
+            }
+            if !owner.ends_with(DELIVERED_SUFFIX) {
+                continue;
+            }
+            let stale = DeliveredMark::from_bytes(value.value())
+                .is_none_or(|mark| mark.stored_at < before_ms);
+            if stale {
+                expired.push((owner.to_owned(), id));
+                if expired.len() >= max {
+                    break;
+                }
+            }
+        }
+        for (owner, id) in &expired {
+            self.mbox.remove((fragment, owner.as_str(), *id))?;
         }
         Ok(())
     }
@@ -225,6 +279,15 @@ fn raise_mark(
     Ok(())
 }
 
+/// What follows an owner in its delivered key (see the module docs): `/`
+/// sorts between the owner and any longer number that starts with it.
+const DELIVERED_SUFFIX: char = '/';
+
+/// The `mbox` owner key under which `owner`'s delivered marks are kept.
+fn delivered_key(owner: &PhoneNumber) -> String {
+    format!("{owner}{DELIVERED_SUFFIX}")
+}
+
 /// The reads a fragment core needs (an in-memory impl serves its tests).
 pub trait MailboxRead {
     /// The stored id and time of a message with this dedupe key.
@@ -244,6 +307,14 @@ pub trait MailboxRead {
     /// One entry of `owner`.
     fn entry(&self, owner: &PhoneNumber, id: MessageId)
     -> Result<Option<EntryBody>, FragmentError>;
+    /// For each of `ids`, the sender of that message to `owner` if it is
+    /// in `owner`'s mailbox or was delivered to `owner` (and its mark not
+    /// yet swept); `None` for receipts and unknown ids.
+    fn senders(
+        &self,
+        owner: &PhoneNumber,
+        ids: &[MessageId],
+    ) -> Result<Vec<Option<PhoneNumber>>, FragmentError>;
 }
 
 /// [`MailboxRead`] over the node's database.
@@ -358,6 +429,36 @@ impl MailboxRead for RedbMailbox {
             .map(Some)
             .map_err(|e| FragmentError::Storage(format!("corrupt entry {id}: {e}")))
     }
+
+    fn senders(
+        &self,
+        owner: &PhoneNumber,
+        ids: &[MessageId],
+    ) -> Result<Vec<Option<PhoneNumber>>, FragmentError> {
+        let read = self.store.db().begin_read().map_err(storage)?;
+        let table = match read.open_table(MBOX_TABLE) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![None; ids.len()]),
+            Err(e) => return Err(storage(e)),
+        };
+        let delivered = delivered_key(owner);
+        let mut senders = Vec::with_capacity(ids.len());
+        for &id in ids {
+            let live = table
+                .get((self.fragment, owner.as_str(), id))
+                .map_err(storage)?;
+            let sender = match live {
+                Some(value) => message_sender(value.value()).map(|(from, _)| from),
+                None => table
+                    .get((self.fragment, delivered.as_str(), id))
+                    .map_err(storage)?
+                    .and_then(|value| DeliveredMark::from_bytes(value.value()))
+                    .map(|mark| mark.from),
+            };
+            senders.push(sender);
+        }
+        Ok(senders)
+    }
 }
 
 const LAYOUT_TABLE: TableDefinition<&str, u64> = TableDefinition::new("mailbox_layout");
@@ -382,5 +483,106 @@ pub async fn ensure_fragment_count(store: &Store, fragments: u16) -> Result<(), 
              the fragment count cannot change"
         ))),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phone(n: u32) -> PhoneNumber {
+        PhoneNumber::parse(&format!("+1555{n:07}")).expect("phone")
+    }
+
+    fn message(to: u32, from: u32, id: MessageId, at: TimestampMs) -> WriteOp {
+        let body = EntryBody::Message {
+            from: phone(from),
+            client_msg_id: id,
+            server_ts: at,
+            payload: b"x".to_vec(),
+        };
+        WriteOp::PutMessage {
+            recipient: phone(to),
+            sender: phone(from),
+            client_msg_id: id,
+            id,
+            server_ts: at,
+            body: body.to_bytes(),
+        }
+    }
+
+    async fn apply(store: &Store, ops: Vec<WriteOp>) {
+        store
+            .write(move |txn| apply_ops(txn, 3, &ops))
+            .await
+            .expect("write");
+    }
+
+    /// A deleted message leaves a mark naming its sender; the mark is not
+    /// an entry of the mailbox (nor of a number that extends the owner's),
+    /// answers `senders` like the live entry did, and is swept with the
+    /// dedupe keys of its time.
+    #[tokio::test]
+    async fn a_delivered_message_leaves_a_mark_until_swept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("m.redb"), Default::default()).expect("open");
+        let reads = RedbMailbox::new(store.clone(), 3);
+        let longer = PhoneNumber::parse("+155500000010").expect("phone");
+        apply(
+            &store,
+            vec![
+                message(1, 2, 10, 100),
+                message(1, 2, 11, 200),
+                WriteOp::PutMessage {
+                    recipient: longer.clone(),
+                    sender: phone(2),
+                    client_msg_id: 1,
+                    id: 12,
+                    server_ts: 100,
+                    body: EntryBody::Message {
+                        from: phone(2),
+                        client_msg_id: 1,
+                        server_ts: 100,
+                        payload: Vec::new(),
+                    }
+                    .to_bytes(),
+                },
+            ],
+        )
+        .await;
+        let before = reads
+            .senders(&phone(1), &[10, 11, 12, 99])
+            .expect("senders");
+        assert_eq!(before, vec![Some(phone(2)), Some(phone(2)), None, None]);
+
+        apply(
+            &store,
+            vec![WriteOp::Delete {
+                owner: phone(1),
+                ids: vec![10, 11],
+            }],
+        )
+        .await;
+        assert!(reads.page(&phone(1), None, 10).expect("page").is_empty());
+        assert_eq!(reads.page(&longer, None, 10).expect("page").len(), 1);
+        assert_eq!(
+            reads.senders(&phone(1), &[10, 11, 12]).expect("senders"),
+            vec![Some(phone(2)), Some(phone(2)), None]
+        );
+
+        apply(
+            &store,
+            vec![WriteOp::SweepDedupe {
+                before_ms: 150,
+                max: 100,
+            }],
+        )
+        .await;
+        assert_eq!(
+            reads.senders(&phone(1), &[10, 11]).expect("senders"),
+            vec![None, Some(phone(2))],
+            "the older mark is swept"
+        );
+        assert_eq!(reads.page(&longer, None, 10).expect("page").len(), 1);
     }
 }

@@ -169,6 +169,13 @@ pub enum Request {
 /// characters each; see the test in `codec.rs`).
 pub const MAX_MINT_PER_REQUEST: u32 = 250;
 
+/// Most message ids in one [`ClientFrame::Ack`], [`Request::Ack`] or
+/// [`Request::Read`]. A device holds at most its delivery window of unacked
+/// entries (256 by default), so a client never needs more; a larger list is
+/// refused with [`ErrorCode::InvalidRequest`] (an `Ack` frame also closes
+/// the connection).
+pub const MAX_IDS_PER_ACK: usize = 1024;
+
 /// A frame sent by the node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ServerFrame {

@@ -118,7 +118,11 @@ pub(super) fn resend_held(state: &mut FragmentState) -> Vec<CoreAction> {
                     }
                 }
                 FragmentWire::StoreReceipt { request, .. } => {
-                    actions.extend(core.store_receipt(request, Some(Waiter::Local(reply))));
+                    actions.extend(core.store_receipt(
+                        &state.reads,
+                        request,
+                        Some(Waiter::Local(reply)),
+                    ));
                 }
                 _ => {
                     let _ = reply.send(Err(FragmentError::Unavailable(id)));

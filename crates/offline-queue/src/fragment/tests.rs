@@ -11,6 +11,8 @@ use super::*;
 struct MemMailbox {
     entries: RefCell<BTreeMap<(PhoneNumber, MessageId), EntryBody>>,
     dedupe: RefCell<HashMap<DedupeKey, (MessageId, TimestampMs)>>,
+    /// Delivered marks: (owner, id) → sender, as `store` keeps them.
+    delivered: RefCell<HashMap<(PhoneNumber, MessageId), PhoneNumber>>,
 }
 
 impl MemMailbox {
@@ -40,7 +42,12 @@ impl MemMailbox {
                 }
                 WriteOp::Delete { owner, ids } => {
                     for id in ids {
-                        self.entries.borrow_mut().remove(&(owner.clone(), *id));
+                        let removed = self.entries.borrow_mut().remove(&(owner.clone(), *id));
+                        if let Some(EntryBody::Message { from, .. }) = removed {
+                            self.delivered
+                                .borrow_mut()
+                                .insert((owner.clone(), *id), from);
+                        }
                     }
                 }
                 WriteOp::NextSeq(_) | WriteOp::SweepDedupe { .. } => {}
@@ -92,6 +99,23 @@ impl MailboxRead for MemMailbox {
         id: MessageId,
     ) -> Result<Option<EntryBody>, FragmentError> {
         Ok(self.entries.borrow().get(&(owner.clone(), id)).cloned())
+    }
+
+    fn senders(
+        &self,
+        owner: &PhoneNumber,
+        ids: &[MessageId],
+    ) -> Result<Vec<Option<PhoneNumber>>, FragmentError> {
+        let entries = self.entries.borrow();
+        let delivered = self.delivered.borrow();
+        Ok(ids
+            .iter()
+            .map(|id| match entries.get(&(owner.clone(), *id)) {
+                Some(EntryBody::Message { from, .. }) => Some(from.clone()),
+                Some(EntryBody::Receipt { .. }) => None,
+                None => delivered.get(&(owner.clone(), *id)).cloned(),
+            })
+            .collect())
     }
 }
 
@@ -355,7 +379,7 @@ fn acking_a_message_stores_a_receipt_for_its_sender_then_deletes_it() {
     assert_eq!(request.msg_ids, vec![msg_id]);
 
     // The sender's fragment (here the same core) stores the receipt.
-    let actions = c.store_receipt(request, None);
+    let actions = c.store_receipt(&mem, request, None);
     run(&mut c, &mem, actions, &mut out);
     let (_, sender_push) = out
         .pushes
@@ -414,6 +438,7 @@ fn a_receipt_for_another_fragments_user_is_passed_on_in_order() {
 
     let mut actions = c.ack(&mem, &reader, &[msg_id], 20);
     actions.extend(c.store_receipt(
+        &mem,
         ReceiptRequest {
             owner: sender.clone(),
             kind: ReceiptKind::Read,
@@ -514,4 +539,215 @@ fn oversized_payloads_and_failed_commits_are_answered_with_errors() {
     run(&mut c, &mem, actions, &mut out);
     assert!(out.replies[2].1.is_ok());
     assert_eq!(mem.len(), 1);
+}
+
+/// A read receipt by `by` for `owner`'s messages `ids`, as a session asks.
+fn read(owner: PhoneNumber, by: PhoneNumber, ids: Vec<MessageId>) -> ReceiptRequest {
+    ReceiptRequest {
+        owner,
+        kind: ReceiptKind::Read,
+        by,
+        msg_ids: ids,
+        ts: 50,
+        then_delete: None,
+    }
+}
+
+/// The ids named by the receipts stored for `owner` so far.
+fn receipt_ids(mem: &MemMailbox, owner: &PhoneNumber) -> Vec<Vec<MessageId>> {
+    mem.entries
+        .borrow()
+        .iter()
+        .filter(|((o, _), _)| o == owner)
+        .filter_map(|(_, body)| match body {
+            EntryBody::Receipt { msg_ids, .. } => Some(msg_ids.clone()),
+            EntryBody::Message { .. } => None,
+        })
+        .collect()
+}
+
+/// Only messages that `owner` sent to the reader can be marked read: ids
+/// of other senders, of other fragments, never given out, or still being
+/// committed are dropped; a read with none left, with no ids or with too
+/// many is refused. Checked while the message waits and after it was
+/// delivered and deleted (its delivered mark).
+#[test]
+fn a_read_receipt_names_only_messages_the_sender_sent_the_reader() {
+    let (reader, sender, other) = (phone(1), phone(2), phone(3));
+    let mem = MemMailbox::default();
+    let mut c = core(16, 16);
+    let mut out = Outbox::default();
+    let actions = c.append(
+        &mem,
+        msg(reader.clone(), sender.clone(), 1, b"a".to_vec()),
+        1,
+        0,
+    );
+    run(&mut c, &mem, actions, &mut out);
+    let actions = c.append(
+        &mem,
+        msg(reader.clone(), other.clone(), 1, b"b".to_vec()),
+        2,
+        0,
+    );
+    run(&mut c, &mem, actions, &mut out);
+    let (from_sender, from_other) = (
+        out.replies[0].1.clone().expect("stored").msg_id,
+        out.replies[1].1.clone().expect("stored").msg_id,
+    );
+    let foreign_fragment = compose_message_id(9, 1);
+    let never_given = compose_message_id(0, 1_000_000);
+
+    // (ids asked, ids stored, or the refusal)
+    type Case = (Vec<MessageId>, Result<Vec<MessageId>, ()>);
+    let cases: Vec<Case> = vec![
+        (vec![from_sender], Ok(vec![from_sender])),
+        (vec![from_sender, from_sender], Ok(vec![from_sender])),
+        (
+            vec![from_other, foreign_fragment, never_given, from_sender],
+            Ok(vec![from_sender]),
+        ),
+        (vec![from_other], Err(())),
+        (vec![foreign_fragment, never_given], Err(())),
+        (vec![], Err(())),
+        (vec![from_sender; proto::MAX_IDS_PER_ACK + 1], Err(())),
+    ];
+    let check = |c: &mut Core, out: &mut Outbox, when: &str| {
+        for (i, (ids, expected)) in cases.iter().enumerate() {
+            mem.entries.borrow_mut().retain(|(o, _), _| *o != sender);
+            out.replies.clear();
+            let actions = c.store_receipt(
+                &mem,
+                read(sender.clone(), reader.clone(), ids.clone()),
+                Some(7),
+            );
+            run(c, &mem, actions, out);
+            let answer = out
+                .replies
+                .iter()
+                .find(|(to, _)| *to == 7)
+                .map(|(_, r)| r.clone());
+            match expected {
+                Ok(stored) => {
+                    assert!(matches!(answer, Some(Ok(_))), "{when} case {i}: {answer:?}");
+                    assert_eq!(
+                        receipt_ids(&mem, &sender),
+                        vec![stored.clone()],
+                        "{when} case {i}"
+                    );
+                }
+                Err(()) => {
+                    assert!(
+                        matches!(answer, Some(Err(FragmentError::InvalidRequest(_)))),
+                        "{when} case {i}: {answer:?}"
+                    );
+                    assert!(
+                        receipt_ids(&mem, &sender).is_empty(),
+                        "{when} case {i}: nothing stored"
+                    );
+                }
+            }
+        }
+    };
+    check(&mut c, &mut out, "waiting");
+
+    // Delivered and acknowledged: the entries are gone, their marks stay.
+    let actions = c.attach(&mem, reader.clone(), 1, "reader").expect("attach");
+    run(&mut c, &mem, actions, &mut out);
+    let actions = c.ack(&mem, &reader, &[from_sender, from_other], 3);
+    run(&mut c, &mem, actions, &mut out);
+    for (_, request) in std::mem::take(&mut out.receipts) {
+        let actions = c.store_receipt(&mem, request, None);
+        run(&mut c, &mem, actions, &mut out);
+    }
+    for (_, owner, ids) in std::mem::take(&mut out.deletes) {
+        let actions = c.delete_acked(owner, ids);
+        run(&mut c, &mem, actions, &mut out);
+    }
+    assert!(c.attached().count() == 1 && mem.entries.borrow().keys().all(|(o, _)| *o != reader));
+    check(&mut c, &mut out, "delivered");
+}
+
+/// An ack counts only for entries pushed to the attached device and not
+/// yet acknowledged: other ids are ignored without reading the disk, and
+/// the entries stay (pushed again at the next attach).
+#[test]
+fn acks_outside_the_delivery_window_are_ignored() {
+    let (user, sender) = (phone(1), phone(2));
+    let mem = MemMailbox::default();
+    let mut c = core(2, 16);
+    let mut out = Outbox::default();
+    for i in 0..3 {
+        let actions = c.append(
+            &mem,
+            msg(user.clone(), sender.clone(), i, b"m".to_vec()),
+            1,
+            0,
+        );
+        run(&mut c, &mem, actions, &mut out);
+    }
+    let ids: Vec<MessageId> = out
+        .replies
+        .iter()
+        .map(|(_, r)| r.clone().expect("ok").msg_id)
+        .collect();
+
+    // Not attached: nothing counts.
+    let actions = c.ack(&mem, &user, &ids, 2);
+    assert!(actions.is_empty());
+    let actions = c.attach(&mem, user.clone(), 1, "dev").expect("attach");
+    run(&mut c, &mem, actions, &mut out);
+    assert_eq!(out.pushed_ids(), ids[..2].to_vec(), "a window of two");
+
+    // The third was never pushed: only the first two count, once.
+    let actions = c.ack(&mem, &user, &[ids[2], ids[0], ids[0], ids[1]], 3);
+    run(&mut c, &mem, actions, &mut out);
+    assert_eq!(out.receipts.len(), 1);
+    assert_eq!(out.receipts[0].1.msg_ids, ids[..2].to_vec());
+    assert_eq!(out.pushed_ids(), ids, "the window moved on to the third");
+}
+
+/// A receipt naming more messages than one entry holds is stored as
+/// several entries, each deleting only the acked entries it names once it
+/// is durable, so every pushed receipt fits in a frame.
+#[test]
+fn a_large_receipt_is_stored_as_entries_that_each_fit_a_frame() {
+    let (owner, by) = (phone(1), phone(2));
+    let mem = MemMailbox::default();
+    let mut c = core(16, 16);
+    let mut out = Outbox::default();
+    let ids: Vec<MessageId> = (1..=600).map(|s| compose_message_id(0, s)).collect();
+    let request = ReceiptRequest {
+        owner: owner.clone(),
+        kind: ReceiptKind::Delivered,
+        by: by.clone(),
+        msg_ids: ids.clone(),
+        ts: 5,
+        then_delete: Some((3, by.clone(), ids.clone())),
+    };
+    let actions = c.store_receipt(&mem, request, Some(4));
+    run(&mut c, &mem, actions, &mut out);
+    let stored = receipt_ids(&mem, &owner);
+    assert_eq!(
+        stored.iter().map(Vec::len).collect::<Vec<_>>(),
+        vec![256, 256, 88]
+    );
+    assert_eq!(stored.concat(), ids);
+    let deleted: Vec<Vec<MessageId>> = out.deletes.iter().map(|(_, _, d)| d.clone()).collect();
+    assert_eq!(deleted, stored, "each entry deletes what it names");
+    assert_eq!(out.replies.len(), 1, "one answer, after the last entry");
+    for entry in mem.entries.borrow().values() {
+        let frame = proto::ServerFrame::Receipt {
+            id: u64::MAX,
+            kind: ReceiptKind::Delivered,
+            by: by.clone(),
+            msg_ids: match entry {
+                EntryBody::Receipt { msg_ids, .. } => msg_ids.clone(),
+                EntryBody::Message { .. } => Vec::new(),
+            },
+            ts: u64::MAX,
+        };
+        let encoded = proto::encode_frame(&frame, 4096).expect("fits a 4 KiB frame");
+        assert!(encoded.len() <= 4096);
+    }
 }
