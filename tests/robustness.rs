@@ -180,8 +180,8 @@ async fn sigterm_drains_clients_and_exits_cleanly() {
 async fn an_answer_too_large_for_a_frame_becomes_an_error() {
     let secret = "robustness-admin-secret";
     let node = NodeProcess::start_with(&[
-        ("SWITCHBOARD_LIMITS__MAX_FRAME_BYTES", "2048"),
-        ("SWITCHBOARD_LIMITS__MAX_PAYLOAD_BYTES", "1024"),
+        ("SWITCHBOARD_LIMITS__MAX_FRAME_BYTES", "4096"),
+        ("SWITCHBOARD_LIMITS__MAX_PAYLOAD_BYTES", "3072"),
         ("SWITCHBOARD_ADMIN__MINT_TEST_USERS", "true"),
         ("SWITCHBOARD_ADMIN__SECRET", secret),
     ]);

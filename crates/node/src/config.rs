@@ -97,6 +97,12 @@ pub struct LimitsConfig {
     pub max_sends_per_sec: f64,
     /// Messages one connection may send at once above that rate.
     pub send_burst: f64,
+    /// Ack and read-receipt frames per second one connection may send
+    /// (each costs its fragment work); faster clients are slowed.
+    pub max_acks_per_sec: f64,
+    /// Ack and read-receipt frames one connection may send at once above
+    /// that rate.
+    pub ack_burst: f64,
 }
 
 /// Presence settings.
@@ -154,6 +160,8 @@ impl Default for LimitsConfig {
             dedupe_retention_days: 7,
             max_sends_per_sec: 500.0,
             send_burst: 1000.0,
+            max_acks_per_sec: 200.0,
+            ack_burst: 400.0,
         }
     }
 }
@@ -273,8 +281,9 @@ impl NodeConfig {
             }
         }
         let l = &self.limits;
-        if l.max_frame_bytes < 1024 {
-            return fail("limits.max_frame_bytes must be at least 1024".into());
+        // A stored receipt names up to 256 ids (about 2.6 KB encoded).
+        if l.max_frame_bytes < 4096 {
+            return fail("limits.max_frame_bytes must be at least 4096".into());
         }
         if l.max_payload_bytes + 1024 > l.max_frame_bytes {
             return fail(format!(
@@ -296,6 +305,9 @@ impl NodeConfig {
         }
         if !(l.max_sends_per_sec > 0.0 && l.send_burst >= 1.0) {
             return fail("limits.max_sends_per_sec must be > 0 and limits.send_burst >= 1".into());
+        }
+        if !(l.max_acks_per_sec > 0.0 && l.ack_burst >= 1.0) {
+            return fail("limits.max_acks_per_sec must be > 0 and limits.ack_burst >= 1".into());
         }
         if l.idle_timeout_secs < 3 {
             return fail("limits.idle_timeout_secs must be at least 3".into());
@@ -325,6 +337,8 @@ impl NodeConfig {
             max_connections: l.max_connections,
             send_rate: l.max_sends_per_sec,
             send_burst: l.send_burst,
+            ack_rate: l.max_acks_per_sec,
+            ack_burst: l.ack_burst,
             admin_secret: self
                 .admin
                 .mint_test_users

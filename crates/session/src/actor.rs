@@ -204,6 +204,23 @@ impl Responder {
         }
     }
 
+    /// Queues a mailbox entry. One that cannot be encoded (a receipt stored
+    /// before receipts were split, a message above a lowered frame limit)
+    /// is answered `Unencodable`, so that the caller drops it for good
+    /// instead of leaving it in the delivery window, where it would hold a
+    /// slot forever.
+    fn push_entry(&self, frame: ServerFrame) -> EntryPush {
+        match self.out.push_frame(&frame, self.max_frame_bytes) {
+            Ok(()) => EntryPush::Queued,
+            Err(PushError::Unencodable(reason)) => EntryPush::Unencodable(reason),
+            Err(PushError::Closed) => EntryPush::Gone,
+            Err(PushError::Full) => {
+                self.send(frame);
+                EntryPush::Gone
+            }
+        }
+    }
+
     /// Queues a frame that may be shed under pressure (presence, typing).
     fn send_droppable(&self, frame: ServerFrame) {
         // A full queue sheds these first (before spending work on encoding).
@@ -225,6 +242,15 @@ impl Responder {
     }
 }
 
+/// What became of a mailbox entry handed to [`Responder::push_entry`].
+enum EntryPush {
+    Queued,
+    /// The client is gone (or was just dropped as a slow consumer).
+    Gone,
+    /// It cannot be encoded within the frame limit.
+    Unencodable(String),
+}
+
 /// The session actor.
 #[derive(Debug, Default)]
 pub struct SessionActor;
@@ -238,6 +264,8 @@ pub struct SessionState {
     responder: Responder,
     cleaned_up: bool,
     pacer: crate::pacing::Pacer,
+    /// Paces acks and read receipts (each costs the user's fragment work).
+    ack_pacer: crate::pacing::Pacer,
     _slot: Option<OwnedSemaphorePermit>,
     _live: LiveSession,
 }
@@ -464,6 +492,7 @@ impl Actor for SessionActor {
             },
             cleaned_up: false,
             pacer: crate::pacing::Pacer::new(config.send_rate, config.send_burst, now_ms()),
+            ack_pacer: crate::pacing::Pacer::new(config.ack_rate, config.ack_burst, now_ms()),
             ctx: args.ctx,
             _slot: args.slot,
             _live: LiveSession::new(),
@@ -537,13 +566,7 @@ async fn dispatch(myself: &ActorRef<SessionMsg>, message: SessionMsg, state: &mu
                 myself.stop(None);
             }
         }
-        SessionMsg::Push(Push::Entries(entries)) => {
-            for entry in entries {
-                if !state.responder.send(entry_frame(entry)) {
-                    break;
-                }
-            }
-        }
+        SessionMsg::Push(Push::Entries(entries)) => push_entries(state, entries).await,
         SessionMsg::Push(Push::Replaced) => state.close(myself, CloseReason::Replaced),
         SessionMsg::Presence(PresencePush(updates)) => {
             for update in updates {
@@ -614,22 +637,92 @@ async fn on_frame(
             ClientFrame::Request { id, request } => {
                 serve(myself, state, id, request, permit).await;
             }
-            ClientFrame::Ack { ids } => acknowledge(state, ids).await,
+            ClientFrame::Ack { ids } => acknowledge(myself, state, ids).await,
             ClientFrame::Hello { .. } => {}
         },
     }
 }
 
-/// An unanswered ack: handed to the user's fragment. If the fragment is
-/// not reachable now the ack is dropped; the entries stay in the mailbox,
-/// are pushed again and the client acks them again.
-async fn acknowledge(state: &mut SessionState, ids: Vec<MessageId>) {
-    let Some(user) = state.user().cloned() else {
+/// Queues pushed mailbox entries for the client. An entry that cannot be
+/// encoded is dropped from the mailbox as if acknowledged (logged and
+/// counted), so it neither holds a delivery-window slot nor comes back.
+async fn push_entries(state: &mut SessionState, entries: Vec<Entry>) {
+    let mut undeliverable = Vec::new();
+    for entry in entries {
+        let id = entry.id;
+        match state.responder.push_entry(entry_frame(entry)) {
+            EntryPush::Queued => {}
+            EntryPush::Gone => break,
+            EntryPush::Unencodable(reason) => {
+                metrics::counter!("switchboard_entries_undeliverable_total").increment(1);
+                if crate::log_limit::allow("undeliverable-entry") {
+                    tracing::warn!(session = state.session_id, id, %reason,
+                        "dropping a mailbox entry that cannot be encoded within the frame limit");
+                }
+                undeliverable.push(id);
+            }
+        }
+    }
+    if !undeliverable.is_empty() {
+        forward_ack(state, undeliverable).await;
+    }
+}
+
+/// Why an ack or read list is refused, if it is.
+fn id_list_error(ids: &[MessageId]) -> Option<String> {
+    if ids.is_empty() {
+        Some("no ids".to_owned())
+    } else if ids.len() > proto::MAX_IDS_PER_ACK {
+        Some(format!(
+            "{} ids; at most {} in one frame",
+            ids.len(),
+            proto::MAX_IDS_PER_ACK
+        ))
+    } else {
+        None
+    }
+}
+
+/// Waits out the ack pacer: a client acking or reading faster than its
+/// rate is read more slowly (the frame's permit is held meanwhile).
+async fn pace_acks(state: &mut SessionState) {
+    let wait = state.ack_pacer.take(now_ms());
+    if !wait.is_zero() {
+        metrics::counter!("switchboard_acks_paced_total").increment(1);
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// An unanswered ack (protocol 2). A list too long for any device's
+/// window breaks the protocol: error frame and close.
+async fn acknowledge(myself: &ActorRef<SessionMsg>, state: &mut SessionState, ids: Vec<MessageId>) {
+    if state.user().is_none() {
         return;
-    };
+    }
+    if ids.len() > proto::MAX_IDS_PER_ACK {
+        metrics::counter!("switchboard_protocol_errors_total").increment(1);
+        state.responder.error(
+            None,
+            ErrorCode::InvalidRequest,
+            id_list_error(&ids).unwrap_or_default(),
+        );
+        state.close(myself, CloseReason::ProtocolViolation);
+        return;
+    }
     if ids.is_empty() {
         return;
     }
+    pace_acks(state).await;
+    forward_ack(state, ids).await;
+}
+
+/// Hands acked ids to the user's fragment. If the fragment is not
+/// reachable now the ack is dropped; the entries stay in the mailbox, are
+/// pushed again and the client acks them again.
+async fn forward_ack(state: &mut SessionState, ids: Vec<MessageId>) {
+    let Some(user) = state.user().cloned() else {
+        return;
+    };
     match state
         .ctx
         .fragments
@@ -755,12 +848,13 @@ async fn serve(
             let Some(user) = state.user().cloned() else {
                 return;
             };
-            if ids.is_empty() {
+            if let Some(reason) = id_list_error(&ids) {
                 state
                     .responder
-                    .error(Some(id), ErrorCode::InvalidRequest, "no ids to ack");
+                    .error(Some(id), ErrorCode::InvalidRequest, reason);
                 return;
             }
+            pace_acks(state).await;
             if let Some(fragment) = fragment_of(state, id, &user).await {
                 let _ = fragment.send_message(FragmentMsg::Ack { user, ids });
                 state.responder.respond(id, Response::Ok);
@@ -770,6 +864,13 @@ async fn serve(
             let Some(user) = state.user().cloned() else {
                 return;
             };
+            if let Some(reason) = id_list_error(&ids) {
+                state
+                    .responder
+                    .error(Some(id), ErrorCode::InvalidRequest, reason);
+                return;
+            }
+            pace_acks(state).await;
             // Through the reader's own fragment, which passes it on to the
             // sender's behind the Delivered receipts of this reader's
             // earlier acks (acks are not answered, so a client reads right

@@ -29,6 +29,11 @@ pub struct SessionConfig {
     pub send_rate: f64,
     /// Messages a connection may send in a burst above the rate.
     pub send_burst: f64,
+    /// Ack and read-receipt frames per second one connection may send;
+    /// beyond it the session reads more slowly, like [`Self::send_rate`].
+    pub ack_rate: f64,
+    /// Ack and read-receipt frames a connection may send in a burst.
+    pub ack_burst: f64,
 }
 
 impl Default for SessionConfig {
@@ -45,6 +50,8 @@ impl Default for SessionConfig {
             admin_secret: None,
             send_rate: 500.0,
             send_burst: 1000.0,
+            ack_rate: 200.0,
+            ack_burst: 400.0,
         }
     }
 }

@@ -15,6 +15,8 @@
 //! - [`listener`]: the TLS accept loop with a connection cap and a shutdown future.
 //! - [`tls`]: the server side of TLS, buffering only bytes in flight.
 //! - [`extension`]: how client frames reach extension actors.
+//! - [`log_limit`]: at most one log line per cause per interval for what a
+//!   client can repeat at will.
 //! - `websocket`: the same byte stream over WebSocket messages, for browsers.
 //!
 //! Bad input from a client closes that client's connection and nothing
@@ -25,6 +27,7 @@ pub mod config;
 pub mod connection;
 pub mod extension;
 pub mod listener;
+pub mod log_limit;
 mod outbound;
 pub mod pacing;
 mod read_chunk;
