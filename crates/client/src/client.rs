@@ -37,6 +37,7 @@ use tracing::{debug, info, warn};
 use crate::backoff::BackoffState;
 use crate::dedupe::{RecentIds, Seen};
 use crate::outbox::{Outbox, Outgoing};
+use crate::sent::SentMessages;
 use crate::{ClientConfig, ClientError, Connection, DisconnectReason, Pushes, Result, Tls};
 
 /// What the node pushed, or what happened to the link.
@@ -208,6 +209,7 @@ impl Client {
                         parked: Vec::new(),
                         recent: RecentIds::default(),
                         recent_sends: RecentIds::default(),
+                        sent: SentMessages::default(),
                         rng: StdRng::from_os_rng(),
                         stopped,
                     };
@@ -467,6 +469,9 @@ struct Supervisor {
     /// Messages by (sender, client id): a message stored twice under two
     /// ids (two sides of a partitioned cluster each took it) is one message.
     recent_sends: RecentIds,
+    /// Recipients of recent sends: a receipt counts only for messages
+    /// sent to the user it names.
+    sent: SentMessages,
     rng: StdRng,
     stopped: Arc<OnceLock<DisconnectReason>>,
 }
@@ -691,6 +696,7 @@ impl Supervisor {
                 msg_id, server_ts, ..
             }) => {
                 if let Some(entry) = self.outbox.complete(client_msg_id) {
+                    self.sent.record(msg_id, entry.to);
                     let _ = entry.waiter.send(Ok(SendAck {
                         msg_id,
                         client_msg_id,
@@ -749,13 +755,25 @@ impl Supervisor {
                     by,
                     msg_ids,
                     ts,
-                } => Event::Receipt {
-                    id,
-                    kind,
-                    by,
-                    msg_ids,
-                    ts,
-                },
+                } => {
+                    let checked = self.sent.receipt_ids(&by, &msg_ids);
+                    if checked.len() < msg_ids.len() {
+                        warn!(id, %by, dropped = msg_ids.len() - checked.len(),
+                            "a receipt names messages sent to someone else; ignoring those");
+                    }
+                    if checked.is_empty() {
+                        // Nothing to show; acked so that it leaves the mailbox.
+                        re_ack.push(id);
+                        continue;
+                    }
+                    Event::Receipt {
+                        id,
+                        kind,
+                        by,
+                        msg_ids: checked,
+                        ts,
+                    }
+                }
                 ServerFrame::Presence { user, status } => Event::Presence { user, status },
                 ServerFrame::Typing { from, active } => Event::Typing { from, active },
                 ServerFrame::Extension { namespace, body } => Event::Extension { namespace, body },

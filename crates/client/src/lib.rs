@@ -15,7 +15,8 @@
 //!   pushes, heartbeat.
 //! - [`tls`]: which certificates to trust.
 //! - Pure parts, tested without sockets: [`backoff`] (delays with jitter),
-//!   [`dedupe`] (recently seen ids), [`outbox`] (the resend queue).
+//!   [`dedupe`] (recently seen ids), [`outbox`] (the resend queue), [`sent`]
+//!   (who recent sends went to, to check receipts).
 //! - [`error`]: [`ClientError`] and [`DisconnectReason`].
 //!
 //! # Delivery semantics
@@ -35,6 +36,7 @@ pub mod connection;
 pub mod dedupe;
 pub mod error;
 pub mod outbox;
+pub mod sent;
 pub mod tls;
 
 use std::path::Path;
