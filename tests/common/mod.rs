@@ -20,8 +20,10 @@ pub struct NodeProcess {
     _dir: Option<tempfile::TempDir>,
 }
 
-pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_switchboard")
+/// The node binary under test: this build's, or another build named by
+/// `TEST_NODE_BIN` (to show that a test fails on an older node).
+pub fn binary() -> String {
+    std::env::var("TEST_NODE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_switchboard").to_owned())
 }
 
 impl NodeProcess {
