@@ -194,3 +194,36 @@ fn a_node_with_another_nodes_certificate_cannot_link_as_that_node() {
         "the impostor never tried (or was not counted):\n{text}"
     );
 }
+
+/// `insecure_plaintext` (trusted test networks) has no certificates: links
+/// still come in through the accept loop and the guard, and still form.
+#[test]
+fn plaintext_links_still_form_through_the_accept_loop() {
+    let _one = one_at_a_time();
+    let mut cluster = LocalCluster::start(2, &[(1, 2)]);
+    for i in 0..2 {
+        cluster.kill9(i);
+        let path = &cluster.members[i].config_path;
+        let config = std::fs::read_to_string(path).expect("config");
+        let tls = config
+            .find("[cluster.tls]")
+            .expect("a [cluster.tls] section");
+        let plain = format!(
+            "{}[cluster.tls]\ninsecure_plaintext = true\n",
+            &config[..tls]
+        );
+        std::fs::write(path, plain).expect("write config");
+    }
+    for i in 0..2 {
+        cluster.start_member(i);
+    }
+    for m in &cluster.members {
+        wait_for_peers_up(m, 1, PATIENCE);
+    }
+    let accepted = metric(
+        &scrape(&cluster.members[1].metrics_addr),
+        "switchboard_cluster_handshakes_total",
+        "outcome=\"accepted\"",
+    );
+    assert!(accepted >= Some(1.0), "n2 accepted no link: {accepted:?}");
+}
