@@ -32,6 +32,41 @@ pub struct ClusterConfig {
     /// When a message is acknowledged to its sender.
     #[serde(default)]
     pub ack_policy: AckPolicy,
+    /// Limits on links being accepted, before they are authenticated.
+    #[serde(default)]
+    pub accept: AcceptConfig,
+}
+
+/// Limits on connections to the cluster port that have not finished their
+/// TLS handshake: anyone who can reach the port can open one.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AcceptConfig {
+    /// A connection that has not finished its TLS handshake by then is
+    /// closed.
+    pub handshake_timeout_ms: u64,
+    /// Unfinished handshakes at once from one IP address; more are closed
+    /// at once.
+    pub max_handshakes_per_source: u32,
+    /// Unfinished handshakes at once in all.
+    pub max_handshakes: u32,
+}
+
+impl Default for AcceptConfig {
+    fn default() -> Self {
+        Self {
+            handshake_timeout_ms: 5_000,
+            max_handshakes_per_source: 4,
+            max_handshakes: 64,
+        }
+    }
+}
+
+impl AcceptConfig {
+    /// The handshake deadline.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
 }
 
 /// When the server ack (one tick) is sent.
@@ -153,6 +188,17 @@ impl ClusterConfig {
         if hb.interval_ms == 0 || hb.down_after_ms <= hb.interval_ms {
             return invalid("cluster.heartbeat.down_after_ms must exceed interval_ms > 0".into());
         }
+        let accept = &self.accept;
+        if accept.handshake_timeout_ms == 0
+            || accept.max_handshakes_per_source == 0
+            || accept.max_handshakes < accept.max_handshakes_per_source
+        {
+            return invalid(
+                "cluster.accept needs handshake_timeout_ms > 0 and \
+                 max_handshakes >= max_handshakes_per_source > 0"
+                    .into(),
+            );
+        }
         if !self.tls.insecure_plaintext
             && (self.tls.cert.is_none() || self.tls.key.is_none() || self.tls.ca.is_none())
         {
@@ -227,6 +273,28 @@ mod tests {
         let mut config = config();
         config.tls.insecure_plaintext = false;
         assert!(config.validate("n1").is_err());
+    }
+
+    #[test]
+    fn accept_limits_default_and_must_be_usable() {
+        let config = config();
+        assert_eq!(config.accept, AcceptConfig::default());
+        assert_eq!(config.accept.handshake_timeout(), Duration::from_secs(5));
+        for (timeout, per_source, total, ok) in [
+            (5_000, 4, 64, true),
+            (1, 1, 1, true),
+            (0, 4, 64, false),
+            (5_000, 0, 64, false),
+            (5_000, 8, 4, false),
+        ] {
+            let mut config = config.clone();
+            config.accept = AcceptConfig {
+                handshake_timeout_ms: timeout,
+                max_handshakes_per_source: per_source,
+                max_handshakes: total,
+            };
+            assert_eq!(config.validate("n1").is_ok(), ok, "{:?}", config.accept);
+        }
     }
 
     #[test]

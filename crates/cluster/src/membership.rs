@@ -3,7 +3,10 @@
 //!
 //! ```text
 //! membership (one per node, supervised by the node's root)
-//! ├── NodeServer      ractor_cluster's listener and node sessions
+//! ├── NodeServer      ractor_cluster's node sessions (its own listener is
+//! │                   sealed on loopback: links come in through `accept`)
+//! ├── accept loop     a task: the cluster port, handshake deadline and
+//! │                   limits, then the link to NodeServer (`accept.rs`)
 //! └── inbox           the node's one cluster-reachable actor (pg group
 //!                     "switchboard.inbox.<name>"): decodes envelopes
 //! ```
@@ -21,10 +24,12 @@ use ractor_cluster::{
     IncomingEncryptionMode, NodeEventSubscription, NodeServer, NodeServerMessage,
     NodeSessionMessage,
 };
-use tokio::net::TcpSocket;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::config::{ClusterConfig, HeartbeatConfig};
+use crate::link::{Identity, Link};
 use crate::peers::{Action, DownReason, PeerTable};
 use crate::tls::{self, LinkTls};
 use crate::wire::{Body, Envelope, Frame};
@@ -225,33 +230,6 @@ pub fn view_channel(this: &str, heartbeat: &HeartbeatConfig) -> (ViewPublisher, 
     (publisher, handle)
 }
 
-/// A link this node opened, handed to ractor_cluster as an external stream
-/// so that it leaves from the cluster listen address (on a host with
-/// several addresses, peers and firewalls see the node's own address).
-struct DialedLink<S> {
-    stream: S,
-    peer: SocketAddr,
-    local: Option<SocketAddr>,
-}
-
-impl<S> ractor_cluster::ClusterBidiStream for DialedLink<S>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
-    fn split(self: Box<Self>) -> (ractor_cluster::BoxRead, ractor_cluster::BoxWrite) {
-        let (read, write) = tokio::io::split(self.stream);
-        (Box::new(read), Box::new(write))
-    }
-
-    fn peer_label(&self) -> Option<String> {
-        Some(self.peer.to_string())
-    }
-
-    fn local_label(&self) -> Option<String> {
-        self.local.map(|a| a.to_string())
-    }
-}
-
 /// Opens a link to `addr` from `from` (port chosen by the system), over TLS
 /// unless links are plaintext, and hands it to the node server.
 async fn dial(
@@ -275,6 +253,9 @@ async fn dial(
     let tcp = socket.connect(addr).await.map_err(|e| e.to_string())?;
     tcp.set_nodelay(true).map_err(|e| e.to_string())?;
     let local = tcp.local_addr().ok();
+    // Sent from the cluster listen address (on a host with several
+    // addresses, peers and firewalls see the node's own address), and
+    // behind the same guard as accepted links.
     let stream: Box<dyn ractor_cluster::ClusterBidiStream> = match tls {
         Some(tls) => {
             let server_name = tls::server_name(name).map_err(|e| e.to_string())?;
@@ -283,16 +264,25 @@ async fn dial(
                 .connect(server_name, tcp)
                 .await
                 .map_err(|e| format!("TLS: {e}"))?;
-            Box::new(DialedLink {
+            let certificate = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|cert| cert.clone().into_owned())
+                .ok_or("TLS: no peer certificate")?;
+            Box::new(Link {
                 stream,
                 peer: addr,
                 local,
+                identity: Identity::Certificate(certificate),
             })
         }
-        None => Box::new(DialedLink {
+        None => Box::new(Link {
             stream: tcp,
             peer: addr,
             local,
+            identity: Identity::Unverified,
         }),
     };
     ractor_cluster::client_connect_external(node_server, stream)
@@ -313,6 +303,8 @@ pub struct MembershipState {
     /// Links are dialed from this address.
     listen_ip: IpAddr,
     node_server: ActorRef<NodeServerMessage>,
+    /// The cluster port's accept loop.
+    accept: JoinHandle<()>,
     inbox: ActorRef<Envelope>,
     sessions: HashMap<String, ActorRef<NodeSessionMessage>>,
 }
@@ -387,19 +379,33 @@ impl Actor for Membership {
         } else {
             Some(tls::load(&config.tls)?)
         };
-        let encryption = tls
-            .as_ref()
-            .map(|tls| IncomingEncryptionMode::Tls(tls.acceptor.clone()));
+        // ractor_cluster's listener cannot be turned off: it listens on a
+        // loopback port of the system's choosing behind TLS nobody can pass,
+        // and links come in through our own accept loop.
+        let loopback = if config.listen.is_ipv6() {
+            IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+        } else {
+            IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+        };
         let server = NodeServer::new(
-            config.listen.port(),
+            0,
             config.cookie.clone(),
             this.clone(),
             config.listen.ip().to_string(),
-            encryption,
+            Some(IncomingEncryptionMode::Tls(tls::sealed_acceptor()?)),
             Some(ractor_cluster::node::NodeConnectionMode::Isolated),
         )
-        .with_listen_addr(config.listen.ip());
+        .with_listen_addr(loopback);
         let (node_server, _) = Actor::spawn_linked(None, server, (), myself.get_cell()).await?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| ClusterError::Config(format!("cluster.listen {}: {e}", config.listen)))?;
+        let accept = tokio::spawn(crate::accept::run(
+            listener,
+            tls.as_ref().map(|tls| tls.acceptor.clone()),
+            config.accept.clone(),
+            node_server.clone(),
+        ));
         node_server.cast(NodeServerMessage::SubscribeToEvents {
             id: "membership".into(),
             subscription: Box::new(LinkEvents(myself.clone())),
@@ -427,6 +433,7 @@ impl Actor for Membership {
             tls,
             listen_ip: config.listen.ip(),
             node_server,
+            accept,
             inbox,
             sessions: HashMap::new(),
         };
@@ -442,6 +449,9 @@ impl Actor for Membership {
     ) -> std::result::Result<(), ActorProcessingErr> {
         state.inbox.stop(None);
         state.node_server.stop(None);
+        // Awaited, so that the port is free for a membership started afresh.
+        state.accept.abort();
+        let _ = (&mut state.accept).await;
         Ok(())
     }
 

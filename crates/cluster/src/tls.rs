@@ -82,6 +82,32 @@ pub fn load(config: &LinkTlsConfig) -> Result<LinkTls> {
     })
 }
 
+/// An acceptor no client can pass: it asks for a client certificate signed
+/// by a key made here and thrown away. For ractor_cluster's own listener,
+/// which cannot be turned off (links come in through `accept.rs`).
+pub fn sealed_acceptor() -> Result<TlsAcceptor> {
+    let gen_err = |e: rcgen::Error| ClusterError::Tls(format!("cannot generate: {e}"));
+    let rustls_err = |e: rustls::Error| ClusterError::Tls(e.to_string());
+    let pair =
+        rcgen::generate_simple_self_signed(vec!["sealed.invalid".to_owned()]).map_err(gen_err)?;
+    let cert = pair.cert.der().clone();
+    let key = PrivateKeyDer::try_from(pair.signing_key.serialize_der())
+        .map_err(|e| ClusterError::Tls(e.to_string()))?;
+    let mut roots = RootCertStore::empty();
+    roots.add(cert.clone()).map_err(rustls_err)?;
+    let provider = Arc::new(ring::default_provider());
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| ClusterError::Tls(e.to_string()))?;
+    let server = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(rustls_err)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![cert], key)
+        .map_err(rustls_err)?;
+    Ok(TlsAcceptor::from(Arc::new(server)))
+}
+
 /// The name a peer's certificate must carry.
 pub fn server_name(node: &str) -> Result<ServerName<'static>> {
     ServerName::try_from(node.to_owned())

@@ -93,9 +93,41 @@ impl Frame {
     }
 }
 
+/// The sender's name of an envelope, read without decoding its body: the
+/// link guard checks it on every frame. `None` for a version this build
+/// does not speak or bytes that are not a frame (the inbox counts those).
+/// Every wire version must keep `from` first, right after the version.
+pub fn sender_of(envelope: &[u8]) -> Option<&str> {
+    let (version, rest) = match envelope {
+        [a, b, rest @ ..] => (u16::from_be_bytes([*a, *b]), rest),
+        _ => return None,
+    };
+    if !(MIN_WIRE_VERSION..=WIRE_VERSION).contains(&version) {
+        return None;
+    }
+    postcard::take_from_bytes::<&str>(rest)
+        .ok()
+        .map(|(from, _)| from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sender_is_read_without_the_body() {
+        let frame = Frame {
+            from: "n2".into(),
+            body: Body::Data(vec![7; 300]),
+        };
+        let bytes = frame.encode().expect("encodes").0;
+        assert_eq!(sender_of(&bytes), Some("n2"));
+        let mut newer = bytes.clone();
+        newer[..2].copy_from_slice(&(WIRE_VERSION + 1).to_be_bytes());
+        for bad in [&[][..], &[0, 1][..], &[0, 1, 200][..], &newer[..]] {
+            assert_eq!(sender_of(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn a_frame_survives_the_round_trip() {
