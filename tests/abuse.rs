@@ -8,3 +8,6 @@ mod common;
 
 #[path = "abuse/receipts.rs"]
 mod receipts;
+
+#[path = "abuse/auth.rs"]
+mod auth;
