@@ -492,7 +492,8 @@ mod tests {
             edit(&mut config);
             config.validate().map_err(|e| e.to_string())
         };
-        let cases: &[(&str, &dyn Fn(&mut NodeConfig))] = &[
+        type Edit<'a> = &'a dyn Fn(&mut NodeConfig);
+        let cases: &[(&str, Edit)] = &[
             ("admin.secret", &|c| {
                 c.admin.mint_test_users = true;
                 c.admin.secret = "example-admin-secret".into();

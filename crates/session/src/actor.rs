@@ -1151,7 +1151,9 @@ mod tests {
 
     #[test]
     fn test_numbers_by_table() {
-        let cases: &[(&str, u32, &str, Option<(&str, usize)>)] = &[
+        /// First number, count, prefix; the last number and count minted.
+        type Case<'a> = (&'a str, u32, &'a str, Option<(&'a str, usize)>);
+        let cases: &[Case] = &[
             ("+15550000000", 3, "+15550", Some(("+15550000002", 3))),
             ("+15550999999", 1, "+15550", Some(("+15550999999", 1))),
             // Running past the end of the range.
