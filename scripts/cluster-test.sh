@@ -42,6 +42,16 @@ else
     bin=target/$profile/switchboard
 fi
 work=$(mktemp -d)
+# The example configs hold published secrets (which a node refuses), keep
+# test users off and metrics on loopback: this run sets its own through the
+# compose file's environment (see deploy/docker-compose.yml).
+random_secret() { python3 -c 'import secrets; print(secrets.token_hex(32))'; }
+SWITCHBOARD_TOKEN_KEY=$(random_secret)
+SWITCHBOARD_CLUSTER_COOKIE=$(random_secret)
+admin_secret=$(random_secret)
+export SWITCHBOARD_TOKEN_KEY SWITCHBOARD_CLUSTER_COOKIE
+export SWITCHBOARD_MINT_TEST_USERS=true SWITCHBOARD_ADMIN_SECRET=$admin_secret
+export SWITCHBOARD_METRICS_LISTEN=0.0.0.0:9100
 cleanup() {
     compose down -v --remove-orphans >/dev/null 2>&1 || true
     rm -rf "$work"
@@ -106,7 +116,7 @@ only=${CLUSTER_TEST_ONLY:-kill partition rolling}
 want() { [[ " $only " == *" $1 "* ]]; }
 steady() { # duration first-phone name [window]: the generator, in the background ($!)
     "$bin" bench steady --server "$servers" --ca "$certs/client-facing.pem" \
-        --admin-secret example-admin-secret --first "$2" --pairs 24 --rate 10 \
+        --admin-secret "$admin_secret" --first "$2" --pairs 24 --rate 10 \
         --window "${4:-8}" \
         --duration "$1" --drain 60 --json "$work/$3.json" \
         > "$work/$3.out" 2> "$work/$3.err" &
@@ -176,7 +186,8 @@ run_scenario() { # name title first-phone
             [ "$attempt" = 1 ] || echo "cluster-test: $1: FLAKY: passed on run $attempt"
             return 0
         fi
-        first=$(python3 -c "print('+' + str(int('$first'[1:]) + 1000000))")
+        # Fresh users, still in the test range (+15550...).
+        first=$(python3 -c "print('+' + str(int('$first'[1:]) + 1000))")
         [ "$attempt" = "$attempts" ] || echo "cluster-test: $1: running it again"
     done
     failures=$((failures + 1))
@@ -195,9 +206,11 @@ if [ -n "${CLUSTER_TEST_CPUS:-}" ]; then
 fi
 wait_mesh
 
-run_scenario kill "1. docker kill of n3 under load" +15557100000
-run_scenario partition "2. n2 cut off from the network for 30 s" +15557200000
-run_scenario rolling "3. rolling restart of all four nodes" +15557300000
+# Test users live in the nodes' test range (admin.test_number_prefix,
+# default +15550).
+run_scenario kill "1. docker kill of n3 under load" +15550710000
+run_scenario partition "2. n2 cut off from the network for 30 s" +15550720000
+run_scenario rolling "3. rolling restart of all four nodes" +15550730000
 
 if [ "$failures" -gt 0 ]; then
     echo "cluster-test: $failures scenario(s) failed"

@@ -9,5 +9,7 @@ mod common;
 #[path = "abuse/receipts.rs"]
 mod receipts;
 
+#[path = "abuse/auth.rs"]
+mod auth;
 #[path = "abuse/cluster.rs"]
 mod cluster;

@@ -122,7 +122,7 @@ fn bench_connections_smoke() {
             "--hold",
             "1",
             "--first",
-            "+15570000000",
+            "+15550100000",
             "--server-pid",
             &pid,
         ],
@@ -154,7 +154,7 @@ fn minting_is_refused_when_disabled() {
             "--secret",
             SECRET,
             "--first",
-            "+15580000000",
+            "+15550200000",
             "--count",
             "3",
         ])

@@ -6,6 +6,7 @@
 //! provider calls run on Tokio's blocking pool and reply from there, token
 //! writes complete through the store's group-commit callback.
 
+use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,12 +18,53 @@ use rand::Rng;
 use tokio::sync::Semaphore;
 
 use crate::codes::{CodeBook, CodePolicy};
+use crate::limits::{CodeLimiter, Limit, LogEvery};
 use crate::provider::{CodeProvider, ProviderError};
 use crate::tokens::{IssuedToken, TokenBook};
 use crate::{AuthConfig, AuthError, now_ms};
 
 /// How often expired codes are dropped from memory.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// How often a refusal by one limit is logged at most (counters carry the
+/// rest: `switchboard_auth_codes_total`, `switchboard_auth_verifies_total`).
+const REFUSAL_LOG_EVERY_MS: u64 = 10_000;
+
+/// One log gate per limit that refuses in the actor.
+static REFUSAL_LOGS: [LogEvery; 4] = [
+    LogEvery::new(REFUSAL_LOG_EVERY_MS),
+    LogEvery::new(REFUSAL_LOG_EVERY_MS),
+    LogEvery::new(REFUSAL_LOG_EVERY_MS),
+    LogEvery::new(REFUSAL_LOG_EVERY_MS),
+];
+
+fn log_refusal(what: &str, limit: Limit, source: Option<IpAddr>, now: u64) {
+    let gate = match limit {
+        Limit::Address => &REFUSAL_LOGS[0],
+        Limit::Subnet => &REFUSAL_LOGS[1],
+        Limit::Node => &REFUSAL_LOGS[2],
+        _ => &REFUSAL_LOGS[3],
+    };
+    if gate.ready(now) {
+        tracing::warn!(
+            limit = limit.as_str(),
+            ?source,
+            "{what} refused by a rate limit \
+            (logged at most every {} s per limit; see the metrics)",
+            REFUSAL_LOG_EVERY_MS / 1000
+        );
+    }
+}
+
+/// Counts a code request's outcome.
+fn count_code(outcome: &'static str) {
+    metrics::counter!("switchboard_auth_codes_total", "outcome" => outcome).increment(1);
+}
+
+/// Counts a verify attempt's outcome.
+fn count_verify(outcome: &'static str) {
+    metrics::counter!("switchboard_auth_verifies_total", "outcome" => outcome).increment(1);
+}
 
 /// A code was generated and handed to the provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +81,8 @@ pub enum AuthMsg {
     RequestCode {
         /// The number to verify.
         phone: PhoneNumber,
+        /// The client's address (None: a caller inside the node).
+        source: Option<IpAddr>,
         /// The outcome.
         reply: RpcReplyPort<Result<CodeSent, AuthError>>,
     },
@@ -51,6 +95,8 @@ pub enum AuthMsg {
         phone: PhoneNumber,
         /// The digits the user typed.
         code: String,
+        /// The client's address (None: a caller inside the node).
+        source: Option<IpAddr>,
         /// The token, or why not.
         reply: RpcReplyPort<Result<IssuedToken, AuthError>>,
     },
@@ -83,6 +129,8 @@ pub struct AuthArgs {
 /// The state of a running [`AuthActor`].
 pub struct AuthState {
     codes: CodeBook,
+    /// Limits across numbers: per source, subnet, node and country.
+    limiter: CodeLimiter,
     tokens: TokenBook,
     provider: Arc<dyn CodeProvider>,
     /// Bounds the provider calls in flight, so a hung provider cannot eat the
@@ -106,6 +154,7 @@ impl Actor for AuthActor {
         tracing::info!(provider = args.provider.name(), "auth service started");
         Ok(AuthState {
             codes: CodeBook::new(policy),
+            limiter: CodeLimiter::new(args.config.limits.clone(), now_ms()),
             tokens: args.tokens,
             provider: args.provider,
             deliveries: Arc::new(Semaphore::new(args.config.max_deliveries_in_flight.max(1))),
@@ -133,23 +182,48 @@ impl Actor for AuthActor {
         // Every error here is the client's or a dependency's: it is answered,
         // and the actor goes on. Nothing in this handler needs a restart.
         match message {
-            AuthMsg::RequestCode { phone, reply } => {
-                request_code(&myself, state, phone, reply);
+            AuthMsg::RequestCode {
+                phone,
+                source,
+                reply,
+            } => {
+                request_code(&myself, state, phone, source, reply);
             }
-            AuthMsg::Verify { phone, code, reply } => {
+            AuthMsg::Verify {
+                phone,
+                code,
+                source,
+                reply,
+            } => {
                 let now = now_ms();
+                if let Err(refusal) = state.limiter.verify_attempt(source, now) {
+                    log_refusal("verify attempt", refusal.limit, source, now);
+                    let e = AuthError::Limited {
+                        limit: refusal.limit,
+                        retry_after_ms: refusal.retry_after_ms,
+                    };
+                    count_verify(e.outcome());
+                    let _ = reply.send(Err(e));
+                    return Ok(());
+                }
                 match state.codes.verify(&phone, &code, now) {
                     Ok(()) => {
                         tracing::debug!(%phone, "code verified");
                         state.tokens.issue_with(&phone, now, move |result| {
-                            if let Err(e) = &result {
-                                tracing::error!(error = %e, "cannot store a new token");
+                            match &result {
+                                Ok(_) => count_verify("verified"),
+                                Err(e) => {
+                                    count_verify(e.outcome());
+                                    tracing::error!(error = %e, "cannot store a new token");
+                                }
                             }
                             let _ = reply.send(result);
                         });
                     }
                     Err(e) => {
-                        let _ = reply.send(Err(e.into()));
+                        let e = AuthError::from(e);
+                        count_verify(e.outcome());
+                        let _ = reply.send(Err(e));
                     }
                 }
             }
@@ -157,10 +231,13 @@ impl Actor for AuthActor {
                 state.codes.cancel(&phone, &code);
             }
             AuthMsg::Prune => {
-                let dropped = state.codes.prune(now_ms());
+                let now = now_ms();
+                let dropped = state.codes.prune(now);
                 if dropped > 0 {
                     tracing::debug!(dropped, remaining = state.codes.len(), "pruned codes");
                 }
+                let buckets = state.limiter.prune(now);
+                metrics::gauge!("switchboard_auth_limit_buckets").set(buckets as f64);
             }
         }
         Ok(())
@@ -180,24 +257,43 @@ fn request_code(
     myself: &ActorRef<AuthMsg>,
     state: &mut AuthState,
     phone: PhoneNumber,
+    source: Option<IpAddr>,
     reply: RpcReplyPort<Result<CodeSent, AuthError>>,
 ) {
+    let now = now_ms();
+    // The limits across numbers first: a flood is refused before it costs
+    // a delivery slot.
+    if let Err(refusal) = state.limiter.check_code(source, &phone, now) {
+        log_refusal("code request", refusal.limit, source, now);
+        let e = AuthError::Limited {
+            limit: refusal.limit,
+            retry_after_ms: refusal.retry_after_ms,
+        };
+        count_code(e.outcome());
+        let _ = reply.send(Err(e));
+        return;
+    }
     let Ok(permit) = Arc::clone(&state.deliveries).try_acquire_owned() else {
         tracing::warn!("too many verification codes in flight to the provider");
+        count_code("unavailable");
         let _ = reply.send(Err(AuthError::unavailable(
             "too many verification codes in flight",
         )));
         return;
     };
-    let now = now_ms();
     let code = new_code(&mut rand::rng());
     let issued = match state.codes.request(&phone, code.clone(), now) {
         Ok(issued) => issued,
         Err(e) => {
-            let _ = reply.send(Err(e.into()));
+            let e = AuthError::from(e);
+            count_code(e.outcome());
+            let _ = reply.send(Err(e));
             return;
         }
     };
+    // Counted as sent from here, even if the provider then fails: a flood
+    // of failing deliveries must not get around the limits.
+    state.limiter.issued(source, &phone, now);
     let expires_in_secs =
         u32::try_from(issued.expires_at_ms.saturating_sub(now) / 1_000).unwrap_or(u32::MAX);
     let provider = Arc::clone(&state.provider);
@@ -208,8 +304,12 @@ fn request_code(
             std::panic::catch_unwind(AssertUnwindSafe(|| provider.deliver(&phone, &code)))
                 .unwrap_or_else(|_| Err(ProviderError::Other("the provider panicked".into())));
         let answer = match delivered {
-            Ok(()) => Ok(CodeSent { expires_in_secs }),
+            Ok(()) => {
+                count_code("sent");
+                Ok(CodeSent { expires_in_secs })
+            }
             Err(e) => {
+                count_code("provider_failed");
                 tracing::warn!(provider = provider.name(), error = %e, "code delivery failed");
                 // Forget the code before answering: the mailbox is FIFO, so a
                 // retry sent after this answer finds no resend wait.

@@ -1,8 +1,9 @@
 //! Errors of the auth service, and their wire codes.
 
-use proto::ErrorCode;
+use proto::{ErrorCode, PhoneNumber};
 use storage::StorageError;
 
+use crate::limits::Limit;
 use crate::provider::ProviderError;
 
 /// How long a client is told to wait when the service is unavailable.
@@ -23,6 +24,19 @@ pub enum AuthError {
         /// When a new request can succeed.
         retry_after_ms: u64,
     },
+    /// A limit across numbers refused the request (the source's, the
+    /// node's or the country's; see [`crate::LimitsConfig`]).
+    #[error("too many requests ({} limit); retry in {retry_after_ms} ms", limit.as_str())]
+    Limited {
+        /// Which limit.
+        limit: Limit,
+        /// When a new request can pass it.
+        retry_after_ms: u64,
+    },
+    /// An account exists for the number: test users are never minted over
+    /// one.
+    #[error("an account exists for {0}; test users are minted only for new numbers")]
+    AccountExists(PhoneNumber),
     /// The code did not match the pending one.
     #[error("wrong verification code ({attempts_left} tries left)")]
     InvalidCode {
@@ -65,6 +79,10 @@ impl AuthError {
             AuthError::RateLimited { retry_after_ms } => ErrorCode::RateLimited {
                 retry_after_ms: u32::try_from(*retry_after_ms).unwrap_or(u32::MAX),
             },
+            AuthError::Limited { retry_after_ms, .. } => ErrorCode::RateLimited {
+                retry_after_ms: u32::try_from(*retry_after_ms).unwrap_or(u32::MAX),
+            },
+            AuthError::AccountExists(_) => ErrorCode::InvalidRequest,
             AuthError::InvalidCode { .. } => ErrorCode::InvalidCode,
             AuthError::CodeExpired => ErrorCode::CodeExpired,
             AuthError::TooManyAttempts => ErrorCode::TooManyAttempts,
@@ -74,6 +92,39 @@ impl AuthError {
             AuthError::Unavailable { .. } => ErrorCode::Unavailable {
                 retry_after_ms: UNAVAILABLE_RETRY_MS,
             },
+        }
+    }
+
+    /// The limit that refused the request, if a limit did.
+    pub fn limit(&self) -> Option<Limit> {
+        match self {
+            AuthError::RateLimited { .. } => Some(Limit::Phone),
+            AuthError::Limited { limit, .. } => Some(*limit),
+            _ => None,
+        }
+    }
+
+    /// The label of this outcome in the `switchboard_auth_*_total` metrics.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            AuthError::RateLimited { .. } => "rate_limited_phone",
+            AuthError::Limited { limit, .. } => match limit {
+                Limit::Phone => "rate_limited_phone",
+                Limit::Connection => "rate_limited_connection",
+                Limit::Address => "rate_limited_address",
+                Limit::Subnet => "rate_limited_subnet",
+                Limit::Node => "rate_limited_node",
+                Limit::Country => "rate_limited_country",
+            },
+            AuthError::AccountExists(_) => "account_exists",
+            AuthError::InvalidCode { .. } => "wrong_code",
+            AuthError::CodeExpired => "no_code",
+            AuthError::TooManyAttempts => "too_many_attempts",
+            AuthError::InvalidToken => "invalid_token",
+            AuthError::Provider(_) => "provider_failed",
+            AuthError::Storage(_) => "storage_failed",
+            AuthError::Unavailable { .. } => "unavailable",
+            AuthError::InvalidConfig(_) => "invalid_config",
         }
     }
 
@@ -113,6 +164,17 @@ mod tests {
             (
                 AuthError::InvalidCode { attempts_left: 2 },
                 ErrorCode::InvalidCode,
+            ),
+            (
+                AuthError::Limited {
+                    limit: Limit::Subnet,
+                    retry_after_ms: 7,
+                },
+                ErrorCode::RateLimited { retry_after_ms: 7 },
+            ),
+            (
+                AuthError::AccountExists(PhoneNumber::parse("+15550000001").expect("phone")),
+                ErrorCode::InvalidRequest,
             ),
             (AuthError::CodeExpired, ErrorCode::CodeExpired),
             (AuthError::TooManyAttempts, ErrorCode::TooManyAttempts),

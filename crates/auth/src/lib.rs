@@ -10,6 +10,9 @@
 //! # Layout
 //! - `codes`: the pure core. Pending codes, wrong tries, resend interval and
 //!   hourly cap as a state machine over `now_ms`; no clock, randomness or I/O.
+//! - [`limits`]: the pure limits across numbers: token buckets per
+//!   connection, source address, /24 or /64, node and country calling code,
+//!   for code requests (SMS pumping) and verify attempts (guessing).
 //! - [`tokens`](TokenBook): tokens and accounts in the node's
 //!   [`storage::Store`]. Only the SHA-256 of a token is stored. Logins read
 //!   directly (a read transaction), not through the actor, so a reconnect
@@ -28,6 +31,7 @@
 
 #![warn(missing_docs, unreachable_pub)]
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -41,11 +45,13 @@ use storage::Store;
 mod actor;
 mod codes;
 mod error;
+pub mod limits;
 mod provider;
 mod tokens;
 
 pub use actor::{AuthActor, AuthArgs, AuthMsg, AuthState, CodeSent};
 pub use error::{AuthError, Result};
+pub use limits::{BucketConfig, Limit, LimitsConfig, TokenBucket};
 pub use provider::{
     CodeProvider, DEFAULT_CODES_FILE, FileProvider, ProviderConfig, ProviderError, WebhookProvider,
     build_provider,
@@ -77,6 +83,9 @@ pub struct AuthConfig {
     /// Signs tokens so that every node holding the same key accepts them
     /// (required in a cluster; at least 32 characters; keep it secret).
     pub token_key: Option<String>,
+    /// Limits across numbers (`[auth.limits]`): code requests and verify
+    /// attempts per connection, source, node and country.
+    pub limits: LimitsConfig,
 }
 
 impl Default for AuthConfig {
@@ -90,6 +99,7 @@ impl Default for AuthConfig {
             max_deliveries_in_flight: 64,
             provider: ProviderConfig::default(),
             token_key: None,
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -117,6 +127,9 @@ impl AuthConfig {
             return Err(AuthError::InvalidConfig(
                 "token_key must be at least 32 characters".into(),
             ));
+        }
+        if let Some(problem) = self.limits.problem() {
+            return Err(AuthError::InvalidConfig(problem));
         }
         match checks.iter().find(|(ok, _)| !ok) {
             Some((_, why)) => Err(AuthError::InvalidConfig((*why).to_owned())),
@@ -156,6 +169,7 @@ pub struct AuthHandle {
     name: Option<String>,
     tokens: TokenBook,
     call_timeout: Duration,
+    limits: LimitsConfig,
 }
 
 impl AuthHandle {
@@ -167,6 +181,7 @@ impl AuthHandle {
             name: Some(name.to_owned()),
             tokens: cfg.token_book(store),
             call_timeout: cfg.call_timeout(),
+            limits: cfg.limits.clone(),
         }
     }
 
@@ -179,28 +194,98 @@ impl AuthHandle {
             .ok_or_else(|| AuthError::unavailable("the auth service is not running"))
     }
 
-    /// Sends a new code to `phone`.
+    /// Sends a new code to `phone`, for a caller inside the node (only the
+    /// node-wide and country limits apply).
     pub async fn request_code(&self, phone: PhoneNumber) -> Result<CodeSent> {
+        self.request_code_from(phone, None).await
+    }
+
+    /// Sends a new code to `phone`, asked by a client at `source` (whose
+    /// address and subnet limits apply).
+    pub async fn request_code_from(
+        &self,
+        phone: PhoneNumber,
+        source: Option<IpAddr>,
+    ) -> Result<CodeSent> {
         let answer = self
             .current()?
             .call(
-                |reply| AuthMsg::RequestCode { phone, reply },
+                |reply| AuthMsg::RequestCode {
+                    phone,
+                    source,
+                    reply,
+                },
                 Some(self.call_timeout),
             )
             .await;
         flatten(answer)
     }
 
-    /// Trades the code sent to `phone` for a token.
+    /// Trades the code sent to `phone` for a token (a caller inside the
+    /// node).
     pub async fn verify(&self, phone: PhoneNumber, code: String) -> Result<IssuedToken> {
+        self.verify_from(phone, code, None).await
+    }
+
+    /// Trades the code sent to `phone` for a token, for a client at
+    /// `source` (whose address and subnet limits on attempts apply).
+    pub async fn verify_from(
+        &self,
+        phone: PhoneNumber,
+        code: String,
+        source: Option<IpAddr>,
+    ) -> Result<IssuedToken> {
         let answer = self
             .current()?
             .call(
-                |reply| AuthMsg::Verify { phone, code, reply },
+                |reply| AuthMsg::Verify {
+                    phone,
+                    code,
+                    source,
+                    reply,
+                },
                 Some(self.call_timeout),
             )
             .await;
         flatten(answer)
+    }
+
+    /// A connection's bucket for code requests, full at `now_ms`.
+    pub fn connection_code_bucket(&self, now_ms: u64) -> TokenBucket {
+        TokenBucket::new(self.limits.codes_per_connection, now_ms)
+    }
+
+    /// A connection's bucket for verify attempts, full at `now_ms`.
+    pub fn connection_verify_bucket(&self, now_ms: u64) -> TokenBucket {
+        TokenBucket::new(self.limits.verifies_per_connection, now_ms)
+    }
+
+    /// Mints a token for each of `phones` without a code (test users), all
+    /// or none: [`AuthError::AccountExists`] if any of them has an account
+    /// on this node, so that minting never takes over a user's number.
+    /// The check reads this node's accounts; the caller also keeps minting
+    /// to a range of numbers no subscriber can have.
+    pub async fn mint_test_users(&self, phones: &[PhoneNumber]) -> Result<Vec<IssuedToken>> {
+        let tokens = self.tokens.clone();
+        let to_check = phones.to_vec();
+        let existing = tokio::task::spawn_blocking(move || {
+            for phone in to_check {
+                if tokens.account_created_at(&phone)?.is_some() {
+                    return Ok(Some(phone));
+                }
+            }
+            Ok(None)
+        })
+        .await
+        .unwrap_or_else(|e| Err(AuthError::unavailable(format!("account check failed: {e}"))))?;
+        if let Some(phone) = existing {
+            return Err(AuthError::AccountExists(phone));
+        }
+        // Issued concurrently, so they share group commits.
+        futures::future::join_all(phones.iter().map(|p| self.issue_token(p)))
+            .await
+            .into_iter()
+            .collect()
     }
 
     /// The phone a token belongs to. Reads the store directly, on the
@@ -265,6 +350,7 @@ pub async fn spawn_named_auth(
     cfg.validate()?;
     let tokens = cfg.token_book(store);
     let call_timeout = cfg.call_timeout();
+    let args_limits = cfg.limits.clone();
     let args = AuthArgs {
         config: cfg,
         tokens: tokens.clone(),
@@ -282,6 +368,7 @@ pub async fn spawn_named_auth(
             name,
             tokens,
             call_timeout,
+            limits: args_limits,
         },
         join,
     ))

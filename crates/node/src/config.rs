@@ -51,7 +51,7 @@ pub struct MetricsSettings {
 }
 
 /// Operator tools, all off by default.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminSettings {
     /// Allow `MintTestUsers` (bulk test users for load tests, no SMS).
@@ -59,6 +59,40 @@ pub struct AdminSettings {
     pub mint_test_users: bool,
     /// The secret `MintTestUsers` must present (at least 16 characters).
     pub secret: String,
+    /// Test users are minted only for numbers starting with this (default
+    /// +15550: +1 555 0xx xxxx, a range no subscriber can have, see
+    /// [`session::DEFAULT_TEST_NUMBER_PREFIX`]).
+    pub test_number_prefix: String,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self {
+            mint_test_users: false,
+            secret: String::new(),
+            test_number_prefix: session::DEFAULT_TEST_NUMBER_PREFIX.to_owned(),
+        }
+    }
+}
+
+/// Secrets published in this repository's examples (deploy/, README,
+/// docs): a node configured with one of them refuses to start, since anyone
+/// can read them. Values starting with `example-` or `change-me` are
+/// refused too.
+const PUBLISHED_SECRETS: &[&str] = &[
+    "example-admin-secret",
+    "example-token-key-replace-me-with-a-long-random-secret",
+    "example-cluster-cookie",
+    "change-me-to-a-long-random-secret-shared-by-all-nodes",
+    "a-shared-secret-of-16+-chars",
+];
+
+/// Whether `value` is a secret from the examples.
+fn is_published_secret(value: &str) -> bool {
+    let value = value.trim();
+    PUBLISHED_SECRETS.contains(&value)
+        || value.starts_with("example-")
+        || value.starts_with("change-me")
 }
 
 /// Certificate and key files; when absent a self-signed pair is generated
@@ -317,6 +351,33 @@ impl NodeConfig {
                 "admin.mint_test_users needs admin.secret of at least 16 characters".into(),
             );
         }
+        let prefix = &self.admin.test_number_prefix;
+        let digits = prefix.strip_prefix('+').unwrap_or("");
+        if digits.len() < 2 || digits.len() > 14 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return fail(format!(
+                "admin.test_number_prefix = {prefix:?} must be + and 2 to 14 digits \
+                 (a range of numbers no subscriber has, e.g. {})",
+                session::DEFAULT_TEST_NUMBER_PREFIX
+            ));
+        }
+        let secrets = [
+            ("admin.secret", Some(self.admin.secret.as_str())),
+            ("auth.token_key", self.auth.token_key.as_deref()),
+            (
+                "cluster.cookie",
+                self.cluster.as_ref().map(|c| c.cookie.as_str()),
+            ),
+        ];
+        for (key, value) in secrets {
+            if value.is_some_and(is_published_secret) {
+                return fail(format!(
+                    "{key} is a value published in the examples; anyone can read it. \
+                     Set your own random secret (e.g. `openssl rand -hex 32`), in the \
+                     file or in SWITCHBOARD_{}",
+                    key.to_uppercase().replace('.', "__")
+                ));
+            }
+        }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return fail("tls.cert and tls.key must be given together".into());
         }
@@ -343,6 +404,7 @@ impl NodeConfig {
                 .admin
                 .mint_test_users
                 .then(|| self.admin.secret.clone()),
+            test_number_prefix: self.admin.test_number_prefix.clone(),
             ..session::SessionConfig::default()
         }
     }
@@ -435,6 +497,86 @@ mod tests {
         config.limits.max_payload_bytes = config.limits.max_frame_bytes;
         assert!(config.validate().is_err());
         assert!(NodeConfig::load(Some(Path::new("/nonexistent/x.toml"))).is_err());
+    }
+
+    #[test]
+    fn published_secrets_are_refused_by_name() {
+        let refused = |edit: &dyn Fn(&mut NodeConfig)| {
+            let mut config = NodeConfig::default();
+            edit(&mut config);
+            config.validate().map_err(|e| e.to_string())
+        };
+        type Edit<'a> = &'a dyn Fn(&mut NodeConfig);
+        let cases: &[(&str, Edit)] = &[
+            ("admin.secret", &|c| {
+                c.admin.mint_test_users = true;
+                c.admin.secret = "example-admin-secret".into();
+            }),
+            // Refused even with minting off: it would be turned on later.
+            ("admin.secret", &|c| {
+                c.admin.secret = "example-admin-secret".into()
+            }),
+            ("auth.token_key", &|c| {
+                c.auth.token_key =
+                    Some("example-token-key-replace-me-with-a-long-random-secret".into());
+            }),
+            ("auth.token_key", &|c| {
+                c.auth.token_key =
+                    Some("change-me-to-a-long-random-secret-shared-by-all-nodes".into());
+            }),
+        ];
+        for (key, edit) in cases {
+            let err = refused(*edit).expect_err(key);
+            assert!(err.contains(key) && err.contains("published"), "{err}");
+        }
+        let ok = refused(&|c| {
+            c.admin.mint_test_users = true;
+            c.admin.secret = "a-secret-of-my-own-0123".into();
+            c.auth.token_key = Some("k".repeat(32));
+        });
+        assert_eq!(ok, Ok(()));
+    }
+
+    #[test]
+    fn the_example_cluster_configs_are_refused_until_their_secrets_are_replaced() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/cluster/n1.toml");
+        let text = std::fs::read_to_string(&path).expect("deploy/cluster/n1.toml");
+        let raw: NodeConfig = toml_config(&text);
+        assert!(!raw.admin.mint_test_users, "minting is off in the examples");
+        assert!(
+            raw.metrics
+                .listen
+                .as_deref()
+                .is_none_or(|l| l.starts_with("127.0.0.1:")),
+            "metrics on loopback in the examples"
+        );
+        let err = raw.validate().expect_err("example secrets").to_string();
+        assert!(err.contains("auth.token_key"), "{err}");
+    }
+
+    fn toml_config(text: &str) -> NodeConfig {
+        config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .expect("parses")
+    }
+
+    #[test]
+    fn test_number_prefix_is_checked() {
+        for (prefix, ok) in [
+            ("+15550", true),
+            ("+999", true),
+            ("", false),
+            ("+", false),
+            ("+1", false),
+            ("15550", false),
+            ("+1555x", false),
+        ] {
+            let mut config = NodeConfig::default();
+            config.admin.test_number_prefix = prefix.into();
+            assert_eq!(config.validate().is_ok(), ok, "{prefix:?}");
+        }
     }
 
     #[test]

@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use auth::AuthHandle;
+use auth::limits::LogEvery;
+use auth::{AuthHandle, TokenBucket};
 use futures::FutureExt;
 use offline_queue::fragment::ReceiptRequest;
 use offline_queue::{
@@ -266,6 +267,10 @@ pub struct SessionState {
     pacer: crate::pacing::Pacer,
     /// Paces acks and read receipts (each costs the user's fragment work).
     ack_pacer: crate::pacing::Pacer,
+    /// This connection's code requests (SMS pumping; see `auth::limits`).
+    code_bucket: TokenBucket,
+    /// This connection's verify attempts (guessing across numbers).
+    verify_bucket: TokenBucket,
     _slot: Option<OwnedSemaphorePermit>,
     _live: LiveSession,
 }
@@ -402,6 +407,70 @@ impl SessionState {
     }
 }
 
+/// How often one kind of refused client is logged at most (the counters
+/// carry every refusal).
+const REFUSAL_LOG_EVERY_MS: u64 = 10_000;
+static CONNECTION_LIMIT_LOG: LogEvery = LogEvery::new(REFUSAL_LOG_EVERY_MS);
+static WRONG_SECRET_LOG: LogEvery = LogEvery::new(REFUSAL_LOG_EVERY_MS);
+static MINT_REFUSED_LOG: LogEvery = LogEvery::new(REFUSAL_LOG_EVERY_MS);
+
+impl SessionState {
+    /// Answers request `id` with `code` and closes the connection: for a
+    /// client over a limit of its own, or guessing the admin secret.
+    fn refuse_and_close(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+        id: RequestId,
+        code: ErrorCode,
+        message: impl Into<String>,
+    ) {
+        self.responder.error(Some(id), code, message);
+        self.close(myself, CloseReason::ProtocolViolation);
+    }
+
+    /// Spawns an auth request and answers `id` with its outcome, holding
+    /// the request's permit; a refusal by a limit of the client's own (its
+    /// address or subnet) also closes the connection.
+    fn answer_auth<F>(
+        &self,
+        myself: &ActorRef<SessionMsg>,
+        id: RequestId,
+        permit: OwnedSemaphorePermit,
+        work: F,
+    ) where
+        F: Future<Output = Result<Response, auth::AuthError>> + Send + 'static,
+    {
+        let responder = self.responder.clone();
+        let timeout = self.ctx.config.request_timeout;
+        let myself = myself.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tokio::time::timeout(timeout, work).await {
+                Ok(Ok(response)) => {
+                    responder.respond(id, response);
+                }
+                Ok(Err(e)) => {
+                    responder.error(Some(id), e.error_code(), e.to_string());
+                    if e.limit().is_some_and(|limit| limit.closes_connection()) {
+                        // Queued behind the error frame: Closing follows it.
+                        let _ =
+                            myself.send_message(SessionMsg::Close(CloseReason::ProtocolViolation));
+                    }
+                }
+                Err(_) => {
+                    responder.error(
+                        Some(id),
+                        ErrorCode::Unavailable {
+                            retry_after_ms: 1000,
+                        },
+                        "the request timed out",
+                    );
+                }
+            }
+        });
+    }
+}
+
 async fn await_fragment<T>(rx: FragmentAnswer<T>) -> Result<T, (ErrorCode, String)> {
     match rx.await {
         Ok(Ok(value)) => Ok(value),
@@ -493,6 +562,8 @@ impl Actor for SessionActor {
             cleaned_up: false,
             pacer: crate::pacing::Pacer::new(config.send_rate, config.send_burst, now_ms()),
             ack_pacer: crate::pacing::Pacer::new(config.ack_rate, config.ack_burst, now_ms()),
+            code_bucket: args.ctx.auth.connection_code_bucket(now_ms()),
+            verify_bucket: args.ctx.auth.connection_verify_bucket(now_ms()),
             ctx: args.ctx,
             _slot: args.slot,
             _live: LiveSession::new(),
@@ -779,26 +850,34 @@ async fn serve(
             state.responder.respond(id, Response::Pong);
         }
         Request::RequestCode { phone } => {
+            if let Err(retry_after_ms) = state.code_bucket.take(now_ms()) {
+                over_connection_limit(myself, state, id, "codes", retry_after_ms);
+                return;
+            }
             let auth = state.ctx.auth.clone();
-            state.answer_later(id, permit, async move {
-                auth.request_code(phone)
+            let source = Some(state.peer.ip());
+            state.answer_auth(myself, id, permit, async move {
+                auth.request_code_from(phone, source)
                     .await
                     .map(|sent| Response::CodeSent {
                         expires_in_secs: sent.expires_in_secs,
                     })
-                    .map_err(|e| (e.error_code(), e.to_string()))
             });
         }
         Request::Verify { phone, code } => {
+            if let Err(retry_after_ms) = state.verify_bucket.take(now_ms()) {
+                over_connection_limit(myself, state, id, "verifies", retry_after_ms);
+                return;
+            }
             let auth = state.ctx.auth.clone();
-            state.answer_later(id, permit, async move {
-                auth.verify(phone, code)
+            let source = Some(state.peer.ip());
+            state.answer_auth(myself, id, permit, async move {
+                auth.verify_from(phone, code, source)
                     .await
                     .map(|issued| Response::Verified {
                         token: issued.token,
                         expires_at_ms: issued.expires_at_ms,
                     })
-                    .map_err(|e| (e.error_code(), e.to_string()))
             });
         }
         Request::Login { token } => match state.ctx.auth.login(&token).await {
@@ -958,55 +1037,130 @@ async fn serve(
             secret,
             first,
             count,
-        } => {
-            let Some(expected) = &state.ctx.config.admin_secret else {
-                state.responder.error(
-                    Some(id),
-                    ErrorCode::InvalidRequest,
-                    "minting test users is disabled (admin.mint_test_users in the node's config)",
-                );
-                return;
-            };
-            if !constant_time_eq(expected.as_bytes(), secret.as_bytes()) {
-                tracing::warn!(peer = %state.peer, "wrong admin secret");
-                state
-                    .responder
-                    .error(Some(id), ErrorCode::InvalidToken, "wrong admin secret");
-                return;
-            }
-            if count == 0 || count > proto::MAX_MINT_PER_REQUEST {
-                state.responder.error(
-                    Some(id),
-                    ErrorCode::InvalidRequest,
-                    format!("count must be 1 to {}", proto::MAX_MINT_PER_REQUEST),
-                );
-                return;
-            }
-            let auth = state.ctx.auth.clone();
-            state.answer_later(id, permit, async move {
-                let phones: Option<Vec<PhoneNumber>> =
-                    (0..u64::from(count)).map(|i| first.offset(i)).collect();
-                let Some(phones) = phones else {
-                    return Err((
-                        ErrorCode::InvalidRequest,
-                        "the numbers run past a valid phone number".to_owned(),
-                    ));
-                };
-                // Issued concurrently, so they share group commits.
-                let issued =
-                    futures::future::join_all(phones.iter().map(|p| auth.issue_token(p))).await;
-                let tokens = issued
-                    .into_iter()
-                    .map(|t| t.map(|t| t.token))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| (e.error_code(), e.to_string()))?;
-                Ok(Response::TestUsers { tokens })
-            });
-        }
+        } => mint_test_users(myself, state, id, permit, &secret, first, count),
     }
 }
 
-/// Compares secrets without leaking where they differ through timing.
+/// Counts a mint request's outcome.
+fn count_mint(outcome: &'static str) {
+    metrics::counter!("switchboard_admin_mint_total", "outcome" => outcome).increment(1);
+}
+
+/// A code request or verify attempt over this connection's own limit: the
+/// client is answered `RateLimited` and disconnected.
+fn over_connection_limit(
+    myself: &ActorRef<SessionMsg>,
+    state: &mut SessionState,
+    id: RequestId,
+    what: &'static str,
+    retry_after_ms: u64,
+) {
+    let metric = if what == "codes" {
+        "switchboard_auth_codes_total"
+    } else {
+        "switchboard_auth_verifies_total"
+    };
+    metrics::counter!(metric, "outcome" => "rate_limited_connection").increment(1);
+    if CONNECTION_LIMIT_LOG.ready(now_ms()) {
+        tracing::warn!(peer = %state.peer, what,
+            "a connection went over its limit of auth requests; closing it \
+             (logged at most every 10 s; see switchboard_auth_*_total)");
+    }
+    state.refuse_and_close(
+        myself,
+        id,
+        ErrorCode::RateLimited {
+            retry_after_ms: u32::try_from(retry_after_ms).unwrap_or(u32::MAX),
+        },
+        format!("too many {what} on this connection"),
+    );
+}
+
+/// The numbers `first` to `first + count - 1`, if they all start with
+/// `prefix` (the test range).
+fn test_numbers(first: &PhoneNumber, count: u32, prefix: &str) -> Option<Vec<PhoneNumber>> {
+    let phones: Option<Vec<PhoneNumber>> = (0..u64::from(count)).map(|i| first.offset(i)).collect();
+    phones.filter(|phones| phones.iter().all(|p| p.as_str().starts_with(prefix)))
+}
+
+/// `MintTestUsers`: tokens without codes, for load tests. Only with the
+/// node's secret (a wrong one closes the connection), only for numbers in
+/// the test range, and never for a number that has an account.
+fn mint_test_users(
+    myself: &ActorRef<SessionMsg>,
+    state: &mut SessionState,
+    id: RequestId,
+    permit: OwnedSemaphorePermit,
+    secret: &str,
+    first: PhoneNumber,
+    count: u32,
+) {
+    let Some(expected) = &state.ctx.config.admin_secret else {
+        count_mint("disabled");
+        state.responder.error(
+            Some(id),
+            ErrorCode::InvalidRequest,
+            "minting test users is disabled (admin.mint_test_users in the node's config)",
+        );
+        return;
+    };
+    if !constant_time_eq(expected.as_bytes(), secret.as_bytes()) {
+        count_mint("wrong_secret");
+        if WRONG_SECRET_LOG.ready(now_ms()) {
+            tracing::warn!(peer = %state.peer,
+                "wrong admin secret; closing the connection (logged at most every 10 s; \
+                 see switchboard_admin_mint_total)");
+        }
+        state.refuse_and_close(myself, id, ErrorCode::InvalidToken, "wrong admin secret");
+        return;
+    }
+    if count == 0 || count > proto::MAX_MINT_PER_REQUEST {
+        count_mint("invalid");
+        state.responder.error(
+            Some(id),
+            ErrorCode::InvalidRequest,
+            format!("count must be 1 to {}", proto::MAX_MINT_PER_REQUEST),
+        );
+        return;
+    }
+    let prefix = &state.ctx.config.test_number_prefix;
+    let Some(phones) = test_numbers(&first, count, prefix) else {
+        count_mint("outside_test_range");
+        if MINT_REFUSED_LOG.ready(now_ms()) {
+            tracing::warn!(peer = %state.peer, %first, count,
+                "test users refused: outside the test range (logged at most every 10 s)");
+        }
+        state.responder.error(
+            Some(id),
+            ErrorCode::InvalidRequest,
+            format!(
+                "test users are minted only for numbers starting with {prefix} \
+                 (admin.test_number_prefix)"
+            ),
+        );
+        return;
+    };
+    let auth = state.ctx.auth.clone();
+    state.answer_later(id, permit, async move {
+        match auth.mint_test_users(&phones).await {
+            Ok(issued) => {
+                count_mint("minted");
+                Ok(Response::TestUsers {
+                    tokens: issued.into_iter().map(|t| t.token).collect(),
+                })
+            }
+            Err(e) => {
+                count_mint(if matches!(e, auth::AuthError::AccountExists(_)) {
+                    "account_exists"
+                } else {
+                    "failed"
+                });
+                Err((e.error_code(), e.to_string()))
+            }
+        }
+    });
+}
+
 /// Stores a message in the recipient's mailbox fragment (after the
 /// sender's message `after`, if given) and answers with the server ack.
 #[allow(clippy::too_many_arguments)]
@@ -1062,6 +1216,7 @@ async fn send(
     });
 }
 
+/// Compares secrets without leaking where they differ through timing.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -1090,3 +1245,30 @@ where
 
 /// How long a closing session may take to flush before it is dropped.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_numbers_by_table() {
+        /// First number, count, prefix; the last number and count minted.
+        type Case<'a> = (&'a str, u32, &'a str, Option<(&'a str, usize)>);
+        let cases: &[Case] = &[
+            ("+15550000000", 3, "+15550", Some(("+15550000002", 3))),
+            ("+15550999999", 1, "+15550", Some(("+15550999999", 1))),
+            // Running past the end of the range.
+            ("+15550999999", 2, "+15550", None),
+            // Outside it.
+            ("+15551000000", 1, "+15550", None),
+            ("+447911123456", 1, "+15550", None),
+            ("+99900000000", 250, "+999", Some(("+99900000249", 250))),
+        ];
+        for (first, count, prefix, want) in cases {
+            let first = PhoneNumber::parse(first).expect("phone");
+            let got = test_numbers(&first, *count, prefix);
+            let got = got.as_ref().map(|p| (p[p.len() - 1].as_str(), p.len()));
+            assert_eq!(got, *want, "{first} x{count} in {prefix}");
+        }
+    }
+}

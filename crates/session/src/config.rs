@@ -2,6 +2,12 @@
 
 use std::time::Duration;
 
+/// The numbers test users may have by default: +1 555 0xx xxxx. In the
+/// North American plan a central-office code (the three digits after the
+/// area code) never starts with 0 or 1, so no subscriber anywhere has a
+/// number in this range; it holds a million numbers.
+pub const DEFAULT_TEST_NUMBER_PREFIX: &str = "+15550";
+
 /// Settings shared by every client connection of a node.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
@@ -24,6 +30,9 @@ pub struct SessionConfig {
     pub request_timeout: Duration,
     /// The secret that enables `MintTestUsers`; `None` refuses it.
     pub admin_secret: Option<String>,
+    /// `MintTestUsers` mints only numbers that start with this prefix (see
+    /// [`DEFAULT_TEST_NUMBER_PREFIX`]).
+    pub test_number_prefix: String,
     /// Messages per second one connection may send; beyond it the session
     /// reads more slowly (see [`crate::pacing`]).
     pub send_rate: f64,
@@ -48,6 +57,7 @@ impl Default for SessionConfig {
             write_timeout: Duration::from_secs(20),
             request_timeout: Duration::from_secs(10),
             admin_secret: None,
+            test_number_prefix: DEFAULT_TEST_NUMBER_PREFIX.to_owned(),
             send_rate: 500.0,
             send_burst: 1000.0,
             ack_rate: 200.0,

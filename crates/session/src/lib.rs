@@ -38,6 +38,6 @@ mod websocket;
 pub use actor::{
     SessionActor, SessionArgs, SessionContext, SessionMsg, broadcast_to_sessions, live_sessions,
 };
-pub use config::SessionConfig;
+pub use config::{DEFAULT_TEST_NUMBER_PREFIX, SessionConfig};
 pub use extension::{ExtensionMsg, ExtensionPush, ExtensionRequest, extension_actor_name};
 pub use listener::{ListenerError, Transport, serve};

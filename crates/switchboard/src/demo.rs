@@ -244,7 +244,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
 
     let servers: Vec<String> = nodes.iter().map(|n| n.client_addr.clone()).collect();
     let tls = Tls::from_ca_file(&ca, client::DEFAULT_SERVER_NAME)?;
-    let first = proto::PhoneNumber::parse("+15559000000")?;
+    let first = proto::PhoneNumber::parse("+15550900000")?;
     let users = mint_users(&servers[0], &tls, &admin_secret, &first, args.pairs * 2).await?;
     let run = SteadyRun::start(SteadyConfig {
         servers,

@@ -36,7 +36,7 @@ pub(crate) struct Args {
     #[arg(long, env = "SWITCHBOARD_BENCH_ADMIN_SECRET", value_name = "SECRET")]
     admin_secret: String,
     /// Phone number of the first test user; the others follow it.
-    #[arg(long, value_name = "PHONE", default_value = "+15557000000")]
+    #[arg(long, value_name = "PHONE", default_value = "+15550700000")]
     first: PhoneNumber,
     /// Sender → receiver pairs.
     #[arg(long, default_value_t = 20)]
