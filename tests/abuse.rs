@@ -13,3 +13,6 @@ mod receipts;
 mod auth;
 #[path = "abuse/cluster.rs"]
 mod cluster;
+
+#[path = "abuse/guests.rs"]
+mod guests;

@@ -4,43 +4,18 @@
 //! and per-subnet limits see them as other hosts than the victim.
 
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use client::{Client, PhoneNumber};
 use proto::{ClientFrame, CloseReason, ErrorCode, Request, Response, ServerFrame, encode_frame};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpSocket;
 use tokio_rustls::client::TlsStream;
 
-use crate::common::{NodeProcess, binary, read_until_closed};
+use crate::common::{NodeProcess, binary, raw_tls_from, read_until_closed};
 
 /// A TLS connection to `node` from the local address `from` (127.0.x.y).
 async fn connect_from(node: &NodeProcess, from: &str) -> TlsStream<tokio::net::TcpStream> {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_file_iter(&node.ca_path).expect("pem") {
-        roots.add(cert.expect("cert")).expect("add root");
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let socket = TcpSocket::new_v4().expect("socket");
-    socket
-        .bind(format!("{from}:0").parse().expect("local address"))
-        .expect("bind the attacker's address");
-    let tcp = socket
-        .connect(node.addr.parse().expect("node address"))
-        .await
-        .expect("tcp");
-    let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .expect("tls")
+    raw_tls_from(node, from).await
 }
 
 /// Connects from `from`, says hello, sends `requests` pipelined (ids from

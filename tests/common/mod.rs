@@ -190,23 +190,49 @@ pub fn is_message(e: &Event) -> bool {
 
 /// A raw TLS stream to the node, for tests that speak bytes.
 pub async fn raw_tls(node: &NodeProcess) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    raw_tls_from(node, "127.0.0.1").await
+}
+
+/// A raw TLS stream to the node from the local address `from` (127.0.x.y,
+/// bound before connecting: a host of its own to per-source limits).
+pub async fn raw_tls_from(
+    node: &NodeProcess,
+    from: &str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    try_raw_tls_from(node, from).await.expect("tls")
+}
+
+/// TLS settings of a client that trusts `node`'s certificate.
+pub fn tls_client_config(node: &NodeProcess) -> Arc<rustls::ClientConfig> {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pki_types::CertificateDer::pem_file_iter(&node.ca_path).expect("pem") {
         roots.add(cert.expect("cert")).expect("add root");
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(&node.addr)
-        .await
-        .expect("tcp");
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+/// Like [`raw_tls_from`], for a node that may refuse the connection.
+pub async fn try_raw_tls_from(
+    node: &NodeProcess,
+    from: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(format!("{from}:0").parse().expect("local address"))?;
+    let tcp = socket
+        .connect(node.addr.parse().expect("node address"))
+        .await?;
     let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
-    connector.connect(name, tcp).await.expect("tls")
+    tokio_rustls::TlsConnector::from(tls_client_config(node))
+        .connect(name, tcp)
+        .await
 }
 
 /// Reads frames until the server closes; returns them.

@@ -27,6 +27,8 @@ const PRESENCE_NAME: &str = "presence";
 const AUTH_NAME: &str = "auth";
 const SESSIONS_NAME: &str = "sessions";
 const MEMBERSHIP_NAME: &str = "membership";
+const LISTENER_NAME: &str = "listener";
+const WEBSOCKET_LISTENER_NAME: &str = "listener-websocket";
 
 /// What an extension actor gets at start.
 #[derive(Clone)]
@@ -302,8 +304,10 @@ impl NodeBuilder {
         // Sessions resolve the supervised auth actor by name, so restarts are followed.
         let auth_handle = auth::AuthHandle::named(AUTH_NAME, &config.auth, store.clone());
 
+        let session_config = config.session_config();
         let ctx = SessionContext {
-            config: config.session_config(),
+            admission: session::admission::Admission::new(session_config.admission_limits()),
+            config: session_config,
             node_name: config.name.clone(),
             auth: auth_handle,
             fragments: fragments.clone(),
@@ -330,10 +334,10 @@ impl NodeBuilder {
                 }
             })
         };
-        let mut listeners = vec![listener_spec("listener", socket, Transport::Tls)];
+        let mut listeners = vec![listener_spec(LISTENER_NAME, socket, Transport::Tls)];
         if let Some((ws_socket, _)) = websocket {
             listeners.push(listener_spec(
-                "listener-websocket",
+                WEBSOCKET_LISTENER_NAME,
                 ws_socket,
                 Transport::WebSocket,
             ));
@@ -486,15 +490,29 @@ impl Node {
         let _ = (&mut self.root_handle).await;
     }
 
+    /// Stops accepting connections on every listener (TLS and WebSocket);
+    /// connections already open are served on. The first step of a drain.
+    pub async fn stop_listening(&self) {
+        // Terminated through the root, which would restart a listener
+        // merely stopped (they are permanent children).
+        for listener in [LISTENER_NAME, WEBSOCKET_LISTENER_NAME] {
+            let terminated = ractor::call_t!(
+                self.root,
+                SupervisorMsg::TerminateChild,
+                5_000,
+                listener.to_owned()
+            );
+            if let Err(e) = terminated {
+                tracing::warn!(listener, error = %e, "could not stop a listener");
+            }
+        }
+    }
+
     /// Drains and stops: no new connections, every client told to reconnect
     /// later, then the services stop bottom-up and storage is flushed.
     pub async fn shutdown(self) {
         tracing::info!("shutting down");
-        if let Some(listener) = ractor::registry::where_is("listener") {
-            let _ = listener
-                .stop_and_wait(None, Some(Duration::from_secs(5)))
-                .await;
-        }
+        self.stop_listening().await;
         if let Some(sessions) = self.sessions() {
             let told = broadcast_to_sessions(&sessions, || {
                 SessionMsg::Close(proto::CloseReason::ShuttingDown)

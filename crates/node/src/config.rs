@@ -114,8 +114,20 @@ pub struct LimitsConfig {
     pub max_frame_bytes: u32,
     /// Largest message payload.
     pub max_payload_bytes: u32,
-    /// Connections held at once.
+    /// Connections held at once, on every listener (TLS and WebSocket).
     pub max_connections: usize,
+    /// Of those, connections not logged in yet (guests).
+    pub max_guest_connections: usize,
+    /// Connections from one source (an IPv4 address or an IPv6 /64).
+    pub max_connections_per_source: usize,
+    /// Guests from one source.
+    pub max_guests_per_source: usize,
+    /// Seconds a new connection has to say hello.
+    pub hello_timeout_secs: u64,
+    /// Seconds a new connection has to log in.
+    pub login_timeout_secs: u64,
+    /// Seconds to finish a frame once its first byte arrived.
+    pub frame_timeout_secs: u64,
     /// Frames queued for one client before it is disconnected as too slow.
     pub outbound_queue: usize,
     /// Requests one client may have in flight.
@@ -190,6 +202,12 @@ impl Default for LimitsConfig {
             outbound_queue: 1024,
             max_in_flight_requests: 256,
             idle_timeout_secs: 90,
+            max_guest_connections: 10_000,
+            max_connections_per_source: 1_000,
+            max_guests_per_source: 100,
+            hello_timeout_secs: 10,
+            login_timeout_secs: 60,
+            frame_timeout_secs: 30,
             delivery_window: 256,
             dedupe_retention_days: 7,
             max_sends_per_sec: 500.0,
@@ -343,6 +361,26 @@ impl NodeConfig {
         if !(l.max_acks_per_sec > 0.0 && l.ack_burst >= 1.0) {
             return fail("limits.max_acks_per_sec must be > 0 and limits.ack_burst >= 1".into());
         }
+        if l.max_guest_connections == 0
+            || l.max_connections_per_source == 0
+            || l.max_guests_per_source == 0
+        {
+            return fail(
+                "limits: max_guest_connections, max_connections_per_source and \
+                 max_guests_per_source must be > 0"
+                    .into(),
+            );
+        }
+        if l.hello_timeout_secs == 0
+            || l.login_timeout_secs < l.hello_timeout_secs
+            || l.frame_timeout_secs == 0
+        {
+            return fail(
+                "limits: hello_timeout_secs and frame_timeout_secs must be > 0, and \
+                 login_timeout_secs at least hello_timeout_secs"
+                    .into(),
+            );
+        }
         if l.idle_timeout_secs < 3 {
             return fail("limits.idle_timeout_secs must be at least 3".into());
         }
@@ -393,6 +431,12 @@ impl NodeConfig {
         session::SessionConfig {
             max_frame_bytes: l.max_frame_bytes,
             idle_timeout: Duration::from_secs(l.idle_timeout_secs),
+            max_guests: l.max_guest_connections,
+            max_connections_per_source: l.max_connections_per_source,
+            max_guests_per_source: l.max_guests_per_source,
+            hello_timeout: Duration::from_secs(l.hello_timeout_secs),
+            login_timeout: Duration::from_secs(l.login_timeout_secs),
+            frame_timeout: Duration::from_secs(l.frame_timeout_secs),
             outbound_capacity: l.outbound_queue,
             max_in_flight_requests: l.max_in_flight_requests,
             max_connections: l.max_connections,

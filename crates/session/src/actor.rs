@@ -37,8 +37,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::Ticket;
 use crate::config::SessionConfig;
-use crate::connection::{Inbound, ReadEnd, spawn_reader, undecodable_error};
+use crate::connection::{Inbound, ReadEnd, ReadLimits, spawn_reader, undecodable_error};
 use crate::extension::{ExtensionMsg, ExtensionPush, ExtensionRequest, extension_actor_name};
 use crate::outbound::{OutboundSender, PushError};
 use crate::state::{Admission, Phase, admit};
@@ -100,6 +101,8 @@ pub struct SessionContext {
     pub fragments: FragmentDirectory,
     /// Registered name of the presence actor.
     pub presence: String,
+    /// The node's connection counts, shared by all its listeners.
+    pub admission: Arc<crate::admission::Admission>,
 }
 
 /// Start-up arguments of one session.
@@ -110,8 +113,8 @@ pub struct SessionArgs {
     pub stream: Box<dyn ClientStream>,
     /// The client's address, for logs.
     pub peer: SocketAddr,
-    /// The node-wide connection slot this session holds until it ends.
-    pub slot: Option<OwnedSemaphorePermit>,
+    /// The connection's slots (node, guest, per source), held until it ends.
+    pub ticket: Option<Ticket>,
 }
 
 /// Messages to a session actor.
@@ -135,6 +138,8 @@ pub enum SessionMsg {
     Extension(ExtensionPush),
     /// This fragment restarted: attach to it again if it is the user's.
     Reattach(FragmentId),
+    /// A guest's time for this stage is up: close it unless it got past.
+    GuestDeadline(GuestStage),
     /// Close the connection (drain, shutdown).
     Close(CloseReason),
     /// Panic in the handler (tests of fault isolation only).
@@ -143,6 +148,35 @@ pub enum SessionMsg {
 }
 
 impl ractor::Message for SessionMsg {}
+
+/// What a new connection must do in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestStage {
+    /// Say hello.
+    Hello,
+    /// Log in.
+    Login,
+}
+
+/// Tells the session when its hello and login deadlines pass (one task,
+/// aborted at login).
+fn spawn_guest_deadlines(
+    session: ActorRef<SessionMsg>,
+    hello: Duration,
+    login: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        tokio::time::sleep(hello).await;
+        if session
+            .send_message(SessionMsg::GuestDeadline(GuestStage::Hello))
+            .is_err()
+        {
+            return;
+        }
+        tokio::time::sleep(login.saturating_sub(hello)).await;
+        let _ = session.send_message(SessionMsg::GuestDeadline(GuestStage::Login));
+    })
+}
 
 macro_rules! derived_message {
     ($variant:ident, $ty:ty) => {
@@ -271,7 +305,9 @@ pub struct SessionState {
     code_bucket: TokenBucket,
     /// This connection's verify attempts (guessing across numbers).
     verify_bucket: TokenBucket,
-    _slot: Option<OwnedSemaphorePermit>,
+    ticket: Option<Ticket>,
+    /// The hello and login deadlines, until login.
+    guest_deadlines: Option<tokio::task::JoinHandle<()>>,
     _live: LiveSession,
 }
 
@@ -542,11 +578,17 @@ impl Actor for SessionActor {
             config.write_timeout,
             cancel.clone(),
         );
+        let guest_deadlines =
+            spawn_guest_deadlines(myself.clone(), config.hello_timeout, config.login_timeout);
+        let limits = ReadLimits {
+            max_frame_bytes: config.max_frame_bytes,
+            idle_timeout: config.idle_timeout,
+            frame_timeout: config.frame_timeout,
+        };
         spawn_reader(
             reader,
             myself,
-            config.max_frame_bytes,
-            config.idle_timeout,
+            limits,
             Arc::new(Semaphore::new(config.max_in_flight_requests)),
             cancel.clone(),
         );
@@ -565,7 +607,8 @@ impl Actor for SessionActor {
             code_bucket: args.ctx.auth.connection_code_bucket(now_ms()),
             verify_bucket: args.ctx.auth.connection_verify_bucket(now_ms()),
             ctx: args.ctx,
-            _slot: args.slot,
+            ticket: args.ticket,
+            guest_deadlines: Some(guest_deadlines),
             _live: LiveSession::new(),
         })
     }
@@ -577,6 +620,9 @@ impl Actor for SessionActor {
     ) -> Result<(), ActorProcessingErr> {
         state.clean_up();
         state.responder.out.abandon();
+        if let Some(deadlines) = state.guest_deadlines.take() {
+            deadlines.abort();
+        }
         Ok(())
     }
 
@@ -622,6 +668,13 @@ async fn dispatch(myself: &ActorRef<SessionMsg>, message: SessionMsg, state: &mu
                 ReadEnd::Malformed(reason) => {
                     (Some(ErrorCode::BadFrame), format!("not a frame: {reason}"))
                 }
+                ReadEnd::SlowFrame => (
+                    Some(ErrorCode::BadFrame),
+                    format!(
+                        "a frame was not finished within {} s",
+                        state.ctx.config.frame_timeout.as_secs()
+                    ),
+                ),
                 _ => (None, String::new()),
             };
             if let Some(code) = code {
@@ -659,6 +712,26 @@ async fn dispatch(myself: &ActorRef<SessionMsg>, message: SessionMsg, state: &mu
                 tracing::warn!(session = state.session_id, error = %e,
                     "re-attach after a fragment restart failed; closing");
                 state.close(myself, CloseReason::ShuttingDown);
+            }
+        }
+        SessionMsg::GuestDeadline(stage) => {
+            let late = match stage {
+                GuestStage::Hello => state.phase == Phase::AwaitHello,
+                GuestStage::Login => matches!(state.phase, Phase::AwaitHello | Phase::Guest),
+            };
+            if late {
+                let (label, limit) = match stage {
+                    GuestStage::Hello => ("hello", state.ctx.config.hello_timeout),
+                    GuestStage::Login => ("login", state.ctx.config.login_timeout),
+                };
+                metrics::counter!("switchboard_guest_deadlines_total", "stage" => label)
+                    .increment(1);
+                state.responder.error(
+                    None,
+                    ErrorCode::NotAuthenticated,
+                    format!("no {label} within {} s", limit.as_secs()),
+                );
+                state.close(myself, CloseReason::IdleTimeout);
             }
         }
         SessionMsg::Close(reason) => state.close(myself, reason),
@@ -896,6 +969,12 @@ async fn serve(
                 match attach(myself, state, &user).await {
                     Ok(()) => {
                         tracing::debug!(session = state.session_id, %user, "logged in");
+                        if let Some(ticket) = state.ticket.as_mut() {
+                            ticket.logged_in();
+                        }
+                        if let Some(deadlines) = state.guest_deadlines.take() {
+                            deadlines.abort();
+                        }
                         state.responder.respond(id, Response::LoggedIn { user });
                     }
                     Err(e) => {

@@ -20,8 +20,20 @@ pub struct SessionConfig {
     pub outbound_capacity: usize,
     /// Requests one client may have in flight; the reader waits beyond it.
     pub max_in_flight_requests: usize,
-    /// Connections the node accepts at once.
+    /// Connections the node accepts at once, on all its listeners.
     pub max_connections: usize,
+    /// Of those, connections not logged in yet.
+    pub max_guests: usize,
+    /// Connections from one source (an IPv4 address or an IPv6 /64).
+    pub max_connections_per_source: usize,
+    /// Guests from one source.
+    pub max_guests_per_source: usize,
+    /// Time a new connection has to say hello.
+    pub hello_timeout: Duration,
+    /// Time a new connection has to log in.
+    pub login_timeout: Duration,
+    /// Time to finish a frame once its first byte arrived.
+    pub frame_timeout: Duration,
     /// Time allowed for the TLS handshake.
     pub handshake_timeout: Duration,
     /// Time allowed for one socket write before the client is dropped.
@@ -45,6 +57,18 @@ pub struct SessionConfig {
     pub ack_burst: f64,
 }
 
+impl SessionConfig {
+    /// The connection caps, for [`crate::admission::Admission`].
+    pub fn admission_limits(&self) -> crate::admission::AdmissionLimits {
+        crate::admission::AdmissionLimits {
+            max_connections: self.max_connections,
+            max_guests: self.max_guests,
+            max_per_source: self.max_connections_per_source,
+            max_guests_per_source: self.max_guests_per_source,
+        }
+    }
+}
+
 impl Default for SessionConfig {
     fn default() -> Self {
         Self {
@@ -53,6 +77,12 @@ impl Default for SessionConfig {
             outbound_capacity: 1024,
             max_in_flight_requests: 256,
             max_connections: 100_000,
+            max_guests: 10_000,
+            max_connections_per_source: 1_000,
+            max_guests_per_source: 100,
+            hello_timeout: Duration::from_secs(10),
+            login_timeout: Duration::from_secs(60),
+            frame_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(20),
             request_timeout: Duration::from_secs(10),

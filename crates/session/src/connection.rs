@@ -32,6 +32,8 @@ pub enum ReadEnd {
     Io(String),
     /// Nothing arrived within the idle timeout.
     Idle,
+    /// A frame was begun and not finished within the frame timeout.
+    SlowFrame,
     /// A length prefix above the limit.
     TooLarge {
         /// Announced length.
@@ -65,8 +67,7 @@ where
 pub(crate) fn spawn_reader<R>(
     mut reader: R,
     actor: ActorRef<SessionMsg>,
-    max_frame_bytes: u32,
-    idle_timeout: Duration,
+    limits: ReadLimits,
     permits: Arc<Semaphore>,
     cancel: CancellationToken,
 ) -> tokio::task::JoinHandle<()>
@@ -75,17 +76,21 @@ where
 {
     tokio::spawn(async move {
         let deliver = |msg| actor.send_message(msg).is_ok();
-        let end = read_frames(
-            &mut reader,
-            deliver,
-            max_frame_bytes,
-            idle_timeout,
-            &permits,
-            &cancel,
-        )
-        .await;
+        let end = read_frames(&mut reader, deliver, limits, &permits, &cancel).await;
         let _ = actor.send_message(SessionMsg::ReadEnded(end));
     })
+}
+
+/// What a reader allows a client.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReadLimits {
+    /// Largest frame, length prefix excluded.
+    pub(crate) max_frame_bytes: u32,
+    /// Silence before the connection counts as idle.
+    pub(crate) idle_timeout: Duration,
+    /// Time to finish a frame once its first byte arrived: a client that
+    /// trickles a frame in holds a buffer of up to the frame limit.
+    pub(crate) frame_timeout: Duration,
 }
 
 /// Reads and hands on frames until the connection ends; `deliver` says
@@ -93,20 +98,27 @@ where
 async fn read_frames<R>(
     reader: &mut R,
     mut deliver: impl FnMut(SessionMsg) -> bool,
-    max_frame_bytes: u32,
-    idle_timeout: Duration,
+    limits: ReadLimits,
     permits: &Arc<Semaphore>,
     cancel: &CancellationToken,
 ) -> ReadEnd
 where
     R: AsyncRead + Unpin,
 {
+    let ReadLimits {
+        max_frame_bytes,
+        idle_timeout,
+        frame_timeout,
+    } = limits;
     let mut buf = BytesMut::new();
+    // When the unfinished frame at the head of `buf` began.
+    let mut frame_started: Option<tokio::time::Instant> = None;
     loop {
         loop {
             match decode_frame::<ClientFrame>(&buf, max_frame_bytes) {
                 Ok(Some((frame, used))) => {
                     buf.advance(used);
+                    frame_started = None;
                     let permit = match Arc::clone(permits).try_acquire_owned() {
                         Ok(permit) => permit,
                         Err(TryAcquireError::Closed) => return ReadEnd::Cancelled,
@@ -138,15 +150,24 @@ where
                 Err(CodecError::Encode(reason)) => return ReadEnd::Malformed(reason),
             }
         }
-        if buf.is_empty() {
+        let wait = if buf.is_empty() {
             // Every frame is handed on: an idle connection keeps no buffer.
             buf = BytesMut::new();
-        }
+            idle_timeout
+        } else {
+            let started = *frame_started.get_or_insert_with(tokio::time::Instant::now);
+            frame_timeout
+                .saturating_sub(started.elapsed())
+                .min(idle_timeout)
+        };
         let read = tokio::select! {
-            read = tokio::time::timeout(idle_timeout, read_into(reader, &mut buf)) => read,
+            read = tokio::time::timeout(wait, read_into(reader, &mut buf)) => read,
             () = cancel.cancelled() => return ReadEnd::Cancelled,
         };
         match read {
+            Err(_) if frame_started.is_some_and(|t| t.elapsed() >= frame_timeout) => {
+                return ReadEnd::SlowFrame;
+            }
             Err(_) => return ReadEnd::Idle,
             Ok(Ok(0)) => return ReadEnd::Eof,
             Ok(Ok(_)) => {}
@@ -175,10 +196,11 @@ mod tests {
     use tokio::time::Instant;
     use tokio_util::sync::CancellationToken;
 
-    use super::{ReadEnd, read_frames};
+    use super::{ReadEnd, ReadLimits, read_frames};
     use crate::actor::SessionMsg;
 
     const IDLE: Duration = Duration::from_secs(10);
+    const FRAME: Duration = Duration::from_secs(25);
 
     fn ping() -> Vec<u8> {
         encode_frame(&ClientFrame::Ack { ids: vec![7] }, 1024).expect("encodes")
@@ -197,7 +219,12 @@ mod tests {
             true
         };
         let permits = Arc::new(Semaphore::new(permits));
-        read_frames(server, deliver, 1024, IDLE, &permits, cancel).await
+        let limits = ReadLimits {
+            max_frame_bytes: 1024,
+            idle_timeout: IDLE,
+            frame_timeout: FRAME,
+        };
+        read_frames(server, deliver, limits, &permits, cancel).await
     }
 
     #[tokio::test(start_paused = true)]
@@ -250,5 +277,45 @@ mod tests {
         let end = read(&mut server, 1, &cancel, &got).await;
         assert_eq!(end, ReadEnd::Cancelled);
         assert_eq!(got.lock().expect("lock").len(), 1);
+    }
+
+    /// A client trickling a frame in, a byte within every idle timeout, is
+    /// cut off at the frame timeout; whole frames restart the clock.
+    #[tokio::test(start_paused = true)]
+    async fn a_frame_trickled_in_is_cut_off_at_the_frame_timeout() {
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        let started = Instant::now();
+        let writer = tokio::spawn(async move {
+            // Whole frames for 40 s, a byte at a time: never too slow.
+            for _ in 0..2 {
+                for byte in ping() {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    client.write_all(&[byte]).await.expect("write");
+                }
+            }
+            // Then one frame that never ends.
+            for byte in ping().into_iter().take(3) {
+                tokio::time::sleep(Duration::from_secs(8)).await;
+                client.write_all(&[byte]).await.expect("write");
+            }
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            drop(client);
+        });
+        let got: Arc<Mutex<Vec<SessionMsg>>> = Arc::default();
+        let end = read(&mut server, 8, &CancellationToken::new(), &got).await;
+        assert_eq!(end, ReadEnd::SlowFrame);
+        assert_eq!(
+            got.lock().expect("lock").len(),
+            2,
+            "the whole frames were read"
+        );
+        let frame_bytes = ping().len() as u64;
+        let last_whole = 2 * 3 * frame_bytes;
+        // The third frame's first byte came 8 s after the second ended.
+        assert_eq!(
+            started.elapsed().as_secs(),
+            last_whole + 8 + FRAME.as_secs()
+        );
+        writer.abort();
     }
 }

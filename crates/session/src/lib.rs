@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //! - [`config`]: limits and timeouts of client connections.
+//! - [`admission`]: the node's connection counts, shared by its listeners:
+//!   caps for all, for guests (not logged in), and per source address.
 //! - [`state`]: the pure protocol phase machine — which frame is allowed when
 //!   (hello first, only auth before login).
 //! - [`connection`]: the reader task that decodes a connection's frames.
@@ -23,6 +25,7 @@
 //! else: errors are answered with an error frame, never raised to a supervisor.
 
 pub mod actor;
+pub mod admission;
 pub mod config;
 pub mod connection;
 pub mod extension;

@@ -7,7 +7,6 @@ use ractor::{Actor, ActorRef};
 use rustls::ServerConfig;
 use supervision::{ChildSpec, Restart, SupervisorMsg};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 use crate::actor::{ClientStream, SessionActor, SessionArgs, SessionContext};
 
@@ -31,8 +30,9 @@ pub enum Transport {
 
 /// Accepts TLS connections on `listener` until `shutdown` resolves, starting
 /// one session actor per connection under `sessions` (a supervisor whose
-/// session children are temporary). At most `max_connections` are served at
-/// once; beyond that new connections are closed at once.
+/// session children are temporary). A connection that the node's
+/// [`crate::admission::Admission`] refuses (node, guest or per-source caps,
+/// shared with the node's other listeners) is closed at once, before TLS.
 pub async fn serve(
     listener: TcpListener,
     transport: Transport,
@@ -41,7 +41,6 @@ pub async fn serve(
     sessions: ActorRef<SupervisorMsg>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ListenerError> {
-    let slots = Arc::new(Semaphore::new(ctx.config.max_connections));
     // Shared by every session: one copy, not one per connection.
     let ctx = Arc::new(ctx);
     let mut backoff = Duration::from_millis(5);
@@ -64,9 +63,17 @@ pub async fn serve(
                 continue;
             }
         };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            tracing::warn!(%peer, "connection limit reached; refusing");
-            continue;
+        let ticket = match ctx.admission.admit(peer.ip()) {
+            Ok(ticket) => ticket,
+            Err(refusal) => {
+                metrics::counter!("switchboard_connections_refused_total", "cause" => refusal.cause())
+                    .increment(1);
+                if crate::log_limit::allow(refusal.cause()) {
+                    tracing::warn!(%peer, cause = refusal.cause(),
+                        "connection refused (logged at most once per 10 s per cause)");
+                }
+                continue;
+            }
         };
         let _ = tcp.set_nodelay(true);
         let tls = Arc::clone(&tls);
@@ -111,7 +118,7 @@ pub async fn serve(
                 ctx,
                 stream,
                 peer,
-                slot: Some(slot),
+                ticket: Some(ticket),
             }))));
             // A temporary child is started exactly once; the args move into it.
             let spec = ChildSpec::new(format!("session {peer}"), Restart::Temporary, move |sup| {

@@ -83,6 +83,10 @@ pub enum SupervisorMsg {
     Children(RpcReplyPort<Vec<(String, ActorCell)>>),
     /// Restart counts per child id since start, for metrics and tests.
     RestartCounts(RpcReplyPort<HashMap<String, u64>>),
+    /// Stop the child with this id for good (not restarted, whatever its
+    /// restart type; OTP's `terminate_child`) and reply once it has
+    /// stopped: whether there was one.
+    TerminateChild(String, RpcReplyPort<bool>),
 }
 
 impl ractor::Message for SupervisorMsg {}
@@ -204,6 +208,21 @@ impl Actor for Supervisor {
             }
             SupervisorMsg::RestartCounts(reply) => {
                 let _ = reply.send(state.restarts.clone());
+            }
+            SupervisorMsg::TerminateChild(id, reply) => {
+                let found = state
+                    .children
+                    .iter()
+                    .find(|(_, child)| child.spec.id == id)
+                    .map(|(actor, child)| (*actor, child.cell.clone()));
+                // Forgotten first, so its termination restarts nothing.
+                if let Some((actor, cell)) = &found {
+                    state.forget(*actor);
+                    let _ = cell
+                        .stop_and_wait(Some("terminated by its supervisor".into()), None)
+                        .await;
+                }
+                let _ = reply.send(found.is_some());
             }
         }
         Ok(())

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use client::{Client, ClientConfig, Event, Events, PhoneNumber};
 
+pub mod ws;
+
 /// Registers `phone` through the development code log and logs in.
 pub async fn login(cfg: &ClientConfig, data: &std::path::Path, phone: &str) -> (Client, Events) {
     let token = register(cfg, data, phone).await;

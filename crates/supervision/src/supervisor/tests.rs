@@ -197,3 +197,48 @@ async fn exceeding_the_intensity_fails_the_supervisor() {
     assert_eq!(sup.get_status(), ractor::ActorStatus::Stopped);
     assert_eq!(starts.load(Ordering::SeqCst), 3);
 }
+
+/// A terminated child stops for good, even a permanent one, while stopping
+/// a permanent child any other way restarts it.
+#[tokio::test]
+async fn a_terminated_permanent_child_is_not_restarted() {
+    let starts = Arc::new(AtomicU32::new(0));
+    let other_starts = Arc::new(AtomicU32::new(0));
+    let (sup, handle) = Actor::spawn(
+        None,
+        Supervisor,
+        SupervisorArgs {
+            children: vec![
+                crashy_spec("term-a", Restart::Permanent, starts.clone()),
+                crashy_spec("term-b", Restart::Permanent, other_starts.clone()),
+            ],
+            intensity: Intensity::default(),
+            concurrent_shutdown: false,
+        },
+    )
+    .await
+    .expect("spawn");
+
+    named("term-b").send_message(CrashyMsg::Stop).expect("send");
+    wait_for_restart("term-b", 2).await;
+
+    let found = call_t!(sup, SupervisorMsg::TerminateChild, 2000, "term-a".into()).expect("call");
+    assert!(found);
+    assert!(
+        ractor::registry::where_is("term-a").is_none(),
+        "stopped on reply"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        ractor::registry::where_is("term-a").is_none(),
+        "not restarted"
+    );
+    assert_eq!(starts.load(Ordering::SeqCst), 1);
+    let children = call_t!(sup, SupervisorMsg::Children, 500).expect("children");
+    assert_eq!(children.len(), 1);
+    let again = call_t!(sup, SupervisorMsg::TerminateChild, 2000, "term-a".into()).expect("call");
+    assert!(!again, "no such child any more");
+
+    sup.stop(None);
+    handle.await.expect("supervisor ends");
+}
