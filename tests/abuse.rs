@@ -16,3 +16,6 @@ mod cluster;
 
 #[path = "abuse/guests.rs"]
 mod guests;
+
+#[path = "abuse/storage.rs"]
+mod storage;

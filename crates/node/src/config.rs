@@ -138,6 +138,16 @@ pub struct LimitsConfig {
     pub delivery_window: usize,
     /// Days a `(sender, client_msg_id)` is remembered to drop resends.
     pub dedupe_retention_days: u64,
+    /// Undelivered messages one mailbox may hold.
+    pub max_mailbox_entries: u32,
+    /// Their payload bytes.
+    pub max_mailbox_bytes: u64,
+    /// Undelivered messages from one sender in one mailbox.
+    pub max_mailbox_entries_per_sender: u32,
+    /// Their payload bytes.
+    pub max_mailbox_bytes_per_sender: u64,
+    /// Days an entry waits undelivered before it is dropped.
+    pub undelivered_expiry_days: u64,
     /// Messages per second one connection may send; faster senders are
     /// slowed (their socket is read more slowly), never refused.
     pub max_sends_per_sec: f64,
@@ -210,6 +220,11 @@ impl Default for LimitsConfig {
             frame_timeout_secs: 30,
             delivery_window: 256,
             dedupe_retention_days: 7,
+            max_mailbox_entries: 10_000,
+            max_mailbox_bytes: 100 * 1024 * 1024,
+            max_mailbox_entries_per_sender: 1_000,
+            max_mailbox_bytes_per_sender: 10 * 1024 * 1024,
+            undelivered_expiry_days: 30,
             max_sends_per_sec: 500.0,
             send_burst: 1000.0,
             max_acks_per_sec: 200.0,
@@ -381,6 +396,21 @@ impl NodeConfig {
                     .into(),
             );
         }
+        if l.max_mailbox_entries_per_sender == 0
+            || l.max_mailbox_entries < l.max_mailbox_entries_per_sender
+            || u64::from(l.max_payload_bytes) > l.max_mailbox_bytes_per_sender
+            || l.max_mailbox_bytes < l.max_mailbox_bytes_per_sender
+        {
+            return fail(
+                "limits: a mailbox must hold at least what one sender may hold there \
+                 (max_mailbox_entries >= max_mailbox_entries_per_sender > 0, max_mailbox_bytes \
+                 >= max_mailbox_bytes_per_sender >= max_payload_bytes)"
+                    .into(),
+            );
+        }
+        if l.undelivered_expiry_days == 0 {
+            return fail("limits.undelivered_expiry_days must be at least 1".into());
+        }
         if l.idle_timeout_secs < 3 {
             return fail("limits.idle_timeout_secs must be at least 3".into());
         }
@@ -459,6 +489,13 @@ impl NodeConfig {
             window: self.limits.delivery_window,
             max_payload: self.limits.max_payload_bytes as usize,
             dedupe_retention_ms: self.limits.dedupe_retention_days * 24 * 3600 * 1000,
+            mailbox: offline_queue::usage::MailboxLimits {
+                max_entries: self.limits.max_mailbox_entries,
+                max_bytes: self.limits.max_mailbox_bytes,
+                max_entries_per_sender: self.limits.max_mailbox_entries_per_sender,
+                max_bytes_per_sender: self.limits.max_mailbox_bytes_per_sender,
+            },
+            undelivered_ttl_ms: self.limits.undelivered_expiry_days * 24 * 3600 * 1000,
             ..offline_queue::FragmentConfig::default()
         }
     }

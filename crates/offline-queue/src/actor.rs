@@ -24,7 +24,7 @@ use crate::clustered::{self, Clustered, Copied};
 use crate::fragment::{Action, FragmentConfig, FragmentCore, NewMessage, ReceiptRequest, Stored};
 use crate::remote::FragmentWire;
 use crate::replica::{log_divergent_all, takeover_seq};
-use crate::store::{MailboxTables, RedbMailbox, WriteOp};
+use crate::store::{MailboxRead, MailboxTables, RedbMailbox, WriteOp};
 use crate::{Entry, FragmentError};
 
 /// The registered name of fragment `id`'s actor.
@@ -342,23 +342,19 @@ impl FragmentState {
             .as_ref()
             .map_or(0, |c| c.island_member(self.id));
         let next_seq = takeover_seq(self.reads.next_seq()?, member);
-        Ok(FragmentCore::new(
-            self.id,
-            self.placement,
-            self.config.clone(),
-            next_seq,
-        ))
+        Ok(
+            FragmentCore::new(self.id, self.placement, self.config.clone(), next_seq)
+                .with_usage(self.reads.usage()?),
+        )
     }
 
     /// A core continuing from the fragment's stored sequence.
     pub(crate) fn new_core(&self) -> Result<Core, FragmentError> {
         let next_seq = self.reads.next_seq()?;
-        Ok(FragmentCore::new(
-            self.id,
-            self.placement,
-            self.config.clone(),
-            next_seq,
-        ))
+        Ok(
+            FragmentCore::new(self.id, self.placement, self.config.clone(), next_seq)
+                .with_usage(self.reads.usage()?),
+        )
     }
 }
 
@@ -466,7 +462,12 @@ impl Actor for FragmentActor {
             }
             FragmentMsg::CheckPartner => clustered::check_partner(state).await?,
             FragmentMsg::Sweep => match state.core.as_mut() {
-                Some(core) => core.sweep(now_ms()),
+                Some(core) => {
+                    let now = now_ms();
+                    let mut actions = core.sweep(now);
+                    actions.extend(core.expire(&state.reads, now));
+                    actions
+                }
                 None => Vec::new(),
             },
             FragmentMsg::Stats(reply) => {

@@ -79,27 +79,63 @@ impl EntryBody {
 /// message's payload (postcard writes fields in order, and
 /// `take_from_bytes` leaves the rest unread).
 #[derive(Deserialize)]
-enum EntryHead {
+enum EntryHead<'a> {
     Message {
         from: PhoneNumber,
         _client_msg_id: u64,
         server_ts: TimestampMs,
+        #[serde(borrow, with = "serde_bytes")]
+        payload: &'a [u8],
     },
-    Receipt,
+    Receipt {
+        _kind: ReceiptKind,
+        _by: PhoneNumber,
+        _msg_ids: Vec<MessageId>,
+        ts: TimestampMs,
+    },
+}
+
+/// What the quotas and the expiry need of a stored entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredHead {
+    /// The sender, for a message; `None` for a receipt.
+    pub(crate) sender: Option<PhoneNumber>,
+    /// When it was stored (a receipt: when it happened).
+    pub(crate) at: TimestampMs,
+    /// A message's payload bytes (0 for a receipt).
+    pub(crate) payload_len: u64,
+}
+
+/// Reads a stored entry's head without copying its payload.
+pub(crate) fn stored_head(bytes: &[u8]) -> Option<StoredHead> {
+    match postcard::take_from_bytes::<EntryHead<'_>>(bytes) {
+        Ok((
+            EntryHead::Message {
+                from,
+                server_ts,
+                payload,
+                ..
+            },
+            _,
+        )) => Some(StoredHead {
+            sender: Some(from),
+            at: server_ts,
+            payload_len: payload.len() as u64,
+        }),
+        Ok((EntryHead::Receipt { ts, .. }, _)) => Some(StoredHead {
+            sender: None,
+            at: ts,
+            payload_len: 0,
+        }),
+        Err(_) => None,
+    }
 }
 
 /// The sender and store time of a stored message entry; `None` for a
 /// receipt or unreadable bytes.
 pub(crate) fn message_sender(bytes: &[u8]) -> Option<(PhoneNumber, TimestampMs)> {
-    match postcard::take_from_bytes::<EntryHead>(bytes) {
-        Ok((
-            EntryHead::Message {
-                from, server_ts, ..
-            },
-            _,
-        )) => Some((from, server_ts)),
-        _ => None,
-    }
+    let head = stored_head(bytes)?;
+    Some((head.sender?, head.at))
 }
 
 /// What stays of a message once its recipient's device has acknowledged it:
@@ -160,5 +196,9 @@ mod tests {
         };
         assert_eq!(message_sender(&receipt.to_bytes()), None);
         assert_eq!(message_sender(&[0xff, 0xff]), None);
+        assert_eq!(
+            stored_head(&message.to_bytes()).map(|h| h.payload_len),
+            Some(5000)
+        );
     }
 }

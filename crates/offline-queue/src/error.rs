@@ -26,6 +26,10 @@ pub enum FragmentError {
     /// messages that were never delivered to the reader).
     #[error("{0}")]
     InvalidRequest(String),
+    /// The recipient's mailbox holds too much undelivered mail (from this
+    /// sender, or in all); retry once some is delivered.
+    #[error("the recipient's mailbox is full ({0:?} cap); retry later")]
+    MailboxFull(crate::usage::Full),
 }
 
 impl FragmentError {
@@ -39,6 +43,11 @@ impl FragmentError {
             FragmentError::PayloadTooLarge { .. } => proto::ErrorCode::PayloadTooLarge,
             FragmentError::EarlierMessageMissing => proto::ErrorCode::EarlierMessageMissing,
             FragmentError::InvalidRequest(_) => proto::ErrorCode::InvalidRequest,
+            // Rate-limited, not a new code: clients in the field know it and
+            // retry later, which is right for a mailbox that drains.
+            FragmentError::MailboxFull(_) => proto::ErrorCode::RateLimited {
+                retry_after_ms: 60_000,
+            },
         }
     }
 }

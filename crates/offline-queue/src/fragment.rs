@@ -18,6 +18,7 @@ use proto::{MessageId, PhoneNumber, ReceiptKind, TimestampMs};
 use router::{FragmentId, Placement};
 
 use crate::store::{MailboxRead, WriteOp};
+use crate::usage::{Full, MailboxLimits, MailboxUsage};
 use crate::{Entry, EntryBody, FragmentError, compose_message_id, fragment_of_message_id};
 
 /// Most message ids one stored receipt names: a receipt for more is stored
@@ -36,6 +37,10 @@ pub struct FragmentConfig {
     pub max_payload: usize,
     /// How long a dedupe key outlives its message's arrival.
     pub dedupe_retention_ms: u64,
+    /// Caps on undelivered mail per mailbox and per sender in it.
+    pub mailbox: MailboxLimits,
+    /// How long an entry waits undelivered before it is dropped.
+    pub undelivered_ttl_ms: u64,
 }
 
 impl Default for FragmentConfig {
@@ -45,6 +50,8 @@ impl Default for FragmentConfig {
             page: 512,
             max_payload: 60 * 1024,
             dedupe_retention_ms: 7 * 24 * 3600 * 1000,
+            mailbox: MailboxLimits::default(),
+            undelivered_ttl_ms: 30 * 24 * 3600 * 1000,
         }
     }
 }
@@ -198,7 +205,14 @@ pub struct FragmentCore<E, R> {
     pending_ids: HashSet<MessageId>,
     /// Acked entries whose receipt or deletion is not yet durable.
     acked: HashSet<MessageId>,
+    /// Undelivered messages per recipient and sender, for the caps.
+    usage: MailboxUsage,
+    /// Where the next expiry scan goes on.
+    expiry_resume: Option<(PhoneNumber, MessageId)>,
 }
+
+/// Entries an expiry step looks at (bounded work per sweep).
+const EXPIRY_SCAN: usize = 20_000;
 
 impl<E: Clone, R> FragmentCore<E, R> {
     /// A core for fragment `id`, continuing from the persisted `next_seq`.
@@ -219,7 +233,16 @@ impl<E: Clone, R> FragmentCore<E, R> {
             pending_appends: HashMap::new(),
             pending_ids: HashSet::new(),
             acked: HashSet::new(),
+            usage: MailboxUsage::default(),
+            expiry_resume: None,
         }
+    }
+
+    /// The same core, counting the undelivered mail already stored
+    /// ([`MailboxRead::usage`]).
+    pub fn with_usage(mut self, usage: MailboxUsage) -> Self {
+        self.usage = usage;
+        self
     }
 
     /// Counts for metrics.
@@ -324,6 +347,24 @@ impl<E: Clone, R> FragmentCore<E, R> {
                 return out;
             }
         }
+        let bytes = payload.len() as u64;
+        if let Err(full) = self
+            .usage
+            .check(&self.config.mailbox, &key.0, &key.1, bytes)
+        {
+            let which = match full {
+                Full::Sender => "sender",
+                Full::Mailbox => "mailbox",
+            };
+            metrics::counter!("switchboard_sends_refused_mailbox_full_total", "cap" => which)
+                .increment(1);
+            out.push(Action::Reply {
+                to: reply,
+                result: Err(FragmentError::MailboxFull(full)),
+            });
+            return out;
+        }
+        self.usage.add(&key.0, &key.1, bytes);
         let id = self.next_id();
         let body = EntryBody::Message {
             from: key.1.clone(),
@@ -539,7 +580,10 @@ impl<E: Clone, R> FragmentCore<E, R> {
             online.in_flight = online.in_flight.saturating_sub(1);
             self.acked.insert(id);
             match body {
-                EntryBody::Message { from, .. } => receipts.entry(from).or_default().push(id),
+                EntryBody::Message { from, payload, .. } => {
+                    self.usage.remove(user, &from, payload.len() as u64);
+                    receipts.entry(from).or_default().push(id);
+                }
                 EntryBody::Receipt { .. } => deletions.push(id),
             }
         }
@@ -733,6 +777,45 @@ impl<E: Clone, R> FragmentCore<E, R> {
         out
     }
 
+    /// Drops entries that waited undelivered longer than the configured
+    /// time, looking at a bounded part of the fragment per call (it goes on
+    /// where the last call stopped). Entries pushed and not yet acked are
+    /// left to their device.
+    pub fn expire(&mut self, reads: &impl MailboxRead, now: TimestampMs) -> Vec<Action<E, R>> {
+        let mut out = Vec::new();
+        let before_ms = now.saturating_sub(self.config.undelivered_ttl_ms);
+        let scan = match reads.expired(self.expiry_resume.as_ref(), before_ms, EXPIRY_SCAN) {
+            Ok(scan) => scan,
+            Err(e) => {
+                tracing::warn!(fragment = self.id, error = %e, "expiry scan failed");
+                return out;
+            }
+        };
+        self.expiry_resume = scan.resume;
+        let mut by_owner: BTreeMap<PhoneNumber, Vec<MessageId>> = BTreeMap::new();
+        for entry in scan.expired {
+            if self.acked.contains(&entry.id) || self.pending_ids.contains(&entry.id) {
+                continue;
+            }
+            if let Some(online) = self.online.get_mut(&entry.owner) {
+                if entry.id < online.next_push && online.queue.contains_key(&entry.id) {
+                    continue;
+                }
+                online.queue.remove(&entry.id);
+            }
+            if let Some(sender) = &entry.sender {
+                self.usage.remove(&entry.owner, sender, entry.payload_len);
+            }
+            self.acked.insert(entry.id);
+            by_owner.entry(entry.owner).or_default().push(entry.id);
+        }
+        for (owner, ids) in by_owner {
+            metrics::counter!("switchboard_entries_expired_total").increment(ids.len() as u64);
+            self.delete(owner, ids, &mut out);
+        }
+        out
+    }
+
     /// The commit of `tag` finished with `outcome`.
     pub fn committed(
         &mut self,
@@ -752,6 +835,11 @@ impl<E: Clone, R> FragmentCore<E, R> {
             } => {
                 self.pending_appends.remove(&key);
                 self.pending_ids.remove(&entry.id);
+                if outcome.is_err()
+                    && let EntryBody::Message { payload, .. } = &entry.body
+                {
+                    self.usage.remove(&key.0, &key.1, payload.len() as u64);
+                }
                 let result = match &outcome {
                     Ok(()) => Ok(Stored {
                         msg_id: entry.id,

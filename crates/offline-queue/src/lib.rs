@@ -13,6 +13,8 @@
 //! - [`fragment`]: the pure core — events and `now` in, [`fragment::Action`]s
 //!   out; no actor, clock or disk writes.
 //! - [`store`]: the fragment's redb tables and the reads the core needs.
+//! - [`usage`]: undelivered mail per recipient and sender, for the
+//!   mailbox caps.
 //! - [`actor`]: the thin shell that runs a core as a ractor actor, sends its
 //!   writes to the group-commit writer and performs its actions.
 //!
@@ -27,6 +29,7 @@ pub mod fragment;
 pub mod remote;
 pub mod replica;
 pub mod store;
+pub mod usage;
 
 pub use actor::{
     Endpoint, FragmentActor, FragmentArgs, FragmentCluster, FragmentDirectory, FragmentMsg,

@@ -30,7 +30,8 @@ use redb::{ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransac
 use router::FragmentId;
 use storage::{StorageError, Store};
 
-use crate::entry::{DeliveredMark, message_sender, seq_of_message_id};
+use crate::entry::{DeliveredMark, message_sender, seq_of_message_id, stored_head};
+use crate::usage::MailboxUsage;
 use crate::{Entry, EntryBody, FragmentError};
 
 pub(crate) const SEQ_TABLE: TableDefinition<u16, u64> = TableDefinition::new("fragment_seq");
@@ -315,6 +316,39 @@ pub trait MailboxRead {
         owner: &PhoneNumber,
         ids: &[MessageId],
     ) -> Result<Vec<Option<PhoneNumber>>, FragmentError>;
+    /// The undelivered mail of every user of the fragment, by sender.
+    fn usage(&self) -> Result<MailboxUsage, FragmentError>;
+    /// Entries stored before `before_ms`, looking at up to `max_scan`
+    /// entries after `resume` (from the start if `None`).
+    fn expired(
+        &self,
+        resume: Option<&(PhoneNumber, MessageId)>,
+        before_ms: TimestampMs,
+        max_scan: usize,
+    ) -> Result<ExpiryScan, FragmentError>;
+}
+
+/// An entry past its time in the mailbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpiredEntry {
+    /// The mailbox owner.
+    pub owner: PhoneNumber,
+    /// The entry.
+    pub id: MessageId,
+    /// A message's sender (`None`: a receipt).
+    pub sender: Option<PhoneNumber>,
+    /// A message's payload bytes.
+    pub payload_len: u64,
+}
+
+/// One step of a scan for expired entries.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ExpiryScan {
+    /// What is past its time.
+    pub expired: Vec<ExpiredEntry>,
+    /// Where the next step goes on (`None`: the fragment was scanned to
+    /// its end; start again from the beginning).
+    pub resume: Option<(PhoneNumber, MessageId)>,
 }
 
 /// [`MailboxRead`] over the node's database.
@@ -458,6 +492,99 @@ impl MailboxRead for RedbMailbox {
             senders.push(sender);
         }
         Ok(senders)
+    }
+
+    fn usage(&self) -> Result<MailboxUsage, FragmentError> {
+        self.load_usage()
+    }
+
+    fn expired(
+        &self,
+        resume: Option<&(PhoneNumber, MessageId)>,
+        before_ms: TimestampMs,
+        max_scan: usize,
+    ) -> Result<ExpiryScan, FragmentError> {
+        self.scan_expired(resume, before_ms, max_scan)
+    }
+}
+
+impl RedbMailbox {
+    /// Live entries of the fragment from `start` on (delivered marks and
+    /// unreadable rows skipped), with their heads, until `visit` says stop.
+    fn scan_entries(
+        &self,
+        start: Option<&(PhoneNumber, MessageId)>,
+        mut visit: impl FnMut(PhoneNumber, MessageId, crate::entry::StoredHead) -> bool,
+    ) -> Result<(), FragmentError> {
+        let read = self.store.db().begin_read().map_err(storage)?;
+        let table = match read.open_table(MBOX_TABLE) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+            Err(e) => return Err(storage(e)),
+        };
+        let from = start.map_or((self.fragment, "", 0), |(owner, id)| {
+            (self.fragment, owner.as_str(), id.saturating_add(1))
+        });
+        for item in table
+            .range(from..=(self.fragment, "\u{10FFFF}", u64::MAX))
+            .map_err(storage)?
+        {
+            let (key, value) = item.map_err(storage)?;
+            let (_, owner, id) = key.value();
+            if owner.ends_with(DELIVERED_SUFFIX) {
+                continue;
+            }
+            let (Ok(owner), Some(head)) = (PhoneNumber::parse(owner), stored_head(value.value()))
+            else {
+                continue;
+            };
+            if !visit(owner, id, head) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RedbMailbox {
+    /// See [`MailboxRead::usage`].
+    fn load_usage(&self) -> Result<MailboxUsage, FragmentError> {
+        let mut usage = MailboxUsage::default();
+        self.scan_entries(None, |owner, _, head| {
+            if let Some(sender) = head.sender {
+                usage.add(&owner, &sender, head.payload_len);
+            }
+            true
+        })?;
+        Ok(usage)
+    }
+
+    /// See [`MailboxRead::expired`].
+    fn scan_expired(
+        &self,
+        resume: Option<&(PhoneNumber, MessageId)>,
+        before_ms: TimestampMs,
+        max_scan: usize,
+    ) -> Result<ExpiryScan, FragmentError> {
+        let mut scan = ExpiryScan::default();
+        let mut seen = 0;
+        self.scan_entries(resume, |owner, id, head| {
+            seen += 1;
+            if head.at < before_ms {
+                scan.expired.push(ExpiredEntry {
+                    owner: owner.clone(),
+                    id,
+                    sender: head.sender,
+                    payload_len: head.payload_len,
+                });
+            }
+            if seen >= max_scan {
+                scan.resume = Some((owner, id));
+                return false;
+            }
+            true
+        })?;
+        Ok(scan)
     }
 }
 

@@ -5,6 +5,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use super::*;
+use crate::store::{ExpiredEntry, ExpiryScan};
 
 /// An in-memory [`MailboxRead`] that applies [`WriteOp`]s.
 #[derive(Default)]
@@ -99,6 +100,51 @@ impl MailboxRead for MemMailbox {
         id: MessageId,
     ) -> Result<Option<EntryBody>, FragmentError> {
         Ok(self.entries.borrow().get(&(owner.clone(), id)).cloned())
+    }
+
+    fn usage(&self) -> Result<MailboxUsage, FragmentError> {
+        let mut usage = MailboxUsage::default();
+        for ((owner, _), body) in self.entries.borrow().iter() {
+            if let EntryBody::Message { from, payload, .. } = body {
+                usage.add(owner, from, payload.len() as u64);
+            }
+        }
+        Ok(usage)
+    }
+
+    fn expired(
+        &self,
+        resume: Option<&(PhoneNumber, MessageId)>,
+        before_ms: TimestampMs,
+        max_scan: usize,
+    ) -> Result<ExpiryScan, FragmentError> {
+        let entries = self.entries.borrow();
+        let mut scan = ExpiryScan::default();
+        let after = |key: &(PhoneNumber, MessageId)| resume.is_none_or(|r| key > r);
+        for (seen, (key, body)) in entries.iter().filter(|(k, _)| after(k)).enumerate() {
+            let (sender, at, payload_len) = match body {
+                EntryBody::Message {
+                    from,
+                    server_ts,
+                    payload,
+                    ..
+                } => (Some(from.clone()), *server_ts, payload.len() as u64),
+                EntryBody::Receipt { ts, .. } => (None, *ts, 0),
+            };
+            if at < before_ms {
+                scan.expired.push(ExpiredEntry {
+                    owner: key.0.clone(),
+                    id: key.1,
+                    sender,
+                    payload_len,
+                });
+            }
+            if seen + 1 >= max_scan {
+                scan.resume = Some(key.clone());
+                break;
+            }
+        }
+        Ok(scan)
     }
 
     fn senders(
@@ -750,4 +796,134 @@ fn a_large_receipt_is_stored_as_entries_that_each_fit_a_frame() {
         let encoded = proto::encode_frame(&frame, 4096).expect("fits a 4 KiB frame");
         assert!(encoded.len() <= 4096);
     }
+}
+
+/// A sender may hold only its share of a recipient's mailbox, and the
+/// mailbox only its cap: further sends are refused (rate-limited for the
+/// client) until the recipient's device acks, and a failed write gives its
+/// share back. The counts survive a restart of the core.
+#[test]
+fn a_mailbox_holds_only_so_much_from_one_sender_and_in_all() {
+    let (to, flooder, friend, third) = (phone(1), phone(2), phone(3), phone(4));
+    let mem = MemMailbox::default();
+    let config = FragmentConfig {
+        mailbox: MailboxLimits {
+            max_entries: 5,
+            max_bytes: 1_000,
+            max_entries_per_sender: 3,
+            max_bytes_per_sender: 1_000,
+        },
+        ..FragmentConfig::default()
+    };
+    let mut c: Core =
+        FragmentCore::new(0, Placement::new(1).expect("placement"), config.clone(), 1);
+    let mut out = Outbox::default();
+    let send = |c: &mut Core, from: &PhoneNumber, cid: u64, out: &mut Outbox| {
+        out.replies.clear();
+        let actions = c.append(
+            &mem,
+            msg(to.clone(), from.clone(), cid, b"spam".to_vec()),
+            1,
+            9,
+        );
+        run(c, &mem, actions, out);
+        out.replies[0].1.clone()
+    };
+    for cid in 0..3 {
+        assert!(send(&mut c, &flooder, cid, &mut out).is_ok());
+    }
+    assert_eq!(
+        send(&mut c, &flooder, 3, &mut out),
+        Err(FragmentError::MailboxFull(Full::Sender))
+    );
+    assert!(
+        send(&mut c, &friend, 1, &mut out).is_ok(),
+        "a friend still gets through"
+    );
+    assert!(send(&mut c, &friend, 2, &mut out).is_ok());
+    assert_eq!(
+        send(&mut c, &third, 1, &mut out),
+        Err(FragmentError::MailboxFull(Full::Mailbox))
+    );
+
+    // A restarted core counts what is stored.
+    let mut c: Core = FragmentCore::new(0, Placement::new(1).expect("placement"), config, 100)
+        .with_usage(mem.usage().expect("usage"));
+    assert_eq!(
+        send(&mut c, &flooder, 4, &mut out),
+        Err(FragmentError::MailboxFull(Full::Sender))
+    );
+    // The recipient reads: the flooder's share comes back.
+    let actions = c.attach(&mem, to.clone(), 1, "dev").expect("attach");
+    run(&mut c, &mem, actions, &mut out);
+    let ids = out.pushed_ids();
+    let actions = c.ack(&mem, &to, &ids, 2);
+    run(&mut c, &mem, actions, &mut out);
+    assert!(send(&mut c, &flooder, 5, &mut out).is_ok());
+
+    // A failed write gives its share back.
+    out.replies.clear();
+    let actions = c.append(&mem, msg(to.clone(), third.clone(), 7, b"x".to_vec()), 1, 9);
+    let [Action::Persist { tag, .. }] = actions.as_slice() else {
+        panic!("one write: {actions:?}");
+    };
+    let failed = c.committed(&mem, *tag, Err("disk".into()));
+    run(&mut c, &mem, failed, &mut out);
+    assert_eq!(c.usage.held(&to).0, 1, "only the flooder's new message");
+}
+
+/// Entries waiting longer than the time to live are dropped, a bounded
+/// part of the fragment per call, except those pushed to a device and not
+/// yet acked; the sender's share comes back.
+#[test]
+fn undelivered_entries_expire() {
+    let (to, online, sender) = (phone(1), phone(2), phone(3));
+    let mem = MemMailbox::default();
+    let config = FragmentConfig {
+        undelivered_ttl_ms: 1_000,
+        ..FragmentConfig::default()
+    };
+    let mut c: Core = FragmentCore::new(0, Placement::new(1).expect("placement"), config, 1);
+    let mut out = Outbox::default();
+    for (i, at) in [10, 20, 5_000].into_iter().enumerate() {
+        let actions = c.append(
+            &mem,
+            msg(to.clone(), sender.clone(), i as u64, b"m".to_vec()),
+            at,
+            0,
+        );
+        run(&mut c, &mem, actions, &mut out);
+    }
+    let actions = c.append(
+        &mem,
+        msg(online.clone(), sender.clone(), 9, b"m".to_vec()),
+        10,
+        0,
+    );
+    run(&mut c, &mem, actions, &mut out);
+    let actions = c.attach(&mem, online.clone(), 1, "dev").expect("attach");
+    run(&mut c, &mem, actions, &mut out);
+
+    // Three steps of the scan (it looks at up to EXPIRY_SCAN entries each).
+    let actions = c.expire(&mem, 3_000);
+    run(&mut c, &mem, actions, &mut out);
+    let left: Vec<(PhoneNumber, u64)> = mem
+        .entries
+        .borrow()
+        .iter()
+        .map(|((owner, _), body)| match body {
+            EntryBody::Message { server_ts, .. } => (owner.clone(), *server_ts),
+            EntryBody::Receipt { ts, .. } => (owner.clone(), *ts),
+        })
+        .collect();
+    assert_eq!(
+        left,
+        vec![(to.clone(), 5_000), (online.clone(), 10)],
+        "the young one and the one pushed to a device stay"
+    );
+    assert_eq!(c.usage.held(&to), (1, 1));
+    assert!(
+        out.receipts.is_empty(),
+        "no delivered receipt for an expired message"
+    );
 }
