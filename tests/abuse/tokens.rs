@@ -9,9 +9,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use client::{
-    Client, ClientError, Connection, DisconnectReason, Event, PhoneNumber, Pushes, Tls,
-};
+use client::{Client, ClientError, Connection, DisconnectReason, Event, PhoneNumber, Pushes, Tls};
 use proto::{CloseReason, ErrorCode, Request, Response};
 
 use crate::common::{NodeProcess, is_message, next_event};
@@ -69,7 +67,10 @@ async fn tokens_stop_working_after_logout_and_after_a_new_verify() {
     // The number's old owner: logged in with its token.
     let old_token = node.register(&alice).await;
     let (old_session, _old_pushes) = connect(&node, None).await;
-    old_session.login(&old_token).await.expect("old owner logs in");
+    old_session
+        .login(&old_token)
+        .await
+        .expect("old owner logs in");
 
     // The number changes hands: the new owner verifies it (past the
     // resend interval, 1 s here).
@@ -127,9 +128,11 @@ async fn tokens_stop_working_after_logout_and_after_a_new_verify() {
         .await
         .expect("signs in again");
     // (The earlier message was not acked, so it may come again first.)
-    next_event(&mut events, 10, |e| {
-        matches!(e, Event::Message { payload, .. } if payload == b"while logged out")
-    })
+    next_event(
+        &mut events,
+        10,
+        |e| matches!(e, Event::Message { payload, .. } if payload == b"while logged out"),
+    )
     .await;
 }
 

@@ -18,8 +18,8 @@ use rand::Rng;
 use tokio::sync::Semaphore;
 
 use crate::codes::{CodeBook, CodePolicy, Requester};
-use crate::pin::{LockPolicy, LockStatus};
 use crate::limits::{CodeLimiter, Limit, LogEvery};
+use crate::pin::{LockPolicy, LockStatus};
 use crate::provider::{CodeProvider, ProviderError};
 use crate::tokens::{IssuedToken, TokenBook};
 use crate::{AuthConfig, AuthError, now_ms};
@@ -341,20 +341,21 @@ fn pin_checked(
     if !matched {
         count_verify("wrong_pin");
         if PIN_LOG.ready(now) {
-            tracing::warn!(?source, "a wrong registration-lock PIN \
-                (logged at most every 10 s; see switchboard_auth_verifies_total)");
+            tracing::warn!(
+                ?source,
+                "a wrong registration-lock PIN \
+                (logged at most every 10 s; see switchboard_auth_verifies_total)"
+            );
         }
         let max = state.lock_policy.max_failures_per_day;
-        state
-            .tokens
-            .record_pin_failure(&phone, now, move |result| {
-                let _ = reply.send(result.and_then(|failures| {
-                    let failures = u32::try_from(failures).unwrap_or(u32::MAX);
-                    Err(AuthError::RegistrationLocked {
-                        attempts_left: max.saturating_sub(failures),
-                    })
-                }));
-            });
+        state.tokens.record_pin_failure(&phone, now, move |result| {
+            let _ = reply.send(result.and_then(|failures| {
+                let failures = u32::try_from(failures).unwrap_or(u32::MAX);
+                Err(AuthError::RegistrationLocked {
+                    attempts_left: max.saturating_sub(failures),
+                })
+            }));
+        });
         return;
     }
     match state

@@ -56,7 +56,9 @@ pub enum AuthError {
     InvalidToken,
     /// The code was right but the number has a registration lock and the
     /// PIN was missing or wrong (the code stays pending).
-    #[error("this number has a registration lock: verify with its PIN ({attempts_left} wrong PINs left today)")]
+    #[error(
+        "this number has a registration lock: verify with its PIN ({attempts_left} wrong PINs left today)"
+    )]
     RegistrationLocked {
         /// Wrong PINs still allowed today.
         attempts_left: u32,

@@ -147,7 +147,10 @@ mod tests {
         // A fresh salt each time: the same PIN hashes differently.
         assert_ne!(lock.hash, PinLock::new("2468", 1_000, 5).hash);
         let stored = postcard::to_stdvec(&lock).expect("encode");
-        assert!(!stored.windows(4).any(|w| w == b"2468"), "PIN stored in clear");
+        assert!(
+            !stored.windows(4).any(|w| w == b"2468"),
+            "PIN stored in clear"
+        );
     }
 
     #[test]
@@ -176,11 +179,29 @@ mod tests {
         let cases: &[(bool, u64, &[u64], u64, LockStatus)] = &[
             (false, 0, &[], 1, LockStatus::Open),
             (true, 0, &[], 1, LockStatus::Locked { attempts_left: 5 }),
-            (true, 0, &[], 7 * day - 1, LockStatus::Locked { attempts_left: 5 }),
+            (
+                true,
+                0,
+                &[],
+                7 * day - 1,
+                LockStatus::Locked { attempts_left: 5 },
+            ),
             // Seven days without activity: lapsed.
             (true, 0, &[], 7 * day, LockStatus::Open),
-            (true, 3 * day, &[], 7 * day, LockStatus::Locked { attempts_left: 5 }),
-            (true, 0, &[10, 20], 30, LockStatus::Locked { attempts_left: 3 }),
+            (
+                true,
+                3 * day,
+                &[],
+                7 * day,
+                LockStatus::Locked { attempts_left: 5 },
+            ),
+            (
+                true,
+                0,
+                &[10, 20],
+                30,
+                LockStatus::Locked { attempts_left: 3 },
+            ),
             (
                 true,
                 0,
@@ -188,9 +209,21 @@ mod tests {
                 6,
                 LockStatus::Locked { attempts_left: 0 },
             ),
-            (true, 0, &[1, 2, 3, 4, 5, 6], 7, LockStatus::Locked { attempts_left: 0 }),
+            (
+                true,
+                0,
+                &[1, 2, 3, 4, 5, 6],
+                7,
+                LockStatus::Locked { attempts_left: 0 },
+            ),
             // Failures older than a day no longer count.
-            (true, day, &[1, 2, day + 5], day + 2, LockStatus::Locked { attempts_left: 4 }),
+            (
+                true,
+                day,
+                &[1, 2, day + 5],
+                day + 2,
+                LockStatus::Locked { attempts_left: 4 },
+            ),
         ];
         for (i, (locked, active, failures, now, want)) in cases.iter().enumerate() {
             let got = POLICY.status(locked.then_some(&lock), *active, failures, *now);

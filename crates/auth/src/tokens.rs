@@ -133,8 +133,9 @@ fn read_state(
     phone: &str,
 ) -> Result<AccountState> {
     match table.get(phone).map_err(engine)? {
-        Some(bytes) => postcard::from_bytes(bytes.value())
-            .map_err(|e| corrupt(format!("account state: {e}"))),
+        Some(bytes) => {
+            postcard::from_bytes(bytes.value()).map_err(|e| corrupt(format!("account state: {e}")))
+        }
         None => Ok(AccountState::default()),
     }
 }
@@ -396,8 +397,7 @@ impl TokenBook {
             Err(e) => return Err(engine(e)),
         };
         if generation < current {
-            metrics::counter!("switchboard_auth_logins_total", "outcome" => "revoked")
-                .increment(1);
+            metrics::counter!("switchboard_auth_logins_total", "outcome" => "revoked").increment(1);
             return Err(AuthError::InvalidToken);
         }
         Ok(Authenticated { phone, generation })

@@ -1102,10 +1102,8 @@ const SESSIONS_SCOPE: &str = "switchboard-sessions";
 /// Tells `user`'s sessions on this node that tokens below `generation`
 /// are revoked; those logged in with one close.
 fn revoke_sessions(user: &PhoneNumber, generation: u64) {
-    let members = ractor::pg::get_scoped_local_members(
-        &SESSIONS_SCOPE.to_owned(),
-        &user.as_str().to_owned(),
-    );
+    let members =
+        ractor::pg::get_scoped_local_members(&SESSIONS_SCOPE.to_owned(), &user.as_str().to_owned());
     for member in members {
         let _ = ActorRef::<SessionMsg>::from(member).send_message(SessionMsg::Revoked {
             user: user.clone(),
