@@ -11,6 +11,7 @@ mod receipts;
 
 #[path = "abuse/auth.rs"]
 mod auth;
+
 #[path = "abuse/cluster.rs"]
 mod cluster;
 
@@ -19,3 +20,6 @@ mod guests;
 
 #[path = "abuse/storage.rs"]
 mod storage;
+
+#[path = "abuse/tokens.rs"]
+mod tokens;

@@ -17,8 +17,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use rand::Rng;
 use tokio::sync::Semaphore;
 
-use crate::codes::{CodeBook, CodePolicy};
+use crate::codes::{CodeBook, CodePolicy, Requester};
 use crate::limits::{CodeLimiter, Limit, LogEvery};
+use crate::pin::{LockPolicy, LockStatus};
 use crate::provider::{CodeProvider, ProviderError};
 use crate::tokens::{IssuedToken, TokenBook};
 use crate::{AuthConfig, AuthError, now_ms};
@@ -95,9 +96,25 @@ pub enum AuthMsg {
         phone: PhoneNumber,
         /// The digits the user typed.
         code: String,
+        /// The registration-lock PIN, needed while the number has a lock.
+        pin: Option<String>,
         /// The client's address (None: a caller inside the node).
         source: Option<IpAddr>,
         /// The token, or why not.
+        reply: RpcReplyPort<Result<IssuedToken, AuthError>>,
+    },
+    /// Internal, from a PIN check on the blocking pool: whether the PIN
+    /// given with a right code for a locked number matched.
+    PinChecked {
+        /// The number.
+        phone: PhoneNumber,
+        /// The code, consumed now if the PIN matched and it is still pending.
+        code: String,
+        /// Who tried it.
+        source: Option<IpAddr>,
+        /// Whether the PIN matched.
+        matched: bool,
+        /// The answer to the verify.
         reply: RpcReplyPort<Result<IssuedToken, AuthError>>,
     },
     /// Internal, from a delivery task: the provider failed, forget `code` if
@@ -129,6 +146,8 @@ pub struct AuthArgs {
 /// The state of a running [`AuthActor`].
 pub struct AuthState {
     codes: CodeBook,
+    /// When a registration lock holds and how many wrong PINs it allows.
+    lock_policy: LockPolicy,
     /// Limits across numbers: per source, subnet, node and country.
     limiter: CodeLimiter,
     tokens: TokenBook,
@@ -154,6 +173,13 @@ impl Actor for AuthActor {
         tracing::info!(provider = args.provider.name(), "auth service started");
         Ok(AuthState {
             codes: CodeBook::new(policy),
+            lock_policy: LockPolicy {
+                lapse_ms: args
+                    .config
+                    .registration_lock_lapse_days
+                    .saturating_mul(86_400_000),
+                max_failures_per_day: args.config.max_pin_attempts_per_day,
+            },
             limiter: CodeLimiter::new(args.config.limits.clone(), now_ms()),
             tokens: args.tokens,
             provider: args.provider,
@@ -192,41 +218,17 @@ impl Actor for AuthActor {
             AuthMsg::Verify {
                 phone,
                 code,
+                pin,
                 source,
                 reply,
-            } => {
-                let now = now_ms();
-                if let Err(refusal) = state.limiter.verify_attempt(source, now) {
-                    log_refusal("verify attempt", refusal.limit, source, now);
-                    let e = AuthError::Limited {
-                        limit: refusal.limit,
-                        retry_after_ms: refusal.retry_after_ms,
-                    };
-                    count_verify(e.outcome());
-                    let _ = reply.send(Err(e));
-                    return Ok(());
-                }
-                match state.codes.verify(&phone, &code, now) {
-                    Ok(()) => {
-                        tracing::debug!(%phone, "code verified");
-                        state.tokens.issue_with(&phone, now, move |result| {
-                            match &result {
-                                Ok(_) => count_verify("verified"),
-                                Err(e) => {
-                                    count_verify(e.outcome());
-                                    tracing::error!(error = %e, "cannot store a new token");
-                                }
-                            }
-                            let _ = reply.send(result);
-                        });
-                    }
-                    Err(e) => {
-                        let e = AuthError::from(e);
-                        count_verify(e.outcome());
-                        let _ = reply.send(Err(e));
-                    }
-                }
-            }
+            } => verify(&myself, state, phone, code, pin, source, reply),
+            AuthMsg::PinChecked {
+                phone,
+                code,
+                source,
+                matched,
+                reply,
+            } => pin_checked(state, phone, code, source, matched, reply),
             AuthMsg::DeliveryFailed { phone, code } => {
                 state.codes.cancel(&phone, &code);
             }
@@ -244,12 +246,163 @@ impl Actor for AuthActor {
     }
 }
 
+/// A verify attempt: the limits across numbers, then the code (counted
+/// against its requester), then, for a number with a registration lock,
+/// the PIN on the blocking pool (answered through [`AuthMsg::PinChecked`]).
+fn verify(
+    myself: &ActorRef<AuthMsg>,
+    state: &mut AuthState,
+    phone: PhoneNumber,
+    code: String,
+    pin: Option<String>,
+    source: Option<IpAddr>,
+    reply: RpcReplyPort<Result<IssuedToken, AuthError>>,
+) {
+    let now = now_ms();
+    if let Err(refusal) = state.limiter.verify_attempt(source, now) {
+        log_refusal("verify attempt", refusal.limit, source, now);
+        let e = AuthError::Limited {
+            limit: refusal.limit,
+            retry_after_ms: refusal.retry_after_ms,
+        };
+        count_verify(e.outcome());
+        let _ = reply.send(Err(e));
+        return;
+    }
+    // A read transaction, usually on cached pages.
+    let account = match state.tokens.account_state(&phone) {
+        Ok(account) => account,
+        Err(e) => {
+            count_verify(e.outcome());
+            let _ = reply.send(Err(e));
+            return;
+        }
+    };
+    let status = state.lock_policy.status(
+        account.lock.as_ref(),
+        account.last_active_ms,
+        &account.pin_failures_ms,
+        now,
+    );
+    let by = Requester::of(source);
+    let LockStatus::Locked { attempts_left } = status else {
+        match state.codes.verify(&phone, &code, by, now, true) {
+            Ok(()) => issue(state, &phone, now, reply),
+            Err(e) => {
+                let e = AuthError::from(e);
+                count_verify(e.outcome());
+                let _ = reply.send(Err(e));
+            }
+        }
+        return;
+    };
+    // Locked: the code first (not consumed), so that only a holder of the
+    // SMS code may try PINs.
+    if let Err(e) = state.codes.verify(&phone, &code, by, now, false) {
+        let e = AuthError::from(e);
+        count_verify(e.outcome());
+        let _ = reply.send(Err(e));
+        return;
+    }
+    let (Some(pin), Some(lock)) = (pin, account.lock) else {
+        count_verify("pin_required");
+        let _ = reply.send(Err(AuthError::RegistrationLocked { attempts_left }));
+        return;
+    };
+    if attempts_left == 0 {
+        count_verify("pin_attempts_used_up");
+        let _ = reply.send(Err(AuthError::RegistrationLocked { attempts_left }));
+        return;
+    }
+    let myself = myself.clone();
+    tokio::task::spawn_blocking(move || {
+        let matched = lock.matches(&pin);
+        let _ = myself.cast(AuthMsg::PinChecked {
+            phone,
+            code,
+            source,
+            matched,
+            reply,
+        });
+    });
+}
+
+/// The PIN of a locked number was checked: a match consumes the code (if
+/// still pending) and issues a token; a miss is recorded.
+fn pin_checked(
+    state: &mut AuthState,
+    phone: PhoneNumber,
+    code: String,
+    source: Option<IpAddr>,
+    matched: bool,
+    reply: RpcReplyPort<Result<IssuedToken, AuthError>>,
+) {
+    let now = now_ms();
+    if !matched {
+        count_verify("wrong_pin");
+        if PIN_LOG.ready(now) {
+            tracing::warn!(
+                ?source,
+                "a wrong registration-lock PIN \
+                (logged at most every 10 s; see switchboard_auth_verifies_total)"
+            );
+        }
+        let max = state.lock_policy.max_failures_per_day;
+        state.tokens.record_pin_failure(&phone, now, move |result| {
+            let _ = reply.send(result.and_then(|failures| {
+                let failures = u32::try_from(failures).unwrap_or(u32::MAX);
+                Err(AuthError::RegistrationLocked {
+                    attempts_left: max.saturating_sub(failures),
+                })
+            }));
+        });
+        return;
+    }
+    match state
+        .codes
+        .verify(&phone, &code, Requester::of(source), now, true)
+    {
+        Ok(()) => issue(state, &phone, now, reply),
+        Err(e) => {
+            let e = AuthError::from(e);
+            count_verify(e.outcome());
+            let _ = reply.send(Err(e));
+        }
+    }
+}
+
+/// Issues a token for a verified `phone` (revoking its earlier ones) and
+/// answers once it is durable.
+fn issue(
+    state: &AuthState,
+    phone: &PhoneNumber,
+    now: u64,
+    reply: RpcReplyPort<Result<IssuedToken, AuthError>>,
+) {
+    tracing::debug!(%phone, "code verified");
+    state.tokens.issue_with(phone, now, move |result| {
+        match &result {
+            Ok(_) => count_verify("verified"),
+            Err(e) => {
+                count_verify(e.outcome());
+                tracing::error!(error = %e, "cannot store a new token");
+            }
+        }
+        let _ = reply.send(result);
+    });
+}
+
+/// Wrong PINs are logged at most every 10 s.
+static PIN_LOG: LogEvery = LogEvery::new(REFUSAL_LOG_EVERY_MS);
+
 fn policy(config: &AuthConfig) -> CodePolicy {
     CodePolicy {
         ttl_ms: config.code_ttl_secs.saturating_mul(1_000),
         max_attempts: config.max_code_attempts,
         resend_interval_ms: config.resend_interval_secs.saturating_mul(1_000),
         max_codes_per_hour: config.max_codes_per_hour,
+        max_total_attempts: config.max_code_attempts_total,
+        burn_cooldown_ms: config.burned_code_cooldown_secs.saturating_mul(1_000),
     }
 }
 

@@ -9,8 +9,19 @@
 //! Requesting a new code replaces the pending one. [`CodeBook::prune`] drops
 //! what can no longer matter, so memory follows the numbers active in the last
 //! hour, not every number ever seen.
+//!
+//! Wrong tries are counted per requester (the source address; an IPv6 /64
+//! counts as one), so that a stranger's guesses never use up the tries of
+//! the number's owner: each source gets `max_attempts` wrong tries per
+//! code. All sources together get `max_total_attempts`, which bounds
+//! guessing from many addresses; when they are used up the code is burned
+//! (forgotten, and its issue time no longer counts toward the hourly cap),
+//! and a new code can be requested after a short cooldown that doubles with
+//! each burn in a day (capped at an hour), so that burning codes cannot
+//! turn into unbounded guessing either.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 
 use proto::PhoneNumber;
 
@@ -30,6 +41,37 @@ pub(crate) struct CodePolicy {
     pub(crate) resend_interval_ms: u64,
     /// Most codes for one phone in any hour.
     pub(crate) max_codes_per_hour: u32,
+    /// Wrong tries allowed per code from all sources together; the try that
+    /// reaches it burns the code.
+    pub(crate) max_total_attempts: u32,
+    /// Wait after a burned code before a new one (doubled per burn in a
+    /// day, at most an hour).
+    pub(crate) burn_cooldown_ms: u64,
+}
+
+/// A day: burns older than this no longer lengthen the cooldown.
+const DAY_MS: u64 = 86_400_000;
+
+/// Who tried a code: its source address, an IPv6 /64 as one (a host
+/// usually holds a whole /64), or a caller inside the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Requester {
+    /// A caller inside the node (no address).
+    Internal,
+    /// An IPv4 address.
+    V4(u32),
+    /// The first 64 bits of an IPv6 address.
+    V6(u64),
+}
+
+impl Requester {
+    pub(crate) fn of(source: Option<IpAddr>) -> Self {
+        match source.map(|ip| ip.to_canonical()) {
+            None => Requester::Internal,
+            Some(IpAddr::V4(v4)) => Requester::V4(u32::from(v4)),
+            Some(IpAddr::V6(v6)) => Requester::V6((u128::from(v6) >> 64) as u64),
+        }
+    }
 }
 
 /// Why a request or a verification failed.
@@ -41,7 +83,8 @@ pub(crate) enum CodeError {
     InvalidCode { attempts_left: u32 },
     /// Nothing pending: expired, used, cancelled or never requested.
     NonePending,
-    /// The pending code is locked after too many wrong tries.
+    /// This requester used up its wrong tries on the pending code, or the
+    /// code was burned by too many wrong tries in all.
     TooManyAttempts,
 }
 
@@ -68,7 +111,10 @@ struct Pending {
     code: String,
     issued_at_ms: u64,
     expires_at_ms: u64,
-    wrong_tries: u32,
+    /// Wrong tries by requester (at most `max_total_attempts` entries).
+    wrong_by: HashMap<Requester, u32>,
+    /// Wrong tries from everyone.
+    wrong_total: u32,
 }
 
 #[derive(Debug, Default)]
@@ -76,6 +122,10 @@ struct PhoneCodes {
     pending: Option<Pending>,
     /// When codes were issued within the last hour, oldest first.
     issued_ms: VecDeque<u64>,
+    /// Codes burned within a day of the last burn.
+    burns: u32,
+    /// When the last code was burned.
+    burned_at_ms: Option<u64>,
 }
 
 impl PhoneCodes {
@@ -94,10 +144,41 @@ impl PhoneCodes {
         {
             self.pending = None;
         }
+        if self
+            .burned_at_ms
+            .is_some_and(|t| t.saturating_add(DAY_MS) <= now_ms)
+        {
+            self.burned_at_ms = None;
+            self.burns = 0;
+        }
     }
 
     fn is_empty(&self) -> bool {
-        self.pending.is_none() && self.issued_ms.is_empty()
+        self.pending.is_none() && self.issued_ms.is_empty() && self.burned_at_ms.is_none()
+    }
+
+    /// Forgets the pending code and its issue time (it no longer counts
+    /// toward the hourly cap, so the owner is not locked out for an hour).
+    fn drop_pending(&mut self) {
+        if let Some(pending) = self.pending.take()
+            && let Some(at) = self
+                .issued_ms
+                .iter()
+                .rposition(|&t| t == pending.issued_at_ms)
+        {
+            self.issued_ms.remove(at);
+        }
+    }
+
+    /// When a new code may be requested after the last burn.
+    fn burn_ready_at(&self, policy: &CodePolicy) -> Option<u64> {
+        let at = self.burned_at_ms?;
+        let doublings = self.burns.saturating_sub(1).min(20);
+        let cooldown = policy
+            .burn_cooldown_ms
+            .saturating_mul(1u64 << doublings)
+            .min(HOUR_MS);
+        Some(at.saturating_add(cooldown))
     }
 }
 
@@ -127,6 +208,13 @@ impl CodeBook {
         let policy = self.policy;
         let entry = self.phones.entry(phone.clone()).or_default();
         entry.forget_old(now_ms);
+        if let Some(ready_at) = entry.burn_ready_at(&policy)
+            && now_ms < ready_at
+        {
+            return Err(CodeError::RateLimited {
+                retry_after_ms: ready_at - now_ms,
+            });
+        }
         if let Some(&last) = entry.issued_ms.back() {
             let ready_at = last.saturating_add(policy.resend_interval_ms);
             if now_ms < ready_at {
@@ -153,20 +241,25 @@ impl CodeBook {
             code,
             issued_at_ms: now_ms,
             expires_at_ms,
-            wrong_tries: 0,
+            wrong_by: HashMap::new(),
+            wrong_total: 0,
         });
         Ok(Issued { expires_at_ms })
     }
 
-    /// Checks `code` against the pending code of `phone`. A match consumes the
-    /// code; a miss uses up one try.
+    /// Checks `code`, tried by `by`, against the pending code of `phone`.
+    /// A match consumes the code if `consume` (a registration lock checks
+    /// the code first and consumes it only once the PIN is right); a miss
+    /// uses up one of `by`'s tries and one of the code's total.
     pub(crate) fn verify(
         &mut self,
         phone: &PhoneNumber,
         code: &str,
+        by: Requester,
         now_ms: u64,
+        consume: bool,
     ) -> Result<(), CodeError> {
-        let max_attempts = self.policy.max_attempts;
+        let policy = self.policy;
         let Some(entry) = self.phones.get_mut(phone) else {
             return Err(CodeError::NonePending);
         };
@@ -174,16 +267,27 @@ impl CodeBook {
         let Some(pending) = entry.pending.as_mut() else {
             return Err(CodeError::NonePending);
         };
-        if pending.wrong_tries >= max_attempts {
+        let tries = pending.wrong_by.get(&by).copied().unwrap_or(0);
+        if tries >= policy.max_attempts {
             return Err(CodeError::TooManyAttempts);
         }
         if constant_time_eq(pending.code.as_bytes(), code.as_bytes()) {
-            entry.pending = None;
+            if consume {
+                entry.pending = None;
+            }
             return Ok(());
         }
-        pending.wrong_tries += 1;
+        let tries = tries + 1;
+        pending.wrong_by.insert(by, tries);
+        pending.wrong_total += 1;
+        if pending.wrong_total >= policy.max_total_attempts {
+            entry.drop_pending();
+            entry.burns += 1;
+            entry.burned_at_ms = Some(now_ms);
+            return Err(CodeError::TooManyAttempts);
+        }
         Err(CodeError::InvalidCode {
-            attempts_left: max_attempts - pending.wrong_tries,
+            attempts_left: policy.max_attempts - tries,
         })
     }
 
@@ -246,6 +350,8 @@ mod tests {
         max_attempts: 5,
         resend_interval_ms: 30_000,
         max_codes_per_hour: 5,
+        max_total_attempts: 12,
+        burn_cooldown_ms: 60_000,
     };
 
     fn phone(s: &str) -> PhoneNumber {
@@ -257,12 +363,16 @@ mod tests {
     enum Step {
         /// Request `code` for `phone` at `now`.
         Request(&'static str, &'static str, u64, Result<(), CodeError>),
-        /// Verify `code` for `phone` at `now`.
+        /// Verify `code` for `phone` at `now` (from inside the node).
         Verify(&'static str, &'static str, u64, Result<(), CodeError>),
+        /// Verify `code` for `phone` from IPv4 address `.0`'s last octet.
+        VerifyFrom(&'static str, &'static str, u8, u64, Result<(), CodeError>),
         /// Cancel `code` for `phone`; was it pending?
         Cancel(&'static str, &'static str, bool),
         /// Prune at `now`; how many phones remain.
         Prune(u64, usize),
+        /// Twelve wrong tries from twelve addresses at `now`: the code burns.
+        Burn(&'static str, u64),
     }
     use Step::*;
 
@@ -290,7 +400,12 @@ mod tests {
                     assert_eq!(&got, want, "{name}: step {i}: {step:?}");
                 }
                 Verify(p, code, now, want) => {
-                    let got = book.verify(&phone(p), code, *now);
+                    let got = book.verify(&phone(p), code, Requester::Internal, *now, true);
+                    assert_eq!(&got, want, "{name}: step {i}: {step:?}");
+                }
+                VerifyFrom(p, code, octet, now, want) => {
+                    let by = Requester::of(Some(IpAddr::from([10, 0, 0, *octet])));
+                    let got = book.verify(&phone(p), code, by, *now, true);
                     assert_eq!(&got, want, "{name}: step {i}: {step:?}");
                 }
                 Cancel(p, code, want) => {
@@ -298,6 +413,21 @@ mod tests {
                         book.cancel(&phone(p), code),
                         *want,
                         "{name}: step {i}: {step:?}"
+                    );
+                }
+                Burn(p, now) => {
+                    for octet in 0..POLICY.max_total_attempts {
+                        let by = Requester::of(Some(IpAddr::from([10, 1, 0, octet as u8])));
+                        let got = book.verify(&phone(p), "x", by, *now, true);
+                        assert!(
+                            got.is_err() && got != Err(CodeError::NonePending),
+                            "{name}: step {i}: {got:?}"
+                        );
+                    }
+                    assert_eq!(
+                        book.verify(&phone(p), "x", Requester::Internal, *now, true),
+                        Err(CodeError::NonePending),
+                        "{name}: step {i}: burned"
                     );
                 }
                 Prune(now, remaining) => {
@@ -483,6 +613,59 @@ mod tests {
                     Verify(A, "111111", 600_000, Err(CodeError::NonePending)),
                     Prune(HOUR_MS, 1),
                     Prune(HOUR_MS + 100_000, 0),
+                ],
+            ),
+            (
+                "a stranger's wrong tries leave the owner's own",
+                &[
+                    Request(A, "123456", 0, Ok(())),
+                    VerifyFrom(A, "000000", 66, 1, wrong(4)),
+                    VerifyFrom(A, "000001", 66, 2, wrong(3)),
+                    VerifyFrom(A, "000002", 66, 3, wrong(2)),
+                    VerifyFrom(A, "000003", 66, 4, wrong(1)),
+                    VerifyFrom(A, "000004", 66, 5, wrong(0)),
+                    VerifyFrom(A, "123456", 66, 6, Err(CodeError::TooManyAttempts)),
+                    VerifyFrom(A, "000005", 67, 7, wrong(4)),
+                    VerifyFrom(A, "123455", 1, 8, wrong(4)),
+                    VerifyFrom(A, "123456", 1, 9, Ok(())),
+                ],
+            ),
+            (
+                "all sources together burn the code; a new one after a cooldown",
+                &[
+                    Request(A, "123456", 0, Ok(())),
+                    VerifyFrom(A, "000001", 10, 1, wrong(4)),
+                    VerifyFrom(A, "000002", 10, 2, wrong(3)),
+                    VerifyFrom(A, "000003", 10, 3, wrong(2)),
+                    VerifyFrom(A, "000004", 10, 4, wrong(1)),
+                    VerifyFrom(A, "000005", 11, 5, wrong(4)),
+                    VerifyFrom(A, "000006", 11, 6, wrong(3)),
+                    VerifyFrom(A, "000007", 11, 7, wrong(2)),
+                    VerifyFrom(A, "000008", 11, 8, wrong(1)),
+                    VerifyFrom(A, "000009", 12, 9, wrong(4)),
+                    VerifyFrom(A, "000010", 12, 10, wrong(3)),
+                    VerifyFrom(A, "000011", 12, 11, wrong(2)),
+                    // The twelfth wrong try in all burns the code.
+                    VerifyFrom(A, "000012", 12, 12, Err(CodeError::TooManyAttempts)),
+                    VerifyFrom(A, "123456", 1, 13, Err(CodeError::NonePending)),
+                    Request(A, "222222", 59_999, limited(13)),
+                    Request(A, "222222", 60_012, Ok(())),
+                    VerifyFrom(A, "222222", 1, 60_013, Ok(())),
+                ],
+            ),
+            (
+                "burned codes do not fill the hourly cap; the cooldown doubles",
+                &[
+                    Request(A, "111111", 0, Ok(())),
+                    Burn(A, 1),
+                    Request(A, "222222", 60_001, Ok(())),
+                    Burn(A, 60_002),
+                    Request(A, "333333", 180_001, limited(1)),
+                    Request(A, "333333", 180_002, Ok(())),
+                    Burn(A, 180_003),
+                    Request(A, "444444", 420_002, limited(1)),
+                    Request(A, "444444", 420_003, Ok(())),
+                    VerifyFrom(A, "444444", 1, 420_004, Ok(())),
                 ],
             ),
             (

@@ -51,9 +51,21 @@ pub enum AuthError {
     /// expires or a new one is requested.
     #[error("too many wrong verification codes; request a new one")]
     TooManyAttempts,
-    /// The token is malformed, unknown or expired.
-    #[error("the token is unknown or expired")]
+    /// The token is malformed, unknown, expired or revoked.
+    #[error("the token is unknown, expired or revoked")]
     InvalidToken,
+    /// The code was right but the number has a registration lock and the
+    /// PIN was missing or wrong (the code stays pending).
+    #[error(
+        "this number has a registration lock: verify with its PIN ({attempts_left} wrong PINs left today)"
+    )]
+    RegistrationLocked {
+        /// Wrong PINs still allowed today.
+        attempts_left: u32,
+    },
+    /// A PIN that cannot be set (too short, too long).
+    #[error("{0}")]
+    InvalidPin(&'static str),
     /// The code could not be handed to its provider; the code was forgotten,
     /// so a new one can be requested at once.
     #[error("the verification code could not be sent: {0}")]
@@ -87,6 +99,10 @@ impl AuthError {
             AuthError::CodeExpired => ErrorCode::CodeExpired,
             AuthError::TooManyAttempts => ErrorCode::TooManyAttempts,
             AuthError::InvalidToken => ErrorCode::InvalidToken,
+            AuthError::RegistrationLocked { attempts_left } => ErrorCode::RegistrationLocked {
+                attempts_left: *attempts_left,
+            },
+            AuthError::InvalidPin(_) => ErrorCode::InvalidRequest,
             AuthError::Provider(_) => ErrorCode::ProviderFailed,
             AuthError::Storage(_) | AuthError::InvalidConfig(_) => ErrorCode::Internal,
             AuthError::Unavailable { .. } => ErrorCode::Unavailable {
@@ -121,6 +137,8 @@ impl AuthError {
             AuthError::CodeExpired => "no_code",
             AuthError::TooManyAttempts => "too_many_attempts",
             AuthError::InvalidToken => "invalid_token",
+            AuthError::RegistrationLocked { .. } => "registration_locked",
+            AuthError::InvalidPin(_) => "invalid_pin",
             AuthError::Provider(_) => "provider_failed",
             AuthError::Storage(_) => "storage_failed",
             AuthError::Unavailable { .. } => "unavailable",

@@ -23,11 +23,22 @@
 //!   on the blocking pool, token writes through group commit.
 //! - `error`: [`AuthError`] and its wire [`proto::ErrorCode`].
 //!
+//! - `pin`: registration-lock PINs (PBKDF2 hashes) and the pure decision
+//!   whether a lock holds.
+//!
+//! # Revocation
+//! Every token carries its account's generation; a verification or a
+//! logout raises it and logins refuse lower ones (see `tokens`). Closing
+//! the sessions already logged in is the session crate's part.
+//!
 //! # Not here
 //! Sessions (which call this crate for the `RequestCode`, `Verify` and
-//! `Login` requests), devices, multi-device keys, and token revocation.
-//! Pending codes live in the memory of the node that issued them: a client
-//! verifies on the node it requested from, and a restart forgets them.
+//! `Login` requests), devices and multi-device keys.
+//! Pending codes and their counters live in the memory of the node that
+//! issued them: a client verifies on the node it requested from, and a
+//! restart forgets them. Account state (generations, registration locks)
+//! is in the node's own store, not replicated: another node of a cluster
+//! does not see a revocation or a lock set here (docs/security/tokens.md).
 
 #![warn(missing_docs, unreachable_pub)]
 
@@ -46,6 +57,7 @@ mod actor;
 mod codes;
 mod error;
 pub mod limits;
+mod pin;
 mod provider;
 mod tokens;
 
@@ -56,7 +68,7 @@ pub use provider::{
     CodeProvider, DEFAULT_CODES_FILE, FileProvider, ProviderConfig, ProviderError, WebhookProvider,
     build_provider,
 };
-pub use tokens::{IssuedToken, TokenBook};
+pub use tokens::{Authenticated, IssuedToken, TokenBook};
 
 /// Least time the handle waits for the actor.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -67,8 +79,23 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct AuthConfig {
     /// How long a verification code stays valid.
     pub code_ttl_secs: u64,
-    /// Wrong codes allowed per code; the next try is refused.
+    /// Wrong codes allowed per code from one requester (source address,
+    /// IPv6 /64); its next try is refused.
     pub max_code_attempts: u32,
+    /// Wrong codes allowed per code from all requesters together; the try
+    /// that reaches it burns the code.
+    pub max_code_attempts_total: u32,
+    /// Wait after a burned code before a new one can be requested (doubled
+    /// with each burn of the number in a day, at most an hour).
+    pub burned_code_cooldown_secs: u64,
+    /// A registration lock lapses once the account has not logged in for
+    /// this many days.
+    pub registration_lock_lapse_days: u64,
+    /// Wrong registration-lock PINs allowed per number in a day.
+    pub max_pin_attempts_per_day: u32,
+    /// PBKDF2-HMAC-SHA256 iterations for a new PIN's hash (each PIN keeps
+    /// the count it was hashed with).
+    pub pin_kdf_iterations: u32,
     /// Least time between two codes for one phone.
     pub resend_interval_secs: u64,
     /// Most codes for one phone in any hour.
@@ -93,6 +120,11 @@ impl Default for AuthConfig {
         Self {
             code_ttl_secs: 600,
             max_code_attempts: 5,
+            max_code_attempts_total: 15,
+            burned_code_cooldown_secs: 60,
+            registration_lock_lapse_days: 7,
+            max_pin_attempts_per_day: 5,
+            pin_kdf_iterations: 600_000,
             resend_interval_secs: 30,
             max_codes_per_hour: 5,
             token_ttl_days: 90,
@@ -107,7 +139,23 @@ impl Default for AuthConfig {
 impl AuthConfig {
     /// Rejects settings that would lock every user out or never expire.
     pub fn validate(&self) -> Result<()> {
-        let checks: [(bool, &str); 5] = [
+        let checks: [(bool, &str); 9] = [
+            (
+                self.max_code_attempts_total >= self.max_code_attempts,
+                "max_code_attempts_total must be at least max_code_attempts",
+            ),
+            (
+                self.registration_lock_lapse_days > 0,
+                "registration_lock_lapse_days must be at least 1",
+            ),
+            (
+                self.max_pin_attempts_per_day > 0,
+                "max_pin_attempts_per_day must be at least 1",
+            ),
+            (
+                self.pin_kdf_iterations >= 10_000,
+                "pin_kdf_iterations must be at least 10000",
+            ),
             (self.code_ttl_secs > 0, "code_ttl_secs must be at least 1"),
             (
                 self.max_code_attempts > 0,
@@ -170,6 +218,7 @@ pub struct AuthHandle {
     tokens: TokenBook,
     call_timeout: Duration,
     limits: LimitsConfig,
+    pin_kdf_iterations: u32,
 }
 
 impl AuthHandle {
@@ -182,6 +231,7 @@ impl AuthHandle {
             tokens: cfg.token_book(store),
             call_timeout: cfg.call_timeout(),
             limits: cfg.limits.clone(),
+            pin_kdf_iterations: cfg.pin_kdf_iterations,
         }
     }
 
@@ -235,12 +285,25 @@ impl AuthHandle {
         code: String,
         source: Option<IpAddr>,
     ) -> Result<IssuedToken> {
+        self.verify_with_pin_from(phone, code, None, source).await
+    }
+
+    /// Like [`AuthHandle::verify_from`], with the registration-lock PIN of
+    /// the number (needed while it has a lock).
+    pub async fn verify_with_pin_from(
+        &self,
+        phone: PhoneNumber,
+        code: String,
+        pin: Option<String>,
+        source: Option<IpAddr>,
+    ) -> Result<IssuedToken> {
         let answer = self
             .current()?
             .call(
                 |reply| AuthMsg::Verify {
                     phone,
                     code,
+                    pin,
                     source,
                     reply,
                 },
@@ -288,14 +351,59 @@ impl AuthHandle {
             .collect()
     }
 
-    /// The phone a token belongs to. Reads the store directly, on the
-    /// blocking pool (a read may touch the disk), never through the actor.
+    /// The phone a token belongs to (see [`AuthHandle::authenticate`]).
     pub async fn login(&self, token: &str) -> Result<PhoneNumber> {
+        self.authenticate(token).await.map(|a| a.phone)
+    }
+
+    /// The phone and generation of a token that is valid and not revoked.
+    /// Reads the store directly, on the blocking pool (a read may touch the
+    /// disk), never through the actor. Notes the account's activity for
+    /// its registration lock (a write at most hourly, only with a lock).
+    pub async fn authenticate(&self, token: &str) -> Result<Authenticated> {
         let tokens = self.tokens.clone();
         let token = token.to_owned();
-        tokio::task::spawn_blocking(move || tokens.lookup(&token, now_ms()))
-            .await
-            .unwrap_or_else(|e| Err(AuthError::unavailable(format!("login task failed: {e}"))))
+        tokio::task::spawn_blocking(move || {
+            let now = now_ms();
+            let found = tokens.authenticate(&token, now)?;
+            tokens.touch(&found.phone, now);
+            Ok(found)
+        })
+        .await
+        .unwrap_or_else(|e| Err(AuthError::unavailable(format!("login task failed: {e}"))))
+    }
+
+    /// Logs `phone` out everywhere: every token issued so far stops
+    /// working (one account is one device today; see
+    /// `docs/security/tokens.md`). Returns the account's new generation,
+    /// once durable: sessions of an older one must close.
+    pub async fn logout(&self, phone: &PhoneNumber) -> Result<u64> {
+        self.tokens.revoke(phone, now_ms()).await
+    }
+
+    /// Sets (`Some`) or clears `phone`'s registration-lock PIN. The PIN is
+    /// hashed on the blocking pool (slow on purpose).
+    pub async fn set_registration_lock(
+        &self,
+        phone: &PhoneNumber,
+        pin: Option<String>,
+    ) -> Result<()> {
+        let lock = match pin {
+            None => None,
+            Some(pin) => {
+                if let Some(problem) = pin::pin_problem(&pin) {
+                    return Err(AuthError::InvalidPin(problem));
+                }
+                let iterations = self.pin_kdf_iterations;
+                let lock = tokio::task::spawn_blocking(move || {
+                    pin::PinLock::new(&pin, iterations, now_ms())
+                })
+                .await
+                .map_err(|e| AuthError::unavailable(format!("PIN hashing failed: {e}")))?;
+                Some(lock)
+            }
+        };
+        self.tokens.set_lock(phone, lock, now_ms()).await
     }
 
     /// Mints a token for `phone` without a code (admin tools, test users).
@@ -351,6 +459,7 @@ pub async fn spawn_named_auth(
     let tokens = cfg.token_book(store);
     let call_timeout = cfg.call_timeout();
     let args_limits = cfg.limits.clone();
+    let pin_kdf_iterations = cfg.pin_kdf_iterations;
     let args = AuthArgs {
         config: cfg,
         tokens: tokens.clone(),
@@ -369,6 +478,7 @@ pub async fn spawn_named_auth(
             tokens,
             call_timeout,
             limits: args_limits,
+            pin_kdf_iterations,
         },
         join,
     ))

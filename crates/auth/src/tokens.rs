@@ -7,6 +7,15 @@
 //! - `auth_tokens`: SHA-256 of the token (32 bytes) → postcard of
 //!   `{phone, issued_at_ms, expires_at_ms}`.
 //! - `auth_accounts`: phone → when it was first verified (ms since the epoch).
+//! - `auth_account_state`: phone → postcard of [`AccountState`]: the token
+//!   generation, the last activity, the registration lock and wrong PINs.
+//!
+//! Revocation: every token carries the generation of its account at issue.
+//! Issuing a token (a verification) and revoking ([`TokenBook::revoke`], a
+//! logout) raise the account's generation, and a login is refused for a
+//! token of a lower generation, so both end every earlier token at once.
+//! The generation is in this node's store: see the crate docs for what that
+//! means in a cluster.
 //!
 //! Writes go through the store's group commit; lookups are plain read
 //! transactions from any thread, so logins never queue behind an actor.
@@ -14,9 +23,13 @@
 //! With a token key (`auth.token_key`, the same on every node of a
 //! cluster) tokens are signed instead: `s1.<hex payload>.<hex HMAC-SHA256>`,
 //! the payload holding the expiry, 16 random bytes and the phone. Any node
-//! with the key checks them without a lookup, so a client that fails over
-//! to another node logs in there with the same token. Stored tokens issued
-//! before a key was set keep working on the node that issued them.
+//! with the key checks their signature without a lookup, so a client that
+//! fails over to another node logs in there with the same token; the
+//! generation is then compared with the one that node knows. `s2.` tokens
+//! carry the generation after the expiry; `s1.` tokens (from before
+//! generations) count as generation 0, as do stored tokens without one.
+//! Stored tokens issued before a key was set keep working on the node that
+//! issued them.
 
 use std::fmt;
 use std::time::Duration;
@@ -29,18 +42,27 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use storage::{StorageError, Store};
 
+use crate::pin::{DAY_MS, PinLock};
 use crate::{AuthError, Result};
 
 /// Token hash → [`TokenRecord`] (postcard).
 const TOKENS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("auth_tokens");
 /// Phone (E.164) → first verification time in ms.
 const ACCOUNTS: TableDefinition<&str, u64> = TableDefinition::new("auth_accounts");
+/// Phone (E.164) → [`AccountState`] (postcard).
+const ACCOUNT_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("auth_account_state");
+
+/// Logins refresh an account's last activity at most this often (a write),
+/// and only while it has a registration lock (the only reader).
+const TOUCH_EVERY_MS: u64 = 3_600_000;
 
 /// Raw token length in bytes (256 bits).
 const TOKEN_BYTES: usize = 32;
 
-/// Prefix of signed tokens (and their format version).
-const SIGNED_PREFIX: &str = "s1.";
+/// Prefix of signed tokens (and their format version): with a generation.
+const SIGNED_PREFIX: &str = "s2.";
+/// Signed tokens from before generations (generation 0).
+const SIGNED_PREFIX_V1: &str = "s1.";
 
 /// Random bytes in a signed token, so that two tokens never repeat.
 const SIGNED_NONCE_BYTES: usize = 16;
@@ -53,6 +75,88 @@ struct TokenRecord {
     phone: String,
     issued_at_ms: u64,
     expires_at_ms: u64,
+    /// The account's generation at issue (absent in records written
+    /// before generations: decoded as [`TokenRecordV1`], generation 0).
+    generation: u64,
+}
+
+/// A token record from before generations.
+#[derive(Debug, Deserialize)]
+struct TokenRecordV1 {
+    phone: String,
+    #[allow(dead_code)]
+    issued_at_ms: u64,
+    expires_at_ms: u64,
+}
+
+impl TokenRecord {
+    fn decode(bytes: &[u8]) -> Result<Self> {
+        postcard::from_bytes::<TokenRecord>(bytes)
+            .or_else(|_| {
+                postcard::from_bytes::<TokenRecordV1>(bytes).map(|v1| TokenRecord {
+                    phone: v1.phone,
+                    issued_at_ms: v1.issued_at_ms,
+                    expires_at_ms: v1.expires_at_ms,
+                    generation: 0,
+                })
+            })
+            .map_err(|e| corrupt(format!("token record: {e}")))
+    }
+}
+
+/// What the node keeps per account besides its tokens.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct AccountState {
+    /// Tokens of a lower generation are revoked.
+    pub(crate) generation: u64,
+    /// The last verification or login (refreshed at most hourly, and only
+    /// while a lock is set): a lock lapses after a week without one.
+    pub(crate) last_active_ms: u64,
+    /// The registration-lock PIN, if set.
+    pub(crate) lock: Option<PinLock>,
+    /// When wrong PINs were tried, within the last day.
+    pub(crate) pin_failures_ms: Vec<u64>,
+}
+
+/// A token that passed a login: whose, and of which generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authenticated {
+    /// The account.
+    pub phone: PhoneNumber,
+    /// The account's generation when the token was issued; a revocation
+    /// raises the account's past it.
+    pub generation: u64,
+}
+
+fn read_state(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    phone: &str,
+) -> Result<AccountState> {
+    match table.get(phone).map_err(engine)? {
+        Some(bytes) => {
+            postcard::from_bytes(bytes.value()).map_err(|e| corrupt(format!("account state: {e}")))
+        }
+        None => Ok(AccountState::default()),
+    }
+}
+
+/// Reads, changes and writes `phone`'s state in `txn`; returns the result.
+fn update_state<R>(
+    txn: &redb::WriteTransaction,
+    phone: &str,
+    change: impl FnOnce(&mut AccountState) -> R,
+) -> std::result::Result<R, StorageError> {
+    let mut table = txn.open_table(ACCOUNT_STATE)?;
+    let mut state = match table.get(phone)? {
+        Some(bytes) => postcard::from_bytes(bytes.value())
+            .map_err(|e| StorageError::Corrupt(format!("account state: {e}")))?,
+        None => AccountState::default(),
+    };
+    let out = change(&mut state);
+    let bytes = postcard::to_stdvec(&state)
+        .map_err(|e| StorageError::Corrupt(format!("cannot encode account state: {e}")))?;
+    table.insert(phone, bytes.as_slice())?;
+    Ok(out)
 }
 
 /// A token just issued: give it to the client, it is not stored anywhere.
@@ -62,6 +166,9 @@ pub struct IssuedToken {
     pub token: String,
     /// When it stops working (ms since the epoch).
     pub expires_at_ms: u64,
+    /// The account's generation it was issued in: sessions of earlier
+    /// tokens of the account are to be closed.
+    pub generation: u64,
 }
 
 impl fmt::Debug for IssuedToken {
@@ -70,6 +177,7 @@ impl fmt::Debug for IssuedToken {
         f.debug_struct("IssuedToken")
             .field("token", &"<redacted>")
             .field("expires_at_ms", &self.expires_at_ms)
+            .field("generation", &self.generation)
             .finish()
     }
 }
@@ -112,8 +220,14 @@ impl TokenBook {
             .map_err(|e| AuthError::InvalidConfig(format!("auth.token_key: {e}")))
     }
 
-    fn signed_token(key: &[u8], phone: &PhoneNumber, expires_at_ms: u64) -> Result<String> {
+    fn signed_token(
+        key: &[u8],
+        phone: &PhoneNumber,
+        generation: u64,
+        expires_at_ms: u64,
+    ) -> Result<String> {
         let mut payload = expires_at_ms.to_be_bytes().to_vec();
+        payload.extend_from_slice(&generation.to_be_bytes());
         let mut nonce = [0u8; SIGNED_NONCE_BYTES];
         rand::rng().fill(&mut nonce);
         payload.extend_from_slice(&nonce);
@@ -129,22 +243,38 @@ impl TokenBook {
         ))
     }
 
-    fn check_signed(key: &[u8], token: &str, now_ms: u64) -> Result<PhoneNumber> {
-        let rest = token
-            .strip_prefix(SIGNED_PREFIX)
-            .ok_or(AuthError::InvalidToken)?;
+    /// The phone and generation of a signed token, if its signature holds
+    /// and it has not expired at `now_ms`.
+    fn check_signed(key: &[u8], token: &str, now_ms: u64) -> Result<(PhoneNumber, u64)> {
+        let (prefix, rest) = if let Some(rest) = token.strip_prefix(SIGNED_PREFIX) {
+            (SIGNED_PREFIX, rest)
+        } else if let Some(rest) = token.strip_prefix(SIGNED_PREFIX_V1) {
+            (SIGNED_PREFIX_V1, rest)
+        } else {
+            return Err(AuthError::InvalidToken);
+        };
         let (payload_hex, tag_hex) = rest.split_once('.').ok_or(AuthError::InvalidToken)?;
         let payload = hex::decode(payload_hex).map_err(|_| AuthError::InvalidToken)?;
         let tag = hex::decode(tag_hex).map_err(|_| AuthError::InvalidToken)?;
         let mut mac = Self::mac(key)?;
-        mac.update(SIGNED_PREFIX.as_bytes());
+        mac.update(prefix.as_bytes());
         mac.update(&payload);
         // Constant-time comparison.
         mac.verify_slice(&tag)
             .map_err(|_| AuthError::InvalidToken)?;
+        let take_u64 = |bytes: &[u8]| -> Result<u64> {
+            Ok(u64::from_be_bytes(
+                bytes.try_into().map_err(|_| AuthError::InvalidToken)?,
+            ))
+        };
         let (expiry, rest) = payload.split_at_checked(8).ok_or(AuthError::InvalidToken)?;
-        let expires_at_ms =
-            u64::from_be_bytes(expiry.try_into().map_err(|_| AuthError::InvalidToken)?);
+        let expires_at_ms = take_u64(expiry)?;
+        let (generation, rest) = if prefix == SIGNED_PREFIX {
+            let (generation, rest) = rest.split_at_checked(8).ok_or(AuthError::InvalidToken)?;
+            (take_u64(generation)?, rest)
+        } else {
+            (0, rest)
+        };
         if now_ms >= expires_at_ms {
             return Err(AuthError::InvalidToken);
         }
@@ -152,12 +282,14 @@ impl TokenBook {
             .get(SIGNED_NONCE_BYTES..)
             .and_then(|p| std::str::from_utf8(p).ok())
             .ok_or(AuthError::InvalidToken)?;
-        PhoneNumber::parse(phone).map_err(|_| AuthError::InvalidToken)
+        let phone = PhoneNumber::parse(phone).map_err(|_| AuthError::InvalidToken)?;
+        Ok((phone, generation))
     }
 
     /// Mints a token for `phone` (recording the account if new) and waits
     /// until it is durable. Needs no code: for the verify path and for admin
-    /// tools that create test users.
+    /// tools that create test users. Revokes every earlier token of
+    /// `phone` (the generation rises).
     pub async fn issue_token(&self, phone: &PhoneNumber, now_ms: u64) -> Result<IssuedToken> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.issue_with(phone, now_ms, move |result| {
@@ -169,89 +301,194 @@ impl TokenBook {
 
     /// Mints a token for `phone` and calls `done` once it is durable. `done`
     /// runs on the storage writer thread: it must only hand the result on
-    /// (e.g. send a reply). Never blocks the caller.
+    /// (e.g. send a reply). Never blocks the caller. In the same write the
+    /// account's generation rises (revoking its earlier tokens), its last
+    /// activity is now and its wrong PINs are forgotten.
     pub fn issue_with<C>(&self, phone: &PhoneNumber, now_ms: u64, done: C)
     where
         C: FnOnce(Result<IssuedToken>) + Send + 'static,
     {
         let expires_at_ms = now_ms.saturating_add(self.ttl_ms);
-        if let Some(key) = &self.key {
-            let issued = Self::signed_token(key, phone, expires_at_ms).map(|token| IssuedToken {
-                token,
-                expires_at_ms,
-            });
-            let issued = match issued {
-                Ok(issued) => issued,
-                Err(e) => return done(Err(e)),
-            };
-            let account = phone.as_str().to_owned();
-            self.store.submit(
-                move |txn| record_account(txn, &account, now_ms),
-                move |outcome| done(outcome.map(|()| issued).map_err(AuthError::from)),
-            );
-            return;
-        }
-        let mut raw = [0u8; TOKEN_BYTES];
-        // ThreadRng is a CSPRNG (ChaCha, seeded and reseeded from the OS).
-        rand::rng().fill(&mut raw);
-        let hash = token_hash(&raw);
-        let record = TokenRecord {
-            phone: phone.as_str().to_owned(),
-            issued_at_ms: now_ms,
-            expires_at_ms,
-        };
-        let value = match postcard::to_stdvec(&record) {
-            Ok(value) => value,
-            Err(e) => {
-                done(Err(AuthError::Storage(StorageError::Corrupt(format!(
-                    "cannot encode a token record: {e}"
-                )))));
-                return;
-            }
-        };
-        let issued = IssuedToken {
-            token: hex::encode(raw),
-            expires_at_ms,
-        };
-        let account = record.phone;
+        let key = self.key.clone();
+        let phone = phone.clone();
         self.store.submit(
             move |txn| {
+                let account = phone.as_str();
+                let generation = update_state(txn, account, |state| {
+                    state.generation = state.generation.saturating_add(1);
+                    state.last_active_ms = now_ms;
+                    state.pin_failures_ms.clear();
+                    state.generation
+                })?;
+                record_account(txn, account, now_ms)?;
+                if let Some(key) = &key {
+                    let token = Self::signed_token(key, &phone, generation, expires_at_ms)
+                        .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+                    return Ok(IssuedToken {
+                        token,
+                        expires_at_ms,
+                        generation,
+                    });
+                }
+                let mut raw = [0u8; TOKEN_BYTES];
+                // ThreadRng is a CSPRNG (ChaCha, seeded and reseeded from the OS).
+                rand::rng().fill(&mut raw);
+                let record = TokenRecord {
+                    phone: account.to_owned(),
+                    issued_at_ms: now_ms,
+                    expires_at_ms,
+                    generation,
+                };
+                let value = postcard::to_stdvec(&record).map_err(|e| {
+                    StorageError::Corrupt(format!("cannot encode a token record: {e}"))
+                })?;
                 txn.open_table(TOKENS)?
-                    .insert(hash.as_slice(), value.as_slice())?;
-                record_account(txn, &account, now_ms)
+                    .insert(token_hash(&raw).as_slice(), value.as_slice())?;
+                Ok(IssuedToken {
+                    token: hex::encode(raw),
+                    expires_at_ms,
+                    generation,
+                })
             },
-            move |outcome| done(outcome.map(|()| issued).map_err(AuthError::from)),
+            move |outcome| done(outcome.map_err(AuthError::from)),
         );
     }
 
-    /// The phone `token` belongs to, if the token is well formed, known and
-    /// not expired at `now_ms`; [`AuthError::InvalidToken`] otherwise. Runs a
-    /// read transaction (blocking, usually on cached pages).
+    /// The phone `token` belongs to (see [`TokenBook::authenticate`]).
     pub fn lookup(&self, token: &str, now_ms: u64) -> Result<PhoneNumber> {
-        if token.starts_with(SIGNED_PREFIX) {
-            return match &self.key {
-                Some(key) => Self::check_signed(key, token, now_ms),
-                None => Err(AuthError::InvalidToken),
-            };
-        }
-        let raw = parse_token(token).ok_or(AuthError::InvalidToken)?;
-        let hash = token_hash(&raw);
+        self.authenticate(token, now_ms).map(|a| a.phone)
+    }
+
+    /// The phone and generation of `token`, if the token is well formed,
+    /// known, not expired at `now_ms` and not revoked (its generation is
+    /// the account's on this node); [`AuthError::InvalidToken`] otherwise.
+    /// Runs a read transaction (blocking, usually on cached pages).
+    pub fn authenticate(&self, token: &str, now_ms: u64) -> Result<Authenticated> {
+        let signed = token.starts_with(SIGNED_PREFIX) || token.starts_with(SIGNED_PREFIX_V1);
         let read = self.store.db().begin_read().map_err(engine)?;
-        let table = match read.open_table(TOKENS) {
-            Ok(table) => table,
-            // No token was ever issued on this database.
-            Err(TableError::TableDoesNotExist(_)) => return Err(AuthError::InvalidToken),
+        let (phone, generation) = if signed {
+            match &self.key {
+                Some(key) => Self::check_signed(key, token, now_ms)?,
+                None => return Err(AuthError::InvalidToken),
+            }
+        } else {
+            let raw = parse_token(token).ok_or(AuthError::InvalidToken)?;
+            let hash = token_hash(&raw);
+            let table = match read.open_table(TOKENS) {
+                Ok(table) => table,
+                // No token was ever issued on this database.
+                Err(TableError::TableDoesNotExist(_)) => return Err(AuthError::InvalidToken),
+                Err(e) => return Err(engine(e)),
+            };
+            let Some(value) = table.get(hash.as_slice()).map_err(engine)? else {
+                return Err(AuthError::InvalidToken);
+            };
+            let record = TokenRecord::decode(value.value())?;
+            if now_ms >= record.expires_at_ms {
+                return Err(AuthError::InvalidToken);
+            }
+            let phone = PhoneNumber::parse(&record.phone)
+                .map_err(|e| corrupt(format!("token record phone: {e}")))?;
+            (phone, record.generation)
+        };
+        let current = match read.open_table(ACCOUNT_STATE) {
+            Ok(table) => read_state(&table, phone.as_str())?.generation,
+            Err(TableError::TableDoesNotExist(_)) => 0,
             Err(e) => return Err(engine(e)),
         };
-        let Some(value) = table.get(hash.as_slice()).map_err(engine)? else {
-            return Err(AuthError::InvalidToken);
-        };
-        let record: TokenRecord = postcard::from_bytes(value.value())
-            .map_err(|e| corrupt(format!("token record: {e}")))?;
-        if now_ms >= record.expires_at_ms {
+        if generation < current {
+            metrics::counter!("switchboard_auth_logins_total", "outcome" => "revoked").increment(1);
             return Err(AuthError::InvalidToken);
         }
-        PhoneNumber::parse(&record.phone).map_err(|e| corrupt(format!("token record phone: {e}")))
+        Ok(Authenticated { phone, generation })
+    }
+
+    /// What this node keeps for `phone` (defaults if nothing).
+    pub(crate) fn account_state(&self, phone: &PhoneNumber) -> Result<AccountState> {
+        let read = self.store.db().begin_read().map_err(engine)?;
+        match read.open_table(ACCOUNT_STATE) {
+            Ok(table) => read_state(&table, phone.as_str()),
+            Err(TableError::TableDoesNotExist(_)) => Ok(AccountState::default()),
+            Err(e) => Err(engine(e)),
+        }
+    }
+
+    /// Revokes every token of `phone` issued so far (a logout): raises the
+    /// account's generation and returns the new one once durable.
+    pub async fn revoke(&self, phone: &PhoneNumber, now_ms: u64) -> Result<u64> {
+        let phone = phone.as_str().to_owned();
+        self.store
+            .write(move |txn| {
+                update_state(txn, &phone, |state| {
+                    state.generation = state.generation.saturating_add(1);
+                    state.last_active_ms = now_ms;
+                    state.generation
+                })
+            })
+            .await
+            .map_err(AuthError::from)
+    }
+
+    /// Sets or clears `phone`'s registration lock (the PIN already hashed).
+    pub(crate) async fn set_lock(
+        &self,
+        phone: &PhoneNumber,
+        lock: Option<PinLock>,
+        now_ms: u64,
+    ) -> Result<()> {
+        let phone = phone.as_str().to_owned();
+        self.store
+            .write(move |txn| {
+                update_state(txn, &phone, |state| {
+                    state.lock = lock;
+                    state.last_active_ms = now_ms;
+                    state.pin_failures_ms.clear();
+                })
+            })
+            .await
+            .map_err(AuthError::from)
+    }
+
+    /// Records a wrong PIN for `phone` at `now_ms`, forgetting those older
+    /// than a day, and calls `done` with how many are left in the last day.
+    pub(crate) fn record_pin_failure<C>(&self, phone: &PhoneNumber, now_ms: u64, done: C)
+    where
+        C: FnOnce(Result<usize>) + Send + 'static,
+    {
+        let phone = phone.as_str().to_owned();
+        self.store.submit(
+            move |txn| {
+                update_state(txn, &phone, |state| {
+                    state
+                        .pin_failures_ms
+                        .retain(|&t| t.saturating_add(DAY_MS) > now_ms);
+                    state.pin_failures_ms.push(now_ms);
+                    state.pin_failures_ms.len()
+                })
+            },
+            move |outcome| done(outcome.map_err(AuthError::from)),
+        );
+    }
+
+    /// Notes a login of `phone` at `now_ms`, for the registration lock's
+    /// lapse: a write only if a lock is set and the last note is over an
+    /// hour old. Fire and forget (a lost note costs at most an hour).
+    pub(crate) fn touch(&self, phone: &PhoneNumber, now_ms: u64) {
+        let stale = self.account_state(phone).is_ok_and(|state| {
+            state.lock.is_some() && state.last_active_ms.saturating_add(TOUCH_EVERY_MS) <= now_ms
+        });
+        if !stale {
+            return;
+        }
+        let phone = phone.as_str().to_owned();
+        self.store.submit(
+            move |txn| {
+                update_state(txn, &phone, |state| {
+                    state.last_active_ms = state.last_active_ms.max(now_ms);
+                })
+            },
+            |_| {},
+        );
     }
 
     /// When `phone` was first verified, if ever.

@@ -325,6 +325,14 @@ impl Client {
         }
     }
 
+    /// Sets (`Some`, 4 to 64 characters) or removes (`None`) this account's
+    /// registration-lock PIN: while set, verifying the number again needs
+    /// the PIN too ([`crate::verify_with_pin`]). The lock lapses after 7
+    /// days without a login (the node's setting).
+    pub async fn set_registration_lock(&self, pin: Option<String>) -> Result<()> {
+        self.expect_ok(Request::SetRegistrationLock { pin }).await
+    }
+
     /// Closes the connection and stops the supervisor. Sends still waiting
     /// for an ack fail with [`ClientError::Stopped`]; [`Events`] ends.
     pub async fn close(&self) {

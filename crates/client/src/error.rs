@@ -118,12 +118,12 @@ impl DisconnectReason {
     }
 
     /// Whether reconnecting cannot help: another login replaced this one, the
-    /// user logged out, the token was refused, or this side closed.
+    /// user logged out, the token was refused or revoked, or this side closed.
     pub fn is_final(&self) -> bool {
         matches!(
             self,
             DisconnectReason::Closing {
-                reason: CloseReason::Replaced | CloseReason::LoggedOut,
+                reason: CloseReason::Replaced | CloseReason::LoggedOut | CloseReason::TokenRevoked,
                 ..
             } | DisconnectReason::LoginRefused { .. }
                 | DisconnectReason::Local

@@ -145,6 +145,31 @@ pub async fn verify(
     }
 }
 
+/// [`verify`] for a number with a registration lock: the code and the
+/// account's PIN. A wrong PIN fails with
+/// [`proto::ErrorCode::RegistrationLocked`] (counted: a few per day).
+pub async fn verify_with_pin(
+    cfg: &ClientConfig,
+    phone: &PhoneNumber,
+    code: &str,
+    pin: &str,
+) -> Result<(String, TimestampMs)> {
+    let request = Request::VerifyWithPin {
+        phone: phone.clone(),
+        code: code.to_owned(),
+        pin: pin.to_owned(),
+    };
+    match unauthenticated(cfg, request).await? {
+        Response::Verified {
+            token,
+            expires_at_ms,
+        } => Ok((token, expires_at_ms)),
+        other => Err(ClientError::Protocol(format!(
+            "expected Verified, got {other:?}"
+        ))),
+    }
+}
+
 /// One request on a fresh connection, trying the servers in order until one
 /// answers. A refusal by a node is final; a connection failure moves on.
 async fn unauthenticated(cfg: &ClientConfig, request: Request) -> Result<Response> {

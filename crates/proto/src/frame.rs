@@ -162,6 +162,28 @@ pub enum Request {
         #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
     },
+    /// Set (`Some`) or clear (`None`) the account's registration-lock PIN
+    /// (after login). While set, a new [`Request::Verify`] of the number
+    /// also needs the PIN ([`Request::VerifyWithPin`]); the lock lapses
+    /// once the account has not logged in for 7 days (the node's
+    /// `auth.registration_lock_lapse_days`). 4 to 64 characters.
+    /// Answer: [`Response::Ok`].
+    SetRegistrationLock {
+        /// The PIN, or `None` to remove the lock.
+        pin: Option<String>,
+    },
+    /// [`Request::Verify`] for a number with a registration lock: the code
+    /// and the account's PIN (auth; allowed before login). A wrong PIN is
+    /// answered [`ErrorCode::RegistrationLocked`] and counted (a few per
+    /// day). Answer: [`Response::Verified`].
+    VerifyWithPin {
+        /// The number the code was sent to.
+        phone: PhoneNumber,
+        /// The six digits received.
+        code: String,
+        /// The registration-lock PIN.
+        pin: String,
+    },
 }
 
 /// Most test users minted by one [`Request::MintTestUsers`], so that the
@@ -379,6 +401,13 @@ pub enum ErrorCode {
     /// A [`Request::SendAfter`] whose earlier message is not stored: resend
     /// that one first, then this one.
     EarlierMessageMissing,
+    /// The code was right but the number has a registration lock: verify
+    /// again with [`Request::VerifyWithPin`] (the code stays valid). Also
+    /// the answer to a wrong PIN.
+    RegistrationLocked {
+        /// Wrong PINs still allowed today (0: none until a day has passed).
+        attempts_left: u32,
+    },
 }
 
 /// Why the node closes a connection.
@@ -396,4 +425,7 @@ pub enum CloseReason {
     ProtocolViolation,
     /// The client logged out.
     LoggedOut,
+    /// The session's token was revoked (a logout, or a new verification of
+    /// the number): log in again with a new token.
+    TokenRevoked,
 }

@@ -142,6 +142,15 @@ pub enum SessionMsg {
     GuestDeadline(GuestStage),
     /// Close the connection (drain, shutdown).
     Close(CloseReason),
+    /// `user`'s tokens below `generation` were revoked (a logout, or a new
+    /// verification of the number): a session of `user` logged in with
+    /// such a token closes.
+    Revoked {
+        /// Whose tokens.
+        user: PhoneNumber,
+        /// The account's new generation.
+        generation: u64,
+    },
     /// Panic in the handler (tests of fault isolation only).
     #[cfg(feature = "fault-injection")]
     InjectPanic,
@@ -303,11 +312,14 @@ pub struct SessionState {
     ack_pacer: crate::pacing::Pacer,
     /// This connection's code requests (SMS pumping; see `auth::limits`).
     code_bucket: TokenBucket,
-    /// This connection's verify attempts (guessing across numbers).
+    /// This connection's verify attempts (guessing across numbers); also
+    /// paces PIN changes (each hashes with a slow KDF).
     verify_bucket: TokenBucket,
     ticket: Option<Ticket>,
     /// The hello and login deadlines, until login.
     guest_deadlines: Option<tokio::task::JoinHandle<()>>,
+    /// The generation of the token this session logged in with.
+    token_generation: u64,
     _live: LiveSession,
 }
 
@@ -606,6 +618,7 @@ impl Actor for SessionActor {
             ack_pacer: crate::pacing::Pacer::new(config.ack_rate, config.ack_burst, now_ms()),
             code_bucket: args.ctx.auth.connection_code_bucket(now_ms()),
             verify_bucket: args.ctx.auth.connection_verify_bucket(now_ms()),
+            token_generation: 0,
             ctx: args.ctx,
             ticket: args.ticket,
             guest_deadlines: Some(guest_deadlines),
@@ -735,6 +748,13 @@ async fn dispatch(myself: &ActorRef<SessionMsg>, message: SessionMsg, state: &mu
             }
         }
         SessionMsg::Close(reason) => state.close(myself, reason),
+        SessionMsg::Revoked { user, generation } => {
+            if state.user() == Some(&user) && state.token_generation < generation {
+                tracing::debug!(session = state.session_id, "token revoked; closing");
+                metrics::counter!("switchboard_sessions_revoked_total").increment(1);
+                state.close(myself, CloseReason::TokenRevoked);
+            }
+        }
         #[cfg(feature = "fault-injection")]
         SessionMsg::InjectPanic => panic!("injected fault"),
     }
@@ -937,26 +957,40 @@ async fn serve(
                     })
             });
         }
-        Request::Verify { phone, code } => {
+        Request::Verify { phone, code } => verify(myself, state, id, permit, phone, code, None),
+        Request::VerifyWithPin { phone, code, pin } => {
+            verify(myself, state, id, permit, phone, code, Some(pin));
+        }
+        Request::SetRegistrationLock { pin } => {
+            let Some(user) = state.user().cloned() else {
+                return;
+            };
+            // Each PIN is hashed with a slow KDF: paced like verify attempts.
             if let Err(retry_after_ms) = state.verify_bucket.take(now_ms()) {
                 over_connection_limit(myself, state, id, "verifies", retry_after_ms);
                 return;
             }
             let auth = state.ctx.auth.clone();
-            let source = Some(state.peer.ip());
             state.answer_auth(myself, id, permit, async move {
-                auth.verify_from(phone, code, source)
+                auth.set_registration_lock(&user, pin)
                     .await
-                    .map(|issued| Response::Verified {
-                        token: issued.token,
-                        expires_at_ms: issued.expires_at_ms,
-                    })
+                    .map(|()| Response::Ok)
             });
         }
-        Request::Login { token } => match state.ctx.auth.login(&token).await {
-            Ok(user) => {
+        Request::Login { token } => match state.ctx.auth.authenticate(&token).await {
+            Ok(auth::Authenticated {
+                phone: user,
+                generation,
+            }) => {
                 state.phase = Phase::LoggedIn(user.clone());
+                state.token_generation = generation;
                 state.cleaned_up = false;
+                // So that a revocation on this node finds this session.
+                ractor::pg::join_scoped(
+                    SESSIONS_SCOPE.to_owned(),
+                    user.as_str().to_owned(),
+                    vec![myself.get_cell()],
+                );
                 if let Some(presence) = state.presence() {
                     let _ = presence.send_message(PresenceMsg::Online {
                         user: user.clone(),
@@ -1109,7 +1143,26 @@ async fn serve(
             });
         }
         Request::Logout => {
-            state.responder.respond(id, Response::Ok);
+            // Every token of the account stops working (one account is one
+            // device today), then its other sessions here close.
+            if let Some(user) = state.user().cloned() {
+                match state.ctx.auth.logout(&user).await {
+                    Ok(generation) => {
+                        revoke_sessions(&user, generation);
+                        state.responder.respond(id, Response::Ok);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot revoke the tokens at logout");
+                        state.responder.error(
+                            Some(id),
+                            ErrorCode::Internal,
+                            "the logout could not be stored; log out again",
+                        );
+                    }
+                }
+            } else {
+                state.responder.respond(id, Response::Ok);
+            }
             state.close(myself, CloseReason::LoggedOut);
         }
         Request::MintTestUsers {
@@ -1118,6 +1171,54 @@ async fn serve(
             count,
         } => mint_test_users(myself, state, id, permit, &secret, first, count),
     }
+}
+
+/// The `ractor::pg` scope of logged-in sessions, grouped by user (the
+/// phone number), so that a revocation finds them. Node-local: session
+/// actors take no messages from other nodes.
+const SESSIONS_SCOPE: &str = "switchboard-sessions";
+
+/// Tells `user`'s sessions on this node that tokens below `generation`
+/// are revoked; those logged in with one close.
+fn revoke_sessions(user: &PhoneNumber, generation: u64) {
+    let members =
+        ractor::pg::get_scoped_local_members(&SESSIONS_SCOPE.to_owned(), &user.as_str().to_owned());
+    for member in members {
+        let _ = ActorRef::<SessionMsg>::from(member).send_message(SessionMsg::Revoked {
+            user: user.clone(),
+            generation,
+        });
+    }
+}
+
+/// `Verify` or `VerifyWithPin`: within the connection's limit; on success
+/// the sessions of the number's earlier tokens close before the client has
+/// the new token.
+fn verify(
+    myself: &ActorRef<SessionMsg>,
+    state: &mut SessionState,
+    id: RequestId,
+    permit: OwnedSemaphorePermit,
+    phone: PhoneNumber,
+    code: String,
+    pin: Option<String>,
+) {
+    if let Err(retry_after_ms) = state.verify_bucket.take(now_ms()) {
+        over_connection_limit(myself, state, id, "verifies", retry_after_ms);
+        return;
+    }
+    let auth = state.ctx.auth.clone();
+    let source = Some(state.peer.ip());
+    state.answer_auth(myself, id, permit, async move {
+        let issued = auth
+            .verify_with_pin_from(phone.clone(), code, pin, source)
+            .await?;
+        revoke_sessions(&phone, issued.generation);
+        Ok(Response::Verified {
+            token: issued.token,
+            expires_at_ms: issued.expires_at_ms,
+        })
+    });
 }
 
 /// Counts a mint request's outcome.

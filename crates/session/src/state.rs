@@ -43,6 +43,7 @@ fn allowed_before_login(request: &Request) -> bool {
         request,
         Request::RequestCode { .. }
             | Request::Verify { .. }
+            | Request::VerifyWithPin { .. }
             | Request::Login { .. }
             | Request::Ping
             | Request::MintTestUsers { .. }

@@ -452,6 +452,9 @@ fn handle(state: &Mutex<State>, conn: u64, rid: u32, request: Request) {
                 server_ts,
             });
         }
+        (Request::SetRegistrationLock { .. } | Request::VerifyWithPin { .. }, Some(_)) => {
+            error(ErrorCode::UnknownRequest, "the fake node has no registration lock");
+        }
         (Request::Ack { ids }, Some(me)) => {
             acknowledge(&mut st, &me, &ids);
             answer(Response::Ok);
