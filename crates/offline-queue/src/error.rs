@@ -26,6 +26,11 @@ pub enum FragmentError {
     /// messages that were never delivered to the reader).
     #[error("{0}")]
     InvalidRequest(String),
+    /// The node that stores the mailbox refuses new messages for now: its
+    /// disk is nearly full, or its store has failed (it is leaving the
+    /// cluster so that a partner takes its mailboxes over). Retry later.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl FragmentError {
@@ -39,6 +44,9 @@ impl FragmentError {
             FragmentError::PayloadTooLarge { .. } => proto::ErrorCode::PayloadTooLarge,
             FragmentError::EarlierMessageMissing => proto::ErrorCode::EarlierMessageMissing,
             FragmentError::InvalidRequest(_) => proto::ErrorCode::InvalidRequest,
+            FragmentError::Refused(_) => proto::ErrorCode::Unavailable {
+                retry_after_ms: 2000,
+            },
         }
     }
 }
