@@ -13,3 +13,5 @@ mod receipts;
 mod auth;
 #[path = "abuse/cluster.rs"]
 mod cluster;
+#[path = "abuse/store.rs"]
+mod store;
