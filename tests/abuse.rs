@@ -23,3 +23,6 @@ mod storage;
 
 #[path = "abuse/tokens.rs"]
 mod tokens;
+
+#[path = "abuse/store.rs"]
+mod store;

@@ -46,6 +46,11 @@ impl NodeProcess {
         Self::spawn(data_dir, listen, &[])
     }
 
+    /// Starts a node on `data_dir` with extra `SWITCHBOARD_*` settings.
+    pub fn start_at_with(data_dir: &Path, listen: &str, env: &[(&str, &str)]) -> Self {
+        Self::spawn(data_dir, listen, env)
+    }
+
     /// Starts a node from a config file (its data dir and listen address
     /// come from the file).
     pub fn start_with_config(config: &Path, data_dir: &Path, listen: &str) -> Self {
@@ -103,6 +108,20 @@ impl NodeProcess {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The exit status, if the process exits within `within`.
+    pub fn exited_within(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// SIGKILL, no chance to flush.

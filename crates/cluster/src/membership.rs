@@ -155,6 +155,14 @@ pub enum MembershipMsg {
         /// The peer.
         peer: String,
     },
+    /// This node can no longer serve (its store failed): close every link,
+    /// stop heartbeating, dialing and accepting, so that the partners see
+    /// it leave at once and take its fragments over. For good: the node
+    /// exits next and its supervisor starts it afresh.
+    Withdraw {
+        /// Why, for the log.
+        reason: String,
+    },
 }
 
 impl ractor::Message for MembershipMsg {}
@@ -307,6 +315,8 @@ pub struct MembershipState {
     accept: JoinHandle<()>,
     inbox: ActorRef<Envelope>,
     sessions: HashMap<String, ActorRef<NodeSessionMessage>>,
+    /// Set by [`MembershipMsg::Withdraw`]: nothing more is linked or sent.
+    withdrawn: bool,
 }
 
 impl std::fmt::Debug for MembershipState {
@@ -436,6 +446,7 @@ impl Actor for Membership {
             accept,
             inbox,
             sessions: HashMap::new(),
+            withdrawn: false,
         };
         // A restarted membership starts from "no peer up" until it hears them.
         publish(&state);
@@ -462,7 +473,17 @@ impl Actor for Membership {
         state: &mut MembershipState,
     ) -> std::result::Result<(), ActorProcessingErr> {
         let now = Instant::now();
+        if state.withdrawn {
+            if let MembershipMsg::LinkReady { session, .. } = msg {
+                session.stop(Some("this node has left the cluster".into()));
+            }
+            return Ok(());
+        }
         let actions = match msg {
+            MembershipMsg::Withdraw { reason } => {
+                withdraw(state, &reason);
+                return Ok(());
+            }
             MembershipMsg::Tick => state.table.tick(now),
             MembershipMsg::DialDone { peer, ok } => {
                 state.table.dial_finished(&peer, ok, now, jitter());
@@ -527,6 +548,37 @@ impl Actor for Membership {
         }
         Ok(())
     }
+}
+
+/// Leaves the cluster for good (see [`MembershipMsg::Withdraw`]). The view
+/// is left as it was: this node's own fragments must not start taking
+/// anything over from partners that merely stopped hearing from it.
+fn withdraw(state: &mut MembershipState, reason: &str) {
+    tracing::warn!(
+        reason,
+        "leaving the cluster: closing every link, no more heartbeats"
+    );
+    metrics::counter!("switchboard_cluster_withdrawn_total").increment(1);
+    state.withdrawn = true;
+    state.accept.abort();
+    for (peer, session) in state.sessions.drain() {
+        tracing::info!(%peer, "closing the link: this node leaves the cluster");
+        session.stop(Some(format!("leaving the cluster: {reason}")));
+    }
+}
+
+/// Asks this process's membership actor to leave the cluster (see
+/// [`MembershipMsg::Withdraw`]); false if there is none.
+pub fn request_withdraw(reason: &str) -> bool {
+    ractor::registry::where_is("membership")
+        .map(ActorRef::<MembershipMsg>::from)
+        .is_some_and(|membership| {
+            membership
+                .cast(MembershipMsg::Withdraw {
+                    reason: reason.to_owned(),
+                })
+                .is_ok()
+        })
 }
 
 fn carry_out(myself: &ActorRef<MembershipMsg>, state: &mut MembershipState, action: Action) {

@@ -19,6 +19,7 @@ use session::{SessionContext, SessionMsg, Transport, broadcast_to_sessions, exte
 use storage::{Store, StoreOptions};
 use supervision::{ChildSpec, Intensity, Restart, Supervisor, SupervisorArgs, SupervisorMsg};
 
+use crate::health::{ClusterReadiness, Health};
 use crate::listener::{ListenerActor, ListenerArgs};
 use crate::tls::{NodeCertificate, ensure_certificate, server_config};
 use crate::{NodeConfig, NodeError, Result};
@@ -70,6 +71,7 @@ pub struct Node {
     websocket_addr: Option<SocketAddr>,
     certificate: NodeCertificate,
     cluster: Option<cluster::ClusterHandle>,
+    health: Health,
 }
 
 fn supervisor_spec(id: &str, args: SupervisorArgs) -> ChildSpec {
@@ -113,10 +115,7 @@ impl NodeBuilder {
     pub async fn start(self) -> Result<Node> {
         let config = self.config;
         config.validate()?;
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::Io {
-            path: config.data_dir.display().to_string(),
-            source,
-        })?;
+        crate::datadir::prepare(&config.data_dir)?;
         let certificate = ensure_certificate(&config.tls, &config.data_dir)?;
         if certificate.generated {
             tracing::info!(path = %certificate.cert_path.display(), "generated a self-signed certificate");
@@ -124,8 +123,10 @@ impl NodeBuilder {
         tracing::info!(cert = %certificate.cert_path.display(), sha256 = %certificate.fingerprint,
             "client TLS certificate");
         let tls = server_config(&certificate)?;
+        let db_path = config.data_dir.join("switchboard.redb");
+        crate::datadir::create_private_file(&db_path)?;
         let store = Store::open(
-            &config.data_dir.join("switchboard.redb"),
+            &db_path,
             StoreOptions {
                 cache_bytes: config.storage.cache_mib * 1024 * 1024,
                 ..StoreOptions::default()
@@ -384,8 +385,31 @@ impl NodeBuilder {
             },
             concurrent_shutdown: false,
         };
+        let health = Health::new(
+            store.clone(),
+            match (&config.cluster, &cluster) {
+                (Some(c), Some(handle)) => Some(ClusterReadiness {
+                    handle: handle.clone(),
+                    peers: c.nodes.len().saturating_sub(1),
+                    owns_fragments: c.islands.iter().any(|pair| pair.contains(&config.name)),
+                }),
+                _ => None,
+            },
+        );
+        crate::health::watch_disk(
+            store.clone(),
+            config.data_dir.clone(),
+            config.storage.clone(),
+        );
+        leave_cluster_when_broken(store.clone(), cluster.is_some());
         if let Some(listen) = &config.metrics.listen {
-            crate::telemetry::start(listen, store.clone(), fragments.clone(), config.fragments)?;
+            crate::telemetry::start(
+                listen,
+                store.clone(),
+                fragments.clone(),
+                config.fragments,
+                health.clone(),
+            )?;
         }
         let (root, root_handle) = Actor::spawn(Some("root".into()), Supervisor, root_args)
             .await
@@ -404,8 +428,31 @@ impl NodeBuilder {
             websocket_addr,
             certificate,
             cluster,
+            health,
         })
     }
+}
+
+/// How long a node with a broken store lingers after leaving its cluster
+/// before [`Node::failed`] resolves: its partners see the links close at
+/// once, and meanwhile its clients get a clear refusal and its probes say
+/// 503 (an orchestrator polling them sees why the node went away).
+pub const BROKEN_STORE_GRACE: Duration = Duration::from_secs(2);
+
+/// Once the store breaks, leaves the cluster (stops heartbeats, closes the
+/// links) so that the partner takes this node's fragments over now rather
+/// than after the heartbeat timeout, or never (a node whose links stay up
+/// is not down).
+fn leave_cluster_when_broken(store: Store, clustered: bool) {
+    tokio::spawn(async move {
+        let reason = store.broken().await;
+        tracing::error!(error = %reason,
+            "the store failed: refusing new messages, leaving the cluster, exiting for a restart");
+        metrics::counter!("switchboard_storage_broken_total").increment(1);
+        if clustered && !cluster::membership::request_withdraw(&reason) {
+            tracing::warn!("no membership actor to leave the cluster through");
+        }
+    });
 }
 
 /// Tells the presence actor and every fragment actor when a peer comes up
@@ -508,10 +555,26 @@ impl Node {
         }
     }
 
+    /// Resolves with the I/O error once the store has failed and the node
+    /// has left its cluster ([`BROKEN_STORE_GRACE`] after the failure). The
+    /// node cannot store anything more in this process: the caller should
+    /// shut it down and exit non-zero, for its supervisor to restart it.
+    /// The future holds no borrow of the node, so that it can be awaited
+    /// beside [`Node::stopped`].
+    pub fn failed(&self) -> impl Future<Output = String> + Send + 'static {
+        let store = self.store.clone();
+        async move {
+            let reason = store.broken().await;
+            tokio::time::sleep(BROKEN_STORE_GRACE).await;
+            reason
+        }
+    }
+
     /// Drains and stops: no new connections, every client told to reconnect
     /// later, then the services stop bottom-up and storage is flushed.
     pub async fn shutdown(self) {
         tracing::info!("shutting down");
+        self.health.set_draining();
         self.stop_listening().await;
         if let Some(sessions) = self.sessions() {
             let told = broadcast_to_sessions(&sessions, || {

@@ -181,6 +181,22 @@ pub struct PresenceSettings {
 pub struct StorageSettings {
     /// redb page cache in MiB.
     pub cache_mib: usize,
+    /// New messages are refused (`Unavailable`, retry later) while free
+    /// disk under the data directory is below the smaller of this many MiB
+    /// and `min_free_percent` of the filesystem. 0 turns the check off.
+    pub min_free_mib: u64,
+    /// See `min_free_mib`.
+    pub min_free_percent: f64,
+}
+
+impl StorageSettings {
+    /// The free-disk threshold in bytes for a filesystem of `total` bytes:
+    /// the smaller of the two settings, so that a small disk is not refused
+    /// for good by a threshold meant for a large one.
+    pub fn min_free_bytes(&self, total: u64) -> u64 {
+        let by_percent = (total as f64 * self.min_free_percent / 100.0) as u64;
+        (self.min_free_mib.saturating_mul(1024 * 1024)).min(by_percent)
+    }
 }
 
 impl Default for NodeConfig {
@@ -247,7 +263,11 @@ impl Default for PresenceSettings {
 
 impl Default for StorageSettings {
     fn default() -> Self {
-        Self { cache_mib: 64 }
+        Self {
+            cache_mib: 64,
+            min_free_mib: 1024,
+            min_free_percent: 5.0,
+        }
     }
 }
 
@@ -346,6 +366,12 @@ impl NodeConfig {
                         .into(),
                 );
             }
+        }
+        let pct = self.storage.min_free_percent;
+        if !(0.0..=100.0).contains(&pct) {
+            return fail(format!(
+                "storage.min_free_percent = {pct} must be between 0 and 100"
+            ));
         }
         let l = &self.limits;
         // A stored receipt names up to 256 ids (about 2.6 KB encoded).

@@ -20,10 +20,23 @@
 //! - [`builder`]: [`NodeBuilder`], which registers the services and any
 //!   extension actors, and the running [`Node`].
 //! - [`listener`]: the listener actor.
+//! - [`datadir`]: the data directory's permissions (0700, files 0600).
+//! - `health`: `/healthz` and `/readyz`, and the free-disk watch.
+//! - `telemetry`: the metrics listener (metrics and the two probes).
+//!
+//! # A broken store
+//! A write that fails on an I/O error breaks the store for the rest of the
+//! process (see the `storage` crate). The node then refuses new messages,
+//! answers 503 on both probes, leaves its cluster (closes every link, no
+//! more heartbeats, so partners take its fragments over at once) and
+//! [`Node::failed`] resolves a moment later: the binary exits non-zero for
+//! its supervisor to restart it on a database redb recovers at open.
 
 pub mod builder;
 pub mod config;
+pub mod datadir;
 mod error;
+mod health;
 pub mod listener;
 mod telemetry;
 pub mod tls;

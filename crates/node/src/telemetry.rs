@@ -4,44 +4,124 @@
 //! the session and fragment crates); the gauges here — connections, the
 //! group-commit queue, fragment backlogs — are sampled every few seconds,
 //! since ractor does not expose mailbox lengths.
+//!
+//! The listener is ours rather than the exporter's (which answers every
+//! path with the metrics): it also answers `/healthz` and `/readyz` from
+//! [`Health`], 200 when the probe passes and 503 when it does not.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use metrics_exporter_prometheus::PrometheusBuilder;
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use offline_queue::{FragmentDirectory, FragmentMsg};
 use storage::Store;
 
+use crate::health::Health;
 use crate::{NodeError, Result};
 
 /// How often gauges are sampled.
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+/// Scrapes and probes served at once; more wait for the accept loop.
+const MAX_SCRAPES: usize = 32;
+/// A connection of the metrics listener is closed after this long.
+const SCRAPE_DEADLINE: Duration = Duration::from_secs(10);
 
-/// Serves `/metrics` on `listen` and starts sampling gauges. The recorder is
-/// process-wide: a second node in one process keeps the first one's.
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listen` and starts
+/// sampling gauges. The recorder is process-wide: a second node in one
+/// process keeps the first one's (and serves no metrics of its own).
 pub(crate) fn start(
     listen: &str,
     store: Store,
     fragments: FragmentDirectory,
     count: u16,
+    health: Health,
 ) -> Result<()> {
     let addr: SocketAddr = listen
         .parse()
         .map_err(|e| NodeError::Config(format!("metrics.listen = {listen:?}: {e}")))?;
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .install()
-        .map_err(|e| NodeError::Startup(format!("metrics exporter on {addr}: {e}")))?;
-    tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+    let handle = PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| NodeError::Startup(format!("metrics recorder: {e}")))?;
+    let listener = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .and_then(tokio::net::TcpListener::from_std)
+        .map_err(|source| NodeError::Bind {
+            addr: listen.to_owned(),
+            source,
+        })?;
+    tracing::info!(%addr, "serving Prometheus metrics at /metrics, probes at /healthz and /readyz");
+    tokio::spawn(serve(listener, handle.clone(), health));
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(SAMPLE_EVERY);
         loop {
             tick.tick().await;
+            // The exporter's own listener would do this; ours must.
+            handle.run_upkeep();
             sample(&store, &fragments, count).await;
         }
     });
     Ok(())
+}
+
+async fn serve(listener: tokio::net::TcpListener, metrics: PrometheusHandle, health: Health) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
+    loop {
+        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::debug!(error = %e, "metrics accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (metrics, health) = (metrics.clone(), health.clone());
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let answer = answer(&request, &metrics, &health);
+                async move { Ok::<_, Infallible>(answer) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(SCRAPE_DEADLINE, connection).await;
+            drop(permit);
+        });
+    }
+}
+
+fn answer(
+    request: &Request<Incoming>,
+    metrics: &PrometheusHandle,
+    health: &Health,
+) -> Response<Full<Bytes>> {
+    let (status, body) = match request.uri().path() {
+        "/healthz" => probe(health.healthz()),
+        "/readyz" => probe(health.readyz()),
+        // Any other path keeps answering with the metrics, as the
+        // exporter's listener did.
+        _ => (StatusCode::OK, metrics.render()),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+}
+
+fn probe((ok, why): (bool, String)) -> (StatusCode, String) {
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, why + "\n")
 }
 
 async fn sample(store: &Store, fragments: &FragmentDirectory, count: u16) {

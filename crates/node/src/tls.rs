@@ -47,7 +47,7 @@ pub fn ensure_certificate(config: &TlsConfig, data_dir: &Path) -> Result<NodeCer
     let key_path = dir.join("key.pem");
     let mut generated = false;
     if !cert_path.exists() || !key_path.exists() {
-        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        crate::datadir::create_private_dir(&dir)?;
         let names = vec![
             "localhost".to_owned(),
             "switchboard".to_owned(),

@@ -309,12 +309,21 @@ pub(crate) fn now_ms() -> TimestampMs {
         .unwrap_or(0)
 }
 
+/// Fragments this process serves now (the gauge's value, for `/readyz`).
+static SERVING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many fragments this process serves now.
+pub fn fragments_serving() -> usize {
+    SERVING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// One fragment served by this node, for the gauge.
 struct ServingGauge;
 
 impl ServingGauge {
     fn new() -> Self {
         metrics::gauge!("switchboard_fragments_serving").increment(1.0);
+        SERVING.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Self
     }
 }
@@ -322,6 +331,7 @@ impl ServingGauge {
 impl Drop for ServingGauge {
     fn drop(&mut self) {
         metrics::gauge!("switchboard_fragments_serving").decrement(1.0);
+        SERVING.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -516,9 +526,13 @@ fn serve(state: &mut FragmentState, message: FragmentMsg) -> Vec<CoreAction> {
     };
     let reads = &state.reads;
     match message {
-        FragmentMsg::Append { message, reply } => {
-            core.append(reads, message, now_ms(), Waiter::Local(reply))
-        }
+        FragmentMsg::Append { message, reply } => match refusal(&state.store) {
+            Some(refused) => {
+                let _ = reply.send(Err(refused));
+                Vec::new()
+            }
+            None => core.append(reads, message, now_ms(), Waiter::Local(reply)),
+        },
         FragmentMsg::Attach {
             user,
             endpoint,
@@ -550,6 +564,23 @@ fn serve(state: &mut FragmentState, message: FragmentMsg) -> Vec<CoreAction> {
         FragmentMsg::DeleteAcked { owner, ids } => core.delete_acked(owner, ids),
         _ => Vec::new(),
     }
+}
+
+/// Whether new messages must be refused now (a broken store or a nearly
+/// full disk): checked before a message is taken, so that the sender gets a
+/// clear answer instead of a failed write. Counted by cause.
+pub(crate) fn refusal(store: &storage::Store) -> Option<FragmentError> {
+    let refusal = store.refusal()?;
+    metrics::counter!("switchboard_sends_refused_total", "reason" => refusal.as_str()).increment(1);
+    Some(FragmentError::Refused(match refusal {
+        storage::Refusal::LowDisk => {
+            "the node storing this mailbox is low on disk space; retry later".to_owned()
+        }
+        storage::Refusal::Broken => {
+            "the node storing this mailbox has a storage failure and is handing it over; retry"
+                .to_owned()
+        }
+    }))
 }
 
 /// Carries out the core's actions.

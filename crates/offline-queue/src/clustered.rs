@@ -408,6 +408,19 @@ pub(crate) async fn from_peer(
     let reads = &state.reads;
     let actions = match wire {
         wire @ (FragmentWire::Append { .. } | FragmentWire::AppendAfter { .. }) => {
+            if let Some(refused) = crate::actor::refusal(&state.store) {
+                if let Some((req, _)) = wire.into_append() {
+                    send(
+                        state,
+                        &from,
+                        FragmentWire::AppendDone {
+                            req,
+                            result: Err(refused),
+                        },
+                    );
+                }
+                return Ok(Vec::new());
+            }
             match (wire.into_append(), state.core.as_mut()) {
                 (Some((req, message)), Some(core)) => {
                     core.append(reads, message, now_ms(), Waiter::Remote { node: from, req })

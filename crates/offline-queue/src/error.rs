@@ -30,6 +30,11 @@ pub enum FragmentError {
     /// sender, or in all); retry once some is delivered.
     #[error("the recipient's mailbox is full ({0:?} cap); retry later")]
     MailboxFull(crate::usage::Full),
+    /// The node that stores the mailbox refuses new messages for now: its
+    /// disk is nearly full, or its store has failed (it is leaving the
+    /// cluster so that a partner takes its mailboxes over). Retry later.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl FragmentError {
@@ -47,6 +52,9 @@ impl FragmentError {
             // retry later, which is right for a mailbox that drains.
             FragmentError::MailboxFull(_) => proto::ErrorCode::RateLimited {
                 retry_after_ms: 60_000,
+            },
+            FragmentError::Refused(_) => proto::ErrorCode::Unavailable {
+                retry_after_ms: 2000,
             },
         }
     }

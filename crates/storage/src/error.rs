@@ -21,6 +21,11 @@ pub enum StorageError {
     /// The writer thread has stopped (the node is shutting down).
     #[error("the storage writer has stopped")]
     Closed,
+    /// The disk failed under the database (ENOSPC, EIO, ...). redb refuses
+    /// every later write of this process once one has failed (its
+    /// `PreviousIo`), so the store is broken until the node restarts.
+    #[error("the disk failed under the database: {0}")]
+    Io(String),
 }
 
 /// A result with [`StorageError`].
@@ -30,7 +35,11 @@ macro_rules! engine_error {
     ($($ty:ty),*) => {$(
         impl From<$ty> for StorageError {
             fn from(e: $ty) -> Self {
-                StorageError::Engine(e.to_string())
+                let text = e.to_string();
+                match redb::Error::from(e) {
+                    redb::Error::Io(_) | redb::Error::PreviousIo => StorageError::Io(text),
+                    _ => StorageError::Engine(text),
+                }
             }
         }
     )*};

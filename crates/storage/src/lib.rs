@@ -16,6 +16,13 @@
 //! writer applies a run of them that follow each other in its queue with one
 //! call, so their tables are opened once per run instead of once per change.
 //!
+//! A write that fails on an I/O error (a full disk, a failing device)
+//! breaks the store for the rest of the process: redb refuses every later
+//! write with `PreviousIo` until the database is closed and opened again,
+//! which it cannot be while any handle lives. [`Store::broken`] tells the
+//! node, which leaves its cluster and exits so that its supervisor restarts
+//! it (redb then recovers the last durable commit).
+//!
 //! The choice of redb over fjall is recorded in `docs/benchmarks.md`.
 
 mod error;
@@ -23,4 +30,4 @@ mod writer;
 
 pub use error::{Result, StorageError};
 pub use redb;
-pub use writer::{ApplyGroup, Store, StoreOptions, WriterStats};
+pub use writer::{ApplyGroup, Refusal, Store, StoreOptions, WriterStats};

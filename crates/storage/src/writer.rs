@@ -3,7 +3,7 @@
 use std::any::{Any, TypeId};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread;
 
@@ -43,6 +43,35 @@ pub struct WriterStats {
     pub failed_commits: AtomicU64,
     /// Microseconds spent applying and committing, all transactions together.
     pub busy_micros: AtomicU64,
+}
+
+/// Why the store refuses new data right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A write failed on an I/O error: nothing more can be made durable
+    /// until the process restarts (see [`StorageError::Io`]).
+    Broken,
+    /// Free disk under the data directory is below the configured
+    /// threshold (set by the node's sampler through [`Store::set_low_disk`]).
+    LowDisk,
+}
+
+impl Refusal {
+    /// A label for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Broken => "store_broken",
+            Refusal::LowDisk => "low_disk",
+        }
+    }
+}
+
+/// Whether the store can take writes, shared by every handle.
+#[derive(Debug)]
+struct Health {
+    low_disk: AtomicBool,
+    /// `Some(reason)` once a write failed on an I/O error; never cleared.
+    broken: tokio::sync::watch::Sender<Option<String>>,
 }
 
 /// A kind of small change that is applied in runs: the writer hands every
@@ -148,6 +177,7 @@ pub struct Store {
     db: Arc<Database>,
     changes: mpsc::Sender<Box<dyn Change>>,
     stats: Arc<WriterStats>,
+    health: Arc<Health>,
 }
 
 impl Store {
@@ -162,14 +192,64 @@ impl Store {
             })?;
         let db = Arc::new(db);
         let stats = Arc::new(WriterStats::default());
+        let health = Arc::new(Health {
+            low_disk: AtomicBool::new(false),
+            broken: tokio::sync::watch::Sender::new(None),
+        });
         let (changes, receiver) = mpsc::channel();
-        let writer_db = Arc::clone(&db);
-        let writer_stats = Arc::clone(&stats);
+        let writer = Writer {
+            db: Arc::clone(&db),
+            stats: Arc::clone(&stats),
+            health: Arc::clone(&health),
+            max_batch: options.max_batch,
+        };
         thread::Builder::new()
             .name("storage-writer".into())
-            .spawn(move || run_writer(&writer_db, &receiver, options.max_batch, &writer_stats))
+            .spawn(move || writer.run(&receiver))
             .map_err(|e| StorageError::Engine(format!("cannot start the writer thread: {e}")))?;
-        Ok(Self { db, changes, stats })
+        Ok(Self {
+            db,
+            changes,
+            stats,
+            health,
+        })
+    }
+
+    /// Why new data should be refused now, if it should: the store is
+    /// broken, or the disk is nearly full.
+    pub fn refusal(&self) -> Option<Refusal> {
+        if self.health.broken.borrow().is_some() {
+            Some(Refusal::Broken)
+        } else if self.health.low_disk.load(Ordering::Relaxed) {
+            Some(Refusal::LowDisk)
+        } else {
+            None
+        }
+    }
+
+    /// Whether a write has failed on an I/O error (for good, in this process).
+    pub fn is_broken(&self) -> bool {
+        self.health.broken.borrow().is_some()
+    }
+
+    /// Resolves with the I/O error once a write has failed on one (at once
+    /// if one already has).
+    pub async fn broken(&self) -> String {
+        let mut watch = self.health.broken.subscribe();
+        loop {
+            if let Some(reason) = watch.borrow_and_update().clone() {
+                return reason;
+            }
+            if watch.changed().await.is_err() {
+                // Cannot happen while `self` holds the sender; never resolve.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Marks the disk as nearly full (or no longer): see [`Refusal::LowDisk`].
+    pub fn set_low_disk(&self, low: bool) {
+        self.health.low_disk.store(low, Ordering::Relaxed);
     }
 
     /// The database, for read transactions.
@@ -240,54 +320,76 @@ impl Store {
     }
 }
 
-fn run_writer(
-    db: &Database,
-    receiver: &mpsc::Receiver<Box<dyn Change>>,
+/// The writer thread's side of a [`Store`].
+struct Writer {
+    db: Arc<Database>,
+    stats: Arc<WriterStats>,
+    health: Arc<Health>,
     max_batch: usize,
-    stats: &WriterStats,
-) {
-    let mut batch: Vec<Box<dyn Change>> = Vec::with_capacity(max_batch);
-    // Blocks for the first change, then takes whatever else is already waiting:
-    // the batch grows by itself while a commit is in flight.
-    while let Ok(first) = receiver.recv() {
-        batch.push(first);
-        while batch.len() < max_batch {
-            match receiver.try_recv() {
-                Ok(change) => batch.push(change),
-                Err(_) => break,
+}
+
+impl Writer {
+    fn run(&self, receiver: &mpsc::Receiver<Box<dyn Change>>) {
+        let stats = &self.stats;
+        let mut batch: Vec<Box<dyn Change>> = Vec::with_capacity(self.max_batch);
+        // Blocks for the first change, then takes whatever else is already waiting:
+        // the batch grows by itself while a commit is in flight.
+        while let Ok(first) = receiver.recv() {
+            batch.push(first);
+            while batch.len() < self.max_batch {
+                match receiver.try_recv() {
+                    Ok(change) => batch.push(change),
+                    Err(_) => break,
+                }
             }
-        }
-        stats
-            .queued
-            .fetch_sub(batch.len() as u64, Ordering::Relaxed);
-        let began = std::time::Instant::now();
-        let outcome = commit_batch(db, &mut batch);
-        let took = began.elapsed();
-        stats
-            .busy_micros
-            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
-        tracing::trace!(
-            changes = batch.len(),
-            micros = took.as_micros() as u64,
-            "group commit"
-        );
-        match &outcome {
-            Ok(()) => {
-                stats.commits.fetch_add(1, Ordering::Relaxed);
-                stats
-                    .changes
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            }
-            Err(e) => {
+            stats
+                .queued
+                .fetch_sub(batch.len() as u64, Ordering::Relaxed);
+            // Once broken, redb answers every write with `PreviousIo`: the
+            // changes fail at once with the first error, which says why.
+            let broken = self.health.broken.borrow().clone();
+            if let Some(reason) = broken {
                 stats.failed_commits.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, changes = batch.len(), "group commit failed");
+                for change in batch.drain(..) {
+                    change.complete(Err(StorageError::Io(reason.clone())));
+                }
+                continue;
+            }
+            let began = std::time::Instant::now();
+            let outcome = commit_batch(&self.db, &mut batch);
+            let took = began.elapsed();
+            stats
+                .busy_micros
+                .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+            tracing::trace!(
+                changes = batch.len(),
+                micros = took.as_micros() as u64,
+                "group commit"
+            );
+            match &outcome {
+                Ok(()) => {
+                    stats.commits.fetch_add(1, Ordering::Relaxed);
+                    stats
+                        .changes
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                }
+                Err(StorageError::Io(reason)) => {
+                    stats.failed_commits.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %reason, changes = batch.len(),
+                        "group commit failed on an I/O error: the store is broken until restart");
+                    self.health.broken.send_replace(Some(reason.clone()));
+                }
+                Err(e) => {
+                    stats.failed_commits.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, changes = batch.len(), "group commit failed");
+                }
+            }
+            for change in batch.drain(..) {
+                change.complete(outcome.clone());
             }
         }
-        for change in batch.drain(..) {
-            change.complete(outcome.clone());
-        }
+        tracing::debug!("storage writer stopped: all stores dropped");
     }
-    tracing::debug!("storage writer stopped: all stores dropped");
 }
 
 /// Applies every change in one transaction and commits it durably. A change

@@ -44,9 +44,19 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     if let Some(ws) = running.websocket_addr() {
         println!("WebSocket (browsers) on wss://{ws}/");
     }
-    tokio::select! {
-        () = shutdown_signal() => {}
+    let failure = running.failed();
+    let failed = tokio::select! {
+        () = shutdown_signal() => None,
         () = running.stopped() => anyhow::bail!("the node's root supervisor stopped; see the log"),
+        reason = failure => Some(reason),
+    };
+    if let Some(reason) = failed {
+        // redb accepts no write in this process after an I/O error: drain
+        // (clients are told to reconnect, to the partner that has taken
+        // over) and exit non-zero, so that systemd or the container runtime
+        // starts the node again on the database redb recovers at open.
+        let _ = tokio::time::timeout(Duration::from_secs(10), running.shutdown()).await;
+        anyhow::bail!("the store failed ({reason}); exiting for a restart");
     }
     tokio::time::timeout(Duration::from_secs(30), running.shutdown())
         .await

@@ -453,7 +453,10 @@ fn handle(state: &Mutex<State>, conn: u64, rid: u32, request: Request) {
             });
         }
         (Request::SetRegistrationLock { .. } | Request::VerifyWithPin { .. }, Some(_)) => {
-            error(ErrorCode::UnknownRequest, "the fake node has no registration lock");
+            error(
+                ErrorCode::UnknownRequest,
+                "the fake node has no registration lock",
+            );
         }
         (Request::Ack { ids }, Some(me)) => {
             acknowledge(&mut st, &me, &ids);
