@@ -208,6 +208,17 @@ async fn a_full_disk_makes_a_lone_node_refuse_report_and_exit_without_losing_ack
         refusal.is_some_and(|(_, message)| message.contains("storage failure")),
         "sends after the failed write are refused with a clear error: {errors:?}"
     );
+    // Item 14: what failed inside the node (paths, I/O errors) stays in
+    // its log.
+    let data_dir = node.data_dir.display().to_string();
+    for (_, message) in &errors {
+        assert!(
+            !message.contains(&data_dir)
+                && !message.contains("os error")
+                && !message.contains("I/O"),
+            "an internal error reached the client: {message:?}"
+        );
+    }
     // Unhealthy and not ready while it lingers, then gone.
     let started = Instant::now();
     let (mut health, mut ready) = (None, None);

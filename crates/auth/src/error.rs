@@ -111,6 +111,32 @@ impl AuthError {
         }
     }
 
+    /// What a client is told: the error's own text, except where that
+    /// would show the node's insides (file paths, I/O errors, a provider's
+    /// answer), which only the node's log gets.
+    pub fn client_message(&self) -> String {
+        match self {
+            AuthError::Storage(_) => "a storage error on the node; retry later".to_owned(),
+            AuthError::Unavailable { .. } => "the auth service is unavailable; retry".to_owned(),
+            AuthError::Provider(_) => {
+                "the verification code could not be sent; retry later".to_owned()
+            }
+            AuthError::InvalidConfig(_) => "the node cannot serve this request".to_owned(),
+            other => other.to_string(),
+        }
+    }
+
+    /// Whether [`AuthError::client_message`] leaves out the details.
+    pub fn is_internal(&self) -> bool {
+        matches!(
+            self,
+            AuthError::Storage(_)
+                | AuthError::Unavailable { .. }
+                | AuthError::Provider(_)
+                | AuthError::InvalidConfig(_)
+        )
+    }
+
     /// The limit that refused the request, if a limit did.
     pub fn limit(&self) -> Option<Limit> {
         match self {

@@ -38,6 +38,15 @@ pub enum FragmentError {
 }
 
 impl FragmentError {
+    /// What a client is told: the error's own text, except for a storage
+    /// failure, whose details (paths, I/O errors) only the node's log gets.
+    pub fn client_message(&self) -> String {
+        match self {
+            FragmentError::Storage(_) => "a storage error on the node; retry later".to_owned(),
+            other => other.to_string(),
+        }
+    }
+
     /// The wire error code for a client.
     pub fn error_code(&self) -> proto::ErrorCode {
         match self {

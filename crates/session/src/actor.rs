@@ -498,7 +498,7 @@ impl SessionState {
                     responder.respond(id, response);
                 }
                 Ok(Err(e)) => {
-                    responder.error(Some(id), e.error_code(), e.to_string());
+                    responder.error(Some(id), e.error_code(), auth_message(&e));
                     if e.limit().is_some_and(|limit| limit.closes_connection()) {
                         // Queued behind the error frame: Closing follows it.
                         let _ =
@@ -522,7 +522,7 @@ impl SessionState {
 async fn await_fragment<T>(rx: FragmentAnswer<T>) -> Result<T, (ErrorCode, String)> {
     match rx.await {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err((e.error_code(), e.to_string())),
+        Ok(Err(e)) => Err(unavailable(&e)),
         Err(_) => Err((
             ErrorCode::Unavailable {
                 retry_after_ms: 1000,
@@ -530,6 +530,15 @@ async fn await_fragment<T>(rx: FragmentAnswer<T>) -> Result<T, (ErrorCode, Strin
             "the mailbox restarted; retry".to_owned(),
         )),
     }
+}
+
+/// The text a client gets for an auth error; details of internal failures
+/// go to the log only (at most one line per 10 s).
+fn auth_message(e: &auth::AuthError) -> String {
+    if e.is_internal() && crate::log_limit::allow("internal-auth-error") {
+        tracing::warn!(error = %e, "auth request failed inside the node");
+    }
+    e.client_message()
 }
 
 /// How long a request waits for a restarting fragment before it is refused.
@@ -545,8 +554,13 @@ fn fragment_reply<T>() -> (RpcReplyPort<Result<T, FragmentError>>, FragmentAnswe
     (tx.into(), rx)
 }
 
+/// The code and text a client gets for a fragment error; a storage
+/// failure's details go to the log only (at most one line per 10 s).
 fn unavailable(e: &FragmentError) -> (ErrorCode, String) {
-    (e.error_code(), e.to_string())
+    if matches!(e, FragmentError::Storage(_)) && crate::log_limit::allow("internal-storage-error") {
+        tracing::warn!(error = %e, "a mailbox request failed in storage");
+    }
+    (e.error_code(), e.client_message())
 }
 
 /// The fragment actor of `user`'s mailbox, waiting out a restart; if there
@@ -1022,7 +1036,7 @@ async fn serve(
             Err(e) => {
                 state
                     .responder
-                    .error(Some(id), e.error_code(), e.to_string());
+                    .error(Some(id), e.error_code(), auth_message(&e));
             }
         },
         Request::Send {
@@ -1335,7 +1349,7 @@ fn mint_test_users(
                 } else {
                     "failed"
                 });
-                Err((e.error_code(), e.to_string()))
+                Err((e.error_code(), auth_message(&e)))
             }
         }
     });
