@@ -318,4 +318,161 @@ mod tests {
         );
         writer.abort();
     }
+
+    mod properties {
+        use proptest::prelude::*;
+        use proto::{ClientFrame, PhoneNumber, Request, encode_frame};
+
+        use super::*;
+        use crate::connection::Inbound;
+        use crate::state::{Admission, Phase, admit};
+
+        fn seed_bytes() -> Vec<u8> {
+            let phone = PhoneNumber::parse("+15550001234").expect("phone");
+            let frames = [
+                ClientFrame::Hello {
+                    version: 2,
+                    agent: "prop".into(),
+                },
+                ClientFrame::Request {
+                    id: 1,
+                    request: Request::Login { token: "t".into() },
+                },
+                ClientFrame::Request {
+                    id: 2,
+                    request: Request::Send {
+                        to: phone.clone(),
+                        client_msg_id: 1,
+                        payload: vec![1; 30],
+                    },
+                },
+                ClientFrame::Ack { ids: vec![1, 2] },
+                ClientFrame::Request {
+                    id: 3,
+                    request: Request::Read {
+                        sender: phone,
+                        ids: vec![9],
+                    },
+                },
+            ];
+            frames
+                .iter()
+                .flat_map(|f| encode_frame(f, 1024).expect("encodes"))
+                .collect()
+        }
+
+        /// Feeds `bytes` to a reader (then closes the stream) and runs
+        /// what it delivers through the phase machine as a session would,
+        /// with every login succeeding.
+        fn run(bytes: Vec<u8>) -> (ReadEnd, Vec<Admission>) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let (mut client, mut server) = tokio::io::duplex(bytes.len().max(1));
+                client.write_all(&bytes).await.expect("write");
+                drop(client);
+                let got: Arc<Mutex<Vec<SessionMsg>>> = Arc::default();
+                let end = read(&mut server, 1024, &CancellationToken::new(), &got).await;
+                let me = PhoneNumber::parse("+15550000001").expect("phone");
+                let mut phase = Phase::AwaitHello;
+                let mut admissions = Vec::new();
+                for msg in got.lock().expect("lock").drain(..) {
+                    let SessionMsg::Frame(Inbound { frame, .. }) = msg else {
+                        continue;
+                    };
+                    let admission = admit(&phase, &frame, 1..=2);
+                    let allowed_as_guest = matches!(
+                        &frame,
+                        ClientFrame::Request {
+                            request: Request::RequestCode { .. }
+                                | Request::Verify { .. }
+                                | Request::Login { .. }
+                                | Request::Ping
+                                | Request::MintTestUsers { .. }
+                                | Request::VerifyWithPin { .. },
+                            ..
+                        }
+                    );
+                    match (&phase, admission) {
+                        (Phase::Closing, a) => assert_eq!(a, Admission::Ignore),
+                        (Phase::AwaitHello, Admission::Serve) => panic!("served before hello"),
+                        (Phase::Guest, Admission::Serve) => {
+                            assert!(allowed_as_guest, "a guest was served {frame:?}")
+                        }
+                        _ => {}
+                    }
+                    phase = match (admission, &frame) {
+                        (Admission::Welcome { .. }, _) => Phase::Guest,
+                        (Admission::Refuse { close: true, .. }, _) => Phase::Closing,
+                        (
+                            Admission::Serve,
+                            ClientFrame::Request {
+                                request: Request::Login { .. },
+                                ..
+                            },
+                        ) => Phase::LoggedIn(me.clone()),
+                        _ => phase,
+                    };
+                    admissions.push(admission);
+                }
+                (end, admissions)
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(500))]
+
+            /// Random bytes: the reader ends with end of stream or a reason
+            /// to close (which the session answers with an error frame),
+            /// never a panic, and nothing is served out of its phase.
+            #[test]
+            fn random_bytes_end_in_eof_or_an_error(
+                bytes in proptest::collection::vec(any::<u8>(), 0..400)
+            ) {
+                let (end, _) = run(bytes);
+                prop_assert!(matches!(
+                    end,
+                    ReadEnd::Eof | ReadEnd::Malformed(_) | ReadEnd::TooLarge { .. }
+                ), "{end:?}");
+            }
+
+            /// Valid frames with bytes flipped, cut or added.
+            #[test]
+            fn mutated_streams_end_in_eof_or_an_error(
+                flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..6),
+                cut in any::<usize>(),
+            ) {
+                let mut bytes = seed_bytes();
+                for (at, value) in flips {
+                    let at = at % bytes.len();
+                    bytes[at] = value;
+                }
+                bytes.truncate(cut % (bytes.len() + 1));
+                let (end, _) = run(bytes);
+                prop_assert!(matches!(
+                    end,
+                    ReadEnd::Eof | ReadEnd::Malformed(_) | ReadEnd::TooLarge { .. }
+                ), "{end:?}");
+            }
+        }
+
+        #[test]
+        fn the_seed_stream_is_served_in_order() {
+            let (end, admissions) = run(seed_bytes());
+            assert_eq!(end, ReadEnd::Eof);
+            assert_eq!(
+                admissions,
+                vec![
+                    Admission::Welcome { version: 2 },
+                    Admission::Serve,
+                    Admission::Serve,
+                    Admission::Serve,
+                    Admission::Serve
+                ]
+            );
+        }
+    }
 }
