@@ -36,8 +36,8 @@ impl Default for AdmissionLimits {
         Self {
             max_connections: 100_000,
             max_guests: 10_000,
-            max_per_source: 1_000,
-            max_guests_per_source: 100,
+            max_per_source: 10_000,
+            max_guests_per_source: 1_000,
         }
     }
 }
