@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use client::{Client, ClientError, Connection, Event, Events, PhoneNumber, Tls};
+use client::{Client, ClientError, Connection, Event, Events, PhoneNumber};
 use proto::{ErrorCode, MessageId, Request, Response};
 
 use crate::common::{NodeProcess, next_event};
@@ -20,14 +20,7 @@ fn phone(s: &str) -> PhoneNumber {
 
 /// A logged-in low-level connection for `user`.
 async fn attacker(node: &NodeProcess, user: &PhoneNumber) -> Connection {
-    let token = node.register(user).await;
-    let tls = Tls::from_ca_file(&node.ca_path, client::DEFAULT_SERVER_NAME).expect("tls");
-    let (conn, _pushes) =
-        Connection::connect(&node.addr, &tls, "attacker", Duration::from_secs(30))
-            .await
-            .expect("connect");
-    conn.login(&token).await.expect("login");
-    conn
+    node.raw_login(user).await
 }
 
 /// `count` messages from `from` reach `to`'s device, which acks each:

@@ -1,9 +1,7 @@
 //! Filling the node's disk through mailboxes (issue 13, item 4): one
 //! sender writing without end to a number nobody reads.
 
-use std::time::Duration;
-
-use client::{ClientError, Connection, PhoneNumber, Tls};
+use client::{ClientError, PhoneNumber};
 use proto::{ErrorCode, Request, Response};
 
 use crate::common::NodeProcess;
@@ -19,13 +17,7 @@ async fn one_sender_cannot_fill_a_mailbox() {
     let node = NodeProcess::start();
     let nobody = PhoneNumber::parse("+15557000009").expect("phone");
     let attacker = PhoneNumber::parse("+15557000001").expect("phone");
-    let token = node.register(&attacker).await;
-    let tls = Tls::from_ca_file(&node.ca_path, client::DEFAULT_SERVER_NAME).expect("tls");
-    let (conn, _pushes) =
-        Connection::connect(&node.addr, &tls, "attacker", Duration::from_secs(30))
-            .await
-            .expect("connect");
-    conn.login(&token).await.expect("login");
+    let conn = node.raw_login(&attacker).await;
 
     let (mut stored, mut refused) = (0u64, 0u64);
     for cid in 0..SENDER_SHARE + 100 {

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use client::{Client, ClientError, Connection, Event, PhoneNumber, Tls};
+use client::{Client, ClientError, Connection, Event, PhoneNumber};
 use proto::{ErrorCode, Request, Response};
 
 use super::common::NodeProcess;
@@ -120,15 +120,8 @@ fn probe(addr: &str, path: &str) -> Option<u16> {
 
 /// A logged-in low-level connection (the client library retries refusals
 /// by itself; the attacker wants to see them).
-async fn raw_user(node: &NodeProcess, ca: &Path, user: &PhoneNumber) -> Connection {
-    let token = node.register(user).await;
-    let tls = Tls::from_ca_file(ca, client::DEFAULT_SERVER_NAME).expect("tls");
-    let (conn, _pushes) =
-        Connection::connect(&node.addr, &tls, "attacker", Duration::from_secs(30))
-            .await
-            .expect("connect");
-    conn.login(&token).await.expect("login");
-    conn
+async fn raw_user(node: &NodeProcess, user: &PhoneNumber) -> Connection {
+    node.raw_login(user).await
 }
 
 /// Sends big messages to `to` until the node refuses one; returns the
@@ -195,7 +188,7 @@ async fn a_full_disk_makes_a_lone_node_refuse_report_and_exit_without_losing_ack
             .expect("acked");
         acked.push(text);
     }
-    let attacker = raw_user(&node, &node.ca_path.clone(), &phone("+15550300003")).await;
+    let attacker = raw_user(&node, &phone("+15550300003")).await;
     let sink = phone("+15550300004");
     node.register(&sink).await;
 
@@ -292,7 +285,7 @@ async fn below_the_free_disk_threshold_sends_are_refused_until_space_is_freed() 
     let bob = phone("+15550310002");
     node.register(&bob).await;
     alice.send(&bob, b"before".to_vec()).await.expect("acked");
-    let attacker = raw_user(&node, &node.ca_path.clone(), &phone("+15550310003")).await;
+    let attacker = raw_user(&node, &phone("+15550310003")).await;
 
     disk.fill(1024 * 1024);
     // The sampler looks every second.
@@ -370,7 +363,7 @@ async fn a_full_disk_on_a_primary_hands_its_fragments_to_the_partner() {
     let carol_token = n1.register(&carol_phone).await;
     let dave_token = n1.register(&dave_phone).await;
     n1.register(&sink).await;
-    let attacker = raw_user(n1, &cluster.members[0].client_cert, &phone("+15550320001")).await;
+    let attacker = raw_user(n1, &phone("+15550320001")).await;
     let (carol, _carol_events) = Client::connect(cluster.client_config(&[1]), carol_token)
         .await
         .expect("carol on n2");

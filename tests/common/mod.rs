@@ -167,6 +167,21 @@ impl NodeProcess {
             .to_owned()
     }
 
+    /// Registers `user` and logs in on a low-level connection, which shows
+    /// every refusal (the client library retries some by itself): what an
+    /// attacker speaks.
+    pub async fn raw_login(&self, user: &PhoneNumber) -> client::Connection {
+        let token = self.register(user).await;
+        let tls =
+            client::Tls::from_ca_file(&self.ca_path, client::DEFAULT_SERVER_NAME).expect("tls");
+        let (conn, _pushes) =
+            client::Connection::connect(&self.addr, &tls, "attacker", Duration::from_secs(30))
+                .await
+                .expect("connect");
+        conn.login(&token).await.expect("login");
+        conn
+    }
+
     /// Registers and logs in.
     pub async fn login(&self, phone: &str) -> (Client, Events, PhoneNumber) {
         let phone = PhoneNumber::parse(phone).expect("phone");

@@ -134,7 +134,12 @@ pub async fn verify(
         phone: phone.clone(),
         code: code.to_owned(),
     };
-    match unauthenticated(cfg, request).await? {
+    verified(unauthenticated(cfg, request).await?)
+}
+
+/// The token of a `Verified` answer.
+fn verified(response: Response) -> Result<(String, TimestampMs)> {
+    match response {
         Response::Verified {
             token,
             expires_at_ms,
@@ -159,15 +164,7 @@ pub async fn verify_with_pin(
         code: code.to_owned(),
         pin: pin.to_owned(),
     };
-    match unauthenticated(cfg, request).await? {
-        Response::Verified {
-            token,
-            expires_at_ms,
-        } => Ok((token, expires_at_ms)),
-        other => Err(ClientError::Protocol(format!(
-            "expected Verified, got {other:?}"
-        ))),
-    }
+    verified(unauthenticated(cfg, request).await?)
 }
 
 /// One request on a fresh connection, trying the servers in order until one
