@@ -189,8 +189,13 @@ impl Actor for PresenceActor {
                 policy,
             } => {
                 // The settings first, so that the watchers it allows hear
-                // of the login and no one else does.
-                set_policy(state, user.clone(), policy);
+                // of the login and no one else does. Shared with the peers
+                // at every login, even when known here already: a peer that
+                // restarted since may not know them.
+                state.core.set_policy(user.clone(), policy.clone());
+                if state.cluster.is_some() {
+                    state.policies.push((user.clone(), policy));
+                }
                 if state.cluster.is_some() {
                     state.changes.push(Change::Online {
                         user: user.clone(),
