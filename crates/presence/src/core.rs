@@ -63,6 +63,11 @@ pub struct PresenceCore<T> {
     watching: HashMap<PhoneNumber, Vec<PhoneNumber>>,
     typing_budget: HashMap<PhoneNumber, (TimestampMs, u32)>,
     pending: HashMap<PhoneNumber, Vec<Update>>,
+    /// Watchers newly allowed to see users: they get the users' states as
+    /// of the next flush (unless a change of the same user is queued for
+    /// them by then), so that settings and a login arriving together from
+    /// another node show one `Online`, not a transient `Offline` first.
+    pending_states: HashMap<PhoneNumber, Vec<PhoneNumber>>,
     /// Who may see whom: the settings of users online here or elsewhere
     /// (kept after they leave, for their last seen).
     policies: HashMap<PhoneNumber, Policy>,
@@ -79,6 +84,7 @@ impl<T: Clone> PresenceCore<T> {
             watching: HashMap::new(),
             typing_budget: HashMap::new(),
             pending: HashMap::new(),
+            pending_states: HashMap::new(),
             policies: HashMap::new(),
         }
     }
@@ -120,19 +126,15 @@ impl<T: Clone> PresenceCore<T> {
             return false;
         }
         let before = self.policies.insert(user.clone(), policy);
-        let status = self.status_of(&user);
         if let Some(watchers) = self.watchers.get(&user) {
             for watcher in watchers {
                 let was = may_see(&user, before.as_ref(), watcher);
                 let is = may_see(&user, self.policies.get(&user), watcher);
                 if is && !was && self.online.contains_key(watcher) {
-                    self.pending
+                    self.pending_states
                         .entry(watcher.clone())
                         .or_default()
-                        .push(Update::Presence {
-                            user: user.clone(),
-                            status,
-                        });
+                        .push(user.clone());
                 }
             }
         }
@@ -190,6 +192,7 @@ impl<T: Clone> PresenceCore<T> {
         self.online.remove(user);
         self.last_seen.insert(user.clone(), now);
         self.pending.remove(user);
+        self.pending_states.remove(user);
         self.typing_budget.remove(user);
         // Its subscriptions end with its session.
         if let Some(watched) = self.watching.remove(user) {
@@ -238,7 +241,9 @@ impl<T: Clone> PresenceCore<T> {
             });
         }
         self.watching.insert(subscriber.clone(), users);
-        self.pending.entry(subscriber).or_default().extend(current);
+        if !current.is_empty() {
+            self.pending.entry(subscriber).or_default().extend(current);
+        }
     }
 
     /// `from` types to `to`: relayed at the next flush if `to` is online,
@@ -286,6 +291,23 @@ impl<T: Clone> PresenceCore<T> {
 
     /// Takes every queued update with its receiver and push handle.
     pub fn flush_by_user(&mut self) -> Vec<(PhoneNumber, T, Vec<Update>)> {
+        for (watcher, users) in std::mem::take(&mut self.pending_states) {
+            for user in users {
+                let queued = self.pending.get(&watcher).is_some_and(|updates| {
+                    updates
+                        .iter()
+                        .any(|u| matches!(u, Update::Presence { user: u, .. } if *u == user))
+                });
+                if queued || !self.may_see(&user, &watcher) {
+                    continue;
+                }
+                let status = self.status_of(&user);
+                self.pending
+                    .entry(watcher.clone())
+                    .or_default()
+                    .push(Update::Presence { user, status });
+            }
+        }
         let pending = std::mem::take(&mut self.pending);
         pending
             .into_iter()
@@ -465,6 +487,43 @@ mod tests {
                 vec![Update::Presence {
                     user: phone(2),
                     status: PresenceStatus::Online
+                }]
+            )]
+        );
+    }
+
+    #[test]
+    fn settings_and_a_login_together_show_one_online() {
+        let mut core = PresenceCore::new(PresenceConfig::default());
+        core.online(phone(2), 1, 2);
+        core.subscribe(phone(2), vec![phone(1)]);
+        assert!(flushed(&mut core).is_empty(), "not allowed yet");
+        // As from another node: the settings, then the login.
+        core.set_policy(phone(1), shown_to(&[phone(2)], 1));
+        core.online(phone(1), 2, 1);
+        assert_eq!(
+            flushed(&mut core),
+            vec![(
+                2,
+                vec![Update::Presence {
+                    user: phone(1),
+                    status: PresenceStatus::Online
+                }]
+            )]
+        );
+        // The settings alone: the state as of the flush.
+        core.set_policy(phone(3), shown_to(&[phone(2)], 1));
+        core.subscribe(phone(2), vec![phone(3)]);
+        let _ = flushed(&mut core);
+        core.set_policy(phone(3), shown_to(&[], 2));
+        core.set_policy(phone(3), shown_to(&[phone(2)], 3));
+        assert_eq!(
+            flushed(&mut core),
+            vec![(
+                2,
+                vec![Update::Presence {
+                    user: phone(3),
+                    status: PresenceStatus::Offline { last_seen_ms: None }
                 }]
             )]
         );
