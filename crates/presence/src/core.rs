@@ -428,7 +428,7 @@ mod tests {
     fn only_allowed_watchers_hear_of_a_user() {
         let (victim, contact, stranger) = (phone(1), phone(2), phone(3));
         let mut core = PresenceCore::new(PresenceConfig::default());
-        core.set_policy(victim.clone(), shown_to(&[contact.clone()], 1));
+        core.set_policy(victim.clone(), shown_to(std::slice::from_ref(&contact), 1));
         core.online(contact.clone(), 1, 2);
         core.online(stranger.clone(), 2, 3);
         core.subscribe(contact.clone(), vec![victim.clone()]);
@@ -451,7 +451,7 @@ mod tests {
         // Nobody: even the contact hears nothing more.
         let nobody = Policy {
             visibility: proto::Visibility::Nobody,
-            ..shown_to(&[contact.clone()], 2)
+            ..shown_to(std::slice::from_ref(&contact), 2)
         };
         assert!(core.set_policy(victim.clone(), nobody));
         core.offline(&victim, 3, 500);
@@ -461,7 +461,7 @@ mod tests {
         assert!(!seen(&out, 2) && !seen(&out, 3), "{out:?}");
 
         // A late, older copy of the settings changes nothing.
-        assert!(!core.set_policy(victim.clone(), shown_to(&[stranger.clone()], 1)));
+        assert!(!core.set_policy(victim.clone(), shown_to(std::slice::from_ref(&stranger), 1)));
         // Everyone: watchers newly allowed get the current state at once.
         let everyone = Policy {
             visibility: proto::Visibility::Everyone,
