@@ -625,6 +625,26 @@ mod tests {
         config.limits.max_payload_bytes = config.limits.max_frame_bytes;
         assert!(config.validate().is_err());
         assert!(NodeConfig::load(Some(Path::new("/nonexistent/x.toml"))).is_err());
+        let mut config = NodeConfig::default();
+        config.presence.request_burst = 0.0;
+        assert!(config.validate().is_err());
+        let mut config = NodeConfig::default();
+        config.presence.requests_per_sec = 0.0;
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn presence_limits_reach_the_sessions_and_the_core() {
+        let mut config = NodeConfig::default();
+        config.presence.requests_per_sec = 2.5;
+        config.presence.request_burst = 7.0;
+        config.presence.max_watched = 50;
+        config.presence.max_contacts = 60;
+        let session = config.session_config();
+        assert_eq!((session.presence_rate, session.presence_burst), (2.5, 7.0));
+        assert_eq!((session.max_watched, session.max_contacts), (50, 60));
+        let core = config.presence_config();
+        assert_eq!((core.max_watched, core.max_contacts), (50, 60));
     }
 
     #[test]
