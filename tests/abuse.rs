@@ -26,3 +26,6 @@ mod tokens;
 
 #[path = "abuse/store.rs"]
 mod store;
+
+#[path = "abuse/presence.rs"]
+mod presence;

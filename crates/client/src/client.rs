@@ -307,10 +307,30 @@ impl Client {
 
     /// Watches the presence of `users` (replacing the previous list); the
     /// node pushes their current state and every change as
-    /// [`Event::Presence`]. The list is not renewed after a reconnect: call
-    /// again on [`Event::Connected`].
+    /// [`Event::Presence`], of those users who let this user see them
+    /// (see [`Client::set_contacts`]); the others are left out silently.
+    /// The list is not renewed after a reconnect: call again on
+    /// [`Event::Connected`]. Rate-limited by the node (with the two calls
+    /// below): over it, [`ClientError`](crate::ClientError) with
+    /// `RateLimited`.
     pub async fn subscribe_presence(&self, users: Vec<PhoneNumber>) -> Result<()> {
         self.expect_ok(Request::SubscribePresence { users }).await
+    }
+
+    /// Replaces this user's contact list: with the default
+    /// [`Visibility::Contacts`](crate::Visibility), only these users see
+    /// this user's presence and typing. Stored by the node this client is
+    /// connected to; a client that may connect to other nodes of a cluster
+    /// sends it again after each login (on [`Event::Connected`]).
+    pub async fn set_contacts(&self, contacts: Vec<PhoneNumber>) -> Result<()> {
+        self.expect_ok(Request::SetContacts { contacts }).await
+    }
+
+    /// Sets who may see this user's presence and typing: everyone, the
+    /// contacts ([`Client::set_contacts`]; the default) or nobody.
+    pub async fn set_presence_privacy(&self, visibility: crate::Visibility) -> Result<()> {
+        self.expect_ok(Request::SetPresencePrivacy { visibility })
+            .await
     }
 
     /// Calls the extension registered under `namespace`; returns its answer.

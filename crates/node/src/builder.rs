@@ -313,6 +313,7 @@ impl NodeBuilder {
             auth: auth_handle,
             fragments: fragments.clone(),
             presence: PRESENCE_NAME.into(),
+            presence_policies: presence::PolicyStore::new(store.clone()),
         };
         let listener_spec = |name: &'static str, socket: Arc<std::net::TcpListener>, transport| {
             let (tls, ctx) = (tls.clone(), ctx.clone());

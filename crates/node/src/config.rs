@@ -169,8 +169,15 @@ pub struct PresenceSettings {
     pub typing_per_window: u32,
     /// The typing window in milliseconds.
     pub typing_window_ms: u64,
-    /// Users one client may watch.
+    /// Users one client may watch (a longer `SubscribePresence` is refused).
     pub max_watched: usize,
+    /// Contacts one user may upload (a longer `SetContacts` is refused).
+    pub max_contacts: usize,
+    /// Presence requests (subscribe, set contacts, set privacy) per second
+    /// per connection; beyond the burst they are refused as `RateLimited`.
+    pub requests_per_sec: f64,
+    /// Presence requests a connection may send in a burst above the rate.
+    pub request_burst: f64,
     /// How often batched updates go out, in milliseconds.
     pub flush_ms: u64,
 }
@@ -256,6 +263,9 @@ impl Default for PresenceSettings {
             typing_per_window: core.typing_per_window,
             typing_window_ms: core.typing_window_ms,
             max_watched: core.max_watched,
+            max_contacts: core.max_contacts,
+            requests_per_sec: 1.0,
+            request_burst: 20.0,
             flush_ms: 100,
         }
     }
@@ -402,6 +412,12 @@ impl NodeConfig {
         if !(l.max_acks_per_sec > 0.0 && l.ack_burst >= 1.0) {
             return fail("limits.max_acks_per_sec must be > 0 and limits.ack_burst >= 1".into());
         }
+        let p = &self.presence;
+        if !(p.requests_per_sec > 0.0 && p.request_burst >= 1.0) {
+            return fail(
+                "presence.requests_per_sec must be > 0 and presence.request_burst >= 1".into(),
+            );
+        }
         if l.max_guest_connections == 0
             || l.max_connections_per_source == 0
             || l.max_guests_per_source == 0
@@ -500,6 +516,10 @@ impl NodeConfig {
             send_burst: l.send_burst,
             ack_rate: l.max_acks_per_sec,
             ack_burst: l.ack_burst,
+            presence_rate: self.presence.requests_per_sec,
+            presence_burst: self.presence.request_burst,
+            max_watched: self.presence.max_watched,
+            max_contacts: self.presence.max_contacts,
             admin_secret: self
                 .admin
                 .mint_test_users
@@ -532,6 +552,7 @@ impl NodeConfig {
             typing_per_window: self.presence.typing_per_window,
             typing_window_ms: self.presence.typing_window_ms,
             max_watched: self.presence.max_watched,
+            max_contacts: self.presence.max_contacts,
         }
     }
 }
@@ -604,6 +625,26 @@ mod tests {
         config.limits.max_payload_bytes = config.limits.max_frame_bytes;
         assert!(config.validate().is_err());
         assert!(NodeConfig::load(Some(Path::new("/nonexistent/x.toml"))).is_err());
+        let mut config = NodeConfig::default();
+        config.presence.request_burst = 0.0;
+        assert!(config.validate().is_err());
+        let mut config = NodeConfig::default();
+        config.presence.requests_per_sec = 0.0;
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn presence_limits_reach_the_sessions_and_the_core() {
+        let mut config = NodeConfig::default();
+        config.presence.requests_per_sec = 2.5;
+        config.presence.request_burst = 7.0;
+        config.presence.max_watched = 50;
+        config.presence.max_contacts = 60;
+        let session = config.session_config();
+        assert_eq!((session.presence_rate, session.presence_burst), (2.5, 7.0));
+        assert_eq!((session.max_watched, session.max_contacts), (50, 60));
+        let core = config.presence_config();
+        assert_eq!((core.max_watched, core.max_contacts), (50, 60));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef};
 use std::collections::HashMap;
 
 use crate::core::{PresenceConfig, PresenceCore, Update};
+use crate::policy::Policy;
 use crate::remote::{self, Change, PresenceWire};
 
 /// A batch of presence and typing updates for one session.
@@ -26,6 +27,15 @@ pub enum PresenceMsg {
         session_id: u64,
         /// Where its updates go.
         target: DerivedActorRef<PresencePush>,
+        /// Its presence settings, as stored on this node.
+        policy: Policy,
+    },
+    /// `user` changed its presence settings (already stored).
+    SetPolicy {
+        /// The user.
+        user: PhoneNumber,
+        /// The new settings.
+        policy: Policy,
     },
     /// Session `session_id` of `user` ended.
     Offline {
@@ -108,6 +118,8 @@ pub struct PresenceState {
     cluster: Option<cluster::ClusterHandle>,
     /// Comings and goings of this node's users since the last flush.
     changes: Vec<Change>,
+    /// Settings of this node's users to share since the last flush.
+    policies: Vec<(PhoneNumber, Policy)>,
     flush_every: Duration,
     flusher: Option<tokio::task::JoinHandle<()>>,
 }
@@ -133,6 +145,7 @@ impl Actor for PresenceActor {
             core: PresenceCore::new(args.config),
             cluster: args.cluster,
             changes: Vec::new(),
+            policies: Vec::new(),
             flush_every: if args.flush_every.is_zero() {
                 Duration::from_millis(100)
             } else {
@@ -173,7 +186,16 @@ impl Actor for PresenceActor {
                 user,
                 session_id,
                 target,
+                policy,
             } => {
+                // The settings first, so that the watchers it allows hear
+                // of the login and no one else does. Shared with the peers
+                // at every login, even when known here already: a peer that
+                // restarted since may not know them.
+                state.core.set_policy(user.clone(), policy.clone());
+                if state.cluster.is_some() {
+                    state.policies.push((user.clone(), policy));
+                }
                 if state.cluster.is_some() {
                     state.changes.push(Change::Online {
                         user: user.clone(),
@@ -193,6 +215,7 @@ impl Actor for PresenceActor {
                 }
                 state.core.offline(&user, session_id, at_ms);
             }
+            PresenceMsg::SetPolicy { user, policy } => set_policy(state, user, policy),
             PresenceMsg::Subscribe { subscriber, users } => state.core.subscribe(subscriber, users),
             PresenceMsg::Typing { from, to, active } => {
                 state.core.typing(from, to, active, now_ms());
@@ -207,6 +230,16 @@ impl Actor for PresenceActor {
             },
             PresenceMsg::PeerUp(peer) => {
                 let online = state.core.online_where(|t| matches!(t, Target::Local(_)));
+                let policies = online
+                    .iter()
+                    .filter_map(|(user, _)| {
+                        let policy = state.core.policy_of(user)?.clone();
+                        Some((user.clone(), policy))
+                    })
+                    .collect();
+                for batch in remote::policy_batches(policies) {
+                    send(state, &peer, &batch);
+                }
                 send(state, &peer, &PresenceWire::Snapshot(online));
             }
             PresenceMsg::PeerDown(peer) => {
@@ -220,6 +253,13 @@ impl Actor for PresenceActor {
             }
         }
         Ok(())
+    }
+}
+
+/// Applies a local user's settings and queues them for the peers.
+fn set_policy(state: &mut PresenceState, user: PhoneNumber, policy: Policy) {
+    if state.core.set_policy(user.clone(), policy.clone()) && state.cluster.is_some() {
+        state.policies.push((user, policy));
     }
 }
 
@@ -240,14 +280,25 @@ fn flush(state: &mut PresenceState) {
     for (node, batch) in remote {
         send(state, &node, &PresenceWire::Deliver(batch));
     }
-    if !state.changes.is_empty() {
-        let changes = PresenceWire::Changes(std::mem::take(&mut state.changes));
-        let peers: Vec<String> = state
+    let peers = || -> Vec<String> {
+        state
             .cluster
             .as_ref()
             .map(|c| c.view().up.into_iter().collect())
-            .unwrap_or_default();
-        for peer in peers {
+            .unwrap_or_default()
+    };
+    // Settings before the comings and goings they govern.
+    if !state.policies.is_empty() {
+        let batches = remote::policy_batches(std::mem::take(&mut state.policies));
+        for peer in peers() {
+            for batch in &batches {
+                send(state, &peer, batch);
+            }
+        }
+    }
+    if !state.changes.is_empty() {
+        let changes = PresenceWire::Changes(std::mem::take(&mut state.changes));
+        for peer in peers() {
             send(state, &peer, &changes);
         }
     }
@@ -276,6 +327,11 @@ fn from_peer(state: &mut PresenceState, from: String, wire: PresenceWire) {
                 state
                     .core
                     .online(user, session_id, Target::Remote(from.clone()));
+            }
+        }
+        PresenceWire::Policies(policies) => {
+            for (user, policy) in policies {
+                state.core.set_policy(user, policy);
             }
         }
         PresenceWire::Deliver(batch) => {

@@ -105,7 +105,8 @@ pub enum Request {
         /// The message ids that were read.
         ids: Vec<MessageId>,
     },
-    /// Relay a typing indicator to `to` if online; never stored, rate-limited.
+    /// Relay a typing indicator to `to` if online and allowed to see the
+    /// sender's presence ([`Visibility`]); never stored, rate-limited.
     /// Answer: [`Response::Ok`] (also when it was dropped).
     Typing {
         /// Who is being typed to.
@@ -114,8 +115,14 @@ pub enum Request {
         active: bool,
     },
     /// Ask for presence updates (online, last seen) of these users. The node
-    /// pushes the current state of each at once and then every change.
-    /// Answer: [`Response::Ok`].
+    /// pushes the current state of each at once and then every change, but
+    /// only of users whose [`Visibility`] lets the subscriber see them (the
+    /// others are silently left out, so the answer tells nothing about
+    /// them). At most the node's `presence.max_watched` users (1,000 by
+    /// default; a longer list is refused with [`ErrorCode::InvalidRequest`]),
+    /// and rate-limited per connection (together with
+    /// [`Request::SetContacts`] and [`Request::SetPresencePrivacy`]: over
+    /// the rate, [`ErrorCode::RateLimited`]). Answer: [`Response::Ok`].
     SubscribePresence {
         /// Users to watch; replaces the previous list.
         users: Vec<PhoneNumber>,
@@ -184,6 +191,36 @@ pub enum Request {
         /// The registration-lock PIN.
         pin: String,
     },
+    /// Replace the account's contact list (after login): with
+    /// [`Visibility::Contacts`], the users who may see this user's presence
+    /// and typing. At most the node's `presence.max_contacts` (2,000 by
+    /// default; a longer list is refused with [`ErrorCode::InvalidRequest`]).
+    /// Stored by the node the client is connected to. Rate-limited with
+    /// [`Request::SubscribePresence`]. Answer: [`Response::Ok`] once stored.
+    SetContacts {
+        /// The contacts; replaces the previous list.
+        contacts: Vec<PhoneNumber>,
+    },
+    /// Set who may see this user's presence (online, last seen) and typing
+    /// (after login). Until set, [`Visibility::Contacts`]. Rate-limited with
+    /// [`Request::SubscribePresence`]. Answer: [`Response::Ok`] once stored.
+    SetPresencePrivacy {
+        /// Who may see it.
+        visibility: Visibility,
+    },
+}
+
+/// Who may see a user's presence and typing (besides the user).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Visibility {
+    /// Every user who asks.
+    Everyone,
+    /// Only the users in the contact list the user uploaded
+    /// ([`Request::SetContacts`]); the default.
+    #[default]
+    Contacts,
+    /// No one.
+    Nobody,
 }
 
 /// Most test users minted by one [`Request::MintTestUsers`], so that the

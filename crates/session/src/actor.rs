@@ -101,6 +101,8 @@ pub struct SessionContext {
     pub fragments: FragmentDirectory,
     /// Registered name of the presence actor.
     pub presence: String,
+    /// Presence settings (who may see whom) in the node's store.
+    pub presence_policies: presence::PolicyStore,
     /// The node's connection counts, shared by all its listeners.
     pub admission: Arc<crate::admission::Admission>,
 }
@@ -310,6 +312,9 @@ pub struct SessionState {
     pacer: crate::pacing::Pacer,
     /// Paces acks and read receipts (each costs the user's fragment work).
     ack_pacer: crate::pacing::Pacer,
+    /// Paces presence requests (a subscribe is a scan of up to
+    /// `max_watched` users; a settings change is a durable write).
+    presence_pacer: crate::pacing::Pacer,
     /// This connection's code requests (SMS pumping; see `auth::limits`).
     code_bucket: TokenBucket,
     /// This connection's verify attempts (guessing across numbers); also
@@ -630,6 +635,11 @@ impl Actor for SessionActor {
             cleaned_up: false,
             pacer: crate::pacing::Pacer::new(config.send_rate, config.send_burst, now_ms()),
             ack_pacer: crate::pacing::Pacer::new(config.ack_rate, config.ack_burst, now_ms()),
+            presence_pacer: crate::pacing::Pacer::new(
+                config.presence_rate,
+                config.presence_burst,
+                now_ms(),
+            ),
             code_bucket: args.ctx.auth.connection_code_bucket(now_ms()),
             verify_bucket: args.ctx.auth.connection_verify_bucket(now_ms()),
             token_generation: 0,
@@ -1006,10 +1016,18 @@ async fn serve(
                     vec![myself.get_cell()],
                 );
                 if let Some(presence) = state.presence() {
+                    // Unreadable settings show the user to no one (the
+                    // default with no contacts) rather than to everyone.
+                    let policy = state.ctx.presence_policies.load(&user).unwrap_or_else(|e| {
+                        tracing::warn!(%user, error = %e,
+                                "presence settings unreadable; hidden until set again");
+                        presence::Policy::default()
+                    });
                     let _ = presence.send_message(PresenceMsg::Online {
                         user: user.clone(),
                         session_id: state.session_id,
                         target: myself.get_derived(),
+                        policy,
                     });
                 }
                 // The fragment's first pushes queue behind this handler, so
@@ -1108,10 +1126,40 @@ async fn serve(
             state.responder.respond(id, Response::Ok);
         }
         Request::SubscribePresence { users } => {
-            if let (Some(subscriber), Some(presence)) = (state.user().cloned(), state.presence()) {
+            let Some(subscriber) = state.user().cloned() else {
+                return;
+            };
+            let max = state.ctx.config.max_watched;
+            if !presence_request_allowed(state, id, "subscribe", users.len(), max) {
+                return;
+            }
+            if let Some(presence) = state.presence() {
                 let _ = presence.send_message(PresenceMsg::Subscribe { subscriber, users });
             }
             state.responder.respond(id, Response::Ok);
+        }
+        Request::SetContacts { contacts } => {
+            let Some(user) = state.user().cloned() else {
+                return;
+            };
+            let max = state.ctx.config.max_contacts;
+            if !presence_request_allowed(state, id, "set_contacts", contacts.len(), max) {
+                return;
+            }
+            set_presence_policy(state, id, permit, user, move |policy| {
+                policy.contacts = contacts.into_iter().collect();
+            });
+        }
+        Request::SetPresencePrivacy { visibility } => {
+            let Some(user) = state.user().cloned() else {
+                return;
+            };
+            if !presence_request_allowed(state, id, "set_privacy", 0, 0) {
+                return;
+            }
+            set_presence_policy(state, id, permit, user, move |policy| {
+                policy.visibility = visibility;
+            });
         }
         Request::Extension { namespace, body } => {
             let Some(user) = state.user().cloned() else {
@@ -1242,6 +1290,80 @@ fn count_mint(outcome: &'static str) {
 
 /// A code request or verify attempt over this connection's own limit: the
 /// client is answered `RateLimited` and disconnected.
+/// Whether a presence request may go on: within the connection's presence
+/// rate and, for a list, at most `max` long. Otherwise answered with an
+/// error (the connection stays open) and counted.
+fn presence_request_allowed(
+    state: &mut SessionState,
+    id: RequestId,
+    kind: &'static str,
+    len: usize,
+    max: usize,
+) -> bool {
+    if len > max {
+        metrics::counter!("switchboard_presence_requests_total", "kind" => kind, "outcome" => "too_long")
+            .increment(1);
+        state.responder.error(
+            Some(id),
+            ErrorCode::InvalidRequest,
+            format!("{len} users; at most {max} in one request"),
+        );
+        return false;
+    }
+    if let Err(wait) = state.presence_pacer.try_take(now_ms()) {
+        metrics::counter!("switchboard_presence_requests_total", "kind" => kind, "outcome" => "rate_limited")
+            .increment(1);
+        if crate::log_limit::allow("presence_rate") {
+            tracing::warn!(peer = %state.peer, kind,
+                "a connection went over its rate of presence requests; refused \
+                 (logged at most every 10 s; see switchboard_presence_requests_total)");
+        }
+        let retry_after_ms = u32::try_from(wait.as_millis().max(1)).unwrap_or(u32::MAX);
+        state.responder.error(
+            Some(id),
+            ErrorCode::RateLimited { retry_after_ms },
+            "too many presence requests on this connection",
+        );
+        return false;
+    }
+    metrics::counter!("switchboard_presence_requests_total", "kind" => kind, "outcome" => "ok")
+        .increment(1);
+    true
+}
+
+/// Stores a change to `user`'s presence settings, then tells the presence
+/// actor (which shares them with the other nodes); answers once durable.
+fn set_presence_policy(
+    state: &SessionState,
+    id: RequestId,
+    permit: OwnedSemaphorePermit,
+    user: PhoneNumber,
+    change: impl FnOnce(&mut presence::Policy) + Send + 'static,
+) {
+    let policies = state.ctx.presence_policies.clone();
+    let presence = state.ctx.presence.clone();
+    state.answer_later(id, permit, async move {
+        match policies.update(&user, now_ms(), change).await {
+            Ok(policy) => {
+                if let Some(cell) = ractor::registry::where_is(presence) {
+                    let presence: ActorRef<PresenceMsg> = cell.into();
+                    let _ = presence.send_message(PresenceMsg::SetPolicy { user, policy });
+                }
+                Ok(Response::Ok)
+            }
+            Err(e) => {
+                tracing::warn!(%user, error = %e, "presence settings not stored");
+                Err((
+                    ErrorCode::Unavailable {
+                        retry_after_ms: 1000,
+                    },
+                    "the settings could not be stored; retry later".to_owned(),
+                ))
+            }
+        }
+    });
+}
+
 fn over_connection_limit(
     myself: &ActorRef<SessionMsg>,
     state: &mut SessionState,

@@ -55,6 +55,16 @@ pub struct SessionConfig {
     pub ack_rate: f64,
     /// Ack and read-receipt frames a connection may send in a burst.
     pub ack_burst: f64,
+    /// Presence requests (subscribe, set contacts, set privacy) per second
+    /// one connection may send; beyond it they are refused as
+    /// `RateLimited` (see [`crate::pacing::Pacer::try_take`]).
+    pub presence_rate: f64,
+    /// Presence requests a connection may send in a burst.
+    pub presence_burst: f64,
+    /// Most users in one `SubscribePresence` (a longer list is refused).
+    pub max_watched: usize,
+    /// Most contacts in one `SetContacts` (a longer list is refused).
+    pub max_contacts: usize,
 }
 
 impl SessionConfig {
@@ -92,6 +102,10 @@ impl Default for SessionConfig {
             send_burst: 1000.0,
             ack_rate: 200.0,
             ack_burst: 400.0,
+            presence_rate: 1.0,
+            presence_burst: 20.0,
+            max_watched: 1000,
+            max_contacts: 2000,
         }
     }
 }

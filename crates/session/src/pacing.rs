@@ -1,9 +1,11 @@
-//! Per-connection send pacing: a token bucket. Pure (time is passed in).
+//! Per-connection pacing: a token bucket. Pure (time is passed in).
 //!
 //! Over its rate a client is slowed, not refused: the session waits before
 //! taking its next frame, which stops reading from the socket, so TCP pushes
 //! back on the client. Refusing instead would make clients retry, and a
-//! retried send could overtake later ones.
+//! retried send could overtake later ones. Presence requests are refused
+//! over their rate instead ([`Pacer::try_take`]): they carry no order, and
+//! a flood of them must not hold the connection's other requests back.
 
 use std::time::Duration;
 
@@ -43,6 +45,24 @@ impl Pacer {
     }
 }
 
+impl Pacer {
+    /// Takes one token at `now_ms` if there is one; otherwise takes nothing
+    /// and returns how long until there is. For requests that are refused
+    /// over the rate rather than slowed (a refused request costs nothing,
+    /// so retrying on time works).
+    pub fn try_take(&mut self, now_ms: u64) -> Result<(), Duration> {
+        let elapsed = now_ms.saturating_sub(self.last_ms) as f64 / 1000.0;
+        self.last_ms = self.last_ms.max(now_ms);
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,5 +95,24 @@ mod tests {
             assert_eq!(p.take(1_000_000), Duration::ZERO);
         }
         assert!(p.take(1_000_000) > Duration::ZERO);
+    }
+
+    #[test]
+    fn try_take_refuses_without_spending() {
+        // 2 per second, burst of 2.
+        let mut p = Pacer::new(2.0, 2.0, 0);
+        let steps: &[(u64, Option<u64>)] = &[
+            (0, None),        // burst
+            (0, None),        // burst
+            (0, Some(500)),   // empty: one token in 500 ms
+            (0, Some(500)),   // refusals spend nothing
+            (250, Some(250)), // half refilled
+            (500, None),      // one token
+            (500, Some(500)),
+        ];
+        for (i, (now, refused_ms)) in steps.iter().enumerate() {
+            let got = p.try_take(*now).err().map(|d| d.as_millis() as u64);
+            assert_eq!(got, *refused_ms, "step {i} at {now} ms");
+        }
     }
 }

@@ -470,6 +470,11 @@ fn handle(state: &Mutex<State>, conn: u64, rid: u32, request: Request) {
             send_to(&st, &to, ServerFrame::Typing { from: me, active });
             answer(Response::Ok);
         }
+        // This stand-in shows everyone to everyone; the node's rule is
+        // tested against the node (tests/abuse/presence.rs).
+        (Request::SetContacts { .. } | Request::SetPresencePrivacy { .. }, Some(_)) => {
+            answer(Response::Ok);
+        }
         (Request::SubscribePresence { users }, Some(_)) => {
             answer(Response::Ok);
             for user in users {

@@ -84,6 +84,9 @@ const HELP: &str = "\
 struct Screen {
     me: PhoneNumber,
     peer: Option<PhoneNumber>,
+    /// Everyone talked to in this run: they may see this user's presence
+    /// and typing (uploaded as the contact list).
+    contacts: std::collections::BTreeSet<PhoneNumber>,
     next_number: u32,
     /// Own messages by server id → their number on screen.
     numbers: HashMap<MessageId, u32>,
@@ -107,6 +110,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let mut screen = Screen {
         me: client.user().clone(),
         peer: None,
+        contacts: std::collections::BTreeSet::new(),
         next_number: 1,
         numbers: HashMap::new(),
         in_flight: 0,
@@ -173,17 +177,24 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
 impl Screen {
     fn choose(&mut self, peer: PhoneNumber) {
         say(format_args!("— now talking to {peer}"));
+        self.contacts.insert(peer.clone());
         self.peer = Some(peer);
         self.subscribe();
     }
 
+    /// Shares this user's presence with its contacts, then watches the
+    /// peer's (shown if the peer shares it with this user).
     fn subscribe(&self) {
         let Some(peer) = self.peer.clone() else {
             return;
         };
         let client = self.client.clone();
         let reports = self.reports.clone();
+        let contacts: Vec<PhoneNumber> = self.contacts.iter().cloned().collect();
         tokio::spawn(async move {
+            if let Err(e) = client.set_contacts(contacts).await {
+                let _ = reports.send(Report::Warn(format!("contacts not shared: {e}")));
+            }
             if let Err(e) = client.subscribe_presence(vec![peer]).await {
                 let _ = reports.send(Report::Warn(format!("presence unavailable: {e}")));
             }
