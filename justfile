@@ -13,7 +13,7 @@ test:
 # steady load through a docker kill, a 30 s network disconnect and a
 # rolling restart (needs a Docker engine; says SKIPPED without one).
 cluster-test:
-    scripts/cluster-test.sh
+    CLUSTER_TEST_PROFILE=release scripts/cluster-test.sh
 
 # The local four-node demo.
 demo:
