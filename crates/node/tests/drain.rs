@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use common::ws::{connect, exchange, request, tls_to};
-use node::{NodeBuilder, NodeConfig};
+use common::ws::{connect, exchange, request, tls_to, websocket_config};
+use node::NodeBuilder;
 use proto::{ClientFrame, PROTOCOL_VERSION, Request, Response, ServerFrame};
 
 mod common;
@@ -14,13 +14,7 @@ mod common;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_listening_stops_the_websocket_listener_too() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = NodeConfig {
-        listen: "127.0.0.1:0".into(),
-        websocket_listen: Some("127.0.0.1:0".into()),
-        data_dir: dir.path().to_path_buf(),
-        fragments: 4,
-        ..NodeConfig::default()
-    };
+    let config = websocket_config(dir.path());
     let node = NodeBuilder::new(config).start().await.expect("start");
     let ws_addr = node.websocket_addr().expect("websocket enabled");
     let tls_addr = node.local_addr();

@@ -1,8 +1,8 @@
 //! Browsers reach the node over WebSocket (over TLS): the same frames, in
 //! binary messages, served by the same session actors.
 
-use common::ws::{connect, exchange, request};
-use node::{NodeBuilder, NodeConfig};
+use common::ws::{connect, exchange, request, websocket_config};
+use node::NodeBuilder;
 use proto::{
     ClientFrame, ErrorCode, PROTOCOL_VERSION, PhoneNumber, Request, Response, ServerFrame,
 };
@@ -12,13 +12,7 @@ mod common;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_registers_and_logs_in_over_websocket() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = NodeConfig {
-        listen: "127.0.0.1:0".into(),
-        websocket_listen: Some("127.0.0.1:0".into()),
-        data_dir: dir.path().to_path_buf(),
-        fragments: 4,
-        ..NodeConfig::default()
-    };
+    let config = websocket_config(dir.path());
     let node = NodeBuilder::new(config).start().await.expect("start");
     let addr = node.websocket_addr().expect("websocket enabled");
     let ca = node.certificate().cert_path.clone();

@@ -871,6 +871,19 @@ fn id_list_error(ids: &[MessageId]) -> Option<String> {
     }
 }
 
+/// Refuses request `id` if its id list is empty or too long; otherwise
+/// waits out the ack pacer. Whether the request goes on.
+async fn id_list_admitted(state: &mut SessionState, id: RequestId, ids: &[MessageId]) -> bool {
+    if let Some(reason) = id_list_error(ids) {
+        state
+            .responder
+            .error(Some(id), ErrorCode::InvalidRequest, reason);
+        return false;
+    }
+    pace_acks(state).await;
+    true
+}
+
 /// Waits out the ack pacer: a client acking or reading faster than its
 /// rate is read more slowly (the frame's permit is held meanwhile).
 async fn pace_acks(state: &mut SessionState) {
@@ -1072,13 +1085,9 @@ async fn serve(
             let Some(user) = state.user().cloned() else {
                 return;
             };
-            if let Some(reason) = id_list_error(&ids) {
-                state
-                    .responder
-                    .error(Some(id), ErrorCode::InvalidRequest, reason);
+            if !id_list_admitted(state, id, &ids).await {
                 return;
             }
-            pace_acks(state).await;
             if let Some(fragment) = fragment_of(state, id, &user).await {
                 let _ = fragment.send_message(FragmentMsg::Ack { user, ids });
                 state.responder.respond(id, Response::Ok);
@@ -1088,13 +1097,9 @@ async fn serve(
             let Some(user) = state.user().cloned() else {
                 return;
             };
-            if let Some(reason) = id_list_error(&ids) {
-                state
-                    .responder
-                    .error(Some(id), ErrorCode::InvalidRequest, reason);
+            if !id_list_admitted(state, id, &ids).await {
                 return;
             }
-            pace_acks(state).await;
             // Through the reader's own fragment, which passes it on to the
             // sender's behind the Delivered receipts of this reader's
             // earlier acks (acks are not answered, so a client reads right

@@ -67,3 +67,14 @@ pub async fn exchange(ws: &mut Ws, frame: &ClientFrame) -> ServerFrame {
 pub fn request(id: u32, request: Request) -> ClientFrame {
     ClientFrame::Request { id, request }
 }
+
+/// A node config on `dir` with both listeners on free loopback ports.
+pub fn websocket_config(dir: &std::path::Path) -> node::NodeConfig {
+    node::NodeConfig {
+        listen: "127.0.0.1:0".into(),
+        websocket_listen: Some("127.0.0.1:0".into()),
+        data_dir: dir.to_path_buf(),
+        fragments: 4,
+        ..node::NodeConfig::default()
+    }
+}
