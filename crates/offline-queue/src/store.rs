@@ -363,6 +363,42 @@ pub(crate) fn storage(e: impl std::fmt::Display) -> FragmentError {
 }
 
 impl RedbMailbox {
+    /// Live entries of the fragment from `start` on (delivered marks and
+    /// unreadable rows skipped), with their heads, until `visit` says stop.
+    fn scan_entries(
+        &self,
+        start: Option<&(PhoneNumber, MessageId)>,
+        mut visit: impl FnMut(PhoneNumber, MessageId, crate::entry::StoredHead) -> bool,
+    ) -> Result<(), FragmentError> {
+        let read = self.store.db().begin_read().map_err(storage)?;
+        let table = match read.open_table(MBOX_TABLE) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+            Err(e) => return Err(storage(e)),
+        };
+        let from = start.map_or((self.fragment, "", 0), |(owner, id)| {
+            (self.fragment, owner.as_str(), id.saturating_add(1))
+        });
+        for item in table
+            .range(from..=(self.fragment, "\u{10FFFF}", u64::MAX))
+            .map_err(storage)?
+        {
+            let (key, value) = item.map_err(storage)?;
+            let (_, owner, id) = key.value();
+            if owner.ends_with(DELIVERED_SUFFIX) {
+                continue;
+            }
+            let (Ok(owner), Some(head)) = (PhoneNumber::parse(owner), stored_head(value.value()))
+            else {
+                continue;
+            };
+            if !visit(owner, id, head) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// The tables of `fragment` in `store`.
     pub fn new(store: Store, fragment: FragmentId) -> Self {
         Self { store, fragment }
@@ -495,60 +531,6 @@ impl MailboxRead for RedbMailbox {
     }
 
     fn usage(&self) -> Result<MailboxUsage, FragmentError> {
-        self.load_usage()
-    }
-
-    fn expired(
-        &self,
-        resume: Option<&(PhoneNumber, MessageId)>,
-        before_ms: TimestampMs,
-        max_scan: usize,
-    ) -> Result<ExpiryScan, FragmentError> {
-        self.scan_expired(resume, before_ms, max_scan)
-    }
-}
-
-impl RedbMailbox {
-    /// Live entries of the fragment from `start` on (delivered marks and
-    /// unreadable rows skipped), with their heads, until `visit` says stop.
-    fn scan_entries(
-        &self,
-        start: Option<&(PhoneNumber, MessageId)>,
-        mut visit: impl FnMut(PhoneNumber, MessageId, crate::entry::StoredHead) -> bool,
-    ) -> Result<(), FragmentError> {
-        let read = self.store.db().begin_read().map_err(storage)?;
-        let table = match read.open_table(MBOX_TABLE) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
-            Err(e) => return Err(storage(e)),
-        };
-        let from = start.map_or((self.fragment, "", 0), |(owner, id)| {
-            (self.fragment, owner.as_str(), id.saturating_add(1))
-        });
-        for item in table
-            .range(from..=(self.fragment, "\u{10FFFF}", u64::MAX))
-            .map_err(storage)?
-        {
-            let (key, value) = item.map_err(storage)?;
-            let (_, owner, id) = key.value();
-            if owner.ends_with(DELIVERED_SUFFIX) {
-                continue;
-            }
-            let (Ok(owner), Some(head)) = (PhoneNumber::parse(owner), stored_head(value.value()))
-            else {
-                continue;
-            };
-            if !visit(owner, id, head) {
-                break;
-            }
-        }
-        Ok(())
-    }
-}
-
-impl RedbMailbox {
-    /// See [`MailboxRead::usage`].
-    fn load_usage(&self) -> Result<MailboxUsage, FragmentError> {
         let mut usage = MailboxUsage::default();
         self.scan_entries(None, |owner, _, head| {
             if let Some(sender) = head.sender {
@@ -559,8 +541,7 @@ impl RedbMailbox {
         Ok(usage)
     }
 
-    /// See [`MailboxRead::expired`].
-    fn scan_expired(
+    fn expired(
         &self,
         resume: Option<&(PhoneNumber, MessageId)>,
         before_ms: TimestampMs,
