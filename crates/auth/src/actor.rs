@@ -1,10 +1,11 @@
-//! The auth actor: the shell around the code book.
+//! The auth actor: the limits across numbers, and a task per request.
 //!
-//! The actor owns the [`CodeBook`] (pending codes are per node, in memory: a
-//! restart forgets them and users request new ones). It reads the clock,
-//! draws codes, and hands the slow parts off so its mailbox keeps moving:
-//! provider calls run on Tokio's blocking pool and reply from there, token
-//! writes complete through the store's group-commit callback.
+//! The actor holds what only this node counts (the token buckets per
+//! source, subnet, node and country) and draws codes. Everything kept per
+//! number (the pending code and its counters, the generation, the lock)
+//! is in the number's account record (`account`), changed by each
+//! request's task, so the actor's mailbox never waits on a fragment or a
+//! provider: provider calls and PIN hashes run on Tokio's blocking pool.
 
 use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
@@ -17,14 +18,15 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use rand::Rng;
 use tokio::sync::Semaphore;
 
-use crate::codes::{CodeBook, CodePolicy, Requester};
+use crate::account::{Accounts, Loaded};
+use crate::codes::{CodeError, CodePolicy, Requester};
 use crate::limits::{CodeLimiter, Limit, LogEvery};
-use crate::pin::{LockPolicy, LockStatus};
+use crate::pin::{DAY_MS, LockPolicy, LockStatus, PinLock};
 use crate::provider::{CodeProvider, ProviderError};
 use crate::tokens::{IssuedToken, TokenBook};
 use crate::{AuthConfig, AuthError, now_ms};
 
-/// How often expired codes are dropped from memory.
+/// How often idle limit buckets are dropped from memory.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// How often a refusal by one limit is logged at most (counters carry the
@@ -88,9 +90,7 @@ pub enum AuthMsg {
         reply: RpcReplyPort<Result<CodeSent, AuthError>>,
     },
     /// Check `code` against the pending code of `phone`; on a match, issue a
-    /// token and answer once it is durable. A matching code is consumed even
-    /// if the token write then fails (the answer is [`AuthError::Storage`]
-    /// and the user requests a new code).
+    /// token (revoking the number's earlier ones) and answer once durable.
     Verify {
         /// The number the code was sent to.
         phone: PhoneNumber,
@@ -103,29 +103,17 @@ pub enum AuthMsg {
         /// The token, or why not.
         reply: RpcReplyPort<Result<IssuedToken, AuthError>>,
     },
-    /// Internal, from a PIN check on the blocking pool: whether the PIN
-    /// given with a right code for a locked number matched.
-    PinChecked {
-        /// The number.
-        phone: PhoneNumber,
-        /// The code, consumed now if the PIN matched and it is still pending.
-        code: String,
-        /// Who tried it.
+    /// Internal: the number's record took a code requested from `source`;
+    /// it now counts against the limits across numbers.
+    CodeIssued {
+        /// Who asked.
         source: Option<IpAddr>,
-        /// Whether the PIN matched.
-        matched: bool,
-        /// The answer to the verify.
-        reply: RpcReplyPort<Result<IssuedToken, AuthError>>,
-    },
-    /// Internal, from a delivery task: the provider failed, forget `code` if
-    /// it is still pending for `phone`.
-    DeliveryFailed {
-        /// Whose code.
+        /// For which number.
         phone: PhoneNumber,
-        /// The code that did not go out.
-        code: String,
+        /// When.
+        now: u64,
     },
-    /// Internal, from the prune timer: drop expired codes.
+    /// Internal, from the prune timer: drop idle limit buckets.
     Prune,
 }
 
@@ -140,18 +128,27 @@ pub struct AuthActor;
 pub struct AuthArgs {
     pub(crate) config: AuthConfig,
     pub(crate) tokens: TokenBook,
+    pub(crate) accounts: Accounts,
     pub(crate) provider: Arc<dyn CodeProvider>,
+}
+
+/// What a request's task needs (cheap to clone).
+#[derive(Clone)]
+struct Service {
+    codes: CodePolicy,
+    /// When a registration lock holds and how many wrong PINs it allows.
+    lock_policy: LockPolicy,
+    tokens: TokenBook,
+    accounts: Accounts,
+    provider: Arc<dyn CodeProvider>,
 }
 
 /// The state of a running [`AuthActor`].
 pub struct AuthState {
-    codes: CodeBook,
-    /// When a registration lock holds and how many wrong PINs it allows.
-    lock_policy: LockPolicy,
-    /// Limits across numbers: per source, subnet, node and country.
+    service: Service,
+    /// Limits across numbers: per source, subnet, node and country
+    /// (node-local: they count this node's traffic).
     limiter: CodeLimiter,
-    tokens: TokenBook,
-    provider: Arc<dyn CodeProvider>,
     /// Bounds the provider calls in flight, so a hung provider cannot eat the
     /// blocking pool: beyond it requests are answered `Unavailable`.
     deliveries: Arc<Semaphore>,
@@ -168,21 +165,17 @@ impl Actor for AuthActor {
         myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let policy = policy(&args.config);
         let prune_timer = Some(myself.send_interval(PRUNE_EVERY, || AuthMsg::Prune));
         tracing::info!(provider = args.provider.name(), "auth service started");
         Ok(AuthState {
-            codes: CodeBook::new(policy),
-            lock_policy: LockPolicy {
-                lapse_ms: args
-                    .config
-                    .registration_lock_lapse_days
-                    .saturating_mul(86_400_000),
-                max_failures_per_day: args.config.max_pin_attempts_per_day,
+            service: Service {
+                codes: policy(&args.config),
+                lock_policy: lock_policy(&args.config),
+                tokens: args.tokens,
+                accounts: args.accounts,
+                provider: args.provider,
             },
             limiter: CodeLimiter::new(args.config.limits.clone(), now_ms()),
-            tokens: args.tokens,
-            provider: args.provider,
             deliveries: Arc::new(Semaphore::new(args.config.max_deliveries_in_flight.max(1))),
             prune_timer,
         })
@@ -207,38 +200,47 @@ impl Actor for AuthActor {
     ) -> Result<(), ActorProcessingErr> {
         // Every error here is the client's or a dependency's: it is answered,
         // and the actor goes on. Nothing in this handler needs a restart.
+        // The limits are checked here, in order; the account record is read
+        // and written by a task per request, so that a fragment on another
+        // node never holds this mailbox up.
         match message {
             AuthMsg::RequestCode {
                 phone,
                 source,
                 reply,
-            } => {
-                request_code(&myself, state, phone, source, reply);
-            }
+            } => request_code(&myself, state, phone, source, reply),
             AuthMsg::Verify {
                 phone,
                 code,
                 pin,
                 source,
                 reply,
-            } => verify(&myself, state, phone, code, pin, source, reply),
-            AuthMsg::PinChecked {
-                phone,
-                code,
-                source,
-                matched,
-                reply,
-            } => pin_checked(state, phone, code, source, matched, reply),
-            AuthMsg::DeliveryFailed { phone, code } => {
-                state.codes.cancel(&phone, &code);
+            } => {
+                let now = now_ms();
+                if let Err(refusal) = state.limiter.verify_attempt(source, now) {
+                    log_refusal("verify attempt", refusal.limit, source, now);
+                    let e = AuthError::Limited {
+                        limit: refusal.limit,
+                        retry_after_ms: refusal.retry_after_ms,
+                    };
+                    count_verify(e.outcome());
+                    let _ = reply.send(Err(e));
+                    return Ok(());
+                }
+                let service = state.service.clone();
+                tokio::spawn(async move {
+                    let answer = service.verify(phone, code, pin, source).await;
+                    if let Err(e) = &answer {
+                        count_verify(e.outcome());
+                    }
+                    let _ = reply.send(answer);
+                });
+            }
+            AuthMsg::CodeIssued { source, phone, now } => {
+                state.limiter.issued(source, &phone, now);
             }
             AuthMsg::Prune => {
-                let now = now_ms();
-                let dropped = state.codes.prune(now);
-                if dropped > 0 {
-                    tracing::debug!(dropped, remaining = state.codes.len(), "pruned codes");
-                }
-                let buckets = state.limiter.prune(now);
+                let buckets = state.limiter.prune(now_ms());
                 metrics::gauge!("switchboard_auth_limit_buckets").set(buckets as f64);
             }
         }
@@ -246,99 +248,114 @@ impl Actor for AuthActor {
     }
 }
 
-/// A verify attempt: the limits across numbers, then the code (counted
-/// against its requester), then, for a number with a registration lock,
-/// the PIN on the blocking pool (answered through [`AuthMsg::PinChecked`]).
-fn verify(
-    myself: &ActorRef<AuthMsg>,
-    state: &mut AuthState,
-    phone: PhoneNumber,
-    code: String,
-    pin: Option<String>,
-    source: Option<IpAddr>,
-    reply: RpcReplyPort<Result<IssuedToken, AuthError>>,
-) {
-    let now = now_ms();
-    if let Err(refusal) = state.limiter.verify_attempt(source, now) {
-        log_refusal("verify attempt", refusal.limit, source, now);
-        let e = AuthError::Limited {
-            limit: refusal.limit,
-            retry_after_ms: refusal.retry_after_ms,
-        };
-        count_verify(e.outcome());
-        let _ = reply.send(Err(e));
-        return;
-    }
-    // A read transaction, usually on cached pages.
-    let account = match state.tokens.account_state(&phone) {
-        Ok(account) => account,
-        Err(e) => {
-            count_verify(e.outcome());
-            let _ = reply.send(Err(e));
-            return;
-        }
-    };
-    let status = state.lock_policy.status(
-        account.lock.as_ref(),
-        account.last_active_ms,
-        &account.pin_failures_ms,
-        now,
-    );
-    let by = Requester::of(source);
-    let LockStatus::Locked { attempts_left } = status else {
-        match state.codes.verify(&phone, &code, by, now, true) {
-            Ok(()) => issue(state, &phone, now, reply),
-            Err(e) => {
-                let e = AuthError::from(e);
-                count_verify(e.outcome());
-                let _ = reply.send(Err(e));
-            }
-        }
-        return;
-    };
-    // Locked: the code first (not consumed), so that only a holder of the
-    // SMS code may try PINs.
-    if let Err(e) = state.codes.verify(&phone, &code, by, now, false) {
-        let e = AuthError::from(e);
-        count_verify(e.outcome());
-        let _ = reply.send(Err(e));
-        return;
-    }
-    let (Some(pin), Some(lock)) = (pin, account.lock) else {
-        count_verify("pin_required");
-        let _ = reply.send(Err(AuthError::RegistrationLocked { attempts_left }));
-        return;
-    };
-    if attempts_left == 0 {
-        count_verify("pin_attempts_used_up");
-        let _ = reply.send(Err(AuthError::RegistrationLocked { attempts_left }));
-        return;
-    }
-    let myself = myself.clone();
-    tokio::task::spawn_blocking(move || {
-        let matched = lock.matches(&pin);
-        let _ = myself.cast(AuthMsg::PinChecked {
-            phone,
-            code,
-            source,
-            matched,
-            reply,
-        });
-    });
+/// What the first look at a verify found.
+enum FirstCheck {
+    /// Verified (no lock): the account's new generation.
+    Verified(u64),
+    /// The code was wrong, expired or tried too often.
+    Refused(CodeError),
+    /// The code is right and the number locked: the PIN decides.
+    Locked { attempts_left: u32, lock: PinLock },
 }
 
-/// The PIN of a locked number was checked: a match consumes the code (if
-/// still pending) and issues a token; a miss is recorded.
-fn pin_checked(
-    state: &mut AuthState,
-    phone: PhoneNumber,
-    code: String,
-    source: Option<IpAddr>,
-    matched: bool,
-    reply: RpcReplyPort<Result<IssuedToken, AuthError>>,
-) {
-    let now = now_ms();
-    if !matched {
+/// A number just proved: its earlier tokens are revoked (the generation
+/// rises), it was active now, and its wrong PINs are forgotten.
+pub(crate) fn verified(loaded: &mut Loaded, now: u64) -> u64 {
+    loaded.generation = loaded.generation.saturating_add(1);
+    let account = &mut loaded.account;
+    account.last_active_ms = now;
+    account.pin_failures_ms.clear();
+    account.created_at_ms.get_or_insert(now);
+    loaded.generation
+}
+
+impl Service {
+    /// A verify attempt within the limits: the code (counted against its
+    /// requester), then, for a number with a registration lock, the PIN on
+    /// the blocking pool. Every step's counters are stored in the record.
+    async fn verify(
+        &self,
+        phone: PhoneNumber,
+        code: String,
+        pin: Option<String>,
+        source: Option<IpAddr>,
+    ) -> Result<IssuedToken, AuthError> {
+        let now = now_ms();
+        let by = Requester::of(source);
+        let (codes, lock_policy) = (self.codes, self.lock_policy);
+        let first = self
+            .accounts
+            .update(&phone, |loaded| {
+                let account = &loaded.account;
+                let status = lock_policy.status(
+                    account.lock.as_ref(),
+                    account.last_active_ms,
+                    &account.pin_failures_ms,
+                    now,
+                );
+                let lock = account.lock.clone();
+                match (status, lock) {
+                    (LockStatus::Locked { attempts_left }, Some(lock)) => {
+                        // The code first (not consumed), so that only a
+                        // holder of the SMS code may try PINs.
+                        match loaded.account.codes.verify(&codes, &code, by, now, false) {
+                            Ok(()) => FirstCheck::Locked {
+                                attempts_left,
+                                lock,
+                            },
+                            Err(e) => FirstCheck::Refused(e),
+                        }
+                    }
+                    _ => match loaded.account.codes.verify(&codes, &code, by, now, true) {
+                        Ok(()) => FirstCheck::Verified(verified(loaded, now)),
+                        Err(e) => FirstCheck::Refused(e),
+                    },
+                }
+            })
+            .await?;
+        let generation = match first {
+            FirstCheck::Verified(generation) => generation,
+            FirstCheck::Refused(e) => return Err(e.into()),
+            FirstCheck::Locked {
+                attempts_left,
+                lock,
+            } => {
+                let Some(pin) = pin else {
+                    count_verify("pin_required");
+                    return Err(AuthError::RegistrationLocked { attempts_left });
+                };
+                if attempts_left == 0 {
+                    count_verify("pin_attempts_used_up");
+                    return Err(AuthError::RegistrationLocked { attempts_left });
+                }
+                let matched = tokio::task::spawn_blocking(move || lock.matches(&pin))
+                    .await
+                    .map_err(|e| AuthError::unavailable(format!("PIN check failed: {e}")))?;
+                if !matched {
+                    return Err(self.wrong_pin(&phone, source, now).await);
+                }
+                self.accounts
+                    .update(&phone, |loaded| {
+                        loaded
+                            .account
+                            .codes
+                            .verify(&codes, &code, by, now, true)
+                            .map(|()| verified(loaded, now))
+                    })
+                    .await??
+            }
+        };
+        tracing::debug!(%phone, generation, "code verified");
+        let issued = self.tokens.issue(&phone, generation, now).await;
+        match &issued {
+            Ok(_) => count_verify("verified"),
+            Err(e) => tracing::error!(error = %e, "cannot store a new token"),
+        }
+        issued
+    }
+
+    /// Records a wrong PIN; the answer tells how many are left today.
+    async fn wrong_pin(&self, phone: &PhoneNumber, source: Option<IpAddr>, now: u64) -> AuthError {
         count_verify("wrong_pin");
         if PIN_LOG.ready(now) {
             tracing::warn!(
@@ -347,49 +364,83 @@ fn pin_checked(
                 (logged at most every 10 s; see switchboard_auth_verifies_total)"
             );
         }
-        let max = state.lock_policy.max_failures_per_day;
-        state.tokens.record_pin_failure(&phone, now, move |result| {
-            let _ = reply.send(result.and_then(|failures| {
-                let failures = u32::try_from(failures).unwrap_or(u32::MAX);
-                Err(AuthError::RegistrationLocked {
-                    attempts_left: max.saturating_sub(failures),
-                })
-            }));
-        });
-        return;
-    }
-    match state
-        .codes
-        .verify(&phone, &code, Requester::of(source), now, true)
-    {
-        Ok(()) => issue(state, &phone, now, reply),
-        Err(e) => {
-            let e = AuthError::from(e);
-            count_verify(e.outcome());
-            let _ = reply.send(Err(e));
+        let max = self.lock_policy.max_failures_per_day;
+        let failures = self
+            .accounts
+            .update(phone, |loaded| {
+                let failures = &mut loaded.account.pin_failures_ms;
+                failures.retain(|&t| t.saturating_add(DAY_MS) > now);
+                failures.push(now);
+                failures.len()
+            })
+            .await;
+        match failures {
+            Ok(failures) => AuthError::RegistrationLocked {
+                attempts_left: max.saturating_sub(u32::try_from(failures).unwrap_or(u32::MAX)),
+            },
+            Err(e) => e,
         }
     }
-}
 
-/// Issues a token for a verified `phone` (revoking its earlier ones) and
-/// answers once it is durable.
-fn issue(
-    state: &AuthState,
-    phone: &PhoneNumber,
-    now: u64,
-    reply: RpcReplyPort<Result<IssuedToken, AuthError>>,
-) {
-    tracing::debug!(%phone, "code verified");
-    state.tokens.issue_with(phone, now, move |result| {
-        match &result {
-            Ok(_) => count_verify("verified"),
+    /// Stores `code` as `phone`'s pending code (within the number's own
+    /// limits) and hands it to the provider.
+    async fn send_code(
+        &self,
+        myself: ActorRef<AuthMsg>,
+        phone: PhoneNumber,
+        source: Option<IpAddr>,
+        code: String,
+    ) -> Result<CodeSent, AuthError> {
+        let now = now_ms();
+        let codes = self.codes;
+        let issued = self
+            .accounts
+            .update(&phone, |loaded| {
+                loaded.account.codes.request(&codes, code.clone(), now)
+            })
+            .await??;
+        // Counted as sent from here, even if the provider then fails: a
+        // flood of failing deliveries must not get around the limits.
+        let _ = myself.cast(AuthMsg::CodeIssued {
+            source,
+            phone: phone.clone(),
+            now,
+        });
+        let expires_in_secs =
+            u32::try_from(issued.expires_at_ms.saturating_sub(now) / 1_000).unwrap_or(u32::MAX);
+        let provider = Arc::clone(&self.provider);
+        let (to, sent) = (phone.clone(), code.clone());
+        let delivered = tokio::task::spawn_blocking(move || {
+            std::panic::catch_unwind(AssertUnwindSafe(|| provider.deliver(&to, &sent)))
+                .unwrap_or_else(|_| Err(ProviderError::Other("the provider panicked".into())))
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(ProviderError::Other(format!(
+                "the delivery task failed: {e}"
+            )))
+        });
+        match delivered {
+            Ok(()) => {
+                count_code("sent");
+                Ok(CodeSent { expires_in_secs })
+            }
             Err(e) => {
-                count_verify(e.outcome());
-                tracing::error!(error = %e, "cannot store a new token");
+                count_code("provider_failed");
+                tracing::warn!(provider = self.provider.name(), error = %e, "code delivery failed");
+                // Forget the code before answering, so that a retry sent
+                // after this answer finds no resend wait.
+                if let Err(forget) = self
+                    .accounts
+                    .update(&phone, |loaded| loaded.account.codes.cancel(&code))
+                    .await
+                {
+                    tracing::warn!(error = %forget, "cannot forget a code that was not sent");
+                }
+                Err(AuthError::Provider(e))
             }
         }
-        let _ = reply.send(result);
-    });
+    }
 }
 
 /// Wrong PINs are logged at most every 10 s.
@@ -403,6 +454,15 @@ fn policy(config: &AuthConfig) -> CodePolicy {
         max_codes_per_hour: config.max_codes_per_hour,
         max_total_attempts: config.max_code_attempts_total,
         burn_cooldown_ms: config.burned_code_cooldown_secs.saturating_mul(1_000),
+    }
+}
+
+fn lock_policy(config: &AuthConfig) -> LockPolicy {
+    LockPolicy {
+        lapse_ms: config
+            .registration_lock_lapse_days
+            .saturating_mul(86_400_000),
+        max_failures_per_day: config.max_pin_attempts_per_day,
     }
 }
 
@@ -435,41 +495,15 @@ fn request_code(
         return;
     };
     let code = new_code(&mut rand::rng());
-    let issued = match state.codes.request(&phone, code.clone(), now) {
-        Ok(issued) => issued,
-        Err(e) => {
-            let e = AuthError::from(e);
-            count_code(e.outcome());
-            let _ = reply.send(Err(e));
-            return;
-        }
-    };
-    // Counted as sent from here, even if the provider then fails: a flood
-    // of failing deliveries must not get around the limits.
-    state.limiter.issued(source, &phone, now);
-    let expires_in_secs =
-        u32::try_from(issued.expires_at_ms.saturating_sub(now) / 1_000).unwrap_or(u32::MAX);
-    let provider = Arc::clone(&state.provider);
-    let myself = myself.clone();
-    tokio::task::spawn_blocking(move || {
+    let (service, myself) = (state.service.clone(), myself.clone());
+    tokio::spawn(async move {
         let _permit = permit;
-        let delivered =
-            std::panic::catch_unwind(AssertUnwindSafe(|| provider.deliver(&phone, &code)))
-                .unwrap_or_else(|_| Err(ProviderError::Other("the provider panicked".into())));
-        let answer = match delivered {
-            Ok(()) => {
-                count_code("sent");
-                Ok(CodeSent { expires_in_secs })
-            }
-            Err(e) => {
-                count_code("provider_failed");
-                tracing::warn!(provider = provider.name(), error = %e, "code delivery failed");
-                // Forget the code before answering: the mailbox is FIFO, so a
-                // retry sent after this answer finds no resend wait.
-                let _ = myself.cast(AuthMsg::DeliveryFailed { phone, code });
-                Err(AuthError::Provider(e))
-            }
-        };
+        let answer = service.send_code(myself, phone, source, code).await;
+        if let Err(e) = &answer
+            && !matches!(e, AuthError::Provider(_))
+        {
+            count_code(e.outcome());
+        }
         let _ = reply.send(answer);
     });
 }

@@ -1,14 +1,14 @@
 //! Pending verification codes: a pure state machine.
 //!
 //! No clock, no randomness, no I/O: the caller passes `now_ms` and the freshly
-//! generated code, and reads the outcome. The actor in `actor.rs` is the only
-//! driver; the tests below are tables over time.
+//! generated code, and reads the outcome. The tests below are tables over time.
 //!
-//! Per phone the book keeps at most one pending code and the times codes were
-//! issued in the last hour (for the resend interval and the hourly cap).
-//! Requesting a new code replaces the pending one. [`CodeBook::prune`] drops
-//! what can no longer matter, so memory follows the numbers active in the last
-//! hour, not every number ever seen.
+//! Per phone ([`PhoneCodes`]) at most one pending code and the times codes
+//! were issued in the last hour (for the resend interval and the hourly cap).
+//! Requesting a new code replaces the pending one. It is part of the
+//! number's account record, kept and replicated with its mailbox fragment
+//! (see `account`), so any node can verify a code another node sent, and a
+//! restart forgets nothing. Each change forgets what can no longer matter.
 //!
 //! Wrong tries are counted per requester (the source address; an IPv6 /64
 //! counts as one), so that a stranger's guesses never use up the tries of
@@ -23,7 +23,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 
-use proto::PhoneNumber;
+use serde::{Deserialize, Serialize};
 
 use crate::AuthError;
 
@@ -54,7 +54,7 @@ const DAY_MS: u64 = 86_400_000;
 
 /// Who tried a code: its source address, an IPv6 /64 as one (a host
 /// usually holds a whole /64), or a caller inside the node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub(crate) enum Requester {
     /// A caller inside the node (no address).
     Internal,
@@ -106,7 +106,7 @@ pub(crate) struct Issued {
     pub(crate) expires_at_ms: u64,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Pending {
     code: String,
     issued_at_ms: u64,
@@ -117,8 +117,10 @@ struct Pending {
     wrong_total: u32,
 }
 
-#[derive(Debug, Default)]
-struct PhoneCodes {
+/// One phone's pending code and counters: part of its account record, so
+/// kept and replicated with the number's mailbox fragment.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PhoneCodes {
     pending: Option<Pending>,
     /// When codes were issued within the last hour, oldest first.
     issued_ms: VecDeque<u64>,
@@ -129,7 +131,8 @@ struct PhoneCodes {
 }
 
 impl PhoneCodes {
-    fn forget_old(&mut self, now_ms: u64) {
+    /// Forgets what can no longer matter at `now_ms`.
+    pub(crate) fn forget_old(&mut self, now_ms: u64) {
         while self
             .issued_ms
             .front()
@@ -153,7 +156,9 @@ impl PhoneCodes {
         }
     }
 
-    fn is_empty(&self) -> bool {
+    /// Whether nothing is kept (after [`PhoneCodes::forget_old`]).
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.pending.is_none() && self.issued_ms.is_empty() && self.burned_at_ms.is_none()
     }
 
@@ -180,42 +185,24 @@ impl PhoneCodes {
             .min(HOUR_MS);
         Some(at.saturating_add(cooldown))
     }
-}
 
-/// Pending codes and recent issue times of every phone.
-#[derive(Debug)]
-pub(crate) struct CodeBook {
-    policy: CodePolicy,
-    phones: HashMap<PhoneNumber, PhoneCodes>,
-}
-
-impl CodeBook {
-    pub(crate) fn new(policy: CodePolicy) -> Self {
-        Self {
-            policy,
-            phones: HashMap::new(),
-        }
-    }
-
-    /// Makes `code` the pending code of `phone` unless the rate limits refuse.
+    /// Makes `code` the pending code unless the rate limits refuse.
     /// A code pending before is replaced (and with it its wrong tries).
     pub(crate) fn request(
         &mut self,
-        phone: &PhoneNumber,
+        policy: &CodePolicy,
         code: String,
         now_ms: u64,
     ) -> Result<Issued, CodeError> {
-        let policy = self.policy;
-        let entry = self.phones.entry(phone.clone()).or_default();
-        entry.forget_old(now_ms);
-        if let Some(ready_at) = entry.burn_ready_at(&policy)
+        self.forget_old(now_ms);
+        if let Some(ready_at) = self.burn_ready_at(policy)
             && now_ms < ready_at
         {
             return Err(CodeError::RateLimited {
                 retry_after_ms: ready_at - now_ms,
             });
         }
-        if let Some(&last) = entry.issued_ms.back() {
+        if let Some(&last) = self.issued_ms.back() {
             let ready_at = last.saturating_add(policy.resend_interval_ms);
             if now_ms < ready_at {
                 return Err(CodeError::RateLimited {
@@ -223,9 +210,9 @@ impl CodeBook {
                 });
             }
         }
-        if entry.issued_ms.len() >= policy.max_codes_per_hour as usize {
+        if self.issued_ms.len() >= policy.max_codes_per_hour as usize {
             // The oldest issue leaves the window first.
-            let ready_at = entry
+            let ready_at = self
                 .issued_ms
                 .front()
                 .map_or(now_ms.saturating_add(HOUR_MS), |&t| {
@@ -236,8 +223,8 @@ impl CodeBook {
             });
         }
         let expires_at_ms = now_ms.saturating_add(policy.ttl_ms);
-        entry.issued_ms.push_back(now_ms);
-        entry.pending = Some(Pending {
+        self.issued_ms.push_back(now_ms);
+        self.pending = Some(Pending {
             code,
             issued_at_ms: now_ms,
             expires_at_ms,
@@ -247,24 +234,20 @@ impl CodeBook {
         Ok(Issued { expires_at_ms })
     }
 
-    /// Checks `code`, tried by `by`, against the pending code of `phone`.
-    /// A match consumes the code if `consume` (a registration lock checks
-    /// the code first and consumes it only once the PIN is right); a miss
-    /// uses up one of `by`'s tries and one of the code's total.
+    /// Checks `code`, tried by `by`, against the pending code. A match
+    /// consumes the code if `consume` (a registration lock checks the code
+    /// first and consumes it only once the PIN is right); a miss uses up
+    /// one of `by`'s tries and one of the code's total.
     pub(crate) fn verify(
         &mut self,
-        phone: &PhoneNumber,
+        policy: &CodePolicy,
         code: &str,
         by: Requester,
         now_ms: u64,
         consume: bool,
     ) -> Result<(), CodeError> {
-        let policy = self.policy;
-        let Some(entry) = self.phones.get_mut(phone) else {
-            return Err(CodeError::NonePending);
-        };
-        entry.forget_old(now_ms);
-        let Some(pending) = entry.pending.as_mut() else {
+        self.forget_old(now_ms);
+        let Some(pending) = self.pending.as_mut() else {
             return Err(CodeError::NonePending);
         };
         let tries = pending.wrong_by.get(&by).copied().unwrap_or(0);
@@ -273,7 +256,7 @@ impl CodeBook {
         }
         if constant_time_eq(pending.code.as_bytes(), code.as_bytes()) {
             if consume {
-                entry.pending = None;
+                self.pending = None;
             }
             return Ok(());
         }
@@ -281,9 +264,9 @@ impl CodeBook {
         pending.wrong_by.insert(by, tries);
         pending.wrong_total += 1;
         if pending.wrong_total >= policy.max_total_attempts {
-            entry.drop_pending();
-            entry.burns += 1;
-            entry.burned_at_ms = Some(now_ms);
+            self.drop_pending();
+            self.burns += 1;
+            self.burned_at_ms = Some(now_ms);
             return Err(CodeError::TooManyAttempts);
         }
         Err(CodeError::InvalidCode {
@@ -291,44 +274,15 @@ impl CodeBook {
         })
     }
 
-    /// Forgets `code` if it is still the pending code of `phone`, together
-    /// with its issue time, so that a new code can be requested at once (the
-    /// code never reached the user). Returns whether it was pending.
-    pub(crate) fn cancel(&mut self, phone: &PhoneNumber, code: &str) -> bool {
-        let Some(entry) = self.phones.get_mut(phone) else {
-            return false;
-        };
-        let Some(pending) = entry.pending.as_ref() else {
-            return false;
-        };
-        if pending.code != code {
+    /// Forgets `code` if it is still the pending code, together with its
+    /// issue time, so that a new code can be requested at once (the code
+    /// never reached the user). Returns whether it was pending.
+    pub(crate) fn cancel(&mut self, code: &str) -> bool {
+        if self.pending.as_ref().is_none_or(|p| p.code != code) {
             return false;
         }
-        let issued_at_ms = pending.issued_at_ms;
-        entry.pending = None;
-        if let Some(at) = entry.issued_ms.iter().rposition(|&t| t == issued_at_ms) {
-            entry.issued_ms.remove(at);
-        }
-        if entry.is_empty() {
-            self.phones.remove(phone);
-        }
+        self.drop_pending();
         true
-    }
-
-    /// Drops expired codes and issue times older than an hour, then every
-    /// phone left with neither. Returns how many phones were dropped.
-    pub(crate) fn prune(&mut self, now_ms: u64) -> usize {
-        let before = self.phones.len();
-        self.phones.retain(|_, entry| {
-            entry.forget_old(now_ms);
-            !entry.is_empty()
-        });
-        before - self.phones.len()
-    }
-
-    /// How many phones the book tracks.
-    pub(crate) fn len(&self) -> usize {
-        self.phones.len()
     }
 }
 
@@ -343,6 +297,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use proto::PhoneNumber;
+
     use super::*;
 
     const POLICY: CodePolicy = CodePolicy {
@@ -387,8 +343,52 @@ mod tests {
         Err(CodeError::InvalidCode { attempts_left })
     }
 
+    /// The codes of every phone a table touches.
+    #[derive(Default)]
+    struct Book(HashMap<PhoneNumber, PhoneCodes>);
+
+    impl Book {
+        fn request(
+            &mut self,
+            p: &PhoneNumber,
+            code: String,
+            now: u64,
+        ) -> Result<Issued, CodeError> {
+            self.0
+                .entry(p.clone())
+                .or_default()
+                .request(&POLICY, code, now)
+        }
+        fn verify(
+            &mut self,
+            p: &PhoneNumber,
+            code: &str,
+            by: Requester,
+            now: u64,
+            consume: bool,
+        ) -> Result<(), CodeError> {
+            self.0
+                .entry(p.clone())
+                .or_default()
+                .verify(&POLICY, code, by, now, consume)
+        }
+        fn cancel(&mut self, p: &PhoneNumber, code: &str) -> bool {
+            self.0.get_mut(p).is_some_and(|codes| codes.cancel(code))
+        }
+        /// What a record would still hold at `now`: phones with something.
+        fn prune(&mut self, now: u64) {
+            self.0.retain(|_, codes| {
+                codes.forget_old(now);
+                !codes.is_empty()
+            });
+        }
+        fn len(&self) -> usize {
+            self.0.len()
+        }
+    }
+
     fn run(name: &str, steps: &[Step]) {
-        let mut book = CodeBook::new(POLICY);
+        let mut book = Book::default();
         for (i, step) in steps.iter().enumerate() {
             match step {
                 Request(p, code, now, want) => {
@@ -683,16 +683,25 @@ mod tests {
     }
 
     #[test]
-    fn memory_stays_bounded_under_many_phones() {
-        let mut book = CodeBook::new(POLICY);
-        for i in 0..10_000u64 {
-            let p = phone(&format!("+1555{i:07}"));
-            book.request(&p, "123456".into(), i).expect("first code");
-        }
-        assert_eq!(book.len(), 10_000);
-        assert_eq!(book.prune(10_000 + POLICY.ttl_ms), 0, "issue times count");
-        assert_eq!(book.prune(10_000 + HOUR_MS), 10_000);
-        assert_eq!(book.len(), 0);
+    fn codes_survive_a_round_trip_through_the_record_encoding() {
+        let mut codes = PhoneCodes::default();
+        codes
+            .request(&POLICY, "123456".into(), 1_000)
+            .expect("code");
+        let by = Requester::of(Some(IpAddr::from([10, 0, 0, 1])));
+        assert_eq!(
+            codes.verify(&POLICY, "000000", by, 2_000, true),
+            Err(CodeError::InvalidCode { attempts_left: 4 })
+        );
+        let bytes = postcard::to_stdvec(&codes).expect("encode");
+        let mut back: PhoneCodes = postcard::from_bytes(&bytes).expect("decode");
+        assert_eq!(back, codes);
+        // The wrong try counted before the trip still counts after it.
+        assert_eq!(
+            back.verify(&POLICY, "000000", by, 3_000, true),
+            Err(CodeError::InvalidCode { attempts_left: 3 })
+        );
+        assert_eq!(back.verify(&POLICY, "123456", by, 4_000, true), Ok(()));
     }
 
     #[test]

@@ -53,6 +53,7 @@ use ractor::{Actor, ActorCell, ActorRef, MessagingErr};
 use serde::{Deserialize, Serialize};
 use storage::Store;
 
+mod account;
 mod actor;
 mod codes;
 mod error;
@@ -61,6 +62,7 @@ mod pin;
 mod provider;
 mod tokens;
 
+pub use account::Accounts;
 pub use actor::{AuthActor, AuthArgs, AuthMsg, AuthState, CodeSent};
 pub use error::{AuthError, Result};
 pub use limits::{BucketConfig, Limit, LimitsConfig, TokenBucket};
@@ -69,6 +71,10 @@ pub use provider::{
     build_provider,
 };
 pub use tokens::{Authenticated, IssuedToken, TokenBook};
+
+/// Logins refresh an account's last activity at most this often (a write),
+/// and only while it has a registration lock (the only reader).
+const TOUCH_EVERY_MS: u64 = 3_600_000;
 
 /// Least time the handle waits for the actor.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -216,6 +222,7 @@ pub struct AuthHandle {
     /// restart it: calls then go to whichever instance runs now.
     name: Option<String>,
     tokens: TokenBook,
+    accounts: Accounts,
     call_timeout: Duration,
     limits: LimitsConfig,
     pin_kdf_iterations: u32,
@@ -224,11 +231,12 @@ pub struct AuthHandle {
 impl AuthHandle {
     /// A handle to the auth actor registered as `name` (started elsewhere,
     /// e.g. by a supervisor), with its own token book over `store`.
-    pub fn named(name: &str, cfg: &AuthConfig, store: Store) -> Self {
+    pub fn named(name: &str, cfg: &AuthConfig, store: Store, accounts: Accounts) -> Self {
         Self {
             actor: None,
             name: Some(name.to_owned()),
             tokens: cfg.token_book(store),
+            accounts,
             call_timeout: cfg.call_timeout(),
             limits: cfg.limits.clone(),
             pin_kdf_iterations: cfg.pin_kdf_iterations,
@@ -325,24 +333,16 @@ impl AuthHandle {
 
     /// Mints a token for each of `phones` without a code (test users), all
     /// or none: [`AuthError::AccountExists`] if any of them has an account
-    /// on this node, so that minting never takes over a user's number.
-    /// The check reads this node's accounts; the caller also keeps minting
-    /// to a range of numbers no subscriber can have.
+    /// (its record, cluster-wide), so that minting never takes over a
+    /// user's number. The caller also keeps minting to a range of numbers
+    /// no subscriber can have.
     pub async fn mint_test_users(&self, phones: &[PhoneNumber]) -> Result<Vec<IssuedToken>> {
-        let tokens = self.tokens.clone();
-        let to_check = phones.to_vec();
-        let existing = tokio::task::spawn_blocking(move || {
-            for phone in to_check {
-                if tokens.account_created_at(&phone)?.is_some() {
-                    return Ok(Some(phone));
-                }
+        let records = futures::future::join_all(phones.iter().map(|p| self.accounts.read(p))).await;
+        for (phone, record) in phones.iter().zip(records) {
+            let record = record?;
+            if record.account.created_at_ms.is_some() || record.generation > 0 {
+                return Err(AuthError::AccountExists(phone.clone()));
             }
-            Ok(None)
-        })
-        .await
-        .unwrap_or_else(|e| Err(AuthError::unavailable(format!("account check failed: {e}"))))?;
-        if let Some(phone) = existing {
-            return Err(AuthError::AccountExists(phone));
         }
         // Issued concurrently, so they share group commits.
         futures::future::join_all(phones.iter().map(|p| self.issue_token(p)))
@@ -356,29 +356,55 @@ impl AuthHandle {
         self.authenticate(token).await.map(|a| a.phone)
     }
 
-    /// The phone and generation of a token that is valid and not revoked.
-    /// Reads the store directly, on the blocking pool (a read may touch the
-    /// disk), never through the actor. Notes the account's activity for
-    /// its registration lock (a write at most hourly, only with a lock).
+    /// The phone and generation of a well-formed, unexpired token. Reads
+    /// the store directly, on the blocking pool (a read may touch the
+    /// disk), never through the actor. Whether the generation is revoked
+    /// is checked where the session attaches to its mailbox fragment.
     pub async fn authenticate(&self, token: &str) -> Result<Authenticated> {
         let tokens = self.tokens.clone();
         let token = token.to_owned();
-        tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || tokens.authenticate(&token, now_ms()))
+            .await
+            .unwrap_or_else(|e| Err(AuthError::unavailable(format!("login task failed: {e}"))))
+    }
+
+    /// Notes a login of `phone`, for its registration lock's lapse: a write
+    /// only if a lock is set and the last note is over an hour old. Runs in
+    /// the background (a lost note costs at most an hour).
+    pub fn note_login(&self, phone: &PhoneNumber) {
+        let (accounts, phone) = (self.accounts.clone(), phone.clone());
+        tokio::spawn(async move {
             let now = now_ms();
-            let found = tokens.authenticate(&token, now)?;
-            tokens.touch(&found.phone, now);
-            Ok(found)
-        })
-        .await
-        .unwrap_or_else(|e| Err(AuthError::unavailable(format!("login task failed: {e}"))))
+            let noted = accounts
+                .update(&phone, |loaded| {
+                    let account = &mut loaded.account;
+                    if account.lock.is_some()
+                        && account.last_active_ms.saturating_add(TOUCH_EVERY_MS) <= now
+                    {
+                        account.last_active_ms = account.last_active_ms.max(now);
+                    }
+                })
+                .await;
+            if let Err(e) = noted {
+                tracing::debug!(%phone, error = %e, "login not noted for the registration lock");
+            }
+        });
     }
 
     /// Logs `phone` out everywhere: every token issued so far stops
     /// working (one account is one device today; see
     /// `docs/security/tokens.md`). Returns the account's new generation,
-    /// once durable: sessions of an older one must close.
+    /// once durable; the number's fragment closes the sessions of older
+    /// tokens, on any node.
     pub async fn logout(&self, phone: &PhoneNumber) -> Result<u64> {
-        self.tokens.revoke(phone, now_ms()).await
+        let now = now_ms();
+        self.accounts
+            .update(phone, |loaded| {
+                loaded.generation = loaded.generation.saturating_add(1);
+                loaded.account.last_active_ms = now;
+                loaded.generation
+            })
+            .await
     }
 
     /// Sets (`Some`) or clears `phone`'s registration-lock PIN. The PIN is
@@ -403,12 +429,26 @@ impl AuthHandle {
                 Some(lock)
             }
         };
-        self.tokens.set_lock(phone, lock, now_ms()).await
+        let now = now_ms();
+        self.accounts
+            .update(phone, |loaded| {
+                let account = &mut loaded.account;
+                account.lock = lock.clone();
+                account.last_active_ms = now;
+                account.pin_failures_ms.clear();
+            })
+            .await
     }
 
     /// Mints a token for `phone` without a code (admin tools, test users).
+    /// Revokes its earlier tokens, like a verification.
     pub async fn issue_token(&self, phone: &PhoneNumber) -> Result<IssuedToken> {
-        self.tokens.issue_token(phone, now_ms()).await
+        let now = now_ms();
+        let generation = self
+            .accounts
+            .update(phone, |loaded| actor::verified(loaded, now))
+            .await?;
+        self.tokens.issue(phone, generation, now).await
     }
 
     /// The token book, for admin tools.
@@ -440,10 +480,11 @@ fn flatten<T>(
 pub async fn spawn_auth(
     cfg: AuthConfig,
     store: Store,
+    accounts: Accounts,
     provider: Arc<dyn CodeProvider>,
     supervisor: Option<ActorCell>,
 ) -> Result<(AuthHandle, JoinHandle<()>)> {
-    spawn_named_auth(cfg, store, provider, supervisor, None).await
+    spawn_named_auth(cfg, store, accounts, provider, supervisor, None).await
 }
 
 /// Like [`spawn_auth`], registering the actor under `name` so that the
@@ -451,6 +492,7 @@ pub async fn spawn_auth(
 pub async fn spawn_named_auth(
     cfg: AuthConfig,
     store: Store,
+    accounts: Accounts,
     provider: Arc<dyn CodeProvider>,
     supervisor: Option<ActorCell>,
     name: Option<String>,
@@ -463,6 +505,7 @@ pub async fn spawn_named_auth(
     let args = AuthArgs {
         config: cfg,
         tokens: tokens.clone(),
+        accounts: accounts.clone(),
         provider,
     };
     let spawned = match supervisor {
@@ -476,6 +519,7 @@ pub async fn spawn_named_auth(
             actor: Some(actor),
             name,
             tokens,
+            accounts,
             call_timeout,
             limits: args_limits,
             pin_kdf_iterations,

@@ -1,35 +1,29 @@
-//! Login tokens and accounts, persisted in the node's [`Store`].
+//! Login tokens.
 //!
 //! A token is 32 random bytes, given to the client as 64 lowercase hex
 //! characters. The node keeps only the SHA-256 of the bytes, so a copy of the
-//! database does not hold working tokens. Tables:
+//! database does not hold working tokens. Table:
 //!
 //! - `auth_tokens`: SHA-256 of the token (32 bytes) → postcard of
-//!   `{phone, issued_at_ms, expires_at_ms}`.
-//! - `auth_accounts`: phone → when it was first verified (ms since the epoch).
-//! - `auth_account_state`: phone → postcard of [`AccountState`]: the token
-//!   generation, the last activity, the registration lock and wrong PINs.
+//!   `{phone, issued_at_ms, expires_at_ms, generation}`.
 //!
 //! Revocation: every token carries the generation of its account at issue.
-//! Issuing a token (a verification) and revoking ([`TokenBook::revoke`], a
-//! logout) raise the account's generation, and a login is refused for a
-//! token of a lower generation, so both end every earlier token at once.
-//! The generation is in this node's store: see the crate docs for what that
-//! means in a cluster.
+//! The generation lives in the number's account record (see `account`),
+//! with its mailbox fragment, which refuses to attach a session of a lower
+//! generation and closes one attached when the generation rises: a login
+//! with a revoked token fails on every node.
 //!
 //! Writes go through the store's group commit; lookups are plain read
 //! transactions from any thread, so logins never queue behind an actor.
 //!
 //! With a token key (`auth.token_key`, the same on every node of a
-//! cluster) tokens are signed instead: `s1.<hex payload>.<hex HMAC-SHA256>`,
-//! the payload holding the expiry, 16 random bytes and the phone. Any node
-//! with the key checks their signature without a lookup, so a client that
-//! fails over to another node logs in there with the same token; the
-//! generation is then compared with the one that node knows. `s2.` tokens
-//! carry the generation after the expiry; `s1.` tokens (from before
-//! generations) count as generation 0, as do stored tokens without one.
-//! Stored tokens issued before a key was set keep working on the node that
-//! issued them.
+//! cluster) tokens are signed instead: `s2.<hex payload>.<hex HMAC-SHA256>`,
+//! the payload holding the expiry, the generation, 16 random bytes and the
+//! phone. Any node with the key checks their signature without a lookup, so
+//! a client that fails over to another node logs in there with the same
+//! token. `s1.` tokens (from before generations) count as generation 0, as
+//! do stored tokens without one. Stored tokens issued before a key was set
+//! keep working on the node that issued them.
 
 use std::fmt;
 use std::time::Duration;
@@ -37,25 +31,15 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 use proto::PhoneNumber;
 use rand::Rng;
-use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableError};
+use redb::{ReadableDatabase, TableDefinition, TableError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use storage::{StorageError, Store};
 
-use crate::pin::{DAY_MS, PinLock};
 use crate::{AuthError, Result};
 
 /// Token hash → [`TokenRecord`] (postcard).
 const TOKENS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("auth_tokens");
-/// Phone (E.164) → first verification time in ms.
-const ACCOUNTS: TableDefinition<&str, u64> = TableDefinition::new("auth_accounts");
-/// Phone (E.164) → [`AccountState`] (postcard).
-const ACCOUNT_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("auth_account_state");
-
-/// Logins refresh an account's last activity at most this often (a write),
-/// and only while it has a registration lock (the only reader).
-const TOUCH_EVERY_MS: u64 = 3_600_000;
-
 /// Raw token length in bytes (256 bits).
 const TOKEN_BYTES: usize = 32;
 
@@ -104,20 +88,6 @@ impl TokenRecord {
     }
 }
 
-/// What the node keeps per account besides its tokens.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct AccountState {
-    /// Tokens of a lower generation are revoked.
-    pub(crate) generation: u64,
-    /// The last verification or login (refreshed at most hourly, and only
-    /// while a lock is set): a lock lapses after a week without one.
-    pub(crate) last_active_ms: u64,
-    /// The registration-lock PIN, if set.
-    pub(crate) lock: Option<PinLock>,
-    /// When wrong PINs were tried, within the last day.
-    pub(crate) pin_failures_ms: Vec<u64>,
-}
-
 /// A token that passed a login: whose, and of which generation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Authenticated {
@@ -126,37 +96,6 @@ pub struct Authenticated {
     /// The account's generation when the token was issued; a revocation
     /// raises the account's past it.
     pub generation: u64,
-}
-
-fn read_state(
-    table: &impl ReadableTable<&'static str, &'static [u8]>,
-    phone: &str,
-) -> Result<AccountState> {
-    match table.get(phone).map_err(engine)? {
-        Some(bytes) => {
-            postcard::from_bytes(bytes.value()).map_err(|e| corrupt(format!("account state: {e}")))
-        }
-        None => Ok(AccountState::default()),
-    }
-}
-
-/// Reads, changes and writes `phone`'s state in `txn`; returns the result.
-fn update_state<R>(
-    txn: &redb::WriteTransaction,
-    phone: &str,
-    change: impl FnOnce(&mut AccountState) -> R,
-) -> std::result::Result<R, StorageError> {
-    let mut table = txn.open_table(ACCOUNT_STATE)?;
-    let mut state = match table.get(phone)? {
-        Some(bytes) => postcard::from_bytes(bytes.value())
-            .map_err(|e| StorageError::Corrupt(format!("account state: {e}")))?,
-        None => AccountState::default(),
-    };
-    let out = change(&mut state);
-    let bytes = postcard::to_stdvec(&state)
-        .map_err(|e| StorageError::Corrupt(format!("cannot encode account state: {e}")))?;
-    table.insert(phone, bytes.as_slice())?;
-    Ok(out)
 }
 
 /// A token just issued: give it to the client, it is not stored anywhere.
@@ -286,72 +225,48 @@ impl TokenBook {
         Ok((phone, generation))
     }
 
-    /// Mints a token for `phone` (recording the account if new) and waits
-    /// until it is durable. Needs no code: for the verify path and for admin
-    /// tools that create test users. Revokes every earlier token of
-    /// `phone` (the generation rises).
-    pub async fn issue_token(&self, phone: &PhoneNumber, now_ms: u64) -> Result<IssuedToken> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.issue_with(phone, now_ms, move |result| {
-            let _ = tx.send(result);
-        });
-        rx.await
-            .unwrap_or(Err(AuthError::Storage(StorageError::Closed)))
-    }
-
-    /// Mints a token for `phone` and calls `done` once it is durable. `done`
-    /// runs on the storage writer thread: it must only hand the result on
-    /// (e.g. send a reply). Never blocks the caller. In the same write the
-    /// account's generation rises (revoking its earlier tokens), its last
-    /// activity is now and its wrong PINs are forgotten.
-    pub fn issue_with<C>(&self, phone: &PhoneNumber, now_ms: u64, done: C)
-    where
-        C: FnOnce(Result<IssuedToken>) + Send + 'static,
-    {
+    /// Mints a token for `phone` of the account's `generation` (already
+    /// raised in its record), durable when returned: a signed token needs
+    /// no write; a stored one waits for its group commit.
+    pub async fn issue(
+        &self,
+        phone: &PhoneNumber,
+        generation: u64,
+        now_ms: u64,
+    ) -> Result<IssuedToken> {
         let expires_at_ms = now_ms.saturating_add(self.ttl_ms);
-        let key = self.key.clone();
-        let phone = phone.clone();
-        self.store.submit(
-            move |txn| {
-                let account = phone.as_str();
-                let generation = update_state(txn, account, |state| {
-                    state.generation = state.generation.saturating_add(1);
-                    state.last_active_ms = now_ms;
-                    state.pin_failures_ms.clear();
-                    state.generation
-                })?;
-                record_account(txn, account, now_ms)?;
-                if let Some(key) = &key {
-                    let token = Self::signed_token(key, &phone, generation, expires_at_ms)
-                        .map_err(|e| StorageError::Corrupt(e.to_string()))?;
-                    return Ok(IssuedToken {
-                        token,
-                        expires_at_ms,
-                        generation,
-                    });
-                }
-                let mut raw = [0u8; TOKEN_BYTES];
-                // ThreadRng is a CSPRNG (ChaCha, seeded and reseeded from the OS).
-                rand::rng().fill(&mut raw);
-                let record = TokenRecord {
-                    phone: account.to_owned(),
-                    issued_at_ms: now_ms,
-                    expires_at_ms,
-                    generation,
-                };
-                let value = postcard::to_stdvec(&record).map_err(|e| {
-                    StorageError::Corrupt(format!("cannot encode a token record: {e}"))
-                })?;
+        if let Some(key) = &self.key {
+            let token = Self::signed_token(key, phone, generation, expires_at_ms)?;
+            return Ok(IssuedToken {
+                token,
+                expires_at_ms,
+                generation,
+            });
+        }
+        let mut raw = [0u8; TOKEN_BYTES];
+        // ThreadRng is a CSPRNG (ChaCha, seeded and reseeded from the OS).
+        rand::rng().fill(&mut raw);
+        let record = TokenRecord {
+            phone: phone.as_str().to_owned(),
+            issued_at_ms: now_ms,
+            expires_at_ms,
+            generation,
+        };
+        let value = postcard::to_stdvec(&record)
+            .map_err(|e| corrupt(format!("cannot encode a token record: {e}")))?;
+        let hash = token_hash(&raw);
+        self.store
+            .write(move |txn| {
                 txn.open_table(TOKENS)?
-                    .insert(token_hash(&raw).as_slice(), value.as_slice())?;
-                Ok(IssuedToken {
-                    token: hex::encode(raw),
-                    expires_at_ms,
-                    generation,
-                })
-            },
-            move |outcome| done(outcome.map_err(AuthError::from)),
-        );
+                    .insert(hash.as_slice(), value.as_slice())?;
+                Ok(())
+            })
+            .await?;
+        Ok(IssuedToken {
+            token: hex::encode(raw),
+            expires_at_ms,
+            generation,
+        })
     }
 
     /// The phone `token` belongs to (see [`TokenBook::authenticate`]).
@@ -360,12 +275,12 @@ impl TokenBook {
     }
 
     /// The phone and generation of `token`, if the token is well formed,
-    /// known, not expired at `now_ms` and not revoked (its generation is
-    /// the account's on this node); [`AuthError::InvalidToken`] otherwise.
-    /// Runs a read transaction (blocking, usually on cached pages).
+    /// known and not expired at `now_ms`; [`AuthError::InvalidToken`]
+    /// otherwise. Whether its generation is revoked is the fragment's to
+    /// say at attach. Runs a read transaction for a stored token (blocking,
+    /// usually on cached pages).
     pub fn authenticate(&self, token: &str, now_ms: u64) -> Result<Authenticated> {
         let signed = token.starts_with(SIGNED_PREFIX) || token.starts_with(SIGNED_PREFIX_V1);
-        let read = self.store.db().begin_read().map_err(engine)?;
         let (phone, generation) = if signed {
             match &self.key {
                 Some(key) => Self::check_signed(key, token, now_ms)?,
@@ -374,6 +289,7 @@ impl TokenBook {
         } else {
             let raw = parse_token(token).ok_or(AuthError::InvalidToken)?;
             let hash = token_hash(&raw);
+            let read = self.store.db().begin_read().map_err(engine)?;
             let table = match read.open_table(TOKENS) {
                 Ok(table) => table,
                 // No token was ever issued on this database.
@@ -391,130 +307,8 @@ impl TokenBook {
                 .map_err(|e| corrupt(format!("token record phone: {e}")))?;
             (phone, record.generation)
         };
-        let current = match read.open_table(ACCOUNT_STATE) {
-            Ok(table) => read_state(&table, phone.as_str())?.generation,
-            Err(TableError::TableDoesNotExist(_)) => 0,
-            Err(e) => return Err(engine(e)),
-        };
-        if generation < current {
-            metrics::counter!("switchboard_auth_logins_total", "outcome" => "revoked").increment(1);
-            return Err(AuthError::InvalidToken);
-        }
         Ok(Authenticated { phone, generation })
     }
-
-    /// What this node keeps for `phone` (defaults if nothing).
-    pub(crate) fn account_state(&self, phone: &PhoneNumber) -> Result<AccountState> {
-        let read = self.store.db().begin_read().map_err(engine)?;
-        match read.open_table(ACCOUNT_STATE) {
-            Ok(table) => read_state(&table, phone.as_str()),
-            Err(TableError::TableDoesNotExist(_)) => Ok(AccountState::default()),
-            Err(e) => Err(engine(e)),
-        }
-    }
-
-    /// Revokes every token of `phone` issued so far (a logout): raises the
-    /// account's generation and returns the new one once durable.
-    pub async fn revoke(&self, phone: &PhoneNumber, now_ms: u64) -> Result<u64> {
-        let phone = phone.as_str().to_owned();
-        self.store
-            .write(move |txn| {
-                update_state(txn, &phone, |state| {
-                    state.generation = state.generation.saturating_add(1);
-                    state.last_active_ms = now_ms;
-                    state.generation
-                })
-            })
-            .await
-            .map_err(AuthError::from)
-    }
-
-    /// Sets or clears `phone`'s registration lock (the PIN already hashed).
-    pub(crate) async fn set_lock(
-        &self,
-        phone: &PhoneNumber,
-        lock: Option<PinLock>,
-        now_ms: u64,
-    ) -> Result<()> {
-        let phone = phone.as_str().to_owned();
-        self.store
-            .write(move |txn| {
-                update_state(txn, &phone, |state| {
-                    state.lock = lock;
-                    state.last_active_ms = now_ms;
-                    state.pin_failures_ms.clear();
-                })
-            })
-            .await
-            .map_err(AuthError::from)
-    }
-
-    /// Records a wrong PIN for `phone` at `now_ms`, forgetting those older
-    /// than a day, and calls `done` with how many are left in the last day.
-    pub(crate) fn record_pin_failure<C>(&self, phone: &PhoneNumber, now_ms: u64, done: C)
-    where
-        C: FnOnce(Result<usize>) + Send + 'static,
-    {
-        let phone = phone.as_str().to_owned();
-        self.store.submit(
-            move |txn| {
-                update_state(txn, &phone, |state| {
-                    state
-                        .pin_failures_ms
-                        .retain(|&t| t.saturating_add(DAY_MS) > now_ms);
-                    state.pin_failures_ms.push(now_ms);
-                    state.pin_failures_ms.len()
-                })
-            },
-            move |outcome| done(outcome.map_err(AuthError::from)),
-        );
-    }
-
-    /// Notes a login of `phone` at `now_ms`, for the registration lock's
-    /// lapse: a write only if a lock is set and the last note is over an
-    /// hour old. Fire and forget (a lost note costs at most an hour).
-    pub(crate) fn touch(&self, phone: &PhoneNumber, now_ms: u64) {
-        let stale = self.account_state(phone).is_ok_and(|state| {
-            state.lock.is_some() && state.last_active_ms.saturating_add(TOUCH_EVERY_MS) <= now_ms
-        });
-        if !stale {
-            return;
-        }
-        let phone = phone.as_str().to_owned();
-        self.store.submit(
-            move |txn| {
-                update_state(txn, &phone, |state| {
-                    state.last_active_ms = state.last_active_ms.max(now_ms);
-                })
-            },
-            |_| {},
-        );
-    }
-
-    /// When `phone` was first verified, if ever.
-    pub fn account_created_at(&self, phone: &PhoneNumber) -> Result<Option<u64>> {
-        let read = self.store.db().begin_read().map_err(engine)?;
-        let table = match read.open_table(ACCOUNTS) {
-            Ok(table) => table,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(engine(e)),
-        };
-        let created = table.get(phone.as_str()).map_err(engine)?;
-        Ok(created.map(|v| v.value()))
-    }
-}
-
-/// Records `phone`'s first verification, once.
-fn record_account(
-    txn: &redb::WriteTransaction,
-    phone: &str,
-    now_ms: u64,
-) -> std::result::Result<(), StorageError> {
-    let mut accounts = txn.open_table(ACCOUNTS)?;
-    if accounts.get(phone)?.is_none() {
-        accounts.insert(phone, now_ms)?;
-    }
-    Ok(())
 }
 
 /// The raw bytes of a well-formed token: exactly 64 hex digits.
@@ -544,6 +338,8 @@ mod tests {
     use redb::ReadableTableMetadata;
     use storage::StoreOptions;
 
+    use redb::ReadableTable;
+
     use super::*;
 
     const DAY_MS: u64 = 86_400_000;
@@ -563,7 +359,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let book = book(&dir);
         let alice = phone("+15551234567");
-        let issued = book.issue_token(&alice, 1_000).await.expect("issue");
+        let issued = book.issue(&alice, 1, 1_000).await.expect("issue");
         assert_eq!(issued.token.len(), 64);
         assert!(
             issued
@@ -607,7 +403,7 @@ mod tests {
             );
         }
         let issued = book
-            .issue_token(&phone("+15551234567"), 0)
+            .issue(&phone("+15551234567"), 1, 0)
             .await
             .expect("issue");
         for token in junk.iter().chain([&"0".repeat(64).as_str()]) {
@@ -627,15 +423,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn only_the_hash_is_stored_and_accounts_are_recorded_once() {
+    async fn only_the_hash_is_stored() {
         let dir = tempfile::tempdir().expect("tempdir");
         let book = book(&dir);
         let alice = phone("+15551234567");
-        assert_eq!(book.account_created_at(&alice).expect("read"), None);
-        let first = book.issue_token(&alice, 5).await.expect("issue");
-        let second = book.issue_token(&alice, 9).await.expect("issue");
+        let first = book.issue(&alice, 1, 5).await.expect("issue");
+        let second = book.issue(&alice, 1, 9).await.expect("issue");
         assert_ne!(first.token, second.token);
-        assert_eq!(book.account_created_at(&alice).expect("read"), Some(5));
 
         let read = book.store.db().begin_read().expect("read");
         let table = read.open_table(TOKENS).expect("table");
@@ -674,7 +468,7 @@ mod tests {
             let book = book.clone();
             waits.push(tokio::spawn(async move {
                 let p = phone(&format!("+1555{i:07}"));
-                let issued = book.issue_token(&p, 0).await.expect("issue");
+                let issued = book.issue(&p, 1, 0).await.expect("issue");
                 (p, issued)
             }));
         }
@@ -716,16 +510,10 @@ mod tests {
         let node_a = book(&dir_a).with_key(Some(key));
         let node_b = book(&dir_b).with_key(Some(key));
         let alice = phone("+15550001234");
-        let issued = node_a.issue_token(&alice, 1_000).await.expect("issued");
+        let issued = node_a.issue(&alice, 1, 1_000).await.expect("issued");
         assert!(issued.token.starts_with(SIGNED_PREFIX));
         assert_eq!(node_a.lookup(&issued.token, 2_000).expect("a"), alice);
         assert_eq!(node_b.lookup(&issued.token, 2_000).expect("b"), alice);
-        assert!(
-            node_a
-                .account_created_at(&alice)
-                .expect("account")
-                .is_some()
-        );
 
         // Expired, tampered, forged with another key, or without a key: refused.
         let expired = issued.expires_at_ms;

@@ -1,5 +1,9 @@
 //! The auth service end to end: a real store in a temp dir, a real file
-//! provider, the actor, and the handle's public API.
+//! provider, the mailbox fragment that keeps the account records, the
+//! actor, and the handle's public API.
+//!
+//! Fragment actors are registered by name (`fragment-0`), one per process:
+//! the tests take turns ([`Accounts::start`] holds a lock until dropped).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -7,11 +11,14 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use auth::{
-    AuthConfig, AuthError, AuthHandle, CodeProvider, FileProvider, ProviderError, TokenBook,
-    spawn_auth,
+    AuthConfig, AuthError, AuthHandle, CodeProvider, FileProvider, ProviderError, spawn_auth,
+};
+use offline_queue::{
+    FragmentActor, FragmentArgs, FragmentConfig, FragmentDirectory, FragmentMsg, fragment_name,
 };
 use proto::{ErrorCode, PhoneNumber};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use router::Placement;
 use storage::{Store, StoreOptions};
 
 fn phone(s: &str) -> PhoneNumber {
@@ -47,20 +54,73 @@ fn wrong_code(code: &str) -> String {
     format!("{:06}", (n + 1) % 1_000_000)
 }
 
+/// The account records: one mailbox fragment over the test's store,
+/// stopped when dropped.
+struct Accounts {
+    accounts: auth::Accounts,
+    fragment: ActorRef<FragmentMsg>,
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+static FRAGMENT_TURN: std::sync::LazyLock<Arc<tokio::sync::Mutex<()>>> =
+    std::sync::LazyLock::new(|| Arc::new(tokio::sync::Mutex::new(())));
+
+impl Accounts {
+    async fn start(store: &Store) -> Self {
+        let turn = Arc::clone(&FRAGMENT_TURN).lock_owned().await;
+        // The previous test's fragment may still be stopping.
+        while ractor::registry::where_is(fragment_name(0)).is_some() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let placement = Placement::new(1).expect("placement");
+        let args = FragmentArgs {
+            id: 0,
+            placement,
+            config: FragmentConfig::default(),
+            store: store.clone(),
+            on_start: None,
+            cluster: None,
+        };
+        let (fragment, _) = Actor::spawn(Some(fragment_name(0)), FragmentActor, args)
+            .await
+            .expect("spawn fragment");
+        let directory = FragmentDirectory::new(placement);
+        Self {
+            accounts: auth::Accounts::new(directory, Duration::from_secs(5)),
+            fragment,
+            _turn: turn,
+        }
+    }
+}
+
+impl Drop for Accounts {
+    fn drop(&mut self) {
+        self.fragment.stop(None);
+    }
+}
+
 async fn start(
     dir: &tempfile::TempDir,
     store: Store,
-) -> (AuthHandle, ractor::concurrency::JoinHandle<()>) {
+) -> (AuthHandle, ractor::concurrency::JoinHandle<()>, Accounts) {
     let provider = Arc::new(FileProvider::new(codes_file(dir)));
-    spawn_auth(AuthConfig::default(), store, provider, None)
-        .await
-        .expect("spawn auth")
+    let accounts = Accounts::start(&store).await;
+    let (auth, join) = spawn_auth(
+        AuthConfig::default(),
+        store,
+        accounts.accounts.clone(),
+        provider,
+        None,
+    )
+    .await
+    .expect("spawn auth");
+    (auth, join, accounts)
 }
 
 #[tokio::test]
 async fn request_verify_login() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (auth, _join) = start(&dir, open_store(&dir)).await;
+    let (auth, _join, _accounts) = start(&dir, open_store(&dir)).await;
     let alice = phone("+15551234567");
 
     let sent = auth.request_code(alice.clone()).await.expect("code sent");
@@ -74,12 +134,11 @@ async fn request_verify_login() {
         .expect("verified");
     assert_eq!(issued.token.len(), 64);
     assert_eq!(auth.login(&issued.token).await.expect("login"), alice);
-    assert!(
-        auth.tokens()
-            .account_created_at(&alice)
-            .expect("read")
-            .is_some()
-    );
+    // The number has an account now: minting refuses to take it over.
+    assert!(matches!(
+        auth.mint_test_users(std::slice::from_ref(&alice)).await,
+        Err(AuthError::AccountExists(_))
+    ));
 
     // The code is consumed.
     let again = auth.verify(alice.clone(), code).await;
@@ -89,7 +148,7 @@ async fn request_verify_login() {
 #[tokio::test]
 async fn five_wrong_codes_then_too_many_attempts() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (auth, _join) = start(&dir, open_store(&dir)).await;
+    let (auth, _join, _accounts) = start(&dir, open_store(&dir)).await;
     let bob = phone("+447911123456");
     auth.request_code(bob.clone()).await.expect("code sent");
     let code = last_code(&codes_file(&dir), &bob);
@@ -115,7 +174,7 @@ async fn five_wrong_codes_then_too_many_attempts() {
 #[tokio::test]
 async fn a_second_code_too_soon_is_rate_limited() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (auth, _join) = start(&dir, open_store(&dir)).await;
+    let (auth, _join, _accounts) = start(&dir, open_store(&dir)).await;
     let carol = phone("+15557654321");
     auth.request_code(carol.clone()).await.expect("first");
     let second = auth.request_code(carol.clone()).await;
@@ -134,13 +193,60 @@ async fn a_second_code_too_soon_is_rate_limited() {
         .expect("other phone");
 }
 
+/// Reopens the store at `dir` once every handle of the last one is gone.
+async fn reopen(dir: &tempfile::TempDir) -> Store {
+    for _ in 0..200 {
+        match Store::open(&db_path(dir), StoreOptions::default()) {
+            Ok(store) => return store,
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    panic!("the store stayed locked");
+}
+
+#[tokio::test]
+async fn a_pending_code_and_its_wrong_tries_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bob = phone("+15551230000");
+    let code = {
+        let (auth, join, accounts) = start(&dir, open_store(&dir)).await;
+        auth.request_code(bob.clone()).await.expect("code sent");
+        let code = last_code(&codes_file(&dir), &bob);
+        let wrong = auth.verify(bob.clone(), wrong_code(&code)).await;
+        assert!(matches!(
+            wrong,
+            Err(AuthError::InvalidCode { attempts_left: 4 })
+        ));
+        auth.actor().expect("running").stop(None);
+        join.await.expect("actor stopped");
+        drop(accounts);
+        code
+    };
+    let (auth, _join, _accounts) = start(&dir, reopen(&dir).await).await;
+    // The wrong try still counts, and the resend wait still holds.
+    let wrong = auth.verify(bob.clone(), wrong_code(&code)).await;
+    assert!(
+        matches!(wrong, Err(AuthError::InvalidCode { attempts_left: 3 })),
+        "{wrong:?}"
+    );
+    assert!(matches!(
+        auth.request_code(bob.clone()).await,
+        Err(AuthError::RateLimited { .. })
+    ));
+    let issued = auth
+        .verify(bob.clone(), code)
+        .await
+        .expect("verified after restart");
+    assert_eq!(auth.login(&issued.token).await.expect("login"), bob);
+}
+
 #[tokio::test]
 async fn token_survives_a_store_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
     let alice = phone("+15551234567");
     let token = {
         let store = open_store(&dir);
-        let (auth, join) = start(&dir, store).await;
+        let (auth, join, _accounts) = start(&dir, store).await;
         auth.request_code(alice.clone()).await.expect("code sent");
         let code = last_code(&codes_file(&dir), &alice);
         let issued = auth.verify(alice.clone(), code).await.expect("verified");
@@ -149,25 +255,14 @@ async fn token_survives_a_store_reopen() {
         issued.token
     };
     // Every handle is gone; the writer thread lets go of the file shortly.
-    let mut reopened = None;
-    for _ in 0..200 {
-        match Store::open(&db_path(&dir), StoreOptions::default()) {
-            Ok(store) => {
-                reopened = Some(store);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-        }
-    }
-    let store = reopened.expect("reopen");
-    let (auth, _join) = start(&dir, store).await;
+    let (auth, _join, _accounts) = start(&dir, reopen(&dir).await).await;
     assert_eq!(auth.login(&token).await.expect("login after reopen"), alice);
 }
 
 #[tokio::test]
 async fn malformed_or_unknown_tokens_are_invalid() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (auth, _join) = start(&dir, open_store(&dir)).await;
+    let (auth, _join, _accounts) = start(&dir, open_store(&dir)).await;
     for token in [
         "",
         "not a token",
@@ -188,15 +283,17 @@ async fn malformed_or_unknown_tokens_are_invalid() {
 #[tokio::test]
 async fn admin_issues_tokens_without_codes() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (auth, _join) = start(&dir, open_store(&dir)).await;
+    let (auth, _join, _accounts) = start(&dir, open_store(&dir)).await;
     let users: Vec<PhoneNumber> = (0..50).map(|i| phone(&format!("+1555900{i:04}"))).collect();
     for user in &users {
         let issued = auth.issue_token(user).await.expect("issue");
         assert_eq!(&auth.login(&issued.token).await.expect("login"), user);
     }
-    // A TokenBook over the same store sees them too (an admin tool's view).
-    let book: &TokenBook = auth.tokens();
-    assert!(book.account_created_at(&users[0]).expect("read").is_some());
+    // Each has an account now: minting refuses to take one over.
+    assert!(matches!(
+        auth.mint_test_users(&users[..1]).await,
+        Err(AuthError::AccountExists(_))
+    ));
 }
 
 /// Fails the first `failures` deliveries, then writes to a file.
@@ -229,9 +326,17 @@ async fn provider_failure_forgets_the_code_so_a_retry_works_at_once() {
         failures: AtomicU32::new(1),
         file: FileProvider::new(codes_file(&dir)),
     });
-    let (auth, _join) = spawn_auth(AuthConfig::default(), open_store(&dir), provider, None)
-        .await
-        .expect("spawn");
+    let store = open_store(&dir);
+    let accounts = Accounts::start(&store).await;
+    let (auth, _join) = spawn_auth(
+        AuthConfig::default(),
+        store,
+        accounts.accounts.clone(),
+        provider,
+        None,
+    )
+    .await
+    .expect("spawn");
     let dave = phone("+15550001111");
     let failed = auth.request_code(dave.clone()).await;
     assert!(
@@ -288,9 +393,17 @@ async fn a_slow_provider_does_not_stall_the_actor() {
         release: Mutex::new(released),
         file: FileProvider::new(codes_file(&dir)),
     });
-    let (auth, _join) = spawn_auth(AuthConfig::default(), open_store(&dir), provider, None)
-        .await
-        .expect("spawn");
+    let store = open_store(&dir);
+    let accounts = Accounts::start(&store).await;
+    let (auth, _join) = spawn_auth(
+        AuthConfig::default(),
+        store,
+        accounts.accounts.clone(),
+        provider,
+        None,
+    )
+    .await
+    .expect("spawn");
 
     let slow_request = {
         let auth = auth.clone();
@@ -327,14 +440,16 @@ async fn invalid_config_is_refused() {
         ..AuthConfig::default()
     };
     let provider = Arc::new(FileProvider::new(codes_file(&dir)));
-    let result = spawn_auth(cfg, open_store(&dir), provider, None).await;
+    let store = open_store(&dir);
+    let accounts = Accounts::start(&store).await;
+    let result = spawn_auth(cfg, store, accounts.accounts.clone(), provider, None).await;
     assert!(matches!(result, Err(AuthError::InvalidConfig(_))));
 }
 
 #[tokio::test]
 async fn a_stopped_service_answers_unavailable_but_login_still_works() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (auth, join) = start(&dir, open_store(&dir)).await;
+    let (auth, join, _accounts) = start(&dir, open_store(&dir)).await;
     let erin = phone("+15550004444");
     let issued = auth.issue_token(&erin).await.expect("issue");
     auth.actor().expect("running").stop(None);
@@ -378,9 +493,12 @@ async fn spawned_under_a_supervisor() {
         .await
         .expect("supervisor");
     let provider = Arc::new(FileProvider::new(codes_file(&dir)));
+    let store = open_store(&dir);
+    let accounts = Accounts::start(&store).await;
     let (auth, join) = spawn_auth(
         AuthConfig::default(),
-        open_store(&dir),
+        store,
+        accounts.accounts.clone(),
         provider,
         Some(supervisor.get_cell()),
     )

@@ -47,6 +47,7 @@ impl Actor for EchoBot {
         let fragment = state.ctx.fragments.for_user(&state.user)?;
         let endpoint = Endpoint {
             session_id: u64::from(std::process::id()) << 32 | 0xb07,
+            token_generation: None,
             target: myself.get_derived(),
         };
         let user = state.user.clone();
@@ -115,7 +116,7 @@ impl Actor for EchoBot {
                     }
                 });
             }
-            ExtensionMsg::Mailbox(Push::Replaced) | ExtensionMsg::Custom(_) => {}
+            ExtensionMsg::Mailbox(Push::Replaced | Push::Revoked) | ExtensionMsg::Custom(_) => {}
         }
         Ok(())
     }

@@ -26,6 +26,8 @@ use crate::{NodeConfig, NodeError, Result};
 
 const PRESENCE_NAME: &str = "presence";
 const AUTH_NAME: &str = "auth";
+/// How long auth waits for a number's fragment (maybe on another node).
+const ACCOUNT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const SESSIONS_NAME: &str = "sessions";
 const MEMBERSHIP_NAME: &str = "membership";
 const LISTENER_NAME: &str = "listener";
@@ -138,6 +140,8 @@ impl NodeBuilder {
             .await
             .map_err(|e| NodeError::Config(e.to_string()))?;
         let fragments = FragmentDirectory::new(placement);
+        // Auth keeps each number's state in its mailbox fragment's records.
+        let accounts = auth::Accounts::new(fragments.clone(), ACCOUNT_REQUEST_TIMEOUT);
 
         let provider = auth::build_provider(&config.auth.provider, &config.data_dir);
         let socket =
@@ -171,12 +175,15 @@ impl NodeBuilder {
         // by name, and the child spec restarts it under the root.
         let auth_spec = {
             let (cfg, store, provider) = (config.auth.clone(), store.clone(), provider.clone());
+            let accounts = accounts.clone();
             ChildSpec::new(AUTH_NAME, Restart::Permanent, move |sup| {
                 let (cfg, store, provider) = (cfg.clone(), store.clone(), provider.clone());
+                let accounts = accounts.clone();
                 async move {
                     let (handle, _) = auth::spawn_named_auth(
                         cfg,
                         store,
+                        accounts,
                         provider,
                         Some(sup),
                         Some(AUTH_NAME.into()),
@@ -303,7 +310,7 @@ impl NodeBuilder {
             .collect();
 
         // Sessions resolve the supervised auth actor by name, so restarts are followed.
-        let auth_handle = auth::AuthHandle::named(AUTH_NAME, &config.auth, store.clone());
+        let auth_handle = auth::AuthHandle::named(AUTH_NAME, &config.auth, store.clone(), accounts);
 
         let session_config = config.session_config();
         let ctx = SessionContext {

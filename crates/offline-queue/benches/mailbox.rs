@@ -114,6 +114,7 @@ impl Mailbox {
                 user,
                 endpoint: Endpoint {
                     session_id,
+                    token_generation: None,
                     target: probe.get_derived(),
                 },
                 reply,

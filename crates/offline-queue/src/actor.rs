@@ -20,6 +20,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef, RpcReplyPort}
 use router::{FragmentId, Islands, Placement, Role};
 use storage::{ApplyGroup, Store};
 
+use crate::account::{AccountReply, AccountWrite};
 use crate::clustered::{self, Clustered, Copied};
 use crate::fragment::{Action, FragmentConfig, FragmentCore, NewMessage, ReceiptRequest, Stored};
 use crate::remote::FragmentWire;
@@ -39,6 +40,9 @@ pub enum Push {
     Entries(Vec<Entry>),
     /// The user attached elsewhere; this endpoint gets nothing more.
     Replaced,
+    /// The token this endpoint logged in with was revoked; it gets nothing
+    /// more.
+    Revoked,
 }
 
 impl ractor::Message for Push {}
@@ -48,6 +52,10 @@ impl ractor::Message for Push {}
 pub struct Endpoint {
     /// Distinguishes this connection from earlier ones of the same user.
     pub session_id: u64,
+    /// The generation of the token the session logged in with: refused
+    /// below the account's, and closed once the account's rises past it.
+    /// `None` for endpoints without a token (bots).
+    pub token_generation: Option<u64>,
     /// The actor that takes the pushes.
     pub target: DerivedActorRef<Push>,
 }
@@ -56,6 +64,7 @@ impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Endpoint")
             .field("session_id", &self.session_id)
+            .field("token_generation", &self.token_generation)
             .finish_non_exhaustive()
     }
 }
@@ -114,6 +123,22 @@ pub enum FragmentMsg {
         /// Answered once it is durable, if given.
         reply: Option<RpcReplyPort<Result<Stored, FragmentError>>>,
     },
+    /// Read `user`'s account record (answered [`AccountReply::Current`]).
+    ReadAccount {
+        /// The user.
+        user: PhoneNumber,
+        /// The record.
+        reply: RpcReplyPort<Result<AccountReply, FragmentError>>,
+    },
+    /// Compare-and-set `user`'s account record; answered once durable.
+    WriteAccount {
+        /// The user.
+        user: PhoneNumber,
+        /// The new record and the version it replaces.
+        write: AccountWrite,
+        /// Written or conflict.
+        reply: RpcReplyPort<Result<AccountReply, FragmentError>>,
+    },
     /// Receipts for these acked entries are durable: delete them.
     DeleteAcked {
         /// The owner of the entries.
@@ -163,6 +188,8 @@ impl FragmentMsg {
             | FragmentMsg::Detach { .. }
             | FragmentMsg::Ack { .. }
             | FragmentMsg::StoreReceipt { .. }
+            | FragmentMsg::ReadAccount { .. }
+            | FragmentMsg::WriteAccount { .. }
             | FragmentMsg::DeleteAcked { .. } => true,
             FragmentMsg::FromPeer { wire, .. } => wire.is_request(),
             _ => false,
@@ -275,7 +302,12 @@ pub(crate) enum Attached {
 /// Who waits for a durable write.
 pub(crate) enum Waiter {
     Local(RpcReplyPort<Result<Stored, FragmentError>>),
-    Remote { node: String, req: u64 },
+    /// A local account read or write.
+    LocalAccount(RpcReplyPort<Result<AccountReply, FragmentError>>),
+    Remote {
+        node: String,
+        req: u64,
+    },
 }
 
 pub(crate) type Core = FragmentCore<Attached, Waiter>;
@@ -538,8 +570,14 @@ fn serve(state: &mut FragmentState, message: FragmentMsg) -> Vec<CoreAction> {
             endpoint,
             reply,
         } => {
-            let session_id = endpoint.session_id;
-            match core.attach(reads, user, session_id, Attached::Local(endpoint)) {
+            let (session_id, generation) = (endpoint.session_id, endpoint.token_generation);
+            match core.attach(
+                reads,
+                user,
+                session_id,
+                generation,
+                Attached::Local(endpoint),
+            ) {
                 Ok(actions) => {
                     let _ = reply.send(Ok(()));
                     actions
@@ -562,6 +600,13 @@ fn serve(state: &mut FragmentState, message: FragmentMsg) -> Vec<CoreAction> {
             core.store_receipt(reads, request, reply.map(Waiter::Local))
         }
         FragmentMsg::DeleteAcked { owner, ids } => core.delete_acked(owner, ids),
+        FragmentMsg::ReadAccount { user, reply } => {
+            let _ = reply.send(core.account(reads, &user).map(AccountReply::Current));
+            Vec::new()
+        }
+        FragmentMsg::WriteAccount { user, write, reply } => {
+            core.write_account(reads, user, write, Waiter::LocalAccount(reply))
+        }
         _ => Vec::new(),
     }
 }
@@ -670,6 +715,28 @@ pub(crate) fn perform(
                     session_id,
                 } => clustered::send(state, &node, FragmentWire::Replaced { user, session_id }),
             },
+            Action::Revoked { endpoint } => match endpoint {
+                Attached::Local(endpoint) => {
+                    let _ = endpoint.target.send_message(Push::Revoked);
+                }
+                Attached::Remote {
+                    node,
+                    user,
+                    session_id,
+                } => clustered::send(state, &node, FragmentWire::Revoked { user, session_id }),
+            },
+            Action::AccountReply { to, result } => match to {
+                Waiter::LocalAccount(port) => {
+                    let _ = port.send(result);
+                }
+                Waiter::Remote { node, req } => {
+                    clustered::send(state, &node, FragmentWire::AccountDone { req, result });
+                }
+                Waiter::Local(port) => {
+                    // Never made: account requests wait as LocalAccount.
+                    let _ = port.send(Err(FragmentError::Unavailable(state.id)));
+                }
+            },
             Action::Reply { to, result } => {
                 if result.is_ok() {
                     metrics::counter!("switchboard_durable_acks_total").increment(1);
@@ -680,6 +747,10 @@ pub(crate) fn perform(
                     }
                     Waiter::Remote { node, req } => {
                         clustered::send(state, &node, FragmentWire::AppendDone { req, result });
+                    }
+                    Waiter::LocalAccount(port) => {
+                        // Never made: only account requests wait so.
+                        let _ = port.send(Err(FragmentError::Unavailable(state.id)));
                     }
                 }
             }
@@ -698,6 +769,8 @@ pub(crate) fn perform(
                     let reply = match waiter {
                         None => None,
                         Some(Waiter::Local(port)) => Some(port),
+                        // Receipts never wait as account requests.
+                        Some(Waiter::LocalAccount(_)) => None,
                         Some(Waiter::Remote { node, req }) => {
                             clustered::reply_to_remote(state, node, req)
                         }

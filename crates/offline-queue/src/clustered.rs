@@ -21,6 +21,7 @@ use ractor::{ActorProcessingErr, ActorRef, RpcReplyPort};
 use router::{FragmentId, FragmentOwnership, Owner, Role};
 use storage::Store;
 
+use crate::account::AccountReply;
 use crate::actor::{
     Attached, CoreAction, FragmentCluster, FragmentMsg, FragmentState, FragmentWrites,
     MailboxWrites, Waiter, now_ms, perform,
@@ -67,6 +68,12 @@ impl FragmentWire {
             FragmentWire::Merge { .. } => "merge",
             FragmentWire::MergeDone { .. } => "merge-done",
             FragmentWire::Owner { .. } => "owner",
+            FragmentWire::AttachAt { .. } => "attach-at",
+            FragmentWire::Revoked { .. } => "revoked",
+            FragmentWire::AccountRead { .. } => "account-read",
+            FragmentWire::AccountWrite { .. } => "account-write",
+            FragmentWire::AccountDone { .. } => "account-done",
+            FragmentWire::SnapshotWithAccounts { .. } => "snapshot-with-accounts",
         }
     }
 
@@ -78,6 +85,9 @@ impl FragmentWire {
             FragmentWire::Append { .. }
                 | FragmentWire::AppendAfter { .. }
                 | FragmentWire::Attach { .. }
+                | FragmentWire::AttachAt { .. }
+                | FragmentWire::AccountRead { .. }
+                | FragmentWire::AccountWrite { .. }
                 | FragmentWire::Detach { .. }
                 | FragmentWire::Ack { .. }
                 | FragmentWire::StoreReceipt { .. }
@@ -135,7 +145,45 @@ pub(crate) enum Copied {
 pub(crate) struct Forwarded {
     owner: String,
     wire: FragmentWire,
-    reply: RpcReplyPort<Result<Stored, FragmentError>>,
+    reply: ForwardedReply,
+}
+
+/// Who waits for a forwarded request's answer.
+pub(crate) enum ForwardedReply {
+    /// A send or a receipt.
+    Stored(RpcReplyPort<Result<Stored, FragmentError>>),
+    /// An account read or write.
+    Account(RpcReplyPort<Result<AccountReply, FragmentError>>),
+}
+
+impl ForwardedReply {
+    fn is_closed(&self) -> bool {
+        match self {
+            ForwardedReply::Stored(port) => port.is_closed(),
+            ForwardedReply::Account(port) => port.is_closed(),
+        }
+    }
+
+    /// Answers `Unavailable`: the client retries.
+    fn unavailable(self, id: FragmentId) {
+        let e = FragmentError::Unavailable(id);
+        match self {
+            ForwardedReply::Stored(port) => {
+                let _ = port.send(Err(e));
+            }
+            ForwardedReply::Account(port) => {
+                let _ = port.send(Err(e));
+            }
+        }
+    }
+
+    /// The waiter of the request served by this node's core instead.
+    fn into_waiter(self) -> Waiter {
+        match self {
+            ForwardedReply::Stored(port) => Waiter::Local(port),
+            ForwardedReply::Account(port) => Waiter::LocalAccount(port),
+        }
+    }
 }
 
 /// The cluster state of one fragment actor.
@@ -211,13 +259,7 @@ impl Clustered {
 
     /// Keeps a forwarded request until the owner answers. A request whose
     /// session stopped waiting (its port closed) is dropped now and then.
-    fn remember(
-        &mut self,
-        req: u64,
-        owner: String,
-        wire: FragmentWire,
-        reply: RpcReplyPort<Result<Stored, FragmentError>>,
-    ) {
+    fn remember(&mut self, req: u64, owner: String, wire: FragmentWire, reply: ForwardedReply) {
         self.forwarded.insert(req, Forwarded { owner, wire, reply });
         if self.forwarded.len().is_power_of_two() && self.forwarded.len() >= 1024 {
             self.forwarded.retain(|_, f| !f.reply.is_closed());
@@ -403,6 +445,16 @@ pub(crate) async fn from_peer(
             let result = Err(FragmentError::Unavailable(id));
             send(state, &from, FragmentWire::AppendDone { req, result });
         }
+        if let FragmentWire::AccountRead { req, .. } | FragmentWire::AccountWrite { req, .. } =
+            &wire
+        {
+            let result = Err(FragmentError::Unavailable(id));
+            send(
+                state,
+                &from,
+                FragmentWire::AccountDone { req: *req, result },
+            );
+        }
         return Ok(Vec::new());
     }
     let reads = &state.reads;
@@ -435,22 +487,41 @@ pub(crate) async fn from_peer(
             }
             None => Vec::new(),
         },
-        FragmentWire::Attach { user, session_id } => match state.core.as_mut() {
+        FragmentWire::Attach { user, session_id } => {
+            remote_attach(state, from, user, session_id, None)
+        }
+        FragmentWire::AttachAt {
+            user,
+            session_id,
+            generation,
+        } => remote_attach(state, from, user, session_id, generation),
+        FragmentWire::AccountRead { req, user } => {
+            let result = match state.core.as_ref() {
+                Some(core) => core.account(reads, &user).map(AccountReply::Current),
+                None => Err(FragmentError::Unavailable(id)),
+            };
+            send(state, &from, FragmentWire::AccountDone { req, result });
+            Vec::new()
+        }
+        FragmentWire::AccountWrite { req, user, write } => match state.core.as_mut() {
             Some(core) => {
-                tracing::debug!(fragment = id, %user, session_id, node = %from, "remote attach");
-                let endpoint = Attached::Remote {
-                    node: from,
-                    user: user.clone(),
-                    session_id,
-                };
-                core.attach(reads, user, session_id, endpoint)
-                    .unwrap_or_else(|e| {
-                        tracing::warn!(fragment = id, error = %e, "remote attach failed");
-                        Vec::new()
-                    })
+                let waiter = Waiter::Remote { node: from, req };
+                core.write_account(reads, user, write, waiter)
             }
             None => Vec::new(),
         },
+        FragmentWire::SnapshotWithAccounts {
+            epoch,
+            first,
+            last,
+            rseq,
+            mut chunk,
+            accounts,
+        } => {
+            chunk.accounts = accounts;
+            apply_snapshot(state, &from, epoch, first, last, rseq, chunk);
+            Vec::new()
+        }
         FragmentWire::Detach { user, session_id } => {
             if let Some(core) = state.core.as_mut() {
                 core.detach(&user, session_id);
@@ -472,7 +543,37 @@ pub(crate) async fn from_peer(
             if let Some(cluster) = state.cluster.as_mut()
                 && let Some(forwarded) = cluster.forwarded.remove(&req)
             {
-                let _ = forwarded.reply.send(result);
+                match forwarded.reply {
+                    ForwardedReply::Stored(port) => {
+                        let _ = port.send(result);
+                    }
+                    other => other.unavailable(id),
+                }
+            }
+            Vec::new()
+        }
+        FragmentWire::AccountDone { req, result } => {
+            if let Some(cluster) = state.cluster.as_mut()
+                && let Some(forwarded) = cluster.forwarded.remove(&req)
+            {
+                match forwarded.reply {
+                    ForwardedReply::Account(port) => {
+                        let _ = port.send(result);
+                    }
+                    other => other.unavailable(id),
+                }
+            }
+            Vec::new()
+        }
+        FragmentWire::Revoked { user, session_id } => {
+            if let Some(cluster) = state.cluster.as_mut()
+                && cluster
+                    .local_sessions
+                    .get(&user)
+                    .is_some_and(|e| e.session_id == session_id)
+                && let Some(endpoint) = cluster.local_sessions.remove(&user)
+            {
+                let _ = endpoint.target.send_message(Push::Revoked);
             }
             Vec::new()
         }
@@ -751,7 +852,7 @@ pub(crate) async fn peer_down(
         // Sessions of that node are gone with it.
         let gone: Vec<(PhoneNumber, u64)> = core
             .attached()
-            .filter_map(|(user, session_id, endpoint)| match endpoint {
+            .filter_map(|(user, session_id, _, endpoint)| match endpoint {
                 Attached::Remote { node, .. } if *node == peer => Some((user.clone(), session_id)),
                 _ => None,
             })
@@ -773,6 +874,39 @@ impl std::fmt::Debug for Clustered {
             .field("owner", self.ownership.owner())
             .field("role", &self.ownership.role())
             .finish_non_exhaustive()
+    }
+}
+
+/// A session of another node attaches through it (see
+/// [`crate::fragment::FragmentCore::attach`]); one whose token was revoked
+/// is told so, and its node closes it.
+fn remote_attach(
+    state: &mut FragmentState,
+    from: String,
+    user: PhoneNumber,
+    session_id: u64,
+    generation: Option<u64>,
+) -> Vec<CoreAction> {
+    let id = state.id;
+    let Some(core) = state.core.as_mut() else {
+        return Vec::new();
+    };
+    tracing::debug!(fragment = id, %user, session_id, node = %from, "remote attach");
+    let endpoint = Attached::Remote {
+        node: from.clone(),
+        user: user.clone(),
+        session_id,
+    };
+    match core.attach(&state.reads, user.clone(), session_id, generation, endpoint) {
+        Ok(actions) => actions,
+        Err(FragmentError::TokenRevoked) => {
+            send(state, &from, FragmentWire::Revoked { user, session_id });
+            Vec::new()
+        }
+        Err(e) => {
+            tracing::warn!(fragment = id, error = %e, "remote attach failed");
+            Vec::new()
+        }
     }
 }
 

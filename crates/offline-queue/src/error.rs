@@ -35,6 +35,10 @@ pub enum FragmentError {
     /// cluster so that a partner takes its mailboxes over). Retry later.
     #[error("{0}")]
     Refused(String),
+    /// The session's token was revoked (a newer verification or a logout
+    /// of its account): it may not attach.
+    #[error("the token was revoked")]
+    TokenRevoked,
 }
 
 impl FragmentError {
@@ -65,6 +69,7 @@ impl FragmentError {
             FragmentError::Refused(_) => proto::ErrorCode::Unavailable {
                 retry_after_ms: 2000,
             },
+            FragmentError::TokenRevoked => proto::ErrorCode::InvalidToken,
         }
     }
 }

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use proto::{MessageId, PhoneNumber, ReceiptKind, TimestampMs};
 use router::{FragmentId, Placement};
 
+use crate::account::{AccountRecord, AccountReply, AccountWrite, MAX_ACCOUNT_BODY};
 use crate::store::{MailboxRead, WriteOp};
 use crate::usage::{Full, MailboxLimits, MailboxUsage};
 use crate::{Entry, EntryBody, FragmentError, compose_message_id, fragment_of_message_id};
@@ -120,6 +121,19 @@ pub enum Action<E, R> {
         /// The old endpoint.
         endpoint: E,
     },
+    /// The token this endpoint logged in with was revoked (its account's
+    /// generation rose past it): it gets nothing more and must close.
+    Revoked {
+        /// The endpoint.
+        endpoint: E,
+    },
+    /// Answer an account read or write.
+    AccountReply {
+        /// Who waits.
+        to: R,
+        /// The answer.
+        result: Result<AccountReply, FragmentError>,
+    },
     /// Answer a waiter.
     Reply {
         /// Who waits.
@@ -165,10 +179,18 @@ enum Commit<R> {
         ids: Vec<MessageId>,
     },
     Housekeeping,
+    Account {
+        user: PhoneNumber,
+        record: AccountRecord,
+        waiter: R,
+    },
 }
 
 struct Online<E> {
     session_id: u64,
+    /// The generation of the token the session logged in with (`None`:
+    /// an endpoint without a token, such as a bot).
+    generation: Option<u64>,
     endpoint: E,
     /// Loaded, unacknowledged entries.
     queue: BTreeMap<MessageId, EntryBody>,
@@ -209,6 +231,9 @@ pub struct FragmentCore<E, R> {
     usage: MailboxUsage,
     /// Where the next expiry scan goes on.
     expiry_resume: Option<(PhoneNumber, MessageId)>,
+    /// Account records written and not yet committed, with their commit's
+    /// tag: reads and compare-and-sets see them before the disk does.
+    unsettled_accounts: HashMap<PhoneNumber, (AccountRecord, u64)>,
 }
 
 /// Entries an expiry step looks at (bounded work per sweep).
@@ -235,6 +260,7 @@ impl<E: Clone, R> FragmentCore<E, R> {
             acked: HashSet::new(),
             usage: MailboxUsage::default(),
             expiry_resume: None,
+            unsettled_accounts: HashMap::new(),
         }
     }
 
@@ -406,14 +432,24 @@ impl<E: Clone, R> FragmentCore<E, R> {
     /// session its client has already left, after a partition healed)
     /// does not displace the newer one: that endpoint is told it was
     /// replaced instead.
+    ///
+    /// A session that logged in with a token (`generation` set) below the
+    /// account's generation is refused ([`FragmentError::TokenRevoked`]):
+    /// this fragment sees every login of its users, on every node.
     pub fn attach(
         &mut self,
         reads: &impl MailboxRead,
         user: PhoneNumber,
         session_id: u64,
+        generation: Option<u64>,
         endpoint: E,
     ) -> Result<Vec<Action<E, R>>, FragmentError> {
         let mut out = Vec::new();
+        if let Some(generation) = generation
+            && generation < self.account(reads, &user)?.generation
+        {
+            return Err(FragmentError::TokenRevoked);
+        }
         if self
             .online
             .get(&user)
@@ -432,6 +468,7 @@ impl<E: Clone, R> FragmentCore<E, R> {
             .collect();
         let online = Online {
             session_id,
+            generation,
             endpoint,
             queue,
             next_push: 0,
@@ -461,11 +498,100 @@ impl<E: Clone, R> FragmentCore<E, R> {
         }
     }
 
-    /// Who is attached: user, session id, endpoint.
-    pub fn attached(&self) -> impl Iterator<Item = (&PhoneNumber, u64, &E)> {
+    /// Who is attached: user, session id, token generation, endpoint.
+    pub fn attached(&self) -> impl Iterator<Item = (&PhoneNumber, u64, Option<u64>, &E)> {
         self.online
             .iter()
-            .map(|(user, online)| (user, online.session_id, &online.endpoint))
+            .map(|(user, online)| (user, online.session_id, online.generation, &online.endpoint))
+    }
+
+    /// `user`'s account record, as last written (committed or not).
+    pub fn account(
+        &self,
+        reads: &impl MailboxRead,
+        user: &PhoneNumber,
+    ) -> Result<AccountRecord, FragmentError> {
+        match self.unsettled_accounts.get(user) {
+            Some((record, _)) => Ok(record.clone()),
+            None => reads.account(user),
+        }
+    }
+
+    /// Replaces `user`'s account record if it is still at
+    /// `write.expected_version`; answered once durable. A generation above
+    /// the attached session's token closes that session at once.
+    pub fn write_account(
+        &mut self,
+        reads: &impl MailboxRead,
+        user: PhoneNumber,
+        write: AccountWrite,
+        waiter: R,
+    ) -> Vec<Action<E, R>> {
+        let mut out = Vec::new();
+        let current = match self.account(reads, &user) {
+            Ok(current) => current,
+            Err(e) => {
+                out.push(Action::AccountReply {
+                    to: waiter,
+                    result: Err(e),
+                });
+                return out;
+            }
+        };
+        let refusal = if write.body.len() > MAX_ACCOUNT_BODY {
+            Some(format!(
+                "an account record of {} bytes exceeds {MAX_ACCOUNT_BODY}",
+                write.body.len()
+            ))
+        } else if write.generation < current.generation {
+            Some("an account's generation never falls".to_owned())
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            out.push(Action::AccountReply {
+                to: waiter,
+                result: Err(FragmentError::InvalidRequest(refusal)),
+            });
+            return out;
+        }
+        if write.expected_version != current.version {
+            out.push(Action::AccountReply {
+                to: waiter,
+                result: Ok(AccountReply::Conflict(current)),
+            });
+            return out;
+        }
+        let record = AccountRecord {
+            version: current.version.saturating_add(1),
+            generation: write.generation,
+            body: write.body,
+        };
+        if let Some(online) = self.online.get(&user)
+            && online.generation.is_some_and(|g| g < record.generation)
+            && let Some(online) = self.online.remove(&user)
+        {
+            out.push(Action::Revoked {
+                endpoint: online.endpoint,
+            });
+        }
+        let ops = vec![WriteOp::PutAccount {
+            user: user.clone(),
+            record: record.clone(),
+        }];
+        let tag = self.next_tag;
+        self.unsettled_accounts
+            .insert(user.clone(), (record.clone(), tag));
+        self.persist(
+            Commit::Account {
+                user,
+                record,
+                waiter,
+            },
+            ops,
+            &mut out,
+        );
+        out
     }
 
     /// Detaches everyone and returns who was attached (a fragment handed
@@ -859,6 +985,25 @@ impl<E: Clone, R> FragmentCore<E, R> {
                 if outcome.is_ok() {
                     self.deliver(reads, &key.0, entry, &mut out);
                 }
+            }
+            Commit::Account {
+                user,
+                record,
+                waiter,
+            } => {
+                if self
+                    .unsettled_accounts
+                    .get(&user)
+                    .is_some_and(|(_, pending)| *pending == tag)
+                {
+                    self.unsettled_accounts.remove(&user);
+                }
+                out.push(Action::AccountReply {
+                    to: waiter,
+                    result: outcome
+                        .map(|()| AccountReply::Written(record))
+                        .map_err(FragmentError::Storage),
+                });
             }
             Commit::Receipt {
                 owner,

@@ -13,6 +13,8 @@
 //! - [`fragment`]: the pure core — events and `now` in, [`fragment::Action`]s
 //!   out; no actor, clock or disk writes.
 //! - [`store`]: the fragment's redb tables and the reads the core needs.
+//! - [`account`]: per-user account records of the auth service, kept
+//!   and replicated with the user's mailbox, changed by compare-and-set.
 //! - [`usage`]: undelivered mail per recipient and sender, for the
 //!   mailbox caps.
 //! - [`actor`]: the thin shell that runs a core as a ractor actor, sends its
@@ -21,6 +23,7 @@
 //! Durability: a message is acknowledged to its sender (one tick) only after
 //! its write is committed with fsync; writes of all fragments share commits.
 
+pub mod account;
 pub mod actor;
 mod clustered;
 pub mod entry;
@@ -31,6 +34,7 @@ pub mod replica;
 pub mod store;
 pub mod usage;
 
+pub use account::{AccountRecord, AccountReply, AccountWrite};
 pub use actor::{
     Endpoint, FragmentActor, FragmentArgs, FragmentCluster, FragmentDirectory, FragmentMsg,
     FragmentStats, Push, fragment_name,

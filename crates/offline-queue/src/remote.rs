@@ -5,6 +5,7 @@ use proto::{MessageId, PhoneNumber};
 use router::{FragmentId, Owner};
 use serde::{Deserialize, Serialize};
 
+use crate::account::{AccountReply, AccountWrite};
 use crate::fragment::ReceiptRequest;
 use crate::replica::SnapshotChunk;
 use crate::store::WriteOp;
@@ -169,6 +170,64 @@ pub enum FragmentWire {
         /// Opaque bytes.
         #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
+    },
+    // Appended below in this release; nodes of the previous release log and
+    // drop them (a fragment answers within one release's nodes).
+    /// `user` is online in session `session_id` on the sending node, logged
+    /// in with a token of `generation` (`None`: no token, a bot).
+    AttachAt {
+        /// The user.
+        user: PhoneNumber,
+        /// The session.
+        session_id: u64,
+        /// The token's generation.
+        generation: Option<u64>,
+    },
+    /// Owner → the session's node: the token of that session was revoked.
+    Revoked {
+        /// The user.
+        user: PhoneNumber,
+        /// The revoked session.
+        session_id: u64,
+    },
+    /// Read a user's account record (answered by `AccountDone`).
+    AccountRead {
+        /// Correlates the answer.
+        req: u64,
+        /// The user.
+        user: PhoneNumber,
+    },
+    /// Compare-and-set a user's account record (answered by `AccountDone`).
+    AccountWrite {
+        /// Correlates the answer.
+        req: u64,
+        /// The user.
+        user: PhoneNumber,
+        /// The write.
+        write: AccountWrite,
+    },
+    /// The answer to `AccountRead` or `AccountWrite`.
+    AccountDone {
+        /// The request.
+        req: u64,
+        /// The answer.
+        result: Result<AccountReply, FragmentError>,
+    },
+    /// Part of a full copy that carries account records (the rows
+    /// of `Snapshot` plus these).
+    SnapshotWithAccounts {
+        /// The primary's epoch.
+        epoch: u64,
+        /// First chunk: erase the fragment before applying it.
+        first: bool,
+        /// Last chunk: answer with `Replicated` at `rseq`.
+        last: bool,
+        /// The stream position of the copy.
+        rseq: u64,
+        /// The rows.
+        chunk: SnapshotChunk,
+        /// `(user, postcard(AccountRecord))`.
+        accounts: Vec<(String, serde_bytes::ByteBuf)>,
     },
 }
 

@@ -14,7 +14,9 @@ use storage::{StorageError, Store};
 
 use crate::FragmentError;
 use crate::entry::seq_of_message_id;
-use crate::store::{DEDUPE_TABLE, MBOX_TABLE, SEQ_TABLE, WriteOp, raise_next_seq, storage};
+use crate::store::{
+    ACCOUNT_TABLE, DEDUPE_TABLE, MBOX_TABLE, SEQ_TABLE, WriteOp, raise_next_seq, storage,
+};
 
 const OWNER_TABLE: TableDefinition<u16, (u64, &str)> = TableDefinition::new("fragment_owner");
 
@@ -59,11 +61,16 @@ pub struct SnapshotChunk {
     pub dedupe: Vec<(String, String, u64, u64, u64)>,
     /// The sequence high-water mark (in the last chunk).
     pub next_seq: Option<u64>,
+    /// `(user, postcard(AccountRecord))`. Not in this struct's wire form,
+    /// which nodes of the previous release read: a chunk with accounts
+    /// travels as `FragmentWire::SnapshotWithAccounts`.
+    #[serde(skip)]
+    pub accounts: Vec<(String, serde_bytes::ByteBuf)>,
 }
 
 impl SnapshotChunk {
     fn rows(&self) -> usize {
-        self.mbox.len() + self.dedupe.len()
+        self.mbox.len() + self.dedupe.len() + self.accounts.len()
     }
 }
 
@@ -118,6 +125,21 @@ pub fn export_fragment(store: &Store, f: FragmentId) -> Result<Vec<SnapshotChunk
         Err(redb::TableError::TableDoesNotExist(_)) => {}
         Err(e) => return Err(storage(e)),
     }
+    match read.open_table(ACCOUNT_TABLE) {
+        Ok(table) => {
+            for item in table.range((f, "")..=(f, "\u{10FFFF}")).map_err(storage)? {
+                let (key, value) = item.map_err(storage)?;
+                let (_, user) = key.value();
+                push(&mut chunks);
+                if let Some(chunk) = chunks.last_mut() {
+                    let record = serde_bytes::ByteBuf::from(value.value().to_vec());
+                    chunk.accounts.push((user.to_owned(), record));
+                }
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(storage(e)),
+    }
     let next_seq = match read.open_table(SEQ_TABLE) {
         Ok(table) => table.get(f).map_err(storage)?.map(|v| v.value()),
         Err(redb::TableError::TableDoesNotExist(_)) => None,
@@ -145,7 +167,9 @@ pub fn import_chunk(
 ) -> Result<(), StorageError> {
     let mut mbox = txn.open_table(MBOX_TABLE)?;
     let mut dedupe = txn.open_table(DEDUPE_TABLE)?;
+    let mut accounts = txn.open_table(ACCOUNT_TABLE)?;
     if first {
+        accounts.retain_in((f, "")..=(f, "\u{10FFFF}"), |_, _| false)?;
         mbox.retain_in((f, "", 0)..=(f, "\u{10FFFF}", u64::MAX), |_, _| false)?;
         dedupe.retain_in(
             (f, "", "", 0)..=(f, "\u{10FFFF}", "\u{10FFFF}", u64::MAX),
@@ -167,6 +191,9 @@ pub fn import_chunk(
     }
     for (recipient, sender, cid, id, ts) in &chunk.dedupe {
         dedupe.insert((f, recipient.as_str(), sender.as_str(), *cid), (*id, *ts))?;
+    }
+    for (user, record) in &chunk.accounts {
+        accounts.insert((f, user.as_str()), record.as_slice())?;
     }
     if next_seq > 0 {
         raise_next_seq(txn, f, next_seq)?;

@@ -30,6 +30,7 @@ use redb::{ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransac
 use router::FragmentId;
 use storage::{StorageError, Store};
 
+use crate::account::AccountRecord;
 use crate::entry::{DeliveredMark, message_sender, seq_of_message_id, stored_head};
 use crate::usage::MailboxUsage;
 use crate::{Entry, EntryBody, FragmentError};
@@ -40,6 +41,9 @@ pub(crate) const MBOX_TABLE: TableDefinition<(u16, &str, u64), &[u8]> =
     TableDefinition::new("mbox");
 pub(crate) const DEDUPE_TABLE: TableDefinition<(u16, &str, &str, u64), (u64, u64)> =
     TableDefinition::new("dedupe");
+/// `(fragment, user) → postcard(AccountRecord)` (see [`crate::account`]).
+pub(crate) const ACCOUNT_TABLE: TableDefinition<(u16, &str), &[u8]> =
+    TableDefinition::new("fragment_account");
 
 /// A durable change to a fragment's tables. Also what a primary streams to
 /// its secondary, so it is serialisable.
@@ -87,6 +91,14 @@ pub enum WriteOp {
         before_ms: TimestampMs,
         /// Bound on the work done in one commit.
         max: usize,
+    },
+    /// Replace a user's account record (appended last: divergent logs of
+    /// earlier releases still decode).
+    PutAccount {
+        /// The user.
+        user: PhoneNumber,
+        /// The new record.
+        record: AccountRecord,
     },
 }
 
@@ -199,6 +211,11 @@ impl<'txn> MailboxTables<'txn> {
                         self.dedupe.remove((fragment, r.as_str(), s.as_str(), *c))?;
                     }
                     self.sweep_delivered_marks(fragment, *before_ms, *max)?;
+                }
+                WriteOp::PutAccount { user, record } => {
+                    self.txn
+                        .open_table(ACCOUNT_TABLE)?
+                        .insert((fragment, user.as_str()), record.to_bytes().as_slice())?;
                 }
             }
         }
@@ -318,6 +335,8 @@ pub trait MailboxRead {
     ) -> Result<Vec<Option<PhoneNumber>>, FragmentError>;
     /// The undelivered mail of every user of the fragment, by sender.
     fn usage(&self) -> Result<MailboxUsage, FragmentError>;
+    /// `user`'s account record (version 0 if none).
+    fn account(&self, user: &PhoneNumber) -> Result<AccountRecord, FragmentError>;
     /// Entries stored before `before_ms`, looking at up to `max_scan`
     /// entries after `resume` (from the start if `None`).
     fn expired(
@@ -420,6 +439,20 @@ impl RedbMailbox {
 }
 
 impl MailboxRead for RedbMailbox {
+    fn account(&self, user: &PhoneNumber) -> Result<AccountRecord, FragmentError> {
+        let read = self.store.db().begin_read().map_err(storage)?;
+        let table = match read.open_table(ACCOUNT_TABLE) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(AccountRecord::default()),
+            Err(e) => return Err(storage(e)),
+        };
+        match table.get((self.fragment, user.as_str())).map_err(storage)? {
+            Some(bytes) => AccountRecord::from_bytes(bytes.value())
+                .ok_or_else(|| storage(format!("unreadable account record of {user}"))),
+            None => Ok(AccountRecord::default()),
+        }
+    }
+
     fn dedupe(
         &self,
         recipient: &PhoneNumber,

@@ -71,6 +71,7 @@ async fn stored_messages_and_the_id_sequence_survive_a_restart() {
             user: phone(2),
             endpoint: Endpoint {
                 session_id: 1,
+                token_generation: None,
                 target: probe.get_derived()
             },
             reply
@@ -107,6 +108,7 @@ async fn stored_messages_and_the_id_sequence_survive_a_restart() {
             user: phone(2),
             endpoint: Endpoint {
                 session_id: 2,
+                token_generation: None,
                 target: probe.get_derived()
             },
             reply

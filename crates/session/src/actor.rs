@@ -144,15 +144,6 @@ pub enum SessionMsg {
     GuestDeadline(GuestStage),
     /// Close the connection (drain, shutdown).
     Close(CloseReason),
-    /// `user`'s tokens below `generation` were revoked (a logout, or a new
-    /// verification of the number): a session of `user` logged in with
-    /// such a token closes.
-    Revoked {
-        /// Whose tokens.
-        user: PhoneNumber,
-        /// The account's new generation.
-        generation: u64,
-    },
     /// Panic in the handler (tests of fault isolation only).
     #[cfg(feature = "fault-injection")]
     InjectPanic,
@@ -729,6 +720,16 @@ async fn dispatch(myself: &ActorRef<SessionMsg>, message: SessionMsg, state: &mu
         }
         SessionMsg::Push(Push::Entries(entries)) => push_entries(state, entries).await,
         SessionMsg::Push(Push::Replaced) => state.close(myself, CloseReason::Replaced),
+        SessionMsg::Push(Push::Revoked) => {
+            // The user's fragment saw the account's generation rise past
+            // this session's token (a Verify or Logout on any node).
+            tracing::debug!(
+                session = state.session_id,
+                "token revoked by the fragment; closing"
+            );
+            metrics::counter!("switchboard_sessions_revoked_total").increment(1);
+            state.close(myself, CloseReason::TokenRevoked);
+        }
         SessionMsg::Presence(PresencePush(updates)) => {
             for update in updates {
                 state.responder.send_droppable(update_frame(update));
@@ -772,13 +773,6 @@ async fn dispatch(myself: &ActorRef<SessionMsg>, message: SessionMsg, state: &mu
             }
         }
         SessionMsg::Close(reason) => state.close(myself, reason),
-        SessionMsg::Revoked { user, generation } => {
-            if state.user() == Some(&user) && state.token_generation < generation {
-                tracing::debug!(session = state.session_id, "token revoked; closing");
-                metrics::counter!("switchboard_sessions_revoked_total").increment(1);
-                state.close(myself, CloseReason::TokenRevoked);
-            }
-        }
         #[cfg(feature = "fault-injection")]
         SessionMsg::InjectPanic => panic!("injected fault"),
     }
@@ -948,6 +942,7 @@ async fn attach(
     let fragment = state.ctx.fragments.for_user(user)?;
     let endpoint = Endpoint {
         session_id: state.session_id,
+        token_generation: Some(state.token_generation),
         target: myself.get_derived(),
     };
     let (reply, rx) = fragment_reply();
@@ -1022,12 +1017,6 @@ async fn serve(
                 state.phase = Phase::LoggedIn(user.clone());
                 state.token_generation = generation;
                 state.cleaned_up = false;
-                // So that a revocation on this node finds this session.
-                ractor::pg::join_scoped(
-                    SESSIONS_SCOPE.to_owned(),
-                    user.as_str().to_owned(),
-                    vec![myself.get_cell()],
-                );
                 if let Some(presence) = state.presence() {
                     // Unreadable settings show the user to no one (the
                     // default with no contacts) rather than to everyone.
@@ -1054,11 +1043,16 @@ async fn serve(
                         if let Some(deadlines) = state.guest_deadlines.take() {
                             deadlines.abort();
                         }
+                        state.ctx.auth.note_login(&user);
                         state.responder.respond(id, Response::LoggedIn { user });
                     }
                     Err(e) => {
                         state.clean_up();
                         state.phase = Phase::Guest;
+                        if e == FragmentError::TokenRevoked {
+                            metrics::counter!("switchboard_auth_logins_total", "outcome" => "revoked")
+                                .increment(1);
+                        }
                         let (code, message) = unavailable(&e);
                         state.responder.error(Some(id), code, message);
                     }
@@ -1213,9 +1207,9 @@ async fn serve(
             // Every token of the account stops working (one account is one
             // device today), then its other sessions here close.
             if let Some(user) = state.user().cloned() {
+                // The user's fragment closes the sessions of older tokens.
                 match state.ctx.auth.logout(&user).await {
-                    Ok(generation) => {
-                        revoke_sessions(&user, generation);
+                    Ok(_generation) => {
                         state.responder.respond(id, Response::Ok);
                     }
                     Err(e) => {
@@ -1240,27 +1234,9 @@ async fn serve(
     }
 }
 
-/// The `ractor::pg` scope of logged-in sessions, grouped by user (the
-/// phone number), so that a revocation finds them. Node-local: session
-/// actors take no messages from other nodes.
-const SESSIONS_SCOPE: &str = "switchboard-sessions";
-
-/// Tells `user`'s sessions on this node that tokens below `generation`
-/// are revoked; those logged in with one close.
-fn revoke_sessions(user: &PhoneNumber, generation: u64) {
-    let members =
-        ractor::pg::get_scoped_local_members(&SESSIONS_SCOPE.to_owned(), &user.as_str().to_owned());
-    for member in members {
-        let _ = ActorRef::<SessionMsg>::from(member).send_message(SessionMsg::Revoked {
-            user: user.clone(),
-            generation,
-        });
-    }
-}
-
 /// `Verify` or `VerifyWithPin`: within the connection's limit; on success
-/// the sessions of the number's earlier tokens close before the client has
-/// the new token.
+/// the sessions of the number's earlier tokens are closed (by its fragment)
+/// before the client has the new token.
 fn verify(
     myself: &ActorRef<SessionMsg>,
     state: &mut SessionState,
@@ -1277,10 +1253,9 @@ fn verify(
     let auth = state.ctx.auth.clone();
     let source = Some(state.peer.ip());
     state.answer_auth(myself, id, permit, async move {
-        let issued = auth
-            .verify_with_pin_from(phone.clone(), code, pin, source)
-            .await?;
-        revoke_sessions(&phone, issued.generation);
+        // The number's fragment closed the sessions of its earlier tokens
+        // when the generation rose, before the new token exists.
+        let issued = auth.verify_with_pin_from(phone, code, pin, source).await?;
         Ok(Response::Verified {
             token: issued.token,
             expires_at_ms: issued.expires_at_ms,

@@ -23,7 +23,7 @@ pub(crate) fn forward(state: &mut FragmentState, message: FragmentMsg) {
             let req = cluster.new_req();
             let wire = FragmentWire::append(req, message);
             if send_via(cluster, id, &owner, wire.clone()) {
-                cluster.remember(req, owner, wire, reply);
+                cluster.remember(req, owner, wire, ForwardedReply::Stored(reply));
             } else {
                 let _ = reply.send(Err(FragmentError::Unavailable(id)));
             }
@@ -33,7 +33,9 @@ pub(crate) fn forward(state: &mut FragmentState, message: FragmentMsg) {
             let wire = FragmentWire::StoreReceipt { req, request };
             let sent = reachable && send_via(cluster, id, &owner, wire.clone());
             match (reply, req) {
-                (Some(reply), Some(req)) if sent => cluster.remember(req, owner, wire, reply),
+                (Some(reply), Some(req)) if sent => {
+                    cluster.remember(req, owner, wire, ForwardedReply::Stored(reply))
+                }
                 (Some(reply), _) => {
                     let _ = reply.send(Err(FragmentError::Unavailable(id)));
                 }
@@ -53,6 +55,7 @@ pub(crate) fn forward(state: &mut FragmentState, message: FragmentMsg) {
                 return;
             }
             let session_id = endpoint.session_id;
+            let generation = endpoint.token_generation;
             if let Some(old) = cluster.local_sessions.insert(user.clone(), endpoint)
                 && old.session_id != session_id
             {
@@ -63,7 +66,11 @@ pub(crate) fn forward(state: &mut FragmentState, message: FragmentMsg) {
                 cluster,
                 id,
                 &owner,
-                FragmentWire::Attach { user, session_id },
+                FragmentWire::AttachAt {
+                    user,
+                    session_id,
+                    generation,
+                },
             );
             // Attached here; pushes come once the owner has it (and every
             // change of owner re-attaches the sessions held here).
@@ -84,6 +91,26 @@ pub(crate) fn forward(state: &mut FragmentState, message: FragmentMsg) {
                     &owner,
                     FragmentWire::Detach { user, session_id },
                 );
+            }
+        }
+        FragmentMsg::ReadAccount { user, reply } => {
+            let req = cluster.new_req();
+            let wire = FragmentWire::AccountRead { req, user };
+            let reply = ForwardedReply::Account(reply);
+            if reachable && send_via(cluster, id, &owner, wire.clone()) {
+                cluster.remember(req, owner, wire, reply);
+            } else {
+                reply.unavailable(id);
+            }
+        }
+        FragmentMsg::WriteAccount { user, write, reply } => {
+            let req = cluster.new_req();
+            let wire = FragmentWire::AccountWrite { req, user, write };
+            let reply = ForwardedReply::Account(reply);
+            if reachable && send_via(cluster, id, &owner, wire.clone()) {
+                cluster.remember(req, owner, wire, reply);
+            } else {
+                reply.unavailable(id);
             }
         }
         FragmentMsg::Ack { user, ids } if reachable => {
@@ -113,20 +140,25 @@ pub(super) fn resend_held(state: &mut FragmentState) -> Vec<CoreAction> {
             match wire {
                 FragmentWire::Append { .. } | FragmentWire::AppendAfter { .. } => {
                     if let Some((_, message)) = wire.into_append() {
-                        let waiter = Waiter::Local(reply);
+                        let waiter = reply.into_waiter();
                         actions.extend(core.append(&state.reads, message, now_ms(), waiter));
                     }
                 }
                 FragmentWire::StoreReceipt { request, .. } => {
-                    actions.extend(core.store_receipt(
-                        &state.reads,
-                        request,
-                        Some(Waiter::Local(reply)),
-                    ));
+                    let waiter = Some(reply.into_waiter());
+                    actions.extend(core.store_receipt(&state.reads, request, waiter));
                 }
-                _ => {
-                    let _ = reply.send(Err(FragmentError::Unavailable(id)));
+                FragmentWire::AccountRead { user, .. } => {
+                    if let ForwardedReply::Account(port) = reply {
+                        let _ =
+                            port.send(core.account(&state.reads, &user).map(AccountReply::Current));
+                    }
                 }
+                FragmentWire::AccountWrite { user, write, .. } => {
+                    let waiter = reply.into_waiter();
+                    actions.extend(core.write_account(&state.reads, user, write, waiter));
+                }
+                _ => reply.unavailable(id),
             }
         }
         return actions;
@@ -166,9 +198,10 @@ pub(super) fn reattach_all(state: &FragmentState) {
     for (user, endpoint) in &cluster.local_sessions {
         tracing::debug!(fragment = state.id, %user, session_id = endpoint.session_id, %owner,
             "re-attach forwarded");
-        let wire = FragmentWire::Attach {
+        let wire = FragmentWire::AttachAt {
             user: user.clone(),
             session_id: endpoint.session_id,
+            generation: endpoint.token_generation,
         };
         send_via(cluster, state.id, owner, wire);
     }

@@ -98,6 +98,14 @@ pub(super) async fn merge(
                 keep.push(op);
             }
             WriteOp::Delete { .. } => keep.push(op),
+            // Of two divergent records the higher (generation, version)
+            // stays: a revocation made on either side is never undone.
+            WriteOp::PutAccount { user, record } => {
+                if record.supersedes(&state.reads.account(user)?) {
+                    touched.insert(user.clone());
+                    keep.push(op);
+                }
+            }
             // This owner's sequence is already past the former owner's,
             // and sweeping is its own business.
             WriteOp::NextSeq(_) | WriteOp::SweepDedupe { .. } => {}
@@ -120,11 +128,20 @@ pub(super) async fn merge(
     if let Some(core) = state.core.as_mut() {
         let online: Vec<_> = core
             .attached()
-            .filter(|(user, _, _)| touched.contains(*user))
-            .map(|(user, session_id, endpoint)| (user.clone(), session_id, endpoint.clone()))
+            .filter(|(user, _, _, _)| touched.contains(*user))
+            .map(|(user, session_id, generation, endpoint)| {
+                (user.clone(), session_id, generation, endpoint.clone())
+            })
             .collect();
-        for (user, session_id, endpoint) in online {
-            actions.extend(core.attach(&state.reads, user, session_id, endpoint)?);
+        for (user, session_id, generation, endpoint) in online {
+            match core.attach(&state.reads, user, session_id, generation, endpoint.clone()) {
+                Ok(more) => actions.extend(more),
+                // The merged record revoked this session's token.
+                Err(FragmentError::TokenRevoked) => {
+                    actions.push(crate::fragment::Action::Revoked { endpoint })
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
     }
     if last {

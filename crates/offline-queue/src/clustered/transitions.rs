@@ -41,8 +41,9 @@ pub(super) async fn settle(
                 .map(|c| std::mem::take(&mut c.local_sessions))
                 .unwrap_or_default();
             for (user, endpoint) in sessions {
-                let session_id = endpoint.session_id;
-                match core.attach(&state.reads, user, session_id, Attached::Local(endpoint)) {
+                let (session_id, generation) = (endpoint.session_id, endpoint.token_generation);
+                let endpoint = Attached::Local(endpoint);
+                match core.attach(&state.reads, user, session_id, generation, endpoint) {
                     Ok(more) => actions.extend(more),
                     Err(e) => tracing::warn!(fragment = id, error = %e, "attach at promotion"),
                 }

@@ -5,6 +5,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use super::*;
+use crate::account::{AccountRecord, AccountReply, AccountWrite};
 use crate::store::{ExpiredEntry, ExpiryScan};
 
 /// An in-memory [`MailboxRead`] that applies [`WriteOp`]s.
@@ -14,6 +15,7 @@ struct MemMailbox {
     dedupe: RefCell<HashMap<DedupeKey, (MessageId, TimestampMs)>>,
     /// Delivered marks: (owner, id) → sender, as `store` keeps them.
     delivered: RefCell<HashMap<(PhoneNumber, MessageId), PhoneNumber>>,
+    accounts: RefCell<HashMap<PhoneNumber, AccountRecord>>,
 }
 
 impl MemMailbox {
@@ -51,6 +53,11 @@ impl MemMailbox {
                         }
                     }
                 }
+                WriteOp::PutAccount { user, record } => {
+                    self.accounts
+                        .borrow_mut()
+                        .insert(user.clone(), record.clone());
+                }
                 WriteOp::NextSeq(_) | WriteOp::SweepDedupe { .. } => {}
             }
         }
@@ -62,6 +69,15 @@ impl MemMailbox {
 }
 
 impl MailboxRead for MemMailbox {
+    fn account(&self, user: &PhoneNumber) -> Result<AccountRecord, FragmentError> {
+        Ok(self
+            .accounts
+            .borrow()
+            .get(user)
+            .cloned()
+            .unwrap_or_default())
+    }
+
     fn dedupe(
         &self,
         recipient: &PhoneNumber,
@@ -172,7 +188,9 @@ type Core = FragmentCore<&'static str, u32>;
 struct Outbox {
     pushes: Vec<(&'static str, Vec<Entry>)>,
     replaced: Vec<&'static str>,
+    revoked: Vec<&'static str>,
     replies: Vec<(u32, Result<Stored, FragmentError>)>,
+    account_replies: Vec<(u32, Result<AccountReply, FragmentError>)>,
     receipts: Vec<(FragmentId, ReceiptRequest)>,
     deletes: Vec<(FragmentId, PhoneNumber, Vec<MessageId>)>,
 }
@@ -202,6 +220,8 @@ fn run(
             }
             Action::Push { endpoint, entries } => out.pushes.push((endpoint, entries)),
             Action::Replaced { endpoint } => out.replaced.push(endpoint),
+            Action::Revoked { endpoint } => out.revoked.push(endpoint),
+            Action::AccountReply { to, result } => out.account_replies.push((to, result)),
             Action::Reply { to, result } => out.replies.push((to, result)),
             Action::StoreReceipt {
                 fragment, request, ..
@@ -261,7 +281,7 @@ fn offline_message_is_acked_after_commit_and_pushed_at_attach() {
     assert_eq!(stored.server_ts, 1000);
     assert!(out.pushes.is_empty(), "recipient offline");
 
-    let actions = c.attach(&mem, phone(2), 77, "dev-b").expect("attach");
+    let actions = c.attach(&mem, phone(2), 77, None, "dev-b").expect("attach");
     run(&mut c, &mem, actions, &mut out);
     assert_eq!(out.pushed_ids(), vec![stored.msg_id]);
 }
@@ -345,7 +365,7 @@ fn online_pushes_keep_order_and_respect_the_window() {
     let mem = MemMailbox::default();
     let mut c = core(4, 8);
     let mut out = Outbox::default();
-    let actions = c.attach(&mem, phone(2), 1, "dev").expect("attach");
+    let actions = c.attach(&mem, phone(2), 1, None, "dev").expect("attach");
     run(&mut c, &mem, actions, &mut out);
     for i in 0..10u64 {
         let actions = c.append(&mem, msg(phone(2), phone(1), i, vec![i as u8]), i, i as u32);
@@ -383,7 +403,7 @@ fn a_backlog_larger_than_a_page_is_delivered_whole_and_in_order() {
         let actions = c.append(&mem, msg(phone(2), phone(1), i, vec![i as u8]), i, 0);
         run(&mut c, &mem, actions, &mut out);
     }
-    let actions = c.attach(&mem, phone(2), 1, "dev").expect("attach");
+    let actions = c.attach(&mem, phone(2), 1, None, "dev").expect("attach");
     run(&mut c, &mem, actions, &mut out);
     // Live messages arrive while the backlog is still paged in.
     for i in 23..26u64 {
@@ -409,9 +429,11 @@ fn acking_a_message_stores_a_receipt_for_its_sender_then_deletes_it() {
     let mut out = Outbox::default();
     let actions = c.append(&mem, msg(phone(2), phone(1), 1, b"m".to_vec()), 10, 0);
     run(&mut c, &mem, actions, &mut out);
-    let actions = c.attach(&mem, phone(1), 1, "sender").expect("attach");
+    let actions = c.attach(&mem, phone(1), 1, None, "sender").expect("attach");
     run(&mut c, &mem, actions, &mut out);
-    let actions = c.attach(&mem, phone(2), 2, "recipient").expect("attach");
+    let actions = c
+        .attach(&mem, phone(2), 2, None, "recipient")
+        .expect("attach");
     run(&mut c, &mem, actions, &mut out);
     let msg_id = out.pushed_ids()[0];
 
@@ -471,7 +493,9 @@ fn a_receipt_for_another_fragments_user_is_passed_on_in_order() {
     let mut c: Core = FragmentCore::new(0, placement, FragmentConfig::default(), 1);
     let mem = MemMailbox::default();
     let mut out = Outbox::default();
-    let actions = c.attach(&mem, reader.clone(), 1, "reader").expect("attach");
+    let actions = c
+        .attach(&mem, reader.clone(), 1, None, "reader")
+        .expect("attach");
     run(&mut c, &mem, actions, &mut out);
     let actions = c.append(
         &mem,
@@ -526,9 +550,9 @@ fn a_new_attach_replaces_the_old_endpoint_and_redelivers_unacked() {
     let mut out = Outbox::default();
     let actions = c.append(&mem, msg(phone(2), phone(1), 1, b"m".to_vec()), 10, 0);
     run(&mut c, &mem, actions, &mut out);
-    let actions = c.attach(&mem, phone(2), 1, "old").expect("attach");
+    let actions = c.attach(&mem, phone(2), 1, None, "old").expect("attach");
     run(&mut c, &mem, actions, &mut out);
-    let actions = c.attach(&mem, phone(2), 2, "new").expect("attach");
+    let actions = c.attach(&mem, phone(2), 2, None, "new").expect("attach");
     run(&mut c, &mem, actions, &mut out);
     assert_eq!(out.replaced, vec!["old"]);
     assert_eq!(out.pushes.len(), 2);
@@ -545,9 +569,9 @@ fn an_older_session_does_not_displace_a_newer_one() {
     let mem = MemMailbox::default();
     let mut c = core(16, 16);
     let mut out = Outbox::default();
-    let actions = c.attach(&mem, phone(2), 20, "newer").expect("attach");
+    let actions = c.attach(&mem, phone(2), 20, None, "newer").expect("attach");
     run(&mut c, &mem, actions, &mut out);
-    let actions = c.attach(&mem, phone(2), 10, "stale").expect("attach");
+    let actions = c.attach(&mem, phone(2), 10, None, "stale").expect("attach");
     run(&mut c, &mem, actions, &mut out);
     assert_eq!(out.replaced, vec!["stale"]);
     let actions = c.append(&mem, msg(phone(2), phone(1), 1, b"m".to_vec()), 10, 0);
@@ -698,7 +722,9 @@ fn a_read_receipt_names_only_messages_the_sender_sent_the_reader() {
     check(&mut c, &mut out, "waiting");
 
     // Delivered and acknowledged: the entries are gone, their marks stay.
-    let actions = c.attach(&mem, reader.clone(), 1, "reader").expect("attach");
+    let actions = c
+        .attach(&mem, reader.clone(), 1, None, "reader")
+        .expect("attach");
     run(&mut c, &mem, actions, &mut out);
     let actions = c.ack(&mem, &reader, &[from_sender, from_other], 3);
     run(&mut c, &mem, actions, &mut out);
@@ -741,7 +767,9 @@ fn acks_outside_the_delivery_window_are_ignored() {
     // Not attached: nothing counts.
     let actions = c.ack(&mem, &user, &ids, 2);
     assert!(actions.is_empty());
-    let actions = c.attach(&mem, user.clone(), 1, "dev").expect("attach");
+    let actions = c
+        .attach(&mem, user.clone(), 1, None, "dev")
+        .expect("attach");
     run(&mut c, &mem, actions, &mut out);
     assert_eq!(out.pushed_ids(), ids[..2].to_vec(), "a window of two");
 
@@ -854,7 +882,7 @@ fn a_mailbox_holds_only_so_much_from_one_sender_and_in_all() {
         Err(FragmentError::MailboxFull(Full::Sender))
     );
     // The recipient reads: the flooder's share comes back.
-    let actions = c.attach(&mem, to.clone(), 1, "dev").expect("attach");
+    let actions = c.attach(&mem, to.clone(), 1, None, "dev").expect("attach");
     run(&mut c, &mem, actions, &mut out);
     let ids = out.pushed_ids();
     let actions = c.ack(&mem, &to, &ids, 2);
@@ -901,7 +929,9 @@ fn undelivered_entries_expire() {
         0,
     );
     run(&mut c, &mem, actions, &mut out);
-    let actions = c.attach(&mem, online.clone(), 1, "dev").expect("attach");
+    let actions = c
+        .attach(&mem, online.clone(), 1, None, "dev")
+        .expect("attach");
     run(&mut c, &mem, actions, &mut out);
 
     // Three steps of the scan (it looks at up to EXPIRY_SCAN entries each).
@@ -926,4 +956,122 @@ fn undelivered_entries_expire() {
         out.receipts.is_empty(),
         "no delivered receipt for an expired message"
     );
+}
+
+fn account_write(expected_version: u64, generation: u64, body: &[u8]) -> AccountWrite {
+    AccountWrite {
+        expected_version,
+        generation,
+        body: body.to_vec(),
+    }
+}
+
+#[test]
+fn account_records_change_only_from_the_version_read() {
+    let mem = MemMailbox::default();
+    let mut c = core(16, 16);
+    let mut out = Outbox::default();
+    let user = phone(7);
+    assert_eq!(
+        c.account(&mem, &user).expect("read"),
+        AccountRecord::default()
+    );
+    // Written from version 0, answered once committed.
+    let actions = c.write_account(&mem, user.clone(), account_write(0, 0, b"a"), 1);
+    assert!(matches!(actions.as_slice(), [Action::Persist { .. }]));
+    run(&mut c, &mem, actions, &mut out);
+    let written = AccountRecord {
+        version: 1,
+        generation: 0,
+        body: b"a".to_vec(),
+    };
+    assert_eq!(
+        out.account_replies,
+        vec![(1, Ok(AccountReply::Written(written.clone())))]
+    );
+    // A writer that read version 0 too is told the record now.
+    let actions = c.write_account(&mem, user.clone(), account_write(0, 0, b"b"), 2);
+    run(&mut c, &mem, actions, &mut out);
+    assert_eq!(
+        out.account_replies[1],
+        (2, Ok(AccountReply::Conflict(written)))
+    );
+    // A generation never falls.
+    let actions = c.write_account(&mem, user.clone(), account_write(1, 3, b"c"), 3);
+    run(&mut c, &mem, actions, &mut out);
+    let actions = c.write_account(&mem, user.clone(), account_write(2, 2, b"d"), 4);
+    run(&mut c, &mem, actions, &mut out);
+    assert!(matches!(
+        out.account_replies[3],
+        (4, Err(FragmentError::InvalidRequest(_)))
+    ));
+    // Oversized bodies are refused.
+    let big = vec![0u8; crate::account::MAX_ACCOUNT_BODY + 1];
+    let actions = c.write_account(&mem, user.clone(), account_write(2, 3, &big), 5);
+    run(&mut c, &mem, actions, &mut out);
+    assert!(matches!(
+        out.account_replies[4],
+        (5, Err(FragmentError::InvalidRequest(_)))
+    ));
+    assert_eq!(c.account(&mem, &user).expect("read").body, b"c".to_vec());
+}
+
+#[test]
+fn an_uncommitted_account_write_is_seen_by_the_next_read_and_write() {
+    let mem = MemMailbox::default();
+    let mut c = core(16, 16);
+    let user = phone(7);
+    let first = c.write_account(&mem, user.clone(), account_write(0, 1, b"a"), 1);
+    let [Action::Persist { tag, .. }] = first.as_slice() else {
+        panic!("{first:?}");
+    };
+    // Not on disk yet, but the core answers from what it wrote.
+    assert_eq!(mem.account(&user).expect("read").version, 0);
+    assert_eq!(c.account(&mem, &user).expect("read").version, 1);
+    let second = c.write_account(&mem, user.clone(), account_write(0, 1, b"b"), 2);
+    assert!(matches!(
+        second.as_slice(),
+        [Action::AccountReply {
+            to: 2,
+            result: Ok(AccountReply::Conflict(_))
+        }]
+    ));
+    // A failed commit forgets the unsettled record: the disk is the truth.
+    let outcome = c.committed(&mem, *tag, Err("disk on fire".into()));
+    assert!(matches!(
+        outcome.as_slice(),
+        [Action::AccountReply {
+            to: 1,
+            result: Err(FragmentError::Storage(_))
+        }]
+    ));
+    assert_eq!(c.account(&mem, &user).expect("read").version, 0);
+}
+
+#[test]
+fn a_revoked_generation_refuses_attach_and_closes_the_attached_session() {
+    let mem = MemMailbox::default();
+    let mut c = core(16, 16);
+    let mut out = Outbox::default();
+    let user = phone(7);
+    let actions = c.write_account(&mem, user.clone(), account_write(0, 2, b""), 1);
+    run(&mut c, &mem, actions, &mut out);
+    // A token of generation 1 is refused; 2 and a bot (no token) attach.
+    assert_eq!(
+        c.attach(&mem, user.clone(), 1, Some(1), "old").err(),
+        Some(FragmentError::TokenRevoked)
+    );
+    assert!(c.attach(&mem, user.clone(), 2, None, "bot").is_ok());
+    assert!(c.attach(&mem, user.clone(), 3, Some(2), "current").is_ok());
+    // Raising the generation closes the session of generation 2 at once.
+    let actions = c.write_account(&mem, user.clone(), account_write(1, 3, b""), 2);
+    run(&mut c, &mem, actions, &mut out);
+    assert_eq!(out.revoked, vec!["current"]);
+    assert!(!c.is_online(&user));
+    // A write that keeps the generation closes nobody.
+    assert!(c.attach(&mem, user.clone(), 4, Some(3), "newest").is_ok());
+    let actions = c.write_account(&mem, user.clone(), account_write(2, 3, b"x"), 3);
+    run(&mut c, &mem, actions, &mut out);
+    assert_eq!(out.revoked, vec!["current"]);
+    assert!(c.is_online(&user));
 }
