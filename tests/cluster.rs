@@ -127,6 +127,106 @@ async fn messages_cross_nodes_with_all_three_ticks() {
     bob.close().await;
 }
 
+/// A number's auth state lives with its mailbox fragment (on n2 here): a
+/// code sent by one node verifies on another, and a new verification or a
+/// logout on any node ends the older tokens on every node, closing a
+/// session logged in with one elsewhere (issue 13, item 12).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codes_and_revocations_hold_across_the_cluster() {
+    use client::{ClientError, Connection, DisconnectReason, Tls};
+    use common::cluster::phones_owned_by;
+    use proto::{CloseReason, ErrorCode, Request, Response};
+
+    async fn connect(node: &common::NodeProcess) -> (Connection, client::Pushes) {
+        let tls = Tls::from_ca_file(&node.ca_path, client::DEFAULT_SERVER_NAME).expect("tls");
+        Connection::connect(&node.addr, &tls, "cluster-auth", Duration::from_secs(30))
+            .await
+            .expect("connect")
+    }
+    fn refused<T: std::fmt::Debug>(result: Result<T, ClientError>) -> ErrorCode {
+        match result {
+            Err(ClientError::Server { code, .. }) => code,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    let cluster = blocking(four_nodes_serving);
+    let carol = phones_owned_by("n2", ISLANDS, FRAGMENTS, 1, 300)[0].clone();
+    let (n1, n3, n4) = (cluster.process(0), cluster.process(2), cluster.process(3));
+
+    // Sent by n1, a wrong try on n4 and the right code on n3.
+    client::request_code(&n1.client_config(), &carol)
+        .await
+        .expect("code sent by n1");
+    let code = n1.code_for(&carol);
+    let wrong = format!(
+        "{:06}",
+        (code.parse::<u32>().expect("digits") + 1) % 1_000_000
+    );
+    assert_eq!(
+        refused(client::verify(&n4.client_config(), &carol, &wrong).await),
+        ErrorCode::InvalidCode
+    );
+    let (old_token, _) = client::verify(&n3.client_config(), &carol, &code)
+        .await
+        .expect("the code n1 sent verifies on n3");
+    // Consumed for the whole cluster.
+    assert_eq!(
+        refused(client::verify(&n4.client_config(), &carol, &code).await),
+        ErrorCode::CodeExpired
+    );
+
+    let (old_session, _old_pushes) = connect(n4).await;
+    old_session.login(&old_token).await.expect("login on n4");
+
+    // The number verified again (sent by n3, verified on n1): the session of
+    // the old token on n4 is closed, and the old token works nowhere.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    client::request_code(&n3.client_config(), &carol)
+        .await
+        .expect("second code");
+    let code = n3.code_for(&carol);
+    let (new_token, _) = client::verify(&n1.client_config(), &carol, &code)
+        .await
+        .expect("verified on n1");
+    let reason = tokio::time::timeout(Duration::from_secs(10), old_session.closed())
+        .await
+        .expect("the old token's session on n4 is closed");
+    assert!(
+        matches!(
+            reason,
+            DisconnectReason::Closing {
+                reason: CloseReason::TokenRevoked,
+                ..
+            }
+        ),
+        "{reason:?}"
+    );
+    for node in [n1, n3, n4] {
+        let (conn, _p) = connect(node).await;
+        assert_eq!(
+            refused(conn.login(&old_token).await),
+            ErrorCode::InvalidToken,
+            "the old token still logs in on {}",
+            node.addr
+        );
+    }
+
+    // A logout on n4 ends the new token on n3 too.
+    let (session, _p) = connect(n4).await;
+    session.login(&new_token).await.expect("new token on n4");
+    assert_eq!(
+        session.request(Request::Logout).await.expect("logout"),
+        Response::Ok
+    );
+    let (conn, _p) = connect(n3).await;
+    assert_eq!(
+        refused(conn.login(&new_token).await),
+        ErrorCode::InvalidToken,
+        "a token logged out on n4 still logs in on n3"
+    );
+}
+
 /// Alice on n1 watches Bob, who is logged in on n3 and has her in his
 /// contacts: she sees him online, his typing, and his last seen when he
 /// leaves.

@@ -103,16 +103,6 @@ pub enum AuthMsg {
         /// The token, or why not.
         reply: RpcReplyPort<Result<IssuedToken, AuthError>>,
     },
-    /// Internal: the number's record took a code requested from `source`;
-    /// it now counts against the limits across numbers.
-    CodeIssued {
-        /// Who asked.
-        source: Option<IpAddr>,
-        /// For which number.
-        phone: PhoneNumber,
-        /// When.
-        now: u64,
-    },
     /// Internal, from the prune timer: drop idle limit buckets.
     Prune,
 }
@@ -194,7 +184,7 @@ impl Actor for AuthActor {
 
     async fn handle(
         &self,
-        myself: ActorRef<Self::Msg>,
+        _myself: ActorRef<Self::Msg>,
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
@@ -208,7 +198,7 @@ impl Actor for AuthActor {
                 phone,
                 source,
                 reply,
-            } => request_code(&myself, state, phone, source, reply),
+            } => request_code(state, phone, source, reply),
             AuthMsg::Verify {
                 phone,
                 code,
@@ -235,9 +225,6 @@ impl Actor for AuthActor {
                     }
                     let _ = reply.send(answer);
                 });
-            }
-            AuthMsg::CodeIssued { source, phone, now } => {
-                state.limiter.issued(source, &phone, now);
             }
             AuthMsg::Prune => {
                 let buckets = state.limiter.prune(now_ms());
@@ -384,13 +371,7 @@ impl Service {
 
     /// Stores `code` as `phone`'s pending code (within the number's own
     /// limits) and hands it to the provider.
-    async fn send_code(
-        &self,
-        myself: ActorRef<AuthMsg>,
-        phone: PhoneNumber,
-        source: Option<IpAddr>,
-        code: String,
-    ) -> Result<CodeSent, AuthError> {
+    async fn send_code(&self, phone: PhoneNumber, code: String) -> Result<CodeSent, AuthError> {
         let now = now_ms();
         let codes = self.codes;
         let issued = self
@@ -399,13 +380,6 @@ impl Service {
                 loaded.account.codes.request(&codes, code.clone(), now)
             })
             .await??;
-        // Counted as sent from here, even if the provider then fails: a
-        // flood of failing deliveries must not get around the limits.
-        let _ = myself.cast(AuthMsg::CodeIssued {
-            source,
-            phone: phone.clone(),
-            now,
-        });
         let expires_in_secs =
             u32::try_from(issued.expires_at_ms.saturating_sub(now) / 1_000).unwrap_or(u32::MAX);
         let provider = Arc::clone(&self.provider);
@@ -467,7 +441,6 @@ fn lock_policy(config: &AuthConfig) -> LockPolicy {
 }
 
 fn request_code(
-    myself: &ActorRef<AuthMsg>,
     state: &mut AuthState,
     phone: PhoneNumber,
     source: Option<IpAddr>,
@@ -486,6 +459,11 @@ fn request_code(
         let _ = reply.send(Err(e));
         return;
     }
+    // Taken now, before the number's own limits are read from its record:
+    // requests in flight at once must not all pass on the same tokens. So
+    // a request the number's limits then refuse, or whose delivery fails,
+    // still counts (a flood of those must not get around the limits).
+    state.limiter.issued(source, &phone, now);
     let Ok(permit) = Arc::clone(&state.deliveries).try_acquire_owned() else {
         tracing::warn!("too many verification codes in flight to the provider");
         count_code("unavailable");
@@ -495,10 +473,10 @@ fn request_code(
         return;
     };
     let code = new_code(&mut rand::rng());
-    let (service, myself) = (state.service.clone(), myself.clone());
+    let service = state.service.clone();
     tokio::spawn(async move {
         let _permit = permit;
-        let answer = service.send_code(myself, phone, source, code).await;
+        let answer = service.send_code(phone, code).await;
         if let Err(e) = &answer
             && !matches!(e, AuthError::Provider(_))
         {

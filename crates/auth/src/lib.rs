@@ -13,32 +13,33 @@
 //! - [`limits`]: the pure limits across numbers: token buckets per
 //!   connection, source address, /24 or /64, node and country calling code,
 //!   for code requests (SMS pumping) and verify attempts (guessing).
-//! - [`tokens`](TokenBook): tokens and accounts in the node's
-//!   [`storage::Store`]. Only the SHA-256 of a token is stored. Logins read
-//!   directly (a read transaction), not through the actor, so a reconnect
-//!   storm is not serialised on one mailbox.
+//! - `account` ([`Accounts`]): everything kept per number (the pending code
+//!   and its counters, the token generation, the registration lock) in the
+//!   number's account record, which its mailbox fragment stores and
+//!   replicates; changed by compare-and-set, so every node's auth service
+//!   shares it.
+//! - [`tokens`](TokenBook): signing and checking tokens; without a token key,
+//!   their SHA-256 in the node's [`storage::Store`]. Logins check tokens
+//!   directly (a read transaction at most), not through the actor, so a
+//!   reconnect storm is not serialised on one mailbox.
 //! - [`provider`](CodeProvider): how a code leaves the node
 //!   ([`WebhookProvider`], or [`FileProvider`] for development).
-//! - `actor`: [`AuthActor`], the shell: clock, random codes, provider calls
-//!   on the blocking pool, token writes through group commit.
+//! - `actor`: [`AuthActor`], the shell: the limits across numbers, random
+//!   codes, and a task per request for record updates, provider calls and
+//!   PIN hashes.
 //! - `error`: [`AuthError`] and its wire [`proto::ErrorCode`].
-//!
 //! - `pin`: registration-lock PINs (PBKDF2 hashes) and the pure decision
 //!   whether a lock holds.
 //!
 //! # Revocation
 //! Every token carries its account's generation; a verification or a
-//! logout raises it and logins refuse lower ones (see `tokens`). Closing
-//! the sessions already logged in is the session crate's part.
+//! logout raises it in the record, logins refuse lower ones, and the
+//! number's fragment refuses and closes sessions of lower ones.
 //!
 //! # Not here
 //! Sessions (which call this crate for the `RequestCode`, `Verify` and
-//! `Login` requests), devices and multi-device keys.
-//! Pending codes and their counters live in the memory of the node that
-//! issued them: a client verifies on the node it requested from, and a
-//! restart forgets them. Account state (generations, registration locks)
-//! is in the node's own store, not replicated: another node of a cluster
-//! does not see a revocation or a lock set here (docs/security/tokens.md).
+//! `Login` requests), devices and multi-device keys. The limits across
+//! numbers are node-local on purpose: each node counts its own traffic.
 
 #![warn(missing_docs, unreachable_pub)]
 
@@ -356,33 +357,41 @@ impl AuthHandle {
         self.authenticate(token).await.map(|a| a.phone)
     }
 
-    /// The phone and generation of a well-formed, unexpired token. Reads
-    /// the store directly, on the blocking pool (a read may touch the
-    /// disk), never through the actor. Whether the generation is revoked
-    /// is checked where the session attaches to its mailbox fragment.
+    /// The phone and generation of a token that is valid and not revoked.
+    /// The signature (or the stored token) is checked on the blocking pool
+    /// (a read may touch the disk), never through the actor; the
+    /// generation against the number's account record, through its
+    /// fragment, wherever that is (the fragment checks again at attach).
+    /// Notes the login for the registration lock's lapse (a write at most
+    /// hourly, only with a lock).
     pub async fn authenticate(&self, token: &str) -> Result<Authenticated> {
         let tokens = self.tokens.clone();
         let token = token.to_owned();
-        tokio::task::spawn_blocking(move || tokens.authenticate(&token, now_ms()))
+        let found = tokio::task::spawn_blocking(move || tokens.authenticate(&token, now_ms()))
             .await
-            .unwrap_or_else(|e| Err(AuthError::unavailable(format!("login task failed: {e}"))))
+            .unwrap_or_else(|e| Err(AuthError::unavailable(format!("login task failed: {e}"))))?;
+        let loaded = self.accounts.read(&found.phone).await?;
+        if found.generation < loaded.generation {
+            metrics::counter!("switchboard_auth_logins_total", "outcome" => "revoked").increment(1);
+            return Err(AuthError::InvalidToken);
+        }
+        let now = now_ms();
+        let account = &loaded.account;
+        if account.lock.is_some() && account.last_active_ms.saturating_add(TOUCH_EVERY_MS) <= now {
+            self.note_login(&found.phone, now);
+        }
+        Ok(found)
     }
 
-    /// Notes a login of `phone`, for its registration lock's lapse: a write
-    /// only if a lock is set and the last note is over an hour old. Runs in
-    /// the background (a lost note costs at most an hour).
-    pub fn note_login(&self, phone: &PhoneNumber) {
+    /// Notes a login of `phone` at `now`, for its registration lock's
+    /// lapse, in the background (a lost note costs at most an hour).
+    fn note_login(&self, phone: &PhoneNumber, now: u64) {
         let (accounts, phone) = (self.accounts.clone(), phone.clone());
         tokio::spawn(async move {
-            let now = now_ms();
             let noted = accounts
                 .update(&phone, |loaded| {
                     let account = &mut loaded.account;
-                    if account.lock.is_some()
-                        && account.last_active_ms.saturating_add(TOUCH_EVERY_MS) <= now
-                    {
-                        account.last_active_ms = account.last_active_ms.max(now);
-                    }
+                    account.last_active_ms = account.last_active_ms.max(now);
                 })
                 .await;
             if let Err(e) = noted {

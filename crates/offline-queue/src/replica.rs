@@ -337,6 +337,7 @@ pub fn clear_divergent(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::remote;
     use crate::store::apply_ops;
     use proto::PhoneNumber;
 
@@ -436,6 +437,95 @@ mod tests {
                 .mbox
                 .len(),
             2
+        );
+    }
+
+    #[tokio::test]
+    async fn a_copy_carries_account_records_and_drops_stale_ones() {
+        use crate::account::AccountRecord;
+        use crate::store::{MailboxRead, RedbMailbox};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let source = Store::open(&dir.path().join("a.redb"), Default::default()).expect("open");
+        let target = Store::open(&dir.path().join("b.redb"), Default::default()).expect("open");
+        let record = |generation, body: &[u8]| AccountRecord {
+            version: 1,
+            generation,
+            body: body.to_vec(),
+        };
+        let put = |store: &Store, user: u32, record: AccountRecord| {
+            let store = store.clone();
+            async move {
+                store
+                    .write(move |txn| {
+                        apply_ops(
+                            txn,
+                            3,
+                            &[WriteOp::PutAccount {
+                                user: phone(user),
+                                record,
+                            }],
+                        )
+                    })
+                    .await
+                    .expect("put account")
+            }
+        };
+        for user in 0..200 {
+            put(&source, user, record(u64::from(user), b"codes")).await;
+        }
+        // The target holds a record the source does not (it must go).
+        put(&target, 9_999, record(1, b"stale")).await;
+        let chunks = export_fragment(&source, 3).expect("export");
+        assert!(chunks.len() >= 2, "200 records make two chunks");
+        let last = chunks.len() - 1;
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            // Through the wire form, which carries the records separately.
+            let wire = if chunk.accounts.is_empty() {
+                remote::FragmentWire::Snapshot {
+                    epoch: 1,
+                    first: i == 0,
+                    last: i == last,
+                    rseq: 1,
+                    chunk,
+                }
+            } else {
+                let mut chunk = chunk;
+                let accounts = std::mem::take(&mut chunk.accounts);
+                remote::FragmentWire::SnapshotWithAccounts {
+                    epoch: 1,
+                    first: i == 0,
+                    last: i == last,
+                    rseq: 1,
+                    chunk,
+                    accounts,
+                }
+            };
+            let bytes = remote::encode(3, wire).expect("encode");
+            let chunk = match remote::decode(&bytes).expect("decode").wire {
+                remote::FragmentWire::Snapshot { chunk, .. } => chunk,
+                remote::FragmentWire::SnapshotWithAccounts {
+                    mut chunk,
+                    accounts,
+                    ..
+                } => {
+                    chunk.accounts = accounts;
+                    chunk
+                }
+                other => panic!("{other:?}"),
+            };
+            target
+                .write(move |txn| import_chunk(txn, 3, i == 0, i == last, &chunk))
+                .await
+                .expect("import");
+        }
+        let copy = RedbMailbox::new(target.clone(), 3);
+        assert_eq!(
+            copy.account(&phone(150)).expect("read"),
+            record(150, b"codes")
+        );
+        assert_eq!(
+            copy.account(&phone(9_999)).expect("read"),
+            AccountRecord::default()
         );
     }
 

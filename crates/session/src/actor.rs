@@ -1043,7 +1043,6 @@ async fn serve(
                         if let Some(deadlines) = state.guest_deadlines.take() {
                             deadlines.abort();
                         }
-                        state.ctx.auth.note_login(&user);
                         state.responder.respond(id, Response::LoggedIn { user });
                     }
                     Err(e) => {
