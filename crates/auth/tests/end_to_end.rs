@@ -104,6 +104,14 @@ async fn start(
     store: Store,
 ) -> (AuthHandle, ractor::concurrency::JoinHandle<()>, Accounts) {
     let provider = Arc::new(FileProvider::new(codes_file(dir)));
+    start_with(store, provider).await
+}
+
+/// Like [`start`], with another provider.
+async fn start_with(
+    store: Store,
+    provider: Arc<dyn CodeProvider>,
+) -> (AuthHandle, ractor::concurrency::JoinHandle<()>, Accounts) {
     let accounts = Accounts::start(&store).await;
     let (auth, join) = spawn_auth(
         AuthConfig::default(),
@@ -326,17 +334,7 @@ async fn provider_failure_forgets_the_code_so_a_retry_works_at_once() {
         failures: AtomicU32::new(1),
         file: FileProvider::new(codes_file(&dir)),
     });
-    let store = open_store(&dir);
-    let accounts = Accounts::start(&store).await;
-    let (auth, _join) = spawn_auth(
-        AuthConfig::default(),
-        store,
-        accounts.accounts.clone(),
-        provider,
-        None,
-    )
-    .await
-    .expect("spawn");
+    let (auth, _join, _accounts) = start_with(open_store(&dir), provider).await;
     let dave = phone("+15550001111");
     let failed = auth.request_code(dave.clone()).await;
     assert!(
@@ -393,17 +391,7 @@ async fn a_slow_provider_does_not_stall_the_actor() {
         release: Mutex::new(released),
         file: FileProvider::new(codes_file(&dir)),
     });
-    let store = open_store(&dir);
-    let accounts = Accounts::start(&store).await;
-    let (auth, _join) = spawn_auth(
-        AuthConfig::default(),
-        store,
-        accounts.accounts.clone(),
-        provider,
-        None,
-    )
-    .await
-    .expect("spawn");
+    let (auth, _join, _accounts) = start_with(open_store(&dir), provider).await;
 
     let slow_request = {
         let auth = auth.clone();
