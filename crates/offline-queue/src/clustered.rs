@@ -177,6 +177,26 @@ impl ForwardedReply {
         }
     }
 
+    /// Passes the owner's answer to a send or receipt on.
+    fn stored(self, id: FragmentId, result: Result<Stored, FragmentError>) {
+        match self {
+            ForwardedReply::Stored(port) => {
+                let _ = port.send(result);
+            }
+            other => other.unavailable(id),
+        }
+    }
+
+    /// Passes the owner's answer to an account request on.
+    fn account(self, id: FragmentId, result: Result<AccountReply, FragmentError>) {
+        match self {
+            ForwardedReply::Account(port) => {
+                let _ = port.send(result);
+            }
+            other => other.unavailable(id),
+        }
+    }
+
     /// The waiter of the request served by this node's core instead.
     fn into_waiter(self) -> Waiter {
         match self {
@@ -540,28 +560,22 @@ pub(crate) async fn from_peer(
             None => Vec::new(),
         },
         FragmentWire::AppendDone { req, result } => {
-            if let Some(cluster) = state.cluster.as_mut()
-                && let Some(forwarded) = cluster.forwarded.remove(&req)
+            if let Some(forwarded) = state
+                .cluster
+                .as_mut()
+                .and_then(|c| c.forwarded.remove(&req))
             {
-                match forwarded.reply {
-                    ForwardedReply::Stored(port) => {
-                        let _ = port.send(result);
-                    }
-                    other => other.unavailable(id),
-                }
+                forwarded.reply.stored(id, result);
             }
             Vec::new()
         }
         FragmentWire::AccountDone { req, result } => {
-            if let Some(cluster) = state.cluster.as_mut()
-                && let Some(forwarded) = cluster.forwarded.remove(&req)
+            if let Some(forwarded) = state
+                .cluster
+                .as_mut()
+                .and_then(|c| c.forwarded.remove(&req))
             {
-                match forwarded.reply {
-                    ForwardedReply::Account(port) => {
-                        let _ = port.send(result);
-                    }
-                    other => other.unavailable(id),
-                }
+                forwarded.reply.account(id, result);
             }
             Vec::new()
         }
