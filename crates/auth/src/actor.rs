@@ -20,41 +20,30 @@ use tokio::sync::Semaphore;
 
 use crate::account::{Accounts, Loaded};
 use crate::codes::{CodeError, CodePolicy, Requester};
-use crate::limits::{CodeLimiter, Limit, LogEvery};
+use crate::limits::{CodeLimiter, Limit};
 use crate::pin::{DAY_MS, LockPolicy, LockStatus, PinLock};
 use crate::provider::{CodeProvider, ProviderError};
 use crate::tokens::{IssuedToken, TokenBook};
 use crate::{AuthConfig, AuthError, now_ms};
+use log_limit::LogLimiter;
 
 /// How often idle limit buckets are dropped from memory.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
-/// How often a refusal by one limit is logged at most (counters carry the
-/// rest: `switchboard_auth_codes_total`, `switchboard_auth_verifies_total`).
-const REFUSAL_LOG_EVERY_MS: u64 = 10_000;
+/// Refusals and wrong PINs, logged at most once per interval per cause
+/// (counters carry the rest: `switchboard_auth_codes_total`,
+/// `switchboard_auth_verifies_total`).
+static LOGS: LogLimiter = LogLimiter::new();
 
-/// One log gate per limit that refuses in the actor.
-static REFUSAL_LOGS: [LogEvery; 4] = [
-    LogEvery::new(REFUSAL_LOG_EVERY_MS),
-    LogEvery::new(REFUSAL_LOG_EVERY_MS),
-    LogEvery::new(REFUSAL_LOG_EVERY_MS),
-    LogEvery::new(REFUSAL_LOG_EVERY_MS),
-];
-
-fn log_refusal(what: &str, limit: Limit, source: Option<IpAddr>, now: u64) {
-    let gate = match limit {
-        Limit::Address => &REFUSAL_LOGS[0],
-        Limit::Subnet => &REFUSAL_LOGS[1],
-        Limit::Node => &REFUSAL_LOGS[2],
-        _ => &REFUSAL_LOGS[3],
-    };
-    if gate.ready(now) {
+fn log_refusal(what: &str, limit: Limit, source: Option<IpAddr>) {
+    if let Some(suppressed) = LOGS.allow(limit.as_str()) {
         tracing::warn!(
             limit = limit.as_str(),
             ?source,
+            suppressed,
             "{what} refused by a rate limit \
             (logged at most every {} s per limit; see the metrics)",
-            REFUSAL_LOG_EVERY_MS / 1000
+            log_limit::LOG_INTERVAL.as_secs()
         );
     }
 }
@@ -208,7 +197,7 @@ impl Actor for AuthActor {
             } => {
                 let now = now_ms();
                 if let Err(refusal) = state.limiter.verify_attempt(source, now) {
-                    log_refusal("verify attempt", refusal.limit, source, now);
+                    log_refusal("verify attempt", refusal.limit, source);
                     let e = AuthError::Limited {
                         limit: refusal.limit,
                         retry_after_ms: refusal.retry_after_ms,
@@ -344,9 +333,10 @@ impl Service {
     /// Records a wrong PIN; the answer tells how many are left today.
     async fn wrong_pin(&self, phone: &PhoneNumber, source: Option<IpAddr>, now: u64) -> AuthError {
         count_verify("wrong_pin");
-        if PIN_LOG.ready(now) {
+        if let Some(suppressed) = LOGS.allow("wrong_pin") {
             tracing::warn!(
                 ?source,
+                suppressed,
                 "a wrong registration-lock PIN \
                 (logged at most every 10 s; see switchboard_auth_verifies_total)"
             );
@@ -417,9 +407,6 @@ impl Service {
     }
 }
 
-/// Wrong PINs are logged at most every 10 s.
-static PIN_LOG: LogEvery = LogEvery::new(REFUSAL_LOG_EVERY_MS);
-
 fn policy(config: &AuthConfig) -> CodePolicy {
     CodePolicy {
         ttl_ms: config.code_ttl_secs.saturating_mul(1_000),
@@ -450,7 +437,7 @@ fn request_code(
     // The limits across numbers first: a flood is refused before it costs
     // a delivery slot.
     if let Err(refusal) = state.limiter.check_code(source, &phone, now) {
-        log_refusal("code request", refusal.limit, source, now);
+        log_refusal("code request", refusal.limit, source);
         let e = AuthError::Limited {
             limit: refusal.limit,
             retry_after_ms: refusal.retry_after_ms,

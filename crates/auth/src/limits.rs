@@ -27,7 +27,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use proto::PhoneNumber;
 use serde::{Deserialize, Serialize};
@@ -464,41 +463,6 @@ impl CodeLimiter {
     }
 }
 
-/// Lets a log line through at most once per interval, across threads (a
-/// flood of refusals is counted by metrics, and logged now and then).
-#[derive(Debug)]
-pub struct LogEvery {
-    interval_ms: u64,
-    /// When a line last went through, plus one (0: never).
-    last_ms: AtomicU64,
-}
-
-impl LogEvery {
-    /// At most one line per `interval_ms`.
-    pub const fn new(interval_ms: u64) -> Self {
-        Self {
-            interval_ms,
-            last_ms: AtomicU64::new(0),
-        }
-    }
-
-    /// Whether to log at `now_ms`.
-    pub fn ready(&self, now_ms: u64) -> bool {
-        let last = self.last_ms.load(Ordering::Relaxed);
-        if last != 0 && now_ms < (last - 1).saturating_add(self.interval_ms) {
-            return false;
-        }
-        self.last_ms
-            .compare_exchange(
-                last,
-                now_ms.saturating_add(1),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            )
-            .is_ok()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -784,21 +748,5 @@ mod tests {
         ok.country_overrides.insert("+44".to_owned(), 5);
         ok.country_overrides.insert("1".to_owned(), 5);
         assert_eq!(ok.problem(), None);
-    }
-
-    #[test]
-    fn log_every_by_table() {
-        let gate = LogEvery::new(1_000);
-        let steps: &[(u64, bool)] = &[
-            (0, true),
-            (1, false),
-            (999, false),
-            (1_000, true),
-            (1_500, false),
-            (2_000, true),
-        ];
-        for (now, want) in steps {
-            assert_eq!(gate.ready(*now), *want, "at {now}");
-        }
     }
 }

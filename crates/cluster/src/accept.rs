@@ -8,13 +8,13 @@
 //! stream (with its peer certificate) is handed to the node server, behind
 //! the link guard (`link.rs`).
 //!
-//! [`Slots`] (the per-source accounting) and [`LogLimiter`] are pure; [`run`]
+//! [`Slots`] (the per-source accounting) is pure; [`run`]
 //! is the shell.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ractor::ActorRef;
 use ractor_cluster::NodeServerMessage;
@@ -23,6 +23,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::AcceptConfig;
 use crate::link::{Identity, Link};
+use log_limit::LogLimiter;
 
 /// Why a connection was closed before its handshake began.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,60 +106,8 @@ impl Slots {
     }
 }
 
-/// Says whether a refusal of some cause may be logged now: at most once
-/// per interval per cause, with how many went unlogged since.
-#[derive(Debug)]
-pub struct LogLimiter {
-    last: Mutex<Option<HashMap<&'static str, (Instant, u64)>>>,
-}
-
-/// Refusals of one cause are logged at most this often.
-const LOG_INTERVAL: Duration = Duration::from_secs(10);
-
-impl LogLimiter {
-    /// Nothing logged yet.
-    pub const fn new() -> Self {
-        Self {
-            last: Mutex::new(None),
-        }
-    }
-
-    /// `Some(suppressed since the last log)` if `cause` may be logged now.
-    pub fn allow(&self, cause: &'static str) -> Option<u64> {
-        self.allow_at(cause, Instant::now())
-    }
-
-    /// [`LogLimiter::allow`] at `now`.
-    pub fn allow_at(&self, cause: &'static str, now: Instant) -> Option<u64> {
-        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
-        let entry = last.get_or_insert_with(HashMap::new).entry(cause);
-        match entry {
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert((now, 0));
-                Some(0)
-            }
-            std::collections::hash_map::Entry::Occupied(mut o) => {
-                let (at, suppressed) = o.get_mut();
-                if now.saturating_duration_since(*at) >= LOG_INTERVAL {
-                    let was = *suppressed;
-                    *at = now;
-                    *suppressed = 0;
-                    Some(was)
-                } else {
-                    *suppressed += 1;
-                    None
-                }
-            }
-        }
-    }
-}
-
-impl Default for LogLimiter {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
+/// Refusals and failed handshakes, logged at most once per interval per
+/// cause.
 static LOGS: LogLimiter = LogLimiter::new();
 
 /// A taken slot, given back when dropped.
@@ -369,17 +318,5 @@ mod tests {
         ] {
             assert_eq!(source_of(ip(a)) == source_of(ip(b)), same, "{a} {b}");
         }
-    }
-
-    #[test]
-    fn refusals_are_logged_once_per_interval_per_cause() {
-        let logs = LogLimiter::new();
-        let t0 = Instant::now();
-        assert_eq!(logs.allow_at("a", t0), Some(0));
-        assert_eq!(logs.allow_at("a", t0 + Duration::from_secs(1)), None);
-        assert_eq!(logs.allow_at("a", t0 + Duration::from_secs(2)), None);
-        assert_eq!(logs.allow_at("b", t0 + Duration::from_secs(2)), Some(0));
-        assert_eq!(logs.allow_at("a", t0 + LOG_INTERVAL), Some(2));
-        assert_eq!(logs.allow_at("a", t0 + LOG_INTERVAL), None);
     }
 }

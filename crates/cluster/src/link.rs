@@ -27,9 +27,9 @@ use prost::Message as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, ReadBuf};
 
-use crate::accept::LogLimiter;
 use crate::membership::inbox_group;
 use crate::wire;
+use log_limit::LogLimiter;
 
 /// Who the peer has proven to be.
 #[derive(Debug, Clone)]

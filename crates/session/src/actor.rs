@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use auth::limits::LogEvery;
 use auth::{AuthHandle, TokenBucket};
 use futures::FutureExt;
 use offline_queue::fragment::ReceiptRequest;
@@ -451,13 +450,6 @@ impl SessionState {
     }
 }
 
-/// How often one kind of refused client is logged at most (the counters
-/// carry every refusal).
-const REFUSAL_LOG_EVERY_MS: u64 = 10_000;
-static CONNECTION_LIMIT_LOG: LogEvery = LogEvery::new(REFUSAL_LOG_EVERY_MS);
-static WRONG_SECRET_LOG: LogEvery = LogEvery::new(REFUSAL_LOG_EVERY_MS);
-static MINT_REFUSED_LOG: LogEvery = LogEvery::new(REFUSAL_LOG_EVERY_MS);
-
 impl SessionState {
     /// Answers request `id` with `code` and closes the connection: for a
     /// client over a limit of its own, or guessing the admin secret.
@@ -531,7 +523,7 @@ async fn await_fragment<T>(rx: FragmentAnswer<T>) -> Result<T, (ErrorCode, Strin
 /// The text a client gets for an auth error; details of internal failures
 /// go to the log only (at most one line per 10 s).
 fn auth_message(e: &auth::AuthError) -> String {
-    if e.is_internal() && crate::log_limit::allow("internal-auth-error") {
+    if e.is_internal() && crate::LOGS.allow("internal-auth-error").is_some() {
         tracing::warn!(error = %e, "auth request failed inside the node");
     }
     e.client_message()
@@ -553,7 +545,9 @@ fn fragment_reply<T>() -> (RpcReplyPort<Result<T, FragmentError>>, FragmentAnswe
 /// The code and text a client gets for a fragment error; a storage
 /// failure's details go to the log only (at most one line per 10 s).
 fn unavailable(e: &FragmentError) -> (ErrorCode, String) {
-    if matches!(e, FragmentError::Storage(_)) && crate::log_limit::allow("internal-storage-error") {
+    if matches!(e, FragmentError::Storage(_))
+        && crate::LOGS.allow("internal-storage-error").is_some()
+    {
         tracing::warn!(error = %e, "a mailbox request failed in storage");
     }
     (e.error_code(), e.client_message())
@@ -837,7 +831,7 @@ async fn push_entries(state: &mut SessionState, entries: Vec<Entry>) {
             EntryPush::Gone => break,
             EntryPush::Unencodable(reason) => {
                 metrics::counter!("switchboard_entries_undeliverable_total").increment(1);
-                if crate::log_limit::allow("undeliverable-entry") {
+                if crate::LOGS.allow("undeliverable-entry").is_some() {
                     tracing::warn!(session = state.session_id, id, %reason,
                         "dropping a mailbox entry that cannot be encoded within the frame limit");
                 }
@@ -1292,7 +1286,7 @@ fn presence_request_allowed(
     if let Err(wait) = state.presence_pacer.try_take(now_ms()) {
         metrics::counter!("switchboard_presence_requests_total", "kind" => kind, "outcome" => "rate_limited")
             .increment(1);
-        if crate::log_limit::allow("presence_rate") {
+        if crate::LOGS.allow("presence_rate").is_some() {
             tracing::warn!(peer = %state.peer, kind,
                 "a connection went over its rate of presence requests; refused \
                  (logged at most every 10 s; see switchboard_presence_requests_total)");
@@ -1356,8 +1350,8 @@ fn over_connection_limit(
         "switchboard_auth_verifies_total"
     };
     metrics::counter!(metric, "outcome" => "rate_limited_connection").increment(1);
-    if CONNECTION_LIMIT_LOG.ready(now_ms()) {
-        tracing::warn!(peer = %state.peer, what,
+    if let Some(suppressed) = crate::LOGS.allow("connection_auth_limit") {
+        tracing::warn!(peer = %state.peer, what, suppressed,
             "a connection went over its limit of auth requests; closing it \
              (logged at most every 10 s; see switchboard_auth_*_total)");
     }
@@ -1401,8 +1395,8 @@ fn mint_test_users(
     };
     if !constant_time_eq(expected.as_bytes(), secret.as_bytes()) {
         count_mint("wrong_secret");
-        if WRONG_SECRET_LOG.ready(now_ms()) {
-            tracing::warn!(peer = %state.peer,
+        if let Some(suppressed) = crate::LOGS.allow("wrong_admin_secret") {
+            tracing::warn!(peer = %state.peer, suppressed,
                 "wrong admin secret; closing the connection (logged at most every 10 s; \
                  see switchboard_admin_mint_total)");
         }
@@ -1421,8 +1415,8 @@ fn mint_test_users(
     let prefix = &state.ctx.config.test_number_prefix;
     let Some(phones) = test_numbers(&first, count, prefix) else {
         count_mint("outside_test_range");
-        if MINT_REFUSED_LOG.ready(now_ms()) {
-            tracing::warn!(peer = %state.peer, %first, count,
+        if let Some(suppressed) = crate::LOGS.allow("mint_outside_test_range") {
+            tracing::warn!(peer = %state.peer, %first, count, suppressed,
                 "test users refused: outside the test range (logged at most every 10 s)");
         }
         state.responder.error(

@@ -17,8 +17,6 @@
 //! - [`listener`]: the TLS accept loop with a connection cap and a shutdown future.
 //! - [`tls`]: the server side of TLS, buffering only bytes in flight.
 //! - [`extension`]: how client frames reach extension actors.
-//! - [`log_limit`]: at most one log line per cause per interval for what a
-//!   client can repeat at will.
 //! - `websocket`: the same byte stream over WebSocket messages, for browsers.
 //!
 //! Bad input from a client closes that client's connection and nothing
@@ -30,7 +28,6 @@ pub mod config;
 pub mod connection;
 pub mod extension;
 pub mod listener;
-pub mod log_limit;
 mod outbound;
 pub mod pacing;
 mod read_chunk;
@@ -42,5 +39,9 @@ pub use actor::{
     SessionActor, SessionArgs, SessionContext, SessionMsg, broadcast_to_sessions, live_sessions,
 };
 pub use config::{DEFAULT_TEST_NUMBER_PREFIX, SessionConfig};
+
+/// What a client can make a session log at will (refusals, wrong secrets,
+/// undeliverable pushes) is logged at most once per interval per cause.
+pub(crate) static LOGS: log_limit::LogLimiter = log_limit::LogLimiter::new();
 pub use extension::{ExtensionMsg, ExtensionPush, ExtensionRequest, extension_actor_name};
 pub use listener::{ListenerError, Transport, serve};

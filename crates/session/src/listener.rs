@@ -68,7 +68,7 @@ pub async fn serve(
             Err(refusal) => {
                 metrics::counter!("switchboard_connections_refused_total", "cause" => refusal.cause())
                     .increment(1);
-                if crate::log_limit::allow(refusal.cause()) {
+                if crate::LOGS.allow(refusal.cause()).is_some() {
                     tracing::warn!(%peer, cause = refusal.cause(),
                         "connection refused (logged at most once per 10 s per cause)");
                 }
