@@ -133,22 +133,10 @@ async fn messages_cross_nodes_with_all_three_ticks() {
 /// session logged in with one elsewhere (issue 13, item 12).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn codes_and_revocations_hold_across_the_cluster() {
-    use client::{ClientError, Connection, DisconnectReason, Tls};
+    use client::DisconnectReason;
     use common::cluster::phones_owned_by;
+    use common::refusal as refused;
     use proto::{CloseReason, ErrorCode, Request, Response};
-
-    async fn connect(node: &common::NodeProcess) -> (Connection, client::Pushes) {
-        let tls = Tls::from_ca_file(&node.ca_path, client::DEFAULT_SERVER_NAME).expect("tls");
-        Connection::connect(&node.addr, &tls, "cluster-auth", Duration::from_secs(30))
-            .await
-            .expect("connect")
-    }
-    fn refused<T: std::fmt::Debug>(result: Result<T, ClientError>) -> ErrorCode {
-        match result {
-            Err(ClientError::Server { code, .. }) => code,
-            other => panic!("expected a refusal, got {other:?}"),
-        }
-    }
 
     let cluster = blocking(four_nodes_serving);
     let carol = phones_owned_by("n2", ISLANDS, FRAGMENTS, 1, 300)[0].clone();
@@ -176,7 +164,7 @@ async fn codes_and_revocations_hold_across_the_cluster() {
         ErrorCode::CodeExpired
     );
 
-    let (old_session, _old_pushes) = connect(n4).await;
+    let (old_session, _old_pushes) = n4.connect_raw(None).await;
     old_session.login(&old_token).await.expect("login on n4");
 
     // The number verified again (sent by n3, verified on n1): the session of
@@ -203,7 +191,7 @@ async fn codes_and_revocations_hold_across_the_cluster() {
         "{reason:?}"
     );
     for node in [n1, n3, n4] {
-        let (conn, _p) = connect(node).await;
+        let (conn, _p) = node.connect_raw(None).await;
         assert_eq!(
             refused(conn.login(&old_token).await),
             ErrorCode::InvalidToken,
@@ -213,13 +201,13 @@ async fn codes_and_revocations_hold_across_the_cluster() {
     }
 
     // A logout on n4 ends the new token on n3 too.
-    let (session, _p) = connect(n4).await;
+    let (session, _p) = n4.connect_raw(None).await;
     session.login(&new_token).await.expect("new token on n4");
     assert_eq!(
         session.request(Request::Logout).await.expect("logout"),
         Response::Ok
     );
-    let (conn, _p) = connect(n3).await;
+    let (conn, _p) = n3.connect_raw(None).await;
     assert_eq!(
         refused(conn.login(&new_token).await),
         ErrorCode::InvalidToken,

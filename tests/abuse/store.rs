@@ -85,6 +85,31 @@ impl Drop for Tmpfs {
     }
 }
 
+/// A fresh 8 MiB disk for one node's data directory (`data`), or `None`
+/// (the test says SKIPPED) without the right to mount. Unmounted before
+/// its temporary directory is removed (fields drop in order).
+struct SmallDisk {
+    tmpfs: Tmpfs,
+    data: PathBuf,
+    _root: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn new() -> Option<Self> {
+        let root = tempfile::tempdir().expect("tempdir");
+        let data = root.path().join("data");
+        let Some(tmpfs) = Tmpfs::mount(&data, "8m") else {
+            eprintln!("SKIPPED: mounting a small tmpfs needs root on this machine");
+            return None;
+        };
+        Some(Self {
+            tmpfs,
+            data,
+            _root: root,
+        })
+    }
+}
+
 fn free_bytes(dir: &Path) -> u64 {
     let out = Command::new("df")
         .args(["--output=avail", "-B1"])
@@ -159,12 +184,10 @@ async fn flood_until_refused(conn: &Connection, to: &PhoneNumber) -> Vec<(ErrorC
 /// starts again with every message it acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_makes_a_lone_node_refuse_report_and_exit_without_losing_acked_messages() {
-    let root = tempfile::tempdir().expect("tempdir");
-    let data = root.path().join("data");
-    let Some(disk) = Tmpfs::mount(&data, "8m") else {
-        eprintln!("SKIPPED: mounting a small tmpfs needs root on this machine");
+    let Some(disk) = SmallDisk::new() else {
         return;
     };
+    let data = disk.data.clone();
     let metrics = format!("127.0.0.1:{}", free_port());
     // The free-disk threshold off: this test is about the write that fails.
     let env = [
@@ -192,7 +215,7 @@ async fn a_full_disk_makes_a_lone_node_refuse_report_and_exit_without_losing_ack
     let sink = phone("+15550300004");
     node.register(&sink).await;
 
-    disk.fill(256 * 1024);
+    disk.tmpfs.fill(256 * 1024);
     let errors = flood_until_refused(&attacker, &sink).await;
     let refusal = errors
         .iter()
@@ -267,12 +290,10 @@ async fn a_full_disk_makes_a_lone_node_refuse_report_and_exit_without_losing_ack
 /// store is fine), and sends are taken again once space is freed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn below_the_free_disk_threshold_sends_are_refused_until_space_is_freed() {
-    let root = tempfile::tempdir().expect("tempdir");
-    let data = root.path().join("data");
-    let Some(disk) = Tmpfs::mount(&data, "8m") else {
-        eprintln!("SKIPPED: mounting a small tmpfs needs root on this machine");
+    let Some(disk) = SmallDisk::new() else {
         return;
     };
+    let data = disk.data.clone();
     let metrics = format!("127.0.0.1:{}", free_port());
     // 2 MiB (25 % of this disk is more, so 2 MiB is the threshold).
     let env = [
@@ -287,7 +308,7 @@ async fn below_the_free_disk_threshold_sends_are_refused_until_space_is_freed() 
     alice.send(&bob, b"before".to_vec()).await.expect("acked");
     let attacker = raw_user(&node, &phone("+15550310003")).await;
 
-    disk.fill(1024 * 1024);
+    disk.tmpfs.fill(1024 * 1024);
     // The sampler looks every second.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let errors = flood_until_refused(&attacker, &bob).await;

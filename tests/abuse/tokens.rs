@@ -6,13 +6,12 @@
 //! where the per-requester counting matters; the victim and a control
 //! sender use the client library.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
-use client::{Client, ClientError, Connection, DisconnectReason, Event, PhoneNumber, Pushes, Tls};
+use client::{Client, Connection, DisconnectReason, Event, PhoneNumber};
 use proto::{CloseReason, ErrorCode, Request, Response};
 
-use crate::common::{NodeProcess, is_message, next_event};
+use crate::common::{NodeProcess, is_message, next_event, refusal};
 
 fn phone(s: &str) -> PhoneNumber {
     PhoneNumber::parse(s).expect("phone")
@@ -21,23 +20,6 @@ fn phone(s: &str) -> PhoneNumber {
 /// A node whose resend interval lets one number verify twice in a test.
 fn node() -> NodeProcess {
     NodeProcess::start_with(&[("SWITCHBOARD_AUTH__RESEND_INTERVAL_SECS", "1")])
-}
-
-/// A connection to `node` from `source` (None: the default address).
-async fn connect(node: &NodeProcess, source: Option<&str>) -> (Connection, Pushes) {
-    let tls = Tls::from_ca_file(&node.ca_path, client::DEFAULT_SERVER_NAME).expect("tls");
-    let source = source.map(|s| s.parse::<IpAddr>().expect("address"));
-    Connection::connect_from(&node.addr, source, &tls, "abuse", Duration::from_secs(30))
-        .await
-        .expect("connect")
-}
-
-/// The error code a refused request got.
-fn refusal<T: std::fmt::Debug>(result: Result<T, ClientError>) -> ErrorCode {
-    match result {
-        Err(ClientError::Server { code, .. }) => code,
-        other => panic!("expected a refusal, got {other:?}"),
-    }
 }
 
 /// Waits (at most 10 s) for `conn` to be closed by the node; its reason.
@@ -66,7 +48,7 @@ async fn tokens_stop_working_after_logout_and_after_a_new_verify() {
 
     // The number's old owner: logged in with its token.
     let old_token = node.register(&alice).await;
-    let (old_session, _old_pushes) = connect(&node, None).await;
+    let (old_session, _old_pushes) = node.connect_raw(None).await;
     old_session
         .login(&old_token)
         .await
@@ -89,7 +71,7 @@ async fn tokens_stop_working_after_logout_and_after_a_new_verify() {
         ),
         "{reason:?}"
     );
-    let (again, _p) = connect(&node, None).await;
+    let (again, _p) = node.connect_raw(None).await;
     assert_eq!(
         refusal(again.login(&old_token).await),
         ErrorCode::InvalidToken,
@@ -104,13 +86,13 @@ async fn tokens_stop_working_after_logout_and_after_a_new_verify() {
     new_owner.close().await;
 
     // Logout ends the token.
-    let (session, _pushes) = connect(&node, None).await;
+    let (session, _pushes) = node.connect_raw(None).await;
     session.login(&new_token).await.expect("login");
     assert_eq!(
         session.request(Request::Logout).await.expect("logout"),
         Response::Ok
     );
-    let (after, _p) = connect(&node, None).await;
+    let (after, _p) = node.connect_raw(None).await;
     assert_eq!(
         refusal(after.login(&new_token).await),
         ErrorCode::InvalidToken,
@@ -153,7 +135,7 @@ async fn a_registration_lock_stops_an_attacker_with_a_valid_sms_code() {
         .await
         .expect("code sent");
     let code = node.code_for(&alice_phone);
-    let (attacker, _p) = connect(&node, Some("127.0.0.9")).await;
+    let (attacker, _p) = node.connect_raw(Some("127.0.0.9")).await;
     let plain = attacker
         .request(Request::Verify {
             phone: alice_phone.clone(),
@@ -185,7 +167,7 @@ async fn a_registration_lock_stops_an_attacker_with_a_valid_sms_code() {
     delivered(&bob, &alice_phone, &mut alice_events, "still mine").await;
 
     // The owner, on a new phone, registers with the code and the PIN.
-    let (owner, _p) = connect(&node, None).await;
+    let (owner, _p) = node.connect_raw(None).await;
     match owner
         .request(Request::VerifyWithPin {
             phone: alice_phone.clone(),
@@ -217,7 +199,7 @@ async fn guessing_a_victims_code_from_other_addresses_does_not_lock_the_victim_o
         .map(|n| format!("{n:06}"))
         .filter(|g| *g != code);
     for source in ["127.0.0.21", "127.0.0.22"] {
-        let (guesser, _p) = connect(&node, Some(source)).await;
+        let (guesser, _p) = node.connect_raw(Some(source)).await;
         for _ in 0..5 {
             let guess = guesser
                 .request(Request::Verify {

@@ -172,14 +172,20 @@ impl NodeProcess {
     /// attacker speaks.
     pub async fn raw_login(&self, user: &PhoneNumber) -> client::Connection {
         let token = self.register(user).await;
-        let tls =
-            client::Tls::from_ca_file(&self.ca_path, client::DEFAULT_SERVER_NAME).expect("tls");
-        let (conn, _pushes) =
-            client::Connection::connect(&self.addr, &tls, "attacker", Duration::from_secs(30))
-                .await
-                .expect("connect");
+        let (conn, _pushes) = self.connect_raw(None).await;
         conn.login(&token).await.expect("login");
         conn
+    }
+
+    /// A low-level connection (what an attacker speaks), from `source`
+    /// (None: the default address).
+    pub async fn connect_raw(&self, source: Option<&str>) -> (client::Connection, client::Pushes) {
+        let tls =
+            client::Tls::from_ca_file(&self.ca_path, client::DEFAULT_SERVER_NAME).expect("tls");
+        let source = source.map(|s| s.parse::<std::net::IpAddr>().expect("address"));
+        client::Connection::connect_from(&self.addr, source, &tls, "raw", Duration::from_secs(30))
+            .await
+            .expect("connect")
     }
 
     /// Registers and logs in.
@@ -323,4 +329,12 @@ where
     })
     .await;
     found.expect("the frame within 10 s")
+}
+
+/// The error code a refused request got (panics if it was not refused).
+pub fn refusal<T: std::fmt::Debug>(result: Result<T, client::ClientError>) -> proto::ErrorCode {
+    match result {
+        Err(client::ClientError::Server { code, .. }) => code,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
 }

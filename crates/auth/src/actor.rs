@@ -20,7 +20,7 @@ use tokio::sync::Semaphore;
 
 use crate::account::{Accounts, Loaded};
 use crate::codes::{CodeError, CodePolicy, Requester};
-use crate::limits::{CodeLimiter, Limit};
+use crate::limits::{CodeLimiter, Refusal};
 use crate::pin::{DAY_MS, LockPolicy, LockStatus, PinLock};
 use crate::provider::{CodeProvider, ProviderError};
 use crate::tokens::{IssuedToken, TokenBook};
@@ -35,7 +35,13 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// `switchboard_auth_verifies_total`).
 static LOGS: LogLimiter = LogLimiter::new();
 
-fn log_refusal(what: &str, limit: Limit, source: Option<IpAddr>) {
+/// The error for a request `refusal` turned away (`what` it was, from
+/// `source`), logged at most once per interval per limit.
+fn refused(what: &str, refusal: Refusal, source: Option<IpAddr>) -> AuthError {
+    let Refusal {
+        limit,
+        retry_after_ms,
+    } = refusal;
     if let Some(suppressed) = LOGS.allow(limit.as_str()) {
         tracing::warn!(
             limit = limit.as_str(),
@@ -45,6 +51,10 @@ fn log_refusal(what: &str, limit: Limit, source: Option<IpAddr>) {
             (logged at most every {} s per limit; see the metrics)",
             log_limit::LOG_INTERVAL.as_secs()
         );
+    }
+    AuthError::Limited {
+        limit,
+        retry_after_ms,
     }
 }
 
@@ -197,11 +207,7 @@ impl Actor for AuthActor {
             } => {
                 let now = now_ms();
                 if let Err(refusal) = state.limiter.verify_attempt(source, now) {
-                    log_refusal("verify attempt", refusal.limit, source);
-                    let e = AuthError::Limited {
-                        limit: refusal.limit,
-                        retry_after_ms: refusal.retry_after_ms,
-                    };
+                    let e = refused("verify attempt", refusal, source);
                     count_verify(e.outcome());
                     let _ = reply.send(Err(e));
                     return Ok(());
@@ -437,11 +443,7 @@ fn request_code(
     // The limits across numbers first: a flood is refused before it costs
     // a delivery slot.
     if let Err(refusal) = state.limiter.check_code(source, &phone, now) {
-        log_refusal("code request", refusal.limit, source);
-        let e = AuthError::Limited {
-            limit: refusal.limit,
-            retry_after_ms: refusal.retry_after_ms,
-        };
+        let e = refused("code request", refusal, source);
         count_code(e.outcome());
         let _ = reply.send(Err(e));
         return;
