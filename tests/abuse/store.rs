@@ -18,7 +18,7 @@ use proto::{ErrorCode, Request, Response};
 
 use super::common::NodeProcess;
 use super::common::cluster::{
-    LocalCluster, phones_owned_by, serving, wait_for_peers_up, wait_for_serving,
+    LocalCluster, free_port, phones_owned_by, serving, wait_for_peers_up, wait_for_serving,
 };
 
 /// Generous: a partner takes over within a second or two of the links
@@ -123,13 +123,6 @@ fn free_bytes(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port()
-}
-
 /// `GET path` from the metrics listener: the status code, or `None` if
 /// nothing answers.
 fn probe(addr: &str, path: &str) -> Option<u16> {
@@ -188,7 +181,7 @@ async fn a_full_disk_makes_a_lone_node_refuse_report_and_exit_without_losing_ack
         return;
     };
     let data = disk.data.clone();
-    let metrics = format!("127.0.0.1:{}", free_port());
+    let metrics = format!("127.0.0.1:{}", free_port("127.0.0.1"));
     // The free-disk threshold off: this test is about the write that fails.
     let env = [
         ("SWITCHBOARD_METRICS__LISTEN", metrics.as_str()),
@@ -294,7 +287,7 @@ async fn below_the_free_disk_threshold_sends_are_refused_until_space_is_freed() 
         return;
     };
     let data = disk.data.clone();
-    let metrics = format!("127.0.0.1:{}", free_port());
+    let metrics = format!("127.0.0.1:{}", free_port("127.0.0.1"));
     // 2 MiB (25 % of this disk is more, so 2 MiB is the threshold).
     let env = [
         ("SWITCHBOARD_METRICS__LISTEN", metrics.as_str()),

@@ -118,6 +118,78 @@ async fn tokens_stop_working_after_logout_and_after_a_new_verify() {
     .await;
 }
 
+/// PIN guesses sent all at once (with a valid SMS code, from several
+/// addresses) get no more than the day's five tries between them: each try
+/// is counted before its slow hash, so tries in flight see each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pin_guesses_sent_at_once_share_the_days_five_tries() {
+    use crate::common::cluster::{free_port, metric, scrape};
+    let metrics = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let node = NodeProcess::start_with(&[
+        ("SWITCHBOARD_AUTH__RESEND_INTERVAL_SECS", "1"),
+        ("SWITCHBOARD_METRICS__LISTEN", metrics.as_str()),
+    ]);
+    let (alice, _events, alice_phone) = node.login("+15551130002").await;
+    alice
+        .set_registration_lock(Some("2468".into()))
+        .await
+        .expect("the lock is set");
+    // Past the resend interval (1 s here) since the login's code.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    client::request_code(&node.client_config(), &alice_phone)
+        .await
+        .expect("code sent");
+    let code = node.code_for(&alice_phone);
+
+    let mut guessers = Vec::new();
+    for source in ["127.0.0.21", "127.0.0.22", "127.0.0.23", "127.0.0.24"] {
+        guessers.push(node.connect_raw(Some(source)).await);
+    }
+    let guesses = guessers.iter().flat_map(|(conn, _)| {
+        (0..5).map(|i| {
+            conn.request(Request::VerifyWithPin {
+                phone: alice_phone.clone(),
+                code: code.clone(),
+                pin: format!("{:04}", 1000 + i),
+            })
+        })
+    });
+    let answers = futures::future::join_all(guesses).await;
+    let mut left: Vec<u32> = answers
+        .into_iter()
+        .map(|answer| match refusal(answer) {
+            ErrorCode::RegistrationLocked { attempts_left } => attempts_left,
+            other => panic!("expected RegistrationLocked, got {other:?}"),
+        })
+        .collect();
+    left.sort_unstable();
+    // Five tries were checked (4, 3, 2, 1, 0 left after each); the other
+    // fifteen were refused unchecked.
+    assert_eq!(left[15..], [0, 1, 2, 3, 4], "{left:?}");
+    assert!(left[..15].iter().all(|&l| l == 0), "{left:?}");
+    // Only five PINs were hashed and found wrong, not twenty.
+    let wrong = metric(
+        &scrape(&metrics),
+        "switchboard_auth_verifies_total",
+        "outcome=\"wrong_pin\"",
+    );
+    assert_eq!(wrong, Some(5.0), "PINs checked");
+
+    // The day's tries are used up: the right PIN waits too.
+    let (owner, _p) = node.connect_raw(None).await;
+    let right = owner
+        .request(Request::VerifyWithPin {
+            phone: alice_phone.clone(),
+            code,
+            pin: "2468".into(),
+        })
+        .await;
+    assert_eq!(
+        refusal(right),
+        ErrorCode::RegistrationLocked { attempts_left: 0 }
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registration_lock_stops_an_attacker_with_a_valid_sms_code() {
     let node = node();

@@ -32,7 +32,8 @@ pub struct LocalCluster {
     pub dir: tempfile::TempDir,
 }
 
-fn free_port(ip: &str) -> u16 {
+/// A port free on `ip` now.
+pub fn free_port(ip: &str) -> u16 {
     std::net::TcpListener::bind((ip, 0))
         .and_then(|l| l.local_addr())
         .expect("a free port")

@@ -265,6 +265,7 @@ impl Service {
         let now = now_ms();
         let by = Requester::of(source);
         let (codes, lock_policy) = (self.codes, self.lock_policy);
+        let pin_given = pin.is_some();
         let first = self
             .accounts
             .update(&phone, |loaded| {
@@ -280,12 +281,20 @@ impl Service {
                     (LockStatus::Locked { attempts_left }, Some(lock)) => {
                         // The code first (not consumed), so that only a
                         // holder of the SMS code may try PINs.
-                        match loaded.account.codes.verify(&codes, &code, by, now, false) {
-                            Ok(()) => FirstCheck::Locked {
-                                attempts_left,
-                                lock,
-                            },
-                            Err(e) => FirstCheck::Refused(e),
+                        if let Err(e) = loaded.account.codes.verify(&codes, &code, by, now, false) {
+                            return FirstCheck::Refused(e);
+                        }
+                        if pin_given && attempts_left > 0 {
+                            // The try counts as wrong before the slow hash,
+                            // so that tries made at once all see it; a match
+                            // clears it with the others (`verified`).
+                            let failures = &mut loaded.account.pin_failures_ms;
+                            failures.retain(|&t| t.saturating_add(DAY_MS) > now);
+                            failures.push(now);
+                        }
+                        FirstCheck::Locked {
+                            attempts_left,
+                            lock,
                         }
                     }
                     _ => match loaded.account.codes.verify(&codes, &code, by, now, true) {
@@ -314,7 +323,19 @@ impl Service {
                     .await
                     .map_err(|e| AuthError::unavailable(format!("PIN check failed: {e}")))?;
                 if !matched {
-                    return Err(self.wrong_pin(&phone, source, now).await);
+                    count_verify("wrong_pin");
+                    if let Some(suppressed) = LOGS.allow("wrong_pin") {
+                        tracing::warn!(
+                            ?source,
+                            suppressed,
+                            "a wrong registration-lock PIN (logged at most every {} s; \
+                            see switchboard_auth_verifies_total)",
+                            log_limit::LOG_INTERVAL.as_secs()
+                        );
+                    }
+                    return Err(AuthError::RegistrationLocked {
+                        attempts_left: attempts_left - 1,
+                    });
                 }
                 self.accounts
                     .update(&phone, |loaded| {
@@ -334,35 +355,6 @@ impl Service {
             Err(e) => tracing::error!(error = %e, "cannot store a new token"),
         }
         issued
-    }
-
-    /// Records a wrong PIN; the answer tells how many are left today.
-    async fn wrong_pin(&self, phone: &PhoneNumber, source: Option<IpAddr>, now: u64) -> AuthError {
-        count_verify("wrong_pin");
-        if let Some(suppressed) = LOGS.allow("wrong_pin") {
-            tracing::warn!(
-                ?source,
-                suppressed,
-                "a wrong registration-lock PIN \
-                (logged at most every 10 s; see switchboard_auth_verifies_total)"
-            );
-        }
-        let max = self.lock_policy.max_failures_per_day;
-        let failures = self
-            .accounts
-            .update(phone, |loaded| {
-                let failures = &mut loaded.account.pin_failures_ms;
-                failures.retain(|&t| t.saturating_add(DAY_MS) > now);
-                failures.push(now);
-                failures.len()
-            })
-            .await;
-        match failures {
-            Ok(failures) => AuthError::RegistrationLocked {
-                attempts_left: max.saturating_sub(u32::try_from(failures).unwrap_or(u32::MAX)),
-            },
-            Err(e) => e,
-        }
     }
 
     /// Stores `code` as `phone`'s pending code (within the number's own
