@@ -558,13 +558,9 @@ fn serve(state: &mut FragmentState, message: FragmentMsg) -> Vec<CoreAction> {
     };
     let reads = &state.reads;
     match message {
-        FragmentMsg::Append { message, reply } => match refusal(&state.store) {
-            Some(refused) => {
-                let _ = reply.send(Err(refused));
-                Vec::new()
-            }
-            None => core.append(reads, message, now_ms(), Waiter::Local(reply)),
-        },
+        FragmentMsg::Append { message, reply } => {
+            append(core, reads, &state.store, message, Waiter::Local(reply))
+        }
         FragmentMsg::Attach {
             user,
             endpoint,
@@ -608,6 +604,25 @@ fn serve(state: &mut FragmentState, message: FragmentMsg) -> Vec<CoreAction> {
             core.write_account(reads, user, write, Waiter::LocalAccount(reply))
         }
         _ => Vec::new(),
+    }
+}
+
+/// A message for this node's core, from a session here, a peer, or held
+/// across a change of owner; refused now (answered through the same
+/// waiter) while the store cannot take it.
+pub(crate) fn append(
+    core: &mut Core,
+    reads: &RedbMailbox,
+    store: &Store,
+    message: NewMessage,
+    waiter: Waiter,
+) -> Vec<CoreAction> {
+    match refusal(store) {
+        Some(refused) => vec![Action::Reply {
+            to: waiter,
+            result: Err(refused),
+        }],
+        None => core.append(reads, message, now_ms(), waiter),
     }
 }
 

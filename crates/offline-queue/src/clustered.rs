@@ -21,7 +21,7 @@ use ractor::{ActorProcessingErr, ActorRef, RpcReplyPort};
 use router::{FragmentId, FragmentOwnership, Owner, Role};
 use storage::Store;
 
-use crate::account::AccountReply;
+use crate::account::{AccountRecord, AccountReply};
 use crate::actor::{
     Attached, CoreAction, FragmentCluster, FragmentMsg, FragmentState, FragmentWrites,
     MailboxWrites, Waiter, now_ms, perform,
@@ -480,22 +480,10 @@ pub(crate) async fn from_peer(
     let reads = &state.reads;
     let actions = match wire {
         wire @ (FragmentWire::Append { .. } | FragmentWire::AppendAfter { .. }) => {
-            if let Some(refused) = crate::actor::refusal(&state.store) {
-                if let Some((req, _)) = wire.into_append() {
-                    send(
-                        state,
-                        &from,
-                        FragmentWire::AppendDone {
-                            req,
-                            result: Err(refused),
-                        },
-                    );
-                }
-                return Ok(Vec::new());
-            }
             match (wire.into_append(), state.core.as_mut()) {
                 (Some((req, message)), Some(core)) => {
-                    core.append(reads, message, now_ms(), Waiter::Remote { node: from, req })
+                    let waiter = Waiter::Remote { node: from, req };
+                    crate::actor::append(core, reads, &state.store, message, waiter)
                 }
                 _ => Vec::new(),
             }

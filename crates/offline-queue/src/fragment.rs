@@ -517,6 +517,35 @@ impl<E: Clone, R> FragmentCore<E, R> {
         }
     }
 
+    /// `user`'s record was replaced on disk behind the core (a merge, after
+    /// every earlier write committed): reads go to the disk again, and an
+    /// attached session of a token the merged record revokes is closed.
+    pub fn account_merged(
+        &mut self,
+        reads: &impl MailboxRead,
+        user: &PhoneNumber,
+    ) -> Result<Vec<Action<E, R>>, FragmentError> {
+        self.unsettled_accounts.remove(user);
+        let generation = reads.account(user)?.generation;
+        let mut out = Vec::new();
+        self.revoke_below(user, generation, &mut out);
+        Ok(out)
+    }
+
+    /// Closes `user`'s attached session if its token is below `generation`.
+    fn revoke_below(&mut self, user: &PhoneNumber, generation: u64, out: &mut Vec<Action<E, R>>) {
+        if self
+            .online
+            .get(user)
+            .is_some_and(|online| online.generation.is_some_and(|g| g < generation))
+            && let Some(online) = self.online.remove(user)
+        {
+            out.push(Action::Revoked {
+                endpoint: online.endpoint,
+            });
+        }
+    }
+
     /// Replaces `user`'s account record if it is still at
     /// `write.expected_version`; answered once durable. A generation above
     /// the attached session's token closes that session at once.
@@ -567,14 +596,7 @@ impl<E: Clone, R> FragmentCore<E, R> {
             generation: write.generation,
             body: write.body,
         };
-        if let Some(online) = self.online.get(&user)
-            && online.generation.is_some_and(|g| g < record.generation)
-            && let Some(online) = self.online.remove(&user)
-        {
-            out.push(Action::Revoked {
-                endpoint: online.endpoint,
-            });
-        }
+        self.revoke_below(&user, record.generation, &mut out);
         let ops = vec![WriteOp::PutAccount {
             user: user.clone(),
             record: record.clone(),

@@ -141,7 +141,8 @@ pub(super) fn resend_held(state: &mut FragmentState) -> Vec<CoreAction> {
                 FragmentWire::Append { .. } | FragmentWire::AppendAfter { .. } => {
                     if let Some((_, message)) = wire.into_append() {
                         let waiter = reply.into_waiter();
-                        actions.extend(core.append(&state.reads, message, now_ms(), waiter));
+                        let (reads, store) = (&state.reads, &state.store);
+                        actions.extend(crate::actor::append(core, reads, store, message, waiter));
                     }
                 }
                 FragmentWire::StoreReceipt { request, .. } => {

@@ -76,6 +76,7 @@ pub(super) async fn merge(
     }
     let mut keep = Vec::new();
     let mut touched = BTreeSet::new();
+    let mut merged_accounts = Vec::new();
     for op in ops {
         match &op {
             WriteOp::PutMessage {
@@ -100,10 +101,25 @@ pub(super) async fn merge(
             WriteOp::Delete { .. } => keep.push(op),
             // Of two divergent records the higher (generation, version)
             // stays: a revocation made on either side is never undone.
+            // Compared with what the core last wrote (maybe not yet
+            // committed, and committed before this merge's write), and
+            // stored above both versions, so that a writer holding an
+            // older version can never match it.
             WriteOp::PutAccount { user, record } => {
-                if record.supersedes(&state.reads.account(user)?) {
-                    touched.insert(user.clone());
-                    keep.push(op);
+                let current = match state.core.as_ref() {
+                    Some(core) => core.account(&state.reads, user)?,
+                    None => state.reads.account(user)?,
+                };
+                if record.supersedes(&current) {
+                    let record = AccountRecord {
+                        version: record.version.max(current.version).saturating_add(1),
+                        ..record.clone()
+                    };
+                    merged_accounts.push(user.clone());
+                    keep.push(WriteOp::PutAccount {
+                        user: user.clone(),
+                        record,
+                    });
                 }
             }
             // This owner's sequence is already past the former owner's,
@@ -126,6 +142,12 @@ pub(super) async fn merge(
     send(state, from, FragmentWire::MergeDone { upto });
     let mut actions = Vec::new();
     if let Some(core) = state.core.as_mut() {
+        // The writes before this one are committed too (the writer keeps
+        // order): the disk has the merged records, whatever the core still
+        // holds as unsettled.
+        for user in &merged_accounts {
+            actions.extend(core.account_merged(&state.reads, user)?);
+        }
         let online: Vec<_> = core
             .attached()
             .filter(|(user, _, _, _)| touched.contains(*user))

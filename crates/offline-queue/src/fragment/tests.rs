@@ -1075,3 +1075,39 @@ fn a_revoked_generation_refuses_attach_and_closes_the_attached_session() {
     assert_eq!(out.revoked, vec!["current"]);
     assert!(c.is_online(&user));
 }
+
+#[test]
+fn a_merged_record_replaces_an_unsettled_one_and_closes_revoked_sessions() {
+    let mem = MemMailbox::default();
+    let mut c = core(16, 16);
+    let user = phone(7);
+    assert!(c.attach(&mem, user.clone(), 1, Some(1), "dev").is_ok());
+    // A write of generation 1 is still being committed...
+    let pending = c.write_account(&mem, user.clone(), account_write(0, 1, b"here"), 1);
+    assert!(matches!(pending.as_slice(), [Action::Persist { .. }]));
+    // ...when a merge stores the other side's generation 2 behind it.
+    let merged = AccountRecord {
+        version: 2,
+        generation: 2,
+        body: b"there".to_vec(),
+    };
+    mem.apply(&[WriteOp::PutAccount {
+        user: user.clone(),
+        record: merged.clone(),
+    }]);
+    let actions = c.account_merged(&mem, &user).expect("merged");
+    assert!(
+        matches!(actions.as_slice(), [Action::Revoked { endpoint: "dev" }]),
+        "{actions:?}"
+    );
+    assert_eq!(c.account(&mem, &user).expect("read"), merged);
+    // A writer that read the unsettled version is refused.
+    let stale = c.write_account(&mem, user.clone(), account_write(1, 2, b"late"), 2);
+    assert!(matches!(
+        stale.as_slice(),
+        [Action::AccountReply {
+            to: 2,
+            result: Ok(AccountReply::Conflict(_))
+        }]
+    ));
+}
