@@ -523,8 +523,10 @@ async fn await_fragment<T>(rx: FragmentAnswer<T>) -> Result<T, (ErrorCode, Strin
 /// The text a client gets for an auth error; details of internal failures
 /// go to the log only (at most one line per 10 s).
 fn auth_message(e: &auth::AuthError) -> String {
-    if e.is_internal() && crate::LOGS.allow("internal-auth-error").is_some() {
-        tracing::warn!(error = %e, "auth request failed inside the node");
+    if e.is_internal()
+        && let Some(suppressed) = crate::LOGS.allow("internal-auth-error")
+    {
+        tracing::warn!(error = %e, suppressed, "auth request failed inside the node");
     }
     e.client_message()
 }
@@ -546,9 +548,9 @@ fn fragment_reply<T>() -> (RpcReplyPort<Result<T, FragmentError>>, FragmentAnswe
 /// failure's details go to the log only (at most one line per 10 s).
 fn unavailable(e: &FragmentError) -> (ErrorCode, String) {
     if matches!(e, FragmentError::Storage(_))
-        && crate::LOGS.allow("internal-storage-error").is_some()
+        && let Some(suppressed) = crate::LOGS.allow("internal-storage-error")
     {
-        tracing::warn!(error = %e, "a mailbox request failed in storage");
+        tracing::warn!(error = %e, suppressed, "a mailbox request failed in storage");
     }
     (e.error_code(), e.client_message())
 }
@@ -831,8 +833,8 @@ async fn push_entries(state: &mut SessionState, entries: Vec<Entry>) {
             EntryPush::Gone => break,
             EntryPush::Unencodable(reason) => {
                 metrics::counter!("switchboard_entries_undeliverable_total").increment(1);
-                if crate::LOGS.allow("undeliverable-entry").is_some() {
-                    tracing::warn!(session = state.session_id, id, %reason,
+                if let Some(suppressed) = crate::LOGS.allow("undeliverable-entry") {
+                    tracing::warn!(session = state.session_id, id, %reason, suppressed,
                         "dropping a mailbox entry that cannot be encoded within the frame limit");
                 }
                 undeliverable.push(id);
@@ -1286,10 +1288,10 @@ fn presence_request_allowed(
     if let Err(wait) = state.presence_pacer.try_take(now_ms()) {
         metrics::counter!("switchboard_presence_requests_total", "kind" => kind, "outcome" => "rate_limited")
             .increment(1);
-        if crate::LOGS.allow("presence_rate").is_some() {
-            tracing::warn!(peer = %state.peer, kind,
+        if let Some(suppressed) = crate::LOGS.allow("presence_rate") {
+            tracing::warn!(peer = %state.peer, kind, suppressed,
                 "a connection went over its rate of presence requests; refused \
-                 (logged at most every 10 s; see switchboard_presence_requests_total)");
+                 (logged at most once per interval; see switchboard_presence_requests_total)");
         }
         let retry_after_ms = u32::try_from(wait.as_millis().max(1)).unwrap_or(u32::MAX);
         state.responder.error(
@@ -1353,7 +1355,7 @@ fn over_connection_limit(
     if let Some(suppressed) = crate::LOGS.allow("connection_auth_limit") {
         tracing::warn!(peer = %state.peer, what, suppressed,
             "a connection went over its limit of auth requests; closing it \
-             (logged at most every 10 s; see switchboard_auth_*_total)");
+             (logged at most once per interval; see switchboard_auth_*_total)");
     }
     state.refuse_and_close(
         myself,
@@ -1397,7 +1399,7 @@ fn mint_test_users(
         count_mint("wrong_secret");
         if let Some(suppressed) = crate::LOGS.allow("wrong_admin_secret") {
             tracing::warn!(peer = %state.peer, suppressed,
-                "wrong admin secret; closing the connection (logged at most every 10 s; \
+                "wrong admin secret; closing the connection (logged at most once per interval; \
                  see switchboard_admin_mint_total)");
         }
         state.refuse_and_close(myself, id, ErrorCode::InvalidToken, "wrong admin secret");
@@ -1417,7 +1419,7 @@ fn mint_test_users(
         count_mint("outside_test_range");
         if let Some(suppressed) = crate::LOGS.allow("mint_outside_test_range") {
             tracing::warn!(peer = %state.peer, %first, count, suppressed,
-                "test users refused: outside the test range (logged at most every 10 s)");
+                "test users refused: outside the test range (logged at most once per interval)");
         }
         state.responder.error(
             Some(id),

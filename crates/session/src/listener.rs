@@ -68,9 +68,9 @@ pub async fn serve(
             Err(refusal) => {
                 metrics::counter!("switchboard_connections_refused_total", "cause" => refusal.cause())
                     .increment(1);
-                if crate::LOGS.allow(refusal.cause()).is_some() {
-                    tracing::warn!(%peer, cause = refusal.cause(),
-                        "connection refused (logged at most once per 10 s per cause)");
+                if let Some(suppressed) = crate::LOGS.allow(refusal.cause()) {
+                    tracing::warn!(%peer, cause = refusal.cause(), suppressed,
+                        "connection refused (logged at most once per interval per cause)");
                 }
                 continue;
             }
