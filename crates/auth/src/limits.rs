@@ -15,15 +15,19 @@
 //! - the bucket of the number's country calling code, so that a flood to
 //!   expensive destinations is capped without stopping the rest.
 //!
-//! Tokens are taken only when every bucket has one, and the node-wide and
-//! country buckets only for codes actually issued (a request the per-phone
-//! limit refuses costs nothing there). Verify attempts go through their own
-//! connection, address and subnet buckets.
+//! Tokens are taken only when every bucket has one, from all of them at
+//! once when the request is admitted (`check_code` then `issued`), before
+//! the number's own limits are read: requests in flight at once must not
+//! pass on the same tokens, so a request the per-phone limit then refuses
+//! still counts. Verify attempts go through their own connection, address
+//! and subnet buckets.
 //!
 //! Memory: a bucket that has refilled is the same as no bucket, so
-//! [`CodeLimiter::prune`] drops it. Buckets are created only when a token is
-//! taken, so refused requests (however many sources they come from) never
-//! grow the maps, and code buckets are bounded by the node-wide rate.
+//! [`CodeLimiter::prune`] drops it. Address and subnet buckets are created
+//! only when a token is taken, so refused requests (however many sources
+//! they come from) never grow the maps, and code buckets are bounded by the
+//! node-wide rate. Country buckets are made at the check, one per calling
+//! code, so bounded by the codes that exist.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -372,7 +376,7 @@ impl CodeLimiter {
 
     /// Whether a code for `phone` asked from `source` (None: a trusted
     /// caller inside the node) may be issued at `now_ms`. Takes nothing:
-    /// call [`CodeLimiter::issued`] once the code is issued.
+    /// call [`CodeLimiter::issued`] to admit it.
     pub fn check_code(
         &mut self,
         source: Option<IpAddr>,
@@ -400,8 +404,8 @@ impl CodeLimiter {
             .map_err(refused(Limit::Country))
     }
 
-    /// Counts a code issued for `phone` to `source` at `now_ms` (after
-    /// [`CodeLimiter::check_code`] passed).
+    /// Counts a code request for `phone` from `source` admitted at `now_ms`
+    /// (after [`CodeLimiter::check_code`] passed).
     pub fn issued(&mut self, source: Option<IpAddr>, phone: &PhoneNumber, now_ms: u64) {
         if let Some(source) = source {
             let [address, subnet] = source_keys(source);

@@ -11,10 +11,10 @@
 //!   resend is still recognised.
 //! - `mbox` also holds, under the owner's *delivered key* (the owner
 //!   followed by `/`, which sorts right after the owner's own entries and
-//!   before any other number), a [`DeliveredMark`] for each message the
-//!   owner's device acknowledged: its sender and store time, written where
-//!   the deletion removes the message (the same B-tree leaf, so no page
-//!   more), kept for the dedupe retention. A read receipt is accepted only
+//!   before any other number), a [`DeliveredMark`] for each message
+//!   deleted from the owner's mailbox (acknowledged, or expired): its
+//!   sender and store time, written beside the deletion (for a short
+//!   mailbox the same B-tree leaf), kept for the dedupe retention. A read receipt is accepted only
 //!   for messages that are in the reader's mailbox or marked delivered to
 //!   it from that sender ([`MailboxRead::senders`]).
 //! - `fragment_seq`: `fragment → next sequence`, the id high-water mark. It
