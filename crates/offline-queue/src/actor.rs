@@ -301,13 +301,62 @@ pub(crate) enum Attached {
 
 /// Who waits for a durable write.
 pub(crate) enum Waiter {
-    Local(RpcReplyPort<Result<Stored, FragmentError>>),
-    /// A local account read or write.
-    LocalAccount(RpcReplyPort<Result<AccountReply, FragmentError>>),
-    Remote {
-        node: String,
-        req: u64,
-    },
+    /// A caller on this node.
+    Local(LocalReply),
+    /// Request `req` of another node.
+    Remote { node: String, req: u64 },
+}
+
+/// The reply port of a caller on this node, by the kind of answer it takes.
+pub(crate) enum LocalReply {
+    /// A send or a receipt.
+    Stored(RpcReplyPort<Result<Stored, FragmentError>>),
+    /// An account read or write.
+    Account(RpcReplyPort<Result<AccountReply, FragmentError>>),
+}
+
+impl LocalReply {
+    /// Whether the caller stopped waiting.
+    pub(crate) fn is_closed(&self) -> bool {
+        match self {
+            LocalReply::Stored(port) => port.is_closed(),
+            LocalReply::Account(port) => port.is_closed(),
+        }
+    }
+
+    /// Answers `Unavailable`: the caller retries.
+    pub(crate) fn unavailable(self, id: FragmentId) {
+        let e = FragmentError::Unavailable(id);
+        match self {
+            LocalReply::Stored(port) => {
+                let _ = port.send(Err(e));
+            }
+            LocalReply::Account(port) => {
+                let _ = port.send(Err(e));
+            }
+        }
+    }
+
+    /// Answers a send or receipt (a caller of another kind, which no path
+    /// makes, is told `Unavailable`).
+    pub(crate) fn stored(self, id: FragmentId, result: Result<Stored, FragmentError>) {
+        match self {
+            LocalReply::Stored(port) => {
+                let _ = port.send(result);
+            }
+            other => other.unavailable(id),
+        }
+    }
+
+    /// Answers an account request (likewise).
+    pub(crate) fn account(self, id: FragmentId, result: Result<AccountReply, FragmentError>) {
+        match self {
+            LocalReply::Account(port) => {
+                let _ = port.send(result);
+            }
+            other => other.unavailable(id),
+        }
+    }
 }
 
 pub(crate) type Core = FragmentCore<Attached, Waiter>;
@@ -558,9 +607,13 @@ fn serve(state: &mut FragmentState, message: FragmentMsg) -> Vec<CoreAction> {
     };
     let reads = &state.reads;
     match message {
-        FragmentMsg::Append { message, reply } => {
-            append(core, reads, &state.store, message, Waiter::Local(reply))
-        }
+        FragmentMsg::Append { message, reply } => append(
+            core,
+            reads,
+            &state.store,
+            message,
+            Waiter::Local(LocalReply::Stored(reply)),
+        ),
         FragmentMsg::Attach {
             user,
             endpoint,
@@ -592,17 +645,22 @@ fn serve(state: &mut FragmentState, message: FragmentMsg) -> Vec<CoreAction> {
             metrics::counter!("switchboard_entries_acked_total").increment(ids.len() as u64);
             core.ack(reads, &user, &ids, now_ms())
         }
-        FragmentMsg::StoreReceipt { request, reply } => {
-            core.store_receipt(reads, request, reply.map(Waiter::Local))
-        }
+        FragmentMsg::StoreReceipt { request, reply } => core.store_receipt(
+            reads,
+            request,
+            reply.map(|r| Waiter::Local(LocalReply::Stored(r))),
+        ),
         FragmentMsg::DeleteAcked { owner, ids } => core.delete_acked(owner, ids),
         FragmentMsg::ReadAccount { user, reply } => {
             let _ = reply.send(core.account(reads, &user).map(AccountReply::Current));
             Vec::new()
         }
-        FragmentMsg::WriteAccount { user, write, reply } => {
-            core.write_account(reads, user, write, Waiter::LocalAccount(reply))
-        }
+        FragmentMsg::WriteAccount { user, write, reply } => core.write_account(
+            reads,
+            user,
+            write,
+            Waiter::Local(LocalReply::Account(reply)),
+        ),
         _ => Vec::new(),
     }
 }
@@ -741,15 +799,9 @@ pub(crate) fn perform(
                 } => clustered::send(state, &node, FragmentWire::Revoked { user, session_id }),
             },
             Action::AccountReply { to, result } => match to {
-                Waiter::LocalAccount(port) => {
-                    let _ = port.send(result);
-                }
+                Waiter::Local(reply) => reply.account(state.id, result),
                 Waiter::Remote { node, req } => {
                     clustered::send(state, &node, FragmentWire::AccountDone { req, result });
-                }
-                Waiter::Local(port) => {
-                    // Never made: account requests wait as LocalAccount.
-                    let _ = port.send(Err(FragmentError::Unavailable(state.id)));
                 }
             },
             Action::Reply { to, result } => {
@@ -757,15 +809,9 @@ pub(crate) fn perform(
                     metrics::counter!("switchboard_durable_acks_total").increment(1);
                 }
                 match to {
-                    Waiter::Local(port) => {
-                        let _ = port.send(result);
-                    }
+                    Waiter::Local(reply) => reply.stored(state.id, result),
                     Waiter::Remote { node, req } => {
                         clustered::send(state, &node, FragmentWire::AppendDone { req, result });
-                    }
-                    Waiter::LocalAccount(port) => {
-                        // Never made: only account requests wait so.
-                        let _ = port.send(Err(FragmentError::Unavailable(state.id)));
                     }
                 }
             }
@@ -783,9 +829,9 @@ pub(crate) fn perform(
                     let from_an_ack = request.then_delete.is_some();
                     let reply = match waiter {
                         None => None,
-                        Some(Waiter::Local(port)) => Some(port),
+                        Some(Waiter::Local(LocalReply::Stored(port))) => Some(port),
                         // Receipts never wait as account requests.
-                        Some(Waiter::LocalAccount(_)) => None,
+                        Some(Waiter::Local(LocalReply::Account(_))) => None,
                         Some(Waiter::Remote { node, req }) => {
                             clustered::reply_to_remote(state, node, req)
                         }

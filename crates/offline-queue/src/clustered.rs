@@ -23,7 +23,7 @@ use storage::Store;
 
 use crate::account::{AccountRecord, AccountReply};
 use crate::actor::{
-    Attached, CoreAction, FragmentCluster, FragmentMsg, FragmentState, FragmentWrites,
+    Attached, CoreAction, FragmentCluster, FragmentMsg, FragmentState, FragmentWrites, LocalReply,
     MailboxWrites, Waiter, now_ms, perform,
 };
 use crate::remote::{self, FragmentWire};
@@ -145,65 +145,7 @@ pub(crate) enum Copied {
 pub(crate) struct Forwarded {
     owner: String,
     wire: FragmentWire,
-    reply: ForwardedReply,
-}
-
-/// Who waits for a forwarded request's answer.
-pub(crate) enum ForwardedReply {
-    /// A send or a receipt.
-    Stored(RpcReplyPort<Result<Stored, FragmentError>>),
-    /// An account read or write.
-    Account(RpcReplyPort<Result<AccountReply, FragmentError>>),
-}
-
-impl ForwardedReply {
-    fn is_closed(&self) -> bool {
-        match self {
-            ForwardedReply::Stored(port) => port.is_closed(),
-            ForwardedReply::Account(port) => port.is_closed(),
-        }
-    }
-
-    /// Answers `Unavailable`: the client retries.
-    fn unavailable(self, id: FragmentId) {
-        let e = FragmentError::Unavailable(id);
-        match self {
-            ForwardedReply::Stored(port) => {
-                let _ = port.send(Err(e));
-            }
-            ForwardedReply::Account(port) => {
-                let _ = port.send(Err(e));
-            }
-        }
-    }
-
-    /// Passes the owner's answer to a send or receipt on.
-    fn stored(self, id: FragmentId, result: Result<Stored, FragmentError>) {
-        match self {
-            ForwardedReply::Stored(port) => {
-                let _ = port.send(result);
-            }
-            other => other.unavailable(id),
-        }
-    }
-
-    /// Passes the owner's answer to an account request on.
-    fn account(self, id: FragmentId, result: Result<AccountReply, FragmentError>) {
-        match self {
-            ForwardedReply::Account(port) => {
-                let _ = port.send(result);
-            }
-            other => other.unavailable(id),
-        }
-    }
-
-    /// The waiter of the request served by this node's core instead.
-    fn into_waiter(self) -> Waiter {
-        match self {
-            ForwardedReply::Stored(port) => Waiter::Local(port),
-            ForwardedReply::Account(port) => Waiter::LocalAccount(port),
-        }
-    }
+    reply: LocalReply,
 }
 
 /// The cluster state of one fragment actor.
@@ -279,7 +221,7 @@ impl Clustered {
 
     /// Keeps a forwarded request until the owner answers. A request whose
     /// session stopped waiting (its port closed) is dropped now and then.
-    fn remember(&mut self, req: u64, owner: String, wire: FragmentWire, reply: ForwardedReply) {
+    fn remember(&mut self, req: u64, owner: String, wire: FragmentWire, reply: LocalReply) {
         self.forwarded.insert(req, Forwarded { owner, wire, reply });
         if self.forwarded.len().is_power_of_two() && self.forwarded.len() >= 1024 {
             self.forwarded.retain(|_, f| !f.reply.is_closed());

@@ -23,7 +23,7 @@ pub(crate) fn forward(state: &mut FragmentState, message: FragmentMsg) {
             let req = cluster.new_req();
             let wire = FragmentWire::append(req, message);
             if send_via(cluster, id, &owner, wire.clone()) {
-                cluster.remember(req, owner, wire, ForwardedReply::Stored(reply));
+                cluster.remember(req, owner, wire, LocalReply::Stored(reply));
             } else {
                 let _ = reply.send(Err(FragmentError::Unavailable(id)));
             }
@@ -34,7 +34,7 @@ pub(crate) fn forward(state: &mut FragmentState, message: FragmentMsg) {
             let sent = reachable && send_via(cluster, id, &owner, wire.clone());
             match (reply, req) {
                 (Some(reply), Some(req)) if sent => {
-                    cluster.remember(req, owner, wire, ForwardedReply::Stored(reply))
+                    cluster.remember(req, owner, wire, LocalReply::Stored(reply))
                 }
                 (Some(reply), _) => {
                     let _ = reply.send(Err(FragmentError::Unavailable(id)));
@@ -96,7 +96,7 @@ pub(crate) fn forward(state: &mut FragmentState, message: FragmentMsg) {
         FragmentMsg::ReadAccount { user, reply } => {
             let req = cluster.new_req();
             let wire = FragmentWire::AccountRead { req, user };
-            let reply = ForwardedReply::Account(reply);
+            let reply = LocalReply::Account(reply);
             if reachable && send_via(cluster, id, &owner, wire.clone()) {
                 cluster.remember(req, owner, wire, reply);
             } else {
@@ -106,7 +106,7 @@ pub(crate) fn forward(state: &mut FragmentState, message: FragmentMsg) {
         FragmentMsg::WriteAccount { user, write, reply } => {
             let req = cluster.new_req();
             let wire = FragmentWire::AccountWrite { req, user, write };
-            let reply = ForwardedReply::Account(reply);
+            let reply = LocalReply::Account(reply);
             if reachable && send_via(cluster, id, &owner, wire.clone()) {
                 cluster.remember(req, owner, wire, reply);
             } else {
@@ -140,23 +140,23 @@ pub(super) fn resend_held(state: &mut FragmentState) -> Vec<CoreAction> {
             match wire {
                 FragmentWire::Append { .. } | FragmentWire::AppendAfter { .. } => {
                     if let Some((_, message)) = wire.into_append() {
-                        let waiter = reply.into_waiter();
+                        let waiter = Waiter::Local(reply);
                         let (reads, store) = (&state.reads, &state.store);
                         actions.extend(crate::actor::append(core, reads, store, message, waiter));
                     }
                 }
                 FragmentWire::StoreReceipt { request, .. } => {
-                    let waiter = Some(reply.into_waiter());
+                    let waiter = Some(Waiter::Local(reply));
                     actions.extend(core.store_receipt(&state.reads, request, waiter));
                 }
                 FragmentWire::AccountRead { user, .. } => {
-                    if let ForwardedReply::Account(port) = reply {
+                    if let LocalReply::Account(port) = reply {
                         let _ =
                             port.send(core.account(&state.reads, &user).map(AccountReply::Current));
                     }
                 }
                 FragmentWire::AccountWrite { user, write, .. } => {
-                    let waiter = reply.into_waiter();
+                    let waiter = Waiter::Local(reply);
                     actions.extend(core.write_account(&state.reads, user, write, waiter));
                 }
                 _ => reply.unavailable(id),
