@@ -66,7 +66,7 @@ pub(crate) enum Requester {
 
 impl Requester {
     pub(crate) fn of(source: Option<IpAddr>) -> Self {
-        match source.map(|ip| ip.to_canonical()) {
+        match source.map(proto::source_of) {
             None => Requester::Internal,
             Some(IpAddr::V4(v4)) => Requester::V4(u32::from(v4)),
             Some(IpAddr::V6(v6)) => Requester::V6((u128::from(v6) >> 64) as u64),

@@ -16,6 +16,7 @@
 pub mod codec;
 pub mod frame;
 pub mod phone;
+pub mod source;
 
 pub use codec::{
     CodecError, DEFAULT_MAX_FRAME_BYTES, LENGTH_PREFIX_BYTES, decode_frame, encode_frame,
@@ -23,6 +24,7 @@ pub use codec::{
 };
 pub use frame::*;
 pub use phone::{PhoneError, PhoneNumber};
+pub use source::source_of;
 
 /// The protocol version this build speaks. A client sends it in
 /// [`ClientFrame::Hello`]; a node refuses versions it does not know with

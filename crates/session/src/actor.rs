@@ -1016,11 +1016,23 @@ async fn serve(
                 if let Some(presence) = state.presence() {
                     // Unreadable settings show the user to no one (the
                     // default with no contacts) rather than to everyone.
-                    let policy = state.ctx.presence_policies.load(&user).unwrap_or_else(|e| {
-                        tracing::warn!(%user, error = %e,
+                    // A read transaction, which may touch the disk: on the
+                    // blocking pool, like the token check.
+                    let (policies, whose) = (state.ctx.presence_policies.clone(), user.clone());
+                    let loaded = tokio::task::spawn_blocking(move || policies.load(&whose)).await;
+                    let policy = match loaded {
+                        Ok(Ok(policy)) => policy,
+                        Ok(Err(e)) => {
+                            tracing::warn!(%user, error = %e,
                                 "presence settings unreadable; hidden until set again");
-                        presence::Policy::default()
-                    });
+                            presence::Policy::default()
+                        }
+                        Err(e) => {
+                            tracing::warn!(%user, error = %e,
+                                "presence settings not read; hidden until set again");
+                            presence::Policy::default()
+                        }
+                    };
                     let _ = presence.send_message(PresenceMsg::Online {
                         user: user.clone(),
                         session_id: state.session_id,
