@@ -13,11 +13,7 @@ use std::time::Duration;
 use client::{Client, ClientError, Event, Events, PhoneNumber, PresenceStatus, Visibility};
 use proto::ErrorCode;
 
-use crate::common::{NodeProcess, next_event};
-
-fn phone(s: &str) -> PhoneNumber {
-    PhoneNumber::parse(s).expect("phone")
-}
+use crate::common::{NodeProcess, next_event, phone};
 
 /// Whether `event` is presence news of `user`.
 fn presence_of(event: &Event, user: &PhoneNumber) -> bool {

@@ -6,22 +6,13 @@
 
 use std::time::{Duration, Instant};
 
-use client::{Client, ClientError, Connection, Event, Events, PhoneNumber};
+use client::{Client, ClientError, Event, Events, PhoneNumber};
 use proto::{ErrorCode, MessageId, Request, Response};
 
-use crate::common::{NodeProcess, next_event};
+use crate::common::{NodeProcess, next_event, phone};
 
 /// A small delivery window, so that few jammed slots would stop delivery.
 const WINDOW: &str = "16";
-
-fn phone(s: &str) -> PhoneNumber {
-    PhoneNumber::parse(s).expect("phone")
-}
-
-/// A logged-in low-level connection for `user`.
-async fn attacker(node: &NodeProcess, user: &PhoneNumber) -> Connection {
-    node.raw_login(user).await
-}
 
 /// `count` messages from `from` reach `to`'s device, which acks each:
 /// returns how long that took (panics after `within`).
@@ -89,7 +80,7 @@ async fn forged_read_receipts_neither_jam_nor_reach_the_victim() {
     let (victim_client, mut victim_events) = Client::connect(node.client_config(), token)
         .await
         .expect("victim logs in");
-    let evil = attacker(&node, &phone("+15551000003")).await;
+    let evil = node.raw_login(&phone("+15551000003")).await;
 
     // Oversized forged reads, and forged reads of a size the node accepts
     // (the ids name no message sent to the attacker by the victim).
@@ -196,7 +187,7 @@ async fn ack_floods_do_not_stall_the_fragment() {
     let (_recipient_client, _recipient_events, _) = node.login(recipient.as_str()).await;
 
     // The attacker's frames, sent as fast as the socket takes them.
-    let evil = attacker(&node, &evil_user).await;
+    let evil = node.raw_login(&evil_user).await;
     let flood = tokio::spawn(async move {
         let mut frames = 0u64;
         let started = Instant::now();
@@ -243,7 +234,7 @@ async fn an_ack_longer_than_any_window_closes_the_connection() {
     let node = NodeProcess::start();
     let (victim, mut victim_events, victim_phone) = node.login("+15554000001").await;
     let (control, _events, _) = node.login("+15554000002").await;
-    let evil = attacker(&node, &phone("+15554000003")).await;
+    let evil = node.raw_login(&phone("+15554000003")).await;
     let ids: Vec<MessageId> = (1..=proto::MAX_IDS_PER_ACK as u64 + 1).collect();
     evil.ack(ids).expect("queued");
     let reason = tokio::time::timeout(Duration::from_secs(10), evil.closed())

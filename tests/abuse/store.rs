@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 use client::{Client, ClientError, Connection, Event, PhoneNumber};
 use proto::{ErrorCode, Request, Response};
 
-use super::common::NodeProcess;
 use super::common::cluster::{
     LocalCluster, free_port, phones_owned_by, serving, wait_for_peers_up, wait_for_serving,
 };
+use super::common::{NodeProcess, phone};
 
 /// Generous: a partner takes over within a second or two of the links
 /// closing; the client's retry back-off adds a few more.
@@ -27,10 +27,6 @@ const TAKE_OVER: Duration = Duration::from_secs(15);
 const PATIENCE: Duration = Duration::from_secs(30);
 /// A payload that makes the database file grow on every send.
 const BIG: usize = 32 * 1024;
-
-fn phone(s: &str) -> PhoneNumber {
-    PhoneNumber::parse(s).expect("phone")
-}
 
 /// A tmpfs mounted on a directory, unmounted on drop (also when a test
 /// fails). `None` when this machine cannot mount (not root, no tmpfs).
@@ -136,12 +132,6 @@ fn probe(addr: &str, path: &str) -> Option<u16> {
     text.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// A logged-in low-level connection (the client library retries refusals
-/// by itself; the attacker wants to see them).
-async fn raw_user(node: &NodeProcess, user: &PhoneNumber) -> Connection {
-    node.raw_login(user).await
-}
-
 /// Sends big messages to `to` until the node refuses one; returns the
 /// errors seen, in order. Every answer must come (no hang).
 async fn flood_until_refused(conn: &Connection, to: &PhoneNumber) -> Vec<(ErrorCode, String)> {
@@ -204,7 +194,7 @@ async fn a_full_disk_makes_a_lone_node_refuse_report_and_exit_without_losing_ack
             .expect("acked");
         acked.push(text);
     }
-    let attacker = raw_user(&node, &phone("+15550300003")).await;
+    let attacker = node.raw_login(&phone("+15550300003")).await;
     let sink = phone("+15550300004");
     node.register(&sink).await;
 
@@ -299,7 +289,7 @@ async fn below_the_free_disk_threshold_sends_are_refused_until_space_is_freed() 
     let bob = phone("+15550310002");
     node.register(&bob).await;
     alice.send(&bob, b"before".to_vec()).await.expect("acked");
-    let attacker = raw_user(&node, &phone("+15550310003")).await;
+    let attacker = node.raw_login(&phone("+15550310003")).await;
 
     disk.tmpfs.fill(1024 * 1024);
     // The sampler looks every second.
@@ -377,7 +367,7 @@ async fn a_full_disk_on_a_primary_hands_its_fragments_to_the_partner() {
     let carol_token = n1.register(&carol_phone).await;
     let dave_token = n1.register(&dave_phone).await;
     n1.register(&sink).await;
-    let attacker = raw_user(n1, &phone("+15550320001")).await;
+    let attacker = n1.raw_login(&phone("+15550320001")).await;
     let (carol, _carol_events) = Client::connect(cluster.client_config(&[1]), carol_token)
         .await
         .expect("carol on n2");

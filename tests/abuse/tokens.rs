@@ -11,11 +11,7 @@ use std::time::Duration;
 use client::{Client, Connection, DisconnectReason, Event, PhoneNumber};
 use proto::{CloseReason, ErrorCode, Request, Response};
 
-use crate::common::{NodeProcess, is_message, next_event, refusal};
-
-fn phone(s: &str) -> PhoneNumber {
-    PhoneNumber::parse(s).expect("phone")
-}
+use crate::common::{NodeProcess, is_message, next_event, phone, refusal};
 
 /// A node whose resend interval lets one number verify twice in a test.
 fn node() -> NodeProcess {

@@ -338,3 +338,8 @@ pub fn refusal<T: std::fmt::Debug>(result: Result<T, client::ClientError>) -> pr
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
+
+/// A phone number from its text (tests only: panics if invalid).
+pub fn phone(s: &str) -> PhoneNumber {
+    PhoneNumber::parse(s).expect("phone")
+}
