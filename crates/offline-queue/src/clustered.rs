@@ -460,18 +460,6 @@ pub(crate) async fn from_peer(
             }
             None => Vec::new(),
         },
-        FragmentWire::SnapshotWithAccounts {
-            epoch,
-            first,
-            last,
-            rseq,
-            mut chunk,
-            accounts,
-        } => {
-            chunk.accounts = accounts;
-            apply_snapshot(state, &from, epoch, first, last, rseq, chunk);
-            Vec::new()
-        }
         FragmentWire::Detach { user, session_id } => {
             if let Some(core) = state.core.as_mut() {
                 core.detach(&user, session_id);
@@ -552,14 +540,10 @@ pub(crate) async fn from_peer(
             apply_replica(state, &from, epoch, rseq, ops);
             Vec::new()
         }
-        FragmentWire::Snapshot {
-            epoch,
-            first,
-            last,
-            rseq,
-            chunk,
-        } => {
-            apply_snapshot(state, &from, epoch, first, last, rseq, chunk);
+        wire @ (FragmentWire::Snapshot { .. } | FragmentWire::SnapshotWithAccounts { .. }) => {
+            if let Some(((epoch, first, last, rseq), chunk)) = wire.into_snapshot() {
+                apply_snapshot(state, &from, epoch, first, last, rseq, chunk);
+            }
             Vec::new()
         }
         FragmentWire::Replicated { rseq, ok } => replicated(state, &from, rseq, ok),

@@ -231,7 +231,59 @@ pub enum FragmentWire {
     },
 }
 
+/// A copy chunk's place in its copy: `(epoch, first, last, rseq)`.
+pub type SnapshotPlace = (u64, bool, bool, u64);
+
 impl FragmentWire {
+    /// The wire form of a copy chunk: `SnapshotWithAccounts` if it holds
+    /// account records, else `Snapshot` (which the previous release reads).
+    pub fn snapshot(place: SnapshotPlace, mut chunk: SnapshotChunk) -> Self {
+        let (epoch, first, last, rseq) = place;
+        if chunk.accounts.is_empty() {
+            return FragmentWire::Snapshot {
+                epoch,
+                first,
+                last,
+                rseq,
+                chunk,
+            };
+        }
+        let accounts = std::mem::take(&mut chunk.accounts);
+        FragmentWire::SnapshotWithAccounts {
+            epoch,
+            first,
+            last,
+            rseq,
+            chunk,
+            accounts,
+        }
+    }
+
+    /// The place and chunk of either form of a copy chunk.
+    pub fn into_snapshot(self) -> Option<(SnapshotPlace, SnapshotChunk)> {
+        match self {
+            FragmentWire::Snapshot {
+                epoch,
+                first,
+                last,
+                rseq,
+                chunk,
+            } => Some(((epoch, first, last, rseq), chunk)),
+            FragmentWire::SnapshotWithAccounts {
+                epoch,
+                first,
+                last,
+                rseq,
+                mut chunk,
+                accounts,
+            } => {
+                chunk.accounts = accounts;
+                Some(((epoch, first, last, rseq), chunk))
+            }
+            _ => None,
+        }
+    }
+
     /// The wire form of a forwarded message.
     pub fn append(req: u64, message: crate::NewMessage) -> Self {
         let crate::NewMessage {

@@ -480,39 +480,13 @@ mod tests {
         let last = chunks.len() - 1;
         for (i, chunk) in chunks.into_iter().enumerate() {
             // Through the wire form, which carries the records separately.
-            let wire = if chunk.accounts.is_empty() {
-                remote::FragmentWire::Snapshot {
-                    epoch: 1,
-                    first: i == 0,
-                    last: i == last,
-                    rseq: 1,
-                    chunk,
-                }
-            } else {
-                let mut chunk = chunk;
-                let accounts = std::mem::take(&mut chunk.accounts);
-                remote::FragmentWire::SnapshotWithAccounts {
-                    epoch: 1,
-                    first: i == 0,
-                    last: i == last,
-                    rseq: 1,
-                    chunk,
-                    accounts,
-                }
-            };
+            let wire = remote::FragmentWire::snapshot((1, i == 0, i == last, 1), chunk);
             let bytes = remote::encode(3, wire).expect("encode");
-            let chunk = match remote::decode(&bytes).expect("decode").wire {
-                remote::FragmentWire::Snapshot { chunk, .. } => chunk,
-                remote::FragmentWire::SnapshotWithAccounts {
-                    mut chunk,
-                    accounts,
-                    ..
-                } => {
-                    chunk.accounts = accounts;
-                    chunk
-                }
-                other => panic!("{other:?}"),
-            };
+            let (_, chunk) = remote::decode(&bytes)
+                .expect("decode")
+                .wire
+                .into_snapshot()
+                .expect("a copy chunk");
             target
                 .write(move |txn| import_chunk(txn, 3, i == 0, i == last, &chunk))
                 .await

@@ -300,27 +300,8 @@ pub(super) async fn start_copy(state: &mut FragmentState) {
     cluster.next_rseq += 1;
     let epoch = cluster.ownership.owner().epoch;
     let count = chunks.len();
-    for (i, mut chunk) in chunks.into_iter().enumerate() {
-        let (first, last) = (i == 0, i + 1 == count);
-        let wire = if chunk.accounts.is_empty() {
-            FragmentWire::Snapshot {
-                epoch,
-                first,
-                last,
-                rseq,
-                chunk,
-            }
-        } else {
-            let accounts = std::mem::take(&mut chunk.accounts);
-            FragmentWire::SnapshotWithAccounts {
-                epoch,
-                first,
-                last,
-                rseq,
-                chunk,
-                accounts,
-            }
-        };
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        let wire = FragmentWire::snapshot((epoch, i == 0, i + 1 == count, rseq), chunk);
         if !send_via(cluster, id, &partner, wire) {
             return;
         }
