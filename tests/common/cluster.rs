@@ -32,12 +32,26 @@ pub struct LocalCluster {
     pub dir: tempfile::TempDir,
 }
 
-/// A port free on `ip` now.
+/// A port free on `ip` now, for a node to listen on later. Taken below
+/// the kernel's ephemeral range (32768–60999 by default): a port from that
+/// range (what binding port 0 gives) can be taken in between by any
+/// outgoing connection of a test running alongside (seen in CI: a node
+/// found its cluster port in use). Each test process walks its own stretch
+/// of 10,000–32,767, from its pid, and checks that the port binds.
 pub fn free_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_768;
+    let start = std::process::id().wrapping_mul(7_919);
+    for _ in 0..SPAN {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + start.wrapping_add(step) % SPAN) as u16;
+        if std::net::TcpListener::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on {ip} below the ephemeral range");
 }
 
 impl LocalCluster {
