@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::{LocalCluster, wait_for_peers_up, wait_for_serving};
+use common::cluster::{LocalCluster, counter, wait_for_peers_up, wait_for_serving};
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -56,6 +56,50 @@ fn the_mesh_forms_notices_lost_and_frozen_nodes_and_heals() {
     for m in &cluster.members {
         let took = wait_for_peers_up(m, 2, PATIENCE);
         eprintln!("{} sees thawed n2 again after {took:?}", m.name);
+    }
+}
+
+/// A node whose layout differs (here: another ack policy) is refused
+/// by its peers and refuses them: it would place users' data elsewhere.
+/// With its config mended it joins.
+#[test]
+fn a_node_with_another_layout_is_refused_until_its_config_agrees() {
+    let _one_at_a_time = FAULTS.blocking_lock();
+    let mut cluster = LocalCluster::start(2, &[(1, 2)]);
+    for m in &cluster.members {
+        wait_for_peers_up(m, 1, PATIENCE);
+    }
+    let config = cluster.members[1].config_path.clone();
+    let agreed = std::fs::read_to_string(&config).expect("config");
+    let differs = agreed.replace(
+        "cookie = \"local-test-cluster-cookie\"",
+        "cookie = \"local-test-cluster-cookie\"\nack_policy = \"local\"",
+    );
+    assert_ne!(agreed, differs);
+    cluster.kill9(1);
+    wait_for_peers_up(&cluster.members[0], 0, PATIENCE);
+    std::fs::write(&config, differs).expect("write config");
+    cluster.start_member(1);
+    let start = std::time::Instant::now();
+    while counter(
+        &cluster.members[0],
+        "switchboard_cluster_layout_refused_total",
+    ) < 1.0
+    {
+        assert!(start.elapsed() < PATIENCE, "n1 never refused n2's layout");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Refused at every relink, never up on either side.
+    std::thread::sleep(Duration::from_secs(3));
+    for m in &cluster.members {
+        wait_for_peers_up(m, 0, Duration::ZERO);
+        assert!(counter(m, "switchboard_cluster_layout_refused_total") >= 1.0);
+    }
+    cluster.kill9(1);
+    std::fs::write(&config, agreed).expect("write config");
+    cluster.start_member(1);
+    for m in &cluster.members {
+        wait_for_peers_up(m, 1, PATIENCE);
     }
 }
 

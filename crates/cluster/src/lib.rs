@@ -15,6 +15,7 @@
 pub mod accept;
 mod config;
 mod error;
+mod layout;
 pub mod link;
 pub mod membership;
 pub mod peers;
@@ -25,4 +26,5 @@ pub use config::{
     AcceptConfig, AckPolicy, ClusterConfig, ClusterNode, HeartbeatConfig, LinkTlsConfig,
 };
 pub use error::{ClusterError, Result};
+pub use layout::Layout;
 pub use membership::{ClusterHandle, ClusterView, MembershipArgs, MembershipMsg};

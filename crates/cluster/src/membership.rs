@@ -155,6 +155,13 @@ pub enum MembershipMsg {
         /// The peer.
         peer: String,
     },
+    /// The peer's cluster layout arrived.
+    Layout {
+        /// The peer.
+        peer: String,
+        /// Its layout.
+        layout: crate::Layout,
+    },
     /// This node can no longer serve (its store failed): close every link,
     /// stop heartbeating, dialing and accepting, so that the partners see
     /// it leave at once and take its fragments over. For good: the node
@@ -184,6 +191,8 @@ pub struct MembershipArgs {
     pub data: Option<DataHandler>,
     /// Where `Presence` bodies go.
     pub presence: Option<DataHandler>,
+    /// What every peer must agree on (see [`crate::Layout`]).
+    pub layout: crate::Layout,
 }
 
 impl std::fmt::Debug for MembershipArgs {
@@ -317,6 +326,9 @@ pub struct MembershipState {
     sessions: HashMap<String, ActorRef<NodeSessionMessage>>,
     /// Set by [`MembershipMsg::Withdraw`]: nothing more is linked or sent.
     withdrawn: bool,
+    layout: crate::Layout,
+    /// A peer refused for its layout is refused again at every redial.
+    layout_logs: log_limit::LogLimiter,
 }
 
 impl std::fmt::Debug for MembershipState {
@@ -381,6 +393,7 @@ impl Actor for Membership {
             view,
             data,
             presence,
+            layout,
         } = args;
         config.validate(&this)?;
         let tls = if config.tls.insecure_plaintext {
@@ -447,6 +460,8 @@ impl Actor for Membership {
             inbox,
             sessions: HashMap::new(),
             withdrawn: false,
+            layout,
+            layout_logs: log_limit::LogLimiter::default(),
         };
         // A restarted membership starts from "no peer up" until it hears them.
         publish(&state);
@@ -522,6 +537,23 @@ impl Actor for Membership {
                 }
                 state.view.heard(&peer, now);
                 state.table.heard(&peer, now)
+            }
+            MembershipMsg::Layout { peer, layout } => {
+                if !state.sessions.contains_key(&peer) {
+                    return Ok(());
+                }
+                let differences = state.layout.differences(&layout);
+                if !differences.is_empty() {
+                    metrics::counter!("switchboard_cluster_layout_refused_total").increment(1);
+                    if state.layout_logs.allow("layout_differs").is_some() {
+                        tracing::error!(%peer, differences = %differences.join("; "),
+                            "cluster layout differs from this node's; the peer is refused \
+                             (every node must have the same fragments, nodes, islands and ack policy)");
+                    }
+                } else {
+                    state.view.heard(&peer, now);
+                }
+                state.table.layout(&peer, differences.is_empty(), now)
             }
         };
         for action in actions {
@@ -609,6 +641,12 @@ fn carry_out(myself: &ActorRef<MembershipMsg>, state: &mut MembershipState, acti
                 tracing::debug!(peer = %name, error = %e, "ping not sent");
             }
         }
+        Action::Hello { name } => {
+            let layout = state.layout.clone();
+            if let Err(e) = send_frame(&state.this, &name, Body::Hello { layout }) {
+                tracing::debug!(peer = %name, error = %e, "layout not sent");
+            }
+        }
         Action::DropLink { name } => {
             if let Some(session) = state.sessions.remove(&name) {
                 tracing::warn!(peer = %name, "peer silent; closing its link to redial");
@@ -633,6 +671,7 @@ fn carry_out(myself: &ActorRef<MembershipMsg>, state: &mut MembershipState, acti
             let reason = match reason {
                 DownReason::Silent => "silent",
                 DownReason::LinkClosed => "link_closed",
+                DownReason::LayoutDiffers => "layout_differs",
             };
             tracing::warn!(peer = %name, reason, "cluster peer down");
             metrics::counter!("switchboard_cluster_peer_down_total", "reason" => reason)
@@ -715,6 +754,12 @@ impl Actor for Inbox {
                 Some(handler) => handler(&frame.from, bytes),
                 None => tracing::debug!(peer = %frame.from, "presence with no handler dropped"),
             },
+            Body::Hello { layout } => {
+                let _ = state.membership.cast(MembershipMsg::Layout {
+                    peer: frame.from,
+                    layout,
+                });
+            }
         }
         Ok(())
     }

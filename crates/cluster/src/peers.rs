@@ -27,6 +27,13 @@ pub enum Action {
         /// Peer name.
         name: String,
     },
+    /// Send this node's cluster layout (see [`crate::Layout`]): at link-up,
+    /// in answer to the peer's, and each heartbeat until the peer's
+    /// arrives.
+    Hello {
+        /// Peer name.
+        name: String,
+    },
     /// Close the link to a peer gone silent, so that it is dialed afresh
     /// (ractor_cluster never notices a silent peer by itself).
     DropLink {
@@ -54,6 +61,19 @@ pub enum DownReason {
     Silent,
     /// Its link closed.
     LinkClosed,
+    /// Its cluster layout differs from this node's.
+    LayoutDiffers,
+}
+
+/// Whether a peer's cluster layout is known to equal this node's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LayoutCheck {
+    /// Not heard on this link yet.
+    Unknown,
+    /// Equal: the peer may come up.
+    Agreed,
+    /// Different: the peer never comes up until a link brings an equal one.
+    Refused,
 }
 
 #[derive(Debug)]
@@ -65,6 +85,10 @@ struct Peer {
     up: bool,
     link: bool,
     dialing: bool,
+    layout: LayoutCheck,
+    /// When the current link became ready: a peer that sends no layout for
+    /// a heartbeat timeout after is a node of an older release.
+    linked_at: Option<Instant>,
     last_heard: Option<Instant>,
     next_dial: Instant,
     backoff: Duration,
@@ -96,6 +120,8 @@ impl PeerTable {
                     up: false,
                     link: false,
                     dialing: false,
+                    layout: LayoutCheck::Unknown,
+                    linked_at: None,
                     last_heard: None,
                     next_dial: now,
                     backoff: FIRST_REDIAL,
@@ -137,7 +163,22 @@ impl PeerTable {
                 });
             }
             if peer.link {
+                if peer.layout == LayoutCheck::Unknown {
+                    actions.push(Action::Hello { name: name.clone() });
+                }
                 actions.push(Action::Ping { name: name.clone() });
+            }
+            // A peer linked and heard for a heartbeat timeout that never
+            // sent its layout runs a release from before the layout check:
+            // it is counted without one, so that a rolling upgrade goes on.
+            let legacy = peer.layout == LayoutCheck::Unknown
+                && !silent
+                && peer
+                    .linked_at
+                    .is_some_and(|at| now.saturating_duration_since(at) >= self.down_after);
+            if peer.link && legacy && !peer.up {
+                peer.up = true;
+                actions.push(Action::Up { name: name.clone() });
             }
         }
         actions
@@ -162,16 +203,59 @@ impl PeerTable {
     }
 
     /// A link to the peer is authenticated and ready; counts as hearing it.
+    /// The peer comes up once its layout is found equal to this node's.
     pub fn link_ready(&mut self, name: &str, now: Instant) -> Vec<Action> {
         match self.peers.get_mut(name) {
             Some(peer) => {
                 peer.link = true;
                 peer.dialing = false;
                 peer.backoff = FIRST_REDIAL;
+                peer.layout = LayoutCheck::Unknown;
+                peer.linked_at = Some(now);
             }
             None => return Vec::new(),
         }
-        self.heard(name, now)
+        let mut actions = vec![Action::Hello {
+            name: name.to_owned(),
+        }];
+        actions.extend(self.heard(name, now));
+        actions
+    }
+
+    /// The peer's layout arrived: equal (`agreed`) or not. An equal one
+    /// brings the peer up and is answered with this node's (the peer may
+    /// still wait for it); a different one closes the link, and the peer
+    /// stays down.
+    pub fn layout(&mut self, name: &str, agreed: bool, now: Instant) -> Vec<Action> {
+        let Some(peer) = self.peers.get_mut(name) else {
+            return Vec::new();
+        };
+        if !peer.link {
+            return Vec::new();
+        }
+        if !agreed {
+            peer.layout = LayoutCheck::Refused;
+            let mut actions = vec![Action::DropLink {
+                name: name.to_owned(),
+            }];
+            if peer.up {
+                peer.up = false;
+                actions.push(Action::Down {
+                    name: name.to_owned(),
+                    reason: DownReason::LayoutDiffers,
+                });
+            }
+            return actions;
+        }
+        let mut actions = Vec::new();
+        if peer.layout != LayoutCheck::Agreed {
+            peer.layout = LayoutCheck::Agreed;
+            actions.push(Action::Hello {
+                name: name.to_owned(),
+            });
+        }
+        actions.extend(self.heard(name, now));
+        actions
     }
 
     /// The link to the peer closed.
@@ -180,6 +264,7 @@ impl PeerTable {
             return Vec::new();
         };
         peer.link = false;
+        peer.linked_at = None;
         peer.last_heard = None;
         peer.next_dial = now + peer.backoff.mul_f64(jitter.clamp(0.5, 1.0));
         if peer.up {
@@ -199,7 +284,7 @@ impl PeerTable {
         };
         peer.last_heard = Some(now);
         peer.link = true;
-        if !peer.up {
+        if !peer.up && peer.layout == LayoutCheck::Agreed {
             peer.up = true;
             return vec![Action::Up {
                 name: name.to_owned(),
@@ -302,21 +387,78 @@ mod tests {
         );
     }
 
+    /// A link made ready and the peer's equal layout received.
+    fn link_agreed(t: &mut PeerTable, name: &str, now: Instant) {
+        t.link_ready(name, now);
+        t.layout(name, true, now);
+    }
+
     #[test]
-    fn a_ready_link_brings_the_peer_up_once_and_pings_it() {
+    fn a_ready_link_brings_the_peer_up_once_its_layout_agrees_and_pings_it() {
         let now = Instant::now();
         let mut t = table("n1", now);
-        assert_eq!(t.link_ready("n2", now), [Action::Up { name: "n2".into() }]);
+        let hello = Action::Hello { name: "n2".into() };
+        assert_eq!(t.link_ready("n2", now), std::slice::from_ref(&hello));
+        assert!(t.up().next().is_none(), "not before its layout is known");
+        // Asked again each heartbeat until it arrives.
+        assert!(t.tick(now).contains(&hello));
+        assert_eq!(
+            t.layout("n2", true, now),
+            [hello.clone(), Action::Up { name: "n2".into() }]
+        );
+        assert!(t.layout("n2", true, now).is_empty(), "answered once");
         assert!(t.heard("n2", now).is_empty());
-        assert!(t.tick(now).contains(&Action::Ping { name: "n2".into() }));
+        let tick = t.tick(now);
+        assert!(tick.contains(&Action::Ping { name: "n2".into() }));
+        assert!(!tick.contains(&hello));
         assert_eq!(t.up().collect::<Vec<_>>(), ["n2"]);
+    }
+
+    #[test]
+    fn a_peer_with_another_layout_is_dropped_and_never_comes_up() {
+        let now = Instant::now();
+        let mut t = table("n1", now);
+        t.link_ready("n2", now);
+        assert_eq!(
+            t.layout("n2", false, now),
+            [Action::DropLink { name: "n2".into() }]
+        );
+        // Its pings do not bring it up, nor does the time that would count
+        // a silent older release.
+        assert!(t.heard("n2", now).is_empty());
+        let later = now + Duration::from_millis(1_500);
+        t.heard("n2", later);
+        assert!(!t.tick(later).iter().any(|a| matches!(a, Action::Up { .. })));
+        assert!(t.up().next().is_none());
+        // A new link starts the check afresh.
+        t.link_closed("n2", later, 1.0);
+        link_agreed(&mut t, "n2", later);
+        assert_eq!(t.up().collect::<Vec<_>>(), ["n2"]);
+    }
+
+    #[test]
+    fn a_peer_that_sends_no_layout_is_counted_after_a_heartbeat_timeout() {
+        // A node of the release before the layout check: a rolling upgrade
+        // must not lose it.
+        let now = Instant::now();
+        let mut t = table("n1", now);
+        t.link_ready("n2", now);
+        let mut at = now;
+        while at + Duration::from_millis(200) < now + Duration::from_millis(1_000) {
+            at += Duration::from_millis(200);
+            t.heard("n2", at);
+            assert!(!t.tick(at).iter().any(|a| matches!(a, Action::Up { .. })));
+        }
+        at += Duration::from_millis(200);
+        t.heard("n2", at);
+        assert!(t.tick(at).contains(&Action::Up { name: "n2".into() }));
     }
 
     #[test]
     fn a_silent_peer_goes_down_and_its_link_is_dropped() {
         let now = Instant::now();
         let mut t = table("n1", now);
-        t.link_ready("n2", now);
+        link_agreed(&mut t, "n2", now);
         let later = now + Duration::from_millis(900);
         assert!(
             !t.tick(later)
@@ -340,7 +482,7 @@ mod tests {
         let now = Instant::now();
         let mut t = table("n1", now);
         t.tick(now);
-        t.link_ready("n2", now);
+        link_agreed(&mut t, "n2", now);
         let closed = t.link_closed("n2", now, 1.0);
         assert_eq!(
             closed,
@@ -360,6 +502,7 @@ mod tests {
         let mut t = table("n1", now);
         assert!(t.heard("n9", now).is_empty());
         assert!(t.link_ready("n1", now).is_empty(), "itself is no peer");
+        assert!(t.layout("n9", true, now).is_empty());
         assert!(!t.knows("n9"));
     }
 }

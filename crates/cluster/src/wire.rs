@@ -60,6 +60,12 @@ pub enum Body {
     /// Presence and typing between the nodes' presence actors, versioned
     /// and decoded by the presence service.
     Presence(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The sender's cluster layout, sent when a link comes up: a peer
+    /// whose layout differs is refused.
+    Hello {
+        /// The layout.
+        layout: crate::Layout,
+    },
 }
 
 impl Frame {

@@ -212,6 +212,8 @@ impl NodeBuilder {
                     presence: Some(Arc::new(|from: &str, bytes: Vec<u8>| {
                         presence::dispatch(PRESENCE_NAME, from, bytes)
                     })),
+                    layout: cluster::Layout::of(cluster_config)
+                        .with("fragments", config.fragments.to_string()),
                 };
                 let spec = ChildSpec::new(MEMBERSHIP_NAME, Restart::Permanent, move |sup| {
                     let args = args.clone();
