@@ -1,73 +1,49 @@
-//! The fragment actor: a [`FragmentCore`] behind a ractor mailbox.
-//!
-//! The shell reads the clock, sends the core's writes to the group-commit
-//! writer (whose completion comes back as [`FragmentMsg::Committed`]) and
-//! performs its other actions: pushes to endpoints, replies, and receipts for
-//! other fragments, which it finds by registered name so that a restarted
+//! The fragment actor: a [`ReplicaCore`] behind a ractor mailbox, and
+//! nothing else. The shell turns messages into the core's events, reads
+//! the clock, and carries out the core's actions: writes go to the
+//! group-commit writer (whose completion comes back as
+//! [`FragmentMsg::Committed`]), messages to other nodes over the cluster
+//! link, pushes and answers to this node's sessions, and receipts to other
+//! fragments, which it finds by registered name so that a restarted
 //! fragment is found again.
 //!
 //! On a clustered node every fragment has an actor under the same name, but
-//! only the fragment's owner runs a core; the others forward requests to the
-//! owner and pushes back to their sessions, and the owner's island partner
-//! also applies the owner's writes to its own copy (`clustered.rs`).
+//! only the fragment's owner serves it; what the others do is the core's
+//! business (`replica_core.rs`).
 
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use cluster::wire::Body;
 use cluster::{AckPolicy, ClusterHandle};
 use proto::{MessageId, PhoneNumber, TimestampMs};
 use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef, RpcReplyPort};
-use router::{FragmentId, Islands, Placement, Role};
+use router::{FragmentId, Islands, Placement};
 use storage::{ApplyGroup, Store};
 
 use crate::account::{AccountReply, AccountWrite};
-use crate::clustered::{self, Clustered, Copied};
-use crate::fragment::{Action, FragmentConfig, FragmentCore, NewMessage, ReceiptRequest, Stored};
-use crate::remote::FragmentWire;
-use crate::replica::{log_divergent_all, takeover_seq};
-use crate::store::{MailboxRead, MailboxTables, RedbMailbox, WriteOp};
-use crate::{Entry, FragmentError};
+use crate::fragment::{FragmentConfig, NewMessage, ReceiptRequest, Stored};
+use crate::remote::{self, FragmentWire};
+use crate::replica::{
+    clear_divergent, export_fragment, import_chunk, load_divergent, load_owner, log_divergent,
+    log_divergent_all, save_owner,
+};
+use crate::replica_core::{
+    Action, Answer, Caller, ClusterSetup, Event, LocalRequest, ReplicaCore, Waiter,
+};
+use crate::store::{MailboxTables, RedbMailbox, WriteOp, apply_ops};
+use crate::{FragmentError, Push};
 
 /// The registered name of fragment `id`'s actor.
 pub fn fragment_name(id: FragmentId) -> String {
     format!("fragment-{id}")
 }
 
-/// What a fragment pushes to an attached endpoint (a session or a bot).
-#[derive(Debug)]
-pub enum Push {
-    /// Mailbox entries, in order; acknowledge each with [`FragmentMsg::Ack`].
-    Entries(Vec<Entry>),
-    /// The user attached elsewhere; this endpoint gets nothing more.
-    Replaced,
-    /// The token this endpoint logged in with was revoked; it gets nothing
-    /// more.
-    Revoked,
-}
-
 impl ractor::Message for Push {}
 
-/// Where an online user's entries go.
-#[derive(Clone)]
-pub struct Endpoint {
-    /// Distinguishes this connection from earlier ones of the same user.
-    pub session_id: u64,
-    /// The generation of the token the session logged in with: refused
-    /// below the account's, and closed once the account's rises past it.
-    /// `None` for endpoints without a token (bots).
-    pub token_generation: Option<u64>,
-    /// The actor that takes the pushes.
-    pub target: DerivedActorRef<Push>,
-}
-
-impl std::fmt::Debug for Endpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Endpoint")
-            .field("session_id", &self.session_id)
-            .field("token_generation", &self.token_generation)
-            .finish_non_exhaustive()
-    }
-}
+/// Where an online user's entries go: a session (or bot) of this node.
+pub type Endpoint = crate::replica_core::Endpoint<DerivedActorRef<Push>>;
 
 /// Gauges of one fragment, for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -178,25 +154,6 @@ pub enum FragmentMsg {
 
 impl ractor::Message for FragmentMsg {}
 
-impl FragmentMsg {
-    /// Requests that a fragment handing itself to another node holds back
-    /// until the hand-over, instead of serving them.
-    fn is_request(&self) -> bool {
-        match self {
-            FragmentMsg::Append { .. }
-            | FragmentMsg::Attach { .. }
-            | FragmentMsg::Detach { .. }
-            | FragmentMsg::Ack { .. }
-            | FragmentMsg::StoreReceipt { .. }
-            | FragmentMsg::ReadAccount { .. }
-            | FragmentMsg::WriteAccount { .. }
-            | FragmentMsg::DeleteAcked { .. } => true,
-            FragmentMsg::FromPeer { wire, .. } => wire.is_request(),
-            _ => false,
-        }
-    }
-}
-
 /// Called with the fragment id each time a fragment actor starts, so that
 /// sessions of its users attach again after a restart.
 pub type OnFragmentStart = Arc<dyn Fn(FragmentId) + Send + Sync>;
@@ -288,99 +245,73 @@ impl FragmentDirectory {
 #[derive(Debug, Default)]
 pub struct FragmentActor;
 
-/// Where the core pushes: a session of this node, or one on another node.
-#[derive(Clone)]
-pub(crate) enum Attached {
-    Local(Endpoint),
-    Remote {
-        node: String,
-        user: PhoneNumber,
-        session_id: u64,
-    },
-}
-
-/// Who waits for a durable write.
-pub(crate) enum Waiter {
-    /// A caller on this node.
-    Local(LocalReply),
-    /// Request `req` of another node.
-    Remote { node: String, req: u64 },
-}
-
 /// The reply port of a caller on this node, by the kind of answer it takes.
 pub(crate) enum LocalReply {
     /// A send or a receipt.
     Stored(RpcReplyPort<Result<Stored, FragmentError>>),
     /// An account read or write.
     Account(RpcReplyPort<Result<AccountReply, FragmentError>>),
+    /// An attach.
+    Attach(RpcReplyPort<Result<(), FragmentError>>),
 }
 
-impl LocalReply {
-    /// Whether the caller stopped waiting.
-    pub(crate) fn is_closed(&self) -> bool {
+impl Caller for LocalReply {
+    fn gone(&self) -> bool {
         match self {
             LocalReply::Stored(port) => port.is_closed(),
             LocalReply::Account(port) => port.is_closed(),
-        }
-    }
-
-    /// Answers `Unavailable`: the caller retries.
-    pub(crate) fn unavailable(self, id: FragmentId) {
-        let e = FragmentError::Unavailable(id);
-        match self {
-            LocalReply::Stored(port) => {
-                let _ = port.send(Err(e));
-            }
-            LocalReply::Account(port) => {
-                let _ = port.send(Err(e));
-            }
-        }
-    }
-
-    /// Answers a send or receipt (a caller of another kind, which no path
-    /// makes, is told `Unavailable`).
-    pub(crate) fn stored(self, id: FragmentId, result: Result<Stored, FragmentError>) {
-        match self {
-            LocalReply::Stored(port) => {
-                let _ = port.send(result);
-            }
-            other => other.unavailable(id),
-        }
-    }
-
-    /// Answers an account request (likewise).
-    pub(crate) fn account(self, id: FragmentId, result: Result<AccountReply, FragmentError>) {
-        match self {
-            LocalReply::Account(port) => {
-                let _ = port.send(result);
-            }
-            other => other.unavailable(id),
+            LocalReply::Attach(port) => port.is_closed(),
         }
     }
 }
 
-pub(crate) type Core = FragmentCore<Attached, Waiter>;
-pub(crate) type CoreAction = Action<Attached, Waiter>;
+impl LocalReply {
+    /// Sends the answer; one of another kind than the caller takes (which
+    /// no path makes) tells it `Unavailable`.
+    fn answer(self, id: FragmentId, answer: Answer) {
+        let unavailable = FragmentError::Unavailable(id);
+        match (self, answer) {
+            (LocalReply::Stored(port), Answer::Stored(result)) => {
+                let _ = port.send(result);
+            }
+            (LocalReply::Account(port), Answer::Account(result)) => {
+                let _ = port.send(result);
+            }
+            (LocalReply::Attach(port), Answer::Attached(result)) => {
+                let _ = port.send(result);
+            }
+            (LocalReply::Stored(port), _) => {
+                let _ = port.send(Err(unavailable));
+            }
+            (LocalReply::Account(port), _) => {
+                let _ = port.send(Err(unavailable));
+            }
+            (LocalReply::Attach(port), _) => {
+                let _ = port.send(Err(unavailable));
+            }
+        }
+    }
+}
+
+type Replica = ReplicaCore<DerivedActorRef<Push>, LocalReply>;
+type ShellAction = Action<DerivedActorRef<Push>, LocalReply>;
+type ShellEvent = Event<DerivedActorRef<Push>, LocalReply>;
 
 /// A [`FragmentActor`]'s state.
 pub struct FragmentState {
-    pub(crate) id: FragmentId,
-    placement: Placement,
-    config: FragmentConfig,
-    /// Present while this node serves the fragment.
-    pub(crate) core: Option<Core>,
-    /// Counts this fragment in `switchboard_fragments_serving` while `core`
-    /// is present (and uncounts it however the actor ends).
+    id: FragmentId,
+    replica: Replica,
+    /// Counts this fragment in `switchboard_fragments_serving` while it is
+    /// served here (and uncounts it however the actor ends).
     serving: Option<ServingGauge>,
-    /// Bumped with every new core (see [`FragmentMsg::Committed`]).
-    generation: u64,
-    pub(crate) reads: RedbMailbox,
-    pub(crate) store: Store,
+    reads: RedbMailbox,
+    store: Store,
     directory: FragmentDirectory,
     on_start: Option<OnFragmentStart>,
     sweeper: Option<tokio::task::JoinHandle<()>>,
     checker: Option<tokio::task::JoinHandle<()>>,
-    pub(crate) cluster: Option<Clustered>,
+    /// Links to peers, on a clustered node.
+    link: Option<ClusterHandle>,
 }
 
 pub(crate) fn now_ms() -> TimestampMs {
@@ -417,35 +348,48 @@ impl Drop for ServingGauge {
 }
 
 impl FragmentState {
-    /// Starts or stops serving.
-    pub(crate) fn set_core(&mut self, core: Option<Core>) -> Option<Core> {
-        self.serving = core.as_ref().map(|_| ServingGauge::new());
-        self.generation += 1;
-        std::mem::replace(&mut self.core, core)
+    /// The peers heard lately (see `ClusterHandle::heard_lately`).
+    fn lately(&self) -> BTreeSet<String> {
+        match &self.link {
+            Some(link) => link
+                .view()
+                .up
+                .into_iter()
+                .filter(|peer| link.heard_lately(peer))
+                .collect(),
+            None => BTreeSet::new(),
+        }
     }
 
-    /// A core for a fragment this node takes over: its ids start far above
-    /// any the former owner may have given out without copying them here
-    /// (see [`takeover_seq`]).
-    pub(crate) fn new_core_after_takeover(&self) -> Result<Core, FragmentError> {
-        let member = self
-            .cluster
-            .as_ref()
-            .map_or(0, |c| c.island_member(self.id));
-        let next_seq = takeover_seq(self.reads.next_seq()?, member);
-        Ok(
-            FragmentCore::new(self.id, self.placement, self.config.clone(), next_seq)
-                .with_usage(self.reads.usage()?),
-        )
+    /// Keeps the serving gauge true to the core.
+    fn count_serving(&mut self) {
+        match (self.replica.serves(), self.serving.is_some()) {
+            (true, false) => self.serving = Some(ServingGauge::new()),
+            (false, true) => self.serving = None,
+            _ => {}
+        }
     }
 
-    /// A core continuing from the fragment's stored sequence.
-    pub(crate) fn new_core(&self) -> Result<Core, FragmentError> {
-        let next_seq = self.reads.next_seq()?;
-        Ok(
-            FragmentCore::new(self.id, self.placement, self.config.clone(), next_seq)
-                .with_usage(self.reads.usage()?),
-        )
+    /// Sends one fragment message to `node`; a failure only logs (the peer
+    /// is down or unreachable: membership will say so and the core
+    /// recovers).
+    fn send(&self, node: &str, wire: FragmentWire) {
+        if let Some(link) = &self.link {
+            send_over(link, self.id, node, wire);
+        }
+    }
+}
+
+fn send_over(link: &ClusterHandle, fragment: FragmentId, node: &str, wire: FragmentWire) {
+    let bytes = match remote::encode(fragment, wire) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            tracing::error!(fragment, error = %e, "cannot encode a fragment message");
+            return;
+        }
+    };
+    if let Err(e) = link.send(node, Body::Data(bytes)) {
+        tracing::debug!(fragment, peer = node, error = %e, "fragment message not sent");
     }
 }
 
@@ -460,33 +404,39 @@ impl Actor for FragmentActor {
         args: FragmentArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let reads = RedbMailbox::new(args.store.clone(), args.id);
-        let cluster = match args.cluster {
-            Some(c) => Some(Clustered::new(args.id, c, &args.store)?),
+        let setup = match &args.cluster {
+            Some(c) => Some(ClusterSetup {
+                this: c.handle.this().to_owned(),
+                islands: c.islands.clone(),
+                policy: c.policy,
+                nodes: c.nodes,
+                relink_ms: c.handle.relink_time().as_millis() as u64,
+                owner: load_owner(&args.store, args.id)?,
+                up: c.handle.view().up,
+            }),
             None => None,
         };
+        let replica = ReplicaCore::new(
+            args.id,
+            args.placement,
+            args.config,
+            setup,
+            now_ms(),
+            &reads,
+        )?;
         let mut state = FragmentState {
             id: args.id,
-            placement: args.placement,
-            config: args.config,
-            core: None,
+            replica,
             serving: None,
-            generation: 0,
             reads,
             store: args.store,
             directory: FragmentDirectory::new(args.placement),
             on_start: args.on_start,
             sweeper: None,
             checker: None,
-            cluster,
+            link: args.cluster.map(|c| c.handle),
         };
-        let serves = state
-            .cluster
-            .as_ref()
-            .is_none_or(|c| c.ownership.role() == Role::Primary);
-        if serves {
-            let core = state.new_core()?;
-            state.set_core(Some(core));
-        }
+        state.count_serving();
         Ok(state)
     }
 
@@ -496,11 +446,11 @@ impl Actor for FragmentActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         state.sweeper = Some(myself.send_interval(Duration::from_secs(60), || FragmentMsg::Sweep));
-        if state.cluster.is_some() {
+        if state.link.is_some() {
             state.checker =
                 Some(myself.send_interval(Duration::from_secs(1), || FragmentMsg::CheckPartner));
         }
-        clustered::started(state);
+        step(&myself, state, Event::Start).await?;
         if let Some(on_start) = &state.on_start {
             on_start(state.id);
         }
@@ -532,155 +482,383 @@ impl Actor for FragmentActor {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        if message.is_request()
-            && let Some(cluster) = state.cluster.as_mut()
-            && cluster.handing_back
-        {
-            cluster.deferred.push(message);
-            return Ok(());
-        }
-        let actions = match message {
+        let event = match message {
+            FragmentMsg::Append { message, reply } => Event::Local(LocalRequest::Append {
+                message,
+                reply: LocalReply::Stored(reply),
+            }),
+            FragmentMsg::Attach {
+                user,
+                endpoint,
+                reply,
+            } => Event::Local(LocalRequest::Attach {
+                user,
+                endpoint,
+                reply: LocalReply::Attach(reply),
+            }),
+            FragmentMsg::Detach { user, session_id } => {
+                Event::Local(LocalRequest::Detach { user, session_id })
+            }
+            FragmentMsg::Ack { user, ids } => Event::Local(LocalRequest::Ack { user, ids }),
+            FragmentMsg::StoreReceipt { request, reply } => {
+                Event::Local(LocalRequest::StoreReceipt {
+                    request,
+                    reply: reply.map(LocalReply::Stored),
+                })
+            }
+            FragmentMsg::ReadAccount { user, reply } => Event::Local(LocalRequest::ReadAccount {
+                user,
+                reply: LocalReply::Account(reply),
+            }),
+            FragmentMsg::WriteAccount { user, write, reply } => {
+                Event::Local(LocalRequest::WriteAccount {
+                    user,
+                    write,
+                    reply: LocalReply::Account(reply),
+                })
+            }
+            FragmentMsg::DeleteAcked { owner, ids } => {
+                Event::Local(LocalRequest::DeleteAcked { owner, ids })
+            }
             FragmentMsg::Committed {
                 generation,
                 tag,
                 outcome,
-            } => {
-                if generation == state.generation {
-                    clustered::local_commit(state, tag, outcome)
-                } else {
-                    Vec::new()
-                }
-            }
-            FragmentMsg::CheckPartner => clustered::check_partner(state).await?,
-            FragmentMsg::Sweep => match state.core.as_mut() {
-                Some(core) => {
-                    let now = now_ms();
-                    let mut actions = core.sweep(now);
-                    actions.extend(core.expire(&state.reads, now));
-                    actions
-                }
-                None => Vec::new(),
+            } => Event::Committed {
+                generation,
+                tag,
+                outcome,
+            },
+            FragmentMsg::Sweep => Event::Sweep,
+            FragmentMsg::CheckPartner => Event::Tick {
+                lately: state.lately(),
             },
             FragmentMsg::Stats(reply) => {
-                let counts = state.core.as_ref().map(|c| c.counts()).unwrap_or_default();
+                let counts = state.replica.counts();
                 let _ = reply.send(FragmentStats {
                     fragment: state.id,
                     online: counts.online,
                     pending_commits: counts.pending_commits,
                     cached_entries: counts.cached_entries,
                 });
-                Vec::new()
+                return Ok(());
             }
-            FragmentMsg::PeerUp(peer) => clustered::peer_up(state, peer).await?,
-            FragmentMsg::PeerDown(peer) => clustered::peer_down(state, peer).await?,
-            other => route(state, other).await?,
+            FragmentMsg::FromPeer { from, wire } => Event::Peer { from, wire },
+            FragmentMsg::PeerUp(peer) => Event::PeerUp {
+                peer,
+                lately: state.lately(),
+            },
+            FragmentMsg::PeerDown(peer) => Event::PeerDown {
+                peer,
+                lately: state.lately(),
+            },
         };
-        perform(&myself, state, actions);
-        for held in clustered::maybe_hand_back(&myself, state).await? {
-            let actions = route(state, held).await?;
-            perform(&myself, state, actions);
-        }
-        Ok(())
+        step(&myself, state, event).await
     }
 }
 
-/// A request or a message from a peer: served here if this node owns the
-/// fragment, forwarded to the owner otherwise.
-async fn route(
+/// Steps the core with one event and carries out its actions. Actions
+/// that report back (a copy, a merge, a receipt that could not be handed
+/// over) step the core again at once, their actions first.
+async fn step(
+    myself: &ActorRef<FragmentMsg>,
     state: &mut FragmentState,
-    message: FragmentMsg,
-) -> Result<Vec<CoreAction>, ActorProcessingErr> {
-    match message {
-        FragmentMsg::FromPeer { from, wire } => clustered::from_peer(state, from, wire).await,
-        request if state.core.is_some() => Ok(serve(state, request)),
-        request => {
-            clustered::forward(state, request);
-            Ok(Vec::new())
-        }
-    }
-}
-
-/// A request served by this node's core.
-fn serve(state: &mut FragmentState, message: FragmentMsg) -> Vec<CoreAction> {
-    let Some(core) = state.core.as_mut() else {
-        return Vec::new();
-    };
-    let reads = &state.reads;
-    match message {
-        FragmentMsg::Append { message, reply } => append(
-            core,
-            reads,
-            &state.store,
-            message,
-            Waiter::Local(LocalReply::Stored(reply)),
-        ),
-        FragmentMsg::Attach {
-            user,
-            endpoint,
-            reply,
-        } => {
-            let (session_id, generation) = (endpoint.session_id, endpoint.token_generation);
-            match core.attach(
-                reads,
-                user,
-                session_id,
-                generation,
-                Attached::Local(endpoint),
-            ) {
-                Ok(actions) => {
-                    let _ = reply.send(Ok(()));
-                    actions
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                    Vec::new()
-                }
+    event: ShellEvent,
+) -> Result<(), ActorProcessingErr> {
+    let actions = state.replica.step(now_ms(), event, &state.reads)?;
+    let mut queue = VecDeque::from(actions);
+    while let Some(action) = queue.pop_front() {
+        if let Some(event) = perform(myself, state, action).await? {
+            let more = state.replica.step(now_ms(), event, &state.reads)?;
+            for action in more.into_iter().rev() {
+                queue.push_front(action);
             }
         }
-        FragmentMsg::Detach { user, session_id } => {
-            core.detach(&user, session_id);
-            Vec::new()
+    }
+    state.count_serving();
+    Ok(())
+}
+
+/// Carries out one action; some report back with an event.
+async fn perform(
+    myself: &ActorRef<FragmentMsg>,
+    state: &mut FragmentState,
+    action: ShellAction,
+) -> Result<Option<ShellEvent>, ActorProcessingErr> {
+    let id = state.id;
+    match action {
+        Action::Answer { to, answer } => to.answer(id, answer),
+        Action::Deliver { endpoint, push } => {
+            if tracing::enabled!(tracing::Level::DEBUG)
+                && let Push::Entries(entries) = &push
+            {
+                let ids: Vec<_> = entries.iter().map(|e| e.id).collect();
+                tracing::debug!(fragment = id, ?ids, session = endpoint.session_id, "push");
+            }
+            if endpoint.target.send_message(push).is_err() {
+                tracing::debug!(
+                    fragment = id,
+                    session = endpoint.session_id,
+                    "push to a stopped endpoint; it will detach"
+                );
+            }
         }
-        FragmentMsg::Ack { user, ids } => {
-            metrics::counter!("switchboard_entries_acked_total").increment(ids.len() as u64);
-            core.ack(reads, &user, &ids, now_ms())
+        Action::Send { to, wire } => {
+            if tracing::enabled!(tracing::Level::DEBUG)
+                && let FragmentWire::Push {
+                    entries,
+                    session_id,
+                    ..
+                } = &wire
+            {
+                let ids: Vec<_> = entries.iter().map(|e| e.id).collect();
+                tracing::debug!(fragment = id, ?ids, node = %to, session_id, "push");
+            }
+            state.send(&to, wire);
         }
-        FragmentMsg::StoreReceipt { request, reply } => core.store_receipt(
-            reads,
+        Action::Persist {
+            generation,
+            tag,
+            ops,
+            divergent,
+        } => {
+            trace_writes(id, tag, divergent, &ops);
+            let me = myself.clone();
+            let writes = FragmentWrites {
+                fragment: id,
+                ops,
+                divergent,
+            };
+            state
+                .store
+                .submit_grouped::<MailboxWrites>(writes, move |result| {
+                    if result.is_err() {
+                        metrics::counter!("switchboard_storage_failures_total").increment(1);
+                    }
+                    let outcome = result.map_err(|e| e.to_string());
+                    // The actor may have stopped; its writes are durable
+                    // anyway and are served again after restart.
+                    let _ = me.send_message(FragmentMsg::Committed {
+                        generation,
+                        tag,
+                        outcome,
+                    });
+                });
+        }
+        Action::ApplyReplica { from, rseq, ops } => {
+            let reply = replica_reply(state, from);
+            let writes = FragmentWrites {
+                fragment: id,
+                ops,
+                divergent: false,
+            };
+            state
+                .store
+                .submit_grouped::<MailboxWrites>(writes, move |result| reply(rseq, result.is_ok()));
+        }
+        Action::ImportChunk {
+            from,
+            rseq,
+            first,
+            last,
+            chunk,
+        } => {
+            let reply = replica_reply(state, from);
+            state.store.submit(
+                move |txn| import_chunk(txn, id, first, last, &chunk),
+                move |result| {
+                    // A failed chunk fails the copy at once; the last one
+                    // completes it.
+                    if last || result.is_err() {
+                        reply(rseq, result.is_ok());
+                    }
+                },
+            );
+        }
+        Action::SaveOwner(owner) => save_owner(&state.store, id, owner).await?,
+        Action::LogDivergent(ops) => state
+            .store
+            .write(move |txn| log_divergent(txn, id, &ops))
+            .await
+            .map_err(crate::store::storage)?,
+        Action::ClearDivergent { upto } => {
+            state
+                .store
+                .submit(move |txn| clear_divergent(txn, id, upto), |_| {});
+        }
+        Action::TakeSnapshot => return Ok(Some(take_snapshot(state).await)),
+        Action::ApplyMerge {
+            from,
+            upto,
+            ops,
+            touched,
+            accounts,
+            last,
+        } => {
+            state
+                .store
+                .write(move |txn| apply_ops(txn, id, &ops))
+                .await?;
+            return Ok(Some(Event::Merged {
+                from,
+                upto,
+                touched,
+                accounts,
+                last,
+            }));
+        }
+        Action::ReceiptElsewhere {
+            fragment,
             request,
-            reply.map(|r| Waiter::Local(LocalReply::Stored(r))),
-        ),
-        FragmentMsg::DeleteAcked { owner, ids } => core.delete_acked(owner, ids),
-        FragmentMsg::ReadAccount { user, reply } => {
-            let _ = reply.send(core.account(reads, &user).map(AccountReply::Current));
-            Vec::new()
+            waiter,
+        } => return Ok(receipt_elsewhere(state, fragment, request, waiter)),
+        Action::DeleteAckedElsewhere {
+            fragment,
+            owner,
+            ids,
+        } => {
+            if let Ok(f) = state.directory.get(fragment) {
+                let _ = f.send_message(FragmentMsg::DeleteAcked { owner, ids });
+            }
         }
-        FragmentMsg::WriteAccount { user, write, reply } => core.write_account(
-            reads,
-            user,
-            write,
-            Waiter::Local(LocalReply::Account(reply)),
-        ),
-        _ => Vec::new(),
+    }
+    Ok(None)
+}
+
+/// Reads a consistent copy of the fragment once every write handed over
+/// so far is durable.
+async fn take_snapshot(state: &FragmentState) -> ShellEvent {
+    let id = state.id;
+    if let Err(e) = state.store.flush().await {
+        tracing::warn!(fragment = id, error = %e, "flush before copy failed");
+        return Event::SnapshotFailed;
+    }
+    let divergent_upto = match load_divergent(&state.store, id) {
+        Ok((upto, _)) => upto,
+        Err(e) => {
+            tracing::warn!(fragment = id, error = %e, "cannot read the divergent log");
+            return Event::SnapshotFailed;
+        }
+    };
+    match export_fragment(&state.store, id) {
+        Ok(chunks) => Event::Snapshot {
+            chunks,
+            divergent_upto,
+        },
+        Err(e) => {
+            tracing::warn!(fragment = id, error = %e, "cannot read the fragment to copy");
+            Event::SnapshotFailed
+        }
     }
 }
 
-/// A message for this node's core, from a session here, a peer, or held
-/// across a change of owner; refused now (answered through the same
-/// waiter) while the store cannot take it.
-pub(crate) fn append(
-    core: &mut Core,
-    reads: &RedbMailbox,
-    store: &Store,
-    message: NewMessage,
-    waiter: Waiter,
-) -> Vec<CoreAction> {
-    match refusal(store) {
-        Some(refused) => vec![Action::Reply {
-            to: waiter,
-            result: Err(refused),
-        }],
-        None => core.append(reads, message, now_ms(), waiter),
+/// Hands a receipt to the fragment of this node that stores it (it
+/// forwards it if it does not own it).
+fn receipt_elsewhere(
+    state: &FragmentState,
+    fragment: FragmentId,
+    request: ReceiptRequest,
+    waiter: Option<Waiter<LocalReply>>,
+) -> Option<ShellEvent> {
+    let ids = request.msg_ids.clone();
+    let from_an_ack = request.then_delete.is_some();
+    let reply = match waiter {
+        None => None,
+        Some(Waiter::Local(LocalReply::Stored(port))) => Some(port),
+        // Receipts never wait as other requests.
+        Some(Waiter::Local(_)) => None,
+        Some(Waiter::Remote { node, req }) => reply_to_remote(state, node, req),
+    };
+    let sent = match state.directory.get(fragment) {
+        Ok(f) => f
+            .send_message(FragmentMsg::StoreReceipt { request, reply })
+            .map_err(|e| match e {
+                ractor::MessagingErr::SendErr(FragmentMsg::StoreReceipt {
+                    reply: Some(reply),
+                    ..
+                }) => Some(reply),
+                _ => None,
+            }),
+        Err(_) => Err(reply),
+    };
+    let Err(reply) = sent else {
+        return None;
+    };
+    tracing::warn!(
+        fragment = state.id,
+        to = fragment,
+        "receipt not stored: its fragment is not reachable"
+    );
+    if let Some(reply) = reply {
+        let _ = reply.send(Err(FragmentError::Unavailable(fragment)));
+    }
+    // An ack's entries stay for redelivery (and a new ack).
+    from_an_ack.then_some(Event::ReceiptNotStored { ids })
+}
+
+/// A reply port whose answer goes back to request `req` of `node`: for a
+/// request from another node that this fragment passes on to a third
+/// fragment (a read receipt on its way to the sender's fragment). `None`
+/// on a node without a cluster. A port dropped unanswered answers
+/// `Unavailable`, so the waiter is never left to its timeout.
+fn reply_to_remote(
+    state: &FragmentState,
+    node: String,
+    req: u64,
+) -> Option<RpcReplyPort<Result<Stored, FragmentError>>> {
+    let link = state.link.clone()?;
+    let fragment = state.id;
+    let (port, answer) = ractor::concurrency::oneshot();
+    tokio::spawn(async move {
+        let result = answer
+            .await
+            .unwrap_or(Err(FragmentError::Unavailable(fragment)));
+        send_over(
+            &link,
+            fragment,
+            &node,
+            FragmentWire::AppendDone { req, result },
+        );
+    });
+    Some(port.into())
+}
+
+/// Answers the owner from the writer thread once its writes are durable
+/// here.
+fn replica_reply(state: &FragmentState, to: String) -> impl FnOnce(u64, bool) + Send + 'static {
+    let link = state.link.clone();
+    let fragment = state.id;
+    move |rseq, ok| {
+        if let Some(link) = link {
+            send_over(&link, fragment, &to, FragmentWire::Replicated { rseq, ok });
+        }
+    }
+}
+
+/// Hands a cluster `Data` body to the fragment actor it concerns.
+pub fn dispatch(from: &str, bytes: Vec<u8>) {
+    match remote::decode(&bytes) {
+        Ok(envelope) => {
+            let name = fragment_name(envelope.fragment);
+            match ractor::registry::where_is(name) {
+                Some(cell) => {
+                    let fragment: ActorRef<FragmentMsg> = cell.into();
+                    let _ = fragment.send_message(FragmentMsg::FromPeer {
+                        from: from.to_owned(),
+                        wire: envelope.wire,
+                    });
+                }
+                None => tracing::debug!(
+                    fragment = envelope.fragment,
+                    peer = from,
+                    "message for a fragment not running here dropped"
+                ),
+            }
+        }
+        Err(e) => {
+            tracing::warn!(peer = from, error = %e, "undecodable fragment message dropped");
+            metrics::counter!("switchboard_cluster_undecodable_total").increment(1);
+        }
     }
 }
 
@@ -699,186 +877,6 @@ pub(crate) fn refusal(store: &storage::Store) -> Option<FragmentError> {
                 .to_owned()
         }
     }))
-}
-
-/// Carries out the core's actions.
-pub(crate) fn perform(
-    myself: &ActorRef<FragmentMsg>,
-    state: &mut FragmentState,
-    actions: Vec<CoreAction>,
-) {
-    let mut local = std::collections::VecDeque::from(actions);
-    while let Some(action) = local.pop_front() {
-        match action {
-            Action::Persist { tag, ops } => {
-                let divergent = clustered::replicate(state, tag, &ops) == Copied::Missing;
-                trace_writes(state.id, tag, divergent, &ops);
-                let generation = state.generation;
-                let me = myself.clone();
-                let writes = FragmentWrites {
-                    fragment: state.id,
-                    ops,
-                    divergent,
-                };
-                state
-                    .store
-                    .submit_grouped::<MailboxWrites>(writes, move |result| {
-                        if result.is_err() {
-                            metrics::counter!("switchboard_storage_failures_total").increment(1);
-                        }
-                        let outcome = result.map_err(|e| e.to_string());
-                        // The actor may have stopped; its writes are durable
-                        // anyway and are served again after restart.
-                        let _ = me.send_message(FragmentMsg::Committed {
-                            generation,
-                            tag,
-                            outcome,
-                        });
-                    });
-            }
-            Action::Push { endpoint, entries } => {
-                metrics::counter!("switchboard_entries_pushed_total")
-                    .increment(entries.len() as u64);
-                if tracing::enabled!(tracing::Level::DEBUG) {
-                    let ids: Vec<_> = entries.iter().map(|e| e.id).collect();
-                    let to = match &endpoint {
-                        Attached::Local(e) => format!("local session {}", e.session_id),
-                        Attached::Remote {
-                            node, session_id, ..
-                        } => format!("{node} session {session_id}"),
-                    };
-                    tracing::debug!(fragment = state.id, ?ids, %to, "push");
-                }
-                match endpoint {
-                    Attached::Local(endpoint) => {
-                        if endpoint
-                            .target
-                            .send_message(Push::Entries(entries))
-                            .is_err()
-                        {
-                            tracing::debug!(
-                                fragment = state.id,
-                                session = endpoint.session_id,
-                                "push to a stopped endpoint; it will detach"
-                            );
-                        }
-                    }
-                    Attached::Remote {
-                        node,
-                        user,
-                        session_id,
-                    } => clustered::send(
-                        state,
-                        &node,
-                        FragmentWire::Push {
-                            user,
-                            session_id,
-                            entries,
-                        },
-                    ),
-                }
-            }
-            Action::Replaced { endpoint } => match endpoint {
-                Attached::Local(endpoint) => {
-                    let _ = endpoint.target.send_message(Push::Replaced);
-                }
-                Attached::Remote {
-                    node,
-                    user,
-                    session_id,
-                } => clustered::send(state, &node, FragmentWire::Replaced { user, session_id }),
-            },
-            Action::Revoked { endpoint } => match endpoint {
-                Attached::Local(endpoint) => {
-                    let _ = endpoint.target.send_message(Push::Revoked);
-                }
-                Attached::Remote {
-                    node,
-                    user,
-                    session_id,
-                } => clustered::send(state, &node, FragmentWire::Revoked { user, session_id }),
-            },
-            Action::AccountReply { to, result } => match to {
-                Waiter::Local(reply) => reply.account(state.id, result),
-                Waiter::Remote { node, req } => {
-                    clustered::send(state, &node, FragmentWire::AccountDone { req, result });
-                }
-            },
-            Action::Reply { to, result } => {
-                if result.is_ok() {
-                    metrics::counter!("switchboard_durable_acks_total").increment(1);
-                }
-                match to {
-                    Waiter::Local(reply) => reply.stored(state.id, result),
-                    Waiter::Remote { node, req } => {
-                        clustered::send(state, &node, FragmentWire::AppendDone { req, result });
-                    }
-                }
-            }
-            Action::StoreReceipt {
-                fragment,
-                request,
-                waiter,
-            } => {
-                if fragment == state.id {
-                    if let Some(core) = state.core.as_mut() {
-                        local.extend(core.store_receipt(&state.reads, request, waiter));
-                    }
-                } else {
-                    let ids = request.msg_ids.clone();
-                    let from_an_ack = request.then_delete.is_some();
-                    let reply = match waiter {
-                        None => None,
-                        Some(Waiter::Local(LocalReply::Stored(port))) => Some(port),
-                        // Receipts never wait as account requests.
-                        Some(Waiter::Local(LocalReply::Account(_))) => None,
-                        Some(Waiter::Remote { node, req }) => {
-                            clustered::reply_to_remote(state, node, req)
-                        }
-                    };
-                    let sent = match state.directory.get(fragment) {
-                        Ok(f) => f
-                            .send_message(FragmentMsg::StoreReceipt { request, reply })
-                            .map_err(|e| match e {
-                                ractor::MessagingErr::SendErr(FragmentMsg::StoreReceipt {
-                                    reply: Some(reply),
-                                    ..
-                                }) => Some(reply),
-                                _ => None,
-                            }),
-                        Err(_) => Err(reply),
-                    };
-                    if let Err(reply) = sent {
-                        tracing::warn!(
-                            fragment = state.id,
-                            to = fragment,
-                            "receipt not stored: its fragment is not reachable"
-                        );
-                        if let Some(reply) = reply {
-                            let _ = reply.send(Err(FragmentError::Unavailable(fragment)));
-                        }
-                        // An ack's entries stay for redelivery (and a new ack).
-                        if from_an_ack && let Some(core) = state.core.as_mut() {
-                            core.forget_acked(&ids);
-                        }
-                    }
-                }
-            }
-            Action::DeleteAcked {
-                fragment,
-                owner,
-                ids,
-            } => {
-                if fragment == state.id {
-                    if let Some(core) = state.core.as_mut() {
-                        local.extend(core.delete_acked(owner, ids));
-                    }
-                } else if let Ok(f) = state.directory.get(fragment) {
-                    let _ = f.send_message(FragmentMsg::DeleteAcked { owner, ids });
-                }
-            }
-        }
-    }
 }
 
 /// One fragment's writes for the group commit.

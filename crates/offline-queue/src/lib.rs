@@ -17,29 +17,34 @@
 //!   and replicated with the user's mailbox, changed by compare-and-set.
 //! - [`usage`]: undelivered mail per recipient and sender, for the
 //!   mailbox caps.
-//! - [`actor`]: the thin shell that runs a core as a ractor actor, sends its
-//!   writes to the group-commit writer and performs its actions.
+//! - [`replica_core`]: the pure core of one fragment on one node in a
+//!   cluster (ownership, forwarding, the partner's copy, failover, merges):
+//!   events in, actions out, around the fragment core.
+//! - [`replica`]: what the partner's copy needs on disk (copies, the owner
+//!   record, the divergent log).
+//! - [`actor`]: the thin shell that runs a replica core as a ractor actor,
+//!   sends its writes to the group-commit writer and performs its actions.
 //!
 //! Durability: a message is acknowledged to its sender (one tick) only after
 //! its write is committed with fsync; writes of all fragments share commits.
 
 pub mod account;
 pub mod actor;
-mod clustered;
 pub mod entry;
 mod error;
 pub mod fragment;
 pub mod remote;
 pub mod replica;
+pub mod replica_core;
 pub mod store;
 pub mod usage;
 
 pub use account::{AccountRecord, AccountReply, AccountWrite};
 pub use actor::{
     Endpoint, FragmentActor, FragmentArgs, FragmentCluster, FragmentDirectory, FragmentMsg,
-    FragmentStats, Push, fragment_name,
+    FragmentStats, dispatch, fragment_name,
 };
-pub use clustered::dispatch;
 pub use entry::{Entry, EntryBody, compose_message_id, fragment_of_message_id};
 pub use error::{FragmentError, Result};
 pub use fragment::{FragmentConfig, NewMessage, Stored};
+pub use replica_core::Push;

@@ -353,6 +353,54 @@ impl FragmentWire {
     }
 }
 
+impl FragmentWire {
+    /// The variant's name, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FragmentWire::Append { .. } => "append",
+            FragmentWire::AppendAfter { .. } => "append-after",
+            FragmentWire::AppendDone { .. } => "append-done",
+            FragmentWire::Attach { .. } => "attach",
+            FragmentWire::Detach { .. } => "detach",
+            FragmentWire::Ack { .. } => "ack",
+            FragmentWire::StoreReceipt { .. } => "store-receipt",
+            FragmentWire::DeleteAcked { .. } => "delete-acked",
+            FragmentWire::Push { .. } => "push",
+            FragmentWire::Replaced { .. } => "replaced",
+            FragmentWire::Replicate { .. } => "replicate",
+            FragmentWire::Replicated { .. } => "replicated",
+            FragmentWire::Snapshot { .. } => "snapshot",
+            FragmentWire::Merge { .. } => "merge",
+            FragmentWire::MergeDone { .. } => "merge-done",
+            FragmentWire::Owner { .. } => "owner",
+            FragmentWire::AttachAt { .. } => "attach-at",
+            FragmentWire::Revoked { .. } => "revoked",
+            FragmentWire::AccountRead { .. } => "account-read",
+            FragmentWire::AccountWrite { .. } => "account-write",
+            FragmentWire::AccountDone { .. } => "account-done",
+            FragmentWire::SnapshotWithAccounts { .. } => "snapshot-with-accounts",
+        }
+    }
+
+    /// Requests a hand-over holds back (answers and the replication stream
+    /// are never held).
+    pub fn is_request(&self) -> bool {
+        matches!(
+            self,
+            FragmentWire::Append { .. }
+                | FragmentWire::AppendAfter { .. }
+                | FragmentWire::Attach { .. }
+                | FragmentWire::AttachAt { .. }
+                | FragmentWire::AccountRead { .. }
+                | FragmentWire::AccountWrite { .. }
+                | FragmentWire::Detach { .. }
+                | FragmentWire::Ack { .. }
+                | FragmentWire::StoreReceipt { .. }
+                | FragmentWire::DeleteAcked { .. }
+        )
+    }
+}
+
 /// Encodes an envelope for a cluster `Data` body.
 pub fn encode(fragment: FragmentId, wire: FragmentWire) -> Result<Vec<u8>, postcard::Error> {
     let mut bytes = vec![FRAGMENT_WIRE_VERSION];

@@ -231,13 +231,20 @@ pub fn load_owner(store: &Store, f: FragmentId) -> Result<Option<Owner>, Fragmen
 /// Stores the owner of `f` (durably, before this node acts on it).
 pub async fn save_owner(store: &Store, f: FragmentId, owner: Owner) -> Result<(), FragmentError> {
     store
-        .write(move |txn| {
-            txn.open_table(OWNER_TABLE)?
-                .insert(f, (owner.epoch, owner.node.as_str()))?;
-            Ok(())
-        })
+        .write(move |txn| store_owner(txn, f, &owner))
         .await
         .map_err(storage)
+}
+
+/// Stores the owner of `f` in the caller's transaction.
+pub fn store_owner(
+    txn: &WriteTransaction,
+    f: FragmentId,
+    owner: &Owner,
+) -> Result<(), StorageError> {
+    txn.open_table(OWNER_TABLE)?
+        .insert(f, (owner.epoch, owner.node.as_str()))?;
+    Ok(())
 }
 
 /// Appends writes to the divergent log of `f` (in the caller's transaction).
@@ -332,6 +339,24 @@ pub fn clear_divergent(
     txn.open_table(DIVERGENT_TABLE)?
         .retain_in((f, 0)..=(f, upto), |_, _| false)?;
     Ok(())
+}
+
+impl crate::replica_core::ReplicaRead for crate::store::RedbMailbox {
+    fn next_seq(&self) -> Result<u64, FragmentError> {
+        crate::store::RedbMailbox::next_seq(self)
+    }
+
+    fn copy_incomplete(&self) -> Result<bool, FragmentError> {
+        copy_incomplete(self.store(), self.fragment())
+    }
+
+    fn divergent_chunks(&self, max_ops: usize) -> Result<Vec<(u64, Vec<WriteOp>)>, FragmentError> {
+        divergent_chunks(self.store(), self.fragment(), max_ops)
+    }
+
+    fn refusal(&self) -> Option<FragmentError> {
+        crate::actor::refusal(self.store())
+    }
 }
 
 #[cfg(test)]

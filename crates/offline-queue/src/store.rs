@@ -423,6 +423,16 @@ impl RedbMailbox {
         Self { store, fragment }
     }
 
+    /// The node's database.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The fragment it reads.
+    pub fn fragment(&self) -> FragmentId {
+        self.fragment
+    }
+
     /// The persisted next sequence of this fragment (1 for a new fragment).
     pub fn next_seq(&self) -> Result<u64, FragmentError> {
         let read = self.store.db().begin_read().map_err(storage)?;

@@ -1,0 +1,213 @@
+//! Writes a former owner made apart from the current one (behind a
+//! partition), offered and merged when the cluster is whole again.
+
+use super::*;
+
+use crate::account::AccountRecord;
+
+impl<T: Clone, L: Caller> ReplicaCore<T, L> {
+    /// A node that no longer owns the fragment but holds writes its partner
+    /// never got (it served behind a partition) offers them to the owner.
+    /// One offer at a time: the owner merges and copies the fragment afresh
+    /// for each, which is too much work to repeat at every change of view.
+    pub(super) fn send_merge(
+        &mut self,
+        now: TimestampMs,
+        reads: &impl ReplicaRead,
+        out: &mut Out<T, L>,
+    ) -> Result<(), FragmentError> {
+        if self.core.is_some() {
+            return Ok(());
+        }
+        let Some(cluster) = self.cluster.as_mut() else {
+            return Ok(());
+        };
+        if cluster.ownership.partner().is_none() {
+            return Ok(());
+        }
+        let Some(owner) = cluster.reachable_owner() else {
+            return Ok(());
+        };
+        let pending = cluster
+            .merge_offer
+            .as_ref()
+            .is_some_and(|(to, _, at)| *to == owner && now.saturating_sub(*at) < MERGE_RETRY_MS);
+        if pending {
+            return Ok(());
+        }
+        let chunks = reads.divergent_chunks(MERGE_CHUNK_OPS)?;
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let writes: usize = chunks.iter().map(|(_, ops)| ops.len()).sum();
+        tracing::warn!(fragment = self.id, to = %owner, writes,
+            "offering writes made apart from the owner for merging");
+        let count = chunks.len();
+        let last_upto = chunks.last().map_or(0, |(upto, _)| *upto);
+        // Outstanding until the owner's MergeDone, even if the link drops
+        // the offer: `tick` offers again after MERGE_RETRY_MS, and the
+        // owner's link coming back offers again at once.
+        cluster.merge_offer = Some((owner.clone(), last_upto, now));
+        for (i, (upto, ops)) in chunks.into_iter().enumerate() {
+            out.push(Action::Send {
+                to: owner.clone(),
+                wire: FragmentWire::Merge {
+                    upto,
+                    ops,
+                    last: i + 1 == count,
+                },
+            });
+        }
+        Ok(())
+    }
+
+    /// Merges a former owner's divergent writes: messages not already here
+    /// (by their dedupe key: the sender may have resent them here),
+    /// receipts, deletions. They are written durably first
+    /// ([`Action::ApplyMerge`]); [`ReplicaCore::merged`] goes on after.
+    pub(super) fn merge(
+        &mut self,
+        from: &str,
+        upto: u64,
+        ops: Vec<WriteOp>,
+        last: bool,
+        reads: &impl ReplicaRead,
+        out: &mut Out<T, L>,
+    ) -> Result<(), FragmentError> {
+        let Some(core) = self.core.as_ref() else {
+            // Not the owner (any more): the sender offers them again once it
+            // knows the owner.
+            return Ok(());
+        };
+        let mut keep = Vec::new();
+        let mut touched = BTreeSet::new();
+        let mut accounts = Vec::new();
+        for op in ops {
+            match &op {
+                WriteOp::PutMessage {
+                    recipient,
+                    sender,
+                    client_msg_id,
+                    ..
+                } => {
+                    if reads.dedupe(recipient, sender, *client_msg_id)?.is_none() {
+                        touched.insert(recipient.clone());
+                        keep.push(op);
+                    }
+                }
+                WriteOp::PutReceipt { owner, .. } => {
+                    touched.insert(owner.clone());
+                    keep.push(op);
+                }
+                WriteOp::Delete { .. } => keep.push(op),
+                // Of two divergent records the higher (generation, version)
+                // stays: a revocation made on either side is never undone.
+                // Compared with what the core last wrote (maybe not yet
+                // committed, and committed before this merge's write), and
+                // stored above both versions, so that a writer holding an
+                // older version can never match it.
+                WriteOp::PutAccount { user, record } => {
+                    let current = core.account(reads, user)?;
+                    if record.supersedes(&current) {
+                        let record = AccountRecord {
+                            version: record.version.max(current.version).saturating_add(1),
+                            ..record.clone()
+                        };
+                        accounts.push(user.clone());
+                        keep.push(WriteOp::PutAccount {
+                            user: user.clone(),
+                            record,
+                        });
+                    }
+                }
+                // This owner's sequence is already past the former owner's,
+                // and sweeping is its own business.
+                WriteOp::NextSeq(_) | WriteOp::SweepDedupe { .. } => {}
+            }
+        }
+        tracing::warn!(
+            fragment = self.id,
+            from,
+            merged = keep.len(),
+            "merging writes made apart from this owner"
+        );
+        metrics::counter!("switchboard_fragment_merged_writes_total").increment(keep.len() as u64);
+        out.push(Action::ApplyMerge {
+            from: from.to_owned(),
+            upto,
+            ops: keep,
+            touched,
+            accounts,
+            last,
+        });
+        Ok(())
+    }
+
+    /// A merge is durable: confirm it, push what it brought to online
+    /// users, and (after the offer's last chunk) give the partner a fresh
+    /// copy that includes it.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn merged(
+        &mut self,
+        now: TimestampMs,
+        from: String,
+        upto: u64,
+        touched: BTreeSet<PhoneNumber>,
+        accounts: Vec<PhoneNumber>,
+        last: bool,
+        reads: &impl ReplicaRead,
+        out: &mut Out<T, L>,
+    ) -> Result<(), FragmentError> {
+        out.push(Action::Send {
+            to: from,
+            wire: FragmentWire::MergeDone { upto },
+        });
+        let Some(core) = self.core.as_mut() else {
+            return Ok(());
+        };
+        let mut actions = Vec::new();
+        // The writes before the merge are committed too (the writer keeps
+        // order): the disk has the merged records, whatever the core still
+        // holds as unsettled.
+        for user in &accounts {
+            actions.extend(core.account_merged(reads, user)?);
+        }
+        let online: Vec<_> = core
+            .attached()
+            .filter(|(user, _, _, _)| touched.contains(*user))
+            .map(|(user, session_id, generation, endpoint)| {
+                (user.clone(), session_id, generation, endpoint.clone())
+            })
+            .collect();
+        for (user, session_id, generation, endpoint) in online {
+            match core.attach(reads, user, session_id, generation, endpoint.clone()) {
+                Ok(more) => actions.extend(more),
+                // The merged record revoked this session's token.
+                Err(FragmentError::TokenRevoked) => {
+                    actions.push(fragment::Action::Revoked { endpoint })
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.absorb(now, actions, reads, out)?;
+        if last {
+            self.partner_lost(now, reads, out)?;
+            self.start_copy(out);
+        }
+        Ok(())
+    }
+
+    /// The owner merged this node's divergent writes up to `upto`.
+    pub(super) fn merge_done(&mut self, from: &str, upto: u64, out: &mut Out<T, L>) {
+        tracing::info!(fragment = self.id, peer = %from, "divergent writes merged");
+        if let Some(cluster) = self.cluster.as_mut()
+            && cluster
+                .merge_offer
+                .as_ref()
+                .is_some_and(|(_, last, _)| upto >= *last)
+        {
+            cluster.merge_offer = None;
+        }
+        out.push(Action::ClearDivergent { upto });
+    }
+}
