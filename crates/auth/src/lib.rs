@@ -45,7 +45,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use proto::PhoneNumber;
 use ractor::concurrency::JoinHandle;
@@ -537,12 +537,7 @@ pub async fn spawn_named_auth(
     ))
 }
 
-/// Milliseconds since the Unix epoch (0 if the clock is before it).
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
+pub(crate) use proto::clock::now_ms;
 
 #[cfg(test)]
 mod tests;

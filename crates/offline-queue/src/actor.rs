@@ -13,11 +13,11 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use cluster::wire::Body;
 use cluster::{AckPolicy, ClusterHandle};
-use proto::{MessageId, PhoneNumber, TimestampMs};
+use proto::{MessageId, PhoneNumber};
 use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef, RpcReplyPort};
 use router::{FragmentId, Islands, Placement};
 use storage::{ApplyGroup, Store};
@@ -314,12 +314,7 @@ pub struct FragmentState {
     link: Option<ClusterHandle>,
 }
 
-pub(crate) fn now_ms() -> TimestampMs {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub(crate) use proto::clock::now_ms;
 
 /// Fragments this process serves now (the gauge's value, for `/readyz`).
 static SERVING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -687,6 +682,10 @@ async fn perform(
                 .submit(move |txn| clear_divergent(txn, id, upto), |_| {});
         }
         Action::TakeSnapshot => return Ok(Some(take_snapshot(state).await)),
+        Action::Flush => {
+            state.store.flush().await?;
+            return Ok(Some(Event::Flushed));
+        }
         Action::ApplyMerge {
             from,
             upto,

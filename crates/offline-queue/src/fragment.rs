@@ -280,6 +280,13 @@ impl<E: Clone, R> FragmentCore<E, R> {
         }
     }
 
+    /// Gives out ids from `at_least` on, if that is higher: a merge stored
+    /// ids a former owner gave out, and a new message must sort after
+    /// them (pushes go out in id order, and `next_push` only moves up).
+    pub fn raise_next_seq(&mut self, at_least: u64) {
+        self.next_seq = self.next_seq.max(at_least);
+    }
+
     fn next_id(&mut self) -> MessageId {
         let id = compose_message_id(self.id, self.next_seq);
         self.next_seq += 1;

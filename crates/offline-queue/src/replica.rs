@@ -77,13 +77,20 @@ impl SnapshotChunk {
 /// Reads fragment `f` whole, in chunks, from one read transaction (a
 /// consistent copy: writes made after it reach the secondary as ops).
 pub fn export_fragment(store: &Store, f: FragmentId) -> Result<Vec<SnapshotChunk>, FragmentError> {
+    export_fragment_in(store, f, SNAPSHOT_CHUNK_ROWS)
+}
+
+/// [`export_fragment`] in chunks of `rows` rows (the simulator uses small
+/// ones, so that copies take many steps).
+pub fn export_fragment_in(
+    store: &Store,
+    f: FragmentId,
+    rows: usize,
+) -> Result<Vec<SnapshotChunk>, FragmentError> {
     let read = store.db().begin_read().map_err(storage)?;
     let mut chunks = vec![SnapshotChunk::default()];
     let push = |chunks: &mut Vec<SnapshotChunk>| {
-        if chunks
-            .last()
-            .is_some_and(|c| c.rows() >= SNAPSHOT_CHUNK_ROWS)
-        {
+        if chunks.last().is_some_and(|c| c.rows() >= rows.max(1)) {
             chunks.push(SnapshotChunk::default());
         }
     };

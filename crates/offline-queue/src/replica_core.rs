@@ -251,6 +251,8 @@ pub enum Event<T, L> {
     },
     /// [`Action::TakeSnapshot`] failed.
     SnapshotFailed,
+    /// The writes handed over before [`Action::Flush`] are durable.
+    Flushed,
     /// The writes of an [`Action::ApplyMerge`] are durable.
     Merged {
         /// The former owner that offered them.
@@ -344,6 +346,9 @@ pub enum Action<T, L> {
         /// The last key dropped.
         upto: u64,
     },
+    /// Wait until every write handed over so far is durable, then report
+    /// [`Event::Flushed`] before anything else.
+    Flush,
     /// Wait until every write handed over so far is durable, read the
     /// fragment whole and the divergent log's last key, and report
     /// [`Event::Snapshot`] (or [`Event::SnapshotFailed`]) before anything
@@ -518,6 +523,9 @@ struct Replication<T, L> {
     /// another owner, after [`MERGE_RETRY_MS`], or when the owner's link
     /// comes back (the offer may have died with the old one).
     merge_offer: Option<(String, u64, TimestampMs)>,
+    /// While a merge offer comes in chunks: ids of its messages that this
+    /// owner holds under another id (see `merge`).
+    merge_aliases: BTreeMap<MessageId, MessageId>,
 }
 
 /// One fragment's decisions on one node. See the module docs.
@@ -532,6 +540,9 @@ pub struct ReplicaCore<T, L> {
     cluster: Option<Replication<T, L>>,
     /// Requests that arrived while handing the fragment back.
     held: VecDeque<Held<T, L>>,
+    /// Waiting for [`Event::Flushed`] to start serving (true: a take-over,
+    /// whose ids start in a fresh block).
+    promoting: Option<bool>,
 }
 
 /// The actions of one step.
@@ -570,6 +581,7 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
                 handing_since: None,
                 in_sight_since: in_sight.then_some(now),
                 merge_offer: None,
+                merge_aliases: BTreeMap::new(),
             }
         });
         let mut replica = Self {
@@ -580,6 +592,7 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
             generation: 0,
             cluster,
             held: VecDeque::new(),
+            promoting: None,
         };
         let serves = replica
             .cluster
@@ -684,6 +697,7 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
                 chunks,
                 divergent_upto,
             } => self.snapshot_taken(chunks, divergent_upto, &mut out),
+            Event::Flushed => self.promote(now, reads, &mut out)?,
             Event::SnapshotFailed => {
                 if let Some(cluster) = self.cluster.as_mut()
                     && matches!(cluster.copy, PartnerCopy::Snapshotting { .. })

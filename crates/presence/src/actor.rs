@@ -1,6 +1,6 @@
 //! The presence actor.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use proto::PhoneNumber;
 use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef};
@@ -124,12 +124,7 @@ pub struct PresenceState {
     flusher: Option<tokio::task::JoinHandle<()>>,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use proto::clock::now_ms;
 
 impl Actor for PresenceActor {
     type Msg = PresenceMsg;

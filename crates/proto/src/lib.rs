@@ -13,6 +13,7 @@
 //! node, the client library and clients in other languages agree on. The frames
 //! are documented one by one in `docs/protocol.md`.
 
+pub mod clock;
 pub mod codec;
 pub mod frame;
 pub mod phone;

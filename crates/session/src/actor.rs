@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use auth::{AuthHandle, TokenBucket};
 use futures::FutureExt;
@@ -31,6 +31,7 @@ use proto::{
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use router::FragmentId;
+use subtle::ConstantTimeEq;
 use supervision::SupervisorMsg;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -318,12 +319,7 @@ pub struct SessionState {
     _live: LiveSession,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use proto::clock::now_ms;
 
 fn entry_frame(entry: Entry) -> ServerFrame {
     match entry.body {
@@ -1407,7 +1403,8 @@ fn mint_test_users(
         );
         return;
     };
-    if !constant_time_eq(expected.as_bytes(), secret.as_bytes()) {
+    // Without an early exit: timing does not tell where they differ.
+    if !bool::from(expected.as_bytes().ct_eq(secret.as_bytes())) {
         count_mint("wrong_secret");
         if let Some(suppressed) = crate::LOGS.allow("wrong_admin_secret") {
             tracing::warn!(peer = %state.peer, suppressed,
@@ -1517,11 +1514,6 @@ async fn send(
             server_ts: stored.server_ts,
         })
     });
-}
-
-/// Compares secrets without leaking where they differ through timing.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Sends a message built by `make` to every session under `sessions` (the

@@ -190,6 +190,24 @@ impl Store {
                 path: path.display().to_string(),
                 reason: e.to_string(),
             })?;
+        Self::start(db, options)
+    }
+
+    /// A database held in memory, for tests and the simulator: its reads
+    /// and its writer behave as a file's, and it is gone when the last
+    /// clone is dropped.
+    pub fn in_memory(options: StoreOptions) -> Result<Self> {
+        let db = Database::builder()
+            .set_cache_size(options.cache_bytes)
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| StorageError::Open {
+                path: "(memory)".to_owned(),
+                reason: e.to_string(),
+            })?;
+        Self::start(db, options)
+    }
+
+    fn start(db: Database, options: StoreOptions) -> Result<Self> {
         let db = Arc::new(db);
         let stats = Arc::new(WriterStats::default());
         let health = Arc::new(Health {

@@ -30,13 +30,20 @@ pub(crate) struct Args {
     /// Seconds of traffic (the kill comes at a third, the restart at 60 %).
     #[arg(long, default_value_t = 30.0)]
     duration: f64,
+    /// Nodes to kill -9 and restart, one after another (islands taking
+    /// turns), spread evenly over the run; the outcome says how long each
+    /// left senders without acks.
+    #[arg(long, default_value_t = 1)]
+    kills: u32,
     /// Keep the temporary folder (configs, data, logs) afterwards.
     #[arg(long)]
     keep: bool,
 }
 
 const NODES: usize = 4;
-const VICTIM: usize = 2;
+/// Who is killed, in turn: n3, n1, n4, n2 (the islands take turns, so that
+/// a restarted node has caught up before its partner dies).
+const VICTIMS: [usize; NODES] = [2, 0, 3, 1];
 
 struct DemoNode {
     name: String,
@@ -263,30 +270,48 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     );
     println!("  time │ msg/s │ ack p99 │    acked │ per node: fragments served, peers up");
 
-    let kill_at = args.duration / 3.0;
-    let restart_at = args.duration * 0.6;
-    let (mut killed, mut restarted) = (false, false);
+    // (kill at, restart at, victim), in seconds from the start.
+    let schedule: Vec<(f64, f64, usize)> = if args.kills <= 1 {
+        vec![(args.duration / 3.0, args.duration * 0.6, VICTIMS[0])]
+    } else {
+        let period = args.duration / f64::from(args.kills);
+        (0..args.kills as usize)
+            .map(|k| {
+                let kill = period * (k as f64 + 0.3);
+                (kill, kill + period * 0.4, VICTIMS[k % NODES])
+            })
+            .collect()
+    };
+    let (mut kills_done, mut restarts_done) = (0, 0);
     let mut last = run.snapshot();
     let end = Instant::now() + Duration::from_secs_f64(args.duration);
     while Instant::now() < end {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
         let now = run.snapshot();
         let t = now.elapsed.as_secs_f64();
-        if !killed && t >= kill_at {
-            killed = true;
-            nodes[VICTIM].kill().await;
+        if let Some(&(at, _, victim)) = schedule.get(kills_done)
+            && t >= at
+        {
+            kills_done += 1;
+            nodes[victim].kill().await;
             println!(
                 "  ── kill -9 {}: its island partner takes its fragments over, its users' clients move to other nodes",
-                nodes[VICTIM].name
+                nodes[victim].name
             );
         }
-        if killed && !restarted && t >= restart_at {
-            restarted = true;
-            nodes[VICTIM].start().await?;
+        if let Some(&(_, at, victim)) = schedule.get(restarts_done)
+            && restarts_done < kills_done
+            && t >= at
+        {
+            restarts_done += 1;
+            nodes[victim].start().await?;
             println!(
                 "  ── restart {}: it waits for its partner, catches up from a copy, then gets its fragments back",
-                nodes[VICTIM].name
+                nodes[victim].name
             );
+        }
+        if (now.elapsed - last.elapsed) < Duration::from_secs(1) {
+            continue;
         }
         let rate = (now.acked - last.acked) as f64 / (now.elapsed - last.elapsed).as_secs_f64();
         let states = cluster_state(&nodes).await;

@@ -39,6 +39,16 @@ type Log = Arc<Mutex<HashMap<usize, Vec<u64>>>>;
 /// Per pair: the sequence numbers acknowledged, with the server's id.
 type AckLog = Arc<Mutex<HashMap<usize, Vec<(u64, String)>>>>;
 
+/// Every acknowledged send: (sent at, acked at), µs since the start.
+type SendTimes = Arc<Mutex<Vec<(u64, u64)>>>;
+
+/// A send waiting longer than this for its ack was held up by a fault
+/// (at steady load p99 is a few ms to tens of ms).
+const STALLED_US: u64 = 300_000;
+
+/// Stalled sends less than this apart belong to one fault.
+const ONE_FAULT_US: u64 = 2_000_000;
+
 #[derive(Default)]
 struct Counters {
     acked: AtomicU64,
@@ -59,6 +69,7 @@ pub(crate) struct SteadyRun {
     counters: Arc<Counters>,
     ack_latency: Arc<Mutex<Histogram<u64>>>,
     deliver_latency: Arc<Mutex<Histogram<u64>>>,
+    send_times: SendTimes,
 }
 
 /// The check at the end.
@@ -77,6 +88,49 @@ pub(crate) struct SteadyOutcome {
     /// The pairs the check found at fault (at most [`MAX_FAULTS_SHOWN`]),
     /// so that a failed run can be traced in the nodes' logs.
     pub(crate) faults: Vec<PairFault>,
+    /// How long each fault (a kill, a cut) left sends without an ack.
+    pub(crate) stalls: Stalls,
+}
+
+/// The faults a run went through, as the senders saw them: runs of sends
+/// that waited more than 300 ms for their ack, less than 2 s apart, count
+/// as one fault; its length is the longest wait among them (the time the
+/// fault left a fragment unable to accept sends, as a sender sees it).
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct Stalls {
+    pub(crate) count: usize,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) max_ms: f64,
+}
+
+/// Groups stalled sends into faults (see [`Stalls`]).
+fn stalls(mut sends: Vec<(u64, u64)>) -> Stalls {
+    sends.retain(|(sent, acked)| acked.saturating_sub(*sent) > STALLED_US);
+    sends.sort_unstable();
+    let mut faults: Vec<u64> = Vec::new();
+    let mut last_sent = None;
+    for (sent, acked) in sends {
+        let wait = acked - sent;
+        match (last_sent, faults.last_mut()) {
+            (Some(last), Some(longest)) if sent - last < ONE_FAULT_US => {
+                *longest = (*longest).max(wait)
+            }
+            _ => faults.push(wait),
+        }
+        last_sent = Some(sent);
+    }
+    faults.sort_unstable();
+    let at = |q: f64| {
+        let i = ((faults.len() as f64 * q).ceil() as usize).clamp(1, faults.len().max(1)) - 1;
+        faults.get(i).map_or(0.0, |us| *us as f64 / 1000.0)
+    };
+    Stalls {
+        count: faults.len(),
+        p50_ms: at(0.5),
+        p99_ms: at(0.99),
+        max_ms: faults.last().map_or(0.0, |us| *us as f64 / 1000.0),
+    }
 }
 
 /// How long closing one receiver may take at the end of a run.
@@ -162,6 +216,7 @@ impl SteadyRun {
         let counters = Arc::new(Counters::default());
         let ack_latency = Arc::new(Mutex::new(new_histogram()));
         let deliver_latency = Arc::new(Mutex::new(new_histogram()));
+        let send_times = SendTimes::default();
         let mut receivers = Vec::with_capacity(pairs);
         for pair in 0..pairs {
             let (_, token) = &config.users[2 * pair + 1];
@@ -200,11 +255,12 @@ impl SteadyRun {
             let to = config.users[2 * pair + 1].0.clone();
             let (client, _events) =
                 Client::connect(config.client_config(2 * pair), token.clone()).await?;
-            let (stop, log, counters, hist) = (
+            let (stop, log, counters, hist, times) = (
                 stop.clone(),
                 acked.clone(),
                 counters.clone(),
                 ack_latency.clone(),
+                send_times.clone(),
             );
             let window = Arc::new(tokio::sync::Semaphore::new(config.window.max(1)));
             senders.push(tokio::spawn(async move {
@@ -224,6 +280,9 @@ impl SteadyRun {
                                 let now_us = start.elapsed().as_micros() as u64;
                                 record(&hist, now_us.saturating_sub(at_us));
                                 counters.acked.fetch_add(1, Ordering::Relaxed);
+                                if let Ok(mut times) = times.lock() {
+                                    times.push((at_us, now_us));
+                                }
                                 if let Ok(mut log) = log.lock() {
                                     log.entry(pair)
                                         .or_default()
@@ -288,6 +347,7 @@ impl SteadyRun {
             counters,
             ack_latency,
             deliver_latency,
+            send_times,
         })
     }
 
@@ -381,6 +441,12 @@ impl SteadyRun {
                 deliver: hist(&self.deliver_latency),
             },
             faults,
+            stalls: stalls(
+                self.send_times
+                    .lock()
+                    .map(|t| t.clone())
+                    .unwrap_or_default(),
+            ),
         }
     }
 }
@@ -437,6 +503,26 @@ mod tests {
         assert!(check_pair(&acked(&[0, 1, 2]), &[0, 1, 2]).is_clean());
         // A message received but whose ack the sender never saw is fine.
         assert!(check_pair(&acked(&[0, 1]), &[0, 1, 2]).is_clean());
+    }
+
+    #[test]
+    fn stalled_sends_close_together_are_one_fault_as_long_as_the_longest_wait() {
+        let ms = |a: u64, b: u64| (a * 1000, b * 1000);
+        let sends = vec![
+            ms(0, 5),
+            // A kill at 1 s: three sends wait, the first longest.
+            ms(1_000, 1_900),
+            ms(1_100, 1_905),
+            ms(1_200, 1_910),
+            ms(1_300, 1_310),
+            // Another at 10 s.
+            ms(10_000, 10_400),
+            ms(20_000, 20_003),
+        ];
+        let s = stalls(sends);
+        assert_eq!(s.count, 2);
+        assert_eq!((s.p50_ms, s.max_ms), (400.0, 900.0));
+        assert_eq!(stalls(vec![ms(0, 1)]).count, 0);
     }
 
     #[test]

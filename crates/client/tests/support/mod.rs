@@ -11,7 +11,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use proto::{
     ClientFrame, CloseReason, DEFAULT_MAX_FRAME_BYTES, ErrorCode, MessageId, PhoneNumber,
@@ -92,11 +91,7 @@ impl Drop for FakeNode {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+use proto::clock::now_ms;
 
 pub fn phone(s: &str) -> PhoneNumber {
     PhoneNumber::parse(s).expect("valid phone")

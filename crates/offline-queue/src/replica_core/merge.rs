@@ -4,6 +4,9 @@
 use super::*;
 
 use crate::account::AccountRecord;
+use proto::MessageId;
+
+use crate::entry::seq_of_message_id;
 
 impl<T: Clone, L: Caller> ReplicaCore<T, L> {
     /// A node that no longer owns the fragment but holds writes its partner
@@ -79,6 +82,22 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
             // knows the owner.
             return Ok(());
         };
+        // The ids of messages stored on both sides, from the offer's
+        // earlier chunks (a message and its deletion may be in two).
+        let mut aliases = self
+            .cluster
+            .as_mut()
+            .map(|c| std::mem::take(&mut c.merge_aliases))
+            .unwrap_or_default();
+        // Every id the former owner gave out, kept here or not (a copy it
+        // still holds must never share an id with a new message).
+        let highest = ops
+            .iter()
+            .filter_map(|op| match op {
+                WriteOp::PutMessage { id, .. } => Some(seq_of_message_id(*id)),
+                _ => None,
+            })
+            .max();
         let mut keep = Vec::new();
         let mut touched = BTreeSet::new();
         let mut accounts = Vec::new();
@@ -88,18 +107,40 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
                     recipient,
                     sender,
                     client_msg_id,
+                    id,
                     ..
-                } => {
-                    if reads.dedupe(recipient, sender, *client_msg_id)?.is_none() {
+                } => match reads.dedupe(recipient, sender, *client_msg_id)? {
+                    None => {
                         touched.insert(recipient.clone());
                         keep.push(op);
                     }
+                    // Both sides stored this message, under two ids (the
+                    // sender resent it to the other side of a cut). The
+                    // recipient may have seen the former owner's copy: if
+                    // the former owner deleted it (the recipient acked
+                    // it), this owner's copy goes too.
+                    Some((here, _)) if here != *id => {
+                        aliases.insert(*id, here);
+                    }
+                    Some(_) => {}
+                },
+                WriteOp::Delete { owner, ids } => {
+                    let mut ids = ids.clone();
+                    let also: Vec<MessageId> =
+                        ids.iter().filter_map(|i| aliases.get(i).copied()).collect();
+                    if !also.is_empty() {
+                        touched.insert(owner.clone());
+                        ids.extend(also);
+                    }
+                    keep.push(WriteOp::Delete {
+                        owner: owner.clone(),
+                        ids,
+                    });
                 }
                 WriteOp::PutReceipt { owner, .. } => {
                     touched.insert(owner.clone());
                     keep.push(op);
                 }
-                WriteOp::Delete { .. } => keep.push(op),
                 // Of two divergent records the higher (generation, version)
                 // stays: a revocation made on either side is never undone.
                 // Compared with what the core last wrote (maybe not yet
@@ -132,6 +173,15 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
             "merging writes made apart from this owner"
         );
         metrics::counter!("switchboard_fragment_merged_writes_total").increment(keep.len() as u64);
+        if !last && let Some(cluster) = self.cluster.as_mut() {
+            cluster.merge_aliases = aliases;
+        }
+        // Messages stored from now on get ids above the merged ones (the
+        // former owner may have taken over into a higher half-block than
+        // this owner's): pushes go out in id order.
+        if let (Some(seq), Some(core)) = (highest, self.core.as_mut()) {
+            core.raise_next_seq(seq.saturating_add(1));
+        }
         out.push(Action::ApplyMerge {
             from: from.to_owned(),
             upto,

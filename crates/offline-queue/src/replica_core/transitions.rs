@@ -15,7 +15,6 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
         reads: &impl ReplicaRead,
         out: &mut Out<T, L>,
     ) -> Result<(), FragmentError> {
-        let id = self.id;
         let Some(cluster) = self.cluster.as_ref() else {
             return Ok(());
         };
@@ -36,25 +35,16 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
         let role = cluster.ownership.role();
         match (role, self.core.is_some()) {
             (Role::Primary, false) => {
-                let mut core = self.new_core(reads, changed.is_some())?;
-                let sessions = self
-                    .cluster
-                    .as_mut()
-                    .map(|c| std::mem::take(&mut c.local_sessions))
-                    .unwrap_or_default();
-                let mut actions = Vec::new();
-                for (user, endpoint) in sessions {
-                    let (session_id, generation) = (endpoint.session_id, endpoint.token_generation);
-                    let endpoint = Attached::Local(endpoint);
-                    match core.attach(reads, user, session_id, generation, endpoint) {
-                        Ok(more) => actions.extend(more),
-                        Err(e) => tracing::warn!(fragment = id, error = %e, "attach at promotion"),
-                    }
+                // The copy this node serves from must be on disk whole
+                // first: writes of the former owner still in the writer's
+                // queue would land behind the new core's back (never
+                // pushed, yet found by dedupe, so a sender's later message
+                // would overtake them). `promote` goes on once they are.
+                if self.promoting.is_none() {
+                    self.promoting = Some(changed.is_some());
+                    out.push(Action::Flush);
                 }
-                self.set_core(Some(core));
-                tracing::info!(fragment = id, "serving as primary");
-                self.absorb(now, actions, reads, out)?;
-                self.start_copy(out);
+                return Ok(());
             }
             (Role::Primary, true) => {}
             // Another node owns it now (a newer epoch elsewhere).
@@ -65,6 +55,63 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
                 }
             }
         }
+        self.send_merge(now, reads, out)?;
+        self.resend_held(now, reads, out)
+    }
+
+    /// The writes handed over before a promotion are durable: serve from
+    /// the disk as it is now (see `settle`).
+    pub(super) fn promote(
+        &mut self,
+        now: TimestampMs,
+        reads: &impl ReplicaRead,
+        out: &mut Out<T, L>,
+    ) -> Result<(), FragmentError> {
+        let id = self.id;
+        let Some(takeover) = self.promoting.take() else {
+            return Ok(());
+        };
+        let primary = self
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.ownership.role() == Role::Primary);
+        if !primary || self.core.is_some() {
+            return Ok(());
+        }
+        let mut core = self.new_core(reads, takeover)?;
+        let sessions = self
+            .cluster
+            .as_mut()
+            .map(|c| std::mem::take(&mut c.local_sessions))
+            .unwrap_or_default();
+        let mut actions = Vec::new();
+        for (user, endpoint) in sessions {
+            let (session_id, generation) = (endpoint.session_id, endpoint.token_generation);
+            let endpoint = Attached::Local(endpoint);
+            match core.attach(reads, user, session_id, generation, endpoint) {
+                Ok(more) => actions.extend(more),
+                Err(e) => tracing::warn!(fragment = id, error = %e, "attach at promotion"),
+            }
+        }
+        self.set_core(Some(core));
+        tracing::info!(fragment = id, "serving as primary");
+        if !takeover && let Some(cluster) = self.cluster.as_ref() {
+            // Serving after a restart's wait: forwarders may have sent
+            // attaches here while this node still waited, and had them
+            // refused. Said by the owner itself, this makes them attach
+            // again.
+            for peer in &cluster.up {
+                out.push(Action::Send {
+                    to: peer.clone(),
+                    wire: FragmentWire::Owner {
+                        owner: cluster.ownership.owner().clone(),
+                        reply: false,
+                    },
+                });
+            }
+        }
+        self.absorb(now, actions, reads, out)?;
+        self.start_copy(out);
         self.send_merge(now, reads, out)?;
         self.resend_held(now, reads, out)
     }

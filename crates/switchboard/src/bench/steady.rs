@@ -136,6 +136,10 @@ pub(crate) fn print_outcome(o: &SteadyOutcome) {
             f.pair, f.sender, f.receiver, f.lost, f.duplicated, f.out_of_order
         );
     }
+    println!(
+        "faults seen by senders: {} · longest wait for an ack per fault: p50 {:.0} ms · p99 {:.0} ms · max {:.0} ms",
+        o.stalls.count, o.stalls.p50_ms, o.stalls.p99_ms, o.stalls.max_ms
+    );
     println!("{}", latency_line("send → ack    ", &o.latency_ms.ack));
     println!("{}", latency_line("send → deliver", &o.latency_ms.deliver));
 }
