@@ -27,6 +27,9 @@ fn main() {
     if let Some(lines) = std::env::var("SIM_TRACE").ok().and_then(|s| s.parse().ok()) {
         options.trace_lines = lines;
     }
+    // SIM_KEEP_GOING=1: count the failing seeds instead of stopping.
+    let keep_going = std::env::var("SIM_KEEP_GOING").is_ok_and(|v| v == "1");
+    let mut failed = 0u64;
     let start = Instant::now();
     let mut steps = 0;
     let mut second_copies = 0;
@@ -37,6 +40,10 @@ fn main() {
                 steps += summary.steps;
                 second_copies += summary.second_copies;
                 reordered += summary.reordered_by_splits;
+            }
+            Err(failure) if keep_going => {
+                eprintln!("seed {seed}: {}", failure.what.lines().next().unwrap_or(""));
+                failed += 1;
             }
             Err(failure) => {
                 eprintln!("{failure}");
@@ -50,6 +57,10 @@ fn main() {
                 start.elapsed()
             );
         }
+    }
+    if failed > 0 {
+        println!("{failed} of {seeds} seeds failed");
+        std::process::exit(1);
     }
     println!(
         "{seeds} seeds from {first} passed: {steps} steps in {:.1?}; \

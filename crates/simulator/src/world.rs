@@ -786,6 +786,15 @@ impl World {
                         );
                         self.note(line);
                     }
+                    if let WriteOp::Delete { owner, ids } = op {
+                        let ids: Vec<String> = ids.iter().map(|i| format!("{i:#x}")).collect();
+                        let line = format!(
+                            "{} f{f} deletes {owner}'s [{}]",
+                            self.nodes[n].name,
+                            ids.join(" ")
+                        );
+                        self.note(line);
+                    }
                 }
                 self.hand_to_disk(
                     n,
@@ -865,6 +874,27 @@ impl World {
                 accounts,
                 last,
             } => {
+                for op in &ops {
+                    if let WriteOp::Delete { owner, ids } = op {
+                        let ids: Vec<String> = ids.iter().map(|i| format!("{i:#x}")).collect();
+                        let line = format!(
+                            "{} f{f} merge from {from} deletes {owner}'s [{}]",
+                            self.nodes[n].name,
+                            ids.join(" ")
+                        );
+                        self.note(line);
+                    }
+                    if let WriteOp::PutMessage {
+                        id, client_msg_id, ..
+                    } = op
+                    {
+                        let line = format!(
+                            "{} f{f} merge from {from} stores message {client_msg_id} as {id:#x}",
+                            self.nodes[n].name
+                        );
+                        self.note(line);
+                    }
+                }
                 self.checks.stored_ops(self.seed, &ops)?;
                 if !self.write_now(n, |txn| apply_ops(txn, f, &ops))? {
                     return Ok(None);
