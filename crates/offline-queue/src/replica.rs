@@ -307,6 +307,24 @@ pub fn load_divergent(store: &Store, f: FragmentId) -> Result<(u64, Vec<WriteOp>
     Ok((last, ops))
 }
 
+/// The last key of the divergent log of `f` (0 if it is empty).
+pub fn divergent_last(store: &Store, f: FragmentId) -> Result<u64, FragmentError> {
+    let read = store.db().begin_read().map_err(storage)?;
+    let table = match read.open_table(DIVERGENT_TABLE) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+        Err(e) => return Err(storage(e)),
+    };
+    let last = table
+        .range((f, 0)..=(f, u64::MAX))
+        .map_err(storage)?
+        .next_back()
+        .transpose()
+        .map_err(storage)?
+        .map_or(0, |(key, _)| key.value().1);
+    Ok(last)
+}
+
 /// The divergent log of `f` in chunks of about `max_ops` writes (a logged
 /// batch is never split), each with the last key it holds: merged one
 /// cluster message at a time, far below the link's frame limit.
@@ -359,6 +377,10 @@ impl crate::replica_core::ReplicaRead for crate::store::RedbMailbox {
 
     fn divergent_chunks(&self, max_ops: usize) -> Result<Vec<(u64, Vec<WriteOp>)>, FragmentError> {
         divergent_chunks(self.store(), self.fragment(), max_ops)
+    }
+
+    fn divergent_last(&self) -> Result<u64, FragmentError> {
+        divergent_last(self.store(), self.fragment())
     }
 
     fn refusal(&self) -> Option<FragmentError> {

@@ -409,6 +409,8 @@ pub trait ReplicaRead: MailboxRead {
     /// The divergent log in chunks of about `max_ops` writes, each with the
     /// last key it holds.
     fn divergent_chunks(&self, max_ops: usize) -> Result<Vec<(u64, Vec<WriteOp>)>, FragmentError>;
+    /// The last key of the divergent log (0 if it is empty).
+    fn divergent_last(&self) -> Result<u64, FragmentError>;
     /// Why new messages must be refused now, if they must (a broken store
     /// or a nearly full disk).
     fn refusal(&self) -> Option<FragmentError>;
@@ -526,6 +528,12 @@ struct Replication<T, L> {
     /// While a merge offer comes in chunks: ids of its messages that this
     /// owner holds under another id (see `merge`).
     merge_aliases: BTreeMap<MessageId, MessageId>,
+    /// The divergent log up to here is merged into an owner (its clearing
+    /// may still be on the way to the disk).
+    merged_upto: u64,
+    /// A copy from the owner this node refuses (see `apply_snapshot`), by
+    /// its stream position.
+    refused_copy: Option<u64>,
 }
 
 /// One fragment's decisions on one node. See the module docs.
@@ -582,6 +590,8 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
                 in_sight_since: in_sight.then_some(now),
                 merge_offer: None,
                 merge_aliases: BTreeMap::new(),
+                merged_upto: 0,
+                refused_copy: None,
             }
         });
         let mut replica = Self {
@@ -1066,7 +1076,7 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
             }
             wire @ (FragmentWire::Snapshot { .. } | FragmentWire::SnapshotWithAccounts { .. }) => {
                 if let Some(((epoch, first, last, rseq), chunk)) = wire.into_snapshot() {
-                    self.apply_snapshot(&from, epoch, first, last, rseq, chunk, out);
+                    self.apply_snapshot(&from, epoch, first, last, rseq, chunk, reads, out)?;
                 }
             }
             FragmentWire::Replicated { rseq, ok } => {

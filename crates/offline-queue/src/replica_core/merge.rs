@@ -250,13 +250,16 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
     /// The owner merged this node's divergent writes up to `upto`.
     pub(super) fn merge_done(&mut self, from: &str, upto: u64, out: &mut Out<T, L>) {
         tracing::info!(fragment = self.id, peer = %from, "divergent writes merged");
-        if let Some(cluster) = self.cluster.as_mut()
-            && cluster
+        if let Some(cluster) = self.cluster.as_mut() {
+            // Merged, whatever the clearing below still has to commit.
+            cluster.merged_upto = cluster.merged_upto.max(upto);
+            if cluster
                 .merge_offer
                 .as_ref()
                 .is_some_and(|(_, last, _)| upto >= *last)
-        {
-            cluster.merge_offer = None;
+            {
+                cluster.merge_offer = None;
+            }
         }
         out.push(Action::ClearDivergent { upto });
     }

@@ -36,25 +36,51 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
         });
     }
 
+    /// A chunk of the owner's copy. Refused whole while this node holds
+    /// divergent writes the owner has not confirmed merging: the copy's
+    /// first chunk would erase them from this node's rows, and if the owner
+    /// then died before merging them, this node would take over without
+    /// them (and clear its divergent log once its partner caught up from
+    /// it: lost). The owner copies again after the merge.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn apply_snapshot(
-        &self,
+        &mut self,
         from: &str,
         epoch: u64,
         first: bool,
         last: bool,
         rseq: u64,
         chunk: SnapshotChunk,
+        reads: &impl ReplicaRead,
         out: &mut Out<T, L>,
-    ) {
-        if !self.accepts_copy_from(from, epoch) {
+    ) -> Result<(), FragmentError> {
+        let refuse = |out: &mut Out<T, L>| {
             if last {
                 out.push(Action::Send {
                     to: from.to_owned(),
                     wire: FragmentWire::Replicated { rseq, ok: false },
                 });
             }
-            return;
+        };
+        if !self.accepts_copy_from(from, epoch) {
+            refuse(out);
+            return Ok(());
+        }
+        let Some(cluster) = self.cluster.as_mut() else {
+            return Ok(());
+        };
+        if first {
+            let unmerged = reads.divergent_last()? > cluster.merged_upto;
+            cluster.refused_copy = unmerged.then_some(rseq);
+        }
+        if cluster.refused_copy == Some(rseq) {
+            tracing::info!(
+                fragment = self.id,
+                from,
+                "copy refused: this node's divergent writes are not merged yet"
+            );
+            refuse(out);
+            return Ok(());
         }
         out.push(Action::ImportChunk {
             from: from.to_owned(),
@@ -63,6 +89,7 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
             last,
             chunk,
         });
+        Ok(())
     }
 
     /// Streams a write to the partner, if it is being fed. Under the
