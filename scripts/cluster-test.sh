@@ -125,7 +125,7 @@ finish() { # name pid -> 0 if the generator's check passed
     local status=0
     wait "$2" || status=$?
     local counts
-    counts=$(python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(f\"acked {r['acked']} lost {r['lost']} duplicated {r['duplicated']} out_of_order {r['out_of_order']}\")" "$work/$1.json" 2>/dev/null || echo "no report")
+    counts=$(python3 -c "import json,sys; r=json.load(open(sys.argv[1])); s=r.get('stalls',{}); print(f\"acked {r['acked']} lost {r['lost']} duplicated {r['duplicated']} out_of_order {r['out_of_order']} · faults {s.get('count',0)}, wait for an ack p50 {s.get('p50_ms',0):.0f} p99 {s.get('p99_ms',0):.0f} max {s.get('max_ms',0):.0f} ms\")" "$work/$1.json" 2>/dev/null || echo "no report")
     if [ -n "${CLUSTER_TEST_LOGS:-}" ]; then
         # The nodes' logs so far and the generator's report, pass or fail.
         mkdir -p "$CLUSTER_TEST_LOGS"
