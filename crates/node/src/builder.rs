@@ -15,7 +15,10 @@ use offline_queue::{FragmentActor, FragmentArgs, FragmentDirectory, FragmentMsg,
 use presence::{PresenceActor, PresenceArgs};
 use ractor::{Actor, ActorCell, ActorRef, SpawnErr};
 use router::Placement;
-use session::{SessionContext, SessionMsg, Transport, broadcast_to_sessions, extension_actor_name};
+use session::{
+    NodeServices, SessionContext, SessionMsg, Transport, broadcast_to_sessions,
+    extension_actor_name,
+};
 use storage::{Store, StoreOptions};
 use supervision::{ChildSpec, Intensity, Restart, Supervisor, SupervisorArgs, SupervisorMsg};
 
@@ -315,14 +318,18 @@ impl NodeBuilder {
         let auth_handle = auth::AuthHandle::named(AUTH_NAME, &config.auth, store.clone(), accounts);
 
         let session_config = config.session_config();
+        let attach_timeout = session_config.request_timeout;
         let ctx = SessionContext {
             admission: session::admission::Admission::new(session_config.admission_limits()),
             config: session_config,
             node_name: config.name.clone(),
-            auth: auth_handle,
-            fragments: fragments.clone(),
-            presence: PRESENCE_NAME.into(),
-            presence_policies: presence::PolicyStore::new(store.clone()),
+            services: Arc::new(NodeServices {
+                auth: auth_handle,
+                fragments: fragments.clone(),
+                presence: PRESENCE_NAME.into(),
+                presence_policies: presence::PolicyStore::new(store.clone()),
+                attach_timeout,
+            }),
         };
         let listener_spec = |name: &'static str, socket: Arc<std::net::TcpListener>, transport| {
             let (tls, ctx) = (tls.clone(), ctx.clone());

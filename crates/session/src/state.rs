@@ -1,4 +1,5 @@
-//! Which frame is allowed in which phase of a connection. Pure.
+//! A connection's phases (hello, guest, logged in, closing): which frame is
+//! allowed in which phase, and what moves it to the next. Pure.
 
 use std::ops::RangeInclusive;
 
@@ -97,6 +98,60 @@ pub fn admit(phase: &Phase, frame: &ClientFrame, versions: RangeInclusive<u16>) 
     }
 }
 
+/// What a guest must do in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestStage {
+    /// Say hello.
+    Hello,
+    /// Log in.
+    Login,
+}
+
+/// What moves a connection from one phase to the next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PhaseEvent {
+    /// The client's hello was answered with `Welcome`.
+    Welcomed,
+    /// A login's token checked out as this user's; the session attaches
+    /// to the user's mailbox next.
+    Authenticated(PhoneNumber),
+    /// The mailbox would not take the session (a revoked token, a fragment
+    /// away): the client may try again as a guest.
+    AttachFailed,
+    /// The session says goodbye or its reader ended.
+    Closed,
+}
+
+impl Phase {
+    /// The phase after `event`. An event that does not apply in this phase
+    /// (a late answer after closing, say) leaves it as it is.
+    pub fn next(&self, event: PhaseEvent) -> Phase {
+        match (self, event) {
+            (Phase::Closing, _) | (_, PhaseEvent::Closed) => Phase::Closing,
+            (Phase::AwaitHello, PhaseEvent::Welcomed) => Phase::Guest,
+            (Phase::Guest, PhaseEvent::Authenticated(user)) => Phase::LoggedIn(user),
+            (Phase::LoggedIn(_), PhaseEvent::AttachFailed) => Phase::Guest,
+            (phase, _) => phase.clone(),
+        }
+    }
+
+    /// Whether the deadline of `stage` finds the connection still short of it.
+    pub fn overdue(&self, stage: GuestStage) -> bool {
+        match stage {
+            GuestStage::Hello => *self == Phase::AwaitHello,
+            GuestStage::Login => matches!(self, Phase::AwaitHello | Phase::Guest),
+        }
+    }
+
+    /// The logged-in user, if any.
+    pub fn user(&self) -> Option<&PhoneNumber> {
+        match self {
+            Phase::LoggedIn(user) => Some(user),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,6 +240,48 @@ mod tests {
         ];
         for (phase, frame, expected) in cases {
             assert_eq!(admit(phase, frame, 1..=2), expected, "{phase:?} {frame:?}");
+        }
+    }
+
+    #[test]
+    fn phases_by_table() {
+        let me = PhoneNumber::parse("+15550000001").expect("phone");
+        let logged_in = Phase::LoggedIn(me.clone());
+        let authenticated = PhaseEvent::Authenticated(me.clone());
+        let cases: Vec<(&Phase, PhaseEvent, Phase)> = vec![
+            (&Phase::AwaitHello, PhaseEvent::Welcomed, Phase::Guest),
+            // A login is served only to a guest.
+            (&Phase::AwaitHello, authenticated.clone(), Phase::AwaitHello),
+            (&Phase::Guest, authenticated.clone(), logged_in.clone()),
+            (&logged_in, authenticated.clone(), logged_in.clone()),
+            (&logged_in, PhaseEvent::AttachFailed, Phase::Guest),
+            (&Phase::Guest, PhaseEvent::AttachFailed, Phase::Guest),
+            (&Phase::Guest, PhaseEvent::Welcomed, Phase::Guest),
+            (&Phase::AwaitHello, PhaseEvent::Closed, Phase::Closing),
+            (&logged_in, PhaseEvent::Closed, Phase::Closing),
+            // Nothing leaves Closing.
+            (&Phase::Closing, PhaseEvent::Welcomed, Phase::Closing),
+            (&Phase::Closing, authenticated, Phase::Closing),
+        ];
+        for (phase, event, expected) in cases {
+            assert_eq!(phase.next(event.clone()), expected, "{phase:?} {event:?}");
+        }
+    }
+
+    #[test]
+    fn guest_deadlines_by_table() {
+        let me = PhoneNumber::parse("+15550000001").expect("phone");
+        let cases = [
+            (Phase::AwaitHello, GuestStage::Hello, true),
+            (Phase::AwaitHello, GuestStage::Login, true),
+            (Phase::Guest, GuestStage::Hello, false),
+            (Phase::Guest, GuestStage::Login, true),
+            (Phase::LoggedIn(me), GuestStage::Login, false),
+            (Phase::Closing, GuestStage::Hello, false),
+            (Phase::Closing, GuestStage::Login, false),
+        ];
+        for (phase, stage, expected) in cases {
+            assert_eq!(phase.overdue(stage), expected, "{phase:?} {stage:?}");
         }
     }
 }
