@@ -384,8 +384,7 @@ async fn kill9_of_a_primary_under_the_load_generator_loses_nothing() {
 
 /// One sender streaming numbered messages to one receiver, which acks them.
 struct PairTraffic {
-    acked: Log,
-    received: Log,
+    ledger: Log,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     sender: tokio::task::JoinHandle<()>,
     receiver: std::sync::Arc<client::Client>,
@@ -402,9 +401,9 @@ impl PairTraffic {
         use std::sync::atomic::{AtomicBool, Ordering};
 
         let key = (sender.user().to_string(), receiver_phone.to_string());
-        let (acked, received): (Log, Log) = (Arc::default(), Arc::default());
+        let ledger: Log = Arc::new(std::sync::Mutex::new(ledger::Ledger::new(0)));
         let receiver = Arc::new(receiver);
-        let (log, acker, pair) = (received.clone(), receiver.clone(), key.clone());
+        let (log, acker, pair) = (ledger.clone(), receiver.clone(), key.clone());
         tokio::spawn(async move {
             while let Some(event) = receiver_events.recv().await {
                 if let client::Event::Message {
@@ -412,17 +411,13 @@ impl PairTraffic {
                 } = event
                 {
                     let seq = String::from_utf8_lossy(&payload).parse().expect("seq");
-                    log.lock()
-                        .expect("log")
-                        .entry(pair.clone())
-                        .or_default()
-                        .push(seq);
+                    log.lock().expect("log").arrived(pair.clone(), seq);
                     let _ = acker.ack(vec![msg_id]).await;
                 }
             }
         });
         let stop = Arc::new(AtomicBool::new(false));
-        let (acked_log, stopped, to) = (acked.clone(), stop.clone(), receiver_phone.clone());
+        let (acked_log, stopped, to) = (ledger.clone(), stop.clone(), receiver_phone.clone());
         let sender = tokio::spawn(async move {
             let mut seq = 0u64;
             while !stopped.load(Ordering::Relaxed) {
@@ -430,20 +425,14 @@ impl PairTraffic {
                     .send(&to, seq.to_string().into_bytes())
                     .await
                     .expect("the client retries until acked");
-                acked_log
-                    .lock()
-                    .expect("log")
-                    .entry(key.clone())
-                    .or_default()
-                    .push(seq);
+                acked_log.lock().expect("log").acked(key.clone(), seq);
                 seq += 1;
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             sender.close().await;
         });
         Self {
-            acked,
-            received,
+            ledger,
             stop,
             sender,
             receiver,
@@ -452,58 +441,36 @@ impl PairTraffic {
 
     /// Messages acknowledged so far.
     fn acked(&self) -> usize {
-        self.acked.lock().expect("log").values().map(Vec::len).sum()
+        self.ledger.lock().expect("log").acked_count() as usize
     }
 
     /// Stops the sender and checks every acknowledged message arrived.
     async fn finish_and_check(self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.sender.await.expect("sender");
-        check_every_acked_message_arrived_once_in_order(&self.acked, &self.received).await;
+        check_every_acked_message_arrived_once_in_order(&self.ledger).await;
         self.receiver.close().await;
     }
 }
 
-/// Sequence numbers per (sender, receiver), as acked or as received.
-type Log = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(String, String), Vec<u64>>>>;
+/// Sequence numbers per (sender, receiver), as acked and as received.
+type Log = std::sync::Arc<std::sync::Mutex<ledger::Ledger<(String, String)>>>;
 
 /// Waits (up to 30 s) until every acked message was received, then checks
 /// that none is missing, repeated or out of order.
-async fn check_every_acked_message_arrived_once_in_order(acked: &Log, received: &Log) {
-    let acked = acked.lock().expect("log").clone();
-    let total: usize = acked.values().map(Vec::len).sum();
+async fn check_every_acked_message_arrived_once_in_order(ledger: &Log) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let received = received.lock().expect("log").clone();
-        let complete = acked
-            .iter()
-            .all(|(pair, seqs)| received.get(pair).map_or(0, |r| r.len()) >= seqs.len());
-        if complete || std::time::Instant::now() > deadline {
-            let (mut lost, mut duplicated, mut out_of_order) = (0, 0, 0);
-            for (pair, seqs) in &acked {
-                let got = received.get(pair).cloned().unwrap_or_default();
-                let mut seen = std::collections::HashSet::new();
-                let mut last = None;
-                for s in &got {
-                    if !seen.insert(*s) {
-                        duplicated += 1;
-                    }
-                    if last.is_some_and(|l| *s <= l) {
-                        out_of_order += 1;
-                    }
-                    last = Some(*s);
-                }
-                lost += seqs.iter().filter(|s| !seen.contains(s)).count();
-            }
-            eprintln!(
-                "acked {total}, lost {lost}, duplicated {duplicated}, out of order {out_of_order}"
-            );
-            assert!(total > 100, "too little traffic to mean anything: {total}");
-            assert_eq!((lost, duplicated, out_of_order), (0, 0, 0));
-            return;
-        }
+    while !ledger.lock().expect("log").all_arrived() && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let check = ledger.lock().expect("log").check();
+    eprintln!("{}", check.summary());
+    assert!(
+        check.acked > 100,
+        "too little traffic to mean anything: {}",
+        check.acked
+    );
+    assert!(check.is_clean(), "{check:?}");
 }
 
 /// Alice's node (n1) dies while she sends: her client reconnects to n3

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use client::outbox::Outbox;
+use ledger::{Arrival, Stream};
 use offline_queue::replica_core::{Answer, LocalRequest};
 use offline_queue::{EntryBody, FragmentError, NewMessage, Push};
 use proto::{MessageId, PhoneNumber};
@@ -60,8 +61,13 @@ struct User {
     acked: BTreeSet<u64>,
     /// Per sender: client id → the server id it was first delivered with.
     received: BTreeMap<usize, BTreeMap<u64, MessageId>>,
+    /// Per sender: the order client ids arrived in (the shared delivery check).
+    arrivals: BTreeMap<usize, Stream>,
     wake_at: Option<u64>,
 }
+
+/// Each sender numbers its messages from this client id.
+const FIRST_CLIENT_ID: u64 = 1;
 
 pub(crate) struct Users {
     users: Vec<User>,
@@ -88,10 +94,11 @@ impl Users {
                 attach_deadline: 0,
                 next_session: 0,
                 outbox: Outbox::new(),
-                next_cid: 1,
+                next_cid: FIRST_CLIENT_ID,
                 in_flight: BTreeMap::new(),
                 acked: BTreeSet::new(),
                 received: BTreeMap::new(),
+                arrivals: BTreeMap::new(),
                 wake_at: None,
             })
             .collect();
@@ -488,25 +495,26 @@ impl World {
         let from = self.users.users[sender].phone.clone();
         let to = self.users.users[u].phone.clone();
         let split = |c: u64| self.checks.acked_alone(&from, &to, c);
-        let seen = &self.users.users[u].received[&sender];
-        if let Some((&last, _)) = seen.last_key_value()
-            && last > cid
-        {
-            if !split(cid) {
-                return Err(format!(
-                    "out of order: user {u} got user {sender}'s message {cid} after {last}"
-                ));
+        let arrivals = self.users.users[u].arrivals.entry(sender).or_default();
+        match arrivals.arrive(FIRST_CLIENT_ID, cid) {
+            Arrival::Next | Arrival::Again => {}
+            Arrival::Late { after } => {
+                if !split(cid) {
+                    return Err(format!(
+                        "out of order: user {u} got user {sender}'s message {cid} after {after}"
+                    ));
+                }
+                self.users.reordered_by_splits += 1;
             }
-            self.users.reordered_by_splits += 1;
-        } else if cid > 1 && !seen.contains_key(&(cid - 1)) {
-            let missing = (1..cid).rev().take_while(|c| !seen.contains_key(c));
-            if !missing.clone().all(split) {
-                return Err(format!(
-                    "gap: user {u} got user {sender}'s message {cid} before {}",
-                    cid - 1
-                ));
+            Arrival::Skipped { from } => {
+                if !(from..cid).all(split) {
+                    return Err(format!(
+                        "gap: user {u} got user {sender}'s message {cid} before {}",
+                        cid - 1
+                    ));
+                }
+                self.users.reordered_by_splits += 1;
             }
-            self.users.reordered_by_splits += 1;
         }
         let seen = self.users.users[u].received.entry(sender).or_default();
         seen.insert(cid, id);

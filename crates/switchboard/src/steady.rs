@@ -5,13 +5,14 @@
 //! is checked off: lost, duplicated (after the client's own dedupe) and out
 //! of order per pair are counted. Used by `bench steady` and `demo`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use client::{Client, ClientConfig, Event, PhoneNumber};
 use hdrhistogram::Histogram;
+use ledger::Ledger;
 use serde::Serialize;
 
 use crate::bench::report::{Percentiles, new_histogram, percentiles};
@@ -33,11 +34,12 @@ pub(crate) struct SteadyConfig {
     pub(crate) window: usize,
 }
 
-/// Per pair: the sequence numbers received, in arrival order.
-type Log = Arc<Mutex<HashMap<usize, Vec<u64>>>>;
+/// Both sides of every pair (by pair index), checked at the end.
+type Log = Arc<Mutex<Ledger<usize>>>;
 
-/// Per pair: the sequence numbers acknowledged, with the server's id.
-type AckLog = Arc<Mutex<HashMap<usize, Vec<(u64, String)>>>>;
+/// The server's id of each acknowledged (pair, sequence number), to name
+/// a lost message in the nodes' logs.
+type ServerIds = Arc<Mutex<HashMap<(usize, u64), String>>>;
 
 /// Every acknowledged send: (sent at, acked at), µs since the start.
 type SendTimes = Arc<Mutex<Vec<(u64, u64)>>>;
@@ -64,8 +66,8 @@ pub(crate) struct SteadyRun {
     receivers: Vec<Arc<Client>>,
     /// Per pair: (sender, receiver).
     phones: Vec<(String, String)>,
-    acked: AckLog,
-    received: Log,
+    ledger: Log,
+    server_ids: ServerIds,
     counters: Arc<Counters>,
     ack_latency: Arc<Mutex<Histogram<u64>>>,
     deliver_latency: Arc<Mutex<Histogram<u64>>>,
@@ -211,8 +213,8 @@ impl SteadyRun {
         anyhow::ensure!(pairs > 0, "steady traffic needs at least two users");
         let start = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
-        let acked: AckLog = Arc::default();
-        let received: Log = Arc::default();
+        let ledger: Log = Arc::new(Mutex::new(Ledger::new(0)));
+        let server_ids = ServerIds::default();
         let counters = Arc::new(Counters::default());
         let ack_latency = Arc::new(Mutex::new(new_histogram()));
         let deliver_latency = Arc::new(Mutex::new(new_histogram()));
@@ -225,7 +227,7 @@ impl SteadyRun {
             let client = Arc::new(client);
             let (acker, log, counters, hist) = (
                 client.clone(),
-                received.clone(),
+                ledger.clone(),
                 counters.clone(),
                 deliver_latency.clone(),
             );
@@ -240,7 +242,7 @@ impl SteadyRun {
                         record(&hist, now_us.saturating_sub(at_us));
                         counters.delivered.fetch_add(1, Ordering::Relaxed);
                         if let Ok(mut log) = log.lock() {
-                            log.entry(pair).or_default().push(seq);
+                            log.arrived(pair, seq);
                         }
                         let _ = acker.ack(vec![msg_id]).await;
                     }
@@ -255,9 +257,10 @@ impl SteadyRun {
             let to = config.users[2 * pair + 1].0.clone();
             let (client, _events) =
                 Client::connect(config.client_config(2 * pair), token.clone()).await?;
-            let (stop, log, counters, hist, times) = (
+            let (stop, log, ids, counters, hist, times) = (
                 stop.clone(),
-                acked.clone(),
+                ledger.clone(),
+                server_ids.clone(),
                 counters.clone(),
                 ack_latency.clone(),
                 send_times.clone(),
@@ -284,9 +287,10 @@ impl SteadyRun {
                                     times.push((at_us, now_us));
                                 }
                                 if let Ok(mut log) = log.lock() {
-                                    log.entry(pair)
-                                        .or_default()
-                                        .push((seq, ack.msg_id.to_string()));
+                                    log.acked(pair, seq);
+                                }
+                                if let Ok(mut ids) = ids.lock() {
+                                    ids.insert((pair, seq), ack.msg_id.to_string());
                                 }
                             }
                             // Refused for good (the client retries everything
@@ -342,8 +346,8 @@ impl SteadyRun {
             senders,
             receivers,
             phones,
-            acked,
-            received,
+            ledger,
+            server_ids,
             counters,
             ack_latency,
             deliver_latency,
@@ -380,61 +384,36 @@ impl SteadyRun {
                 sender.abort();
             }
         }
-        let acked = self.acked.lock().map(|l| l.clone()).unwrap_or_default();
         let deadline = Instant::now() + drain;
-        let received = loop {
-            let received = self.received.lock().map(|l| l.clone()).unwrap_or_default();
-            let complete = acked
-                .iter()
-                .all(|(pair, seqs)| received.get(pair).map_or(0, Vec::len) >= seqs.len());
-            if complete || Instant::now() >= deadline {
-                break received;
-            }
+        while !self.ledger.lock().is_ok_and(|l| l.all_arrived()) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        }
         for receiver in &self.receivers {
             let _ = tokio::time::timeout(RECEIVER_CLOSE_WAIT, receiver.close()).await;
         }
-        let (mut lost, mut duplicated, mut out_of_order) = (0, 0, 0);
-        let mut faults = Vec::new();
-        let mut pairs: Vec<_> = acked.keys().copied().collect();
-        pairs.sort_unstable();
-        for pair in pairs {
-            let sent = acked.get(&pair).map(Vec::as_slice).unwrap_or_default();
-            let got = received.get(&pair).map(Vec::as_slice).unwrap_or_default();
-            let check = check_pair(sent, got);
-            lost += check.lost.len() as u64;
-            duplicated += check.duplicated.len() as u64;
-            out_of_order += check.out_of_order.len() as u64;
-            if !check.is_clean() && faults.len() < MAX_FAULTS_SHOWN {
-                let (sender, receiver) = self.phones.get(pair).cloned().unwrap_or_default();
-                faults.push(PairFault {
-                    pair,
-                    sender,
-                    receiver,
-                    lost: check.lost.into_iter().take(MAX_SEQS_SHOWN).collect(),
-                    duplicated: check.duplicated.into_iter().take(MAX_SEQS_SHOWN).collect(),
-                    out_of_order: check
-                        .out_of_order
-                        .into_iter()
-                        .take(MAX_SEQS_SHOWN)
-                        .collect(),
-                });
-            }
-        }
+        let check = match self.ledger.lock() {
+            Ok(ledger) => ledger.check(),
+            Err(_) => Ledger::new(0).check(),
+        };
+        let server_ids = self
+            .server_ids
+            .lock()
+            .map(|ids| ids.clone())
+            .unwrap_or_default();
+        let faults = pair_faults(&check, &self.phones, &server_ids);
         let hist = |h: &Mutex<Histogram<u64>>| {
             h.lock()
                 .map(|h| percentiles(&h))
                 .unwrap_or_else(|_| percentiles(&new_histogram()))
         };
         SteadyOutcome {
-            pairs: acked.len().max(self.receivers.len()),
+            pairs: self.receivers.len(),
             duration_s,
-            acked: acked.values().map(|s| s.len() as u64).sum(),
-            delivered: received.values().map(|s| s.len() as u64).sum(),
-            lost,
-            duplicated,
-            out_of_order,
+            acked: check.acked,
+            delivered: check.arrived,
+            lost: check.lost.len() as u64,
+            duplicated: check.duplicated.len() as u64,
+            out_of_order: check.late.len() as u64,
             refused: self.counters.refused.load(Ordering::Relaxed),
             latency_ms: SteadyLatencies {
                 ack: hist(&self.ack_latency),
@@ -451,59 +430,70 @@ impl SteadyRun {
     }
 }
 
-/// The faults of one pair, complete.
-#[derive(Debug, Default, PartialEq)]
-struct PairCheck {
-    lost: Vec<(u64, String)>,
-    duplicated: Vec<u64>,
-    out_of_order: Vec<(u64, u64)>,
-}
-
-impl PairCheck {
-    fn is_clean(&self) -> bool {
-        self.lost.is_empty() && self.duplicated.is_empty() && self.out_of_order.is_empty()
-    }
-}
-
-/// Checks what one receiver got (in arrival order) against what its sender
-/// had acknowledged.
-fn check_pair(acked: &[(u64, String)], received: &[u64]) -> PairCheck {
-    let mut check = PairCheck::default();
-    let mut seen = HashSet::new();
-    let mut last = None;
-    for &seq in received {
-        if !seen.insert(seq) {
-            check.duplicated.push(seq);
+/// The pairs at fault (at most [`MAX_FAULTS_SHOWN`]), each with the
+/// first [`MAX_SEQS_SHOWN`] of each kind of fault.
+fn pair_faults(
+    check: &ledger::Check<usize>,
+    phones: &[(String, String)],
+    server_ids: &HashMap<(usize, u64), String>,
+) -> Vec<PairFault> {
+    let mut faults: BTreeMap<usize, PairFault> = BTreeMap::new();
+    // The pair's entry, unless MAX_FAULTS_SHOWN other pairs are named.
+    let fault = |faults: &mut BTreeMap<usize, PairFault>, pair: usize| -> bool {
+        if faults.contains_key(&pair) {
+            return true;
         }
-        if let Some(before) = last
-            && seq <= before
+        if faults.len() >= MAX_FAULTS_SHOWN {
+            return false;
+        }
+        let (sender, receiver) = phones.get(pair).cloned().unwrap_or_default();
+        faults.insert(
+            pair,
+            PairFault {
+                pair,
+                sender,
+                receiver,
+                lost: Vec::new(),
+                duplicated: Vec::new(),
+                out_of_order: Vec::new(),
+            },
+        );
+        true
+    };
+    for &(pair, seq) in &check.lost {
+        if fault(&mut faults, pair)
+            && let Some(f) = faults
+                .get_mut(&pair)
+                .filter(|f| f.lost.len() < MAX_SEQS_SHOWN)
         {
-            check.out_of_order.push((before, seq));
+            let id = server_ids.get(&(pair, seq)).cloned().unwrap_or_default();
+            f.lost.push((seq, id));
         }
-        last = Some(seq);
     }
-    check.lost = acked
-        .iter()
-        .filter(|(seq, _)| !seen.contains(seq))
-        .cloned()
-        .collect();
-    check
+    for &(pair, seq) in &check.duplicated {
+        if fault(&mut faults, pair)
+            && let Some(f) = faults
+                .get_mut(&pair)
+                .filter(|f| f.duplicated.len() < MAX_SEQS_SHOWN)
+        {
+            f.duplicated.push(seq);
+        }
+    }
+    for &(pair, after, seq) in &check.late {
+        if fault(&mut faults, pair)
+            && let Some(f) = faults
+                .get_mut(&pair)
+                .filter(|f| f.out_of_order.len() < MAX_SEQS_SHOWN)
+        {
+            f.out_of_order.push((after, seq));
+        }
+    }
+    faults.into_values().collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn acked(seqs: &[u64]) -> Vec<(u64, String)> {
-        seqs.iter().map(|s| (*s, format!("m{s}"))).collect()
-    }
-
-    #[test]
-    fn a_clean_pair_has_no_faults() {
-        assert!(check_pair(&acked(&[0, 1, 2]), &[0, 1, 2]).is_clean());
-        // A message received but whose ack the sender never saw is fine.
-        assert!(check_pair(&acked(&[0, 1]), &[0, 1, 2]).is_clean());
-    }
 
     #[test]
     fn stalled_sends_close_together_are_one_fault_as_long_as_the_longest_wait() {
@@ -526,10 +516,28 @@ mod tests {
     }
 
     #[test]
-    fn each_kind_of_fault_is_named() {
-        let check = check_pair(&acked(&[0, 1, 2, 3, 4]), &[0, 2, 1, 2, 4]);
-        assert_eq!(check.lost, vec![(3, "m3".to_owned())]);
-        assert_eq!(check.duplicated, vec![2]);
-        assert_eq!(check.out_of_order, vec![(2, 1)]);
+    fn faults_are_named_by_pair_with_the_server_ids_of_lost_messages() {
+        let mut ledger = Ledger::new(0);
+        let mut ids = HashMap::new();
+        for seq in 0..5 {
+            ledger.acked(1, seq);
+            ids.insert((1, seq), format!("m{seq}"));
+            ledger.acked(0, seq);
+            ledger.arrived(0, seq);
+        }
+        for seq in [0, 2, 1, 2, 4] {
+            ledger.arrived(1, seq);
+        }
+        let phones = vec![("a".into(), "b".into()), ("c".into(), "d".into())];
+        let faults = pair_faults(&ledger.check(), &phones, &ids);
+        assert_eq!(faults.len(), 1);
+        let f = &faults[0];
+        assert_eq!(
+            (f.pair, f.sender.as_str(), f.receiver.as_str()),
+            (1, "c", "d")
+        );
+        assert_eq!(f.lost, vec![(3, "m3".to_owned())]);
+        assert_eq!(f.duplicated, vec![2]);
+        assert_eq!(f.out_of_order, vec![(2, 1)]);
     }
 }

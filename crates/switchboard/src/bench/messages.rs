@@ -8,7 +8,7 @@
 //! and duplicates, and at the end every acknowledged message is checked off
 //! against what arrived.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use client::{Connection, Pushes, Tls};
 use hdrhistogram::Histogram;
+use ledger::{Arrival, Ledger};
 use proto::{MessageId, ReceiptKind, Request, Response, ServerFrame};
 use rand::Rng;
 use serde::Serialize;
@@ -72,8 +73,10 @@ struct Shared {
     out_of_order: AtomicU64,
     receipts: AtomicU64,
     in_flight: AtomicU64,
-    /// Acknowledged messages and their recipients.
-    expected: Mutex<HashMap<MessageId, u32>>,
+    /// Acknowledged messages, per (sender, recipient) pair.
+    acked_log: Mutex<Ledger<(u32, u32)>>,
+    /// Of those, the ones to users online from the start.
+    acked_online: AtomicU64,
     /// Per sender: scheduled time (µs since start) of its acked messages, for
     /// the receipt latency.
     sent_at: Vec<Mutex<HashMap<MessageId, u64>>>,
@@ -141,7 +144,7 @@ fn parse_header(payload: &[u8]) -> Option<(u32, u32, u32, u64)> {
     Some((word(0)?, word(4)?, word(8)?, scheduled))
 }
 
-/// Reads one user's pushes until told to stop; returns the message ids seen.
+/// Reads one user's pushes until told to stop; returns what arrived.
 async fn receive(
     user: u32,
     conn: Arc<Connection>,
@@ -149,9 +152,8 @@ async fn receive(
     shared: Arc<Shared>,
     measure_delivery: bool,
     mut stop: watch::Receiver<bool>,
-) -> HashSet<MessageId> {
-    let mut seen = HashSet::new();
-    let mut last_seq: HashMap<u32, u32> = HashMap::new();
+) -> Ledger<(u32, u32)> {
+    let mut arrivals = Ledger::new(1);
     // Acks are batched like a phone would (every 20 ms or 64 entries): fewer
     // frames, and one receipt per sender per batch.
     let mut to_ack = Vec::new();
@@ -181,20 +183,20 @@ async fn receive(
                         shared.errors.fetch_add(1, Ordering::Relaxed);
                         continue;
                     };
-                    if !seen.insert(msg_id) {
-                        shared.duplicated.fetch_add(1, Ordering::Relaxed);
-                        continue;
+                    match arrivals.arrived((sender, user), u64::from(seq)) {
+                        Arrival::Again => {
+                            shared.duplicated.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        Arrival::Late { .. } => {
+                            shared.out_of_order.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Arrival::Next | Arrival::Skipped { .. } => {}
                     }
                     shared.delivered.fetch_add(1, Ordering::Relaxed);
                     if measure_delivery {
                         let now = shared.since_start_us();
                         Shared::record(&shared.deliver, now.saturating_sub(scheduled));
-                    }
-                    let last = last_seq.entry(sender).or_insert(0);
-                    if seq <= *last {
-                        shared.out_of_order.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        *last = seq;
                     }
                 }
                 ServerFrame::Receipt {
@@ -222,7 +224,7 @@ async fn receive(
         }
     }
     conn.close();
-    seen
+    arrivals
 }
 
 async fn connect_all(
@@ -302,7 +304,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         out_of_order: AtomicU64::new(0),
         receipts: AtomicU64::new(0),
         in_flight: AtomicU64::new(0),
-        expected: Mutex::new(HashMap::new()),
+        acked_log: Mutex::new(Ledger::new(1)),
+        acked_online: AtomicU64::new(0),
         sent_at: (0..args.users)
             .map(|_| Mutex::new(HashMap::new()))
             .collect(),
@@ -349,7 +352,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             }
             let seq = seqs.entry((sender, recipient)).or_insert(0);
             *seq += 1;
-            let payload = header(sender, recipient, *seq, scheduled_us, args.payload);
+            let seq = *seq;
+            let payload = header(sender, recipient, seq, scheduled_us, args.payload);
             let request = Request::Send {
                 to: phones[recipient as usize].clone(),
                 client_msg_id: next,
@@ -364,8 +368,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                     Ok(Response::ServerAck { msg_id, .. }) => {
                         shared_cb.acked.fetch_add(1, Ordering::Relaxed);
                         Shared::record(&shared_cb.ack, now.saturating_sub(scheduled_us));
-                        if let Ok(mut e) = shared_cb.expected.lock() {
-                            e.insert(msg_id, recipient);
+                        if let Ok(mut log) = shared_cb.acked_log.lock() {
+                            log.acked((sender, recipient), u64::from(seq));
+                        }
+                        if recipient < online_count {
+                            shared_cb.acked_online.fetch_add(1, Ordering::Relaxed);
                         }
                         if let Ok(mut s) = shared_cb.sent_at[sender as usize].lock() {
                             s.insert(msg_id, scheduled_us);
@@ -400,13 +407,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         REQUEST_TIMEOUT * 2,
     )
     .await;
-    let expected_count = || shared.expected.lock().map_or(0, |e| e.len() as u64);
-    let expected_online = || {
-        shared.expected.lock().map_or(0, |e| {
-            e.values().filter(|r| **r < online_count).count() as u64
-        })
-    };
-    let expected_now = expected_online();
+    let expected_count = || shared.acked.load(Ordering::Relaxed);
+    let expected_now = shared.acked_online.load(Ordering::Relaxed);
     settle(
         || shared.delivered.load(Ordering::Relaxed),
         || shared.delivered.load(Ordering::Relaxed) >= expected_now,
@@ -456,15 +458,16 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     )
     .await;
     let _ = stop_tx.send(true);
-    let mut seen: HashSet<MessageId> = HashSet::new();
+    let mut ledger = match shared.acked_log.lock() {
+        Ok(mut log) => std::mem::replace(&mut *log, Ledger::new(1)),
+        Err(_) => Ledger::new(1),
+    };
     for receiver in receivers {
-        if let Ok(ids) = receiver.await {
-            seen.extend(ids);
+        if let Ok(arrivals) = receiver.await {
+            ledger.absorb(arrivals);
         }
     }
-    let lost = shared.expected.lock().map_or(0, |e| {
-        e.keys().filter(|id| !seen.contains(id)).count() as u64
-    });
+    let lost = ledger.check().lost.len() as u64;
 
     let lock = |h: &Mutex<Histogram<u64>>| {
         h.lock()
