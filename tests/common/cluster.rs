@@ -32,27 +32,7 @@ pub struct LocalCluster {
     pub dir: tempfile::TempDir,
 }
 
-/// A port free on `ip` now, for a node to listen on later. Taken below
-/// the kernel's ephemeral range (32768–60999 by default): a port from that
-/// range (what binding port 0 gives) can be taken in between by any
-/// outgoing connection of a test running alongside (seen in CI: a node
-/// found its cluster port in use). Each test process walks its own stretch
-/// of 10,000–32,767, from its pid, and checks that the port binds.
-pub fn free_port(ip: &str) -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    const LOW: u32 = 10_000;
-    const SPAN: u32 = 22_768;
-    let start = std::process::id().wrapping_mul(7_919);
-    for _ in 0..SPAN {
-        let step = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = (LOW + start.wrapping_add(step) % SPAN) as u16;
-        if std::net::TcpListener::bind((ip, port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port on {ip} below the ephemeral range");
-}
+pub use test_support::free_port;
 
 impl LocalCluster {
     /// Writes certificates and configs for `count` nodes in `islands` (pairs
@@ -71,12 +51,11 @@ impl LocalCluster {
         assert!(status.success(), "cluster-certs failed");
         // One client-facing certificate for every node, so that a client
         // trusting it can fail over from node to node.
-        let pair = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
-            .expect("client certificate");
+        let pair = test_support::self_signed(&["localhost"]);
         let client_cert = certs.join("client-facing.pem");
         let client_key = certs.join("client-facing-key.pem");
-        std::fs::write(&client_cert, pair.cert.pem()).expect("write cert");
-        std::fs::write(&client_key, pair.signing_key.serialize_pem()).expect("write key");
+        std::fs::write(&client_cert, pair.cert_pem).expect("write cert");
+        std::fs::write(&client_key, pair.key_pem).expect("write key");
 
         let ips: Vec<String> = (1..=count).map(|i| format!("127.0.0.{i}")).collect();
         let cluster_addrs: Vec<String> = ips

@@ -1,5 +1,5 @@
 //! Shared harness for end-to-end tests: real node processes over real TLS.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -147,24 +147,12 @@ impl NodeProcess {
 
     /// Registers `phone` through the development code log and returns a token.
     pub async fn register(&self, phone: &PhoneNumber) -> String {
-        let cfg = self.client_config();
-        client::request_code(&cfg, phone).await.expect("code sent");
-        let code = self.code_for(phone);
-        client::verify(&cfg, phone, &code)
-            .await
-            .expect("verified")
-            .0
+        test_support::register(&self.client_config(), &self.data_dir, phone).await
     }
 
     /// The newest code logged for `phone`.
     pub fn code_for(&self, phone: &PhoneNumber) -> String {
-        let log = std::fs::read_to_string(self.data_dir.join("verification-codes.log"))
-            .expect("code log");
-        log.lines()
-            .rev()
-            .find_map(|l| l.strip_prefix(&format!("{phone} ")))
-            .expect("a code for the phone")
-            .to_owned()
+        test_support::code_for(&self.data_dir.join(test_support::CODE_LOG), phone)
     }
 
     /// Registers `user` and logs in on a low-level connection, which shows
@@ -339,7 +327,4 @@ pub fn refusal<T: std::fmt::Debug>(result: Result<T, client::ClientError>) -> pr
     }
 }
 
-/// A phone number from its text (tests only: panics if invalid).
-pub fn phone(s: &str) -> PhoneNumber {
-    PhoneNumber::parse(s).expect("phone")
-}
+pub use test_support::phone;

@@ -304,9 +304,7 @@ mod tests {
         burn_cooldown_ms: 60_000,
     };
 
-    fn phone(s: &str) -> PhoneNumber {
-        PhoneNumber::parse(s).expect("valid phone")
-    }
+    use test_support::phone;
 
     /// One step of a table: an input at a time, and the expected outcome.
     #[derive(Debug)]

@@ -471,9 +471,7 @@ impl CodeLimiter {
 mod tests {
     use super::*;
 
-    fn phone(s: &str) -> PhoneNumber {
-        PhoneNumber::parse(s).expect("valid phone")
-    }
+    use test_support::phone;
 
     fn ip(s: &str) -> Option<IpAddr> {
         Some(s.parse().expect("address"))

@@ -344,9 +344,7 @@ mod tests {
 
     const DAY_MS: u64 = 86_400_000;
 
-    fn phone(s: &str) -> PhoneNumber {
-        PhoneNumber::parse(s).expect("valid phone")
-    }
+    use test_support::phone;
 
     fn book(dir: &tempfile::TempDir) -> TokenBook {
         let store =

@@ -21,9 +21,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use router::Placement;
 use storage::{Store, StoreOptions};
 
-fn phone(s: &str) -> PhoneNumber {
-    PhoneNumber::parse(s).expect("valid phone")
-}
+use test_support::phone;
 
 fn db_path(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("node.redb")
@@ -39,13 +37,7 @@ fn codes_file(dir: &tempfile::TempDir) -> PathBuf {
 
 /// The last code the file provider wrote for `phone`.
 fn last_code(file: &Path, phone: &PhoneNumber) -> String {
-    let text = std::fs::read_to_string(file).expect("codes file");
-    text.lines()
-        .filter_map(|line| line.split_once(' '))
-        .filter(|(p, _)| *p == phone.as_str())
-        .map(|(_, code)| code.to_owned())
-        .next_back()
-        .expect("a code for the phone")
+    test_support::code_for(file, phone)
 }
 
 /// A code that is not `code`.

@@ -498,9 +498,7 @@ mod tests {
     }
 
     fn certificate(names: &[&str]) -> Identity {
-        let names = names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
-        let pair = rcgen::generate_simple_self_signed(names).expect("certificate");
-        Identity::Certificate(pair.cert.der().clone())
+        Identity::Certificate(test_support::self_signed(names).cert_der.into())
     }
 
     const MAX: u64 = 1 << 20;

@@ -18,11 +18,10 @@
 //!
 //! Run: `cargo bench -p node --bench send_path`
 
-use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use client::{ClientConfig, Connection, PhoneNumber, Pushes};
+use client::{ClientConfig, Connection, Pushes};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use node::{Node, NodeBuilder, NodeConfig};
 use proto::{Request, Response};
@@ -35,25 +34,9 @@ const PAYLOAD: usize = 100;
 /// Recipients the sends cycle through.
 const RECIPIENTS: u64 = 1000;
 
-fn phone(n: u64) -> PhoneNumber {
-    PhoneNumber::parse(&format!("+1555{n:07}")).expect("valid phone")
-}
+use test_support::numbered as phone;
 
-/// Registers `phone` through the node's development code file; returns a token.
-async fn register(cfg: &ClientConfig, data: &Path, phone: &PhoneNumber) -> String {
-    client::request_code(cfg, phone)
-        .await
-        .expect("request code");
-    let log = std::fs::read_to_string(data.join("verification-codes.log")).expect("code log");
-    let code = log
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix(&format!("{phone} ")))
-        .expect("code in the log")
-        .to_owned();
-    let (token, _) = client::verify(cfg, phone, &code).await.expect("verify");
-    token
-}
+use test_support::register;
 
 /// A running node and one logged-in connection to it.
 struct Setup {

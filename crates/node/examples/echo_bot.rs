@@ -157,21 +157,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 mod tests {
     use super::*;
 
-    async fn register(
-        cfg: &client::ClientConfig,
-        data: &std::path::Path,
-        phone: &PhoneNumber,
-    ) -> String {
-        client::request_code(cfg, phone).await.expect("code sent");
-        let log = std::fs::read_to_string(data.join("verification-codes.log")).expect("code log");
-        let code = log
-            .lines()
-            .rev()
-            .find_map(|l| l.strip_prefix(&format!("{phone} ")))
-            .expect("a code for the phone")
-            .to_owned();
-        client::verify(cfg, phone, &code).await.expect("verified").0
-    }
+    use test_support::register;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_bot_answers_messages_and_extension_requests() {

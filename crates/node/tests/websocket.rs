@@ -44,12 +44,7 @@ async fn a_browser_registers_and_logs_in_over_websocket() {
             response: Response::CodeSent { .. }
         }
     ));
-    let log = std::fs::read_to_string(dir.path().join("verification-codes.log")).expect("log");
-    let code = log
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{phone} ")))
-        .expect("code")
-        .to_owned();
+    let code = test_support::code_for(&dir.path().join(test_support::CODE_LOG), &phone);
     let verified = exchange(
         &mut ws,
         &request(

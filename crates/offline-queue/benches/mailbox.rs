@@ -44,9 +44,7 @@ const PAYLOAD: usize = 100;
 /// Recipients the single-append and spread batch benchmarks cycle through.
 const RECIPIENTS: u64 = 1000;
 
-fn phone(n: u64) -> PhoneNumber {
-    PhoneNumber::parse(&format!("+1555{n:07}")).expect("valid phone")
-}
+use test_support::numbered as phone;
 
 #[path = "../tests/support/probe.rs"]
 mod probe;

@@ -939,16 +939,13 @@ fn trace_writes(fragment: FragmentId, tag: u64, divergent: bool, ops: &[WriteOp]
 
 #[cfg(test)]
 mod tests {
-    use proto::PhoneNumber;
     use storage::Store;
 
     use super::{FragmentWrites, MailboxWrites};
     use crate::replica::load_divergent;
     use crate::store::{MailboxRead, RedbMailbox, WriteOp};
 
-    fn phone(n: u32) -> PhoneNumber {
-        PhoneNumber::parse(&format!("+1555{n:07}")).expect("phone")
-    }
+    use test_support::numbered as phone;
 
     fn message(client_msg_id: u64, id: u64) -> WriteOp {
         WriteOp::PutMessage {

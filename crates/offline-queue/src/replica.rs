@@ -393,11 +393,8 @@ mod tests {
     use super::*;
     use crate::remote;
     use crate::store::apply_ops;
-    use proto::PhoneNumber;
 
-    fn phone(n: u32) -> PhoneNumber {
-        PhoneNumber::parse(&format!("+1555{n:07}")).expect("phone")
-    }
+    use test_support::numbered as phone;
 
     async fn fill(store: &Store, f: FragmentId, messages: u64) {
         let ops: Vec<WriteOp> = (0..messages)
@@ -515,7 +512,7 @@ mod tests {
                             txn,
                             3,
                             &[WriteOp::PutAccount {
-                                user: phone(user),
+                                user: phone(u64::from(user)),
                                 record,
                             }],
                         )

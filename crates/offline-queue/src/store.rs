@@ -641,11 +641,9 @@ pub async fn ensure_fragment_count(store: &Store, fragments: u16) -> Result<(), 
 mod tests {
     use super::*;
 
-    fn phone(n: u32) -> PhoneNumber {
-        PhoneNumber::parse(&format!("+1555{n:07}")).expect("phone")
-    }
+    use test_support::numbered as phone;
 
-    fn message(to: u32, from: u32, id: MessageId, at: TimestampMs) -> WriteOp {
+    fn message(to: u64, from: u64, id: MessageId, at: TimestampMs) -> WriteOp {
         let body = EntryBody::Message {
             from: phone(from),
             client_msg_id: id,

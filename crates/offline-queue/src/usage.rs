@@ -150,9 +150,7 @@ impl MailboxUsage {
 mod tests {
     use super::*;
 
-    fn phone(n: u32) -> PhoneNumber {
-        PhoneNumber::parse(&format!("+1555{n:07}")).expect("phone")
-    }
+    use test_support::numbered as phone;
 
     #[test]
     fn caps_by_table() {

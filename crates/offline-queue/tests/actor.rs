@@ -7,15 +7,12 @@ use offline_queue::{
     Endpoint, EntryBody, FragmentActor, FragmentArgs, FragmentConfig, FragmentMsg, NewMessage,
     Push, fragment_name,
 };
-use proto::PhoneNumber;
 use ractor::{Actor, ActorRef};
 use router::Placement;
 use storage::{Store, StoreOptions};
 use tokio::sync::mpsc;
 
-fn phone(n: u32) -> PhoneNumber {
-    PhoneNumber::parse(&format!("+1555{n:07}")).expect("valid")
-}
+use test_support::numbered as phone;
 
 #[path = "support/probe.rs"]
 mod probe;
@@ -36,7 +33,7 @@ async fn spawn_fragment(store: &Store) -> ActorRef<FragmentMsg> {
         .0
 }
 
-async fn append(fragment: &ActorRef<FragmentMsg>, to: u32, cid: u64) -> u64 {
+async fn append(fragment: &ActorRef<FragmentMsg>, to: u64, cid: u64) -> u64 {
     ractor::call_t!(
         fragment,
         |reply| FragmentMsg::Append {

@@ -323,9 +323,7 @@ impl<T: Clone> PresenceCore<T> {
 mod tests {
     use super::*;
 
-    fn phone(n: u32) -> PhoneNumber {
-        PhoneNumber::parse(&format!("+1555{n:07}")).expect("valid")
-    }
+    use test_support::numbered as phone;
 
     /// A policy that shows its owner to `viewers` only.
     fn shown_to(viewers: &[PhoneNumber], version: u64) -> Policy {

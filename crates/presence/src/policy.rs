@@ -44,9 +44,7 @@ pub fn may_see(owner: &PhoneNumber, policy: Option<&Policy>, viewer: &PhoneNumbe
 mod tests {
     use super::*;
 
-    fn phone(n: u32) -> PhoneNumber {
-        PhoneNumber::parse(&format!("+1555{n:07}")).expect("valid")
-    }
+    use test_support::numbered as phone;
 
     #[test]
     fn visibility_by_table() {

@@ -45,9 +45,7 @@ impl Placement {
 mod tests {
     use super::*;
 
-    fn phone(s: &str) -> PhoneNumber {
-        PhoneNumber::parse(s).expect("valid")
-    }
+    use test_support::phone;
 
     #[test]
     fn placement_is_stable_across_builds() {

@@ -32,9 +32,7 @@ const GOOD_CODE: &str = "123456";
 /// Guards reads so that a broken session fails the test instead of hanging it.
 const PATIENCE: Duration = Duration::from_secs(10);
 
-fn phone(n: u64) -> PhoneNumber {
-    PhoneNumber::parse(&format!("+1555000{n:04}")).expect("test number")
-}
+use test_support::numbered as phone;
 
 /// What the stand-in services saw and how they behave.
 #[derive(Default)]

@@ -7,9 +7,7 @@ use std::thread;
 
 use super::*;
 
-fn phone(s: &str) -> PhoneNumber {
-    PhoneNumber::parse(s).expect("valid phone")
-}
+use test_support::phone;
 
 #[test]
 fn file_provider_appends_lines_and_creates_dirs() {

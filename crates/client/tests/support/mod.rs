@@ -93,9 +93,7 @@ impl Drop for FakeNode {
 
 use proto::clock::now_ms;
 
-pub fn phone(s: &str) -> PhoneNumber {
-    PhoneNumber::parse(s).expect("valid phone")
-}
+pub use test_support::phone;
 
 pub fn token_for(user: &PhoneNumber) -> String {
     format!("token:{user}")
@@ -111,17 +109,10 @@ impl FakeNode {
     /// Starts on `listener`.
     pub fn start_on(listener: TcpListener, options: Options) -> FakeNode {
         let addr = listener.local_addr().expect("local addr");
-        let names = vec![
-            "localhost".to_owned(),
-            "switchboard".to_owned(),
-            "127.0.0.1".to_owned(),
-        ];
-        let certified = rcgen::generate_simple_self_signed(names).expect("certificate");
-        let ca_pem = certified.cert.pem().into_bytes();
-        let cert = CertificateDer::from(certified.cert.der().to_vec());
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-            certified.signing_key.serialize_der(),
-        ));
+        let certified = test_support::self_signed(&["localhost", "switchboard", "127.0.0.1"]);
+        let ca_pem = certified.cert_pem.into_bytes();
+        let cert = CertificateDer::from(certified.cert_der);
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.key_der));
         let config =
             rustls::ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
                 .with_safe_default_protocol_versions()

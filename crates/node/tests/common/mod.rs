@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use client::{Client, ClientConfig, Event, Events, PhoneNumber};
+use client::{Client, ClientConfig, Event, Events};
 
 pub mod ws;
 
@@ -15,16 +15,7 @@ pub async fn login(cfg: &ClientConfig, data: &std::path::Path, phone: &str) -> (
 
 /// Registers `phone` through the development code log; its token.
 pub async fn register(cfg: &ClientConfig, data: &std::path::Path, phone: &str) -> String {
-    let phone = PhoneNumber::parse(phone).expect("phone");
-    client::request_code(cfg, &phone).await.expect("code");
-    let log = std::fs::read_to_string(data.join("verification-codes.log")).expect("log");
-    let code = log
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix(&format!("{phone} ")))
-        .expect("code")
-        .to_owned();
-    client::verify(cfg, &phone, &code).await.expect("verify").0
+    test_support::register(cfg, data, &test_support::phone(phone)).await
 }
 
 /// The first byte of each of the next `count` messages `client` receives,

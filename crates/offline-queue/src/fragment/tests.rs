@@ -235,9 +235,7 @@ fn run(
     }
 }
 
-fn phone(n: u32) -> PhoneNumber {
-    PhoneNumber::parse(&format!("+1555{n:07}")).expect("valid")
-}
+use test_support::numbered as phone;
 
 /// A message with no ordering constraint.
 fn msg(to: PhoneNumber, from: PhoneNumber, client_msg_id: u64, payload: Vec<u8>) -> NewMessage {

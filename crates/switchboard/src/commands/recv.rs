@@ -178,11 +178,7 @@ async fn receive(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::PhoneNumber;
-
-    fn phone(s: &str) -> PhoneNumber {
-        PhoneNumber::parse(s).expect("phone")
-    }
+    use test_support::phone;
 
     #[test]
     fn messages_render_as_json_objects() {
