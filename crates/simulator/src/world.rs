@@ -211,6 +211,9 @@ pub(crate) struct World {
     pub(crate) seed: u64,
     pub(crate) now: u64,
     pub(crate) rng: StdRng,
+    /// Draws for crashes in the middle of a copy, apart from `rng` so that
+    /// adding them did not change the schedules of the other faults.
+    copy_crash_rng: StdRng,
     queue: BinaryHeap<Reverse<(u64, u64)>>,
     events: BTreeMap<u64, Ev>,
     next_event: u64,
@@ -302,6 +305,7 @@ impl World {
             seed,
             now: 0,
             rng: StdRng::seed_from_u64(seed),
+            copy_crash_rng: StdRng::seed_from_u64(seed ^ 0x6d69_645f_636f_7079),
             queue: BinaryHeap::new(),
             events: BTreeMap::new(),
             next_event: 0,
@@ -756,6 +760,28 @@ impl World {
                         other => other.kind().to_owned(),
                     };
                     self.note(format!("{} f{f} -> {to}: {line}", self.nodes[n].name));
+                }
+                let copy_begins = matches!(
+                    wire,
+                    FragmentWire::Snapshot {
+                        first: true,
+                        last: false,
+                        ..
+                    } | FragmentWire::SnapshotWithAccounts {
+                        first: true,
+                        last: false,
+                        ..
+                    }
+                );
+                // Now and then the owner dies while its partner is half way
+                // through a copy (the partner's first chunk erases what it
+                // held; it must not take over from the rest).
+                if copy_begins
+                    && self.now < self.faults_until
+                    && self.copy_crash_rng.random_bool(0.1)
+                {
+                    let after = self.copy_crash_rng.random_range(1..30);
+                    self.at(after, Ev::Crash(n));
                 }
                 if let Some(to) = self.index_of(&to) {
                     self.send(n, to, NetMsg::Fragment { fragment: f, wire });
