@@ -197,7 +197,9 @@ async fn a_registration_lock_stops_an_attacker_with_a_valid_sms_code() {
         .expect("the lock is set");
 
     // The attacker gets a code to the victim's number (a SIM swap, an
-    // intercepted SMS: here, the node's code log).
+    // intercepted SMS: here, the node's code log), past the resend interval
+    // (1 s here) since the login's code.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
     let cfg = node.client_config();
     client::request_code(&cfg, &alice_phone)
         .await
