@@ -10,11 +10,32 @@ use router::FragmentId;
 
 use crate::world::World;
 
+/// What an entry id names: a message (recipient, sender, client id) or a
+/// receipt (its mailbox owner; a receipt entry may grow under its id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Named {
+    Message(PhoneNumber, PhoneNumber, u64),
+    Receipt(PhoneNumber),
+}
+
+impl std::fmt::Display for Named {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Named::Message(recipient, sender, cid) => {
+                write!(f, "{sender}'s message {cid} for {recipient}")
+            }
+            Named::Receipt(owner) => write!(f, "a receipt for {owner}"),
+        }
+    }
+}
+
 /// What the checks remember.
 #[derive(Debug, Default)]
 pub(crate) struct Checks {
     /// Every message id stored on any node, with the message it names.
-    ids: BTreeMap<MessageId, (PhoneNumber, PhoneNumber, u64)>,
+    ids: BTreeMap<MessageId, Named>,
+    /// Every entry (message or receipt) by its mailbox and id.
+    by_mailbox: BTreeMap<(PhoneNumber, MessageId), Named>,
     /// Messages (sender, recipient, client id) an owner stored without its
     /// partner's copy (written to its divergent log).
     alone: BTreeSet<(PhoneNumber, PhoneNumber, u64)>,
@@ -44,18 +65,24 @@ impl Checks {
         Ok(())
     }
 
-    /// A message id names one message, on every node.
+    /// Ids are not given twice (see [`Checks::stored`]), on every node.
     pub(crate) fn stored_ops(&mut self, _seed: u64, ops: &[WriteOp]) -> Result<(), String> {
         for op in ops {
-            if let WriteOp::PutMessage {
-                recipient,
-                sender,
-                client_msg_id,
-                id,
-                ..
-            } = op
-            {
-                self.stored(*id, recipient, sender, *client_msg_id)?;
+            match op {
+                WriteOp::PutMessage {
+                    recipient,
+                    sender,
+                    client_msg_id,
+                    id,
+                    ..
+                } => self.stored(
+                    *id,
+                    Named::Message(recipient.clone(), sender.clone(), *client_msg_id),
+                )?,
+                WriteOp::PutReceipt { owner, id, .. } => {
+                    self.stored(*id, Named::Receipt(owner.clone()))?
+                }
+                _ => {}
             }
         }
         Ok(())
@@ -91,37 +118,48 @@ impl Checks {
     /// The same for a copy's rows.
     pub(crate) fn stored_chunk(&mut self, chunk: &SnapshotChunk) -> Result<(), String> {
         for (owner, id, bytes) in &chunk.mbox {
-            if let Ok(EntryBody::Message {
-                from,
-                client_msg_id,
-                ..
-            }) = EntryBody::from_bytes(bytes)
-                && let Ok(owner) = PhoneNumber::parse(owner)
-            {
-                self.stored(*id, &owner, &from, client_msg_id)?;
+            let Ok(owner) = PhoneNumber::parse(owner) else {
+                continue;
+            };
+            match EntryBody::from_bytes(bytes) {
+                Ok(EntryBody::Message {
+                    from,
+                    client_msg_id,
+                    ..
+                }) => self.stored(*id, Named::Message(owner, from, client_msg_id))?,
+                Ok(EntryBody::Receipt { .. }) => self.stored(*id, Named::Receipt(owner))?,
+                Err(_) => {}
             }
         }
         Ok(())
     }
 
-    fn stored(
-        &mut self,
-        id: MessageId,
-        recipient: &PhoneNumber,
-        sender: &PhoneNumber,
-        cid: u64,
-    ) -> Result<(), String> {
-        let message = (recipient.clone(), sender.clone(), cid);
-        match self.ids.get(&id) {
-            Some(known) if *known != message => Err(format!(
-                "id {id:#x} given twice: to {}'s message {} for {} and to {sender}'s message {cid} for {recipient}",
-                known.1, known.2, known.0
-            )),
-            Some(_) => Ok(()),
-            None => {
-                self.ids.insert(id, message);
-                Ok(())
-            }
+    /// Messages: an id names one message anywhere. Receipts: an id is
+    /// never also a message's in the same mailbox (its client would take
+    /// one for the other). Ids may repeat across mailboxes otherwise: a
+    /// client only ever sees its own.
+    fn stored(&mut self, id: MessageId, entry: Named) -> Result<(), String> {
+        let clash = match (&entry, self.ids.get(&id)) {
+            (_, Some(known)) if *known == entry => None,
+            (Named::Message(..), Some(known @ Named::Message(..))) => Some(known.clone()),
+            _ => None,
+        };
+        let mailbox = match &entry {
+            Named::Message(recipient, ..) => recipient.clone(),
+            Named::Receipt(owner) => owner.clone(),
+        };
+        let same_mailbox = self
+            .by_mailbox
+            .get(&(mailbox.clone(), id))
+            .filter(|known| **known != entry)
+            .cloned();
+        if let Some(known) = clash.or(same_mailbox) {
+            return Err(format!("id {id:#x} given twice: to {known} and to {entry}"));
         }
+        if let Named::Message(..) = entry {
+            self.ids.insert(id, entry.clone());
+        }
+        self.by_mailbox.insert((mailbox, id), entry);
+        Ok(())
     }
 }

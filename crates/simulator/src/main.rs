@@ -24,6 +24,12 @@ fn main() {
     if std::env::var("SIM_PAIR_CUTS").is_ok_and(|v| v == "0") {
         options.pair_cuts = false;
     }
+    if let Some(chance) = std::env::var("SIM_MID_COPY_CRASH")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        options.mid_copy_crash = chance;
+    }
     if let Some(lines) = std::env::var("SIM_TRACE").ok().and_then(|s| s.parse().ok()) {
         options.trace_lines = lines;
     }

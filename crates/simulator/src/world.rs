@@ -50,6 +50,9 @@ pub struct Options {
     /// see the rest): it can split an island's partners while each sees a
     /// majority, and both serve the fragment at two epochs for a while.
     pub pair_cuts: bool,
+    /// The chance that an owner dies 1–30 ms after it begins a copy to its
+    /// partner (a take-over in the middle of a copy).
+    pub mid_copy_crash: f64,
     /// Keep this many trace lines for a failure.
     pub trace_lines: usize,
 }
@@ -65,6 +68,7 @@ impl Default for Options {
             settle_ms: 90_000,
             faults: true,
             pair_cuts: true,
+            mid_copy_crash: 0.1,
             trace_lines: 400,
         }
     }
@@ -778,7 +782,7 @@ impl World {
                 // held; it must not take over from the rest).
                 if copy_begins
                     && self.now < self.faults_until
-                    && self.copy_crash_rng.random_bool(0.1)
+                    && self.copy_crash_rng.random_bool(self.options.mid_copy_crash)
                 {
                     let after = self.copy_crash_rng.random_range(1..30);
                     self.at(after, Ev::Crash(n));

@@ -89,12 +89,16 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
             .as_mut()
             .map(|c| std::mem::take(&mut c.merge_aliases))
             .unwrap_or_default();
-        // Every id the former owner gave out, kept here or not (a copy it
-        // still holds must never share an id with a new message).
+        // Every id the former owner gave out, kept here or not, to messages
+        // and receipts alike (a copy it still holds must never share an id
+        // with a new entry: a client that saw a receipt under an id takes a
+        // message under the same id for one it already has).
         let highest = ops
             .iter()
             .filter_map(|op| match op {
-                WriteOp::PutMessage { id, .. } => Some(seq_of_message_id(*id)),
+                WriteOp::PutMessage { id, .. } | WriteOp::PutReceipt { id, .. } => {
+                    Some(seq_of_message_id(*id))
+                }
                 _ => None,
             })
             .max();
