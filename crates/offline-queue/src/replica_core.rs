@@ -551,6 +551,11 @@ pub struct ReplicaCore<T, L> {
     /// Waiting for [`Event::Flushed`] to start serving (true: a take-over,
     /// whose ids start in a fresh block).
     promoting: Option<bool>,
+    /// No core made since this node started (clustered only): ids it
+    /// streamed to its partner before it stopped, without committing them
+    /// itself, may be in the partner's rows, so its first core starts in a
+    /// fresh block as a take-over does.
+    first_core: bool,
 }
 
 /// The actions of one step.
@@ -567,6 +572,7 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
         now: TimestampMs,
         reads: &impl ReplicaRead,
     ) -> Result<Self, FragmentError> {
+        let cluster_present = cluster.is_some();
         let cluster = cluster.map(|setup| {
             let ownership = FragmentOwnership::new(&setup.this, &setup.islands, id, setup.owner);
             let in_sight = sees_majority(setup.nodes, setup.up.len());
@@ -603,6 +609,7 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
             cluster,
             held: VecDeque::new(),
             promoting: None,
+            first_core: cluster_present,
         };
         let serves = replica
             .cluster
@@ -761,12 +768,13 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
     /// node takes over, starting far above any id the former owner may
     /// have given out without copying it here (see [`takeover_seq`]).
     fn new_core(
-        &self,
+        &mut self,
         reads: &impl ReplicaRead,
         takeover: bool,
     ) -> Result<Core<T, L>, FragmentError> {
         let stored = reads.next_seq()?;
-        let next_seq = if takeover {
+        let first_core = std::mem::take(&mut self.first_core);
+        let next_seq = if takeover || first_core {
             takeover_seq(stored, self.island_member())
         } else {
             stored
