@@ -253,7 +253,6 @@ impl World {
             let payload = cid.to_be_bytes().to_vec();
             self.users.users[u].outbox.push(to, cid, payload, ());
         }
-        let life = self.nodes[node].life;
         let from = self.users.users[u].phone.clone();
         let sends = self.users.users[u].outbox.take_unsent();
         for send in sends {
@@ -273,16 +272,7 @@ impl World {
                 session,
                 client_msg_id: send.client_msg_id,
             };
-            let delay = self.client_delay(true, u, node);
-            self.at(
-                delay,
-                Ev::Request {
-                    node,
-                    life,
-                    fragment,
-                    request: LocalRequest::Append { message, reply },
-                },
-            );
+            self.request(u, node, fragment, LocalRequest::Append { message, reply });
         }
         let user = &self.users.users[u];
         if !user.outbox.is_empty() || user.next_cid <= self.users.messages {
@@ -316,18 +306,8 @@ impl World {
             endpoint,
             reply: Reply::Attach { user: u, session },
         };
-        let life = self.nodes[node].life;
         let fragment = self.users.fragment_of(u);
-        let delay = self.client_delay(true, u, node);
-        self.at(
-            delay,
-            Ev::Request {
-                node,
-                life,
-                fragment,
-                request,
-            },
-        );
+        self.request(u, node, fragment, request);
         self.wake(u, 500);
         Ok(())
     }
@@ -336,9 +316,25 @@ impl World {
         if !self.nodes[node].alive {
             return;
         }
-        let life = self.nodes[node].life;
         let fragment = self.users.fragment_of(u);
         let user = self.phone(u);
+        let request = LocalRequest::Detach {
+            user,
+            session_id: session,
+        };
+        self.request(u, node, fragment, request);
+    }
+
+    /// User `u`'s client sends `request` for `fragment` to `node` (this
+    /// life of it), after the connection's delay.
+    fn request(
+        &mut self,
+        u: usize,
+        node: usize,
+        fragment: FragmentId,
+        request: LocalRequest<Target, Reply>,
+    ) {
+        let life = self.nodes[node].life;
         let delay = self.client_delay(true, u, node);
         self.at(
             delay,
@@ -346,10 +342,7 @@ impl World {
                 node,
                 life,
                 fragment,
-                request: LocalRequest::Detach {
-                    user,
-                    session_id: session,
-                },
+                request,
             },
         );
     }
@@ -450,19 +443,9 @@ impl World {
                 self.received(u, sender, client_msg_id, entry.id)?;
             }
         }
-        let life = self.nodes[node].life;
         let fragment = self.users.fragment_of(u);
         let user = self.phone(u);
-        let delay = self.client_delay(true, u, node);
-        self.at(
-            delay,
-            Ev::Request {
-                node,
-                life,
-                fragment,
-                request: LocalRequest::Ack { user, ids },
-            },
-        );
+        self.request(u, node, fragment, LocalRequest::Ack { user, ids });
         Ok(())
     }
 
