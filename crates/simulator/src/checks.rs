@@ -139,9 +139,9 @@ impl Checks {
     /// one for the other). Ids may repeat across mailboxes otherwise: a
     /// client only ever sees its own.
     fn stored(&mut self, id: MessageId, entry: Named) -> Result<(), String> {
+        // `ids` holds messages only.
         let clash = match (&entry, self.ids.get(&id)) {
-            (_, Some(known)) if *known == entry => None,
-            (Named::Message(..), Some(known @ Named::Message(..))) => Some(known.clone()),
+            (Named::Message(..), Some(known)) if *known != entry => Some(known.clone()),
             _ => None,
         };
         let mailbox = match &entry {
