@@ -430,6 +430,29 @@ impl SteadyRun {
     }
 }
 
+/// The entry of `pair` in `faults`, unless [`MAX_FAULTS_SHOWN`] other
+/// pairs are named already.
+fn fault_of<'a>(
+    faults: &'a mut BTreeMap<usize, PairFault>,
+    phones: &[(String, String)],
+    pair: usize,
+) -> Option<&'a mut PairFault> {
+    if !faults.contains_key(&pair) && faults.len() >= MAX_FAULTS_SHOWN {
+        return None;
+    }
+    Some(faults.entry(pair).or_insert_with(|| {
+        let (sender, receiver) = phones.get(pair).cloned().unwrap_or_default();
+        PairFault {
+            pair,
+            sender,
+            receiver,
+            lost: Vec::new(),
+            duplicated: Vec::new(),
+            out_of_order: Vec::new(),
+        }
+    }))
+}
+
 /// The pairs at fault (at most [`MAX_FAULTS_SHOWN`]), each with the
 /// first [`MAX_SEQS_SHOWN`] of each kind of fault.
 fn pair_faults(
@@ -438,52 +461,24 @@ fn pair_faults(
     server_ids: &HashMap<(usize, u64), String>,
 ) -> Vec<PairFault> {
     let mut faults: BTreeMap<usize, PairFault> = BTreeMap::new();
-    // The pair's entry, unless MAX_FAULTS_SHOWN other pairs are named.
-    let fault = |faults: &mut BTreeMap<usize, PairFault>, pair: usize| -> bool {
-        if faults.contains_key(&pair) {
-            return true;
-        }
-        if faults.len() >= MAX_FAULTS_SHOWN {
-            return false;
-        }
-        let (sender, receiver) = phones.get(pair).cloned().unwrap_or_default();
-        faults.insert(
-            pair,
-            PairFault {
-                pair,
-                sender,
-                receiver,
-                lost: Vec::new(),
-                duplicated: Vec::new(),
-                out_of_order: Vec::new(),
-            },
-        );
-        true
-    };
     for &(pair, seq) in &check.lost {
-        if fault(&mut faults, pair)
-            && let Some(f) = faults
-                .get_mut(&pair)
-                .filter(|f| f.lost.len() < MAX_SEQS_SHOWN)
+        if let Some(f) =
+            fault_of(&mut faults, phones, pair).filter(|f| f.lost.len() < MAX_SEQS_SHOWN)
         {
             let id = server_ids.get(&(pair, seq)).cloned().unwrap_or_default();
             f.lost.push((seq, id));
         }
     }
     for &(pair, seq) in &check.duplicated {
-        if fault(&mut faults, pair)
-            && let Some(f) = faults
-                .get_mut(&pair)
-                .filter(|f| f.duplicated.len() < MAX_SEQS_SHOWN)
+        if let Some(f) =
+            fault_of(&mut faults, phones, pair).filter(|f| f.duplicated.len() < MAX_SEQS_SHOWN)
         {
             f.duplicated.push(seq);
         }
     }
     for &(pair, after, seq) in &check.late {
-        if fault(&mut faults, pair)
-            && let Some(f) = faults
-                .get_mut(&pair)
-                .filter(|f| f.out_of_order.len() < MAX_SEQS_SHOWN)
+        if let Some(f) =
+            fault_of(&mut faults, phones, pair).filter(|f| f.out_of_order.len() < MAX_SEQS_SHOWN)
         {
             f.out_of_order.push((after, seq));
         }
