@@ -166,14 +166,8 @@ impl NodeServices {
     ) -> Boxed<Result<MailboxAnswer, FragmentError>> {
         let fragments = self.fragments.clone();
         Box::pin(async move {
-            let fragment = fragments
-                .for_user_when_ready(&user, FRAGMENT_RESTART_WAIT)
-                .await?;
-            let id = fragments.placement().fragment_of(&user);
             let (tx, rx) = ractor::concurrency::oneshot();
-            fragment
-                .send_message(make(tx.into()))
-                .map_err(|_| FragmentError::Unavailable(id))?;
+            let id = send_to_fragment(&fragments, &user, make(tx.into())).await?;
             let answer: MailboxAnswer = Box::pin(async move {
                 // A dropped reply: the fragment restarted with it queued.
                 rx.await.unwrap_or(Err(FragmentError::Unavailable(id)))
@@ -181,6 +175,23 @@ impl NodeServices {
             Ok(answer)
         })
     }
+}
+
+/// Sends `message` to `user`'s fragment, waiting out a restart of it; the
+/// fragment's id.
+async fn send_to_fragment(
+    fragments: &FragmentDirectory,
+    user: &PhoneNumber,
+    message: FragmentMsg,
+) -> Result<FragmentId, FragmentError> {
+    let fragment = fragments
+        .for_user_when_ready(user, FRAGMENT_RESTART_WAIT)
+        .await?;
+    let id = fragments.placement().fragment_of(user);
+    fragment
+        .send_message(message)
+        .map_err(|_| FragmentError::Unavailable(id))?;
+    Ok(id)
 }
 
 impl Services for NodeServices {
@@ -207,13 +218,10 @@ impl Services for NodeServices {
     fn ack(&self, user: PhoneNumber, ids: Vec<MessageId>) -> Boxed<Result<(), FragmentError>> {
         let fragments = self.fragments.clone();
         Box::pin(async move {
-            let fragment = fragments
-                .for_user_when_ready(&user, FRAGMENT_RESTART_WAIT)
-                .await?;
-            let id = fragments.placement().fragment_of(&user);
-            fragment
-                .send_message(FragmentMsg::Ack { user, ids })
-                .map_err(|_| FragmentError::Unavailable(id))
+            let to = user.clone();
+            send_to_fragment(&fragments, &to, FragmentMsg::Ack { user, ids })
+                .await
+                .map(|_| ())
         })
     }
 
