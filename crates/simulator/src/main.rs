@@ -30,6 +30,12 @@ fn main() {
     {
         options.mid_copy_crash = chance;
     }
+    if let Some(rows) = std::env::var("SIM_COPY_CHUNK_ROWS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        options.copy_chunk_rows = rows;
+    }
     if let Some(lines) = std::env::var("SIM_TRACE").ok().and_then(|s| s.parse().ok()) {
         options.trace_lines = lines;
     }

@@ -53,6 +53,9 @@ pub struct Options {
     /// The chance that an owner dies 1–30 ms after it begins a copy to its
     /// partner (a take-over in the middle of a copy).
     pub mid_copy_crash: f64,
+    /// Rows per copy chunk: small, so that a copy takes many messages and
+    /// commits, and faults land in the middle of one.
+    pub copy_chunk_rows: usize,
     /// Keep this many trace lines for a failure.
     pub trace_lines: usize,
 }
@@ -69,6 +72,7 @@ impl Default for Options {
             faults: true,
             pair_cuts: true,
             mid_copy_crash: 0.1,
+            copy_chunk_rows: 8,
             trace_lines: 400,
         }
     }
@@ -238,10 +242,6 @@ pub(crate) struct World {
     pub(crate) steps: u64,
     faults: u64,
 }
-
-/// Rows per copy chunk: small, so that a copy takes many messages and
-/// commits, and faults land in the middle of one.
-const COPY_CHUNK_ROWS: usize = 8;
 
 const HEARTBEAT: HeartbeatConfig = HeartbeatConfig {
     interval_ms: 200,
@@ -889,8 +889,8 @@ impl World {
                 }
                 let store = &self.nodes[n].store;
                 let upto = load_divergent(store, f).map_err(|e| e.to_string())?.0;
-                let chunks =
-                    export_fragment_in(store, f, COPY_CHUNK_ROWS).map_err(|e| e.to_string())?;
+                let chunks = export_fragment_in(store, f, self.options.copy_chunk_rows)
+                    .map_err(|e| e.to_string())?;
                 return Ok(Some(Event::Snapshot {
                     chunks,
                     divergent_upto: upto,
