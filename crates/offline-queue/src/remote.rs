@@ -229,6 +229,17 @@ pub enum FragmentWire {
         /// `(user, postcard(AccountRecord))`.
         accounts: Vec<(String, serde_bytes::ByteBuf)>,
     },
+    /// Primary → secondary: the primary's own commits hold every write it
+    /// streamed up to `upto`. The secondary keeps the streamed writes above
+    /// it, which may be on its disk alone, and logs them as divergent if it
+    /// takes over. (A node of the previous release refuses this variant
+    /// and keeps no such writes: it is as it was.)
+    Committed {
+        /// The primary's epoch.
+        epoch: u64,
+        /// The stream position.
+        upto: u64,
+    },
 }
 
 /// A copy chunk's place in its copy: `(epoch, first, last, rseq)`.
@@ -379,6 +390,7 @@ impl FragmentWire {
             FragmentWire::AccountWrite { .. } => "account-write",
             FragmentWire::AccountDone { .. } => "account-done",
             FragmentWire::SnapshotWithAccounts { .. } => "snapshot-with-accounts",
+            FragmentWire::Committed { .. } => "committed",
         }
     }
 

@@ -41,6 +41,8 @@ mod merge;
 mod replication;
 mod transitions;
 
+use replication::UncommittedStream;
+
 /// A partner that has not confirmed a write by then is treated as lost for
 /// this fragment: the write completes (logged as divergent) and the partner
 /// gets a fresh copy. A lost answer must not hold every later write back.
@@ -56,6 +58,17 @@ pub const MERGE_RETRY_MS: u64 = 10_000;
 /// Writes per merge message: far below the link's 16 MiB frame limit even
 /// at the largest payloads.
 pub const MERGE_CHUNK_OPS: usize = 128;
+
+/// The owner tells its partner how far its own commits reach (see
+/// [`FragmentWire::Committed`]) after this many more streamed writes are
+/// committed, and at every tick: the partner keeps about that many writes
+/// in memory.
+pub const COMMITTED_EVERY: u64 = 16;
+
+/// At most this many streamed writes a partner keeps unconfirmed by the
+/// owner's commits; the oldest go first (an owner of the previous release
+/// never confirms any).
+pub const MAX_UNCOMMITTED_BATCHES: usize = 1_024;
 
 /// Where an online user's entries go: a session of this node. `T` is the
 /// handle that takes its pushes (an actor ref in the node, a number in the
@@ -462,6 +475,8 @@ struct Waiting {
     ops: Vec<WriteOp>,
     /// When the write was made (see [`PARTNER_ANSWER_TIMEOUT_MS`]).
     since: Option<TimestampMs>,
+    /// Its position in the stream to the partner, if streamed.
+    rseq: Option<u64>,
 }
 
 /// Whether a write reached the partner's copy.
@@ -534,6 +549,12 @@ struct Replication<T, L> {
     /// A copy from the owner this node refuses (see `apply_snapshot`), by
     /// its stream position.
     refused_copy: Option<u64>,
+    /// As owner: this node's own commits hold every write it streamed up
+    /// to here; the partner was told up to `told_committed`.
+    committed_rseq: u64,
+    told_committed: u64,
+    /// As partner: streamed writes the owner has not said it committed.
+    uncommitted: UncommittedStream,
 }
 
 /// One fragment's decisions on one node. See the module docs.
@@ -598,6 +619,9 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
                 merge_aliases: BTreeMap::new(),
                 merged_upto: 0,
                 refused_copy: None,
+                committed_rseq: 0,
+                told_committed: 0,
+                uncommitted: UncommittedStream::default(),
             }
         });
         let mut replica = Self {
@@ -1082,6 +1106,7 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
             FragmentWire::Replicate { epoch, rseq, ops } => {
                 self.apply_replica(&from, epoch, rseq, ops, out)
             }
+            FragmentWire::Committed { epoch, upto } => self.owner_committed(&from, epoch, upto),
             wire @ (FragmentWire::Snapshot { .. } | FragmentWire::SnapshotWithAccounts { .. }) => {
                 if let Some(((epoch, first, last, rseq), chunk)) = wire.into_snapshot() {
                     self.apply_snapshot(&from, epoch, first, last, rseq, chunk, reads, out)?;
@@ -1373,20 +1398,4 @@ fn sees_majority(nodes: usize, up: usize) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::sees_majority;
-
-    #[test]
-    fn a_majority_is_of_the_other_nodes() {
-        // Four nodes: this one and one more peer are a majority of the
-        // three others (a cut-off node alone is not).
-        assert!(!sees_majority(4, 0));
-        assert!(sees_majority(4, 1));
-        // Six nodes: three of the five.
-        assert!(!sees_majority(6, 1));
-        assert!(sees_majority(6, 2));
-        // Two nodes: a lone partner always may (it cannot tell a crash
-        // from a cut, and merges afterwards).
-        assert!(sees_majority(2, 0));
-    }
-}
+mod tests;

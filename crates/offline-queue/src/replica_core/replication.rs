@@ -15,7 +15,7 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
     }
 
     pub(super) fn apply_replica(
-        &self,
+        &mut self,
         from: &str,
         epoch: u64,
         rseq: u64,
@@ -28,6 +28,9 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
                 wire: FragmentWire::Replicated { rseq, ok: false },
             });
             return;
+        }
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.uncommitted.streamed(self.id, epoch, rseq, &ops);
         }
         out.push(Action::ApplyReplica {
             from: from.to_owned(),
@@ -82,6 +85,10 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
             refuse(out);
             return Ok(());
         }
+        if first {
+            // The copy is of the owner's disk: it holds what came before.
+            cluster.uncommitted.clear();
+        }
         out.push(Action::ImportChunk {
             from: from.to_owned(),
             rseq,
@@ -90,6 +97,16 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
             chunk,
         });
         Ok(())
+    }
+
+    /// The owner's commits hold every write it streamed up to `upto`.
+    pub(super) fn owner_committed(&mut self, from: &str, epoch: u64, upto: u64) {
+        if !self.accepts_copy_from(from, epoch) {
+            return;
+        }
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.uncommitted.committed(epoch, upto);
+        }
     }
 
     /// Streams a write to the partner, if it is being fed. Under the
@@ -117,6 +134,7 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
                 remote: if awaited { None } else { Some(Ok(())) },
                 ops: if awaited { ops.to_vec() } else { Vec::new() },
                 since: awaited.then_some(now),
+                rseq,
             },
         );
         copied
@@ -134,7 +152,12 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
         if let Some(cluster) = self.cluster.as_mut()
             && let Some(waiting) = cluster.waiting.get_mut(&tag)
         {
+            let committed = waiting.rseq.filter(|_| outcome.is_ok());
             waiting.local = Some(outcome);
+            if let Some(rseq) = committed {
+                cluster.committed_rseq = cluster.committed_rseq.max(rseq);
+                cluster.tell_committed(false, out);
+            }
             return self.finish_ready(now, reads, out);
         }
         let Some(core) = self.core.as_mut() else {
@@ -311,6 +334,29 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
 }
 
 impl<T, L> Replication<T, L> {
+    /// Tells the partner how far this owner's commits reach, once they
+    /// reach [`COMMITTED_EVERY`] writes further than last told (or further
+    /// at all, with `now`).
+    pub(super) fn tell_committed(&mut self, now: bool, out: &mut Out<T, L>) {
+        let due = if now { 1 } else { COMMITTED_EVERY };
+        if self.committed_rseq < self.told_committed.saturating_add(due)
+            || self.copy == PartnerCopy::Absent
+        {
+            return;
+        }
+        let Some(partner) = self.partner_up().map(str::to_owned) else {
+            return;
+        };
+        self.told_committed = self.committed_rseq;
+        out.push(Action::Send {
+            to: partner,
+            wire: FragmentWire::Committed {
+                epoch: self.ownership.owner().epoch,
+                upto: self.committed_rseq,
+            },
+        });
+    }
+
     /// Sends a write to the partner if it is being fed; its stream
     /// position.
     fn stream_to_partner(&mut self, ops: &[WriteOp], out: &mut Out<T, L>) -> (Copied, Option<u64>) {
@@ -333,5 +379,63 @@ impl<T, L> Replication<T, L> {
             },
         });
         (Copied::Streamed, Some(rseq))
+    }
+}
+
+/// A partner's streamed writes that its owner has not yet said it
+/// committed itself. The owner streams a write while its own commit is
+/// still under way: if it dies before that commit, the write may be on
+/// this node's disk alone, and a sender's resend is then acknowledged here
+/// from the dedupe index. Logged as divergent when this node takes over,
+/// they survive this node's death too: the former owner, serving again,
+/// merges them.
+#[derive(Debug, Default)]
+pub(super) struct UncommittedStream {
+    epoch: u64,
+    batches: VecDeque<(u64, Vec<WriteOp>)>,
+}
+
+impl UncommittedStream {
+    pub(super) fn streamed(
+        &mut self,
+        fragment: FragmentId,
+        epoch: u64,
+        rseq: u64,
+        ops: &[WriteOp],
+    ) {
+        if epoch != self.epoch {
+            self.batches.clear();
+            self.epoch = epoch;
+        }
+        if self.batches.len() == MAX_UNCOMMITTED_BATCHES {
+            self.batches.pop_front();
+            tracing::debug!(
+                fragment,
+                "the owner confirms no commits; forgetting the oldest write"
+            );
+            metrics::counter!("switchboard_fragment_uncommitted_dropped_total").increment(1);
+        }
+        self.batches.push_back((rseq, ops.to_vec()));
+    }
+
+    pub(super) fn committed(&mut self, epoch: u64, upto: u64) {
+        if epoch != self.epoch {
+            return;
+        }
+        while self.batches.front().is_some_and(|(rseq, _)| *rseq <= upto) {
+            self.batches.pop_front();
+        }
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.batches.clear();
+    }
+
+    /// Every write kept, in stream order, leaving none.
+    pub(super) fn take(&mut self) -> Vec<WriteOp> {
+        std::mem::take(&mut self.batches)
+            .into_iter()
+            .flat_map(|(_, ops)| ops)
+            .collect()
     }
 }

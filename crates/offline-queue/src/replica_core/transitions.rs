@@ -95,6 +95,11 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
         }
         self.set_core(Some(core));
         tracing::info!(fragment = id, "serving as primary");
+        if let Some(cluster) = self.cluster.as_mut() {
+            // Taken over (logged), or handed over by an owner that drained
+            // its commits first.
+            cluster.uncommitted.clear();
+        }
         if !takeover && let Some(cluster) = self.cluster.as_ref() {
             // Serving after a restart's wait: forwarders may have sent
             // attaches here while this node still waited, and had them
@@ -178,6 +183,17 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
             tracing::warn!(fragment = id, epoch = owner.epoch, lost = %partner,
                 "primary lost; this node takes the fragment over");
             metrics::counter!("switchboard_fragment_failovers_total").increment(1);
+            // Durable before anything is served: a resend of one of them
+            // is acknowledged from the dedupe index.
+            let uncommitted = cluster.uncommitted.take();
+            if !uncommitted.is_empty() {
+                tracing::info!(
+                    fragment = id,
+                    writes = uncommitted.len(),
+                    "logging the lost primary's writes it may not have committed"
+                );
+                out.push(Action::LogDivergent(uncommitted));
+            }
         }
         self.settle(now, promoted, false, reads, out)
     }
@@ -207,6 +223,9 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
                 self.send_merge(now, reads, out)?;
             }
             return Ok(());
+        }
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.tell_committed(true, out);
         }
         let stalled = self.cluster.as_ref().is_some_and(|c| {
             c.waiting.values().any(|w| {
