@@ -855,11 +855,19 @@ pub fn dispatch(from: &str, bytes: Vec<u8>) {
             }
         }
         Err(e) => {
-            tracing::warn!(peer = from, error = %e, "undecodable fragment message dropped");
+            // A node of a later release sends variants this one cannot
+            // read (e.g. `Committed`, every few writes): one line per
+            // interval, the counter carries the rest.
             metrics::counter!("switchboard_cluster_undecodable_total").increment(1);
+            if let Some(suppressed) = UNDECODABLE_LOGS.allow("undecodable") {
+                tracing::warn!(peer = from, error = %e, suppressed,
+                    "undecodable fragment message dropped (logged at most once per interval)");
+            }
         }
     }
 }
+
+static UNDECODABLE_LOGS: log_limit::LogLimiter = log_limit::LogLimiter::new();
 
 /// Whether new messages must be refused now (a broken store or a nearly
 /// full disk): checked before a message is taken, so that the sender gets a
