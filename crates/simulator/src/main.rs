@@ -30,6 +30,12 @@ fn main() {
     {
         options.mid_copy_crash = chance;
     }
+    if let Some(chance) = std::env::var("SIM_DISK_STALL")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        options.disk_stall = chance;
+    }
     if let Some(rows) = std::env::var("SIM_COPY_CHUNK_ROWS")
         .ok()
         .and_then(|s| s.parse().ok())

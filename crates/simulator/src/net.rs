@@ -38,6 +38,9 @@ pub(crate) struct Net {
     next_link: u64,
     /// Directions that deliver nothing now.
     pub(crate) cut: BTreeSet<(usize, usize)>,
+    /// Links whose data in flight is lost (the sender's host died); only
+    /// their closing still arrives.
+    pub(crate) severed: BTreeSet<u64>,
     /// Messages held back on a cut direction, in order.
     held: BTreeMap<(usize, usize), VecDeque<InFlight>>,
     /// The time the last message of each direction is due: later ones are

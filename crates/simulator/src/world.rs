@@ -53,6 +53,10 @@ pub struct Options {
     /// The chance that an owner dies 1–30 ms after it begins a copy to its
     /// partner (a take-over in the middle of a copy).
     pub mid_copy_crash: f64,
+    /// The chance that a slow disk stalls instead: 3–8 s per commit,
+    /// longer than a partner may leave a write unconfirmed (so the owner
+    /// copies to it afresh while it still holds the writes).
+    pub disk_stall: f64,
     /// Rows per copy chunk: small, so that a copy takes many messages and
     /// commits, and faults land in the middle of one.
     pub copy_chunk_rows: usize,
@@ -73,6 +77,7 @@ impl Default for Options {
             pair_cuts: true,
             mid_copy_crash: 0.1,
             copy_chunk_rows: 8,
+            disk_stall: 0.25,
             trace_lines: 400,
         }
     }
@@ -208,6 +213,9 @@ pub(crate) enum Ev {
     Restart(usize),
     /// Kill a node (if no other is down).
     Crash(usize),
+    /// Kill a node's host (if no other node is down): what it had sent
+    /// and its peers had not yet received is lost with it.
+    HostDies(usize),
     Thaw(usize),
     HealDirection(usize, usize),
     DiskNormal(usize),
@@ -222,6 +230,9 @@ pub(crate) struct World {
     /// Draws for crashes in the middle of a copy, apart from `rng` so that
     /// adding them did not change the schedules of the other faults.
     copy_crash_rng: StdRng,
+    /// Whether a slow disk stalls: its own stream, so that the other
+    /// faults' schedules are those of runs without stalls.
+    disk_stall_rng: StdRng,
     queue: BinaryHeap<Reverse<(u64, u64)>>,
     events: BTreeMap<u64, Ev>,
     next_event: u64,
@@ -310,6 +321,7 @@ impl World {
             now: 0,
             rng: StdRng::seed_from_u64(seed),
             copy_crash_rng: StdRng::seed_from_u64(seed ^ 0x6d69_645f_636f_7079),
+            disk_stall_rng: StdRng::seed_from_u64(seed ^ 0x6469_736b_5f73_746c),
             queue: BinaryHeap::new(),
             events: BTreeMap::new(),
             next_event: 0,
@@ -530,9 +542,12 @@ impl World {
                     }
                 }
             }
-            Ev::Crash(n) => {
+            Ev::Crash(n) | Ev::HostDies(n) => {
                 let down = self.nodes.iter().filter(|n| !n.alive).count();
                 if self.nodes[n].alive && down == 0 && self.now < self.faults_until {
+                    if matches!(ev, Ev::HostDies(_)) {
+                        self.sever_links(n);
+                    }
                     self.crash(n);
                     let after = self.rng.random_range(500..8_000);
                     self.at(after, Ev::Restart(n));
@@ -785,7 +800,13 @@ impl World {
                     && self.copy_crash_rng.random_bool(self.options.mid_copy_crash)
                 {
                     let after = self.copy_crash_rng.random_range(1..30);
-                    self.at(after, Ev::Crash(n));
+                    // Half the time the host goes too, and the chunks still
+                    // on their way with it.
+                    if self.copy_crash_rng.random_bool(0.5) {
+                        self.at(after, Ev::HostDies(n));
+                    } else {
+                        self.at(after, Ev::Crash(n));
+                    }
                 }
                 if let Some(to) = self.index_of(&to) {
                     self.send(n, to, NetMsg::Fragment { fragment: f, wire });
@@ -1018,7 +1039,8 @@ impl World {
             link,
             msg,
         } = flight;
-        if !self.nodes[to].alive || self.net.link(to, from) != Some(link) {
+        let severed = self.net.severed.contains(&link) && !matches!(msg, NetMsg::Closed);
+        if !self.nodes[to].alive || self.net.link(to, from) != Some(link) || severed {
             if let NetMsg::Fragment { fragment, wire } = &msg {
                 self.note(format!(
                     "{} f{fragment} -> {}: {} lost with link {link}",
@@ -1338,6 +1360,16 @@ impl World {
         }
     }
 
+    /// Node `n`'s host dies: what it sent that is still on the way is lost.
+    fn sever_links(&mut self, n: usize) {
+        self.note(format!("{}'s host dies", self.nodes[n].name));
+        for peer in (0..self.nodes.len()).filter(|p| *p != n) {
+            if let Some(link) = self.net.link(n, peer) {
+                self.net.severed.insert(link);
+            }
+        }
+    }
+
     fn heal_direction(&mut self, a: usize, b: usize) {
         if !self.net.cut.contains(&(a, b)) {
             return;
@@ -1440,8 +1472,13 @@ impl World {
             }
             6 => {
                 let span = self.rng.random_range(1_000..10_000);
-                self.note(format!("{name}: slow disk for {span} ms"));
-                self.nodes[n].disk_ms = (50, 1_500);
+                if self.disk_stall_rng.random_bool(self.options.disk_stall) {
+                    self.note(format!("{name}: disk stalls for {span} ms"));
+                    self.nodes[n].disk_ms = (3_000, 8_000);
+                } else {
+                    self.note(format!("{name}: slow disk for {span} ms"));
+                    self.nodes[n].disk_ms = (50, 1_500);
+                }
                 self.at(span, Ev::DiskNormal(n));
             }
             7 => {
