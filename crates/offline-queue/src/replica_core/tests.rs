@@ -121,6 +121,25 @@ fn from_n1(wire: FragmentWire) -> Event<u32, Waiter> {
     }
 }
 
+/// `n1` streams write `rseq` (message `rseq`) at epoch 1.
+fn streamed(partner: &mut TestCore, rseq: u64, reads: &RedbMailbox) -> Out<u32, Waiter> {
+    let wire = FragmentWire::Replicate {
+        epoch: 1,
+        rseq,
+        ops: vec![put(rseq)],
+    };
+    partner.step(10, from_n1(wire), reads).expect("replicate")
+}
+
+/// `n1` is reported down, `n3` and `n4` heard lately.
+fn n1_goes_down(partner: &mut TestCore, reads: &RedbMailbox) -> Out<u32, Waiter> {
+    let event = Event::PeerDown {
+        peer: "n1".to_owned(),
+        lately: lately(&["n3", "n4"]),
+    };
+    partner.step(2_000, event, reads).expect("peer down")
+}
+
 fn logged(out: &[Action<u32, Waiter>]) -> Vec<WriteOp> {
     out.iter()
         .filter_map(|a| match a {
@@ -175,17 +194,7 @@ fn a_take_over_logs_the_streamed_writes_the_owner_never_said_it_committed() {
     let reads = reads();
     let mut partner = partner_of_n1(&reads);
     for rseq in 1..=3 {
-        let out = partner
-            .step(
-                10,
-                from_n1(FragmentWire::Replicate {
-                    epoch: 1,
-                    rseq,
-                    ops: vec![put(rseq)],
-                }),
-                &reads,
-            )
-            .expect("step");
+        let out = streamed(&mut partner, rseq, &reads);
         assert!(
             out.iter().any(|a| matches!(a, Action::ApplyReplica { .. })),
             "the stream is applied: {}",
@@ -199,16 +208,7 @@ fn a_take_over_logs_the_streamed_writes_the_owner_never_said_it_committed() {
             &reads,
         )
         .expect("step");
-    let out = partner
-        .step(
-            2_000,
-            Event::PeerDown {
-                peer: "n1".to_owned(),
-                lately: lately(&["n3", "n4"]),
-            },
-            &reads,
-        )
-        .expect("step");
+    let out = n1_goes_down(&mut partner, &reads);
     assert_eq!(logged(&out), vec![put(3)], "{}", kinds(&out));
     let log_at = out
         .iter()
@@ -225,29 +225,10 @@ fn a_take_over_logs_the_streamed_writes_the_owner_never_said_it_committed() {
 fn a_copy_from_the_owner_holds_what_was_streamed_before_it() {
     let reads = reads();
     let mut partner = partner_of_n1(&reads);
-    partner
-        .step(
-            10,
-            from_n1(FragmentWire::Replicate {
-                epoch: 1,
-                rseq: 1,
-                ops: vec![put(1)],
-            }),
-            &reads,
-        )
-        .expect("step");
+    streamed(&mut partner, 1, &reads);
     let copy = FragmentWire::snapshot((1, true, true, 2), SnapshotChunk::default());
     partner.step(20, from_n1(copy), &reads).expect("step");
-    let out = partner
-        .step(
-            2_000,
-            Event::PeerDown {
-                peer: "n1".to_owned(),
-                lately: lately(&["n3", "n4"]),
-            },
-            &reads,
-        )
-        .expect("step");
+    let out = n1_goes_down(&mut partner, &reads);
     assert!(logged(&out).is_empty(), "{}", kinds(&out));
     assert!(
         out.iter().any(|a| matches!(a, Action::Flush)),
