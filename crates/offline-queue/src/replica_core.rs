@@ -65,10 +65,12 @@ pub const MERGE_CHUNK_OPS: usize = 128;
 /// in memory.
 pub const COMMITTED_EVERY: u64 = 16;
 
-/// At most this many streamed writes a partner keeps unconfirmed by the
-/// owner's commits; the oldest go first (an owner of the previous release
-/// never confirms any).
+/// At most this many streamed writes, of at most this many payload bytes
+/// in all, a partner keeps unconfirmed by the owner's commits; the oldest
+/// go first (an owner of the previous release never confirms any).
 pub const MAX_UNCOMMITTED_BATCHES: usize = 1_024;
+/// See [`MAX_UNCOMMITTED_BATCHES`].
+pub const MAX_UNCOMMITTED_BYTES: usize = 4 << 20;
 
 /// Where an online user's entries go: a session of this node. `T` is the
 /// handle that takes its pushes (an actor ref in the node, a number in the

@@ -393,6 +393,8 @@ impl<T, L> Replication<T, L> {
 pub(super) struct UncommittedStream {
     epoch: u64,
     batches: VecDeque<(u64, Vec<WriteOp>)>,
+    /// The entry bodies' bytes in `batches`.
+    bytes: usize,
 }
 
 impl UncommittedStream {
@@ -404,18 +406,19 @@ impl UncommittedStream {
         ops: &[WriteOp],
     ) {
         if epoch != self.epoch {
-            self.batches.clear();
+            self.clear();
             self.epoch = epoch;
         }
-        if self.batches.len() == MAX_UNCOMMITTED_BATCHES {
-            self.batches.pop_front();
+        self.batches.push_back((rseq, ops.to_vec()));
+        self.bytes += body_bytes(ops);
+        while self.batches.len() > MAX_UNCOMMITTED_BATCHES || self.bytes > MAX_UNCOMMITTED_BYTES {
+            self.pop_oldest();
             tracing::debug!(
                 fragment,
                 "the owner confirms no commits; forgetting the oldest write"
             );
             metrics::counter!("switchboard_fragment_uncommitted_dropped_total").increment(1);
         }
-        self.batches.push_back((rseq, ops.to_vec()));
     }
 
     pub(super) fn committed(&mut self, epoch: u64, upto: u64) {
@@ -423,19 +426,37 @@ impl UncommittedStream {
             return;
         }
         while self.batches.front().is_some_and(|(rseq, _)| *rseq <= upto) {
-            self.batches.pop_front();
+            self.pop_oldest();
+        }
+    }
+
+    fn pop_oldest(&mut self) {
+        if let Some((_, ops)) = self.batches.pop_front() {
+            self.bytes = self.bytes.saturating_sub(body_bytes(&ops));
         }
     }
 
     pub(super) fn clear(&mut self) {
         self.batches.clear();
+        self.bytes = 0;
     }
 
     /// Every write kept, in stream order, leaving none.
     pub(super) fn take(&mut self) -> Vec<WriteOp> {
+        self.bytes = 0;
         std::mem::take(&mut self.batches)
             .into_iter()
             .flat_map(|(_, ops)| ops)
             .collect()
     }
+}
+
+/// What a batch's entries weigh (their bodies: the rest is small).
+fn body_bytes(ops: &[WriteOp]) -> usize {
+    ops.iter()
+        .map(|op| match op {
+            WriteOp::PutMessage { body, .. } | WriteOp::PutReceipt { body, .. } => body.len(),
+            _ => 0,
+        })
+        .sum()
 }

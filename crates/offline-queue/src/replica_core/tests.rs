@@ -369,8 +369,8 @@ fn the_owner_tells_its_partner_how_far_its_commits_reach() {
     );
 }
 
-/// The partner keeps a bounded number of unconfirmed writes (an owner of
-/// the previous release confirms none).
+/// The partner keeps a bounded number and size of unconfirmed writes (an
+/// owner of the previous release confirms none).
 #[test]
 fn a_partner_keeps_a_bounded_number_of_unconfirmed_writes() {
     let mut stream = UncommittedStream::default();
@@ -382,6 +382,21 @@ fn a_partner_keeps_a_bounded_number_of_unconfirmed_writes() {
     assert_eq!(kept.len(), MAX_UNCOMMITTED_BATCHES);
     assert_eq!(kept.first(), Some(&put(11)));
     assert!(stream.take().is_empty());
+    // Large writes: bounded by their bytes too.
+    let large = |rseq: u64| WriteOp::PutMessage {
+        recipient: phone(2),
+        sender: phone(1),
+        client_msg_id: rseq,
+        id: 100 + rseq,
+        server_ts: 5,
+        body: vec![0; 64 << 10],
+    };
+    for rseq in 1..=200 {
+        stream.streamed(FRAGMENT, 1, rseq, &[large(rseq)]);
+    }
+    let kept = stream.take();
+    assert_eq!(kept.len(), MAX_UNCOMMITTED_BYTES / (64 << 10));
+    assert_eq!(kept.last(), Some(&large(200)));
     // A newer epoch's stream starts afresh; an older epoch's word is void.
     stream.streamed(FRAGMENT, 1, 1, &[put(1)]);
     stream.streamed(FRAGMENT, 2, 1, &[put(2)]);
