@@ -510,13 +510,14 @@ impl Actor for Membership {
                     session.stop(Some("not a configured cluster node".into()));
                     return Ok(());
                 }
+                let link = session.get_id().pid();
                 state.sessions.insert(peer.clone(), session);
                 state.view.heard(&peer, now);
-                state.table.link_ready(&peer, now)
+                state.table.link_ready(&peer, link, now)
             }
             MembershipMsg::LinkClosed { peer, session } => {
-                let current = state.sessions.get(&peer).map(|s| s.get_id());
-                if current.is_some_and(|current| current != session) {
+                let link = session.pid();
+                if !state.table.is_link(&peer, link) {
                     // A second link to the peer (closed by ractor_cluster as
                     // a duplicate) or an old one whose closing came late:
                     // the link in use is still up.
@@ -525,21 +526,18 @@ impl Actor for Membership {
                 }
                 state.sessions.remove(&peer);
                 state.view.lost(&peer);
-                state.table.link_closed(&peer, now, jitter())
+                state.table.link_closed(&peer, link, now, jitter())
             }
             MembershipMsg::Heard { peer } => {
-                if !state.sessions.contains_key(&peer) {
-                    // The last messages of a closed link (or the first of
-                    // one not ready yet): they prove no link, and counting
-                    // them would make the table believe in one that nothing
-                    // closes or redials.
+                if state.table.link_of(&peer).is_none() {
+                    // See `PeerTable::heard`: also not heard lately.
                     return Ok(());
                 }
                 state.view.heard(&peer, now);
                 state.table.heard(&peer, now)
             }
             MembershipMsg::Layout { peer, layout } => {
-                if !state.sessions.contains_key(&peer) {
+                if state.table.link_of(&peer).is_none() {
                     return Ok(());
                 }
                 let differences = state.layout.differences(&layout);
@@ -652,11 +650,13 @@ fn carry_out(myself: &ActorRef<MembershipMsg>, state: &mut MembershipState, acti
                 tracing::warn!(peer = %name, "peer silent; closing its link to redial");
                 session.stop(Some("heartbeat timeout".into()));
             } else {
-                // No such link here: the table believed in one because a
-                // closed link's last message arrived after its closing. Left
-                // so, nothing would ever close or redial it; it is closed.
+                // No such link here, yet the table holds one: left so,
+                // nothing would ever close or redial it; it is closed.
                 tracing::warn!(peer = %name, "peer silent and its link already gone; redialing");
-                let actions = state.table.link_closed(&name, Instant::now(), jitter());
+                let link = state.table.link_of(&name).unwrap_or_default();
+                let actions = state
+                    .table
+                    .link_closed(&name, link, Instant::now(), jitter());
                 for action in actions {
                     carry_out(myself, state, action);
                 }

@@ -83,7 +83,10 @@ struct Peer {
     /// nodes never race two links to each other.
     we_dial: bool,
     up: bool,
-    link: bool,
+    /// The link in use, by an id the shell gives each link (its node
+    /// session's): a second link to the peer, or an old one, closing must
+    /// not count as this one's closing.
+    link: Option<u64>,
     dialing: bool,
     layout: LayoutCheck,
     /// When the current link became ready: a peer that sends no layout for
@@ -118,7 +121,7 @@ impl PeerTable {
                     addr,
                     we_dial: this < name,
                     up: false,
-                    link: false,
+                    link: None,
                     dialing: false,
                     layout: LayoutCheck::Unknown,
                     linked_at: None,
@@ -151,18 +154,18 @@ impl PeerTable {
                     reason: DownReason::Silent,
                 });
             }
-            if peer.link && silent && peer.last_heard.is_some() {
+            if peer.link.is_some() && silent && peer.last_heard.is_some() {
                 actions.push(Action::DropLink { name: name.clone() });
                 peer.last_heard = None;
             }
-            if peer.we_dial && !peer.link && !peer.dialing && now >= peer.next_dial {
+            if peer.we_dial && peer.link.is_none() && !peer.dialing && now >= peer.next_dial {
                 peer.dialing = true;
                 actions.push(Action::Dial {
                     name: name.clone(),
                     addr: peer.addr,
                 });
             }
-            if peer.link {
+            if peer.link.is_some() {
                 if peer.layout == LayoutCheck::Unknown {
                     actions.push(Action::Hello { name: name.clone() });
                 }
@@ -176,7 +179,7 @@ impl PeerTable {
                 && peer
                     .linked_at
                     .is_some_and(|at| now.saturating_duration_since(at) >= self.down_after);
-            if peer.link && legacy && !peer.up {
+            if peer.link.is_some() && legacy && !peer.up {
                 peer.up = true;
                 actions.push(Action::Up { name: name.clone() });
             }
@@ -202,12 +205,13 @@ impl PeerTable {
         }
     }
 
-    /// A link to the peer is authenticated and ready; counts as hearing it.
-    /// The peer comes up once its layout is found equal to this node's.
-    pub fn link_ready(&mut self, name: &str, now: Instant) -> Vec<Action> {
+    /// Link `link` to the peer is authenticated and ready, and is the link
+    /// in use from now on; counts as hearing the peer. The peer comes up
+    /// once its layout is found equal to this node's.
+    pub fn link_ready(&mut self, name: &str, link: u64, now: Instant) -> Vec<Action> {
         match self.peers.get_mut(name) {
             Some(peer) => {
-                peer.link = true;
+                peer.link = Some(link);
                 peer.dialing = false;
                 peer.backoff = FIRST_REDIAL;
                 peer.layout = LayoutCheck::Unknown;
@@ -230,7 +234,7 @@ impl PeerTable {
         let Some(peer) = self.peers.get_mut(name) else {
             return Vec::new();
         };
-        if !peer.link {
+        if peer.link.is_none() {
             return Vec::new();
         }
         if !agreed {
@@ -258,12 +262,27 @@ impl PeerTable {
         actions
     }
 
-    /// The link to the peer closed.
-    pub fn link_closed(&mut self, name: &str, now: Instant, jitter: f64) -> Vec<Action> {
+    /// Whether `link` is the link in use to the peer.
+    pub fn is_link(&self, name: &str, link: u64) -> bool {
+        self.peers.get(name).is_some_and(|p| p.link == Some(link))
+    }
+
+    /// The link in use to the peer, if any.
+    pub fn link_of(&self, name: &str) -> Option<u64> {
+        self.peers.get(name).and_then(|p| p.link)
+    }
+
+    /// Link `link` to the peer closed. Only the link in use counts: a
+    /// duplicate link (ractor_cluster closes the second of two links to
+    /// one peer) or an old one closing late leaves the link in use up.
+    pub fn link_closed(&mut self, name: &str, link: u64, now: Instant, jitter: f64) -> Vec<Action> {
         let Some(peer) = self.peers.get_mut(name) else {
             return Vec::new();
         };
-        peer.link = false;
+        if peer.link != Some(link) {
+            return Vec::new();
+        }
+        peer.link = None;
         peer.linked_at = None;
         peer.last_heard = None;
         peer.next_dial = now + peer.backoff.mul_f64(jitter.clamp(0.5, 1.0));
@@ -277,13 +296,18 @@ impl PeerTable {
         Vec::new()
     }
 
-    /// Something arrived from the peer over a live link.
+    /// Something arrived from the peer. Without a link in use it proves
+    /// nothing (the last messages of a closed link, or the first of one not
+    /// ready yet): counting it would make the table believe in a link that
+    /// nothing closes or redials.
     pub fn heard(&mut self, name: &str, now: Instant) -> Vec<Action> {
         let Some(peer) = self.peers.get_mut(name) else {
             return Vec::new();
         };
+        if peer.link.is_none() {
+            return Vec::new();
+        }
         peer.last_heard = Some(now);
-        peer.link = true;
         if !peer.up && peer.layout == LayoutCheck::Agreed {
             peer.up = true;
             return vec![Action::Up {
@@ -389,7 +413,7 @@ mod tests {
 
     /// A link made ready and the peer's equal layout received.
     fn link_agreed(t: &mut PeerTable, name: &str, now: Instant) {
-        t.link_ready(name, now);
+        t.link_ready(name, 1, now);
         t.layout(name, true, now);
     }
 
@@ -398,7 +422,7 @@ mod tests {
         let now = Instant::now();
         let mut t = table("n1", now);
         let hello = Action::Hello { name: "n2".into() };
-        assert_eq!(t.link_ready("n2", now), std::slice::from_ref(&hello));
+        assert_eq!(t.link_ready("n2", 1, now), std::slice::from_ref(&hello));
         assert!(t.up().next().is_none(), "not before its layout is known");
         // Asked again each heartbeat until it arrives.
         assert!(t.tick(now).contains(&hello));
@@ -418,7 +442,7 @@ mod tests {
     fn a_peer_with_another_layout_is_dropped_and_never_comes_up() {
         let now = Instant::now();
         let mut t = table("n1", now);
-        t.link_ready("n2", now);
+        t.link_ready("n2", 1, now);
         assert_eq!(
             t.layout("n2", false, now),
             [Action::DropLink { name: "n2".into() }]
@@ -431,7 +455,7 @@ mod tests {
         assert!(!t.tick(later).iter().any(|a| matches!(a, Action::Up { .. })));
         assert!(t.up().next().is_none());
         // A new link starts the check afresh.
-        t.link_closed("n2", later, 1.0);
+        t.link_closed("n2", 1, later, 1.0);
         link_agreed(&mut t, "n2", later);
         assert_eq!(t.up().collect::<Vec<_>>(), ["n2"]);
     }
@@ -442,7 +466,7 @@ mod tests {
         // must not lose it.
         let now = Instant::now();
         let mut t = table("n1", now);
-        t.link_ready("n2", now);
+        t.link_ready("n2", 1, now);
         let mut at = now;
         while at + Duration::from_millis(200) < now + Duration::from_millis(1_000) {
             at += Duration::from_millis(200);
@@ -483,7 +507,7 @@ mod tests {
         let mut t = table("n1", now);
         t.tick(now);
         link_agreed(&mut t, "n2", now);
-        let closed = t.link_closed("n2", now, 1.0);
+        let closed = t.link_closed("n2", 1, now, 1.0);
         assert_eq!(
             closed,
             [Action::Down {
@@ -496,12 +520,45 @@ mod tests {
         assert!(dials(&redial).contains(&"n2"));
     }
 
+    /// 633b122: ractor_cluster closes the second of two links to one peer;
+    /// that closing once dropped the link in use from the table, the peer
+    /// went down with its link alive, and a healed partition stayed split.
+    #[test]
+    fn a_duplicate_link_closing_leaves_the_link_in_use_up() {
+        let now = Instant::now();
+        let mut t = table("n1", now);
+        link_agreed(&mut t, "n2", now);
+        assert!(t.link_closed("n2", 2, now, 1.0).is_empty());
+        assert!(t.is_link("n2", 1));
+        assert_eq!(t.up().collect::<Vec<_>>(), ["n2"]);
+        // And its pings go on counting.
+        let later = now + Duration::from_millis(900);
+        t.heard("n2", later);
+        let tick = t.tick(now + Duration::from_millis(1_500));
+        assert!(!tick.iter().any(|a| matches!(a, Action::Down { .. })));
+    }
+
+    #[test]
+    fn messages_without_a_link_in_use_prove_nothing() {
+        let now = Instant::now();
+        let mut t = table("n1", now);
+        link_agreed(&mut t, "n2", now);
+        t.link_closed("n2", 1, now, 1.0);
+        assert!(t.heard("n2", now).is_empty());
+        assert_eq!(t.link_of("n2"), None);
+        let redial = t.tick(now + Duration::from_millis(150));
+        assert!(
+            dials(&redial).contains(&"n2"),
+            "redialed, not believed linked"
+        );
+    }
+
     #[test]
     fn strangers_are_ignored() {
         let now = Instant::now();
         let mut t = table("n1", now);
         assert!(t.heard("n9", now).is_empty());
-        assert!(t.link_ready("n1", now).is_empty(), "itself is no peer");
+        assert!(t.link_ready("n1", 1, now).is_empty(), "itself is no peer");
         assert!(t.layout("n9", true, now).is_empty());
         assert!(!t.knows("n9"));
     }
