@@ -49,12 +49,16 @@ pub(crate) struct Net {
 }
 
 impl Net {
-    pub(crate) fn new_link(&mut self, a: usize, b: usize) -> u64 {
+    /// An id for a link being set up.
+    pub(crate) fn next_link_id(&mut self) -> u64 {
         self.next_link += 1;
-        let id = self.next_link;
+        self.next_link
+    }
+
+    /// Link `id` between `a` and `b` is ready: the one messages go over.
+    pub(crate) fn open(&mut self, a: usize, b: usize, id: u64) {
         self.links.insert((a, b), id);
         self.links.insert((b, a), id);
-        id
     }
 
     /// `node`'s current link to `peer`.

@@ -186,6 +186,14 @@ pub(crate) enum Ev {
         to: usize,
         life: u64,
     },
+    /// A dialed link is authenticated (the lives of both ends when it was
+    /// dialed).
+    LinkUp {
+        from: usize,
+        to: usize,
+        link: u64,
+        lives: (u64, u64),
+    },
     Deliver(InFlight),
     Commit(usize, u64),
     Core {
@@ -489,6 +497,12 @@ impl World {
                 }
             }
             Ev::Dial { from, to, life } => self.dial(from, to, life)?,
+            Ev::LinkUp {
+                from,
+                to,
+                link,
+                lives,
+            } => self.link_up(from, to, link, lives)?,
             Ev::Deliver(flight) => self.deliver(flight)?,
             Ev::Commit(n, life) => {
                 if self.alive(n, life) {
@@ -573,7 +587,7 @@ impl World {
             | Ev::FragmentTick(n, _)
             | Ev::Sweep(n, _)
             | Ev::Commit(n, _) => Some(*n),
-            Ev::Dial { from, .. } => Some(*from),
+            Ev::Dial { from, .. } | Ev::LinkUp { from, .. } => Some(*from),
             Ev::Deliver(flight) => Some(flight.to),
             Ev::Core { node, .. } | Ev::Request { node, .. } => Some(*node),
             _ => None,
@@ -1073,7 +1087,7 @@ impl World {
                     .unwrap_or_default();
                 self.membership(to, actions)?;
             }
-            NetMsg::Closed => self.link_closed(to, from)?,
+            NetMsg::Closed => self.link_closed(to, from, link)?,
             NetMsg::Fragment { fragment, wire } => {
                 self.step(to, fragment, Event::Peer { from: peer, wire })?;
             }
@@ -1107,9 +1121,24 @@ impl World {
                     }
                 }
                 peers::Action::DropLink { name } => {
-                    if let Some(peer) = self.index_of(&name) {
+                    let Some(peer) = self.index_of(&name) else {
+                        continue;
+                    };
+                    if let Some(link) = self.net.link(n, peer) {
                         self.send(n, peer, NetMsg::Closed);
-                        self.link_closed(n, peer)?;
+                        self.link_closed(n, peer, link)?;
+                    } else {
+                        // As the membership actor does when it holds no
+                        // such link: the table's is closed.
+                        let now = self.instant();
+                        let actions = self
+                            .table(n)
+                            .map(|t| {
+                                let link = t.link_of(&name).unwrap_or_default();
+                                t.link_closed(&name, link, now, 1.0)
+                            })
+                            .unwrap_or_default();
+                        self.membership(n, actions)?;
                     }
                 }
                 peers::Action::Up { name } => {
@@ -1166,22 +1195,73 @@ impl World {
         if !ok {
             return Ok(());
         }
-        self.net.new_link(from, to);
+        // The connection is there; authenticating it takes a few round
+        // trips (long ones on slow links), and the dialer may dial again
+        // meanwhile.
+        let link = self.net.next_link_id();
+        let auth = 2 * self.link_delay() + self.rng.random_range(1..20);
+        let lives = (self.nodes[from].life, self.nodes[to].life);
+        self.at(
+            auth,
+            Ev::LinkUp {
+                from,
+                to,
+                link,
+                lives,
+            },
+        );
+        Ok(())
+    }
+
+    /// A dialed link is authenticated: the link in use between the two
+    /// nodes, unless they have one already, in which case ractor_cluster
+    /// closes this second one (both ends see it close).
+    fn link_up(
+        &mut self,
+        from: usize,
+        to: usize,
+        link: u64,
+        lives: (u64, u64),
+    ) -> Result<(), String> {
+        if !self.alive(from, lives.0)
+            || !self.alive(to, lives.1)
+            || !self.net.open_both_ways(from, to)
+        {
+            return Ok(());
+        }
+        let now = self.instant();
+        if self.net.link(from, to).is_some() {
+            self.note(format!(
+                "{} - {}: a second link ({link}) closed as a duplicate",
+                self.nodes[from].name, self.nodes[to].name
+            ));
+            for (a, b) in [(from, to), (to, from)] {
+                let peer = self.nodes[b].name.clone();
+                let jitter = self.rng.random_range(0.5..=1.0);
+                let actions = self
+                    .table(a)
+                    .map(|t| t.link_closed(&peer, link, now, jitter))
+                    .unwrap_or_default();
+                self.membership(a, actions)?;
+            }
+            return Ok(());
+        }
+        self.net.open(from, to, link);
         for (a, b) in [(from, to), (to, from)] {
             self.nodes[a].heard.insert(b, self.now);
             let peer = self.nodes[b].name.clone();
             let actions = self
                 .table(a)
-                .map(|t| t.link_ready(&peer, now))
+                .map(|t| t.link_ready(&peer, link, now))
                 .unwrap_or_default();
             self.membership(a, actions)?;
         }
         Ok(())
     }
 
-    /// Node `n`'s link to `peer` closed.
-    fn link_closed(&mut self, n: usize, peer: usize) -> Result<(), String> {
-        if self.net.link(n, peer).is_none() {
+    /// Link `link` of node `n` to `peer` closed.
+    fn link_closed(&mut self, n: usize, peer: usize, link: u64) -> Result<(), String> {
+        if self.net.link(n, peer) != Some(link) {
             return Ok(());
         }
         self.net.forget(n, peer);
@@ -1191,7 +1271,7 @@ impl World {
         let jitter = self.rng.random_range(0.5..=1.0);
         let actions = self
             .table(n)
-            .map(|t| t.link_closed(&name, now, jitter))
+            .map(|t| t.link_closed(&name, link, now, jitter))
             .unwrap_or_default();
         self.membership(n, actions)
     }
