@@ -168,9 +168,11 @@ fn seed_1288_a_restarted_owner_never_gives_an_id_again() {
 /// host took the data it was still sending with it: an owner's host died
 /// while its copy to its partner was on the way; the partner had erased
 /// its rows for the copy's first chunks and took over from part of it,
-/// and 26 acknowledged messages were never delivered. The guard: a node
-/// in the middle of a copy does not take over (it waits for the owner).
+/// and acknowledged messages were never delivered (26 at seed 497 on the
+/// simulator of that day, 23 at this seed once links took time to come
+/// up). The guard: a node in the middle of a copy does not take over (it
+/// waits for the owner).
 #[test]
-fn seed_497_no_take_over_from_part_of_a_copy() {
-    run(497, &Options::default()).unwrap_or_else(|f| panic!("{f}"));
+fn seed_1795_no_take_over_from_part_of_a_copy() {
+    run(1795, &Options::default()).unwrap_or_else(|f| panic!("{f}"));
 }
