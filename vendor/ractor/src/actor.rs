@@ -986,7 +986,8 @@ where
                     }
                 }
                 actor_cell::ActorPortMessage::Message(MuxedMessage::Message(msg)) => {
-                    let future = Self::handle_message(myself.clone(), state, handler, msg);
+                    let future =
+                        Self::handle_message(myself.clone(), state, handler, msg.into_boxed());
                     match ports.run_with_signal(future).await {
                         Ok(Ok(())) => Ok(ActorLoopResult::ok()),
                         Ok(Err(internal_err)) => Err(internal_err),

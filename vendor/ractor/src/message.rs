@@ -68,6 +68,21 @@ pub struct BoxedMessage {
     pub(crate) span: Option<tracing::Span>,
 }
 
+impl BoxedMessage {
+    /// A local message with nothing else attached (no serialized form, no span).
+    pub(crate) fn is_plain_local(&self) -> bool {
+        #[cfg(feature = "cluster")]
+        if self.serialized_msg.is_some() {
+            return false;
+        }
+        #[cfg(feature = "message_span_propogation")]
+        if self.span.is_some() {
+            return false;
+        }
+        self.msg.is_some()
+    }
+}
+
 impl std::fmt::Debug for BoxedMessage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.msg.is_some() {

@@ -31,7 +31,47 @@ use crate::SupervisionEvent;
 /// request which is a point-in-time marker that the actor's input channel should be drained
 pub(crate) enum MuxedMessage {
     Drain,
-    Message(BoxedMessage),
+    Message(QueuedMessage),
+}
+
+/// A [BoxedMessage] as it waits in an actor's message channel.
+///
+/// The channel allocates its slots 32 at a time as soon as the actor is
+/// created, so every actor pays for the slot size, busy or idle. A
+/// [BoxedMessage] is ~112 bytes (most of it the optional serialized form
+/// for remote actors), which made the first block ~3.6 KiB. A local message
+/// without a span, the common case, is kept here as its box alone (16
+/// bytes); anything else is boxed whole, one more allocation on the remote
+/// path only.
+pub(crate) enum QueuedMessage {
+    Local(Box<dyn std::any::Any + Send>),
+    Whole(Box<BoxedMessage>),
+}
+
+impl From<BoxedMessage> for QueuedMessage {
+    fn from(mut message: BoxedMessage) -> Self {
+        if message.is_plain_local() {
+            if let Some(msg) = message.msg.take() {
+                return QueuedMessage::Local(msg);
+            }
+        }
+        QueuedMessage::Whole(Box::new(message))
+    }
+}
+
+impl QueuedMessage {
+    pub(crate) fn into_boxed(self) -> BoxedMessage {
+        match self {
+            QueuedMessage::Local(msg) => BoxedMessage {
+                msg: Some(msg),
+                #[cfg(feature = "cluster")]
+                serialized_msg: None,
+                #[cfg(feature = "message_span_propogation")]
+                span: None,
+            },
+            QueuedMessage::Whole(message) => *message,
+        }
+    }
 }
 
 const MESSAGE_ADMISSION_CLOSED: usize = 1usize << (usize::BITS - 1);
@@ -59,7 +99,9 @@ pub(crate) struct ActorProperties {
     pub(crate) wait_handler: mpsc::Notify,
     pub(crate) signal: Mutex<Option<OneshotInputPort<Signal>>>,
     pub(crate) stop: Mutex<Option<OneshotInputPort<StopMessage>>>,
-    pub(crate) supervision: InputPort<SupervisionEvent>,
+    /// Boxed for the same reason as [QueuedMessage]: the channel's first
+    /// block would hold 32 events of 80 bytes for every actor.
+    pub(crate) supervision: InputPort<Box<SupervisionEvent>>,
     pub(crate) message: InputPort<MuxedMessage>,
     pub(crate) message_admission: AtomicUsize,
     pub(crate) tree: SupervisionTree,
@@ -87,7 +129,7 @@ impl ActorProperties {
         Self,
         OneshotReceiver<Signal>,
         OneshotReceiver<StopMessage>,
-        InputPortReceiver<SupervisionEvent>,
+        InputPortReceiver<Box<SupervisionEvent>>,
         InputPortReceiver<MuxedMessage>,
     )
     where
@@ -103,7 +145,7 @@ impl ActorProperties {
         Self,
         OneshotReceiver<Signal>,
         OneshotReceiver<StopMessage>,
-        InputPortReceiver<SupervisionEvent>,
+        InputPortReceiver<Box<SupervisionEvent>>,
         InputPortReceiver<MuxedMessage>,
     )
     where
@@ -162,7 +204,9 @@ impl ActorProperties {
         &self,
         message: SupervisionEvent,
     ) -> Result<(), MessagingErr<SupervisionEvent>> {
-        self.supervision.send(message).map_err(|e| e.into())
+        self.supervision
+            .send(Box::new(message))
+            .map_err(|e| MessagingErr::SendErr(*e.0))
     }
 
     pub(crate) fn send_message<TMessage>(
@@ -208,9 +252,11 @@ impl ActorProperties {
             .box_message(&self.id)
             .map_err(|_e| MessagingErr::InvalidActorType)?;
         self.message
-            .send(MuxedMessage::Message(boxed))
+            .send(MuxedMessage::Message(boxed.into()))
             .map_err(|e| match e.0 {
-                MuxedMessage::Message(m) => MessagingErr::SendErr(TMessage::from_boxed(m).unwrap()),
+                MuxedMessage::Message(m) => {
+                    MessagingErr::SendErr(TMessage::from_boxed(m.into_boxed()).unwrap())
+                }
                 _ => panic!("Expected a boxed message but got a drain message"),
             })
     }
@@ -308,9 +354,11 @@ impl ActorProperties {
         };
         Ok(self
             .message
-            .send(MuxedMessage::Message(boxed))
+            .send(MuxedMessage::Message(boxed.into()))
             .map_err(|e| match e.0 {
-                MuxedMessage::Message(m) => MessagingErr::SendErr(m.serialized_msg.unwrap()),
+                MuxedMessage::Message(m) => {
+                    MessagingErr::SendErr(m.into_boxed().serialized_msg.unwrap())
+                }
                 _ => panic!("Expected a boxed message but got a drain message"),
             })?)
     }

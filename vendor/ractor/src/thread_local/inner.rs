@@ -89,7 +89,7 @@ impl ActorProperties {
         Self,
         OneshotReceiver<Signal>,
         OneshotReceiver<StopMessage>,
-        mpsc::MpscUnboundedReceiver<SupervisionEvent>,
+        mpsc::MpscUnboundedReceiver<Box<SupervisionEvent>>,
         mpsc::MpscUnboundedReceiver<MuxedMessage>,
     )
     where
@@ -508,7 +508,8 @@ impl<TActor: ThreadLocalActor> ThreadLocalActorRuntime<TActor> {
                     }
                 }
                 actor_cell::ActorPortMessage::Message(MuxedMessage::Message(msg)) => {
-                    let future = Self::handle_message(myself.clone(), state, handler, msg);
+                    let future =
+                        Self::handle_message(myself.clone(), state, handler, msg.into_boxed());
                     match ports.run_with_signal(future).await {
                         Ok(Ok(())) => Ok(ActorLoopResult::ok()),
                         Ok(Err(internal_err)) => Err(internal_err),
