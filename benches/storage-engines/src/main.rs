@@ -1,4 +1,4 @@
-//! Mailbox-workload benchmark: redb 4.x vs fjall 3.x.
+//! Mailbox-workload benchmark: redb 4.x vs fjall 3.x vs Switchboard's segment log.
 //!
 //! Models the store-and-forward path of the Switchboard server:
 //! * append 200-byte messages keyed `(recipient, seq)` with fsync'd group commits
@@ -13,7 +13,19 @@
 //! * redb: `WriteTransaction::set_durability(Durability::Immediate)` (redb fdatasyncs),
 //! * fjall: `OwnedWriteBatch::durability(Some(PersistMode::SyncAll))` (journal fsync).
 //!
-//! Usage: `cargo run --release [-- redb|fjall]` (default: both).
+//! * the mix of one 1:1 message with its three ticks ([`mix_phase`]): store the
+//!   message and its dedupe key, later delete it and store two receipts in the
+//!   sender's mailbox, later delete those; CPU, bytes written and commits per
+//!   message, at 1 and 16 messages per commit.
+//!
+//! The segment log (`storage::log`) is an engine here as its user would run
+//! it: entries are table puts and deletes, an in-memory ordered index per
+//! table points at the live values, reads go to the file, and when a segment
+//! fills the live entries of older segments are copied forward and those
+//! segments deleted.
+//!
+//! Usage: `cargo run --release [-- redb|fjall|log|mix]` (default: all engines;
+//! `mix` runs only the mix phase, for every engine).
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -48,7 +60,12 @@ trait Engine {
     fn get_dedupe(&self, key: &[u8]) -> Res<Option<u64>>;
     /// Explicit space reclamation (redb `compact`, fjall flush + major compaction).
     fn compact(&mut self) -> Res<()>;
+    /// One atomic, fsync'd commit of changes to both tables.
+    fn commit_changes(&mut self, changes: &[Change]) -> Res<()>;
 }
+
+/// A put (`Some` value) or delete (`None`) of a key in a table.
+type Change = (Table, Vec<u8>, Option<Vec<u8>>);
 
 // ---------------------------------------------------------------- redb
 
@@ -127,6 +144,31 @@ mod redb_engine {
 
         fn compact(&mut self) -> Res<()> {
             while self.db.compact()? {}
+            Ok(())
+        }
+
+        fn commit_changes(&mut self, changes: &[super::Change]) -> Res<()> {
+            let mut tx = self.db.begin_write()?;
+            tx.set_durability(Durability::Immediate)?;
+            {
+                let mut messages = tx.open_table(MESSAGES)?;
+                let mut dedupe = tx.open_table(DEDUPE)?;
+                for (table, key, value) in changes {
+                    let t = match table {
+                        Table::Messages => &mut messages,
+                        Table::Dedupe => &mut dedupe,
+                    };
+                    match value {
+                        Some(value) => {
+                            t.insert(key.as_slice(), value.as_slice())?;
+                        }
+                        None => {
+                            t.remove(key.as_slice())?;
+                        }
+                    }
+                }
+            }
+            tx.commit()?;
             Ok(())
         }
     }
@@ -209,6 +251,195 @@ mod fjall_engine {
             }
             self.db.persist(PersistMode::SyncAll)?;
             Ok(())
+        }
+
+        fn commit_changes(&mut self, changes: &[super::Change]) -> Res<()> {
+            let mut b = self.db.batch().durability(Some(PersistMode::SyncAll));
+            for (table, key, value) in changes {
+                let ks = match table {
+                    Table::Messages => &self.messages,
+                    Table::Dedupe => &self.dedupe,
+                };
+                match value {
+                    Some(value) => b.insert(ks, key.as_slice(), value.as_slice()),
+                    None => b.remove(ks, key.as_slice()),
+                }
+            }
+            b.commit()?;
+            Ok(())
+        }
+    }
+}
+
+// ---------------------------------------------------------------- segment log
+
+mod log_engine {
+    use super::{Change, Engine, Res, Table};
+    use std::collections::BTreeMap;
+    use std::path::Path;
+    use storage::log::{LogOptions, LogReader, Position, SegmentLog};
+
+    /// Where a live value is.
+    #[derive(Clone, Copy)]
+    struct Slot {
+        /// The entry (table, key, value) in the log.
+        entry: Position,
+        entry_len: u32,
+        /// The value's bytes inside it.
+        value_offset: u32,
+        value_len: u32,
+    }
+
+    /// A table put or delete as a log entry:
+    /// `[table: u8][op: u8 (1 put, 0 delete)][key len: u16 LE][key][value]`.
+    fn encode(table: Table, key: &[u8], value: Option<&[u8]>) -> Vec<u8> {
+        let mut entry = Vec::with_capacity(4 + key.len() + value.map_or(0, <[u8]>::len));
+        entry.push(table as u8);
+        entry.push(u8::from(value.is_some()));
+        entry.extend_from_slice(&(key.len() as u16).to_le_bytes());
+        entry.extend_from_slice(key);
+        entry.extend_from_slice(value.unwrap_or_default());
+        entry
+    }
+
+    pub struct Log {
+        log: SegmentLog,
+        reader: LogReader,
+        index: [BTreeMap<Vec<u8>, Slot>; 2],
+    }
+
+    impl Log {
+        pub fn open(dir: &Path) -> Res<Self> {
+            let mut index: [BTreeMap<Vec<u8>, Slot>; 2] = Default::default();
+            let (log, _) = SegmentLog::open(dir, LogOptions::default(), |position, entry| {
+                let table = usize::from(entry[0] != 0);
+                let key_len = u16::from_le_bytes([entry[2], entry[3]]) as usize;
+                let key = entry[4..4 + key_len].to_vec();
+                if entry[1] == 1 {
+                    let value_offset = (4 + key_len) as u32;
+                    let slot = Slot {
+                        entry: position,
+                        entry_len: entry.len() as u32,
+                        value_offset,
+                        value_len: entry.len() as u32 - value_offset,
+                    };
+                    index[table].insert(key, slot);
+                } else {
+                    index[table].remove(&key);
+                }
+            })?;
+            let reader = log.reader();
+            Ok(Self { log, reader, index })
+        }
+
+        fn value(&self, slot: &Slot) -> Res<Vec<u8>> {
+            let position = Position {
+                segment: slot.entry.segment,
+                offset: slot.entry.offset + u64::from(slot.value_offset),
+            };
+            Ok(self.reader.read(position, slot.value_len)?)
+        }
+
+        /// Copies the live entries of every segment before the active one
+        /// forward, then deletes those segments. A delete needs no copy: the
+        /// put it cancels goes with its segment or was copied without it.
+        fn copy_forward(&mut self) -> Res<()> {
+            let active = self.log.active_segment();
+            let mut moved = Vec::new();
+            for (table, index) in self.index.iter().enumerate() {
+                for (key, slot) in index.iter().filter(|(_, s)| s.entry.segment < active) {
+                    let entry = self.reader.read(slot.entry, slot.entry_len)?;
+                    moved.push((table, key.clone(), *slot, entry));
+                }
+            }
+            for (table, key, slot, entry) in moved {
+                let position = self.log.append(&entry)?;
+                self.index[table].insert(
+                    key,
+                    Slot {
+                        entry: position,
+                        ..slot
+                    },
+                );
+            }
+            self.log.commit()?;
+            self.log.remove_segments_before(active)?;
+            Ok(())
+        }
+
+        /// After a commit: once the active segment is past its size, start a
+        /// new one and empty the old ones.
+        fn after_commit(&mut self, segment_before: u64) -> Res<()> {
+            if self.log.active_segment() != segment_before {
+                self.copy_forward()?;
+            }
+            Ok(())
+        }
+    }
+
+    impl Engine for Log {
+        fn commit(
+            &mut self,
+            table: Table,
+            puts: &[(Vec<u8>, Vec<u8>)],
+            dels: &[Vec<u8>],
+        ) -> Res<()> {
+            let changes: Vec<Change> = puts
+                .iter()
+                .map(|(k, v)| (table, k.clone(), Some(v.clone())))
+                .chain(dels.iter().map(|k| (table, k.clone(), None)))
+                .collect();
+            self.commit_changes(&changes)
+        }
+
+        fn commit_changes(&mut self, changes: &[Change]) -> Res<()> {
+            let segment_before = self.log.active_segment();
+            let mut updates = Vec::with_capacity(changes.len());
+            for (table, key, value) in changes {
+                let entry = encode(*table, key, value.as_deref());
+                let position = self.log.append(&entry)?;
+                let slot = value.as_ref().map(|v| Slot {
+                    entry: position,
+                    entry_len: entry.len() as u32,
+                    value_offset: (4 + key.len()) as u32,
+                    value_len: v.len() as u32,
+                });
+                updates.push((*table as usize, key, slot));
+            }
+            self.log.commit()?;
+            // Readers see a change only once it is durable.
+            for (table, key, slot) in updates {
+                match slot {
+                    Some(slot) => {
+                        self.index[table].insert(key.clone(), slot);
+                    }
+                    None => {
+                        self.index[table].remove(key);
+                    }
+                }
+            }
+            self.after_commit(segment_before)
+        }
+
+        fn scan(&self, start: &[u8], end: &[u8]) -> Res<(usize, usize)> {
+            let (mut n, mut bytes) = (0, 0);
+            for (_, slot) in self.index[0].range(start.to_vec()..end.to_vec()) {
+                n += 1;
+                bytes += self.value(slot)?.len();
+            }
+            Ok((n, bytes))
+        }
+
+        fn get_dedupe(&self, key: &[u8]) -> Res<Option<u64>> {
+            match self.index[1].get(key) {
+                Some(slot) => Ok(Some(super::be_u64(&self.value(slot)?))),
+                None => Ok(None),
+            }
+        }
+
+        fn compact(&mut self) -> Res<()> {
+            self.log.rotate()?;
+            self.copy_forward()
         }
     }
 }
@@ -536,6 +767,146 @@ fn run<E: Engine>(name: &str, root: &Path, open: impl Fn(&Path) -> Res<E>) -> Re
     Ok(res)
 }
 
+/// Messages between a message's store and its delivery, and again between
+/// the receipts' store and their deletion (at 3,000 msg/s, about a third of
+/// a second each).
+const MIX_LAG: u64 = 1_000;
+const MIX_RECEIPT: usize = 40;
+
+/// One run of the mix at one batch size.
+#[derive(Default, Clone)]
+struct Mix {
+    batch: usize,
+    msgs: u64,
+    commits: u64,
+    secs: f64,
+    cpu_secs: f64,
+    bytes_written: u64,
+}
+
+/// CPU seconds (user + system, every thread) of this process so far.
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after ")".
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Bytes this process has caused to be written to storage so far.
+fn bytes_written() -> u64 {
+    let io = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
+    io.lines()
+        .find_map(|line| line.strip_prefix("write_bytes: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A receipt of `kind` (0 delivered, 1 read) for message `i`, in the sender's mailbox.
+fn receipt_key(i: u64, kind: u64) -> Vec<u8> {
+    msg_key((i * 7919) % USERS, (1 << 63) | (i * 2 + kind))
+}
+
+/// The changes message `i` brings in the steady state of the mix: its own
+/// store and dedupe key, the delivery of message `i - LAG` (its deletion and
+/// two receipts to its sender) and the deletion of the receipts of message
+/// `i - 2 LAG`.
+fn mix_changes(i: u64, out: &mut Vec<Change>) {
+    let (key, payload) = message(i);
+    out.push((Table::Messages, key, Some(payload)));
+    out.push((
+        Table::Dedupe,
+        dedupe_entry(i),
+        Some((i / USERS).to_be_bytes().to_vec()),
+    ));
+    if let Some(j) = i.checked_sub(MIX_LAG) {
+        out.push((Table::Messages, message(j).0, None));
+        for kind in 0..2 {
+            out.push((
+                Table::Messages,
+                receipt_key(j, kind),
+                Some(vec![kind as u8; MIX_RECEIPT]),
+            ));
+        }
+    }
+    if let Some(k) = i.checked_sub(2 * MIX_LAG) {
+        for kind in 0..2 {
+            out.push((Table::Messages, receipt_key(k, kind), None));
+        }
+    }
+}
+
+/// The mix at `batch` messages per commit, until `max_msgs` or `cap`.
+fn mix_phase<E: Engine>(e: &mut E, batch: usize, max_msgs: u64, cap: Duration) -> Res<Mix> {
+    let mut mix = Mix {
+        batch,
+        ..Mix::default()
+    };
+    let (cpu, written, start) = (cpu_secs(), bytes_written(), Instant::now());
+    let mut changes = Vec::new();
+    while mix.msgs < max_msgs && start.elapsed() < cap {
+        changes.clear();
+        for i in mix.msgs..mix.msgs + batch as u64 {
+            mix_changes(i, &mut changes);
+        }
+        e.commit_changes(&changes)?;
+        mix.msgs += batch as u64;
+        mix.commits += 1;
+    }
+    mix.secs = start.elapsed().as_secs_f64();
+    mix.cpu_secs = cpu_secs() - cpu;
+    mix.bytes_written = bytes_written() - written;
+    Ok(mix)
+}
+
+fn mix<E: Engine>(name: &str, root: &Path, open: impl Fn(&Path) -> Res<E>) -> Res<Vec<Mix>> {
+    let mut runs = Vec::new();
+    for (batch, max) in [(1usize, 20_000u64), (16, 200_000)] {
+        let dir = root.join(format!("{name}-mix-b{batch}"));
+        let mut e = open(&dir)?;
+        let run = mix_phase(&mut e, batch, max, Duration::from_secs(10))?;
+        eprintln!(
+            "[{name}] mix b={batch}: {} msgs in {:.2}s, {:.1} µs CPU and {:.0} B written per msg",
+            run.msgs,
+            run.secs,
+            run.cpu_secs / run.msgs as f64 * 1e6,
+            run.bytes_written as f64 / run.msgs as f64
+        );
+        runs.push(run);
+        drop(e);
+        std::fs::remove_dir_all(&dir)?;
+    }
+    Ok(runs)
+}
+
+fn print_mix(results: &[(&str, Vec<Mix>)]) {
+    println!();
+    println!(
+        "the mix of a 1:1 message with three ticks (store + dedupe key; delete + 2 receipts \
+         {MIX_LAG} msgs later; delete receipts {MIX_LAG} msgs after that), every commit fsync'd"
+    );
+    println!("engine | msgs/commit | msgs/s | commits/s | CPU µs/msg | bytes written/msg");
+    for (name, runs) in results {
+        for run in runs {
+            println!(
+                "{name} | {} | {} | {} | {:.1} | {:.0}",
+                run.batch,
+                fmt_n(run.msgs as f64 / run.secs),
+                fmt_n(run.commits as f64 / run.secs),
+                run.cpu_secs / run.msgs as f64 * 1e6,
+                run.bytes_written as f64 / run.msgs as f64
+            );
+        }
+    }
+}
+
 fn list_files(p: &Path) {
     use std::os::unix::fs::MetadataExt;
     for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
@@ -660,7 +1031,7 @@ fn print_table(results: &[(&str, Results)]) {
 }
 
 fn main() -> Res<()> {
-    let which = std::env::args().nth(1).unwrap_or_else(|| "both".into());
+    let which = std::env::args().nth(1).unwrap_or_else(|| "all".into());
     let tmp = tempfile::Builder::new()
         .prefix("engine-bench-")
         .tempdir_in("/tmp")?;
@@ -669,16 +1040,40 @@ fn main() -> Res<()> {
     let t = Instant::now();
 
     let mut results = Vec::new();
-    if which == "both" || which == "redb" {
+    let all = which == "all";
+    if which == "mix" {
+        let mixes = vec![
+            ("redb 4", mix("redb", &root, redb_engine::Redb::open)?),
+            ("fjall 3", mix("fjall", &root, fjall_engine::Fjall::open)?),
+            ("segment log", mix("log", &root, log_engine::Log::open)?),
+        ];
+        print_mix(&mixes);
+        return Ok(());
+    }
+    if all || which == "redb" {
         results.push(("redb 4", run("redb", &root, redb_engine::Redb::open)?));
     }
-    if which == "both" || which == "fjall" {
+    if all || which == "fjall" {
         results.push(("fjall 3", run("fjall", &root, fjall_engine::Fjall::open)?));
     }
+    if all || which == "log" {
+        results.push(("segment log", run("log", &root, log_engine::Log::open)?));
+    }
     if results.is_empty() {
-        return Err(format!("unknown engine {which:?}: use redb, fjall or nothing").into());
+        return Err(
+            format!("unknown engine {which:?}: use redb, fjall, log, mix or nothing").into(),
+        );
     }
 
+    let mixes = if all {
+        vec![
+            ("redb 4", mix("redb", &root, redb_engine::Redb::open)?),
+            ("fjall 3", mix("fjall", &root, fjall_engine::Fjall::open)?),
+            ("segment log", mix("log", &root, log_engine::Log::open)?),
+        ]
+    } else {
+        Vec::new()
+    };
     println!();
     println!(
         "mailbox workload: {USERS} users x {PER_USER} msgs = {TOTAL} msgs of {PAYLOAD} B; \
@@ -687,6 +1082,9 @@ fn main() -> Res<()> {
         PHASE_CAP.as_secs()
     );
     print_table(&results);
+    if !mixes.is_empty() {
+        print_mix(&mixes);
+    }
     eprintln!("total run time: {:.1}s", t.elapsed().as_secs_f64());
     Ok(())
 }

@@ -26,6 +26,7 @@
 //! The choice of redb over fjall is recorded in `docs/benchmarks.md`.
 
 mod error;
+pub mod log;
 mod writer;
 
 pub use error::{Result, StorageError};
