@@ -116,6 +116,36 @@ pub(crate) fn thread_cpu_seconds(pid: u32) -> Option<BTreeMap<String, f64>> {
     Some(by_name)
 }
 
+/// Bytes process `pid` has caused to be written to storage (`write_bytes`
+/// of /proc/PID/io: what reached the block layer, page-cache writes that
+/// were later flushed included).
+pub(crate) fn disk_write_bytes(pid: u32) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|line| line.strip_prefix("write_bytes:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Context switches (voluntary and not) of every live thread of `pid`: a
+/// thread that parks for want of work and wakes again is one voluntary
+/// switch, so this counts the node's wake-ups.
+pub(crate) fn context_switches(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let Ok(status) = std::fs::read_to_string(task.ok()?.path().join("status")) else {
+            continue;
+        };
+        total += status
+            .lines()
+            .filter(|line| line.contains("ctxt_switches:"))
+            .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    Some(total)
+}
+
 /// utime + stime of a /proc `stat` line, in seconds.
 fn stat_cpu_seconds(stat: &str) -> Option<f64> {
     // The command name may hold spaces and parentheses: fields are counted
@@ -138,6 +168,10 @@ pub(crate) struct CpuUse {
     generator_s: Option<f64>,
     server_us_per_message: Option<f64>,
     generator_us_per_message: Option<f64>,
+    /// Bytes the node wrote to disk per message.
+    server_disk_bytes_per_message: Option<f64>,
+    /// The node's context switches per message, all threads.
+    server_context_switches_per_message: Option<f64>,
 }
 
 /// CPU seconds of the node (if its pid is known) and of this process.
@@ -145,6 +179,8 @@ pub(crate) struct CpuSample {
     server: Option<f64>,
     server_threads: BTreeMap<String, f64>,
     generator: Option<f64>,
+    server_disk_bytes: Option<u64>,
+    server_context_switches: Option<u64>,
 }
 
 impl CpuSample {
@@ -153,6 +189,8 @@ impl CpuSample {
             server: server_pid.and_then(cpu_seconds),
             server_threads: server_pid.and_then(thread_cpu_seconds).unwrap_or_default(),
             generator: cpu_seconds(std::process::id()),
+            server_disk_bytes: server_pid.and_then(disk_write_bytes),
+            server_context_switches: server_pid.and_then(context_switches),
         }
     }
 }
@@ -166,6 +204,9 @@ impl CpuUse {
     ) -> Self {
         let used = |b: Option<f64>, a: Option<f64>| Some(a? - b?);
         let per_message = |cpu: Option<f64>| cpu.map(|c| c * 1e6 / messages.max(1) as f64);
+        let counted = |b: Option<u64>, a: Option<u64>| {
+            Some(a?.saturating_sub(b?) as f64 / messages.max(1) as f64)
+        };
         let server_s = used(before.server, after.server);
         let generator_s = used(before.generator, after.generator);
         // Threads that started during the run count from zero.
@@ -185,6 +226,14 @@ impl CpuUse {
             generator_s,
             server_us_per_message: per_message(server_s),
             generator_us_per_message: per_message(generator_s),
+            server_disk_bytes_per_message: counted(
+                before.server_disk_bytes,
+                after.server_disk_bytes,
+            ),
+            server_context_switches_per_message: counted(
+                before.server_context_switches,
+                after.server_context_switches,
+            ),
         }
     }
 
@@ -205,8 +254,17 @@ impl CpuUse {
         } else {
             format!(" [{}]", threads.join(", "))
         };
+        let node_io = match (
+            self.server_disk_bytes_per_message,
+            self.server_context_switches_per_message,
+        ) {
+            (Some(bytes), Some(switches)) => {
+                format!(" · node disk {bytes:.0} B/msg, {switches:.1} context switches/msg")
+            }
+            _ => String::new(),
+        };
         format!(
-            "cpu: {}{threads} · {} over {:.1} s of sending and delivery",
+            "cpu: {}{threads} · {} over {:.1} s of sending and delivery{node_io}",
             part("node", self.server_s, self.server_us_per_message),
             part("generator", self.generator_s, self.generator_us_per_message),
             self.seconds
@@ -274,6 +332,21 @@ mod tests {
         assert!(after > before, "{before} -> {after}");
         let threads = thread_cpu_seconds(std::process::id()).expect("threads");
         assert!(threads.values().sum::<f64>() > 0.0, "{threads:?}");
+        assert!(context_switches(std::process::id()).is_some());
+    }
+
+    #[test]
+    fn reads_what_we_write_to_disk() {
+        // Beside the sources, not in /tmp: a tmpfs /tmp writes nothing to disk.
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).expect("tempdir");
+        let before = disk_write_bytes(std::process::id()).expect("write_bytes");
+        let file = dir.path().join("written");
+        std::fs::write(&file, vec![7u8; 1 << 20]).expect("write");
+        std::fs::File::open(&file)
+            .and_then(|f| f.sync_all())
+            .expect("sync");
+        let after = disk_write_bytes(std::process::id()).expect("write_bytes");
+        assert!(after >= before + (1 << 20), "{before} -> {after}");
     }
 
     #[test]
@@ -282,6 +355,8 @@ mod tests {
             server: Some(server),
             server_threads: [("storage-writer".to_owned(), writer)].into(),
             generator: Some(generator),
+            server_disk_bytes: Some((server * 1e6) as u64),
+            server_context_switches: Some((writer * 1e4) as u64),
         };
         let mut after = sample(12.0, 3.0, 5.0);
         after
@@ -290,6 +365,12 @@ mod tests {
         let cpu = CpuUse::between(&sample(10.0, 2.5, 4.0), &after, 4.0, 20_000);
         assert_eq!(cpu.server_us_per_message, Some(100.0));
         assert_eq!(cpu.generator_us_per_message, Some(50.0));
+        assert_eq!(cpu.server_disk_bytes_per_message, Some(100.0));
+        assert_eq!(cpu.server_context_switches_per_message, Some(0.25));
+        assert!(
+            cpu.line()
+                .contains("node disk 100 B/msg, 0.2 context switches/msg")
+        );
         // A thread that started during the run counts from zero.
         assert_eq!(
             cpu.server_threads_s.into_iter().collect::<Vec<_>>(),
@@ -302,6 +383,8 @@ mod tests {
             server: None,
             server_threads: BTreeMap::new(),
             generator: Some(1.0),
+            server_disk_bytes: None,
+            server_context_switches: None,
         };
         let cpu = CpuUse::between(&unknown, &unknown, 1.0, 10);
         assert_eq!(cpu.server_us_per_message, None);
