@@ -134,6 +134,7 @@ impl NodeBuilder {
             &db_path,
             StoreOptions {
                 cache_bytes: config.storage.cache_mib * 1024 * 1024,
+                commit_interval: Duration::from_micros(config.storage.commit_interval_us),
                 ..StoreOptions::default()
             },
         )?;

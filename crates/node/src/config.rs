@@ -188,6 +188,11 @@ pub struct PresenceSettings {
 pub struct StorageSettings {
     /// redb page cache in MiB.
     pub cache_mib: usize,
+    /// The least time in microseconds from one group commit's start to the
+    /// next's: commits that follow each other closely wait this long to
+    /// share their fixed cost; a message after a quiet spell is committed
+    /// at once. 0 commits as soon as the previous commit ends.
+    pub commit_interval_us: u64,
     /// New messages are refused (`Unavailable`, retry later) while free
     /// disk under the data directory is below the smaller of this many MiB
     /// and `min_free_percent` of the filesystem. 0 turns the check off.
@@ -275,6 +280,7 @@ impl Default for StorageSettings {
     fn default() -> Self {
         Self {
             cache_mib: 64,
+            commit_interval_us: 2000,
             min_free_mib: 1024,
             min_free_percent: 5.0,
         }

@@ -19,6 +19,13 @@ pub struct StoreOptions {
     /// Page cache size in bytes (redb's own cache; hot mailboxes are also kept
     /// in the fragments' memory).
     pub cache_bytes: usize,
+    /// The least time from the start of one commit to the start of the
+    /// next. A commit has a fixed cost (redb rewrites the pages from each
+    /// touched leaf to the root, then syncs), so commits that follow each
+    /// other closely wait for more changes to share it; a change that
+    /// arrives after a quiet spell is committed at once. Zero commits as
+    /// soon as the previous commit ends.
+    pub commit_interval: std::time::Duration,
 }
 
 impl Default for StoreOptions {
@@ -26,6 +33,7 @@ impl Default for StoreOptions {
         Self {
             max_batch: 4096,
             cache_bytes: 64 * 1024 * 1024,
+            commit_interval: std::time::Duration::ZERO,
         }
     }
 }
@@ -220,6 +228,7 @@ impl Store {
             stats: Arc::clone(&stats),
             health: Arc::clone(&health),
             max_batch: options.max_batch,
+            commit_interval: options.commit_interval,
         };
         thread::Builder::new()
             .name("storage-writer".into())
@@ -344,22 +353,21 @@ struct Writer {
     stats: Arc<WriterStats>,
     health: Arc<Health>,
     max_batch: usize,
+    commit_interval: std::time::Duration,
 }
 
 impl Writer {
     fn run(&self, receiver: &mpsc::Receiver<Box<dyn Change>>) {
         let stats = &self.stats;
         let mut batch: Vec<Box<dyn Change>> = Vec::with_capacity(self.max_batch);
+        let mut last_start: Option<std::time::Instant> = None;
         // Blocks for the first change, then takes whatever else is already waiting:
         // the batch grows by itself while a commit is in flight.
         while let Ok(first) = receiver.recv() {
             batch.push(first);
-            while batch.len() < self.max_batch {
-                match receiver.try_recv() {
-                    Ok(change) => batch.push(change),
-                    Err(_) => break,
-                }
-            }
+            let not_before = last_start.map(|start| start + self.commit_interval);
+            self.gather(receiver, &mut batch, not_before);
+            last_start = Some(std::time::Instant::now());
             stats
                 .queued
                 .fetch_sub(batch.len() as u64, Ordering::Relaxed);
@@ -407,6 +415,29 @@ impl Writer {
             }
         }
         tracing::debug!("storage writer stopped: all stores dropped");
+    }
+
+    /// Adds what is waiting to `batch`; if that is before `not_before` (the
+    /// commit interval after the previous commit's start), first sleeps
+    /// until then, so that what arrives meanwhile costs no wake-up.
+    fn gather(
+        &self,
+        receiver: &mpsc::Receiver<Box<dyn Change>>,
+        batch: &mut Vec<Box<dyn Change>>,
+        not_before: Option<std::time::Instant>,
+    ) {
+        if let Some(not_before) = not_before {
+            let left = not_before.saturating_duration_since(std::time::Instant::now());
+            if !left.is_zero() {
+                thread::sleep(left);
+            }
+        }
+        while batch.len() < self.max_batch {
+            match receiver.try_recv() {
+                Ok(change) => batch.push(change),
+                Err(_) => break,
+            }
+        }
     }
 }
 
@@ -472,6 +503,41 @@ mod tests {
         let table = read.open_table(TABLE).expect("table");
         assert_eq!(table.len().expect("len"), 500);
         assert_eq!(table.get(7).expect("get").map(|v| v.value()), Some(14));
+    }
+
+    /// Writes `key` and says when the commit is durable.
+    fn insert(store: &Store, key: u64) -> tokio::sync::oneshot::Receiver<Result<()>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        store.submit(
+            move |txn| {
+                txn.open_table(TABLE)?.insert(key, key)?;
+                Ok(())
+            },
+            move |result| {
+                let _ = tx.send(result);
+            },
+        );
+        rx
+    }
+
+    #[tokio::test]
+    async fn changes_close_behind_a_commit_wait_for_the_interval_and_share_the_next() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = StoreOptions {
+            commit_interval: std::time::Duration::from_millis(600),
+            ..StoreOptions::default()
+        };
+        let store = Store::open(&dir.path().join("db.redb"), options).expect("open");
+        insert(&store, 1).await.expect("answer").expect("first");
+        // Without the interval each of these would be committed on its own:
+        // the writer is idle when each arrives.
+        let second = insert(&store, 2);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let third = insert(&store, 3);
+        second.await.expect("answer").expect("second");
+        third.await.expect("answer").expect("third");
+        assert_eq!(store.stats().commits.load(Ordering::Relaxed), 2);
+        assert_eq!(store.stats().changes.load(Ordering::Relaxed), 3);
     }
 
     type Log = Arc<std::sync::Mutex<Vec<String>>>;
