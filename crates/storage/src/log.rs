@@ -12,18 +12,33 @@
 //! version, segment number) followed by commits:
 //!
 //! ```text
-//! commit = [body length: u32 LE][crc32: u32 LE, over the length and the body][body]
+//! commit = [body length: u32 LE][crc32: u32 LE][body]
 //! body   = entry*      entry = [length: u32 LE][bytes]
 //! ```
+//!
+//! The checksum covers the segment number, the length and the body. A
+//! commit with an empty body is the segment's *seal*, written when the log
+//! moves on to the next segment.
 //!
 //! A commit is written with one `write` and made durable with one
 //! `fdatasync`, whatever the number of entries in it. A crash can leave
 //! only the last commit torn, so opening reads every segment in order and,
-//! in the last one, cuts the file at the first commit that is not whole
-//! (short, over the size limit, or failing its checksum): that commit was
-//! never acknowledged. A bad commit anywhere else is damage to
-//! acknowledged data, and opening fails with [`LogError::Corrupt`] naming
-//! the file and offset instead of silently dropping what follows.
+//! in the last one, stops at the first commit that is not whole (short,
+//! over the size limit, or failing its checksum): that commit was never
+//! acknowledged, and the next commit overwrites it. Every earlier segment
+//! must end in its seal; a bad commit before it is damage to acknowledged
+//! data, and opening fails with [`LogError::Corrupt`] naming the file and
+//! offset instead of silently dropping what follows.
+//!
+//! Emptied segments are recycled: up to [`LogOptions::spare_segments`] of
+//! them are kept as `*.spare` files and become the next segments, their
+//! header rewritten. Writing into blocks a file already has, below its
+//! length, lets `fdatasync` skip the filesystem's journal (no new blocks,
+//! no new size), which is most of a small commit's cost
+//! (docs/benchmarks.md). What a spare held before is left in place: its
+//! commits were checksummed with another segment number, so none of them
+//! can pass for a commit of the new segment (but for a 2^-32 chance per
+//! stale commit that a replay reaches, as in RocksDB's recycled logs).
 //!
 //! A failed write or sync breaks the log for the rest of the process
 //! (after a failed `fdatasync` Linux may have dropped the dirty pages, so
@@ -43,6 +58,7 @@ const SEGMENT_HEADER: u64 = 16;
 const COMMIT_HEADER: usize = 8;
 const ENTRY_HEADER: usize = 4;
 const SEGMENT_SUFFIX: &str = ".seg";
+const SPARE_SUFFIX: &str = ".spare";
 
 /// What went wrong in a segment log.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +120,8 @@ pub struct LogOptions {
     pub segment_bytes: u64,
     /// The largest commit body; recovery treats a longer length as damage.
     pub max_commit_bytes: u32,
+    /// Emptied segments kept for reuse as new segments (see the module docs).
+    pub spare_segments: usize,
 }
 
 impl Default for LogOptions {
@@ -111,6 +129,7 @@ impl Default for LogOptions {
         Self {
             segment_bytes: 64 * 1024 * 1024,
             max_commit_bytes: 64 * 1024 * 1024,
+            spare_segments: 2,
         }
     }
 }
@@ -132,8 +151,10 @@ pub struct Recovery {
     pub commits: u64,
     /// Entries replayed.
     pub entries: u64,
-    /// Bytes cut off the end of the last segment (a torn commit).
-    pub torn_bytes: u64,
+    /// Bytes after the last whole commit of the last segment: a torn
+    /// commit, or what a recycled segment held before (overwritten by the
+    /// next commits).
+    pub tail_bytes: u64,
 }
 
 /// What one commit did, for metrics.
@@ -196,6 +217,8 @@ pub struct SegmentLog {
     pending_entries: usize,
     /// Every segment's length (the active one's too).
     lengths: BTreeMap<u64, u64>,
+    /// Emptied segment files waiting to be reused.
+    spares: Vec<PathBuf>,
     reader: LogReader,
     broken: bool,
 }
@@ -209,11 +232,12 @@ impl SegmentLog {
         mut replay: impl FnMut(Position, &[u8]),
     ) -> Result<(Self, Recovery), LogError> {
         std::fs::create_dir_all(dir).map_err(io_error(dir))?;
-        let numbers = segment_numbers(dir)?;
+        let (numbers, spares) = list_dir(dir)?;
         let mut recovery = Recovery::default();
         let mut files = BTreeMap::new();
         let mut lengths = BTreeMap::new();
         let mut last_file = None;
+        let mut last_sealed = false;
         let last = numbers.last().copied();
         for &number in &numbers {
             let path = segment_path(dir, number);
@@ -225,30 +249,35 @@ impl SegmentLog {
                 .map_err(io_error(&path))?;
             let mut bytes = Vec::new();
             file.read_to_end(&mut bytes).map_err(io_error(&path))?;
-            let whole = replay_segment(&path, number, &bytes, &options, &mut recovery, &mut replay)
-                .or_else(|damage| {
-                    if is_last && !damage.fatal {
-                        Ok(damage.offset)
-                    } else {
-                        Err(damage.into_error(&path))
+            let end =
+                match replay_segment(&path, number, &bytes, &options, &mut recovery, &mut replay) {
+                    Ok(SegmentEnd { end, sealed: true }) => {
+                        last_sealed = is_last;
+                        end
                     }
-                })?;
-            let whole = if whole < SEGMENT_HEADER {
+                    Ok(SegmentEnd { end, sealed: false }) if is_last => end,
+                    Ok(SegmentEnd { end, .. }) => {
+                        return Err(LogError::Corrupt {
+                            path: path.display().to_string(),
+                            offset: end,
+                            reason: "the segment ends without its seal".into(),
+                        });
+                    }
+                    Err(damage) if is_last && !damage.fatal => damage.offset,
+                    Err(damage) => return Err(damage.into_error(&path)),
+                };
+            let end = if end < SEGMENT_HEADER {
                 // A header torn while the segment was being created.
                 write_header(&mut file, &path, number)?;
                 SEGMENT_HEADER
             } else {
-                whole
+                end
             };
-            if whole < bytes.len() as u64 {
-                recovery.torn_bytes = bytes.len() as u64 - whole;
-                file.set_len(whole).map_err(io_error(&path))?;
-                file.sync_all().map_err(io_error(&path))?;
-            }
-            lengths.insert(number, whole);
             if is_last {
+                recovery.tail_bytes = (bytes.len() as u64).saturating_sub(end);
                 last_file = Some(file.try_clone().map_err(io_error(&path))?);
             }
+            lengths.insert(number, end);
             files.insert(number, Arc::new(file));
         }
         let reader = LogReader {
@@ -280,9 +309,15 @@ impl SegmentLog {
             pending: Vec::new(),
             pending_entries: 0,
             lengths,
+            spares,
             reader,
             broken: false,
         };
+        let mut log = log;
+        if last_sealed {
+            // The log had moved on from its last segment when it stopped.
+            log.start_segment(active_number + 1)?;
+        }
         Ok((log, recovery))
     }
 
@@ -348,7 +383,7 @@ impl SegmentLog {
                 return Err(e);
             }
         };
-        let crc = commit_crc(body_len, &self.pending[COMMIT_HEADER..]);
+        let crc = commit_crc(self.active_number, body_len, &self.pending[COMMIT_HEADER..]);
         self.pending[..4].copy_from_slice(&body_len.to_le_bytes());
         self.pending[4..COMMIT_HEADER].copy_from_slice(&crc.to_le_bytes());
         let path = segment_path(&self.dir, self.active_number);
@@ -384,14 +419,37 @@ impl SegmentLog {
         self.active_number
     }
 
-    /// Starts a new segment now (its user does so before copying the live
-    /// entries of old segments forward, so that they can all go).
+    /// Commits what is pending, seals the active segment and starts the
+    /// next one (its user does so before copying the live entries of old
+    /// segments forward, so that they can all go).
     pub fn rotate(&mut self) -> Result<(), LogError> {
-        if self.broken {
-            return Err(LogError::Broken);
+        self.commit()?;
+        let seal = commit_frame(self.active_number, &[]);
+        let written = self
+            .active
+            .write_all_at(&seal, self.active_len)
+            .and_then(|()| self.active.sync_data());
+        if let Err(source) = written {
+            self.broken = true;
+            return Err(LogError::Io {
+                path: segment_path(&self.dir, self.active_number)
+                    .display()
+                    .to_string(),
+                source,
+            });
         }
-        let number = self.active_number + 1;
-        let file = create_segment(&self.dir, number).inspect_err(|_| self.broken = true)?;
+        self.active_len += seal.len() as u64;
+        self.lengths.insert(self.active_number, self.active_len);
+        self.start_segment(self.active_number + 1)
+    }
+
+    /// Makes segment `number` (a spare if there is one) the active one.
+    fn start_segment(&mut self, number: u64) -> Result<(), LogError> {
+        let file = match self.spares.pop() {
+            Some(spare) => reuse_segment(&self.dir, &spare, number),
+            None => create_segment(&self.dir, number),
+        }
+        .inspect_err(|_| self.broken = true)?;
         let shared = file.try_clone().map_err(io_error(&self.dir))?;
         self.reader
             .files
@@ -405,8 +463,10 @@ impl SegmentLog {
         Ok(())
     }
 
-    /// Deletes every segment numbered below `number` (never the active
-    /// one). Its user calls this once nothing live is left in them.
+    /// Drops every segment numbered below `number` (never the active one):
+    /// kept as a spare while there are fewer than
+    /// [`LogOptions::spare_segments`], deleted otherwise. Its user calls
+    /// this once nothing live is left in them.
     pub fn remove_segments_before(&mut self, number: u64) -> Result<usize, LogError> {
         let number = number.min(self.active_number);
         let doomed: Vec<u64> = self.lengths.range(..number).map(|(&n, _)| n).collect();
@@ -418,12 +478,23 @@ impl SegmentLog {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .remove(&segment);
             self.lengths.remove(&segment);
-            std::fs::remove_file(&path).map_err(io_error(&path))?;
+            if self.spares.len() < self.options.spare_segments {
+                let spare = spare_path(&self.dir, segment);
+                std::fs::rename(&path, &spare).map_err(io_error(&path))?;
+                self.spares.push(spare);
+            } else {
+                std::fs::remove_file(&path).map_err(io_error(&path))?;
+            }
         }
         if !doomed.is_empty() {
             sync_dir(&self.dir)?;
         }
         Ok(doomed.len())
+    }
+
+    /// Spare segment files waiting for reuse.
+    pub fn spare_segments(&self) -> usize {
+        self.spares.len()
     }
 }
 
@@ -446,8 +517,15 @@ impl Damage {
     }
 }
 
-/// Replays the whole commits of one segment; `Ok(end)` if the segment is
-/// whole to its end, `Err` at the first bad header or commit.
+/// Where a segment's whole commits end, and whether its seal is there.
+struct SegmentEnd {
+    end: u64,
+    sealed: bool,
+}
+
+/// Replays the whole commits of one segment up to its seal or the first
+/// commit that is not whole (`Ok`, with where they end), or says what is
+/// wrong with its header (`Err`).
 fn replay_segment(
     path: &Path,
     number: u64,
@@ -455,7 +533,7 @@ fn replay_segment(
     options: &LogOptions,
     recovery: &mut Recovery,
     replay: &mut impl FnMut(Position, &[u8]),
-) -> Result<u64, Damage> {
+) -> Result<SegmentEnd, Damage> {
     let damage = |offset: usize, reason: String| Damage {
         offset: offset as u64,
         reason,
@@ -484,26 +562,34 @@ fn replay_segment(
         return Err(fatal("segment number does not match its name".into()));
     }
     let mut at = SEGMENT_HEADER as usize;
-    while at < bytes.len() {
+    let sealed = loop {
         let Some(header) = bytes.get(at..at + COMMIT_HEADER) else {
-            return Err(damage(at, "short commit header".into()));
+            break false;
         };
         let body_len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
         let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
         if body_len > options.max_commit_bytes {
-            return Err(damage(
-                at,
-                format!("commit length {body_len} over the limit"),
-            ));
+            break false;
         }
         let start = at + COMMIT_HEADER;
         let Some(body) = bytes.get(start..start + body_len as usize) else {
-            return Err(damage(at, "short commit".into()));
+            break false;
         };
-        if commit_crc(body_len, body) != crc {
-            return Err(damage(at, "checksum mismatch".into()));
+        if commit_crc(number, body_len, body) != crc {
+            break false;
         }
-        let entries = split_entries(body).ok_or_else(|| damage(at, "bad entry framing".into()))?;
+        if body.is_empty() {
+            at = start;
+            break true;
+        }
+        let Some(entries) = split_entries(body) else {
+            // Checksummed, so written by something else: refuse, even last.
+            return Err(Damage {
+                offset: at as u64,
+                reason: "bad entry framing".into(),
+                fatal: true,
+            });
+        };
         for (offset, entry) in entries {
             replay(
                 Position {
@@ -516,8 +602,11 @@ fn replay_segment(
         }
         recovery.commits += 1;
         at = start + body_len as usize;
-    }
-    Ok(at as u64)
+    };
+    Ok(SegmentEnd {
+        end: at as u64,
+        sealed,
+    })
 }
 
 /// A commit body's entries with their offsets in the body, or `None` if
@@ -536,8 +625,19 @@ fn split_entries(body: &[u8]) -> Option<Vec<(usize, &[u8])>> {
     Some(entries)
 }
 
-fn commit_crc(body_len: u32, body: &[u8]) -> u32 {
+/// A whole commit of `body` in segment `number` (an empty body: its seal).
+fn commit_frame(number: u64, body: &[u8]) -> Vec<u8> {
+    let len = body.len() as u32;
+    let mut frame = Vec::with_capacity(COMMIT_HEADER + body.len());
+    frame.extend_from_slice(&len.to_le_bytes());
+    frame.extend_from_slice(&commit_crc(number, len, body).to_le_bytes());
+    frame.extend_from_slice(body);
+    frame
+}
+
+fn commit_crc(number: u64, body_len: u32, body: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&number.to_le_bytes());
     hasher.update(&body_len.to_le_bytes());
     hasher.update(body);
     hasher.finalize()
@@ -547,28 +647,62 @@ fn segment_path(dir: &Path, number: u64) -> PathBuf {
     dir.join(format!("{number:020}{SEGMENT_SUFFIX}"))
 }
 
-fn segment_numbers(dir: &Path) -> Result<Vec<u64>, LogError> {
-    let mut numbers = Vec::new();
-    for item in std::fs::read_dir(dir).map_err(io_error(dir))? {
-        let name = item.map_err(io_error(dir))?.file_name();
-        let number = name
-            .to_str()
-            .and_then(|name| name.strip_suffix(SEGMENT_SUFFIX))
-            .and_then(|stem| stem.parse::<u64>().ok());
-        numbers.extend(number);
-    }
-    numbers.sort_unstable();
-    Ok(numbers)
+fn spare_path(dir: &Path, number: u64) -> PathBuf {
+    dir.join(format!("{number:020}{SPARE_SUFFIX}"))
 }
 
-fn write_header(file: &mut File, path: &Path, number: u64) -> Result<(), LogError> {
+/// The segment numbers in `dir`, in order, and its spare files.
+fn list_dir(dir: &Path) -> Result<(Vec<u64>, Vec<PathBuf>), LogError> {
+    let mut numbers = Vec::new();
+    let mut spares = Vec::new();
+    for item in std::fs::read_dir(dir).map_err(io_error(dir))? {
+        let item = item.map_err(io_error(dir))?;
+        let name = item.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        if let Some(stem) = name.strip_suffix(SEGMENT_SUFFIX) {
+            numbers.extend(stem.parse::<u64>().ok());
+        } else if name.ends_with(SPARE_SUFFIX) {
+            spares.push(item.path());
+        }
+    }
+    numbers.sort_unstable();
+    spares.sort_unstable();
+    Ok((numbers, spares))
+}
+
+fn segment_header(number: u64) -> Vec<u8> {
     let mut header = Vec::with_capacity(SEGMENT_HEADER as usize);
     header.extend_from_slice(MAGIC);
     header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     header.extend_from_slice(&number.to_le_bytes());
+    header
+}
+
+fn write_header(file: &mut File, path: &Path, number: u64) -> Result<(), LogError> {
     file.set_len(0).map_err(io_error(path))?;
-    file.write_all_at(&header, 0).map_err(io_error(path))?;
+    file.write_all_at(&segment_header(number), 0)
+        .map_err(io_error(path))?;
     file.sync_all().map_err(io_error(path))
+}
+
+/// Turns the spare file `spare` into segment `number`: its header is
+/// rewritten (durably, while it is still a spare, so that a crash leaves
+/// either a spare or a whole segment) and it is renamed.
+fn reuse_segment(dir: &Path, spare: &Path, number: u64) -> Result<File, LogError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(spare)
+        .map_err(io_error(spare))?;
+    file.write_all_at(&segment_header(number), 0)
+        .and_then(|()| file.sync_data())
+        .map_err(io_error(spare))?;
+    let path = segment_path(dir, number);
+    std::fs::rename(spare, &path).map_err(io_error(&path))?;
+    sync_dir(dir)?;
+    Ok(file)
 }
 
 /// Creates segment `number` with its header, durable with its directory

@@ -4,6 +4,14 @@ fn small() -> LogOptions {
     LogOptions {
         segment_bytes: 256,
         max_commit_bytes: 4096,
+        spare_segments: 0,
+    }
+}
+
+fn recycling() -> LogOptions {
+    LogOptions {
+        spare_segments: 2,
+        ..small()
     }
 }
 
@@ -44,7 +52,7 @@ fn commits_come_back_in_order_at_the_positions_append_gave() {
     let (_, recovery, seen) = open(dir.path(), small());
     assert_eq!(recovery.commits, 2);
     assert_eq!(recovery.entries, 4);
-    assert_eq!(recovery.torn_bytes, 0);
+    assert_eq!(recovery.tail_bytes, 0);
     let positions: Vec<Position> = seen.iter().map(|(p, _)| *p).collect();
     assert_eq!(positions, given);
     assert_eq!(
@@ -112,7 +120,7 @@ fn three_commits(dir: &Path) -> u64 {
 }
 
 fn only_segment(dir: &Path) -> PathBuf {
-    let numbers = segment_numbers(dir).expect("list");
+    let (numbers, _) = list_dir(dir).expect("list");
     assert_eq!(numbers.len(), 1);
     segment_path(dir, numbers[0])
 }
@@ -133,12 +141,12 @@ fn recovers_the_whole_commits(dir: &Path, expect_torn: bool) {
         entries(&seen),
         vec![b"first".to_vec(), b"commit".to_vec(), b"second".to_vec()]
     );
-    assert_eq!(recovery.torn_bytes > 0, expect_torn, "{recovery:?}");
+    assert_eq!(recovery.tail_bytes > 0, expect_torn, "{recovery:?}");
     commit(&mut log, &[b"after the crash"]);
     drop(log);
+    // What is left of the torn commit past the new one stays ignored.
     let (_, recovery, seen) = open(dir, LogOptions::default());
     assert_eq!(recovery.commits, 3);
-    assert_eq!(recovery.torn_bytes, 0);
     assert_eq!(
         seen.last().map(|(_, e)| e.clone()),
         Some(b"after the crash".to_vec())
@@ -197,7 +205,7 @@ fn damage_before_the_last_segment_refuses_to_open() {
     match SegmentLog::open(dir.path(), small(), |_, _| {}) {
         Err(LogError::Corrupt { offset, reason, .. }) => {
             assert_eq!(offset, SEGMENT_HEADER);
-            assert!(reason.contains("checksum"), "{reason}");
+            assert!(reason.contains("seal"), "{reason}");
         }
         Err(other) => panic!("expected Corrupt, got {other}"),
         Ok(_) => panic!("expected Corrupt, got a log"),
@@ -209,13 +217,15 @@ fn a_segment_whose_header_was_torn_at_creation_starts_over() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut log, _, _) = open(dir.path(), small());
     commit(&mut log, &[b"kept"]);
-    let next = log.active_segment() + 1;
+    log.rotate().expect("rotate");
+    let next = log.active_segment();
     drop(log);
+    // As if the process died while writing the new segment's header.
     std::fs::write(segment_path(dir.path(), next), b"SBL").expect("write");
     let (mut log, recovery, seen) = open(dir.path(), small());
     assert_eq!(entries(&seen), vec![b"kept".to_vec()]);
     assert_eq!(log.active_segment(), next);
-    assert_eq!(recovery.torn_bytes, 0);
+    assert_eq!(recovery.tail_bytes, 0);
     commit(&mut log, &[b"new"]);
     drop(log);
     let (_, _, seen) = open(dir.path(), small());
@@ -254,4 +264,91 @@ fn a_last_segment_of_another_format_version_is_refused_not_cut() {
         bytes,
         "the file was changed"
     );
+}
+
+#[test]
+fn emptied_segments_become_new_ones_and_their_old_commits_never_replay() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, _, _) = open(dir.path(), recycling());
+    for i in 0..12u8 {
+        commit(&mut log, &[&[i; 60]]);
+    }
+    log.rotate().expect("rotate");
+    let active = log.active_segment();
+    log.remove_segments_before(active).expect("remove");
+    assert_eq!(log.spare_segments(), 2);
+    let spare_len = |dir: &Path| {
+        let (_, spares) = list_dir(dir).expect("list");
+        spares
+            .iter()
+            .map(|s| std::fs::metadata(s).expect("stat").len())
+            .collect::<Vec<_>>()
+    };
+    assert!(spare_len(dir.path()).iter().all(|len| *len > 200));
+
+    // The next segments are the spares: short commits into them leave most
+    // of their old commits in place behind the new ones.
+    commit(&mut log, &[b"x"]);
+    log.rotate().expect("rotate");
+    commit(&mut log, &[b"y"]);
+    log.rotate().expect("rotate");
+    commit(&mut log, &[b"z"]);
+    assert_eq!(log.spare_segments(), 0);
+    drop(log);
+
+    let (mut log, recovery, seen) = open(dir.path(), recycling());
+    assert_eq!(
+        entries(&seen),
+        vec![b"x".to_vec(), b"y".to_vec(), b"z".to_vec()]
+    );
+    assert!(
+        recovery.tail_bytes > 0,
+        "the active segment was a spare: {recovery:?}"
+    );
+    commit(&mut log, &[b"after reopen"]);
+    drop(log);
+    let (_, _, seen) = open(dir.path(), recycling());
+    assert_eq!(seen.len(), 4);
+}
+
+#[test]
+fn a_log_that_stopped_after_sealing_its_segment_goes_on_in_a_new_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, _, _) = open(dir.path(), small());
+    commit(&mut log, &[b"sealed in"]);
+    let sealed = log.active_segment();
+    log.rotate().expect("rotate");
+    // As if the process died between the seal and the next segment.
+    std::fs::remove_file(segment_path(dir.path(), sealed + 1)).expect("remove");
+    drop(log);
+    let (mut log, _, seen) = open(dir.path(), small());
+    assert_eq!(entries(&seen), vec![b"sealed in".to_vec()]);
+    assert_eq!(log.active_segment(), sealed + 1);
+    commit(&mut log, &[b"next"]);
+    drop(log);
+    let (_, _, seen) = open(dir.path(), small());
+    assert_eq!(
+        entries(&seen),
+        vec![b"sealed in".to_vec(), b"next".to_vec()]
+    );
+}
+
+#[test]
+fn a_segment_cut_short_before_its_seal_refuses_to_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, _, _) = open(dir.path(), small());
+    commit(&mut log, &[b"one"]);
+    commit(&mut log, &[b"two"]);
+    let first = log.active_segment();
+    log.rotate().expect("rotate");
+    commit(&mut log, &[b"three"]);
+    drop(log);
+    let path = segment_path(dir.path(), first);
+    let len = std::fs::metadata(&path).expect("stat").len();
+    let file = OpenOptions::new().write(true).open(&path).expect("open");
+    file.set_len(len - 8).expect("cut the seal off");
+    assert!(matches!(
+        SegmentLog::open(dir.path(), small(), |_, _| {}),
+        Err(LogError::Corrupt { .. })
+    ));
 }
