@@ -16,7 +16,7 @@
 //! * the mix of one 1:1 message with its three ticks ([`mix_phase`]): store the
 //!   message and its dedupe key, later delete it and store two receipts in the
 //!   sender's mailbox, later delete those; CPU, bytes written and commits per
-//!   message, at 1 and 16 messages per commit.
+//!   message, at 1 and 16 messages per commit, after a warm-up.
 //!
 //! The segment log (`storage::log`) is an engine here as its user would run
 //! it: entries are table puts and deletes, an in-memory ordered index per
@@ -311,7 +311,14 @@ mod log_engine {
     impl Log {
         pub fn open(dir: &Path) -> Res<Self> {
             let mut index: [BTreeMap<Vec<u8>, Slot>; 2] = Default::default();
-            let (log, _) = SegmentLog::open(dir, LogOptions::default(), |position, entry| {
+            // Smaller segments than a node's 64 MiB, so that the mix reaches
+            // the steady state (new segments are recycled spares) in its
+            // warm-up.
+            let options = LogOptions {
+                segment_bytes: 4 * 1024 * 1024,
+                ..LogOptions::default()
+            };
+            let (log, _) = SegmentLog::open(dir, options, |position, entry| {
                 let table = usize::from(entry[0] != 0);
                 let key_len = u16::from_le_bytes([entry[2], entry[3]]) as usize;
                 let key = entry[4..4 + key_len].to_vec();
@@ -776,6 +783,7 @@ const MIX_RECEIPT: usize = 40;
 /// One run of the mix at one batch size.
 #[derive(Default, Clone)]
 struct Mix {
+    dedupe: Option<Dedupe>,
     batch: usize,
     msgs: u64,
     commits: u64,
@@ -814,16 +822,43 @@ fn receipt_key(i: u64, kind: u64) -> Vec<u8> {
     msg_key((i * 7919) % USERS, (1 << 63) | (i * 2 + kind))
 }
 
+/// How the mix remembers what it stored, for dedupe.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dedupe {
+    /// A key per message, kept (as the node's redb `dedupe` table keeps
+    /// them for 7 days).
+    PerMessage,
+    /// A high-water mark per (recipient, sender), overwritten by each
+    /// message: each recipient hears from 8 senders.
+    HighWaterMark,
+}
+
+impl Dedupe {
+    fn label(self) -> &'static str {
+        match self {
+            Dedupe::PerMessage => "key per message",
+            Dedupe::HighWaterMark => "mark per sender",
+        }
+    }
+}
+
 /// The changes message `i` brings in the steady state of the mix: its own
-/// store and dedupe key, the delivery of message `i - LAG` (its deletion and
-/// two receipts to its sender) and the deletion of the receipts of message
-/// `i - 2 LAG`.
-fn mix_changes(i: u64, out: &mut Vec<Change>) {
+/// store and dedupe record, the delivery of message `i - LAG` (its deletion
+/// and two receipts to its sender) and the deletion of the receipts of
+/// message `i - 2 LAG`.
+fn mix_changes(i: u64, dedupe: Dedupe, out: &mut Vec<Change>) {
     let (key, payload) = message(i);
     out.push((Table::Messages, key, Some(payload)));
+    let dedupe_key = match dedupe {
+        Dedupe::PerMessage => dedupe_entry(i),
+        Dedupe::HighWaterMark => {
+            let recipient = i % USERS;
+            mark_key(recipient, (recipient + 1 + i % 8) % USERS)
+        }
+    };
     out.push((
         Table::Dedupe,
-        dedupe_entry(i),
+        dedupe_key,
         Some((i / USERS).to_be_bytes().to_vec()),
     ));
     if let Some(j) = i.checked_sub(MIX_LAG) {
@@ -843,18 +878,43 @@ fn mix_changes(i: u64, out: &mut Vec<Change>) {
     }
 }
 
-/// The mix at `batch` messages per commit, until `max_msgs` or `cap`.
-fn mix_phase<E: Engine>(e: &mut E, batch: usize, max_msgs: u64, cap: Duration) -> Res<Mix> {
+/// The record of a (recipient, sender) high-water mark.
+fn mark_key(recipient: u64, sender: u64) -> Vec<u8> {
+    dedupe_key(recipient, sender, 0)
+}
+
+/// Messages of the mix run, 64 per commit, before the measured part: the
+/// engines reach their steady state (receipts being deleted, the log's
+/// spare segments in use).
+const MIX_WARM_UP: u64 = 30_000;
+
+/// The mix at `batch` messages per commit, until `max_msgs` or `cap`, after
+/// the warm-up.
+fn mix_phase<E: Engine>(
+    e: &mut E,
+    dedupe: Dedupe,
+    batch: usize,
+    max_msgs: u64,
+    cap: Duration,
+) -> Res<Mix> {
+    let mut changes = Vec::new();
+    for first in (0..MIX_WARM_UP).step_by(64) {
+        changes.clear();
+        for i in first..first + 64 {
+            mix_changes(i, dedupe, &mut changes);
+        }
+        e.commit_changes(&changes)?;
+    }
     let mut mix = Mix {
         batch,
+        dedupe: Some(dedupe),
         ..Mix::default()
     };
     let (cpu, written, start) = (cpu_secs(), bytes_written(), Instant::now());
-    let mut changes = Vec::new();
     while mix.msgs < max_msgs && start.elapsed() < cap {
         changes.clear();
-        for i in mix.msgs..mix.msgs + batch as u64 {
-            mix_changes(i, &mut changes);
+        for i in MIX_WARM_UP + mix.msgs..MIX_WARM_UP + mix.msgs + batch as u64 {
+            mix_changes(i, dedupe, &mut changes);
         }
         e.commit_changes(&changes)?;
         mix.msgs += batch as u64;
@@ -868,12 +928,17 @@ fn mix_phase<E: Engine>(e: &mut E, batch: usize, max_msgs: u64, cap: Duration) -
 
 fn mix<E: Engine>(name: &str, root: &Path, open: impl Fn(&Path) -> Res<E>) -> Res<Vec<Mix>> {
     let mut runs = Vec::new();
-    for (batch, max) in [(1usize, 20_000u64), (16, 200_000)] {
+    let kinds = [Dedupe::PerMessage, Dedupe::HighWaterMark];
+    for (dedupe, (batch, max)) in kinds
+        .into_iter()
+        .flat_map(|d| [(1usize, 20_000u64), (16, 200_000)].map(|b| (d, b)))
+    {
         let dir = root.join(format!("{name}-mix-b{batch}"));
         let mut e = open(&dir)?;
-        let run = mix_phase(&mut e, batch, max, Duration::from_secs(10))?;
+        let run = mix_phase(&mut e, dedupe, batch, max, Duration::from_secs(10))?;
         eprintln!(
-            "[{name}] mix b={batch}: {} msgs in {:.2}s, {:.1} µs CPU and {:.0} B written per msg",
+            "[{name}] mix ({}) b={batch}: {} msgs in {:.2}s, {:.1} µs CPU and {:.0} B written per msg",
+            dedupe.label(),
             run.msgs,
             run.secs,
             run.cpu_secs / run.msgs as f64 * 1e6,
@@ -890,13 +955,15 @@ fn print_mix(results: &[(&str, Vec<Mix>)]) {
     println!();
     println!(
         "the mix of a 1:1 message with three ticks (store + dedupe key; delete + 2 receipts \
-         {MIX_LAG} msgs later; delete receipts {MIX_LAG} msgs after that), every commit fsync'd"
+         {MIX_LAG} msgs later; delete receipts {MIX_LAG} msgs after that), every commit fsync'd, \
+         after a warm-up of {MIX_WARM_UP} msgs"
     );
-    println!("engine | msgs/commit | msgs/s | commits/s | CPU µs/msg | bytes written/msg");
+    println!("engine | dedupe | msgs/commit | msgs/s | commits/s | CPU µs/msg | bytes written/msg");
     for (name, runs) in results {
         for run in runs {
             println!(
-                "{name} | {} | {} | {} | {:.1} | {:.0}",
+                "{name} | {} | {} | {} | {} | {:.1} | {:.0}",
+                run.dedupe.map_or("", Dedupe::label),
                 run.batch,
                 fmt_n(run.msgs as f64 / run.secs),
                 fmt_n(run.commits as f64 / run.secs),
