@@ -18,6 +18,9 @@ impl std::fmt::Display for Timeout {
 /// A notification
 pub type Notify = tokio::sync::Notify;
 
+mod quiet_queue;
+pub(crate) use quiet_queue::{quiet_unbounded, QuietReceiver, QuietSender};
+
 /// A one-use sender
 pub type OneshotSender<T> = tokio::sync::oneshot::Sender<T>;
 /// A one-use receiver

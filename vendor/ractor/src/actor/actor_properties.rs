@@ -99,9 +99,10 @@ pub(crate) struct ActorProperties {
     pub(crate) wait_handler: mpsc::Notify,
     pub(crate) signal: Mutex<Option<OneshotInputPort<Signal>>>,
     pub(crate) stop: Mutex<Option<OneshotInputPort<StopMessage>>>,
-    /// Boxed for the same reason as [QueuedMessage]: the channel's first
-    /// block would hold 32 events of 80 bytes for every actor.
-    pub(crate) supervision: InputPort<Box<SupervisionEvent>>,
+    /// A [mpsc::QuietSender], not a channel: most actors see a few
+    /// supervision events in their life, and a channel's state and first
+    /// block cost every actor ~1.3 KiB.
+    pub(crate) supervision: mpsc::QuietSender<SupervisionEvent>,
     pub(crate) message: InputPort<MuxedMessage>,
     pub(crate) message_admission: AtomicUsize,
     pub(crate) tree: SupervisionTree,
@@ -129,7 +130,7 @@ impl ActorProperties {
         Self,
         OneshotReceiver<Signal>,
         OneshotReceiver<StopMessage>,
-        InputPortReceiver<Box<SupervisionEvent>>,
+        mpsc::QuietReceiver<SupervisionEvent>,
         InputPortReceiver<MuxedMessage>,
     )
     where
@@ -145,7 +146,7 @@ impl ActorProperties {
         Self,
         OneshotReceiver<Signal>,
         OneshotReceiver<StopMessage>,
-        InputPortReceiver<Box<SupervisionEvent>>,
+        mpsc::QuietReceiver<SupervisionEvent>,
         InputPortReceiver<MuxedMessage>,
     )
     where
@@ -153,7 +154,7 @@ impl ActorProperties {
     {
         let (tx_signal, rx_signal) = mpsc::oneshot();
         let (tx_stop, rx_stop) = mpsc::oneshot();
-        let (tx_supervision, rx_supervision) = mpsc::mpsc_unbounded();
+        let (tx_supervision, rx_supervision) = mpsc::quiet_unbounded();
         let (tx_message, rx_message) = mpsc::mpsc_unbounded();
         (
             Self {
@@ -204,9 +205,7 @@ impl ActorProperties {
         &self,
         message: SupervisionEvent,
     ) -> Result<(), MessagingErr<SupervisionEvent>> {
-        self.supervision
-            .send(Box::new(message))
-            .map_err(|e| MessagingErr::SendErr(*e.0))
+        self.supervision.send(message).map_err(MessagingErr::SendErr)
     }
 
     pub(crate) fn send_message<TMessage>(
