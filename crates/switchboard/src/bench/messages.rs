@@ -338,8 +338,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let mut seqs: HashMap<(u32, u32), u32> = HashMap::new();
     let mut rng = rand::rng();
     let mut next = 0u64;
-    let send_start = Instant::now();
+    // Sampled before the clock starts: reading every thread's /proc files
+    // takes milliseconds, which would shift every scheduled send time.
     let cpu_at_start = CpuSample::now(args.server_pid);
+    let send_start = Instant::now();
     let start_offset_us = shared.since_start_us();
     while next < total {
         let due = ((send_start.elapsed().as_secs_f64() * args.rate) as u64).min(total);
