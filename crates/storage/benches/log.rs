@@ -3,8 +3,9 @@
 //! - `log/commit/{1,16,256}x200B`: append that many 200-byte entries and
 //!   commit them: one write and one `fdatasync` per iteration, so the figure
 //!   is bound by the disk's sync latency; throughput is in entries.
-//! - `log/append_200B`: appending one entry to the pending commit (no I/O;
-//!   the commit is made, untimed, every 4,096 appends).
+//! - `log/append_200B`: appending one entry to the pending commit, with a
+//!   commit of the 4,096 pending entries every 4,096 appends (its write and
+//!   sync amortized over them).
 //! - `log/recover/{N}_entries`: opening a log of N 200-byte entries in
 //!   commits of 64, replaying every entry: what a node's restart pays per
 //!   live megabyte, apart from the index its user builds.

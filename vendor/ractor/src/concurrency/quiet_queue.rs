@@ -116,3 +116,16 @@ impl<T> QuietReceiver<T> {
         self.shared.lock().receiver_closed = true;
     }
 }
+
+impl<T> Drop for QuietReceiver<T> {
+    /// As a dropped channel receiver: later sends fail, and what is queued
+    /// is dropped now rather than with the last sender.
+    fn drop(&mut self) {
+        let items = {
+            let mut state = self.shared.lock();
+            state.receiver_closed = true;
+            std::mem::take(&mut state.items)
+        };
+        drop(items);
+    }
+}
