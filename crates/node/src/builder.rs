@@ -19,7 +19,7 @@ use session::{
     NodeServices, SessionContext, SessionMsg, Transport, broadcast_to_sessions,
     extension_actor_name,
 };
-use storage::{Store, StoreOptions};
+use storage::{JournalOptions, Store, StoreOptions};
 use supervision::{ChildSpec, Intensity, Restart, Supervisor, SupervisorArgs, SupervisorMsg};
 
 use crate::health::{ClusterReadiness, Health};
@@ -135,6 +135,15 @@ impl NodeBuilder {
             StoreOptions {
                 cache_bytes: config.storage.cache_mib * 1024 * 1024,
                 commit_interval: Duration::from_micros(config.storage.commit_interval_us),
+                journal: (config.storage.checkpoint_interval_ms > 0).then(|| JournalOptions {
+                    checkpoint_interval: Duration::from_millis(
+                        config.storage.checkpoint_interval_ms,
+                    ),
+                    ..JournalOptions::new(
+                        config.data_dir.join("journal"),
+                        vec![offline_queue::journal_replayer()],
+                    )
+                }),
                 ..StoreOptions::default()
             },
         )?;

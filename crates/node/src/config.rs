@@ -193,6 +193,14 @@ pub struct StorageSettings {
     /// share their fixed cost; a message after a quiet spell is committed
     /// at once. 0 commits as soon as the previous commit ends.
     pub commit_interval_us: u64,
+    /// The longest time in milliseconds between durable database commits
+    /// while messages come in. Between them mailbox writes are made durable
+    /// by the storage journal (`data_dir/journal`, one append and one sync
+    /// per group commit) and kept in memory by the database, so a message
+    /// delivered before the next checkpoint never reaches the database
+    /// file. 0 turns the journal off: every group commit is a durable
+    /// database commit.
+    pub checkpoint_interval_ms: u64,
     /// New messages are refused (`Unavailable`, retry later) while free
     /// disk under the data directory is below the smaller of this many MiB
     /// and `min_free_percent` of the filesystem. 0 turns the check off.
@@ -281,6 +289,7 @@ impl Default for StorageSettings {
         Self {
             cache_mib: 64,
             commit_interval_us: 2000,
+            checkpoint_interval_ms: 1000,
             min_free_mib: 1024,
             min_free_percent: 5.0,
         }

@@ -20,14 +20,16 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
     }
 }
 
-/// Creates `dir` (0700) if missing, and tightens it, its `tls`
-/// subdirectory and the files directly in both to 0700 / 0600.
+/// Creates `dir` (0700) if missing, and tightens it, its `tls` and
+/// `journal` subdirectories and the files directly in them to 0700 / 0600.
 pub fn prepare(dir: &Path) -> Result<()> {
     create_private_dir(dir)?;
     tighten_tree(dir)?;
-    let tls = dir.join("tls");
-    if tls.is_dir() {
-        tighten_tree(&tls)?;
+    for sub in ["tls", "journal"] {
+        let sub = dir.join(sub);
+        if sub.is_dir() {
+            tighten_tree(&sub)?;
+        }
     }
     Ok(())
 }

@@ -135,6 +135,10 @@ async fn sample(store: &Store, fragments: &FragmentDirectory, count: u16) {
         .set(stats.changes.load(Ordering::Relaxed) as f64);
     metrics::gauge!("switchboard_storage_busy_seconds")
         .set(stats.busy_micros.load(Ordering::Relaxed) as f64 / 1e6);
+    metrics::gauge!("switchboard_storage_journaled_commits")
+        .set(stats.journaled_commits.load(Ordering::Relaxed) as f64);
+    metrics::gauge!("switchboard_storage_checkpoints")
+        .set(stats.checkpoints.load(Ordering::Relaxed) as f64);
     let (mut online, mut pending, mut cached, mut unavailable) = (0usize, 0usize, 0usize, 0u64);
     for id in 0..count {
         let answer = match fragments.get(id) {

@@ -20,7 +20,7 @@ use cluster::{AckPolicy, ClusterHandle};
 use proto::{MessageId, PhoneNumber};
 use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef, RpcReplyPort};
 use router::{FragmentId, Islands, Placement};
-use storage::{ApplyGroup, Store};
+use storage::{ApplyGroup, Journaled, Store};
 
 use crate::account::{AccountReply, AccountWrite};
 use crate::fragment::{FragmentConfig, NewMessage, ReceiptRequest, Stored};
@@ -626,7 +626,7 @@ async fn perform(
             };
             state
                 .store
-                .submit_grouped::<MailboxWrites>(writes, move |result| {
+                .submit_journaled::<MailboxWrites>(writes, move |result| {
                     if result.is_err() {
                         metrics::counter!("switchboard_storage_failures_total").increment(1);
                     }
@@ -649,7 +649,9 @@ async fn perform(
             };
             state
                 .store
-                .submit_grouped::<MailboxWrites>(writes, move |result| reply(rseq, result.is_ok()));
+                .submit_journaled::<MailboxWrites>(writes, move |result| {
+                    reply(rseq, result.is_ok())
+                });
         }
         Action::ImportChunk {
             from,
@@ -886,7 +888,9 @@ pub(crate) fn refusal(store: &storage::Store) -> Option<FragmentError> {
     }))
 }
 
-/// One fragment's writes for the group commit.
+/// One fragment's writes for the group commit. Also the journal's stored
+/// form of them (postcard): fields are only ever appended.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub(crate) struct FragmentWrites {
     pub(crate) fragment: FragmentId,
     pub(crate) ops: Vec<WriteOp>,
@@ -896,8 +900,30 @@ pub(crate) struct FragmentWrites {
 }
 
 /// The writes of every fragment of the node: the writer applies a run of
-/// them with the mailbox tables opened once (see [`ApplyGroup`]).
+/// them with the mailbox tables opened once (see [`ApplyGroup`]), and makes
+/// them durable through the storage journal when the node has one.
 pub(crate) enum MailboxWrites {}
+
+/// How a restart replays the mailbox writes a journal holds (for the
+/// node's [`storage::JournalOptions`]).
+pub fn journal_replayer() -> storage::Replayer {
+    storage::Replayer::of::<MailboxWrites>()
+}
+
+impl Journaled for MailboxWrites {
+    const TAG: u8 = 1;
+
+    fn encode(item: &FragmentWrites, out: &mut Vec<u8>) -> storage::Result<()> {
+        *out = postcard::to_extend(item, std::mem::take(out))
+            .map_err(|e| storage::StorageError::Corrupt(format!("encoding mailbox writes: {e}")))?;
+        Ok(())
+    }
+
+    fn decode(bytes: &[u8]) -> storage::Result<FragmentWrites> {
+        postcard::from_bytes(bytes)
+            .map_err(|e| storage::StorageError::Corrupt(format!("decoding mailbox writes: {e}")))
+    }
+}
 
 impl ApplyGroup for MailboxWrites {
     type Item = FragmentWrites;
@@ -1001,7 +1027,7 @@ mod tests {
                 ops,
                 divergent,
             };
-            store.submit_grouped::<MailboxWrites>(item, move |result| {
+            store.submit_journaled::<MailboxWrites>(item, move |result| {
                 let _ = tx.send((fragment, result.is_ok()));
             });
         }

@@ -42,7 +42,7 @@ pub mod usage;
 pub use account::{AccountRecord, AccountReply, AccountWrite};
 pub use actor::{
     Endpoint, FragmentActor, FragmentArgs, FragmentCluster, FragmentDirectory, FragmentMsg,
-    FragmentStats, dispatch, fragment_name,
+    FragmentStats, dispatch, fragment_name, journal_replayer,
 };
 pub use entry::{Entry, EntryBody, compose_message_id, fragment_of_message_id};
 pub use error::{FragmentError, Result};

@@ -26,9 +26,11 @@
 //! The choice of redb over fjall is recorded in `docs/benchmarks.md`.
 
 mod error;
+pub mod journal;
 pub mod log;
 mod writer;
 
 pub use error::{Result, StorageError};
+pub use journal::{JournalOptions, JournalRecovery, Journaled, Replayer};
 pub use redb;
 pub use writer::{ApplyGroup, Refusal, Store, StoreOptions, WriterStats};

@@ -48,7 +48,7 @@
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -231,7 +231,13 @@ impl SegmentLog {
         options: LogOptions,
         mut replay: impl FnMut(Position, &[u8]),
     ) -> Result<(Self, Recovery), LogError> {
-        std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+        // What the log holds is its user's data: only the process's own
+        // user may read it.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io_error(dir))?;
         let (numbers, spares) = list_dir(dir)?;
         let mut recovery = Recovery::default();
         let mut files = BTreeMap::new();
@@ -713,6 +719,7 @@ fn create_segment(dir: &Path, number: u64) -> Result<File, LogError> {
         .read(true)
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(&path)
         .map_err(io_error(&path))?;
     write_header(&mut file, &path, number)?;

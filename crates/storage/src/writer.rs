@@ -9,6 +9,7 @@ use std::thread;
 
 use redb::{Database, WriteTransaction};
 
+use crate::journal::{Journal, JournalOptions, JournalRecovery, Journaled, set_non_durable};
 use crate::{Result, StorageError};
 
 /// Tuning of a [`Store`].
@@ -26,6 +27,10 @@ pub struct StoreOptions {
     /// arrives after a quiet spell is committed at once. Zero commits as
     /// soon as the previous commit ends.
     pub commit_interval: std::time::Duration,
+    /// A write-ahead journal for [`Journaled`] changes (see
+    /// [`crate::journal`]); without one every commit is a durable redb
+    /// commit. Ignored by [`Store::in_memory`].
+    pub journal: Option<JournalOptions>,
 }
 
 impl Default for StoreOptions {
@@ -34,6 +39,7 @@ impl Default for StoreOptions {
             max_batch: 4096,
             cache_bytes: 64 * 1024 * 1024,
             commit_interval: std::time::Duration::ZERO,
+            journal: None,
         }
     }
 }
@@ -51,6 +57,10 @@ pub struct WriterStats {
     pub failed_commits: AtomicU64,
     /// Microseconds spent applying and committing, all transactions together.
     pub busy_micros: AtomicU64,
+    /// Transactions made durable by the journal instead of redb.
+    pub journaled_commits: AtomicU64,
+    /// Durable redb commits that cover journaled transactions.
+    pub checkpoints: AtomicU64,
 }
 
 /// Why the store refuses new data right now.
@@ -112,10 +122,18 @@ trait Change: Send {
     fn as_grouped(&mut self) -> Option<&mut dyn Any> {
         None
     }
+    /// Encodes the change for the journal: `None` if it is not journaled.
+    fn journal_entry(&self) -> Option<Result<(u8, Vec<u8>)>> {
+        None
+    }
 }
+
+/// How a journaled group's item is written to the journal.
+type Encoder<G> = (u8, fn(&<G as ApplyGroup>::Item, &mut Vec<u8>) -> Result<()>);
 
 struct GroupedChange<G: ApplyGroup> {
     item: Option<G::Item>,
+    journal: Option<Encoder<G>>,
     done: Option<Box<dyn FnOnce(Result<()>) + Send>>,
 }
 
@@ -150,6 +168,13 @@ impl<G: ApplyGroup> Change for GroupedChange<G> {
     fn as_grouped(&mut self) -> Option<&mut dyn Any> {
         Some(self)
     }
+
+    fn journal_entry(&self) -> Option<Result<(u8, Vec<u8>)>> {
+        let (tag, encode) = self.journal?;
+        let item = self.item.as_ref()?;
+        let mut bytes = Vec::new();
+        Some(encode(item, &mut bytes).map(|()| (tag, bytes)))
+    }
 }
 
 struct TypedChange<F, R, C> {
@@ -183,13 +208,15 @@ where
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
+    recovery: Option<JournalRecovery>,
     changes: mpsc::Sender<Box<dyn Change>>,
     stats: Arc<WriterStats>,
     health: Arc<Health>,
 }
 
 impl Store {
-    /// Opens (or creates) the database file and starts the writer thread.
+    /// Opens (or creates) the database file, replays its journal if it has
+    /// one, and starts the writer thread.
     pub fn open(path: &Path, options: StoreOptions) -> Result<Self> {
         let db = Database::builder()
             .set_cache_size(options.cache_bytes)
@@ -198,7 +225,28 @@ impl Store {
                 path: path.display().to_string(),
                 reason: e.to_string(),
             })?;
-        Self::start(db, options)
+        let journal = match options.journal.clone() {
+            Some(journal_options) => {
+                let dir = journal_options.dir.display().to_string();
+                let (journal, recovery) = Journal::open(&db, journal_options)?;
+                if recovery.entries > 0 {
+                    tracing::info!(journal = %dir, checkpoint = recovery.checkpoint,
+                        batches = recovery.batches, entries = recovery.entries,
+                        "replayed the storage journal");
+                }
+                Some((journal, recovery))
+            }
+            None => None,
+        };
+        let recovery = journal.as_ref().map(|(_, recovery)| *recovery);
+        let mut store = Self::start(db, options, journal.map(|(journal, _)| journal))?;
+        store.recovery = recovery;
+        Ok(store)
+    }
+
+    /// What opening the journal replayed (`None` without a journal).
+    pub fn journal_recovery(&self) -> Option<JournalRecovery> {
+        self.recovery
     }
 
     /// A database held in memory, for tests and the simulator: its reads
@@ -212,10 +260,10 @@ impl Store {
                 path: "(memory)".to_owned(),
                 reason: e.to_string(),
             })?;
-        Self::start(db, options)
+        Self::start(db, options, None)
     }
 
-    fn start(db: Database, options: StoreOptions) -> Result<Self> {
+    fn start(db: Database, options: StoreOptions, journal: Option<Journal>) -> Result<Self> {
         let db = Arc::new(db);
         let stats = Arc::new(WriterStats::default());
         let health = Arc::new(Health {
@@ -229,6 +277,7 @@ impl Store {
             health: Arc::clone(&health),
             max_batch: options.max_batch,
             commit_interval: options.commit_interval,
+            journal,
         };
         thread::Builder::new()
             .name("storage-writer".into())
@@ -236,6 +285,7 @@ impl Store {
             .map_err(|e| StorageError::Engine(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             db,
+            recovery: None,
             changes,
             stats,
             health,
@@ -316,6 +366,22 @@ impl Store {
     ) {
         self.send(Box::new(GroupedChange::<G> {
             item: Some(item),
+            journal: None,
+            done: Some(Box::new(done)),
+        }));
+    }
+
+    /// As [`Self::submit_grouped`], for a kind the journal can hold: with a
+    /// journal, a batch of only such changes is made durable by the journal
+    /// (see [`crate::journal`]).
+    pub fn submit_journaled<G: Journaled>(
+        &self,
+        item: G::Item,
+        done: impl FnOnce(Result<()>) + Send + 'static,
+    ) {
+        self.send(Box::new(GroupedChange::<G> {
+            item: Some(item),
+            journal: Some((G::TAG, G::encode)),
             done: Some(Box::new(done)),
         }));
     }
@@ -354,16 +420,66 @@ struct Writer {
     health: Arc<Health>,
     max_batch: usize,
     commit_interval: std::time::Duration,
+    journal: Option<Journal>,
 }
 
 impl Writer {
-    fn run(&self, receiver: &mpsc::Receiver<Box<dyn Change>>) {
-        let stats = &self.stats;
+    /// The next change; while the journal holds batches that redb has not
+    /// made durable, a checkpoint is taken when one is due, and when the
+    /// last handle is gone (a clean stop leaves nothing to replay).
+    fn next_change(
+        &mut self,
+        receiver: &mpsc::Receiver<Box<dyn Change>>,
+    ) -> Option<Box<dyn Change>> {
+        loop {
+            let wait = self.journal.as_ref().and_then(Journal::until_checkpoint);
+            let received = match wait {
+                None => receiver
+                    .recv()
+                    .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+                Some(wait) => receiver.recv_timeout(wait),
+            };
+            match received {
+                Ok(change) => return Some(change),
+                Err(mpsc::RecvTimeoutError::Timeout) => self.checkpoint(),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    if self.journal.as_ref().is_some_and(Journal::has_unchecked) {
+                        self.checkpoint();
+                    }
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// A durable redb commit covering the journal so far.
+    fn checkpoint(&mut self) {
+        let Some(journal) = self.journal.as_mut() else {
+            return;
+        };
+        if self.health.broken.borrow().is_some() {
+            return;
+        }
+        match journal.checkpoint(&self.db) {
+            Ok(()) => {
+                self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(StorageError::Io(reason)) => {
+                tracing::error!(error = %reason,
+                    "storage checkpoint failed on an I/O error: the store is broken until restart");
+                self.health.broken.send_replace(Some(reason));
+            }
+            Err(e) => tracing::error!(error = %e, "storage checkpoint failed; retried later"),
+        }
+    }
+
+    fn run(mut self, receiver: &mpsc::Receiver<Box<dyn Change>>) {
+        let stats = Arc::clone(&self.stats);
         let mut batch: Vec<Box<dyn Change>> = Vec::with_capacity(self.max_batch);
         let mut last_start: Option<std::time::Instant> = None;
         // Blocks for the first change, then takes whatever else is already waiting:
         // the batch grows by itself while a commit is in flight.
-        while let Ok(first) = receiver.recv() {
+        while let Some(first) = self.next_change(receiver) {
             batch.push(first);
             let not_before = last_start.map(|start| start + self.commit_interval);
             self.gather(receiver, &mut batch, not_before);
@@ -382,7 +498,7 @@ impl Writer {
                 continue;
             }
             let began = std::time::Instant::now();
-            let outcome = commit_batch(&self.db, &mut batch);
+            let outcome = commit_batch(&self.db, &mut batch, self.journal.as_mut());
             let took = began.elapsed();
             stats
                 .busy_micros
@@ -393,11 +509,20 @@ impl Writer {
                 "group commit"
             );
             match &outcome {
-                Ok(()) => {
+                Ok(kind) => {
                     stats.commits.fetch_add(1, Ordering::Relaxed);
                     stats
                         .changes
                         .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    match kind {
+                        CommitKind::Journaled => {
+                            stats.journaled_commits.fetch_add(1, Ordering::Relaxed);
+                        }
+                        CommitKind::Checkpoint => {
+                            stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+                        }
+                        CommitKind::Durable => {}
+                    }
                 }
                 Err(StorageError::Io(reason)) => {
                     stats.failed_commits.fetch_add(1, Ordering::Relaxed);
@@ -410,8 +535,12 @@ impl Writer {
                     tracing::error!(error = %e, changes = batch.len(), "group commit failed");
                 }
             }
+            let outcome = outcome.map(|_| ());
             for change in batch.drain(..) {
                 change.complete(outcome.clone());
+            }
+            if self.journal.as_ref().is_some_and(Journal::checkpoint_due) {
+                self.checkpoint();
             }
         }
         tracing::debug!("storage writer stopped: all stores dropped");
@@ -441,11 +570,78 @@ impl Writer {
     }
 }
 
-/// Applies every change in one transaction and commits it durably. A change
-/// that fails aborts the whole transaction: changes only fail when the engine
-/// does, and then none of them can be trusted to be durable.
-fn commit_batch(db: &Database, batch: &mut [Box<dyn Change>]) -> Result<()> {
-    let txn = db.begin_write()?;
+/// How a batch was made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CommitKind {
+    /// A durable redb commit, without a journal.
+    Durable,
+    /// Appended to the journal, committed to redb without a sync.
+    Journaled,
+    /// A durable redb commit that also covers the journal so far.
+    Checkpoint,
+}
+
+/// Applies every change in one transaction and makes it durable: through
+/// the journal if there is one and every change can be journaled, else by
+/// a durable redb commit. A change that fails aborts the whole transaction:
+/// changes only fail when the engine does, and then none of them can be
+/// trusted to be durable.
+fn commit_batch(
+    db: &Database,
+    batch: &mut [Box<dyn Change>],
+    journal: Option<&mut Journal>,
+) -> Result<CommitKind> {
+    let entries = match &journal {
+        Some(journal) => batch
+            .iter()
+            .map(|change| change.journal_entry())
+            .collect::<Option<Result<Vec<_>>>>()
+            .transpose()?
+            // A batch too large for one journal commit is made durable by
+            // redb instead.
+            .filter(|entries| journal.fits(entries)),
+        None => None,
+    };
+    let mut txn = db.begin_write()?;
+    if let Err(e) = apply_batch(&txn, batch) {
+        if let Err(abort) = txn.abort() {
+            tracing::warn!(error = %abort, "abort after a failed change also failed");
+        }
+        return Err(e);
+    }
+    match (journal, entries) {
+        (None, _) => {
+            txn.commit()?;
+            Ok(CommitKind::Durable)
+        }
+        (Some(journal), Some(entries)) => {
+            // Synced before the commit: readers never see what a crash
+            // could lose.
+            if let Err(e) = journal.append_batch(&entries) {
+                if let Err(abort) = txn.abort() {
+                    tracing::warn!(error = %abort, "abort after a failed journal append also failed");
+                }
+                return Err(e);
+            }
+            set_non_durable(&mut txn)?;
+            txn.commit()?;
+            Ok(CommitKind::Journaled)
+        }
+        (Some(journal), None) => {
+            let covers_journal = journal.has_unchecked();
+            journal.mark_checkpoint(&txn)?;
+            txn.commit()?;
+            journal.checkpointed();
+            Ok(if covers_journal {
+                CommitKind::Checkpoint
+            } else {
+                CommitKind::Durable
+            })
+        }
+    }
+}
+
+fn apply_batch(txn: &WriteTransaction, batch: &mut [Box<dyn Change>]) -> Result<()> {
     let mut next = 0;
     while next < batch.len() {
         // A run of consecutive changes of one group is applied by its first.
@@ -456,14 +652,8 @@ fn commit_batch(db: &Database, batch: &mut [Box<dyn Change>]) -> Result<()> {
             .count();
         let (first, rest) = batch[next..=next + run].split_at_mut(1);
         next += 1 + run;
-        if let Err(e) = first[0].apply_run(&txn, rest) {
-            if let Err(abort) = txn.abort() {
-                tracing::warn!(error = %abort, "abort after a failed change also failed");
-            }
-            return Err(e);
-        }
+        first[0].apply_run(txn, rest)?;
     }
-    txn.commit()?;
     Ok(())
 }
 
