@@ -12,7 +12,7 @@ use client::{Connection, Tls};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use super::report::{rss_bytes, slope, write_json};
+use super::report::{cpu_seconds, rss_bytes, slope, write_json};
 use super::{AGENT, REQUEST_TIMEOUT, Target, mint::mint_users, raise_file_limit};
 
 /// `bench connections`.
@@ -77,6 +77,9 @@ struct ConnectionsReport {
     rss_per_connection_bytes: Option<f64>,
     rss_slope_bytes_per_connection: Option<f64>,
     rss_samples: Vec<(u64, u64)>,
+    /// The server's CPU while it only held the connections (heartbeats,
+    /// timers), in cores.
+    server_cpu_while_held_cores: Option<f64>,
 }
 
 fn parse_sources(spec: &str) -> anyhow::Result<Vec<IpAddr>> {
@@ -228,7 +231,15 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         "holding {} connections for {} s…",
         connected.established, args.hold
     );
+    let hold_cpu_start = args.server_pid.and_then(cpu_seconds);
+    let hold_started = Instant::now();
     tokio::time::sleep(Duration::from_secs(args.hold)).await;
+    let held_cpu = match (hold_cpu_start, args.server_pid.and_then(cpu_seconds)) {
+        (Some(start), Some(end)) => {
+            Some((end - start).max(0.0) / hold_started.elapsed().as_secs_f64().max(1e-9))
+        }
+        _ => None,
+    };
     let held = total(&progress);
     let final_rss = args.server_pid.and_then(rss_bytes);
     if let Some(rss) = final_rss {
@@ -264,6 +275,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         },
         rss_slope_bytes_per_connection: slope(&points),
         rss_samples: samples,
+        server_cpu_while_held_cores: held_cpu,
     };
     println!(
         "connections: {} requested, {} established, {} failed, {} closed while held",
@@ -282,6 +294,12 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             rss as f64 / 1048576.0,
             per,
             report.rss_slope_bytes_per_connection.unwrap_or(f64::NAN)
+        );
+    }
+    if let Some(cores) = report.server_cpu_while_held_cores {
+        println!(
+            "server CPU while holding them: {:.2} % of a core",
+            cores * 100.0
         );
     }
     if let Some(path) = &args.target.json {

@@ -21,7 +21,7 @@ use super::messages::StopMessage;
 use super::SupervisionEvent;
 use crate::actor::actor_properties::ActorProperties;
 use crate::concurrency::JoinHandle;
-use crate::concurrency::MpscUnboundedReceiver as InputPortReceiver;
+use crate::concurrency::QuietReceiver as InputPortReceiver;
 use crate::concurrency::OneshotReceiver;
 use crate::errors::MessagingErr;
 #[cfg(feature = "cluster")]
@@ -85,7 +85,7 @@ impl Drop for ActorPortSet {
         while self.signal_rx.try_recv().is_ok() {}
         while self.stop_rx.try_recv().is_ok() {}
         while self.supervisor_rx.try_recv().is_some() {}
-        while self.message_rx.try_recv().is_ok() {}
+        while self.message_rx.try_recv().is_some() {}
     }
 }
 

@@ -11,8 +11,8 @@ use std::sync::Mutex;
 use crate::actor::messages::StopMessage;
 use crate::actor::supervision::SupervisionTree;
 use crate::concurrency as mpsc;
-use crate::concurrency::MpscUnboundedReceiver as InputPortReceiver;
-use crate::concurrency::MpscUnboundedSender as InputPort;
+use crate::concurrency::QuietReceiver as InputPortReceiver;
+use crate::concurrency::QuietSender as InputPort;
 use crate::concurrency::OneshotReceiver;
 use crate::concurrency::OneshotSender as OneshotInputPort;
 use crate::message::BoxedMessage;
@@ -155,7 +155,7 @@ impl ActorProperties {
         let (tx_signal, rx_signal) = mpsc::oneshot();
         let (tx_stop, rx_stop) = mpsc::oneshot();
         let (tx_supervision, rx_supervision) = mpsc::quiet_unbounded();
-        let (tx_message, rx_message) = mpsc::mpsc_unbounded();
+        let (tx_message, rx_message) = mpsc::quiet_unbounded();
         (
             Self {
                 id,
@@ -252,7 +252,7 @@ impl ActorProperties {
             .map_err(|_e| MessagingErr::InvalidActorType)?;
         self.message
             .send(MuxedMessage::Message(boxed.into()))
-            .map_err(|e| match e.0 {
+            .map_err(|e| match e {
                 MuxedMessage::Message(m) => {
                     MessagingErr::SendErr(TMessage::from_boxed(m.into_boxed()).unwrap())
                 }
@@ -354,7 +354,7 @@ impl ActorProperties {
         Ok(self
             .message
             .send(MuxedMessage::Message(boxed.into()))
-            .map_err(|e| match e.0 {
+            .map_err(|e| match e {
                 MuxedMessage::Message(m) => {
                     MessagingErr::SendErr(m.into_boxed().serialized_msg.unwrap())
                 }

@@ -3,15 +3,19 @@
 // This source code is licensed under both the MIT license found in the
 // LICENSE-MIT file in the root directory of this source tree.
 
-//! An unbounded MPSC queue for an actor's rarely used ports.
+//! An unbounded MPSC queue for an actor's ports.
 //!
 //! Every actor owns a supervision port that most actors use a few times in
-//! their life (a child started or stopped). A tokio unbounded channel
-//! allocates its shared state (cache-padded, ~1 KiB) and a first block of
-//! 32 slots when it is created, so every actor paid ~1.3 KiB for it before
-//! any event came. This queue is a `VecDeque` behind a mutex beside a
-//! `Notify`: ~100 bytes while empty, and it allocates slots only when
-//! events are waiting.
+//! their life (a child started or stopped) and a message port that many
+//! actors (one per client connection, say) use now and then. A tokio
+//! unbounded channel allocates its shared state (cache-padded, ~1 KiB) and
+//! a first block of 32 slots when it is created, so every actor paid
+//! ~1.3 KiB for each before anything came. This queue is a `VecDeque`
+//! behind a mutex beside a `Notify`: ~100 bytes while empty, slots only
+//! while items wait (a queue emptied after a burst gives its slots back).
+//! Under a tokio runtime, taking an item consumes the task's cooperative
+//! budget, as a tokio channel's `recv` does, so an actor with a steady
+//! stream of messages still yields to the other tasks of its worker.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -37,7 +41,10 @@ impl<T> Shared<T> {
     }
 }
 
-/// The sending half of a [quiet_unbounded] queue (one sender).
+/// Slots kept by an emptied queue; more are given back.
+const KEPT_SLOTS: usize = 32;
+
+/// The sending half of a [quiet_unbounded] queue (one sender, shareable).
 pub(crate) struct QuietSender<T> {
     shared: Arc<Shared<T>>,
 }
@@ -92,10 +99,15 @@ impl<T> QuietReceiver<T> {
     /// The next item; `None` once the queue is empty and the sender gone.
     /// Cancel safe: an item is taken only by the poll that returns it.
     pub(crate) async fn recv(&mut self) -> Option<T> {
+        #[cfg(feature = "tokio_runtime")]
+        tokio::task::coop::consume_budget().await;
         loop {
             {
                 let mut state = self.shared.lock();
                 if let Some(item) = state.items.pop_front() {
+                    if state.items.is_empty() && state.items.capacity() > KEPT_SLOTS {
+                        state.items = VecDeque::new();
+                    }
                     return Some(item);
                 }
                 if state.sender_gone {
