@@ -126,6 +126,14 @@ async fn sigkill_after_acks_loses_nothing_and_duplicates_nothing() {
     }
     alice.close().await;
     let (data_dir, addr, dir) = node.kill9();
+    // The acks came from the journal's syncs (the database file gets them
+    // at the next checkpoint, seconds later): the restart must replay it.
+    let journaled: u64 = std::fs::read_dir(data_dir.join("journal"))
+        .expect("the node keeps a journal")
+        .filter_map(|entry| entry.ok()?.metadata().ok())
+        .map(|meta| meta.len().saturating_sub(16))
+        .sum();
+    assert!(journaled > 0, "the acked messages are in the journal");
 
     let node = NodeProcess::start_at(&data_dir, &addr);
     let (bob, mut bob_events) = client::Client::connect(node.client_config(), bob_token)

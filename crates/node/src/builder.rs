@@ -135,10 +135,12 @@ impl NodeBuilder {
             StoreOptions {
                 cache_bytes: config.storage.cache_mib * 1024 * 1024,
                 commit_interval: Duration::from_micros(config.storage.commit_interval_us),
-                journal: (config.storage.checkpoint_interval_ms > 0).then(|| JournalOptions {
+                // Opened even when off, to replay what an earlier run left.
+                journal: Some(JournalOptions {
                     checkpoint_interval: Duration::from_millis(
                         config.storage.checkpoint_interval_ms,
                     ),
+                    journal_new_writes: config.storage.checkpoint_interval_ms > 0,
                     ..JournalOptions::new(
                         config.data_dir.join("journal"),
                         vec![offline_queue::journal_replayer()],

@@ -102,6 +102,10 @@ pub struct JournalOptions {
     pub segment_bytes: u64,
     /// Every journaled kind the store's users submit.
     pub replayers: Vec<Replayer>,
+    /// Whether new batches go through the journal. Without, opening only
+    /// replays what an earlier run left (so that turning the journal off
+    /// loses nothing) and every commit is a durable redb commit.
+    pub journal_new_writes: bool,
 }
 
 impl JournalOptions {
@@ -109,10 +113,11 @@ impl JournalOptions {
     pub fn new(dir: PathBuf, replayers: Vec<Replayer>) -> Self {
         Self {
             dir,
-            checkpoint_interval: Duration::from_secs(1),
+            checkpoint_interval: Duration::from_secs(5),
             checkpoint_bytes: 32 * 1024 * 1024,
             segment_bytes: 16 * 1024 * 1024,
             replayers,
+            journal_new_writes: true,
         }
     }
 }

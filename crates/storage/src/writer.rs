@@ -234,12 +234,14 @@ impl Store {
                         batches = recovery.batches, entries = recovery.entries,
                         "replayed the storage journal");
                 }
+                let journal = journal_options_write(&options).then_some(journal);
                 Some((journal, recovery))
             }
             None => None,
         };
         let recovery = journal.as_ref().map(|(_, recovery)| *recovery);
-        let mut store = Self::start(db, options, journal.map(|(journal, _)| journal))?;
+        let journal = journal.and_then(|(journal, _)| journal);
+        let mut store = Self::start(db, options, journal)?;
         store.recovery = recovery;
         Ok(store)
     }
@@ -460,9 +462,15 @@ impl Writer {
         if self.health.broken.borrow().is_some() {
             return;
         }
+        let began = std::time::Instant::now();
         match journal.checkpoint(&self.db) {
             Ok(()) => {
+                let took = began.elapsed();
                 self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .busy_micros
+                    .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+                tracing::debug!(micros = took.as_micros() as u64, "storage checkpoint");
             }
             Err(StorageError::Io(reason)) => {
                 tracing::error!(error = %reason,
@@ -568,6 +576,13 @@ impl Writer {
             }
         }
     }
+}
+
+fn journal_options_write(options: &StoreOptions) -> bool {
+    options
+        .journal
+        .as_ref()
+        .is_some_and(|journal| journal.journal_new_writes)
 }
 
 /// How a batch was made durable.

@@ -319,3 +319,35 @@ async fn checkpoints_come_on_time_and_drop_old_segments() {
     let bare = reopen(dir.path(), StoreOptions::default()).expect("open without journal");
     assert_eq!(rows(&bare).len(), 50);
 }
+
+#[tokio::test]
+async fn a_journal_turned_off_is_still_replayed_and_then_left_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    assert_eq!(run_crashing_child(dir.path()).len(), 40);
+    let mut off = options(
+        dir.path(),
+        Duration::from_secs(1),
+        vec![Replayer::of::<Rows>()],
+    );
+    if let Some(journal) = off.journal.as_mut() {
+        journal.journal_new_writes = false;
+    }
+    let store = reopen(dir.path(), off.clone()).expect("reopen with the journal off");
+    assert_eq!(store.journal_recovery().expect("replayed").entries, 19);
+    assert_eq!(rows(&store).len(), 40);
+    put(&store, 41).await.expect("write without the journal");
+    let stats = store.stats();
+    assert_eq!(
+        stats
+            .journaled_commits
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "new batches are durable redb commits"
+    );
+    drop(store);
+    // Nothing is replayed twice, and what was written without the journal
+    // is in the database file.
+    let store = reopen(dir.path(), off).expect("reopen again");
+    assert_eq!(store.journal_recovery().expect("opened").entries, 0);
+    assert_eq!(rows(&store).len(), 41);
+}
