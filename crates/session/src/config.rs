@@ -83,7 +83,7 @@ impl Default for SessionConfig {
     fn default() -> Self {
         Self {
             max_frame_bytes: proto::DEFAULT_MAX_FRAME_BYTES,
-            idle_timeout: Duration::from_secs(90),
+            idle_timeout: Duration::from_secs(180),
             outbound_capacity: 1024,
             max_in_flight_requests: 256,
             max_connections: 100_000,
