@@ -19,7 +19,11 @@
 //! writer's mean changes per commit (warm-up included) and the database file
 //! size are printed to stderr.
 //!
-//! Run: `cargo bench -p offline-queue --bench mailbox`
+//! With `MAILBOX_JOURNAL=1` the store has the node's write-ahead journal
+//! (`storage::journal`, a checkpoint every 5 s) and the group is named
+//! `mailbox_journal`, so that criterion compares it with itself.
+//!
+//! Run: `[MAILBOX_JOURNAL=1] cargo bench -p offline-queue --bench mailbox`
 
 use std::time::{Duration, Instant};
 
@@ -32,7 +36,7 @@ use proto::PhoneNumber;
 use ractor::concurrency::OneshotReceiver;
 use ractor::{Actor, ActorRef};
 use router::Placement;
-use storage::{Store, StoreOptions};
+use storage::{JournalOptions, Store, StoreOptions};
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 
@@ -62,8 +66,16 @@ struct Mailbox {
 impl Mailbox {
     async fn start() -> Mailbox {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store =
-            Store::open(&dir.path().join("db.redb"), StoreOptions::default()).expect("open store");
+        let options = StoreOptions {
+            journal: journaled().then(|| {
+                JournalOptions::new(
+                    dir.path().join("journal"),
+                    vec![offline_queue::journal_replayer()],
+                )
+            }),
+            ..StoreOptions::default()
+        };
+        let store = Store::open(&dir.path().join("db.redb"), options).expect("open store");
         let args = FragmentArgs {
             id: 0,
             placement: Placement::new(1).expect("placement"),
@@ -167,6 +179,11 @@ async fn acked(rx: AckReceiver) -> Stored {
     rx.await.expect("reply sent").expect("stored")
 }
 
+/// Whether the store has the write-ahead journal (`MAILBOX_JOURNAL`).
+fn journaled() -> bool {
+    std::env::var_os("MAILBOX_JOURNAL").is_some()
+}
+
 fn runtime() -> Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -177,7 +194,11 @@ fn runtime() -> Runtime {
 
 fn mailbox(c: &mut Criterion) {
     let rt = runtime();
-    let mut group = c.benchmark_group("mailbox");
+    let mut group = c.benchmark_group(if journaled() {
+        "mailbox_journal"
+    } else {
+        "mailbox"
+    });
     group
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))

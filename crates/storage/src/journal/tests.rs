@@ -58,6 +58,12 @@ fn options(dir: &Path, checkpoint_interval: Duration, replayers: Vec<Replayer>) 
     }
 }
 
+/// The options a restart of the crashed child uses: the journal with the
+/// child's kind.
+fn with_rows(dir: &Path) -> StoreOptions {
+    options(dir, Duration::from_secs(1), vec![Replayer::of::<Rows>()])
+}
+
 fn db_path(dir: &Path) -> PathBuf {
     dir.join("db.redb")
 }
@@ -206,15 +212,7 @@ async fn crash_after_acks_loses_nothing_and_replays_only_what_the_checkpoint_lac
         Ok(_) => panic!("opened a journal it cannot replay"),
     }
 
-    let store = reopen(
-        dir.path(),
-        options(
-            dir.path(),
-            Duration::from_secs(1),
-            vec![Replayer::of::<Rows>()],
-        ),
-    )
-    .expect("reopen with the journal");
+    let store = reopen(dir.path(), with_rows(dir.path())).expect("reopen with the journal");
     let recovery = store.journal_recovery().expect("journal");
     assert_eq!(recovery.entries, 19, "rows 22..=40, each its own batch");
     assert_eq!(recovery.batches, 19);
@@ -224,15 +222,7 @@ async fn crash_after_acks_loses_nothing_and_replays_only_what_the_checkpoint_lac
     // The replay was made durable: a clean stop and a reopen replay nothing.
     put(&store, 41).await.expect("write after replay");
     drop(store);
-    let store = reopen(
-        dir.path(),
-        options(
-            dir.path(),
-            Duration::from_secs(1),
-            vec![Replayer::of::<Rows>()],
-        ),
-    )
-    .expect("reopen after a clean stop");
+    let store = reopen(dir.path(), with_rows(dir.path())).expect("reopen after a clean stop");
     assert_eq!(store.journal_recovery().expect("journal").entries, 0);
     assert_eq!(rows(&store).len(), 41);
 }
@@ -256,15 +246,7 @@ async fn a_torn_journal_tail_is_ignored_and_what_was_acknowledged_is_kept() {
     bytes.extend_from_slice(&[200, 0, 0, 0, 1, 2, 3, 4, 5, 6]);
     std::fs::write(last, bytes).expect("tear");
 
-    let store = reopen(
-        dir.path(),
-        options(
-            dir.path(),
-            Duration::from_secs(1),
-            vec![Replayer::of::<Rows>()],
-        ),
-    )
-    .expect("reopen");
+    let store = reopen(dir.path(), with_rows(dir.path())).expect("reopen");
     assert_eq!(rows(&store).len(), 40);
     put(&store, 41)
         .await
@@ -324,11 +306,7 @@ async fn checkpoints_come_on_time_and_drop_old_segments() {
 async fn a_journal_turned_off_is_still_replayed_and_then_left_alone() {
     let dir = tempfile::tempdir().expect("tempdir");
     assert_eq!(run_crashing_child(dir.path()).len(), 40);
-    let mut off = options(
-        dir.path(),
-        Duration::from_secs(1),
-        vec![Replayer::of::<Rows>()],
-    );
+    let mut off = with_rows(dir.path());
     if let Some(journal) = off.journal.as_mut() {
         journal.journal_new_writes = false;
     }
