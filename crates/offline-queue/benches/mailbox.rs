@@ -28,6 +28,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use offline_queue::usage::MailboxLimits;
 use offline_queue::{
     Endpoint, EntryBody, FragmentActor, FragmentArgs, FragmentConfig, FragmentError, FragmentMsg,
     NewMessage, Push, Stored, fragment_name,
@@ -79,7 +80,17 @@ impl Mailbox {
         let args = FragmentArgs {
             id: 0,
             placement: Placement::new(1).expect("placement"),
-            config: FragmentConfig::default(),
+            // Recipients never ack in (a) and (b): without room their
+            // mailboxes fill up within a run (the quotas are tested elsewhere).
+            config: FragmentConfig {
+                mailbox: MailboxLimits {
+                    max_entries: u32::MAX,
+                    max_bytes: u64::MAX,
+                    max_entries_per_sender: u32::MAX,
+                    max_bytes_per_sender: u64::MAX,
+                },
+                ..FragmentConfig::default()
+            },
             store: store.clone(),
             on_start: None,
             cluster: None,
@@ -181,7 +192,7 @@ async fn acked(rx: AckReceiver) -> Stored {
 
 /// Whether the store has the write-ahead journal (`MAILBOX_JOURNAL`).
 fn journaled() -> bool {
-    std::env::var_os("MAILBOX_JOURNAL").is_some()
+    std::env::var_os("MAILBOX_JOURNAL").is_some_and(|v| !v.is_empty() && v != "0")
 }
 
 fn runtime() -> Runtime {
