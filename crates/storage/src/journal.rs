@@ -254,6 +254,12 @@ impl Journal {
         }
     }
 
+    /// Makes the next checkpoint due an interval from now (after one
+    /// could not be taken).
+    pub(crate) fn postpone(&mut self) {
+        self.last_checkpoint = Instant::now();
+    }
+
     /// Whether batches are held only by the journal.
     pub(crate) fn has_unchecked(&self) -> bool {
         self.seq > self.checkpointed

@@ -460,6 +460,9 @@ impl Writer {
             return;
         };
         if self.health.broken.borrow().is_some() {
+            // Nothing more becomes durable in this process; the restart
+            // replays the journal. Not due again at once: no busy loop.
+            journal.postpone();
             return;
         }
         let began = std::time::Instant::now();
@@ -476,8 +479,12 @@ impl Writer {
                 tracing::error!(error = %reason,
                     "storage checkpoint failed on an I/O error: the store is broken until restart");
                 self.health.broken.send_replace(Some(reason));
+                journal.postpone();
             }
-            Err(e) => tracing::error!(error = %e, "storage checkpoint failed; retried later"),
+            Err(e) => {
+                tracing::error!(error = %e, "storage checkpoint failed; retried after the interval");
+                journal.postpone();
+            }
         }
     }
 
@@ -638,8 +645,14 @@ fn commit_batch(
                 }
                 return Err(e);
             }
-            set_non_durable(&mut txn)?;
-            txn.commit()?;
+            // The journal now holds the batch: if redb cannot commit it,
+            // the two differ until a restart replays the journal, so the
+            // store is broken (as by an I/O error) rather than going on.
+            set_non_durable(&mut txn)
+                .and_then(|()| txn.commit().map_err(StorageError::from))
+                .map_err(|e| {
+                    StorageError::Io(format!("the database refused a journaled batch: {e}"))
+                })?;
             Ok(CommitKind::Journaled)
         }
         (Some(journal), None) => {
