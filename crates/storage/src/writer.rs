@@ -227,6 +227,7 @@ impl Store {
             })?;
         let journal = match options.journal.clone() {
             Some(journal_options) => {
+                let new_writes = journal_options.journal_new_writes;
                 let dir = journal_options.dir.display().to_string();
                 let (journal, recovery) = Journal::open(&db, journal_options)?;
                 if recovery.entries > 0 {
@@ -234,7 +235,8 @@ impl Store {
                         batches = recovery.batches, entries = recovery.entries,
                         "replayed the storage journal");
                 }
-                let journal = journal_options_write(&options).then_some(journal);
+                // Without new writes, opening only replayed what was left.
+                let journal = new_writes.then_some(journal);
                 Some((journal, recovery))
             }
             None => None,
@@ -366,11 +368,7 @@ impl Store {
         item: G::Item,
         done: impl FnOnce(Result<()>) + Send + 'static,
     ) {
-        self.send(Box::new(GroupedChange::<G> {
-            item: Some(item),
-            journal: None,
-            done: Some(Box::new(done)),
-        }));
+        self.send_grouped::<G>(item, None, done);
     }
 
     /// As [`Self::submit_grouped`], for a kind the journal can hold: with a
@@ -381,9 +379,18 @@ impl Store {
         item: G::Item,
         done: impl FnOnce(Result<()>) + Send + 'static,
     ) {
+        self.send_grouped::<G>(item, Some((G::TAG, G::encode)), done);
+    }
+
+    fn send_grouped<G: ApplyGroup>(
+        &self,
+        item: G::Item,
+        journal: Option<Encoder<G>>,
+        done: impl FnOnce(Result<()>) + Send + 'static,
+    ) {
         self.send(Box::new(GroupedChange::<G> {
             item: Some(item),
-            journal: Some((G::TAG, G::encode)),
+            journal,
             done: Some(Box::new(done)),
         }));
     }
@@ -583,13 +590,6 @@ impl Writer {
             }
         }
     }
-}
-
-fn journal_options_write(options: &StoreOptions) -> bool {
-    options
-        .journal
-        .as_ref()
-        .is_some_and(|journal| journal.journal_new_writes)
 }
 
 /// How a batch was made durable.
