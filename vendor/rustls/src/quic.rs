@@ -476,9 +476,11 @@ pub(crate) struct Quic {
     pub(crate) params: Option<Vec<u8>>,
     pub(crate) alert: Option<AlertDescription>,
     pub(crate) hs_queue: VecDeque<(bool, Vec<u8>)>,
-    pub(crate) early_secret: Option<OkmBlock>,
-    pub(crate) hs_secrets: Option<Secrets>,
-    pub(crate) traffic_secrets: Option<Secrets>,
+    // Boxed: the secrets are 432 bytes inline, and every TCP connection
+    // (which never sets them) carries this struct.
+    pub(crate) early_secret: Option<Box<OkmBlock>>,
+    pub(crate) hs_secrets: Option<Box<Secrets>>,
+    pub(crate) traffic_secrets: Option<Box<Secrets>>,
     /// Whether keys derived from traffic_secrets have been passed to the QUIC implementation
     #[cfg(feature = "std")]
     pub(crate) returned_traffic_keys: bool,
@@ -504,7 +506,7 @@ impl Quic {
             });
         }
 
-        if let Some(mut secrets) = self.traffic_secrets.take() {
+        if let Some(mut secrets) = self.traffic_secrets.take().map(|secrets| *secrets) {
             if !self.returned_traffic_keys {
                 self.returned_traffic_keys = true;
                 let keys = Keys::new(&secrets);

@@ -98,6 +98,13 @@ impl ChunkVecBuffer {
             first.drain(0..prefix);
         }
 
+        // `pop` is how the unbuffered API and the end of a handshake drain
+        // the buffer; once it is empty, give back the deque's slots, which
+        // an established connection otherwise keeps for its whole life.
+        if self.chunks.is_empty() && self.chunks.capacity() > 0 {
+            self.chunks = VecDeque::new();
+        }
+
         first
     }
 

@@ -230,9 +230,9 @@ impl HandshakeDeframer {
 impl Default for HandshakeDeframer {
     fn default() -> Self {
         Self {
-            // capacity: a typical upper limit on handshake messages in
-            // a single flight
-            spans: Vec::with_capacity(16),
+            // Allocated by the first handshake message and given back when
+            // a flight is processed (see `HandshakeIter`'s drop).
+            spans: Vec::new(),
             outer_discard: 0,
         }
     }
@@ -339,6 +339,13 @@ impl<'b> Iterator for HandshakeIter<'_, 'b> {
 impl Drop for HandshakeIter<'_, '_> {
     fn drop(&mut self) {
         self.deframer.spans.drain(..self.index);
+        // Once every handshake message is processed (the end of a flight,
+        // and for good after the handshake), give the vector back: an
+        // established connection otherwise holds 16 spans (~640 bytes) it
+        // needs again only for a rare post-handshake message.
+        if self.deframer.spans.is_empty() && self.deframer.spans.capacity() > 0 {
+            self.deframer.spans = Vec::new();
+        }
     }
 }
 
