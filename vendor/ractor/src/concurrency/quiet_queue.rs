@@ -12,7 +12,8 @@
 //! a first block of 32 slots when it is created, so every actor paid
 //! ~1.3 KiB for each before anything came. This queue is a `VecDeque`
 //! behind a mutex beside a `Notify`: ~100 bytes while empty, slots only
-//! while items wait (a queue emptied after a burst gives its slots back).
+//! while items wait (a receiver about to wait on an empty queue gives its
+//! slots back).
 //! Under a tokio runtime, taking an item consumes the task's cooperative
 //! budget, as a tokio channel's `recv` does, so an actor with a steady
 //! stream of messages still yields to the other tasks of its worker.
@@ -40,9 +41,6 @@ impl<T> Shared<T> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
-
-/// Slots kept by an emptied queue; more are given back.
-const KEPT_SLOTS: usize = 32;
 
 /// The sending half of a [quiet_unbounded] queue (one sender, shareable).
 pub(crate) struct QuietSender<T> {
@@ -105,13 +103,15 @@ impl<T> QuietReceiver<T> {
             {
                 let mut state = self.shared.lock();
                 if let Some(item) = state.items.pop_front() {
-                    if state.items.is_empty() && state.items.capacity() > KEPT_SLOTS {
-                        state.items = VecDeque::new();
-                    }
                     return Some(item);
                 }
                 if state.sender_gone {
                     return None;
+                }
+                // The receiver is about to wait: an idle actor keeps no
+                // slots (one allocation per wake-up, not per message).
+                if state.items.capacity() > 0 {
+                    state.items = VecDeque::new();
                 }
             }
             self.shared.notify.notified().await;
