@@ -970,12 +970,13 @@ where
                     Ok(ActorLoopResult::stop(exit_reason))
                 }
                 actor_cell::ActorPortMessage::Supervision(supervision) => {
-                    let future = Self::handle_supervision_message(
+                    // Boxed per event, as messages below.
+                    let future = Box::pin(Self::handle_supervision_message(
                         myself.clone(),
                         state,
                         handler,
                         supervision,
-                    );
+                    ));
                     match ports.run_with_signal(future).await {
                         Ok(Ok(())) => Ok(ActorLoopResult::ok()),
                         Ok(Err(internal_err)) => Err(internal_err),
@@ -986,8 +987,18 @@ where
                     }
                 }
                 actor_cell::ActorPortMessage::Message(MuxedMessage::Message(msg)) => {
-                    let future =
-                        Self::handle_message(myself.clone(), state, handler, msg.into_boxed());
+                    // Boxed per message: inline, the handler's future (and
+                    // the boxed message it holds) sizes the processing loop
+                    // every actor keeps boxed for its whole life, busy or
+                    // idle. An allocation per message costs less than that
+                    // memory does for actors that mostly wait (one per
+                    // client connection, say).
+                    let future = Box::pin(Self::handle_message(
+                        myself.clone(),
+                        state,
+                        handler,
+                        msg.into_boxed(),
+                    ));
                     match ports.run_with_signal(future).await {
                         Ok(Ok(())) => Ok(ActorLoopResult::ok()),
                         Ok(Err(internal_err)) => Err(internal_err),
