@@ -139,6 +139,8 @@ async fn sample(store: &Store, fragments: &FragmentDirectory, count: u16) {
         .set(stats.journaled_commits.load(Ordering::Relaxed) as f64);
     metrics::gauge!("switchboard_storage_checkpoints")
         .set(stats.checkpoints.load(Ordering::Relaxed) as f64);
+    metrics::gauge!("switchboard_storage_staged_entries")
+        .set(store.stage::<offline_queue::staged::MailboxStage>().len() as f64);
     let (mut online, mut pending, mut cached, mut unavailable) = (0usize, 0usize, 0usize, 0u64);
     for id in 0..count {
         let answer = match fragments.get(id) {

@@ -32,6 +32,7 @@ use crate::replica::{
 use crate::replica_core::{
     Action, Answer, Caller, ClusterSetup, Event, LocalRequest, ReplicaCore, Waiter,
 };
+use crate::staged::MailboxStage;
 use crate::store::{MailboxTables, RedbMailbox, WriteOp, apply_ops};
 use crate::{FragmentError, Push};
 
@@ -932,19 +933,35 @@ impl ApplyGroup for MailboxWrites {
         txn: &storage::redb::WriteTransaction,
         items: Vec<FragmentWrites>,
     ) -> storage::Result<()> {
-        let mut tables = MailboxTables::open(txn)?;
-        for writes in &items {
-            tables.apply(writes.fragment, &writes.ops)?;
-        }
-        tables.finish()?;
-        log_divergent_all(
-            txn,
-            items
-                .iter()
-                .filter(|w| w.divergent)
-                .map(|w| (w.fragment, w.ops.as_slice())),
-        )
+        apply_mailbox_writes(MailboxTables::open(txn)?, txn, &items)
     }
+
+    fn apply_group_journaled(
+        txn: &storage::redb::WriteTransaction,
+        items: Vec<FragmentWrites>,
+        stages: &storage::Stages,
+    ) -> storage::Result<()> {
+        let tables = MailboxTables::open_staged(txn, stages.get::<MailboxStage>())?;
+        apply_mailbox_writes(tables, txn, &items)
+    }
+}
+
+fn apply_mailbox_writes(
+    mut tables: MailboxTables<'_>,
+    txn: &storage::redb::WriteTransaction,
+    items: &[FragmentWrites],
+) -> storage::Result<()> {
+    for writes in items {
+        tables.apply(writes.fragment, &writes.ops)?;
+    }
+    tables.finish()?;
+    log_divergent_all(
+        txn,
+        items
+            .iter()
+            .filter(|w| w.divergent)
+            .map(|w| (w.fragment, w.ops.as_slice())),
+    )
 }
 
 /// Debug log of each stored message and deletion, to follow one message

@@ -13,6 +13,8 @@
 //! - [`fragment`]: the pure core — events and `now` in, [`fragment::Action`]s
 //!   out; no actor, clock or disk writes.
 //! - [`store`]: the fragment's redb tables and the reads the core needs.
+//! - [`staged`]: new entries kept in memory while only the storage journal
+//!   holds them (most are deleted before a checkpoint would write them).
 //! - [`account`]: per-user account records of the auth service, kept
 //!   and replicated with the user's mailbox, changed by compare-and-set.
 //! - [`usage`]: undelivered mail per recipient and sender, for the
@@ -36,6 +38,7 @@ pub mod fragment;
 pub mod remote;
 pub mod replica;
 pub mod replica_core;
+pub mod staged;
 pub mod store;
 pub mod usage;
 

@@ -14,6 +14,7 @@ use storage::{StorageError, Store};
 
 use crate::FragmentError;
 use crate::entry::seq_of_message_id;
+use crate::staged::{MailboxStage, merge_sorted};
 use crate::store::{
     ACCOUNT_TABLE, DEDUPE_TABLE, MBOX_TABLE, SEQ_TABLE, WriteOp, raise_next_seq, storage,
 };
@@ -87,31 +88,49 @@ pub fn export_fragment_in(
     f: FragmentId,
     rows: usize,
 ) -> Result<Vec<SnapshotChunk>, FragmentError> {
+    // Staged entries are part of the fragment too (see `crate::staged`).
+    let _view = store.view();
     let read = store.db().begin_read().map_err(storage)?;
+    let staged = store.stage::<MailboxStage>().fragment_entries(f, None);
     let mut chunks = vec![SnapshotChunk::default()];
     let push = |chunks: &mut Vec<SnapshotChunk>| {
         if chunks.last().is_some_and(|c| c.rows() >= rows.max(1)) {
             chunks.push(SnapshotChunk::default());
         }
     };
-    match read.open_table(MBOX_TABLE) {
-        Ok(table) => {
-            for item in table
-                .range((f, "", 0)..=(f, "\u{10FFFF}", u64::MAX))
-                .map_err(storage)?
-            {
-                let (key, value) = item.map_err(storage)?;
-                let (_, owner, id) = key.value();
-                push(&mut chunks);
-                if let Some(chunk) = chunks.last_mut() {
-                    let body = serde_bytes::ByteBuf::from(value.value().to_vec());
-                    chunk.mbox.push((owner.to_owned(), id, body));
-                }
-            }
-        }
-        Err(redb::TableError::TableDoesNotExist(_)) => {}
+    let mbox = match read.open_table(MBOX_TABLE) {
+        Ok(table) => Some(table),
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
         Err(e) => return Err(storage(e)),
-    }
+    };
+    let stored = match &mbox {
+        Some(table) => Some(
+            table
+                .range((f, "", 0)..=(f, "\u{10FFFF}", u64::MAX))
+                .map_err(storage)?,
+        ),
+        None => None,
+    };
+    let stored = stored.into_iter().flatten().map(|item| {
+        item.map(|(key, value)| {
+            let (_, owner, id) = key.value();
+            ((owner.to_owned(), id), value)
+        })
+        .map_err(storage)
+    });
+    merge_sorted(
+        staged,
+        stored,
+        |value| value.value(),
+        |(owner, id), body| {
+            push(&mut chunks);
+            if let Some(chunk) = chunks.last_mut() {
+                let body = serde_bytes::ByteBuf::from(body.to_vec());
+                chunk.mbox.push((owner.clone(), *id, body));
+            }
+            true
+        },
+    )?;
     match read.open_table(DEDUPE_TABLE) {
         Ok(table) => {
             for item in table

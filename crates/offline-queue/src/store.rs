@@ -24,6 +24,7 @@
 //!   of a partner's ids) would give out ids already in use.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use proto::{MessageId, PhoneNumber, TimestampMs};
 use redb::{ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
@@ -32,6 +33,7 @@ use storage::{StorageError, Store};
 
 use crate::account::AccountRecord;
 use crate::entry::{DeliveredMark, message_sender, seq_of_message_id, stored_head};
+use crate::staged::{MailboxStage, merge_sorted};
 use crate::usage::MailboxUsage;
 use crate::{Entry, EntryBody, FragmentError};
 
@@ -124,6 +126,9 @@ pub(crate) struct MailboxTables<'txn> {
     /// Per fragment, the mark its ops need: past every id they store and
     /// every `NextSeq`.
     marks: BTreeMap<FragmentId, u64>,
+    /// Where new entries go while the journal alone holds them (a
+    /// journaled batch); `None`: straight into `mbox`.
+    stage: Option<Arc<MailboxStage>>,
 }
 
 impl<'txn> MailboxTables<'txn> {
@@ -133,7 +138,56 @@ impl<'txn> MailboxTables<'txn> {
             mbox: txn.open_table(MBOX_TABLE)?,
             dedupe: txn.open_table(DEDUPE_TABLE)?,
             marks: BTreeMap::new(),
+            stage: None,
         })
+    }
+
+    /// The tables, with new entries staged in `stage` (see [`crate::staged`]).
+    pub(crate) fn open_staged(
+        txn: &'txn WriteTransaction,
+        stage: Arc<MailboxStage>,
+    ) -> Result<Self, StorageError> {
+        let mut tables = Self::open(txn)?;
+        tables.stage = Some(stage);
+        Ok(tables)
+    }
+
+    /// Stores an entry: staged, or in `mbox`.
+    fn put_entry(
+        &mut self,
+        fragment: FragmentId,
+        owner: &PhoneNumber,
+        id: MessageId,
+        body: &[u8],
+    ) -> Result<(), StorageError> {
+        match &self.stage {
+            Some(stage) => stage.put((fragment, owner.as_str().to_owned(), id), body.to_vec()),
+            None => {
+                self.mbox.insert((fragment, owner.as_str(), id), body)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes an entry and returns the sender and store time of the
+    /// message it held (`None`: a receipt, or no such entry).
+    fn remove_entry(
+        &mut self,
+        fragment: FragmentId,
+        owner: &PhoneNumber,
+        id: MessageId,
+    ) -> Result<Option<(PhoneNumber, TimestampMs)>, StorageError> {
+        let staged = self
+            .stage
+            .as_ref()
+            .and_then(|stage| stage.take(&(fragment, owner.as_str().to_owned(), id)));
+        // Also out of `mbox`: an entry put again (a copy's ops replayed
+        // over it) can be in both. A missing key costs a lookup, no write.
+        let stored = self
+            .mbox
+            .remove((fragment, owner.as_str(), id))?
+            .and_then(|old| message_sender(old.value()));
+        Ok(staged.map_or(stored, |body| message_sender(&body)))
     }
 
     fn raise(&mut self, fragment: FragmentId, next: u64) {
@@ -158,8 +212,7 @@ impl<'txn> MailboxTables<'txn> {
                     body,
                 } => {
                     self.raise(fragment, seq_of_message_id(*id).saturating_add(1));
-                    self.mbox
-                        .insert((fragment, recipient.as_str(), *id), body.as_slice())?;
+                    self.put_entry(fragment, recipient, *id, body)?;
                     self.dedupe.insert(
                         (
                             fragment,
@@ -172,16 +225,13 @@ impl<'txn> MailboxTables<'txn> {
                 }
                 WriteOp::PutReceipt { owner, id, body } => {
                     self.raise(fragment, seq_of_message_id(*id).saturating_add(1));
-                    self.mbox
-                        .insert((fragment, owner.as_str(), *id), body.as_slice())?;
+                    self.put_entry(fragment, owner, *id, body)?;
                 }
                 WriteOp::Delete { owner, ids } => {
                     let delivered = delivered_key(owner);
                     for id in ids {
                         let mark = self
-                            .mbox
-                            .remove((fragment, owner.as_str(), *id))?
-                            .and_then(|old| message_sender(old.value()))
+                            .remove_entry(fragment, owner, *id)?
                             .map(|(from, stored_at)| DeliveredMark { from, stored_at });
                         if let Some(mark) = mark {
                             self.mbox.insert(
@@ -262,6 +312,7 @@ impl<'txn> MailboxTables<'txn> {
             mbox,
             dedupe,
             marks,
+            stage: _,
         } = self;
         drop((mbox, dedupe));
         if marks.is_empty() {
@@ -370,11 +421,13 @@ pub struct ExpiryScan {
     pub resume: Option<(PhoneNumber, MessageId)>,
 }
 
-/// [`MailboxRead`] over the node's database.
+/// [`MailboxRead`] over the node's database (and its staged entries, see
+/// [`crate::staged`]).
 #[derive(Clone)]
 pub struct RedbMailbox {
     store: Store,
     fragment: FragmentId,
+    stage: Arc<MailboxStage>,
 }
 
 pub(crate) fn storage(e: impl std::fmt::Display) -> FragmentError {
@@ -389,38 +442,56 @@ impl RedbMailbox {
         start: Option<&(PhoneNumber, MessageId)>,
         mut visit: impl FnMut(PhoneNumber, MessageId, crate::entry::StoredHead) -> bool,
     ) -> Result<(), FragmentError> {
+        let _view = self.store.view();
         let read = self.store.db().begin_read().map_err(storage)?;
+        let from = start.map(|(owner, id)| (owner.as_str(), id.saturating_add(1)));
+        let staged = self.stage.fragment_entries(self.fragment, from);
         let table = match read.open_table(MBOX_TABLE) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+            Ok(table) => Some(table),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
             Err(e) => return Err(storage(e)),
         };
-        let from = start.map_or((self.fragment, "", 0), |(owner, id)| {
-            (self.fragment, owner.as_str(), id.saturating_add(1))
+        let first = from.unwrap_or(("", 0));
+        let stored = match &table {
+            Some(table) => Some(
+                table
+                    .range(
+                        (self.fragment, first.0, first.1)..=(self.fragment, "\u{10FFFF}", u64::MAX),
+                    )
+                    .map_err(storage)?,
+            ),
+            None => None,
+        };
+        let stored = stored.into_iter().flatten().filter_map(|item| match item {
+            Ok((key, value)) => {
+                let (_, owner, id) = key.value();
+                // Delivered marks are not entries.
+                (!owner.ends_with(DELIVERED_SUFFIX)).then(|| Ok(((owner.to_owned(), id), value)))
+            }
+            Err(e) => Some(Err(storage(e))),
         });
-        for item in table
-            .range(from..=(self.fragment, "\u{10FFFF}", u64::MAX))
-            .map_err(storage)?
-        {
-            let (key, value) = item.map_err(storage)?;
-            let (_, owner, id) = key.value();
-            if owner.ends_with(DELIVERED_SUFFIX) {
-                continue;
-            }
-            let (Ok(owner), Some(head)) = (PhoneNumber::parse(owner), stored_head(value.value()))
-            else {
-                continue;
-            };
-            if !visit(owner, id, head) {
-                break;
-            }
-        }
-        Ok(())
+        merge_sorted(
+            staged,
+            stored,
+            |value| value.value(),
+            |(owner, id), bytes| {
+                let (Ok(owner), Some(head)) = (PhoneNumber::parse(owner), stored_head(bytes))
+                else {
+                    return true;
+                };
+                visit(owner, *id, head)
+            },
+        )
     }
 
     /// The tables of `fragment` in `store`.
     pub fn new(store: Store, fragment: FragmentId) -> Self {
-        Self { store, fragment }
+        let stage = store.stage::<MailboxStage>();
+        Self {
+            store,
+            fragment,
+            stage,
+        }
     }
 
     /// The node's database.
@@ -492,32 +563,47 @@ impl MailboxRead for RedbMailbox {
         after: Option<MessageId>,
         limit: usize,
     ) -> Result<Vec<Entry>, FragmentError> {
+        let _view = self.store.view();
         let read = self.store.db().begin_read().map_err(storage)?;
+        let start = after.map_or(0, |a| a.saturating_add(1));
+        let staged = self
+            .stage
+            .owner_entries(self.fragment, owner.as_str(), start);
         let table = match read.open_table(MBOX_TABLE) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Ok(table) => Some(table),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
             Err(e) => return Err(storage(e)),
         };
-        let start = after.map_or(0, |a| a.saturating_add(1));
+        let stored = match &table {
+            Some(table) => Some(
+                table
+                    .range(
+                        (self.fragment, owner.as_str(), start)
+                            ..=(self.fragment, owner.as_str(), u64::MAX),
+                    )
+                    .map_err(storage)?,
+            ),
+            None => None,
+        };
+        let stored = stored.into_iter().flatten().map(|item| {
+            item.map(|(key, value)| (key.value().2, value))
+                .map_err(storage)
+        });
         let mut entries = Vec::new();
-        for item in table
-            .range(
-                (self.fragment, owner.as_str(), start)..=(self.fragment, owner.as_str(), u64::MAX),
-            )
-            .map_err(storage)?
-        {
-            let (key, value) = item.map_err(storage)?;
-            let id = key.value().2;
-            match EntryBody::from_bytes(value.value()) {
-                Ok(body) => entries.push(Entry { id, body }),
-                // One unreadable entry must not block the rest of the mailbox.
-                Err(e) => tracing::error!(fragment = self.fragment, id, error = %e,
-                    "skipping a corrupt mailbox entry"),
-            }
-            if entries.len() >= limit {
-                break;
-            }
-        }
+        merge_sorted(
+            staged,
+            stored,
+            |value| value.value(),
+            |id, bytes| {
+                match EntryBody::from_bytes(bytes) {
+                    Ok(body) => entries.push(Entry { id: *id, body }),
+                    // One unreadable entry must not block the rest of the mailbox.
+                    Err(e) => tracing::error!(fragment = self.fragment, id, error = %e,
+                        "skipping a corrupt mailbox entry"),
+                }
+                entries.len() < limit
+            },
+        )?;
         Ok(entries)
     }
 
@@ -526,21 +612,31 @@ impl MailboxRead for RedbMailbox {
         owner: &PhoneNumber,
         id: MessageId,
     ) -> Result<Option<EntryBody>, FragmentError> {
+        let _view = self.store.view();
+        let decode = |bytes: &[u8]| {
+            EntryBody::from_bytes(bytes)
+                .map(Some)
+                .map_err(|e| FragmentError::Storage(format!("corrupt entry {id}: {e}")))
+        };
+        if let Some(body) = self
+            .stage
+            .get(&(self.fragment, owner.as_str().to_owned(), id))
+        {
+            return decode(&body);
+        }
         let read = self.store.db().begin_read().map_err(storage)?;
         let table = match read.open_table(MBOX_TABLE) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
             Err(e) => return Err(storage(e)),
         };
-        let Some(value) = table
+        match table
             .get((self.fragment, owner.as_str(), id))
             .map_err(storage)?
-        else {
-            return Ok(None);
-        };
-        EntryBody::from_bytes(value.value())
-            .map(Some)
-            .map_err(|e| FragmentError::Storage(format!("corrupt entry {id}: {e}")))
+        {
+            Some(value) => decode(value.value()),
+            None => Ok(None),
+        }
     }
 
     fn senders(
@@ -548,15 +644,27 @@ impl MailboxRead for RedbMailbox {
         owner: &PhoneNumber,
         ids: &[MessageId],
     ) -> Result<Vec<Option<PhoneNumber>>, FragmentError> {
+        let _view = self.store.view();
         let read = self.store.db().begin_read().map_err(storage)?;
         let table = match read.open_table(MBOX_TABLE) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![None; ids.len()]),
+            Ok(table) => Some(table),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
             Err(e) => return Err(storage(e)),
         };
         let delivered = delivered_key(owner);
         let mut senders = Vec::with_capacity(ids.len());
         for &id in ids {
+            if let Some(body) = self
+                .stage
+                .get(&(self.fragment, owner.as_str().to_owned(), id))
+            {
+                senders.push(message_sender(&body).map(|(from, _)| from));
+                continue;
+            }
+            let Some(table) = &table else {
+                senders.push(None);
+                continue;
+            };
             let live = table
                 .get((self.fragment, owner.as_str(), id))
                 .map_err(storage)?;

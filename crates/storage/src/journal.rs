@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use redb::{Database, Durability, ReadableTable, TableDefinition, WriteTransaction};
 
 use crate::log::{LogError, LogOptions, SegmentLog};
+use crate::stage::Stages;
 use crate::{ApplyGroup, Result, StorageError};
 
 /// `"checkpoint"` → the last journal sequence the durable state holds.
@@ -281,11 +282,19 @@ impl Journal {
         })
     }
 
-    /// Commits a durable transaction that holds every appended batch.
-    pub(crate) fn checkpoint(&mut self, db: &Database) -> Result<()> {
+    /// Commits a durable transaction that holds every appended batch:
+    /// what the stages hold is written into it, and they are emptied once
+    /// it is durable. Until then a reader may find a staged entry in both
+    /// places, which reads tolerate (nothing is deleted in between).
+    pub(crate) fn checkpoint(&mut self, db: &Database, stages: &Stages) -> Result<()> {
         let txn = db.begin_write()?;
+        stages.flush(&txn)?;
         self.mark_checkpoint(&txn)?;
         txn.commit()?;
+        {
+            let _exclusive = stages.exclusive();
+            stages.flushed();
+        }
         self.checkpointed();
         Ok(())
     }

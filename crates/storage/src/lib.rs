@@ -28,9 +28,11 @@
 mod error;
 pub mod journal;
 pub mod log;
+pub mod stage;
 mod writer;
 
 pub use error::{Result, StorageError};
 pub use journal::{JournalOptions, JournalRecovery, Journaled, Replayer};
 pub use redb;
+pub use stage::{Stage, Stages};
 pub use writer::{ApplyGroup, Refusal, Store, StoreOptions, WriterStats};

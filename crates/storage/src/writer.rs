@@ -10,6 +10,7 @@ use std::thread;
 use redb::{Database, WriteTransaction};
 
 use crate::journal::{Journal, JournalOptions, JournalRecovery, Journaled, set_non_durable};
+use crate::stage::{Stage, Stages};
 use crate::{Result, StorageError};
 
 /// Tuning of a [`Store`].
@@ -104,6 +105,19 @@ pub trait ApplyGroup: 'static {
     type Item: Send + 'static;
     /// Applies `items`, in order, inside the group commit's transaction.
     fn apply_group(txn: &WriteTransaction, items: Vec<Self::Item>) -> Result<()>;
+
+    /// Applies `items` of a batch that the journal makes durable: a kind
+    /// may keep part of their effect in a [`Stage`](crate::Stage) of
+    /// `stages` instead of `txn` (see [`crate::stage`]). By default as
+    /// [`Self::apply_group`].
+    fn apply_group_journaled(
+        txn: &WriteTransaction,
+        items: Vec<Self::Item>,
+        stages: &Stages,
+    ) -> Result<()> {
+        let _ = stages;
+        Self::apply_group(txn, items)
+    }
 }
 
 /// One change: applied inside the shared transaction, then told the outcome.
@@ -114,8 +128,14 @@ trait Change: Send {
     fn group(&self) -> Option<TypeId> {
         None
     }
-    /// Applies this change and `others` (changes of the same group) at once.
-    fn apply_run(&mut self, txn: &WriteTransaction, _others: &mut [Box<dyn Change>]) -> Result<()> {
+    /// Applies this change and `others` (changes of the same group) at
+    /// once; `stages` when the batch is journaled.
+    fn apply_run(
+        &mut self,
+        txn: &WriteTransaction,
+        _others: &mut [Box<dyn Change>],
+        _stages: Option<&Stages>,
+    ) -> Result<()> {
         self.apply(txn)
     }
     /// A grouped change, for the first change of its run to take its item.
@@ -139,7 +159,7 @@ struct GroupedChange<G: ApplyGroup> {
 
 impl<G: ApplyGroup> Change for GroupedChange<G> {
     fn apply(&mut self, txn: &WriteTransaction) -> Result<()> {
-        self.apply_run(txn, &mut [])
+        self.apply_run(txn, &mut [], None)
     }
 
     fn complete(mut self: Box<Self>, outcome: Result<()>) {
@@ -152,7 +172,12 @@ impl<G: ApplyGroup> Change for GroupedChange<G> {
         Some(TypeId::of::<G>())
     }
 
-    fn apply_run(&mut self, txn: &WriteTransaction, others: &mut [Box<dyn Change>]) -> Result<()> {
+    fn apply_run(
+        &mut self,
+        txn: &WriteTransaction,
+        others: &mut [Box<dyn Change>],
+        stages: Option<&Stages>,
+    ) -> Result<()> {
         let mut items = Vec::with_capacity(1 + others.len());
         items.extend(self.item.take());
         for other in others {
@@ -162,7 +187,10 @@ impl<G: ApplyGroup> Change for GroupedChange<G> {
                 .and_then(|change| change.downcast_mut::<Self>());
             items.extend(other.and_then(|change| change.item.take()));
         }
-        G::apply_group(txn, items)
+        match stages {
+            Some(stages) => G::apply_group_journaled(txn, items, stages),
+            None => G::apply_group(txn, items),
+        }
     }
 
     fn as_grouped(&mut self) -> Option<&mut dyn Any> {
@@ -212,6 +240,7 @@ pub struct Store {
     changes: mpsc::Sender<Box<dyn Change>>,
     stats: Arc<WriterStats>,
     health: Arc<Health>,
+    stages: Arc<Stages>,
 }
 
 impl Store {
@@ -274,11 +303,13 @@ impl Store {
             low_disk: AtomicBool::new(false),
             broken: tokio::sync::watch::Sender::new(None),
         });
+        let stages = Arc::new(Stages::default());
         let (changes, receiver) = mpsc::channel();
         let writer = Writer {
             db: Arc::clone(&db),
             stats: Arc::clone(&stats),
             health: Arc::clone(&health),
+            stages: Arc::clone(&stages),
             max_batch: options.max_batch,
             commit_interval: options.commit_interval,
             journal,
@@ -293,6 +324,7 @@ impl Store {
             changes,
             stats,
             health,
+            stages,
         })
     }
 
@@ -341,6 +373,18 @@ impl Store {
     /// The writer's counters.
     pub fn stats(&self) -> &WriterStats {
         &self.stats
+    }
+
+    /// The store's stage of type `S` (see [`crate::stage`]), created on
+    /// first use.
+    pub fn stage<S: Stage + Default>(&self) -> Arc<S> {
+        self.stages.get::<S>()
+    }
+
+    /// Hold this while reading a stage together with a redb read
+    /// transaction begun after taking it (see [`Stages::view`]).
+    pub fn view(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.stages.view()
     }
 
     /// Queues `apply` for the next group commit and calls `done` with its
@@ -427,6 +471,7 @@ struct Writer {
     db: Arc<Database>,
     stats: Arc<WriterStats>,
     health: Arc<Health>,
+    stages: Arc<Stages>,
     max_batch: usize,
     commit_interval: std::time::Duration,
     journal: Option<Journal>,
@@ -473,7 +518,7 @@ impl Writer {
             return;
         }
         let began = std::time::Instant::now();
-        match journal.checkpoint(&self.db) {
+        match journal.checkpoint(&self.db, &self.stages) {
             Ok(()) => {
                 let took = began.elapsed();
                 self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
@@ -520,7 +565,7 @@ impl Writer {
                 continue;
             }
             let began = std::time::Instant::now();
-            let outcome = commit_batch(&self.db, &mut batch, self.journal.as_mut());
+            let outcome = commit_batch(&self.db, &mut batch, self.journal.as_mut(), &self.stages);
             let took = began.elapsed();
             stats
                 .busy_micros
@@ -608,10 +653,16 @@ enum CommitKind {
 /// a durable redb commit. A change that fails aborts the whole transaction:
 /// changes only fail when the engine does, and then none of them can be
 /// trusted to be durable.
+///
+/// A journaled batch may stage changes in memory ([`crate::stage`]): they
+/// are published with its redb commit. A durable commit first writes what
+/// the stages hold into its transaction (the changes after it may delete
+/// it) and empties them once it is durable.
 fn commit_batch(
     db: &Database,
     batch: &mut [Box<dyn Change>],
     journal: Option<&mut Journal>,
+    stages: &Stages,
 ) -> Result<CommitKind> {
     let entries = match &journal {
         Some(journal) => batch
@@ -624,8 +675,13 @@ fn commit_batch(
             .filter(|entries| journal.fits(entries)),
         None => None,
     };
+    let journaled = journal.is_some() && entries.is_some();
     let mut txn = db.begin_write()?;
-    if let Err(e) = apply_batch(&txn, batch) {
+    let flushing = !journaled && stages.any_held();
+    let applied = if flushing { stages.flush(&txn) } else { Ok(()) }
+        .and_then(|()| apply_batch(&txn, batch, journaled.then_some(stages)));
+    if let Err(e) = applied {
+        stages.discard();
         if let Err(abort) = txn.abort() {
             tracing::warn!(error = %abort, "abort after a failed change also failed");
         }
@@ -633,13 +689,14 @@ fn commit_batch(
     }
     match (journal, entries) {
         (None, _) => {
-            txn.commit()?;
+            commit_durably(txn, stages, flushing)?;
             Ok(CommitKind::Durable)
         }
         (Some(journal), Some(entries)) => {
             // Synced before the commit: readers never see what a crash
             // could lose.
             if let Err(e) = journal.append_batch(&entries) {
+                stages.discard();
                 if let Err(abort) = txn.abort() {
                     tracing::warn!(error = %abort, "abort after a failed journal append also failed");
                 }
@@ -648,17 +705,25 @@ fn commit_batch(
             // The journal now holds the batch: if redb cannot commit it,
             // the two differ until a restart replays the journal, so the
             // store is broken (as by an I/O error) rather than going on.
-            set_non_durable(&mut txn)
+            let _exclusive = stages.exclusive();
+            let committed = set_non_durable(&mut txn)
                 .and_then(|()| txn.commit().map_err(StorageError::from))
                 .map_err(|e| {
                     StorageError::Io(format!("the database refused a journaled batch: {e}"))
-                })?;
+                });
+            match committed {
+                Ok(()) => stages.publish(),
+                Err(e) => {
+                    stages.discard();
+                    return Err(e);
+                }
+            }
             Ok(CommitKind::Journaled)
         }
         (Some(journal), None) => {
             let covers_journal = journal.has_unchecked();
             journal.mark_checkpoint(&txn)?;
-            txn.commit()?;
+            commit_durably(txn, stages, flushing)?;
             journal.checkpointed();
             Ok(if covers_journal {
                 CommitKind::Checkpoint
@@ -669,7 +734,25 @@ fn commit_batch(
     }
 }
 
-fn apply_batch(txn: &WriteTransaction, batch: &mut [Box<dyn Change>]) -> Result<()> {
+/// Commits `txn` durably; if it holds what the stages held (`flushed`),
+/// empties them in the same exclusive view, so that no reader sees an entry
+/// the batch deleted still staged.
+fn commit_durably(txn: WriteTransaction, stages: &Stages, flushed: bool) -> Result<()> {
+    if !flushed {
+        txn.commit()?;
+        return Ok(());
+    }
+    let _exclusive = stages.exclusive();
+    txn.commit()?;
+    stages.flushed();
+    Ok(())
+}
+
+fn apply_batch(
+    txn: &WriteTransaction,
+    batch: &mut [Box<dyn Change>],
+    stages: Option<&Stages>,
+) -> Result<()> {
     let mut next = 0;
     while next < batch.len() {
         // A run of consecutive changes of one group is applied by its first.
@@ -680,7 +763,7 @@ fn apply_batch(txn: &WriteTransaction, batch: &mut [Box<dyn Change>]) -> Result<
             .count();
         let (first, rest) = batch[next..=next + run].split_at_mut(1);
         next += 1 + run;
-        first[0].apply_run(txn, rest)?;
+        first[0].apply_run(txn, rest, stages)?;
     }
     Ok(())
 }
