@@ -140,6 +140,7 @@ impl NodeBuilder {
                     checkpoint_interval: Duration::from_millis(
                         config.storage.checkpoint_interval_ms,
                     ),
+                    stage_interval: Duration::from_millis(config.storage.stage_interval_ms),
                     journal_new_writes: config.storage.checkpoint_interval_ms > 0,
                     ..JournalOptions::new(
                         config.data_dir.join("journal"),

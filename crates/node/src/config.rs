@@ -206,6 +206,12 @@ pub struct StorageSettings {
     /// a durable database commit (a journal left by an earlier run is
     /// still replayed first).
     pub checkpoint_interval_ms: u64,
+    /// With the journal, new mailbox rows (entries, dedupe keys, delivered
+    /// marks) stay in memory this many milliseconds before a group commit
+    /// writes them into the database: a message delivered sooner never
+    /// touches its B-trees. Longer saves more writer CPU but makes each
+    /// such write (and its pause of the writer) larger.
+    pub stage_interval_ms: u64,
     /// New messages are refused (`Unavailable`, retry later) while free
     /// disk under the data directory is below the smaller of this many MiB
     /// and `min_free_percent` of the filesystem. 0 turns the check off.
@@ -295,6 +301,7 @@ impl Default for StorageSettings {
             cache_mib: 64,
             commit_interval_us: 2000,
             checkpoint_interval_ms: 5000,
+            stage_interval_ms: 200,
             min_free_mib: 1024,
             min_free_percent: 5.0,
         }

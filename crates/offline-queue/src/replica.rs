@@ -14,7 +14,7 @@ use storage::{StorageError, Store};
 
 use crate::FragmentError;
 use crate::entry::seq_of_message_id;
-use crate::staged::{MailboxStage, merge_sorted};
+use crate::staged::{LAST_OWNER, MailboxStage, Row, merge_sorted};
 use crate::store::{
     ACCOUNT_TABLE, DEDUPE_TABLE, MBOX_TABLE, SEQ_TABLE, WriteOp, raise_next_seq, storage,
 };
@@ -88,10 +88,10 @@ pub fn export_fragment_in(
     f: FragmentId,
     rows: usize,
 ) -> Result<Vec<SnapshotChunk>, FragmentError> {
-    // Staged entries are part of the fragment too (see `crate::staged`).
+    // Staged rows are part of the fragment too (see `crate::staged`).
     let _view = store.view();
     let read = store.db().begin_read().map_err(storage)?;
-    let staged = store.stage::<MailboxStage>().fragment_entries(f, None);
+    let stage = store.stage::<MailboxStage>();
     let mut chunks = vec![SnapshotChunk::default()];
     let push = |chunks: &mut Vec<SnapshotChunk>| {
         if chunks.last().is_some_and(|c| c.rows() >= rows.max(1)) {
@@ -106,51 +106,76 @@ pub fn export_fragment_in(
     let stored = match &mbox {
         Some(table) => Some(
             table
-                .range((f, "", 0)..=(f, "\u{10FFFF}", u64::MAX))
+                .range((f, "", 0)..=(f, LAST_OWNER, u64::MAX))
                 .map_err(storage)?,
         ),
         None => None,
     };
-    let stored = stored.into_iter().flatten().map(|item| {
-        item.map(|(key, value)| {
-            let (_, owner, id) = key.value();
-            ((owner.to_owned(), id), value)
-        })
-        .map_err(storage)
-    });
     merge_sorted(
-        staged,
-        stored,
-        |value| value.value(),
-        |(owner, id), body| {
+        stage.fragment_entries(f, None),
+        stored
+            .into_iter()
+            .flatten()
+            .map(|item| item.map_err(storage)),
+        |((_, owner, id), _), (key, _)| {
+            let (_, stored_owner, stored_id) = key.value();
+            (owner.as_str(), *id).cmp(&(stored_owner, stored_id))
+        },
+        |row| {
+            let (owner, id, body) = match &row {
+                Row::Staged(((_, owner, id), body)) => (owner.clone(), *id, body.clone()),
+                Row::Stored((key, value)) => {
+                    let (_, owner, id) = key.value();
+                    (owner.to_owned(), id, value.value().to_vec())
+                }
+            };
             push(&mut chunks);
             if let Some(chunk) = chunks.last_mut() {
-                let body = serde_bytes::ByteBuf::from(body.to_vec());
-                chunk.mbox.push((owner.clone(), *id, body));
+                chunk
+                    .mbox
+                    .push((owner, id, serde_bytes::ByteBuf::from(body)));
             }
             true
         },
     )?;
-    match read.open_table(DEDUPE_TABLE) {
-        Ok(table) => {
-            for item in table
-                .range((f, "", "", 0)..=(f, "\u{10FFFF}", "\u{10FFFF}", u64::MAX))
-                .map_err(storage)?
-            {
-                let (key, value) = item.map_err(storage)?;
-                let (_, recipient, sender, cid) = key.value();
-                let (id, ts) = value.value();
-                push(&mut chunks);
-                if let Some(chunk) = chunks.last_mut() {
-                    chunk
-                        .dedupe
-                        .push((recipient.to_owned(), sender.to_owned(), cid, id, ts));
-                }
-            }
-        }
-        Err(redb::TableError::TableDoesNotExist(_)) => {}
+    let dedupe = match read.open_table(DEDUPE_TABLE) {
+        Ok(table) => Some(table),
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
         Err(e) => return Err(storage(e)),
-    }
+    };
+    let stored = match &dedupe {
+        Some(table) => Some(
+            table
+                .range((f, "", "", 0)..=(f, LAST_OWNER, LAST_OWNER, u64::MAX))
+                .map_err(storage)?,
+        ),
+        None => None,
+    };
+    merge_sorted(
+        stage.fragment_dedupe(f),
+        stored
+            .into_iter()
+            .flatten()
+            .map(|item| item.map_err(storage)),
+        |((_, r, s, c), _), (key, _)| {
+            let (_, stored_r, stored_s, stored_c) = key.value();
+            (r.as_str(), s.as_str(), *c).cmp(&(stored_r, stored_s, stored_c))
+        },
+        |row| {
+            let (recipient, sender, cid, (id, ts)) = match &row {
+                Row::Staged(((_, r, s, c), value)) => (r.clone(), s.clone(), *c, *value),
+                Row::Stored((key, value)) => {
+                    let (_, r, s, c) = key.value();
+                    (r.to_owned(), s.to_owned(), c, value.value())
+                }
+            };
+            push(&mut chunks);
+            if let Some(chunk) = chunks.last_mut() {
+                chunk.dedupe.push((recipient, sender, cid, id, ts));
+            }
+            true
+        },
+    )?;
     match read.open_table(ACCOUNT_TABLE) {
         Ok(table) => {
             for item in table.range((f, "")..=(f, "\u{10FFFF}")).map_err(storage)? {

@@ -1,68 +1,183 @@
-//! Mailbox entries kept in memory while only the journal holds them.
+//! Mailbox rows kept in memory while only the journal holds them.
 //!
-//! Most entries (messages, receipts) are deleted seconds after they are
-//! stored. With the storage journal, a journaled batch stores its new
-//! entries here instead of in redb's `mbox` table, and deleting an entry
-//! that is here takes it out again: neither touches a B-tree. A checkpoint
-//! writes the entries still here into `mbox` ([`storage::Stage::flush`]).
-//! Dedupe keys, delivered marks, accounts and id marks still go to redb.
+//! Most messages are delivered seconds after they are stored. With the
+//! storage journal, a journaled batch stores its new rows here instead of
+//! in redb: mailbox entries (messages, receipts), delivered marks and
+//! dedupe keys. Deleting a row that is here takes it out again. Neither
+//! touches a B-tree; a checkpoint writes the rows still here into their
+//! tables ([`storage::Stage::flush`]), in key order, many to a leaf.
+//! Accounts and id marks still go to redb.
 //!
 //! [`crate::store::RedbMailbox`] and the replica's export read this and
-//! redb together (see [`merge_sorted`]), under the store's view lock.
+//! redb together (see [`merge_sorted`]), under the store's view lock; the
+//! writer's sweeps read its own view of it ([`StagedTable::writer_range`]).
 
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::RangeBounds;
 use std::sync::{Mutex, PoisonError, RwLock};
 
 use proto::MessageId;
 use router::FragmentId;
 use storage::redb::WriteTransaction;
 
-use crate::store::MBOX_TABLE;
+use crate::store::{DEDUPE_TABLE, MBOX_TABLE};
 
-/// `(fragment, owner, entry id)`, ordered as the `mbox` table orders them.
+/// `(fragment, owner, entry id)`, ordered as the `mbox` table orders them
+/// (a delivered mark's owner ends in `/`).
 pub(crate) type EntryKey = (FragmentId, String, MessageId);
 
-/// The highest owner string (for ranges to the end of a fragment).
-const LAST_OWNER: &str = "\u{10FFFF}";
+/// `(fragment, recipient, sender, client id)`, as in the `dedupe` table.
+pub(crate) type DedupeKey = (FragmentId, String, String, u64);
 
-/// A node's staged mailbox entries (one per store, see [`storage::Store::stage`]).
+/// The highest owner string (for ranges to the end of a fragment).
+pub(crate) const LAST_OWNER: &str = "\u{10FFFF}";
+
+/// A node's staged mailbox rows (one per store, see [`storage::Store::stage`]).
 #[derive(Default)]
 pub struct MailboxStage {
-    /// Durable in the journal, not yet in redb.
-    published: RwLock<BTreeMap<EntryKey, Vec<u8>>>,
-    /// Changes of the batch being committed.
-    pending: Mutex<Pending>,
-}
-
-/// Applied to the published entries in this order: removes, then puts.
-#[derive(Default)]
-struct Pending {
-    puts: BTreeMap<EntryKey, Vec<u8>>,
-    removes: BTreeSet<EntryKey>,
+    /// Rows of `mbox`: entries and delivered marks.
+    pub(crate) entries: StagedTable<EntryKey, Vec<u8>>,
+    /// Rows of `dedupe`: `(message id, stored at)`.
+    pub(crate) dedupe: StagedTable<DedupeKey, (u64, u64)>,
 }
 
 impl MailboxStage {
-    /// Stages a new entry (the writer, applying a journaled batch).
-    pub(crate) fn put(&self, key: EntryKey, body: Vec<u8>) {
-        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        pending.puts.insert(key, body);
+    /// Rows staged now (for metrics).
+    pub fn len(&self) -> usize {
+        self.entries.len() + self.dedupe.len()
     }
 
-    /// Takes a staged entry out (the writer, applying a deletion): its
-    /// body, or `None` if it is not staged (then it is in redb, if
-    /// anywhere).
-    pub(crate) fn take(&self, key: &EntryKey) -> Option<Vec<u8>> {
-        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+    /// Whether nothing is staged.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Staged rows of `mbox` in fragment `f`, from `(owner, id)` on.
+    pub(crate) fn fragment_entries(
+        &self,
+        f: FragmentId,
+        from: Option<(&str, MessageId)>,
+    ) -> Vec<(EntryKey, Vec<u8>)> {
+        let start = from.map_or((f, String::new(), 0), |(owner, id)| {
+            (f, owner.to_owned(), id)
+        });
+        self.entries
+            .range(start..=(f, LAST_OWNER.to_owned(), MessageId::MAX))
+    }
+
+    /// Staged entries of `owner` in fragment `f` with ids from `from` on.
+    pub(crate) fn owner_entries(
+        &self,
+        f: FragmentId,
+        owner: &str,
+        from: MessageId,
+    ) -> Vec<(EntryKey, Vec<u8>)> {
+        self.entries
+            .range((f, owner.to_owned(), from)..=(f, owner.to_owned(), MessageId::MAX))
+    }
+
+    /// Staged dedupe keys of fragment `f`.
+    pub(crate) fn fragment_dedupe(&self, f: FragmentId) -> Vec<(DedupeKey, (u64, u64))> {
+        self.dedupe.range(
+            (f, String::new(), String::new(), 0)
+                ..=(f, LAST_OWNER.to_owned(), LAST_OWNER.to_owned(), u64::MAX),
+        )
+    }
+}
+
+impl storage::Stage for MailboxStage {
+    fn is_empty(&self) -> bool {
+        self.entries.holds_nothing() && self.dedupe.holds_nothing()
+    }
+
+    fn flush(&self, txn: &WriteTransaction) -> storage::Result<()> {
+        {
+            let rows = self.entries.published();
+            if !rows.is_empty() {
+                let mut mbox = txn.open_table(MBOX_TABLE)?;
+                for ((f, owner, id), body) in rows.iter() {
+                    mbox.insert((*f, owner.as_str(), *id), body.as_slice())?;
+                }
+            }
+        }
+        let rows = self.dedupe.published();
+        if !rows.is_empty() {
+            let mut dedupe = txn.open_table(DEDUPE_TABLE)?;
+            for ((f, recipient, sender, cid), value) in rows.iter() {
+                dedupe.insert((*f, recipient.as_str(), sender.as_str(), *cid), *value)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flushed(&self) {
+        self.entries.clear();
+        self.dedupe.clear();
+    }
+
+    fn publish(&self) {
+        self.entries.publish();
+        self.dedupe.publish();
+    }
+
+    fn discard(&self) {
+        self.entries.discard();
+        self.dedupe.discard();
+    }
+}
+
+/// One table's staged rows: published ones (durable in the journal, seen
+/// by readers) and the pending changes of the batch being committed.
+pub(crate) struct StagedTable<K, V> {
+    published: RwLock<BTreeMap<K, V>>,
+    pending: Mutex<Pending<K, V>>,
+}
+
+/// Applied to the published rows in this order: removes, then puts.
+struct Pending<K, V> {
+    puts: BTreeMap<K, V>,
+    removes: BTreeSet<K>,
+}
+
+impl<K, V> Default for StagedTable<K, V> {
+    fn default() -> Self {
+        Self {
+            published: RwLock::new(BTreeMap::new()),
+            pending: Mutex::new(Pending {
+                puts: BTreeMap::new(),
+                removes: BTreeSet::new(),
+            }),
+        }
+    }
+}
+
+impl<K: Ord + Clone, V: Clone> StagedTable<K, V> {
+    fn published(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<K, V>> {
+        self.published
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending<K, V>> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Stages a row (the writer, applying a journaled batch).
+    pub(crate) fn put(&self, key: K, value: V) {
+        self.pending().puts.insert(key, value);
+    }
+
+    /// Takes a row out (the writer, applying a deletion): its value, or
+    /// `None` if it is not staged (then it is in redb, if anywhere).
+    pub(crate) fn take(&self, key: &K) -> Option<V> {
+        let mut pending = self.pending();
         let put = pending.puts.remove(key);
         // Published too if it was put again in this batch: both go.
         let published = if pending.removes.contains(key) {
             None
         } else {
-            self.published
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(key)
-                .cloned()
+            self.published().get(key).cloned()
         };
         if published.is_some() {
             pending.removes.insert(key.clone());
@@ -70,91 +185,48 @@ impl MailboxStage {
         put.or(published)
     }
 
-    /// A published entry's body.
-    pub(crate) fn get(&self, key: &EntryKey) -> Option<Vec<u8>> {
-        self.published
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(key)
-            .cloned()
+    /// The writer's view of `range`: published rows with this batch's
+    /// changes applied, in key order.
+    pub(crate) fn writer_range(&self, range: impl RangeBounds<K> + Clone) -> Vec<(K, V)> {
+        let pending = self.pending();
+        let mut rows: BTreeMap<K, V> = self
+            .published()
+            .range(range.clone())
+            .filter(|(k, _)| !pending.removes.contains(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        rows.extend(
+            pending
+                .puts
+                .range(range)
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        rows.into_iter().collect()
     }
 
-    /// Published entries of `owner` in fragment `f` with ids from `from` on.
-    pub(crate) fn owner_entries(
-        &self,
-        f: FragmentId,
-        owner: &str,
-        from: MessageId,
-    ) -> Vec<(MessageId, Vec<u8>)> {
-        let published = self
-            .published
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        let start = (f, owner.to_owned(), from);
-        let end = (f, owner.to_owned(), MessageId::MAX);
-        published
-            .range(start..=end)
-            .map(|((_, _, id), body)| (*id, body.clone()))
+    /// A published row (readers).
+    pub(crate) fn get(&self, key: &K) -> Option<V> {
+        self.published().get(key).cloned()
+    }
+
+    /// Published rows in `range` (readers), in key order.
+    pub(crate) fn range(&self, range: impl RangeBounds<K>) -> Vec<(K, V)> {
+        self.published()
+            .range(range)
+            .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     }
 
-    /// Published entries of fragment `f` from `(owner, id)` on (all of
-    /// them without a start).
-    pub(crate) fn fragment_entries(
-        &self,
-        f: FragmentId,
-        from: Option<(&str, MessageId)>,
-    ) -> Vec<((String, MessageId), Vec<u8>)> {
-        let published = self
-            .published
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        let start = from.map_or((f, String::new(), 0), |(owner, id)| {
-            (f, owner.to_owned(), id)
-        });
-        let end = (f, LAST_OWNER.to_owned(), MessageId::MAX);
-        published
-            .range(start..=end)
-            .map(|((_, owner, id), body)| ((owner.clone(), *id), body.clone()))
-            .collect()
+    fn len(&self) -> usize {
+        self.published().len()
     }
 
-    /// Entries staged now (for metrics).
-    pub fn len(&self) -> usize {
-        self.published
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+    fn holds_nothing(&self) -> bool {
+        let pending = self.pending();
+        pending.puts.is_empty() && pending.removes.is_empty() && self.published().is_empty()
     }
 
-    /// Whether nothing is staged.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl storage::Stage for MailboxStage {
-    fn is_empty(&self) -> bool {
-        let pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        pending.puts.is_empty() && pending.removes.is_empty() && MailboxStage::is_empty(self)
-    }
-
-    fn flush(&self, txn: &WriteTransaction) -> storage::Result<()> {
-        let published = self
-            .published
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        if published.is_empty() {
-            return Ok(());
-        }
-        let mut mbox = txn.open_table(MBOX_TABLE)?;
-        for ((f, owner, id), body) in published.iter() {
-            mbox.insert((*f, owner.as_str(), *id), body.as_slice())?;
-        }
-        Ok(())
-    }
-
-    fn flushed(&self) {
+    fn clear(&self) {
         self.published
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -162,8 +234,13 @@ impl storage::Stage for MailboxStage {
     }
 
     fn publish(&self) {
-        let Pending { puts, removes } =
-            std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+        let (puts, removes) = {
+            let mut pending = self.pending();
+            (
+                std::mem::take(&mut pending.puts),
+                std::mem::take(&mut pending.removes),
+            )
+        };
         let mut published = self
             .published
             .write()
@@ -175,38 +252,49 @@ impl storage::Stage for MailboxStage {
     }
 
     fn discard(&self) {
-        *self.pending.lock().unwrap_or_else(PoisonError::into_inner) = Pending::default();
+        let mut pending = self.pending();
+        pending.puts.clear();
+        pending.removes.clear();
     }
 }
 
+/// A row met by [`merge_sorted`]: staged, or read from redb.
+pub(crate) enum Row<'a, S, T> {
+    /// From the stage.
+    Staged(&'a S),
+    /// From the redb range.
+    Stored(&'a T),
+}
+
 /// Visits, in key order, the union of `staged` (sorted) and `stored` (a
-/// redb range in the same order) until `visit` says stop. A key in both
-/// (staged, and written by a checkpoint that has not emptied the stage
-/// yet) is visited once, with the staged value.
-pub(crate) fn merge_sorted<K: Ord, V, E>(
-    staged: Vec<(K, Vec<u8>)>,
-    stored: impl Iterator<Item = Result<(K, V), E>>,
-    bytes: impl for<'a> Fn(&'a V) -> &'a [u8],
-    mut visit: impl FnMut(&K, &[u8]) -> bool,
+/// redb range in the same order; `compare` orders a staged row against a
+/// stored one) until `visit` says stop. A key in both (a row put again by
+/// a replayed copy, or written by a checkpoint that has not emptied the
+/// stage yet) is visited once, staged.
+pub(crate) fn merge_sorted<S, T, E>(
+    staged: Vec<S>,
+    stored: impl Iterator<Item = Result<T, E>>,
+    compare: impl Fn(&S, &T) -> Ordering,
+    mut visit: impl FnMut(Row<'_, S, T>) -> bool,
 ) -> Result<(), E> {
     let mut staged = staged.into_iter().peekable();
     for item in stored {
-        let (key, value) = item?;
-        // Staged keys up to this one; sorted and unique, so only the last
+        let row = item?;
+        // Staged rows up to this one; sorted and unique, so only the last
         // of them can equal it.
         let mut duplicate = false;
-        while let Some((first, body)) = staged.next_if(|(k, _)| *k <= key) {
-            duplicate = first == key;
-            if !visit(&first, &body) {
+        while let Some(first) = staged.next_if(|s| compare(s, &row) != Ordering::Greater) {
+            duplicate = compare(&first, &row) == Ordering::Equal;
+            if !visit(Row::Staged(&first)) {
                 return Ok(());
             }
         }
-        if !duplicate && !visit(&key, bytes(&value)) {
+        if !duplicate && !visit(Row::Stored(&row)) {
             return Ok(());
         }
     }
-    for (key, body) in staged {
-        if !visit(&key, &body) {
+    for row in staged {
+        if !visit(Row::Staged(&row)) {
             break;
         }
     }

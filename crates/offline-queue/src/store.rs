@@ -33,7 +33,7 @@ use storage::{StorageError, Store};
 
 use crate::account::AccountRecord;
 use crate::entry::{DeliveredMark, message_sender, seq_of_message_id, stored_head};
-use crate::staged::{MailboxStage, merge_sorted};
+use crate::staged::{DedupeKey, EntryKey, LAST_OWNER, MailboxStage, Row, merge_sorted};
 use crate::usage::MailboxUsage;
 use crate::{Entry, EntryBody, FragmentError};
 
@@ -152,18 +152,48 @@ impl<'txn> MailboxTables<'txn> {
         Ok(tables)
     }
 
-    /// Stores an entry: staged, or in `mbox`.
+    /// Stores a row of `mbox` (an entry, or under a delivered key a
+    /// mark): staged, or in the table.
     fn put_entry(
         &mut self,
         fragment: FragmentId,
-        owner: &PhoneNumber,
+        owner: &str,
         id: MessageId,
         body: &[u8],
     ) -> Result<(), StorageError> {
         match &self.stage {
-            Some(stage) => stage.put((fragment, owner.as_str().to_owned(), id), body.to_vec()),
+            Some(stage) => stage
+                .entries
+                .put((fragment, owner.to_owned(), id), body.to_vec()),
             None => {
-                self.mbox.insert((fragment, owner.as_str(), id), body)?;
+                self.mbox.insert((fragment, owner, id), body)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores a dedupe key: staged, or in the table.
+    fn put_dedupe(
+        &mut self,
+        fragment: FragmentId,
+        recipient: &str,
+        sender: &str,
+        client_msg_id: u64,
+        stored: (MessageId, TimestampMs),
+    ) -> Result<(), StorageError> {
+        match &self.stage {
+            Some(stage) => stage.dedupe.put(
+                (
+                    fragment,
+                    recipient.to_owned(),
+                    sender.to_owned(),
+                    client_msg_id,
+                ),
+                stored,
+            ),
+            None => {
+                self.dedupe
+                    .insert((fragment, recipient, sender, client_msg_id), stored)?;
             }
         }
         Ok(())
@@ -177,10 +207,11 @@ impl<'txn> MailboxTables<'txn> {
         owner: &PhoneNumber,
         id: MessageId,
     ) -> Result<Option<(PhoneNumber, TimestampMs)>, StorageError> {
-        let staged = self
-            .stage
-            .as_ref()
-            .and_then(|stage| stage.take(&(fragment, owner.as_str().to_owned(), id)));
+        let staged = self.stage.as_ref().and_then(|stage| {
+            stage
+                .entries
+                .take(&(fragment, owner.as_str().to_owned(), id))
+        });
         // Also out of `mbox`: an entry put again (a copy's ops replayed
         // over it) can be in both. A missing key costs a lookup, no write.
         let stored = self
@@ -212,20 +243,18 @@ impl<'txn> MailboxTables<'txn> {
                     body,
                 } => {
                     self.raise(fragment, seq_of_message_id(*id).saturating_add(1));
-                    self.put_entry(fragment, recipient, *id, body)?;
-                    self.dedupe.insert(
-                        (
-                            fragment,
-                            recipient.as_str(),
-                            sender.as_str(),
-                            *client_msg_id,
-                        ),
+                    self.put_entry(fragment, recipient.as_str(), *id, body)?;
+                    self.put_dedupe(
+                        fragment,
+                        recipient.as_str(),
+                        sender.as_str(),
+                        *client_msg_id,
                         (*id, *server_ts),
                     )?;
                 }
                 WriteOp::PutReceipt { owner, id, body } => {
                     self.raise(fragment, seq_of_message_id(*id).saturating_add(1));
-                    self.put_entry(fragment, owner, *id, body)?;
+                    self.put_entry(fragment, owner.as_str(), *id, body)?;
                 }
                 WriteOp::Delete { owner, ids } => {
                     let delivered = delivered_key(owner);
@@ -234,32 +263,13 @@ impl<'txn> MailboxTables<'txn> {
                             .remove_entry(fragment, owner, *id)?
                             .map(|(from, stored_at)| DeliveredMark { from, stored_at });
                         if let Some(mark) = mark {
-                            self.mbox.insert(
-                                (fragment, delivered.as_str(), *id),
-                                mark.to_bytes().as_slice(),
-                            )?;
+                            self.put_entry(fragment, &delivered, *id, &mark.to_bytes())?;
                         }
                     }
                 }
                 WriteOp::NextSeq(next) => self.raise(fragment, *next),
                 WriteOp::SweepDedupe { before_ms, max } => {
-                    let mut expired: Vec<(String, String, u64)> = Vec::new();
-                    for item in self.dedupe.range((fragment, "", "", 0)..)? {
-                        let (key, value) = item?;
-                        let (f, r, s, c) = key.value();
-                        if f != fragment {
-                            break;
-                        }
-                        if value.value().1 < *before_ms {
-                            expired.push((r.to_owned(), s.to_owned(), c));
-                            if expired.len() >= *max {
-                                break;
-                            }
-                        }
-                    }
-                    for (r, s, c) in &expired {
-                        self.dedupe.remove((fragment, r.as_str(), s.as_str(), *c))?;
-                    }
+                    self.sweep_dedupe(fragment, *before_ms, *max)?;
                     self.sweep_delivered_marks(fragment, *before_ms, *max)?;
                 }
                 WriteOp::PutAccount { user, record } => {
@@ -272,35 +282,116 @@ impl<'txn> MailboxTables<'txn> {
         Ok(())
     }
 
+    /// Removes up to `max` dedupe keys of `fragment` stored before
+    /// `before_ms`, the first in key order (staged ones too: the result
+    /// must not depend on when checkpoints came, so that both copies of a
+    /// fragment sweep the same keys).
+    fn sweep_dedupe(
+        &mut self,
+        fragment: FragmentId,
+        before_ms: TimestampMs,
+        max: usize,
+    ) -> Result<(), StorageError> {
+        let staged = self.stage.as_ref().map_or_else(Vec::new, |stage| {
+            stage.dedupe.writer_range(
+                (fragment, String::new(), String::new(), 0)
+                    ..=(
+                        fragment,
+                        LAST_OWNER.to_owned(),
+                        LAST_OWNER.to_owned(),
+                        u64::MAX,
+                    ),
+            )
+        });
+        let mut expired: Vec<DedupeKey> = Vec::new();
+        merge_sorted(
+            staged,
+            self.dedupe
+                .range((fragment, "", "", 0)..)?
+                .map(|item| item.map_err(StorageError::from)),
+            |(key, _), (stored, _)| {
+                let (f, r, s, c) = stored.value();
+                (key.0, key.1.as_str(), key.2.as_str(), key.3).cmp(&(f, r, s, c))
+            },
+            |row| {
+                let (key, at) = match row {
+                    Row::Staged((key, (_, at))) => (key.clone(), *at),
+                    Row::Stored((key, value)) => {
+                        let (f, r, s, c) = key.value();
+                        if f != fragment {
+                            return false;
+                        }
+                        ((f, r.to_owned(), s.to_owned(), c), value.value().1)
+                    }
+                };
+                if at < before_ms {
+                    expired.push(key);
+                }
+                expired.is_empty() || expired.len() < max
+            },
+        )?;
+        for key in &expired {
+            if let Some(stage) = &self.stage {
+                stage.dedupe.take(key);
+            }
+            let (f, r, s, c) = key;
+            self.dedupe.remove((*f, r.as_str(), s.as_str(), *c))?;
+        }
+        Ok(())
+    }
+
     /// Removes up to `max` delivered marks of `fragment` stored before
-    /// `before_ms`.
+    /// `before_ms` (as [`Self::sweep_dedupe`]).
     fn sweep_delivered_marks(
         &mut self,
         fragment: FragmentId,
         before_ms: TimestampMs,
         max: usize,
     ) -> Result<(), StorageError> {
-        let mut expired: Vec<(String, u64)> = Vec::new();
-        for item in self.mbox.range((fragment, "", 0)..)? {
-            let (key, value) = item?;
-            let (f, owner, id) = key.value();
-            if f != fragment {
-                break;
-            }
-            if !owner.ends_with(DELIVERED_SUFFIX) {
-                continue;
-            }
-            let stale = DeliveredMark::from_bytes(value.value())
-                .is_none_or(|mark| mark.stored_at < before_ms);
-            if stale {
-                expired.push((owner.to_owned(), id));
-                if expired.len() >= max {
-                    break;
+        let staged = self.stage.as_ref().map_or_else(Vec::new, |stage| {
+            stage.entries.writer_range(
+                (fragment, String::new(), 0)..=(fragment, LAST_OWNER.to_owned(), MessageId::MAX),
+            )
+        });
+        let mut expired: Vec<EntryKey> = Vec::new();
+        merge_sorted(
+            staged,
+            self.mbox
+                .range((fragment, "", 0)..)?
+                .map(|item| item.map_err(StorageError::from)),
+            |(key, _), (stored, _)| {
+                let (f, owner, id) = stored.value();
+                (key.0, key.1.as_str(), key.2).cmp(&(f, owner, id))
+            },
+            |row| {
+                let (f, owner, id, bytes) = match &row {
+                    Row::Staged(((f, owner, id), body)) => {
+                        (*f, owner.as_str(), *id, body.as_slice())
+                    }
+                    Row::Stored((key, value)) => {
+                        let (f, owner, id) = key.value();
+                        (f, owner, id, value.value())
+                    }
+                };
+                if f != fragment {
+                    return false;
                 }
+                if !owner.ends_with(DELIVERED_SUFFIX) {
+                    return true;
+                }
+                let stale =
+                    DeliveredMark::from_bytes(bytes).is_none_or(|mark| mark.stored_at < before_ms);
+                if stale {
+                    expired.push((f, owner.to_owned(), id));
+                }
+                expired.is_empty() || expired.len() < max
+            },
+        )?;
+        for key in &expired {
+            if let Some(stage) = &self.stage {
+                stage.entries.take(key);
             }
-        }
-        for (owner, id) in &expired {
-            self.mbox.remove((fragment, owner.as_str(), *id))?;
+            self.mbox.remove((key.0, key.1.as_str(), key.2))?;
         }
         Ok(())
     }
@@ -456,30 +547,39 @@ impl RedbMailbox {
             Some(table) => Some(
                 table
                     .range(
-                        (self.fragment, first.0, first.1)..=(self.fragment, "\u{10FFFF}", u64::MAX),
+                        (self.fragment, first.0, first.1)..=(self.fragment, LAST_OWNER, u64::MAX),
                     )
                     .map_err(storage)?,
             ),
             None => None,
         };
-        let stored = stored.into_iter().flatten().filter_map(|item| match item {
-            Ok((key, value)) => {
-                let (_, owner, id) = key.value();
-                // Delivered marks are not entries.
-                (!owner.ends_with(DELIVERED_SUFFIX)).then(|| Ok(((owner.to_owned(), id), value)))
-            }
-            Err(e) => Some(Err(storage(e))),
-        });
         merge_sorted(
             staged,
-            stored,
-            |value| value.value(),
-            |(owner, id), bytes| {
+            stored
+                .into_iter()
+                .flatten()
+                .map(|item| item.map_err(storage)),
+            |((_, owner, id), _), (key, _)| {
+                let (_, stored_owner, stored_id) = key.value();
+                (owner.as_str(), *id).cmp(&(stored_owner, stored_id))
+            },
+            |row| {
+                let (owner, id, bytes) = match &row {
+                    Row::Staged(((_, owner, id), body)) => (owner.as_str(), *id, body.as_slice()),
+                    Row::Stored((key, value)) => {
+                        let (_, owner, id) = key.value();
+                        (owner, id, value.value())
+                    }
+                };
+                // Delivered marks are not entries.
+                if owner.ends_with(DELIVERED_SUFFIX) {
+                    return true;
+                }
                 let (Ok(owner), Some(head)) = (PhoneNumber::parse(owner), stored_head(bytes))
                 else {
                     return true;
                 };
-                visit(owner, *id, head)
+                visit(owner, id, head)
             },
         )
     }
@@ -519,6 +619,50 @@ impl RedbMailbox {
     }
 }
 
+/// The `mbox` table in a read transaction.
+type MboxReadTable = redb::ReadOnlyTable<(u16, &'static str, u64), &'static [u8]>;
+
+impl RedbMailbox {
+    /// The sender of message `id` to `owner`: from its entry, or once
+    /// delivered from its mark; staged first (see [`MailboxRead::senders`]).
+    fn sender(
+        &self,
+        table: Option<&MboxReadTable>,
+        owner: &PhoneNumber,
+        delivered: &str,
+        id: MessageId,
+    ) -> Result<Option<PhoneNumber>, FragmentError> {
+        let staged = |owner: &str| {
+            self.stage
+                .entries
+                .get(&(self.fragment, owner.to_owned(), id))
+        };
+        let stored = |owner: &str| -> Result<Option<Vec<u8>>, FragmentError> {
+            let Some(table) = table else {
+                return Ok(None);
+            };
+            Ok(table
+                .get((self.fragment, owner, id))
+                .map_err(storage)?
+                .map(|value| value.value().to_vec()))
+        };
+        let live = match staged(owner.as_str()) {
+            Some(body) => Some(body),
+            None => stored(owner.as_str())?,
+        };
+        if let Some(body) = live {
+            return Ok(message_sender(&body).map(|(from, _)| from));
+        }
+        let mark = match staged(delivered) {
+            Some(mark) => Some(mark),
+            None => stored(delivered)?,
+        };
+        Ok(mark
+            .and_then(|mark| DeliveredMark::from_bytes(&mark))
+            .map(|mark| mark.from))
+    }
+}
+
 impl MailboxRead for RedbMailbox {
     fn account(&self, user: &PhoneNumber) -> Result<AccountRecord, FragmentError> {
         let read = self.store.db().begin_read().map_err(storage)?;
@@ -540,6 +684,16 @@ impl MailboxRead for RedbMailbox {
         sender: &PhoneNumber,
         client_msg_id: u64,
     ) -> Result<Option<(MessageId, TimestampMs)>, FragmentError> {
+        let _view = self.store.view();
+        let staged = self.stage.dedupe.get(&(
+            self.fragment,
+            recipient.as_str().to_owned(),
+            sender.as_str().to_owned(),
+            client_msg_id,
+        ));
+        if staged.is_some() {
+            return Ok(staged);
+        }
         let read = self.store.db().begin_read().map_err(storage)?;
         let table = match read.open_table(DEDUPE_TABLE) {
             Ok(table) => table,
@@ -585,18 +739,21 @@ impl MailboxRead for RedbMailbox {
             ),
             None => None,
         };
-        let stored = stored.into_iter().flatten().map(|item| {
-            item.map(|(key, value)| (key.value().2, value))
-                .map_err(storage)
-        });
         let mut entries = Vec::new();
         merge_sorted(
             staged,
-            stored,
-            |value| value.value(),
-            |id, bytes| {
+            stored
+                .into_iter()
+                .flatten()
+                .map(|item| item.map_err(storage)),
+            |((_, _, id), _), (key, _)| id.cmp(&key.value().2),
+            |row| {
+                let (id, bytes) = match &row {
+                    Row::Staged(((_, _, id), body)) => (*id, body.as_slice()),
+                    Row::Stored((key, value)) => (key.value().2, value.value()),
+                };
                 match EntryBody::from_bytes(bytes) {
-                    Ok(body) => entries.push(Entry { id: *id, body }),
+                    Ok(body) => entries.push(Entry { id, body }),
                     // One unreadable entry must not block the rest of the mailbox.
                     Err(e) => tracing::error!(fragment = self.fragment, id, error = %e,
                         "skipping a corrupt mailbox entry"),
@@ -620,6 +777,7 @@ impl MailboxRead for RedbMailbox {
         };
         if let Some(body) = self
             .stage
+            .entries
             .get(&(self.fragment, owner.as_str().to_owned(), id))
         {
             return decode(&body);
@@ -654,29 +812,7 @@ impl MailboxRead for RedbMailbox {
         let delivered = delivered_key(owner);
         let mut senders = Vec::with_capacity(ids.len());
         for &id in ids {
-            if let Some(body) = self
-                .stage
-                .get(&(self.fragment, owner.as_str().to_owned(), id))
-            {
-                senders.push(message_sender(&body).map(|(from, _)| from));
-                continue;
-            }
-            let Some(table) = &table else {
-                senders.push(None);
-                continue;
-            };
-            let live = table
-                .get((self.fragment, owner.as_str(), id))
-                .map_err(storage)?;
-            let sender = match live {
-                Some(value) => message_sender(value.value()).map(|(from, _)| from),
-                None => table
-                    .get((self.fragment, delivered.as_str(), id))
-                    .map_err(storage)?
-                    .and_then(|value| DeliveredMark::from_bytes(value.value()))
-                    .map(|mark| mark.from),
-            };
-            senders.push(sender);
+            senders.push(self.sender(table.as_ref(), owner, &delivered, id)?);
         }
         Ok(senders)
     }

@@ -97,6 +97,13 @@ pub struct JournalOptions {
     pub dir: PathBuf,
     /// The longest time between durable redb commits while changes come in.
     pub checkpoint_interval: Duration,
+    /// How long rows stay staged in memory (see [`crate::stage`]) before a
+    /// journaled batch writes them into redb with its own changes: rows
+    /// deleted sooner (most mailbox entries) never touch a B-tree, and
+    /// the rest go in batches in key order, small enough that writing
+    /// them never holds the writer long (a checkpoint only writes what
+    /// the last interval staged).
+    pub stage_interval: Duration,
     /// Journal bytes after which a checkpoint is due, whatever the time.
     pub checkpoint_bytes: u64,
     /// Journal segment size.
@@ -115,6 +122,7 @@ impl JournalOptions {
         Self {
             dir,
             checkpoint_interval: Duration::from_secs(5),
+            stage_interval: Duration::from_millis(200),
             checkpoint_bytes: 32 * 1024 * 1024,
             segment_bytes: 16 * 1024 * 1024,
             replayers,
@@ -144,6 +152,8 @@ pub(crate) struct Journal {
     checkpointed: u64,
     bytes_since_checkpoint: u64,
     last_checkpoint: Instant,
+    /// When the stages were last written into redb.
+    last_stage_flush: Instant,
     max_commit_bytes: u64,
     scratch: Vec<u8>,
 }
@@ -202,6 +212,7 @@ impl Journal {
             checkpointed: last_seq,
             bytes_since_checkpoint: 0,
             last_checkpoint: Instant::now(),
+            last_stage_flush: Instant::now(),
             max_commit_bytes,
             scratch: Vec::new(),
         };
@@ -255,6 +266,16 @@ impl Journal {
         }
     }
 
+    /// Whether the next journaled batch should write the stages into redb.
+    pub(crate) fn stage_flush_due(&self) -> bool {
+        self.last_stage_flush.elapsed() >= self.options.stage_interval
+    }
+
+    /// The stages were written into redb (by a batch or a checkpoint).
+    pub(crate) fn stage_flushed(&mut self) {
+        self.last_stage_flush = Instant::now();
+    }
+
     /// Makes the next checkpoint due an interval from now (after one
     /// could not be taken).
     pub(crate) fn postpone(&mut self) {
@@ -295,6 +316,7 @@ impl Journal {
             let _exclusive = stages.exclusive();
             stages.flushed();
         }
+        self.stage_flushed();
         self.checkpointed();
         Ok(())
     }

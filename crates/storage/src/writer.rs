@@ -677,7 +677,14 @@ fn commit_batch(
     };
     let journaled = journal.is_some() && entries.is_some();
     let mut txn = db.begin_write()?;
-    let flushing = !journaled && stages.any_held();
+    // A durable commit holds what is staged; a journaled batch does once
+    // the stage interval has passed (before its own changes, which may
+    // delete or replace what it writes).
+    let flushing = if journaled {
+        journal.as_ref().is_some_and(|j| j.stage_flush_due()) && stages.any_held()
+    } else {
+        stages.any_held()
+    };
     let applied = if flushing { stages.flush(&txn) } else { Ok(()) }
         .and_then(|()| apply_batch(&txn, batch, journaled.then_some(stages)));
     if let Err(e) = applied {
@@ -705,18 +712,29 @@ fn commit_batch(
             // The journal now holds the batch: if redb cannot commit it,
             // the two differ until a restart replays the journal, so the
             // store is broken (as by an I/O error) rather than going on.
-            let _exclusive = stages.exclusive();
+            let exclusive = stages.exclusive();
             let committed = set_non_durable(&mut txn)
                 .and_then(|()| txn.commit().map_err(StorageError::from))
                 .map_err(|e| {
                     StorageError::Io(format!("the database refused a journaled batch: {e}"))
                 });
             match committed {
-                Ok(()) => stages.publish(),
+                Ok(()) => {
+                    // What was staged is in redb now; then this batch's
+                    // rows are staged.
+                    if flushing {
+                        stages.flushed();
+                    }
+                    stages.publish();
+                }
                 Err(e) => {
                     stages.discard();
                     return Err(e);
                 }
+            }
+            drop(exclusive);
+            if flushing {
+                journal.stage_flushed();
             }
             Ok(CommitKind::Journaled)
         }
@@ -724,6 +742,9 @@ fn commit_batch(
             let covers_journal = journal.has_unchecked();
             journal.mark_checkpoint(&txn)?;
             commit_durably(txn, stages, flushing)?;
+            if flushing {
+                journal.stage_flushed();
+            }
             journal.checkpointed();
             Ok(if covers_journal {
                 CommitKind::Checkpoint

@@ -1,7 +1,8 @@
 //! Staging must not change what anyone reads: random mailbox writes go to
-//! a store with the journal (entries staged, checkpoints and durable
-//! commits at random points) and to one without (every entry in redb), and
-//! every read of both must agree, also after the journaled store reopens.
+//! a store with the journal (rows staged, checkpoints and durable commits
+//! at random points) and to one without (every row in redb), and every
+//! read of both must agree (sweeps included), also after the journaled
+//! store reopens.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use storage::{JournalOptions, Store, StoreOptions};
 use crate::actor::{FragmentWrites, MailboxWrites, journal_replayer};
 use crate::entry::compose_message_id;
 use crate::replica::export_fragment_in;
+use crate::staged::MailboxStage;
 use crate::store::{MailboxRead, RedbMailbox, WriteOp};
 use crate::{Entry, EntryBody};
 use test_support::numbered as phone;
@@ -134,9 +136,14 @@ impl Model {
     }
 }
 
-fn journaled(dir: &std::path::Path, checkpoint_interval: Duration) -> Store {
+/// How often a store writes staged rows into redb: checkpoint interval
+/// and stage interval.
+type Intervals = (Duration, Duration);
+
+fn journaled(dir: &std::path::Path, (checkpoint, stage): Intervals) -> Store {
     let mut journal = JournalOptions::new(dir.join("journal"), vec![journal_replayer()]);
-    journal.checkpoint_interval = checkpoint_interval;
+    journal.checkpoint_interval = checkpoint;
+    journal.stage_interval = stage;
     let options = StoreOptions {
         journal: Some(journal),
         ..StoreOptions::default()
@@ -232,16 +239,19 @@ async fn run(seed: u64) {
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let dir = tempfile::tempdir().expect("tempdir");
     let plain_dir = tempfile::tempdir().expect("tempdir");
-    // Checkpoints after every batch, or only when forced.
-    let interval = if rng.chance(50) {
-        Duration::ZERO
-    } else {
-        Duration::from_secs(3600)
+    // Checkpoints after every batch; or staged rows written into redb
+    // with every next batch; or only by durable commits.
+    let hour = Duration::from_secs(3600);
+    let interval = match rng.below(3) {
+        0 => (Duration::ZERO, hour),
+        1 => (hour, Duration::ZERO),
+        _ => (hour, hour),
     };
     let journaled = journaled(dir.path(), interval);
     let plain = Store::open(&plain_dir.path().join("db.redb"), StoreOptions::default())
         .expect("open the plain store");
     let mut model = Model::default();
+    let mut seen_staged = 0;
     for round in 0..40 {
         let items = (0..1 + rng.below(4))
             .map(|_| {
@@ -250,6 +260,7 @@ async fn run(seed: u64) {
             })
             .collect();
         write_both([&journaled, &plain], items).await;
+        seen_staged = seen_staged.max(journaled.stage::<MailboxStage>().len());
         if rng.chance(15) {
             // A durable commit writes and empties the stage first.
             journaled.flush().await.expect("flush");
@@ -265,6 +276,9 @@ async fn run(seed: u64) {
         .flat_map(|seq| FRAGMENTS.map(|f| compose_message_id(f, seq)))
         .collect();
     assert_same(&journaled, &plain, &probe, seed, "the end");
+    if interval.0 > Duration::ZERO {
+        assert!(seen_staged > 0, "seed {seed}: nothing was ever staged");
+    }
     // A clean close checkpoints what is staged; the reopened store reads the same.
     drop(journaled);
     let reopened = reopen(dir.path(), interval).await;
@@ -272,10 +286,11 @@ async fn run(seed: u64) {
 }
 
 /// Opens the store again once the old writer thread has let go of the file.
-async fn reopen(dir: &std::path::Path, interval: Duration) -> Store {
+async fn reopen(dir: &std::path::Path, (checkpoint, stage): Intervals) -> Store {
     for _ in 0..200 {
         let mut journal = JournalOptions::new(dir.join("journal"), vec![journal_replayer()]);
-        journal.checkpoint_interval = interval;
+        journal.checkpoint_interval = checkpoint;
+        journal.stage_interval = stage;
         let options = StoreOptions {
             journal: Some(journal),
             ..StoreOptions::default()
