@@ -14,7 +14,7 @@ use storage::{StorageError, Store};
 
 use crate::FragmentError;
 use crate::entry::seq_of_message_id;
-use crate::staged::{LAST_OWNER, MailboxStage, Row, merge_sorted};
+use crate::staged::{LAST_OWNER, MailboxStage, Row, merge_mbox, merge_sorted};
 use crate::store::{
     ACCOUNT_TABLE, DEDUPE_TABLE, MBOX_TABLE, SEQ_TABLE, WriteOp, raise_next_seq, storage,
 };
@@ -111,29 +111,17 @@ pub fn export_fragment_in(
         ),
         None => None,
     };
-    merge_sorted(
+    merge_mbox(
         stage.fragment_entries(f, None),
         stored
             .into_iter()
             .flatten()
             .map(|item| item.map_err(storage)),
-        |((_, owner, id), _), (key, _)| {
-            let (_, stored_owner, stored_id) = key.value();
-            (owner.as_str(), *id).cmp(&(stored_owner, stored_id))
-        },
-        |row| {
-            let (owner, id, body) = match &row {
-                Row::Staged(((_, owner, id), body)) => (owner.clone(), *id, body.clone()),
-                Row::Stored((key, value)) => {
-                    let (_, owner, id) = key.value();
-                    (owner.to_owned(), id, value.value().to_vec())
-                }
-            };
+        |_, owner, id, body| {
             push(&mut chunks);
             if let Some(chunk) = chunks.last_mut() {
-                chunk
-                    .mbox
-                    .push((owner, id, serde_bytes::ByteBuf::from(body)));
+                let body = serde_bytes::ByteBuf::from(body.to_vec());
+                chunk.mbox.push((owner.to_owned(), id, body));
             }
             true
         },

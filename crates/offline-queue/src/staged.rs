@@ -301,5 +301,35 @@ pub(crate) fn merge_sorted<S, T, E>(
     Ok(())
 }
 
+/// A row of the `mbox` table as a redb range yields it.
+type MboxRow<'a> = (
+    redb::AccessGuard<'a, (u16, &'static str, u64)>,
+    redb::AccessGuard<'a, &'static [u8]>,
+);
+
+/// [`merge_sorted`] of staged `mbox` rows and a range of the table,
+/// visiting each row's fragment, owner, id and bytes.
+pub(crate) fn merge_mbox<'a, E>(
+    staged: Vec<(EntryKey, Vec<u8>)>,
+    stored: impl Iterator<Item = Result<MboxRow<'a>, E>>,
+    mut visit: impl FnMut(FragmentId, &str, MessageId, &[u8]) -> bool,
+) -> Result<(), E> {
+    merge_sorted(
+        staged,
+        stored,
+        |((f, owner, id), _), (key, _)| {
+            let (stored_f, stored_owner, stored_id) = key.value();
+            (*f, owner.as_str(), *id).cmp(&(stored_f, stored_owner, stored_id))
+        },
+        |row| match row {
+            Row::Staged(((f, owner, id), body)) => visit(*f, owner, *id, body),
+            Row::Stored((key, value)) => {
+                let (f, owner, id) = key.value();
+                visit(f, owner, id, value.value())
+            }
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests;

@@ -33,7 +33,7 @@ use storage::{StorageError, Store};
 
 use crate::account::AccountRecord;
 use crate::entry::{DeliveredMark, message_sender, seq_of_message_id, stored_head};
-use crate::staged::{DedupeKey, EntryKey, LAST_OWNER, MailboxStage, Row, merge_sorted};
+use crate::staged::{DedupeKey, EntryKey, LAST_OWNER, MailboxStage, Row, merge_mbox, merge_sorted};
 use crate::usage::MailboxUsage;
 use crate::{Entry, EntryBody, FragmentError};
 
@@ -354,25 +354,12 @@ impl<'txn> MailboxTables<'txn> {
             )
         });
         let mut expired: Vec<EntryKey> = Vec::new();
-        merge_sorted(
+        merge_mbox(
             staged,
             self.mbox
                 .range((fragment, "", 0)..)?
                 .map(|item| item.map_err(StorageError::from)),
-            |(key, _), (stored, _)| {
-                let (f, owner, id) = stored.value();
-                (key.0, key.1.as_str(), key.2).cmp(&(f, owner, id))
-            },
-            |row| {
-                let (f, owner, id, bytes) = match &row {
-                    Row::Staged(((f, owner, id), body)) => {
-                        (*f, owner.as_str(), *id, body.as_slice())
-                    }
-                    Row::Stored((key, value)) => {
-                        let (f, owner, id) = key.value();
-                        (f, owner, id, value.value())
-                    }
-                };
+            |f, owner, id, bytes| {
                 if f != fragment {
                     return false;
                 }
@@ -553,24 +540,13 @@ impl RedbMailbox {
             ),
             None => None,
         };
-        merge_sorted(
+        merge_mbox(
             staged,
             stored
                 .into_iter()
                 .flatten()
                 .map(|item| item.map_err(storage)),
-            |((_, owner, id), _), (key, _)| {
-                let (_, stored_owner, stored_id) = key.value();
-                (owner.as_str(), *id).cmp(&(stored_owner, stored_id))
-            },
-            |row| {
-                let (owner, id, bytes) = match &row {
-                    Row::Staged(((_, owner, id), body)) => (owner.as_str(), *id, body.as_slice()),
-                    Row::Stored((key, value)) => {
-                        let (_, owner, id) = key.value();
-                        (owner, id, value.value())
-                    }
-                };
+            |_, owner, id, bytes| {
                 // Delivered marks are not entries.
                 if owner.ends_with(DELIVERED_SUFFIX) {
                     return true;
@@ -740,18 +716,13 @@ impl MailboxRead for RedbMailbox {
             None => None,
         };
         let mut entries = Vec::new();
-        merge_sorted(
+        merge_mbox(
             staged,
             stored
                 .into_iter()
                 .flatten()
                 .map(|item| item.map_err(storage)),
-            |((_, _, id), _), (key, _)| id.cmp(&key.value().2),
-            |row| {
-                let (id, bytes) = match &row {
-                    Row::Staged(((_, _, id), body)) => (*id, body.as_slice()),
-                    Row::Stored((key, value)) => (key.value().2, value.value()),
-                };
+            |_, _, id, bytes| {
                 match EntryBody::from_bytes(bytes) {
                     Ok(body) => entries.push(Entry { id, body }),
                     // One unreadable entry must not block the rest of the mailbox.

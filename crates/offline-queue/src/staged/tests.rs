@@ -140,15 +140,19 @@ impl Model {
 /// and stage interval.
 type Intervals = (Duration, Duration);
 
-fn journaled(dir: &std::path::Path, (checkpoint, stage): Intervals) -> Store {
+fn journaled_options(dir: &std::path::Path, (checkpoint, stage): Intervals) -> StoreOptions {
     let mut journal = JournalOptions::new(dir.join("journal"), vec![journal_replayer()]);
     journal.checkpoint_interval = checkpoint;
     journal.stage_interval = stage;
-    let options = StoreOptions {
+    StoreOptions {
         journal: Some(journal),
         ..StoreOptions::default()
-    };
-    Store::open(&dir.join("db.redb"), options).expect("open the journaled store")
+    }
+}
+
+fn journaled(dir: &std::path::Path, intervals: Intervals) -> Store {
+    Store::open(&dir.join("db.redb"), journaled_options(dir, intervals))
+        .expect("open the journaled store")
 }
 
 /// Submits `items` to both stores at once (so that they share batches)
@@ -286,16 +290,9 @@ async fn run(seed: u64) {
 }
 
 /// Opens the store again once the old writer thread has let go of the file.
-async fn reopen(dir: &std::path::Path, (checkpoint, stage): Intervals) -> Store {
+async fn reopen(dir: &std::path::Path, intervals: Intervals) -> Store {
     for _ in 0..200 {
-        let mut journal = JournalOptions::new(dir.join("journal"), vec![journal_replayer()]);
-        journal.checkpoint_interval = checkpoint;
-        journal.stage_interval = stage;
-        let options = StoreOptions {
-            journal: Some(journal),
-            ..StoreOptions::default()
-        };
-        match Store::open(&dir.join("db.redb"), options) {
+        match Store::open(&dir.join("db.redb"), journaled_options(dir, intervals)) {
             Ok(store) => return store,
             Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
         }
