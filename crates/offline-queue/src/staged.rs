@@ -4,9 +4,10 @@
 //! storage journal, a journaled batch stores its new rows here instead of
 //! in redb: mailbox entries (messages, receipts), delivered marks and
 //! dedupe keys. Deleting a row that is here takes it out again. Neither
-//! touches a B-tree; a checkpoint writes the rows still here into their
-//! tables ([`storage::Stage::flush`]), in key order, many to a leaf.
-//! Accounts and id marks still go to redb.
+//! touches a B-tree; the first journaled batch after the stage interval
+//! (200 ms), a checkpoint or a durable commit writes the rows still here
+//! into their tables ([`storage::Stage::flush`]), in key order. Accounts
+//! and id marks still go to redb.
 //!
 //! [`crate::store::RedbMailbox`] and the replica's export read this and
 //! redb together (see [`merge_sorted`]), under the store's view lock; the

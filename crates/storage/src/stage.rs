@@ -1,4 +1,4 @@
-//! Journaled changes kept in memory instead of redb until a checkpoint.
+//! Journaled changes kept in memory instead of redb for a while.
 //!
 //! Most mailbox entries are deleted within seconds of being stored. With
 //! the journal, such an entry's insert and delete still cost two B-tree
@@ -6,9 +6,10 @@
 //! neither ever reaches the database file. A [`Stage`] lets a journaled
 //! kind keep part of a batch's effect in memory instead: the batch is
 //! durable in the journal, the stage holds what redb lacks, and readers
-//! look at both. A checkpoint (or any durable redb commit) first writes
-//! what the stage holds into its transaction and empties the stage once
-//! that commit is durable; an entry deleted before then never touches redb.
+//! look at both. The first journaled batch after the journal's
+//! `stage_interval`, a checkpoint and any durable redb commit first write
+//! what the stage holds into their transaction and empty the stage once
+//! that commit is done; an entry deleted before then never touches redb.
 //!
 //! Visibility: what a batch stages is *pending* until the batch is in the
 //! journal; it is published together with the batch's redb commit under the
@@ -84,42 +85,41 @@ impl Stages {
         self.view.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub(crate) fn all(&self) -> Vec<Arc<dyn Stage>> {
-        self.list
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|r| Arc::clone(&r.stage))
-            .collect()
+    /// Calls `f` on every stage, holding the list (no allocation: this
+    /// runs for every batch).
+    fn each<E>(&self, mut f: impl FnMut(&dyn Stage) -> Result<(), E>) -> Result<(), E> {
+        let list = self.list.lock().unwrap_or_else(PoisonError::into_inner);
+        list.iter().try_for_each(|r| f(r.stage.as_ref()))
     }
 
     /// Whether any stage holds something.
     pub(crate) fn any_held(&self) -> bool {
-        self.all().iter().any(|stage| !stage.is_empty())
+        self.each(|stage| if stage.is_empty() { Ok(()) } else { Err(()) })
+            .is_err()
     }
 
     pub(crate) fn flush(&self, txn: &WriteTransaction) -> Result<()> {
-        for stage in self.all() {
-            stage.flush(txn)?;
-        }
-        Ok(())
+        self.each(|stage| stage.flush(txn))
     }
 
     pub(crate) fn flushed(&self) {
-        for stage in self.all() {
+        let _ = self.each::<()>(|stage| {
             stage.flushed();
-        }
+            Ok(())
+        });
     }
 
     pub(crate) fn publish(&self) {
-        for stage in self.all() {
+        let _ = self.each::<()>(|stage| {
             stage.publish();
-        }
+            Ok(())
+        });
     }
 
     pub(crate) fn discard(&self) {
-        for stage in self.all() {
+        let _ = self.each::<()>(|stage| {
             stage.discard();
-        }
+            Ok(())
+        });
     }
 }
