@@ -15,6 +15,8 @@
 //! - [`store`]: the fragment's redb tables and the reads the core needs.
 //! - [`staged`]: new entries kept in memory while only the storage journal
 //!   holds them (most are deleted before a checkpoint would write them).
+//! - [`group`]: a group's record and the rules that change it (members,
+//!   roles, who receives each position of its log).
 //! - [`account`]: per-user account records of the auth service, kept
 //!   and replicated with the user's mailbox, changed by compare-and-set.
 //! - [`usage`]: undelivered mail per recipient and sender, for the
@@ -35,6 +37,7 @@ pub mod actor;
 pub mod entry;
 mod error;
 pub mod fragment;
+pub mod group;
 pub mod remote;
 pub mod replica;
 pub mod replica_core;

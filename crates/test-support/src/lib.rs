@@ -15,6 +15,30 @@ use proto::PhoneNumber;
 /// data directory: one "PHONE CODE" line per code sent.
 pub const CODE_LOG: &str = "verification-codes.log";
 
+/// A small deterministic generator (xorshift64*) for randomised tests, so
+/// that a failure names its seed and replays exactly.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number below `n` (0 for `n` = 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    /// True `percent` times in a hundred.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
 /// A phone number from its text.
 pub fn phone(s: &str) -> PhoneNumber {
     PhoneNumber::parse(s).expect("valid phone")

@@ -17,30 +17,11 @@ use crate::replica::export_fragment_in;
 use crate::staged::MailboxStage;
 use crate::store::{MailboxRead, RedbMailbox, WriteOp};
 use crate::{Entry, EntryBody};
+use test_support::Rng;
 use test_support::numbered as phone;
 
 const FRAGMENTS: [FragmentId; 2] = [3, 4];
 const USERS: u64 = 5;
-
-/// A small deterministic generator (xorshift64*), so a failure names its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 /// What the generator knows is stored, to delete real entries.
 #[derive(Default)]
@@ -92,7 +73,7 @@ impl Model {
                     let body = EntryBody::Receipt {
                         kind: ReceiptKind::Delivered,
                         by: phone(1 + rng.below(USERS)),
-                        msg_ids: vec![rng.next()],
+                        msg_ids: vec![rng.next_u64()],
                         ts,
                     }
                     .to_bytes();
