@@ -23,14 +23,16 @@ use router::{FragmentId, Islands, Placement};
 use storage::{ApplyGroup, Journaled, Store};
 
 use crate::account::{AccountReply, AccountWrite};
-use crate::fragment::{FragmentConfig, NewMessage, ReceiptRequest, Stored};
+use crate::fragment::{
+    FragmentConfig, GroupAnswer, GroupRequest, NewMessage, ReceiptRequest, Stored,
+};
 use crate::remote::{self, FragmentWire};
 use crate::replica::{
     clear_divergent, export_fragment, import_chunk, load_divergent, load_owner, log_divergent,
     log_divergent_all, save_owner,
 };
 use crate::replica_core::{
-    Action, Answer, Caller, ClusterSetup, Event, LocalRequest, ReplicaCore, Waiter,
+    Action, Answer, Caller, ClusterSetup, Event, GroupNote, LocalRequest, ReplicaCore, Waiter,
 };
 use crate::staged::MailboxStage;
 use crate::store::{MailboxTables, RedbMailbox, WriteOp, apply_ops};
@@ -123,6 +125,17 @@ pub enum FragmentMsg {
         /// Their ids.
         ids: Vec<MessageId>,
     },
+    /// A group request for a group at home in this fragment (or, for a
+    /// create, of a creator of this fragment); answered once durable.
+    Group {
+        /// The request.
+        request: GroupRequest,
+        /// The answer.
+        reply: RpcReplyPort<Result<GroupAnswer, FragmentError>>,
+    },
+    /// A group's batch, or its confirmation, from another fragment of
+    /// this node.
+    GroupNote(GroupNote),
     /// Internal: the group commit of `tag` finished.
     Committed {
         /// Which core submitted it (a core dropped and made again on this
@@ -136,7 +149,8 @@ pub enum FragmentMsg {
     },
     /// Internal: forget expired dedupe keys.
     Sweep,
-    /// Internal (clustered): look for writes the partner left unconfirmed.
+    /// Internal, once a second: look for writes the partner left
+    /// unconfirmed (clustered), resend unconfirmed group batches.
     CheckPartner,
     /// Report gauges.
     Stats(RpcReplyPort<FragmentStats>),
@@ -219,6 +233,23 @@ impl FragmentDirectory {
             .ok_or(FragmentError::Unavailable(id))
     }
 
+    /// Fragment `id`'s actor, waiting up to `wait` for one that is being
+    /// restarted by its supervisor.
+    pub async fn get_when_ready(
+        &self,
+        id: FragmentId,
+        wait: Duration,
+    ) -> Result<ActorRef<FragmentMsg>, FragmentError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match self.get(id) {
+                Ok(fragment) => return Ok(fragment),
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+
     /// The actor of the fragment owning `user`.
     pub fn for_user(&self, user: &PhoneNumber) -> Result<ActorRef<FragmentMsg>, FragmentError> {
         self.get(self.placement.fragment_of(user))
@@ -231,14 +262,8 @@ impl FragmentDirectory {
         user: &PhoneNumber,
         wait: Duration,
     ) -> Result<ActorRef<FragmentMsg>, FragmentError> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            match self.for_user(user) {
-                Ok(fragment) => return Ok(fragment),
-                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
-        }
+        self.get_when_ready(self.placement.fragment_of(user), wait)
+            .await
     }
 }
 
@@ -254,6 +279,8 @@ pub(crate) enum LocalReply {
     Account(RpcReplyPort<Result<AccountReply, FragmentError>>),
     /// An attach.
     Attach(RpcReplyPort<Result<(), FragmentError>>),
+    /// A group request.
+    Group(RpcReplyPort<Result<GroupAnswer, FragmentError>>),
 }
 
 impl Caller for LocalReply {
@@ -262,6 +289,7 @@ impl Caller for LocalReply {
             LocalReply::Stored(port) => port.is_closed(),
             LocalReply::Account(port) => port.is_closed(),
             LocalReply::Attach(port) => port.is_closed(),
+            LocalReply::Group(port) => port.is_closed(),
         }
     }
 }
@@ -281,6 +309,9 @@ impl LocalReply {
             (LocalReply::Attach(port), Answer::Attached(result)) => {
                 let _ = port.send(result);
             }
+            (LocalReply::Group(port), Answer::Group(result)) => {
+                let _ = port.send(result);
+            }
             (LocalReply::Stored(port), _) => {
                 let _ = port.send(Err(unavailable));
             }
@@ -288,6 +319,9 @@ impl LocalReply {
                 let _ = port.send(Err(unavailable));
             }
             (LocalReply::Attach(port), _) => {
+                let _ = port.send(Err(unavailable));
+            }
+            (LocalReply::Group(port), _) => {
                 let _ = port.send(Err(unavailable));
             }
         }
@@ -442,10 +476,10 @@ impl Actor for FragmentActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         state.sweeper = Some(myself.send_interval(Duration::from_secs(60), || FragmentMsg::Sweep));
-        if state.link.is_some() {
-            state.checker =
-                Some(myself.send_interval(Duration::from_secs(1), || FragmentMsg::CheckPartner));
-        }
+        // Every second: partner timeouts and take-overs in a cluster, and
+        // on every node the groups' fan-out retries.
+        state.checker =
+            Some(myself.send_interval(Duration::from_secs(1), || FragmentMsg::CheckPartner));
         step(&myself, state, Event::Start).await?;
         if let Some(on_start) = &state.on_start {
             on_start(state.id);
@@ -516,6 +550,22 @@ impl Actor for FragmentActor {
             FragmentMsg::DeleteAcked { owner, ids } => {
                 Event::Local(LocalRequest::DeleteAcked { owner, ids })
             }
+            FragmentMsg::Group { request, reply } => Event::Local(LocalRequest::Group {
+                request,
+                reply: LocalReply::Group(reply),
+            }),
+            FragmentMsg::GroupNote(GroupNote::FanOut { home, fanout }) => {
+                Event::Local(LocalRequest::FanOut { home, fanout })
+            }
+            FragmentMsg::GroupNote(GroupNote::FannedOut {
+                group,
+                through,
+                from,
+            }) => Event::Local(LocalRequest::FannedOut {
+                group,
+                through,
+                from,
+            }),
             FragmentMsg::Committed {
                 generation,
                 tag,
@@ -714,6 +764,12 @@ async fn perform(
             request,
             waiter,
         } => return Ok(receipt_elsewhere(state, fragment, request, waiter)),
+        Action::GroupElsewhere { fragment, note } => {
+            // A fragment restarting now misses it; the home sends again.
+            if let Ok(f) = state.directory.get(fragment) {
+                let _ = f.send_message(FragmentMsg::GroupNote(note));
+            }
+        }
         Action::DeleteAckedElsewhere {
             fragment,
             owner,

@@ -1,6 +1,6 @@
 //! What a mailbox holds.
 
-use proto::{MessageId, PhoneNumber, ReceiptKind, TimestampMs};
+use proto::{GroupChange, GroupId, MessageId, PhoneNumber, Position, ReceiptKind, TimestampMs};
 use router::FragmentId;
 use serde::{Deserialize, Serialize};
 
@@ -60,9 +60,75 @@ pub enum EntryBody {
         /// When it happened.
         ts: TimestampMs,
     },
+    /// A group's message or change, fanned out to this member (appended:
+    /// entries stored before groups existed still decode).
+    Group {
+        /// The group.
+        group: GroupId,
+        /// Its place in the group's log.
+        position: Position,
+        /// What was logged there.
+        item: GroupItem,
+    },
+}
+
+/// What a group's log holds at a position.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GroupItem {
+    /// A message from a member.
+    Message {
+        /// The sender.
+        from: PhoneNumber,
+        /// The sender's id for it.
+        client_msg_id: u64,
+        /// When the group's fragment stored it.
+        server_ts: TimestampMs,
+        /// Opaque bytes.
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+    },
+    /// A change of the group.
+    Change {
+        /// Who made it.
+        by: PhoneNumber,
+        /// What changed.
+        change: GroupChange,
+        /// When.
+        ts: TimestampMs,
+    },
+}
+
+impl GroupItem {
+    /// When it was logged.
+    pub fn ts(&self) -> TimestampMs {
+        match self {
+            GroupItem::Message { server_ts, .. } => *server_ts,
+            GroupItem::Change { ts, .. } => *ts,
+        }
+    }
+
+    /// Serialises for storage.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).unwrap_or_default()
+    }
+
+    /// Reads a stored item.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        postcard::from_bytes(bytes)
+    }
 }
 
 impl EntryBody {
+    /// When it was stored (a receipt: when it happened; a group entry:
+    /// when its group logged it).
+    pub fn ts(&self) -> TimestampMs {
+        match self {
+            EntryBody::Message { server_ts, .. } => *server_ts,
+            EntryBody::Receipt { ts, .. } => *ts,
+            EntryBody::Group { item, .. } => item.ts(),
+        }
+    }
+
     /// Serialises for storage.
     pub fn to_bytes(&self) -> Vec<u8> {
         // Encoding into a Vec cannot fail for these plain types.
@@ -93,12 +159,34 @@ enum EntryHead<'a> {
         _msg_ids: Vec<MessageId>,
         ts: TimestampMs,
     },
+    Group {
+        _group: GroupId,
+        _position: Position,
+        #[serde(borrow)]
+        item: GroupItemHead<'a>,
+    },
+}
+
+#[derive(Deserialize)]
+enum GroupItemHead<'a> {
+    Message {
+        _from: PhoneNumber,
+        _client_msg_id: u64,
+        server_ts: TimestampMs,
+        #[serde(borrow, with = "serde_bytes")]
+        payload: &'a [u8],
+    },
+    Change {
+        _by: PhoneNumber,
+        _change: GroupChange,
+        ts: TimestampMs,
+    },
 }
 
 /// What the quotas and the expiry need of a stored entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct StoredHead {
-    /// The sender, for a message; `None` for a receipt.
+    /// The sender, for a 1:1 message; `None` for a receipt or a group entry.
     pub(crate) sender: Option<PhoneNumber>,
     /// When it was stored (a receipt: when it happened).
     pub(crate) at: TimestampMs,
@@ -126,6 +214,22 @@ pub(crate) fn stored_head(bytes: &[u8]) -> Option<StoredHead> {
             sender: None,
             at: ts,
             payload_len: 0,
+        }),
+        // Group entries count in no sender's share (the group's sends are
+        // paced at the group's fragment) and expire like the rest.
+        Ok((EntryHead::Group { item, .. }, _)) => Some(match item {
+            GroupItemHead::Message {
+                server_ts, payload, ..
+            } => StoredHead {
+                sender: None,
+                at: server_ts,
+                payload_len: payload.len() as u64,
+            },
+            GroupItemHead::Change { ts, .. } => StoredHead {
+                sender: None,
+                at: ts,
+                payload_len: 0,
+            },
         }),
         Err(_) => None,
     }

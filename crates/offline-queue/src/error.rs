@@ -39,6 +39,12 @@ pub enum FragmentError {
     /// of its account): it may not attach.
     #[error("the token was revoked")]
     TokenRevoked,
+    /// A group request was refused.
+    #[error("{0}")]
+    Group(crate::group::GroupError),
+    /// The group holds too many messages not yet fanned out; retry later.
+    #[error("the group has too many messages in transit; retry later")]
+    GroupBacklog,
 }
 
 impl FragmentError {
@@ -70,6 +76,10 @@ impl FragmentError {
                 retry_after_ms: 2000,
             },
             FragmentError::TokenRevoked => proto::ErrorCode::InvalidToken,
+            FragmentError::Group(e) => e.error_code(),
+            FragmentError::GroupBacklog => proto::ErrorCode::RateLimited {
+                retry_after_ms: 5_000,
+            },
         }
     }
 }

@@ -18,6 +18,7 @@ use proto::{MessageId, PhoneNumber, ReceiptKind, TimestampMs};
 use router::{FragmentId, Placement};
 
 use crate::account::{AccountRecord, AccountReply, AccountWrite, MAX_ACCOUNT_BODY};
+use crate::group::{GroupId, Position};
 use crate::store::{MailboxRead, WriteOp};
 use crate::usage::{Full, MailboxLimits, MailboxUsage};
 use crate::{Entry, EntryBody, FragmentError, compose_message_id, fragment_of_message_id};
@@ -42,6 +43,8 @@ pub struct FragmentConfig {
     pub mailbox: MailboxLimits,
     /// How long an entry waits undelivered before it is dropped.
     pub undelivered_ttl_ms: u64,
+    /// Groups' limits.
+    pub groups: GroupLimits,
 }
 
 impl Default for FragmentConfig {
@@ -53,6 +56,7 @@ impl Default for FragmentConfig {
             dedupe_retention_ms: 7 * 24 * 3600 * 1000,
             mailbox: MailboxLimits::default(),
             undelivered_ttl_ms: 30 * 24 * 3600 * 1000,
+            groups: GroupLimits::default(),
         }
     }
 }
@@ -150,6 +154,33 @@ pub enum Action<E, R> {
         /// Answer once it is stored (a read receipt passed on).
         waiter: Option<R>,
     },
+    /// Answer a group request.
+    GroupReply {
+        /// Who waits.
+        to: R,
+        /// The answer.
+        result: Result<GroupAnswer, FragmentError>,
+    },
+    /// Hand a batch of a group's log to the fragment of some members
+    /// (maybe this one), which answers [`FragmentCore::group_fanned_out`].
+    FanOut {
+        /// The destination.
+        fragment: FragmentId,
+        /// The batch for its members.
+        fanout: FanOut,
+    },
+    /// Tell a group's home fragment that this fragment has stored its
+    /// batch up to `through`.
+    FannedOut {
+        /// The group's home.
+        fragment: FragmentId,
+        /// The group.
+        group: GroupId,
+        /// The batch's last position.
+        through: Position,
+        /// This fragment.
+        from: FragmentId,
+    },
     /// A receipt was stored: the acked entries may now be deleted there.
     DeleteAcked {
         /// The fragment holding them.
@@ -184,6 +215,7 @@ enum Commit<R> {
         record: AccountRecord,
         waiter: R,
     },
+    Group(GroupCommit<R>),
 }
 
 struct Online<E> {
@@ -234,6 +266,8 @@ pub struct FragmentCore<E, R> {
     /// Account records written and not yet committed, with their commit's
     /// tag: reads and compare-and-sets see them before the disk does.
     unsettled_accounts: HashMap<PhoneNumber, (AccountRecord, u64)>,
+    /// Groups at home here, and marks of group items being stored here.
+    groups: Groups,
 }
 
 /// Entries an expiry step looks at (bounded work per sweep).
@@ -261,6 +295,7 @@ impl<E: Clone, R> FragmentCore<E, R> {
             usage: MailboxUsage::default(),
             expiry_resume: None,
             unsettled_accounts: HashMap::new(),
+            groups: Groups::default(),
         }
     }
 
@@ -739,7 +774,7 @@ impl<E: Clone, R> FragmentCore<E, R> {
                     self.usage.remove(user, &from, payload.len() as u64);
                     receipts.entry(from).or_default().push(id);
                 }
-                EntryBody::Receipt { .. } => deletions.push(id),
+                EntryBody::Receipt { .. } | EntryBody::Group { .. } => deletions.push(id),
             }
         }
         if ignored > 0 {
@@ -998,10 +1033,7 @@ impl<E: Clone, R> FragmentCore<E, R> {
                 let result = match &outcome {
                     Ok(()) => Ok(Stored {
                         msg_id: entry.id,
-                        server_ts: match &entry.body {
-                            EntryBody::Message { server_ts, .. } => *server_ts,
-                            EntryBody::Receipt { ts, .. } => *ts,
-                        },
+                        server_ts: entry.body.ts(),
                     }),
                     Err(e) => Err(FragmentError::Storage(e.clone())),
                 };
@@ -1041,10 +1073,7 @@ impl<E: Clone, R> FragmentCore<E, R> {
                 waiter,
             } => {
                 self.pending_ids.remove(&entry.id);
-                let ts = match &entry.body {
-                    EntryBody::Receipt { ts, .. } => *ts,
-                    EntryBody::Message { server_ts, .. } => *server_ts,
-                };
+                let ts = entry.body.ts();
                 let result = outcome
                     .as_ref()
                     .map(|()| Stored {
@@ -1079,6 +1108,7 @@ impl<E: Clone, R> FragmentCore<E, R> {
                     tracing::warn!(fragment = self.id, error = %e, "deleting acked entries failed");
                 }
             }
+            Commit::Group(commit) => self.group_committed(reads, commit, outcome, &mut out),
             Commit::Housekeeping => {
                 if let Err(e) = outcome {
                     tracing::warn!(fragment = self.id, error = %e, "dedupe sweep failed");
@@ -1107,6 +1137,14 @@ impl<E: Clone, R> FragmentCore<E, R> {
         self.pump(reads, owner, out);
     }
 }
+
+mod groups;
+
+pub use groups::{
+    FANOUT_BATCH, FANOUT_RETRY_TICKS, FanOut, FanOutItem, GroupAnswer, GroupLimits, GroupRequest,
+    MAX_GROUP_BACKLOG,
+};
+use groups::{GroupCommit, Groups};
 
 #[cfg(test)]
 mod tests;

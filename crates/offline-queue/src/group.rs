@@ -21,27 +21,13 @@
 
 use std::collections::BTreeMap;
 
-use proto::{MessageId, PhoneNumber, TimestampMs};
+pub use proto::{GroupChange, GroupCommand, GroupId, GroupRole as Role, Position};
+use proto::{PhoneNumber, TimestampMs};
 use router::{FragmentId, Placement};
 use serde::{Deserialize, Serialize};
 
-/// A group's id: a message id of its home fragment.
-pub type GroupId = MessageId;
-
-/// A position in a group's log: a message id of the group's home fragment.
-pub type Position = MessageId;
-
 /// Most bytes in a group's name.
 pub const MAX_GROUP_NAME_BYTES: usize = 100;
-
-/// What a member may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Role {
-    /// Changes membership, roles and the name; sends.
-    Admin,
-    /// Sends and leaves.
-    Member,
-}
 
 /// One member, present or removed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,67 +109,6 @@ pub struct GroupRecord {
     pub changed_at: Position,
 }
 
-/// A change of a group: what its log records, and what members see as an
-/// event, in order with the messages.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum GroupChange {
-    /// The group was created with these members (the creator first).
-    Created {
-        /// Its name.
-        name: String,
-        /// Everyone in it, the creator first.
-        members: Vec<PhoneNumber>,
-    },
-    /// Admin `by` added these members.
-    Added {
-        /// The new members.
-        members: Vec<PhoneNumber>,
-    },
-    /// Admin `by` removed these members.
-    Removed {
-        /// The removed members.
-        members: Vec<PhoneNumber>,
-    },
-    /// `member` became an admin.
-    Promoted {
-        /// Who.
-        member: PhoneNumber,
-    },
-    /// `member` is no longer an admin.
-    Demoted {
-        /// Who.
-        member: PhoneNumber,
-    },
-    /// The group has a new name.
-    Renamed {
-        /// The new name.
-        name: String,
-    },
-    /// The member who made the change left; `new_admin` was promoted
-    /// because the last admin left.
-    Left {
-        /// Promoted in the leaver's place, if the group had no admin left.
-        new_admin: Option<PhoneNumber>,
-    },
-}
-
-/// What a member asks of a group (a [`GroupChange`] before it is checked).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum GroupCommand {
-    /// Add members (admins only).
-    Add(Vec<PhoneNumber>),
-    /// Remove members (admins only; not oneself: leave instead).
-    Remove(Vec<PhoneNumber>),
-    /// Make a member an admin (admins only).
-    Promote(PhoneNumber),
-    /// Make an admin a member (admins only; not the last admin).
-    Demote(PhoneNumber),
-    /// Rename (admins only).
-    Rename(String),
-    /// Leave the group.
-    Leave,
-}
-
 /// Why a group request is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum GroupError {
@@ -215,6 +140,22 @@ pub enum GroupError {
     /// oneself, demoting the last admin.
     #[error("{0}")]
     Invalid(String),
+}
+
+impl GroupError {
+    /// The wire error code for a client.
+    pub fn error_code(&self) -> proto::ErrorCode {
+        match self {
+            GroupError::UnknownGroup => proto::ErrorCode::UnknownGroup,
+            GroupError::NotMember => proto::ErrorCode::NotGroupMember,
+            GroupError::NotAdmin => proto::ErrorCode::NotGroupAdmin,
+            GroupError::Full { limit } => proto::ErrorCode::GroupFull { limit: *limit },
+            GroupError::AlreadyMember(_)
+            | GroupError::NoSuchMember(_)
+            | GroupError::InvalidName
+            | GroupError::Invalid(_) => proto::ErrorCode::InvalidRequest,
+        }
+    }
 }
 
 fn check_name(name: &str) -> Result<(), GroupError> {

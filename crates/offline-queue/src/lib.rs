@@ -16,7 +16,8 @@
 //! - [`staged`]: new entries kept in memory while only the storage journal
 //!   holds them (most are deleted before a checkpoint would write them).
 //! - [`group`]: a group's record and the rules that change it (members,
-//!   roles, who receives each position of its log).
+//!   roles, who receives each position of its log); [`group_store`]: its
+//!   tables.
 //! - [`account`]: per-user account records of the auth service, kept
 //!   and replicated with the user's mailbox, changed by compare-and-set.
 //! - [`usage`]: undelivered mail per recipient and sender, for the
@@ -38,6 +39,7 @@ pub mod entry;
 mod error;
 pub mod fragment;
 pub mod group;
+pub mod group_store;
 pub mod remote;
 pub mod replica;
 pub mod replica_core;

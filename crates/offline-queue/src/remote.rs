@@ -6,7 +6,9 @@ use router::{FragmentId, Owner};
 use serde::{Deserialize, Serialize};
 
 use crate::account::{AccountReply, AccountWrite};
-use crate::fragment::ReceiptRequest;
+use crate::fragment::{FanOut, GroupAnswer, GroupRequest, ReceiptRequest};
+use crate::group::{GroupId, Position};
+use crate::group_store::GroupRow;
 use crate::replica::SnapshotChunk;
 use crate::store::WriteOp;
 use crate::{Entry, FragmentError, Stored};
@@ -240,6 +242,56 @@ pub enum FragmentWire {
         /// The stream position.
         upto: u64,
     },
+    /// A group request for the group's home, forwarded by a node that
+    /// does not own it; answered with [`FragmentWire::GroupDone`].
+    Group {
+        /// Correlates the answer.
+        req: u64,
+        /// The request.
+        request: GroupRequest,
+    },
+    /// Owner → forwarder: the answer to [`FragmentWire::Group`].
+    GroupDone {
+        /// The request's id.
+        req: u64,
+        /// The answer.
+        result: Result<GroupAnswer, FragmentError>,
+    },
+    /// A group's batch for the members of this fragment (from the
+    /// group's home fragment, or a node passing it on to the owner).
+    FanOut {
+        /// The group's home fragment.
+        home: FragmentId,
+        /// The batch.
+        fanout: FanOut,
+    },
+    /// To a group's home fragment: fragment `from` stored the batch.
+    FannedOut {
+        /// The group.
+        group: GroupId,
+        /// The batch's last position.
+        through: Position,
+        /// The fragment that stored it.
+        from: FragmentId,
+    },
+    /// [`FragmentWire::SnapshotWithAccounts`] of a chunk that also holds
+    /// group rows.
+    SnapshotWithGroups {
+        /// The primary's epoch.
+        epoch: u64,
+        /// The first chunk of the copy.
+        first: bool,
+        /// The last chunk of the copy.
+        last: bool,
+        /// The stream position of the copy.
+        rseq: u64,
+        /// The rows.
+        chunk: SnapshotChunk,
+        /// `(user, postcard(AccountRecord))`.
+        accounts: Vec<(String, serde_bytes::ByteBuf)>,
+        /// The group rows.
+        groups: Vec<GroupRow>,
+    },
 }
 
 /// A copy chunk's place in its copy: `(epoch, first, last, rseq)`.
@@ -250,6 +302,19 @@ impl FragmentWire {
     /// account records, else `Snapshot` (which the previous release reads).
     pub fn snapshot(place: SnapshotPlace, mut chunk: SnapshotChunk) -> Self {
         let (epoch, first, last, rseq) = place;
+        if !chunk.groups.is_empty() {
+            let accounts = std::mem::take(&mut chunk.accounts);
+            let groups = std::mem::take(&mut chunk.groups);
+            return FragmentWire::SnapshotWithGroups {
+                epoch,
+                first,
+                last,
+                rseq,
+                chunk,
+                accounts,
+                groups,
+            };
+        }
         if chunk.accounts.is_empty() {
             return FragmentWire::Snapshot {
                 epoch,
@@ -289,6 +354,19 @@ impl FragmentWire {
                 accounts,
             } => {
                 chunk.accounts = accounts;
+                Some(((epoch, first, last, rseq), chunk))
+            }
+            FragmentWire::SnapshotWithGroups {
+                epoch,
+                first,
+                last,
+                rseq,
+                mut chunk,
+                accounts,
+                groups,
+            } => {
+                chunk.accounts = accounts;
+                chunk.groups = groups;
                 Some(((epoch, first, last, rseq), chunk))
             }
             _ => None,
@@ -385,6 +463,11 @@ impl FragmentWire {
             FragmentWire::MergeDone { .. } => "merge-done",
             FragmentWire::Owner { .. } => "owner",
             FragmentWire::AttachAt { .. } => "attach-at",
+            FragmentWire::Group { .. } => "group",
+            FragmentWire::GroupDone { .. } => "group-done",
+            FragmentWire::FanOut { .. } => "fan-out",
+            FragmentWire::FannedOut { .. } => "fanned-out",
+            FragmentWire::SnapshotWithGroups { .. } => "snapshot-with-groups",
             FragmentWire::Revoked { .. } => "revoked",
             FragmentWire::AccountRead { .. } => "account-read",
             FragmentWire::AccountWrite { .. } => "account-write",
@@ -409,6 +492,9 @@ impl FragmentWire {
                 | FragmentWire::Ack { .. }
                 | FragmentWire::StoreReceipt { .. }
                 | FragmentWire::DeleteAcked { .. }
+                | FragmentWire::Group { .. }
+                | FragmentWire::FanOut { .. }
+                | FragmentWire::FannedOut { .. }
         )
     }
 }

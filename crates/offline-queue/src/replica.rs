@@ -14,6 +14,7 @@ use storage::{StorageError, Store};
 
 use crate::FragmentError;
 use crate::entry::seq_of_message_id;
+use crate::group_store::{GroupRow, erase_groups, export_groups, import_groups};
 use crate::staged::{LAST_OWNER, MailboxStage, Row, merge_mbox, merge_sorted};
 use crate::store::{
     ACCOUNT_TABLE, DEDUPE_TABLE, MBOX_TABLE, SEQ_TABLE, WriteOp, raise_next_seq, storage,
@@ -67,11 +68,15 @@ pub struct SnapshotChunk {
     /// travels as `FragmentWire::SnapshotWithAccounts`.
     #[serde(skip)]
     pub accounts: Vec<(String, serde_bytes::ByteBuf)>,
+    /// The fragment's group rows. Not in this struct's wire form either: a
+    /// chunk with groups travels as `FragmentWire::SnapshotWithGroups`.
+    #[serde(skip)]
+    pub groups: Vec<GroupRow>,
 }
 
 impl SnapshotChunk {
     fn rows(&self) -> usize {
-        self.mbox.len() + self.dedupe.len() + self.accounts.len()
+        self.mbox.len() + self.dedupe.len() + self.accounts.len() + self.groups.len()
     }
 }
 
@@ -179,6 +184,12 @@ pub fn export_fragment_in(
         Err(redb::TableError::TableDoesNotExist(_)) => {}
         Err(e) => return Err(storage(e)),
     }
+    export_groups(&read, f, |row| {
+        push(&mut chunks);
+        if let Some(chunk) = chunks.last_mut() {
+            chunk.groups.push(row);
+        }
+    })?;
     let next_seq = match read.open_table(SEQ_TABLE) {
         Ok(table) => table.get(f).map_err(storage)?.map(|v| v.value()),
         Err(redb::TableError::TableDoesNotExist(_)) => None,
@@ -208,6 +219,7 @@ pub fn import_chunk(
     let mut dedupe = txn.open_table(DEDUPE_TABLE)?;
     let mut accounts = txn.open_table(ACCOUNT_TABLE)?;
     if first {
+        erase_groups(txn, f)?;
         accounts.retain_in((f, "")..=(f, "\u{10FFFF}"), |_, _| false)?;
         mbox.retain_in((f, "", 0)..=(f, "\u{10FFFF}", u64::MAX), |_, _| false)?;
         dedupe.retain_in(
@@ -234,6 +246,7 @@ pub fn import_chunk(
     for (user, record) in &chunk.accounts {
         accounts.insert((f, user.as_str()), record.as_slice())?;
     }
+    import_groups(txn, f, &chunk.groups)?;
     if next_seq > 0 {
         raise_next_seq(txn, f, next_seq)?;
     }

@@ -30,7 +30,11 @@ use proto::{MessageId, PhoneNumber, TimestampMs};
 use router::{FragmentId, FragmentOwnership, Islands, Owner, Placement, Role};
 
 use crate::account::{AccountReply, AccountWrite};
-use crate::fragment::{self, FragmentConfig, FragmentCore, NewMessage, ReceiptRequest, Stored};
+use crate::fragment::{
+    self, FanOut, FragmentConfig, FragmentCore, GroupAnswer, GroupRequest, NewMessage,
+    ReceiptRequest, Stored,
+};
+use crate::group::{GroupId, Position};
 use crate::remote::FragmentWire;
 use crate::replica::{SnapshotChunk, takeover_seq};
 use crate::store::{MailboxRead, WriteOp};
@@ -148,6 +152,8 @@ pub enum Answer {
     Account(Result<AccountReply, FragmentError>),
     /// To an attach.
     Attached(Result<(), FragmentError>),
+    /// To a group request.
+    Group(Result<GroupAnswer, FragmentError>),
 }
 
 /// A request from this node (a session, a bot, the auth service).
@@ -211,6 +217,31 @@ pub enum LocalRequest<T, L> {
         owner: PhoneNumber,
         /// Their ids.
         ids: Vec<MessageId>,
+    },
+    /// A group request for a group at home here; answered
+    /// [`Answer::Group`].
+    Group {
+        /// The request.
+        request: GroupRequest,
+        /// Who waits.
+        reply: L,
+    },
+    /// A batch of a group's log for members of this fragment, from the
+    /// group's home fragment on this node.
+    FanOut {
+        /// The group's home.
+        home: FragmentId,
+        /// The batch.
+        fanout: FanOut,
+    },
+    /// Fragment `from` of this node stored a batch of a group at home here.
+    FannedOut {
+        /// The group.
+        group: GroupId,
+        /// The batch's last position.
+        through: Position,
+        /// The fragment that stored it.
+        from: FragmentId,
     },
 }
 
@@ -396,6 +427,15 @@ pub enum Action<T, L> {
         /// Who waits for it to be stored.
         waiter: Option<Waiter<L>>,
     },
+    /// Hand a group's batch, or its confirmation, to another fragment of
+    /// this node (which forwards it if it does not own it). Lost ones are
+    /// sent again by the group's home.
+    GroupElsewhere {
+        /// The fragment.
+        fragment: FragmentId,
+        /// A [`LocalRequest::FanOut`] or [`LocalRequest::FannedOut`].
+        note: GroupNote,
+    },
     /// Delete acked entries in another fragment of this node.
     DeleteAckedElsewhere {
         /// The fragment.
@@ -407,6 +447,27 @@ pub enum Action<T, L> {
     },
 }
 
+/// What one fragment tells another about a group's fan-out.
+#[derive(Debug, Clone)]
+pub enum GroupNote {
+    /// A batch for the members of the receiving fragment.
+    FanOut {
+        /// The group's home.
+        home: FragmentId,
+        /// The batch.
+        fanout: FanOut,
+    },
+    /// The sender stored a batch of a group at home in the receiver.
+    FannedOut {
+        /// The group.
+        group: GroupId,
+        /// The batch's last position.
+        through: Position,
+        /// The fragment that stored it.
+        from: FragmentId,
+    },
+}
+
 /// A caller on this node that waits for an answer.
 pub trait Caller {
     /// Whether it stopped waiting (its answer would go nowhere).
@@ -415,7 +476,7 @@ pub trait Caller {
 
 /// What the core reads of the node's copy of the fragment besides what the
 /// fragment core reads.
-pub trait ReplicaRead: MailboxRead {
+pub trait ReplicaRead: MailboxRead + crate::group_store::GroupRead {
     /// The stored id high-water mark.
     fn next_seq(&self) -> Result<u64, FragmentError>;
     /// Whether a copy from the owner is under way here (only part of the
@@ -579,6 +640,8 @@ pub struct ReplicaCore<T, L> {
     /// itself, may be in the partner's rows, so its first core starts in a
     /// fresh block as a take-over does.
     first_core: bool,
+    /// The core generation whose groups' fan-out has been resumed.
+    groups_resumed: u64,
 }
 
 /// The actions of one step.
@@ -636,6 +699,7 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
             held: VecDeque::new(),
             promoting: None,
             first_core: cluster_present,
+            groups_resumed: 0,
         };
         let serves = replica
             .cluster
@@ -726,6 +790,7 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
             Event::Tick { lately } => {
                 self.note_lately(lately);
                 self.tick(now, reads, &mut out)?;
+                self.tick_groups(now, reads, &mut out)?;
             }
             Event::Committed {
                 generation,
@@ -770,6 +835,27 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
         }
         self.maybe_hand_back(now, reads, &mut out)?;
         Ok(out)
+    }
+
+    /// Once a second: the first tick of a new core resumes the fan-out
+    /// its groups' logs still hold; every tick resends batches that were
+    /// not confirmed in time.
+    fn tick_groups(
+        &mut self,
+        now: TimestampMs,
+        reads: &impl ReplicaRead,
+        out: &mut Out<T, L>,
+    ) -> Result<(), FragmentError> {
+        let Some(core) = self.core.as_mut() else {
+            return Ok(());
+        };
+        let mut actions = Vec::new();
+        if self.groups_resumed != self.generation {
+            self.groups_resumed = self.generation;
+            actions = core.resume_groups(reads)?;
+        }
+        actions.extend(core.group_tick());
+        self.absorb(now, actions, reads, out)
     }
 
     fn note_lately(&mut self, lately: BTreeSet<String>) {
@@ -866,6 +952,22 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
                 Some(Waiter::Local(reply)),
             ),
             LocalRequest::DeleteAcked { owner, ids } => (Request::DeleteAcked { owner, ids }, None),
+            LocalRequest::Group { request, reply } => {
+                (Request::Group(request), Some(Waiter::Local(reply)))
+            }
+            LocalRequest::FanOut { home, fanout } => (Request::FanOut { home, fanout }, None),
+            LocalRequest::FannedOut {
+                group,
+                through,
+                from,
+            } => (
+                Request::FannedOut {
+                    group,
+                    through,
+                    from,
+                },
+                None,
+            ),
         };
         self.serve(now, request, waiter, reads, out)
     }
@@ -959,6 +1061,21 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
                 None => Vec::new(),
             },
             Request::DeleteAcked { owner, ids } => core.delete_acked(owner, ids),
+            Request::Group(request) => match (waiter, reads.refusal()) {
+                // Sends are refused as 1:1 sends are; changes and reads go on.
+                (Some(waiter), Some(refused)) if matches!(request, GroupRequest::Send { .. }) => {
+                    group_answer(waiter, Err(refused), out);
+                    Vec::new()
+                }
+                (Some(waiter), _) => core.group_request(reads, request, now, waiter),
+                (None, _) => Vec::new(),
+            },
+            Request::FanOut { home, fanout } => core.fan_in(reads, home, fanout),
+            Request::FannedOut {
+                group,
+                through,
+                from,
+            } => core.group_fanned_out(group, through, from),
         };
         self.absorb(now, actions, reads, out)
     }
@@ -1013,6 +1130,43 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
                             fragment,
                             request,
                             waiter,
+                        });
+                    }
+                }
+                fragment::Action::GroupReply { to, result } => group_answer(to, result, out),
+                fragment::Action::FanOut { fragment, fanout } => {
+                    if fragment == self.id {
+                        if let Some(core) = self.core.as_mut() {
+                            queue.extend(core.fan_in(reads, self.id, fanout));
+                        }
+                    } else {
+                        out.push(Action::GroupElsewhere {
+                            fragment,
+                            note: GroupNote::FanOut {
+                                home: self.id,
+                                fanout,
+                            },
+                        });
+                    }
+                }
+                fragment::Action::FannedOut {
+                    fragment,
+                    group,
+                    through,
+                    from,
+                } => {
+                    if fragment == self.id {
+                        if let Some(core) = self.core.as_mut() {
+                            queue.extend(core.group_fanned_out(group, through, from));
+                        }
+                    } else {
+                        out.push(Action::GroupElsewhere {
+                            fragment,
+                            note: GroupNote::FannedOut {
+                                group,
+                                through,
+                                from,
+                            },
                         });
                     }
                 }
@@ -1084,6 +1238,16 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
                     });
                 }
             }
+            FragmentWire::GroupDone { req, result } => {
+                if let Some(forwarded) =
+                    self.cluster.as_mut().and_then(|c| c.forwarded.remove(&req))
+                {
+                    out.push(Action::Answer {
+                        to: forwarded.reply,
+                        answer: Answer::Group(result),
+                    });
+                }
+            }
             FragmentWire::AccountDone { req, result } => {
                 if let Some(forwarded) =
                     self.cluster.as_mut().and_then(|c| c.forwarded.remove(&req))
@@ -1109,7 +1273,9 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
                 self.apply_replica(&from, epoch, rseq, ops, out)
             }
             FragmentWire::Committed { epoch, upto } => self.owner_committed(&from, epoch, upto),
-            wire @ (FragmentWire::Snapshot { .. } | FragmentWire::SnapshotWithAccounts { .. }) => {
+            wire @ (FragmentWire::Snapshot { .. }
+            | FragmentWire::SnapshotWithAccounts { .. }
+            | FragmentWire::SnapshotWithGroups { .. }) => {
                 if let Some(((epoch, first, last, rseq), chunk)) = wire.into_snapshot() {
                     self.apply_snapshot(&from, epoch, first, last, rseq, chunk, reads, out)?;
                 }
@@ -1202,6 +1368,16 @@ enum Request<T> {
         owner: PhoneNumber,
         ids: Vec<MessageId>,
     },
+    Group(GroupRequest),
+    FanOut {
+        home: FragmentId,
+        fanout: FanOut,
+    },
+    FannedOut {
+        group: GroupId,
+        through: Position,
+        from: FragmentId,
+    },
 }
 
 impl<T> Request<T> {
@@ -1262,6 +1438,20 @@ impl<T> Request<T> {
             }
             FragmentWire::Ack { user, ids } => (Request::Ack { user, ids }, None),
             FragmentWire::DeleteAcked { owner, ids } => (Request::DeleteAcked { owner, ids }, None),
+            FragmentWire::Group { req, request } => (Request::Group(request), Some(remote(req))),
+            FragmentWire::FanOut { home, fanout } => (Request::FanOut { home, fanout }, None),
+            FragmentWire::FannedOut {
+                group,
+                through,
+                from,
+            } => (
+                Request::FannedOut {
+                    group,
+                    through,
+                    from,
+                },
+                None,
+            ),
             _ => return None,
         })
     }
@@ -1277,6 +1467,7 @@ fn answer_unavailable<T, L>(
     let e = FragmentError::Unavailable(id);
     match request {
         Request::ReadAccount(_) | Request::WriteAccount(..) => account_answer(waiter, Err(e), out),
+        Request::Group(_) => group_answer(waiter, Err(e), out),
         Request::Attach { .. } => {
             if let Waiter::Local(reply) = waiter {
                 out.push(Action::Answer {
@@ -1315,6 +1506,23 @@ fn account_answer<T, L>(
         Waiter::Remote { node, req } => Action::Send {
             to: node,
             wire: FragmentWire::AccountDone { req, result },
+        },
+    });
+}
+
+fn group_answer<T, L>(
+    to: Waiter<L>,
+    result: Result<GroupAnswer, FragmentError>,
+    out: &mut Out<T, L>,
+) {
+    out.push(match to {
+        Waiter::Local(reply) => Action::Answer {
+            to: reply,
+            answer: Answer::Group(result),
+        },
+        Waiter::Remote { node, req } => Action::Send {
+            to: node,
+            wire: FragmentWire::GroupDone { req, result },
         },
     });
 }

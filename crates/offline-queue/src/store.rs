@@ -32,7 +32,10 @@ use router::FragmentId;
 use storage::{StorageError, Store};
 
 use crate::account::AccountRecord;
+use crate::entry::GroupItem;
 use crate::entry::{DeliveredMark, message_sender, seq_of_message_id, stored_head};
+use crate::group::{GroupId, GroupRecord, Position};
+use crate::group_store;
 use crate::staged::{DedupeKey, EntryKey, LAST_OWNER, MailboxStage, Row, merge_mbox, merge_sorted};
 use crate::usage::MailboxUsage;
 use crate::{Entry, EntryBody, FragmentError};
@@ -101,6 +104,45 @@ pub enum WriteOp {
         user: PhoneNumber,
         /// The new record.
         record: AccountRecord,
+    },
+    /// Replace a group's record (at its home fragment).
+    PutGroup {
+        /// The new record.
+        record: GroupRecord,
+    },
+    /// Log `item` at `position` of `group`, with the dedupe key of the
+    /// send it came from, if any.
+    LogGroup {
+        /// The group.
+        group: GroupId,
+        /// Its place in the log (an id of this fragment).
+        position: Position,
+        /// What is logged.
+        item: GroupItem,
+        /// `(sender, client_msg_id)` of a message.
+        dedupe: Option<(PhoneNumber, u64)>,
+    },
+    /// Fan-out of `group` has passed `through`: drop the log up to it.
+    GroupFannedOut {
+        /// The group.
+        group: GroupId,
+        /// The last position every destination has.
+        through: Position,
+    },
+    /// Forget a group every member has left.
+    DeleteGroup {
+        /// The group.
+        group: GroupId,
+    },
+    /// Store a group's fanned-out items in members' mailboxes here, and
+    /// raise the group's inbox mark to `through`.
+    PutGroupEntries {
+        /// The group.
+        group: GroupId,
+        /// The last position of the batch.
+        through: Position,
+        /// `(member, entry id, serialised EntryBody)`.
+        entries: Vec<(PhoneNumber, MessageId, serde_bytes::ByteBuf)>,
     },
 }
 
@@ -276,6 +318,45 @@ impl<'txn> MailboxTables<'txn> {
                     self.txn
                         .open_table(ACCOUNT_TABLE)?
                         .insert((fragment, user.as_str()), record.to_bytes().as_slice())?;
+                }
+                WriteOp::PutGroup { record } => {
+                    self.raise(fragment, seq_of_message_id(record.id).saturating_add(1));
+                    group_store::put_record(self.txn, fragment, record)?;
+                }
+                WriteOp::LogGroup {
+                    group,
+                    position,
+                    item,
+                    dedupe,
+                } => {
+                    self.raise(fragment, seq_of_message_id(*position).saturating_add(1));
+                    group_store::put_log(self.txn, fragment, *group, *position, item)?;
+                    if let Some((sender, client_msg_id)) = dedupe {
+                        self.put_dedupe(
+                            fragment,
+                            &group_store::group_dedupe_key(*group),
+                            sender.as_str(),
+                            *client_msg_id,
+                            (*position, item.ts()),
+                        )?;
+                    }
+                }
+                WriteOp::GroupFannedOut { group, through } => {
+                    group_store::fanned_out(self.txn, fragment, *group, *through)?;
+                }
+                WriteOp::DeleteGroup { group } => {
+                    group_store::delete_group(self.txn, fragment, *group)?;
+                }
+                WriteOp::PutGroupEntries {
+                    group,
+                    through,
+                    entries,
+                } => {
+                    for (owner, id, body) in entries {
+                        self.raise(fragment, seq_of_message_id(*id).saturating_add(1));
+                        self.put_entry(fragment, owner.as_str(), *id, body)?;
+                    }
+                    group_store::raise_inbox(self.txn, fragment, *group, *through)?;
                 }
             }
         }
@@ -599,6 +680,36 @@ impl RedbMailbox {
 type MboxReadTable = redb::ReadOnlyTable<(u16, &'static str, u64), &'static [u8]>;
 
 impl RedbMailbox {
+    /// A dedupe key's stored id and time; `recipient` is a number or a
+    /// group's key ([`crate::group_store`]). Staged keys first.
+    pub(crate) fn dedupe_key(
+        &self,
+        recipient: &str,
+        sender: &PhoneNumber,
+        client_msg_id: u64,
+    ) -> Result<Option<(MessageId, TimestampMs)>, FragmentError> {
+        let _view = self.store.view();
+        let staged = self.stage.dedupe.get(&(
+            self.fragment,
+            recipient.to_owned(),
+            sender.as_str().to_owned(),
+            client_msg_id,
+        ));
+        if staged.is_some() {
+            return Ok(staged);
+        }
+        let read = self.store.db().begin_read().map_err(storage)?;
+        let table = match read.open_table(DEDUPE_TABLE) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(storage(e)),
+        };
+        Ok(table
+            .get((self.fragment, recipient, sender.as_str(), client_msg_id))
+            .map_err(storage)?
+            .map(|v| v.value()))
+    }
+
     /// The sender of message `id` to `owner`: from its entry, or once
     /// delivered from its mark; staged first (see [`MailboxRead::senders`]).
     fn sender(
@@ -660,31 +771,7 @@ impl MailboxRead for RedbMailbox {
         sender: &PhoneNumber,
         client_msg_id: u64,
     ) -> Result<Option<(MessageId, TimestampMs)>, FragmentError> {
-        let _view = self.store.view();
-        let staged = self.stage.dedupe.get(&(
-            self.fragment,
-            recipient.as_str().to_owned(),
-            sender.as_str().to_owned(),
-            client_msg_id,
-        ));
-        if staged.is_some() {
-            return Ok(staged);
-        }
-        let read = self.store.db().begin_read().map_err(storage)?;
-        let table = match read.open_table(DEDUPE_TABLE) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(storage(e)),
-        };
-        Ok(table
-            .get((
-                self.fragment,
-                recipient.as_str(),
-                sender.as_str(),
-                client_msg_id,
-            ))
-            .map_err(storage)?
-            .map(|v| v.value()))
+        self.dedupe_key(recipient.as_str(), sender, client_msg_id)
     }
 
     fn page(

@@ -208,6 +208,50 @@ pub enum Request {
         /// Who may see it.
         visibility: Visibility,
     },
+    /// Create a group with this user as its admin and `members` (not
+    /// including the creator) as members; at most the node's
+    /// `groups.max_members` with the creator. Every member, the creator
+    /// too, receives [`GroupChange::Created`] as its first group event.
+    /// Answer: [`Response::GroupCreated`] once the group is durable.
+    CreateGroup {
+        /// Shown to members: 1 to 100 bytes, no control characters.
+        name: String,
+        /// The other members.
+        members: Vec<PhoneNumber>,
+    },
+    /// Change a group (admins only, except [`GroupCommand::Leave`]). Every
+    /// member at the change, the removed ones too, receives it as a
+    /// [`ServerFrame::GroupEvent`] in order with the group's messages.
+    /// Answer: [`Response::Ok`] once the change is durable.
+    ChangeGroup {
+        /// The group.
+        group: GroupId,
+        /// What to change.
+        command: GroupCommand,
+    },
+    /// The group's name and members (members only). Answer:
+    /// [`Response::GroupInfo`].
+    GroupInfo {
+        /// The group.
+        group: GroupId,
+    },
+    /// Send a message to a group (members only): stored once, then fanned
+    /// out by the server to every other member, who receives it as a
+    /// [`ServerFrame::GroupDeliver`]. `client_msg_id` and `after` work as
+    /// in [`Request::SendAfter`], per sender and group. Answer:
+    /// [`Response::ServerAck`] once stored (one tick).
+    SendGroup {
+        /// The group.
+        group: GroupId,
+        /// Chosen by the sender, unique per sender; the dedupe key.
+        client_msg_id: u64,
+        /// The `client_msg_id` of the sender's previous, still
+        /// unacknowledged message to this group, if any.
+        after: Option<u64>,
+        /// Opaque bytes.
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+    },
 }
 
 /// Who may see a user's presence and typing (besides the user).
@@ -323,6 +367,42 @@ pub enum ServerFrame {
         /// When to reconnect (and where, in a cluster: any node in the list).
         retry_after_ms: u32,
     },
+    /// A message to a group this user is in. Acknowledge `msg_id` with
+    /// [`ClientFrame::Ack`].
+    GroupDeliver {
+        /// This copy's id in the user's mailbox: the ack key.
+        msg_id: MessageId,
+        /// The group.
+        group: GroupId,
+        /// Its place in the group's log: every member sees the same, and
+        /// group messages and events arrive in its order.
+        position: Position,
+        /// The sender.
+        from: PhoneNumber,
+        /// The sender's id for it.
+        client_msg_id: u64,
+        /// When the group's node stored it.
+        server_ts: TimestampMs,
+        /// The sender's bytes.
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+    },
+    /// A change of a group this user is (or was, for its removal) in.
+    /// Acknowledge `msg_id` with [`ClientFrame::Ack`].
+    GroupEvent {
+        /// This copy's id in the user's mailbox: the ack key.
+        msg_id: MessageId,
+        /// The group.
+        group: GroupId,
+        /// Its place in the group's log.
+        position: Position,
+        /// Who made the change.
+        by: PhoneNumber,
+        /// What changed.
+        change: GroupChange,
+        /// When.
+        ts: TimestampMs,
+    },
 }
 
 /// A successful answer.
@@ -368,6 +448,20 @@ pub enum Response {
     TestUsers {
         /// One token per user.
         tokens: Vec<String>,
+    },
+    /// A group was created.
+    GroupCreated {
+        /// Its id.
+        group: GroupId,
+    },
+    /// A group's name and members.
+    GroupInfo {
+        /// The group.
+        group: GroupId,
+        /// Its name.
+        name: String,
+        /// Its members and their roles, by number.
+        members: Vec<(PhoneNumber, GroupRole)>,
     },
 }
 
@@ -445,6 +539,95 @@ pub enum ErrorCode {
         /// Wrong PINs still allowed today (0: none until a day has passed).
         attempts_left: u32,
     },
+    /// No such group (never created, or everyone left it).
+    UnknownGroup,
+    /// Only members may do this.
+    NotGroupMember,
+    /// Only the group's admins may do this.
+    NotGroupAdmin,
+    /// The group would exceed its member limit.
+    GroupFull {
+        /// The limit.
+        limit: u32,
+    },
+}
+
+/// A group's id, given by the node that created it.
+pub type GroupId = u64;
+
+/// A place in a group's log, given by the group's node: positions only
+/// grow, and every member sees a group's messages and events in their
+/// order.
+pub type Position = u64;
+
+/// What a member of a group may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GroupRole {
+    /// Changes membership, roles and the name; sends.
+    Admin,
+    /// Sends and leaves.
+    Member,
+}
+
+/// A change of a group: what its log records, and what members see as an
+/// event, in order with the messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GroupChange {
+    /// The group was created with these members (the creator first).
+    Created {
+        /// Its name.
+        name: String,
+        /// Everyone in it, the creator first.
+        members: Vec<PhoneNumber>,
+    },
+    /// Admin `by` added these members.
+    Added {
+        /// The new members.
+        members: Vec<PhoneNumber>,
+    },
+    /// Admin `by` removed these members.
+    Removed {
+        /// The removed members.
+        members: Vec<PhoneNumber>,
+    },
+    /// `member` became an admin.
+    Promoted {
+        /// Who.
+        member: PhoneNumber,
+    },
+    /// `member` is no longer an admin.
+    Demoted {
+        /// Who.
+        member: PhoneNumber,
+    },
+    /// The group has a new name.
+    Renamed {
+        /// The new name.
+        name: String,
+    },
+    /// The member who made the change left; `new_admin` was promoted
+    /// because the last admin left.
+    Left {
+        /// Promoted in the leaver's place, if the group had no admin left.
+        new_admin: Option<PhoneNumber>,
+    },
+}
+
+/// What a member asks of a group (a [`GroupChange`] before it is checked).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GroupCommand {
+    /// Add members (admins only).
+    Add(Vec<PhoneNumber>),
+    /// Remove members (admins only; not oneself: leave instead).
+    Remove(Vec<PhoneNumber>),
+    /// Make a member an admin (admins only).
+    Promote(PhoneNumber),
+    /// Make an admin a member (admins only; not the last admin).
+    Demote(PhoneNumber),
+    /// Rename (admins only).
+    Rename(String),
+    /// Leave the group.
+    Leave,
 }
 
 /// Why the node closes a connection.

@@ -2,6 +2,7 @@
 //! may be shed, what disconnects a slow consumer) and the frames built from
 //! mailbox entries and presence updates.
 
+use offline_queue::entry::GroupItem;
 use offline_queue::{Entry, EntryBody};
 use presence::core::Update;
 use proto::{ErrorCode, RequestId, Response, ServerFrame};
@@ -123,6 +124,37 @@ pub(crate) fn entry_frame(entry: Entry) -> ServerFrame {
             kind,
             by,
             msg_ids,
+            ts,
+        },
+        EntryBody::Group {
+            group,
+            position,
+            item:
+                GroupItem::Message {
+                    from,
+                    client_msg_id,
+                    server_ts,
+                    payload,
+                },
+        } => ServerFrame::GroupDeliver {
+            msg_id: entry.id,
+            group,
+            position,
+            from,
+            client_msg_id,
+            server_ts,
+            payload,
+        },
+        EntryBody::Group {
+            group,
+            position,
+            item: GroupItem::Change { by, change, ts },
+        } => ServerFrame::GroupEvent {
+            msg_id: entry.id,
+            group,
+            position,
+            by,
+            change,
             ts,
         },
     }

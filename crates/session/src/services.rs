@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use auth::{AuthHandle, Authenticated, CodeSent, IssuedToken, TokenBucket};
-use offline_queue::fragment::ReceiptRequest;
+use offline_queue::fragment::{GroupAnswer, GroupRequest, ReceiptRequest};
 use offline_queue::{Endpoint, FragmentDirectory, FragmentError, FragmentMsg, NewMessage, Stored};
 use presence::{Policy, PresenceMsg, PresencePush};
 use proto::{MessageId, PhoneNumber};
@@ -24,6 +24,9 @@ pub type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// The durable answer to a request already handed to its fragment.
 pub type MailboxAnswer = Boxed<Result<Stored, FragmentError>>;
+
+/// The answer to come of a group request its fragment took.
+pub type GroupReply = Boxed<Result<GroupAnswer, FragmentError>>;
 
 /// A change to a user's presence settings.
 pub type PolicyChange = Box<dyn FnOnce(&mut Policy) + Send + 'static>;
@@ -65,6 +68,9 @@ pub trait Services: Send + Sync + 'static {
     fn attach(&self, user: PhoneNumber, endpoint: Endpoint) -> Boxed<Result<(), FragmentError>>;
     /// Tells `user`'s fragment that session `session_id` is gone.
     fn detach(&self, user: PhoneNumber, session_id: u64);
+    /// Hands a group request to the group's home fragment (a create: the
+    /// creator's).
+    fn group(&self, request: GroupRequest) -> Boxed<Result<GroupReply, FragmentError>>;
 
     // Accounts.
 
@@ -222,6 +228,24 @@ impl Services for NodeServices {
             send_to_fragment(&fragments, &to, FragmentMsg::Ack { user, ids })
                 .await
                 .map(|_| ())
+        })
+    }
+
+    fn group(&self, request: GroupRequest) -> Boxed<Result<GroupReply, FragmentError>> {
+        let fragments = self.fragments.clone();
+        Box::pin(async move {
+            let id = request.home(&fragments.placement());
+            let fragment = fragments.get_when_ready(id, FRAGMENT_RESTART_WAIT).await?;
+            let (tx, rx) = ractor::concurrency::oneshot();
+            fragment
+                .send_message(FragmentMsg::Group {
+                    request,
+                    reply: tx.into(),
+                })
+                .map_err(|_| FragmentError::Unavailable(id))?;
+            let answer: GroupReply =
+                Box::pin(async move { rx.await.unwrap_or(Err(FragmentError::Unavailable(id))) });
+            Ok(answer)
         })
     }
 

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use auth::{AuthError, Authenticated, BucketConfig, CodeSent, IssuedToken, TokenBucket};
-use offline_queue::fragment::ReceiptRequest;
+use offline_queue::fragment::{GroupAnswer, GroupRequest, ReceiptRequest};
 use offline_queue::{Endpoint, Entry, EntryBody, FragmentError, NewMessage, Push, Stored};
 use presence::PresencePush;
 use proto::{
@@ -21,7 +21,7 @@ use ractor::{Actor, ActorRef, DerivedActorRef};
 use router::FragmentId;
 use session::admission::Admission;
 use session::extension::ExtensionRequest;
-use session::services::{Boxed, ExtensionRefusal, MailboxAnswer, PolicyChange};
+use session::services::{Boxed, ExtensionRefusal, GroupReply, MailboxAnswer, PolicyChange};
 use session::{Services, SessionActor, SessionArgs, SessionConfig, SessionContext, SessionMsg};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::watch;
@@ -43,6 +43,8 @@ struct StandIn {
     acked: Mutex<Vec<(PhoneNumber, Vec<MessageId>)>>,
     /// Receipts handed to the reader's mailbox.
     receipts: Mutex<Vec<ReceiptRequest>>,
+    /// Group requests handed to a group's fragment, in hand-over order.
+    groups: Mutex<Vec<GroupRequest>>,
     /// The session attached per user (its push target).
     attached: Mutex<HashMap<PhoneNumber, Endpoint>>,
     detached: AtomicU64,
@@ -131,6 +133,28 @@ impl Services for Shared {
 
     fn detach(&self, _user: PhoneNumber, _session_id: u64) {
         self.0.detached.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn group(&self, request: GroupRequest) -> Boxed<Result<GroupReply, FragmentError>> {
+        if let Some(e) = self.0.refusal() {
+            return Box::pin(async move { Err(e) });
+        }
+        let answer = match &request {
+            GroupRequest::Create { .. } => GroupAnswer::Created { group: 42 },
+            GroupRequest::Change { .. } => GroupAnswer::Changed,
+            GroupRequest::Info { group, by } => GroupAnswer::Info {
+                group: *group,
+                name: "stand-in".into(),
+                members: vec![(by.clone(), proto::GroupRole::Admin)],
+            },
+            GroupRequest::Send { .. } => GroupAnswer::Sent(Stored {
+                msg_id: 9,
+                server_ts: 1,
+            }),
+        };
+        self.0.groups.lock().expect("lock").push(request);
+        let reply: GroupReply = Box::pin(async move { Ok(answer) });
+        Box::pin(async move { Ok(reply) })
     }
 
     fn request_code(
@@ -506,6 +530,123 @@ async fn pushed_entries_reach_the_client_and_its_acks_reach_the_mailbox() {
     assert_eq!(
         *stand_in.acked.lock().expect("lock"),
         vec![(phone(1), vec![77])]
+    );
+}
+
+/// Group requests name the logged-in user as the one who asks (a client
+/// cannot act for another), reach the group's fragment in the order sent,
+/// and each gets its kind of answer; group entries are pushed as group
+/// frames.
+#[tokio::test]
+async fn group_requests_act_as_the_logged_in_user_and_entries_arrive_as_group_frames() {
+    let (mut client, stand_in) = logged_in(SessionConfig::default()).await;
+    let create = client
+        .request(Request::CreateGroup {
+            name: "team".into(),
+            members: vec![phone(2)],
+        })
+        .await;
+    let send = client
+        .request(Request::SendGroup {
+            group: 42,
+            client_msg_id: 3,
+            after: None,
+            payload: b"hi all".to_vec(),
+        })
+        .await;
+    let leave = client
+        .request(Request::ChangeGroup {
+            group: 42,
+            command: proto::GroupCommand::Leave,
+        })
+        .await;
+    let info = client.request(Request::GroupInfo { group: 42 }).await;
+    let mut answers = HashMap::new();
+    for _ in 0..4 {
+        match client.expect().await {
+            ServerFrame::Response { id, response } => {
+                answers.insert(id, response);
+            }
+            other => panic!("expected answers, got {other:?}"),
+        }
+    }
+    assert_eq!(answers[&create], Response::GroupCreated { group: 42 });
+    assert_eq!(
+        answers[&send],
+        Response::ServerAck {
+            client_msg_id: 3,
+            msg_id: 9,
+            server_ts: 1
+        }
+    );
+    assert_eq!(answers[&leave], Response::Ok);
+    assert!(matches!(
+        &answers[&info],
+        Response::GroupInfo { group: 42, .. }
+    ));
+    let handed = stand_in.groups.lock().expect("lock").clone();
+    assert_eq!(
+        handed,
+        vec![
+            GroupRequest::Create {
+                creator: phone(1),
+                name: "team".into(),
+                members: vec![phone(2)],
+            },
+            GroupRequest::Send {
+                group: 42,
+                from: phone(1),
+                client_msg_id: 3,
+                after: None,
+                payload: b"hi all".to_vec(),
+            },
+            GroupRequest::Change {
+                group: 42,
+                by: phone(1),
+                command: proto::GroupCommand::Leave,
+            },
+            GroupRequest::Info {
+                group: 42,
+                by: phone(1)
+            },
+        ]
+    );
+
+    let endpoint = stand_in
+        .attached
+        .lock()
+        .expect("lock")
+        .get(&phone(1))
+        .cloned()
+        .expect("attached at login");
+    let entry = Entry {
+        id: 80,
+        body: EntryBody::Group {
+            group: 42,
+            position: 7,
+            item: offline_queue::entry::GroupItem::Message {
+                from: phone(2),
+                client_msg_id: 1,
+                server_ts: 5,
+                payload: b"yo".to_vec(),
+            },
+        },
+    };
+    endpoint
+        .target
+        .send_message(Push::Entries(vec![entry]))
+        .expect("push");
+    assert_eq!(
+        client.expect().await,
+        ServerFrame::GroupDeliver {
+            msg_id: 80,
+            group: 42,
+            position: 7,
+            from: phone(2),
+            client_msg_id: 1,
+            server_ts: 5,
+            payload: b"yo".to_vec(),
+        }
     );
 }
 

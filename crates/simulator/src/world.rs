@@ -15,7 +15,7 @@ use offline_queue::replica::{
     store_owner,
 };
 use offline_queue::replica_core::{
-    Action, Caller, ClusterSetup, Endpoint, Event, LocalRequest, ReplicaCore, Waiter,
+    Action, Caller, ClusterSetup, Endpoint, Event, GroupNote, LocalRequest, ReplicaCore, Waiter,
 };
 use offline_queue::store::{RedbMailbox, WriteOp, apply_ops};
 use offline_queue::{FragmentConfig, FragmentError, Push};
@@ -996,6 +996,26 @@ impl World {
                     },
                 );
             }
+            Action::GroupElsewhere { fragment, note } => self.at(
+                0,
+                Ev::Request {
+                    node: n,
+                    life,
+                    fragment,
+                    request: match note {
+                        GroupNote::FanOut { home, fanout } => LocalRequest::FanOut { home, fanout },
+                        GroupNote::FannedOut {
+                            group,
+                            through,
+                            from,
+                        } => LocalRequest::FannedOut {
+                            group,
+                            through,
+                            from,
+                        },
+                    },
+                },
+            ),
             Action::DeleteAckedElsewhere {
                 fragment,
                 owner,

@@ -444,6 +444,14 @@ fn handle(state: &Mutex<State>, conn: u64, rid: u32, request: Request) {
                 "the fake node has no registration lock",
             );
         }
+        // Groups are tested against a real node (crates/node/tests).
+        (
+            Request::CreateGroup { .. }
+            | Request::ChangeGroup { .. }
+            | Request::GroupInfo { .. }
+            | Request::SendGroup { .. },
+            Some(_),
+        ) => error(ErrorCode::UnknownRequest, "the fake node has no groups"),
         (Request::Ack { ids }, Some(me)) => {
             acknowledge(&mut st, &me, &ids);
             answer(Response::Ok);

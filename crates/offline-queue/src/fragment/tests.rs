@@ -59,6 +59,14 @@ impl MemMailbox {
                         .insert(user.clone(), record.clone());
                 }
                 WriteOp::NextSeq(_) | WriteOp::SweepDedupe { .. } => {}
+                // Groups are tested over the real tables (`groups/tests.rs`).
+                WriteOp::PutGroup { .. }
+                | WriteOp::LogGroup { .. }
+                | WriteOp::GroupFannedOut { .. }
+                | WriteOp::DeleteGroup { .. }
+                | WriteOp::PutGroupEntries { .. } => {
+                    unreachable!("these tests make no groups")
+                }
             }
         }
     }
@@ -145,7 +153,7 @@ impl MailboxRead for MemMailbox {
                     payload,
                     ..
                 } => (Some(from.clone()), *server_ts, payload.len() as u64),
-                EntryBody::Receipt { ts, .. } => (None, *ts, 0),
+                other => (None, other.ts(), 0),
             };
             if at < before_ms {
                 scan.expired.push(ExpiredEntry {
@@ -174,7 +182,7 @@ impl MailboxRead for MemMailbox {
             .iter()
             .map(|id| match entries.get(&(owner.clone(), *id)) {
                 Some(EntryBody::Message { from, .. }) => Some(from.clone()),
-                Some(EntryBody::Receipt { .. }) => None,
+                Some(EntryBody::Receipt { .. } | EntryBody::Group { .. }) => None,
                 None => delivered.get(&(owner.clone(), *id)).cloned(),
             })
             .collect())
@@ -226,6 +234,9 @@ fn run(
             Action::StoreReceipt {
                 fragment, request, ..
             } => out.receipts.push((fragment, request)),
+            Action::GroupReply { .. } | Action::FanOut { .. } | Action::FannedOut { .. } => {
+                unreachable!("these tests make no groups")
+            }
             Action::DeleteAcked {
                 fragment,
                 owner,
@@ -386,7 +397,7 @@ fn online_pushes_keep_order_and_respect_the_window() {
         .flat_map(|(_, es)| es.iter())
         .map(|e| match &e.body {
             EntryBody::Message { payload, .. } => payload[0],
-            EntryBody::Receipt { .. } => 255,
+            EntryBody::Receipt { .. } | EntryBody::Group { .. } => 255,
         })
         .collect();
     assert_eq!(payloads, vec![0, 1, 2, 3, 4, 5]);
@@ -629,7 +640,7 @@ fn receipt_ids(mem: &MemMailbox, owner: &PhoneNumber) -> Vec<Vec<MessageId>> {
         .filter(|((o, _), _)| o == owner)
         .filter_map(|(_, body)| match body {
             EntryBody::Receipt { msg_ids, .. } => Some(msg_ids.clone()),
-            EntryBody::Message { .. } => None,
+            EntryBody::Message { .. } | EntryBody::Group { .. } => None,
         })
         .collect()
 }
@@ -815,7 +826,7 @@ fn a_large_receipt_is_stored_as_entries_that_each_fit_a_frame() {
             by: by.clone(),
             msg_ids: match entry {
                 EntryBody::Receipt { msg_ids, .. } => msg_ids.clone(),
-                EntryBody::Message { .. } => Vec::new(),
+                EntryBody::Message { .. } | EntryBody::Group { .. } => Vec::new(),
             },
             ts: u64::MAX,
         };
@@ -939,10 +950,7 @@ fn undelivered_entries_expire() {
         .entries
         .borrow()
         .iter()
-        .map(|((owner, _), body)| match body {
-            EntryBody::Message { server_ts, .. } => (owner.clone(), *server_ts),
-            EntryBody::Receipt { ts, .. } => (owner.clone(), *ts),
-        })
+        .map(|((owner, _), body)| (owner.clone(), body.ts()))
         .collect();
     assert_eq!(
         left,

@@ -143,6 +143,43 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
                     });
                 }
             }
+            LocalRequest::Group { request, reply } => match owner {
+                Some(owner) => {
+                    let req = cluster.new_req();
+                    let wire = FragmentWire::Group { req, request };
+                    cluster.send_held(req, owner, wire, reply, out);
+                }
+                None => out.push(Action::Answer {
+                    to: reply,
+                    answer: Answer::Group(Err(FragmentError::Unavailable(id))),
+                }),
+            },
+            // Out of reach, a batch or its confirmation is dropped: the
+            // group's home sends the batch again.
+            LocalRequest::FanOut { home, fanout } => {
+                if let Some(owner) = owner {
+                    out.push(Action::Send {
+                        to: owner,
+                        wire: FragmentWire::FanOut { home, fanout },
+                    });
+                }
+            }
+            LocalRequest::FannedOut {
+                group,
+                through,
+                from,
+            } => {
+                if let Some(owner) = owner {
+                    out.push(Action::Send {
+                        to: owner,
+                        wire: FragmentWire::FannedOut {
+                            group,
+                            through,
+                            from,
+                        },
+                    });
+                }
+            }
         }
     }
 

@@ -169,6 +169,7 @@ fn kinds(out: &[Action<u32, Waiter>]) -> String {
             Action::ApplyMerge { .. } => "apply-merge",
             Action::ReceiptElsewhere { .. } => "receipt-elsewhere",
             Action::DeleteAckedElsewhere { .. } => "delete-acked-elsewhere",
+            Action::GroupElsewhere { .. } => "group-elsewhere",
         })
         .collect();
     names.join(", ")

@@ -10,8 +10,11 @@
 pub(crate) mod accounts;
 pub(crate) mod admin;
 pub(crate) mod extensions;
+pub(crate) mod groups;
 pub(crate) mod messaging;
 pub(crate) mod presence;
+
+use groups::GroupAsk;
 
 use offline_queue::FragmentError;
 use proto::{
@@ -125,6 +128,29 @@ async fn serve(
             first,
             count,
         } => admin::mint_test_users(myself, state, id, permit, &secret, first, count),
+        Request::CreateGroup { name, members } => {
+            groups::request(state, id, permit, GroupAsk::Create { name, members }).await;
+        }
+        Request::ChangeGroup { group, command } => {
+            groups::request(state, id, permit, GroupAsk::Change { group, command }).await;
+        }
+        Request::GroupInfo { group } => {
+            groups::request(state, id, permit, GroupAsk::Info { group }).await;
+        }
+        Request::SendGroup {
+            group,
+            client_msg_id,
+            after,
+            payload,
+        } => {
+            let ask = GroupAsk::Send {
+                group,
+                client_msg_id,
+                after,
+                payload,
+            };
+            groups::request(state, id, permit, ask).await;
+        }
     }
 }
 

@@ -1,0 +1,920 @@
+//! Groups in the fragment core: a group's home fragment logs its changes
+//! and messages and fans them out; every fragment stores what it is sent
+//! in its members' mailboxes.
+//!
+//! At the home, a group request is checked against the record
+//! ([`crate::group`]), given a position (an id of this fragment), and
+//! logged; it is answered once the log entry is durable. Fan-out then
+//! takes the committed entries in position order, a batch at a time:
+//! each destination fragment gets one [`FanOut`] with the batch's items
+//! and, per item, its members there. When every destination has
+//! confirmed ([`Action::FannedOut`]), the home records how far fan-out
+//! went (the log up to there is dropped) and sends the next batch. A
+//! destination that does not confirm within [`FANOUT_RETRY_TICKS`] is sent
+//! the batch again; a destination stores an item only above its inbox
+//! mark for the group, so a repeated batch is confirmed without storing
+//! twice. After a restart or a take-over the home resumes from its
+//! durable mark ([`FragmentCore::resume_groups`]).
+
+use std::collections::BTreeMap;
+
+use proto::{GroupCommand, GroupRole, MessageId, PhoneNumber, TimestampMs};
+use router::FragmentId;
+use serde::{Deserialize, Serialize};
+
+use super::{Action, Commit, FragmentCore, Stored};
+use crate::FragmentError;
+use crate::entry::{Entry, EntryBody, GroupItem, fragment_of_message_id};
+use crate::group::{GroupError, GroupId, GroupRecord, Position};
+use crate::group_store::GroupRead;
+use crate::store::{MailboxRead, WriteOp};
+
+/// Most log items one fan-out batch carries.
+pub const FANOUT_BATCH: usize = 64;
+
+/// A destination that has not confirmed a batch after this many ticks
+/// (seconds) is sent it again (the batch or its answer may have been lost
+/// with a link).
+pub const FANOUT_RETRY_TICKS: u32 = 3;
+
+/// Most log items a group holds that fan-out has not passed: beyond it,
+/// sends to the group are refused for a while (a flooding member, or a
+/// destination out of reach, must not grow the log without bound).
+pub const MAX_GROUP_BACKLOG: usize = 10_000;
+
+/// Tuning of groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupLimits {
+    /// Most members of a group.
+    pub max_members: u32,
+}
+
+impl Default for GroupLimits {
+    fn default() -> Self {
+        Self { max_members: 1024 }
+    }
+}
+
+/// A group request, served at the group's home fragment (for a create:
+/// the creator's fragment, which becomes the home).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GroupRequest {
+    /// Create a group.
+    Create {
+        /// Its admin.
+        creator: PhoneNumber,
+        /// Its name.
+        name: String,
+        /// The other members.
+        members: Vec<PhoneNumber>,
+    },
+    /// Change a group.
+    Change {
+        /// The group.
+        group: GroupId,
+        /// The member asking.
+        by: PhoneNumber,
+        /// What to change.
+        command: GroupCommand,
+    },
+    /// Read a group's name and members.
+    Info {
+        /// The group.
+        group: GroupId,
+        /// The member asking.
+        by: PhoneNumber,
+    },
+    /// Send a message to a group.
+    Send {
+        /// The group.
+        group: GroupId,
+        /// The member sending.
+        from: PhoneNumber,
+        /// The sender's dedupe id.
+        client_msg_id: u64,
+        /// The sender's previous send to the group that must be stored
+        /// first.
+        after: Option<u64>,
+        /// Opaque bytes.
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+    },
+}
+
+impl GroupRequest {
+    /// The fragment that serves it: the group's home, or the creator's.
+    pub fn home(&self, placement: &router::Placement) -> FragmentId {
+        match self {
+            GroupRequest::Create { creator, .. } => placement.fragment_of(creator),
+            GroupRequest::Change { group, .. }
+            | GroupRequest::Info { group, .. }
+            | GroupRequest::Send { group, .. } => fragment_of_message_id(*group),
+        }
+    }
+}
+
+/// The answer to a [`GroupRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GroupAnswer {
+    /// The group exists, durably.
+    Created {
+        /// Its id.
+        group: GroupId,
+    },
+    /// The change is durable.
+    Changed,
+    /// The group's name and members.
+    Info {
+        /// The group.
+        group: GroupId,
+        /// Its name.
+        name: String,
+        /// Members and roles, by number.
+        members: Vec<(PhoneNumber, GroupRole)>,
+    },
+    /// The message is durable (one tick): its position and time.
+    Sent(Stored),
+}
+
+/// A batch of a group's log for the members in one fragment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FanOut {
+    /// The group.
+    pub group: GroupId,
+    /// The last position of the batch (the destination confirms it).
+    pub through: Position,
+    /// The batch's items for this fragment, in position order.
+    pub items: Vec<FanOutItem>,
+}
+
+/// One log item for some members of one fragment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FanOutItem {
+    /// Its place in the group's log.
+    pub position: Position,
+    /// The members of the destination fragment who receive it.
+    pub recipients: Vec<PhoneNumber>,
+    /// What was logged.
+    pub item: GroupItem,
+}
+
+/// A group at its home fragment, as last written (committed or not).
+pub(super) struct Home {
+    record: GroupRecord,
+    /// Logged and not yet fanned out everywhere: item and whether its
+    /// write is durable.
+    log: BTreeMap<Position, (GroupItem, bool)>,
+    /// Fan-out has passed everything up to here.
+    fanned_out: Position,
+    /// The batch out for confirmation.
+    in_flight: Option<Batch>,
+    /// Log writes handed to the writer and not yet committed.
+    uncommitted: usize,
+}
+
+struct Batch {
+    through: Position,
+    /// Destinations that have not confirmed, with what they were sent.
+    waiting: BTreeMap<FragmentId, FanOut>,
+    /// Ticks since it was sent (or sent again).
+    ticks: u32,
+}
+
+/// The groups' part of a fragment core.
+#[derive(Default)]
+pub(super) struct Groups {
+    /// Groups of this fragment with work in hand (loaded on first use,
+    /// dropped when idle).
+    homes: BTreeMap<GroupId, Home>,
+    /// Sends being committed, by `(group, sender, client id)`: a resend
+    /// waits for the first copy's commit.
+    sending: BTreeMap<(GroupId, PhoneNumber, u64), u64>,
+    /// Inbox marks of writes not yet committed here, per group.
+    inbox: BTreeMap<GroupId, Position>,
+}
+
+/// What a group commit was for.
+pub(super) enum GroupCommit<R> {
+    /// A logged change or message at the home.
+    Logged {
+        group: GroupId,
+        position: Position,
+        /// A send's dedupe key.
+        sending: Option<(PhoneNumber, u64)>,
+        waiters: Vec<R>,
+        answer: GroupAnswer,
+    },
+    /// Fan-out passed `through` (home housekeeping).
+    FannedOut { group: GroupId },
+    /// Items stored in members' mailboxes here.
+    Stored {
+        group: GroupId,
+        home: FragmentId,
+        through: Position,
+        entries: Vec<(PhoneNumber, Entry)>,
+        /// Batches to confirm to the home once durable (a repeat of a
+        /// batch still being stored joins it).
+        confirm: Vec<Position>,
+    },
+}
+
+impl<E: Clone, R> FragmentCore<E, R> {
+    fn group_reply(to: R, result: Result<GroupAnswer, FragmentError>, out: &mut Vec<Action<E, R>>) {
+        out.push(Action::GroupReply { to, result });
+    }
+
+    /// The home state of `group`, loaded from disk if needed. `None`: no
+    /// such group here.
+    fn home(
+        &mut self,
+        reads: &impl GroupRead,
+        group: GroupId,
+    ) -> Result<Option<&mut Home>, FragmentError> {
+        if fragment_of_message_id(group) != self.id {
+            return Ok(None);
+        }
+        if let std::collections::btree_map::Entry::Vacant(vacant) = self.groups.homes.entry(group) {
+            let Some(record) = reads.group(group)? else {
+                return Ok(None);
+            };
+            let fanned_out = reads.group_fanned_out(group)?;
+            let log = reads
+                .group_log(group, fanned_out, MAX_GROUP_BACKLOG + FANOUT_BATCH)?
+                .into_iter()
+                .map(|(position, item)| (position, (item, true)))
+                .collect();
+            vacant.insert(Home {
+                record,
+                log,
+                fanned_out,
+                in_flight: None,
+                uncommitted: 0,
+            });
+        }
+        Ok(self.groups.homes.get_mut(&group))
+    }
+
+    /// A group request at its home (see [`GroupRequest`]).
+    pub fn group_request(
+        &mut self,
+        reads: &(impl MailboxRead + GroupRead),
+        request: GroupRequest,
+        now: TimestampMs,
+        reply: R,
+    ) -> Vec<Action<E, R>> {
+        let mut out = Vec::new();
+        let result = match request {
+            GroupRequest::Create {
+                creator,
+                name,
+                members,
+            } => self.create_group(creator, name, members, now, reply, &mut out),
+            GroupRequest::Change { group, by, command } => {
+                self.change_group(reads, group, by, command, now, reply, &mut out)
+            }
+            GroupRequest::Info { group, by } => {
+                let info = self.home(reads, group).and_then(|home| {
+                    let home = home.ok_or(GroupError::UnknownGroup)?;
+                    home.record.may_send(&by)?;
+                    Ok(GroupAnswer::Info {
+                        group,
+                        name: home.record.name.clone(),
+                        members: home
+                            .record
+                            .current()
+                            .map(|m| (m.phone.clone(), m.role))
+                            .collect(),
+                    })
+                });
+                Self::group_reply(reply, info, &mut out);
+                Ok(())
+            }
+            GroupRequest::Send {
+                group,
+                from,
+                client_msg_id,
+                after,
+                payload,
+            } => self.send_to_group(
+                reads,
+                (group, from, client_msg_id),
+                after,
+                payload,
+                now,
+                reply,
+                &mut out,
+            ),
+        };
+        if let Err((reply, e)) = result {
+            Self::group_reply(reply, Err(e), &mut out);
+        }
+        out
+    }
+
+    fn create_group(
+        &mut self,
+        creator: PhoneNumber,
+        name: String,
+        members: Vec<PhoneNumber>,
+        now: TimestampMs,
+        reply: R,
+        out: &mut Vec<Action<E, R>>,
+    ) -> Result<(), (R, FragmentError)> {
+        if self.placement.fragment_of(&creator) != self.id {
+            return Err((
+                reply,
+                FragmentError::InvalidRequest(
+                    "a group is created at its creator's fragment".into(),
+                ),
+            ));
+        }
+        let id = self.next_id();
+        let limit = self.config.groups.max_members;
+        let (record, change) =
+            match GroupRecord::create(id, id, creator.clone(), name, members, limit, now) {
+                Ok(created) => created,
+                Err(e) => return Err((reply, e.into())),
+            };
+        let item = GroupItem::Change {
+            by: creator,
+            change,
+            ts: now,
+        };
+        let ops = vec![
+            WriteOp::PutGroup {
+                record: record.clone(),
+            },
+            WriteOp::LogGroup {
+                group: id,
+                position: id,
+                item: item.clone(),
+                dedupe: None,
+            },
+            WriteOp::NextSeq(self.next_seq),
+        ];
+        self.groups.homes.insert(
+            id,
+            Home {
+                record,
+                log: BTreeMap::from([(id, (item, false))]),
+                fanned_out: 0,
+                in_flight: None,
+                uncommitted: 1,
+            },
+        );
+        metrics::counter!("switchboard_groups_created_total").increment(1);
+        self.persist(
+            Commit::Group(GroupCommit::Logged {
+                group: id,
+                position: id,
+                sending: None,
+                waiters: vec![reply],
+                answer: GroupAnswer::Created { group: id },
+            }),
+            ops,
+            out,
+        );
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn change_group(
+        &mut self,
+        reads: &impl GroupRead,
+        group: GroupId,
+        by: PhoneNumber,
+        command: GroupCommand,
+        now: TimestampMs,
+        reply: R,
+        out: &mut Vec<Action<E, R>>,
+    ) -> Result<(), (R, FragmentError)> {
+        let position = compose_next(self.id, self.next_seq);
+        let limit = self.config.groups.max_members;
+        let applied = match self.home(reads, group) {
+            Ok(Some(home)) => {
+                let mut record = home.record.clone();
+                record
+                    .apply(&by, command, position, limit)
+                    .map(|change| (record, change))
+                    .map_err(FragmentError::from)
+            }
+            Ok(None) => Err(GroupError::UnknownGroup.into()),
+            Err(e) => Err(e),
+        };
+        let (record, change) = match applied {
+            Ok(applied) => applied,
+            Err(e) => return Err((reply, e)),
+        };
+        let id = self.next_id();
+        debug_assert_eq!(id, position);
+        let item = GroupItem::Change {
+            by,
+            change,
+            ts: now,
+        };
+        let ops = vec![
+            WriteOp::PutGroup {
+                record: record.clone(),
+            },
+            WriteOp::LogGroup {
+                group,
+                position,
+                item: item.clone(),
+                dedupe: None,
+            },
+            WriteOp::NextSeq(self.next_seq),
+        ];
+        if let Some(home) = self.groups.homes.get_mut(&group) {
+            home.record = record;
+            home.log.insert(position, (item, false));
+            home.uncommitted += 1;
+        }
+        self.persist(
+            Commit::Group(GroupCommit::Logged {
+                group,
+                position,
+                sending: None,
+                waiters: vec![reply],
+                answer: GroupAnswer::Changed,
+            }),
+            ops,
+            out,
+        );
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send_to_group(
+        &mut self,
+        reads: &(impl MailboxRead + GroupRead),
+        key: (GroupId, PhoneNumber, u64),
+        after: Option<u64>,
+        payload: Vec<u8>,
+        now: TimestampMs,
+        reply: R,
+        out: &mut Vec<Action<E, R>>,
+    ) -> Result<(), (R, FragmentError)> {
+        let (group, from, client_msg_id) = key.clone();
+        if payload.len() > self.config.max_payload {
+            let e = FragmentError::PayloadTooLarge {
+                len: payload.len(),
+                max: self.config.max_payload,
+            };
+            return Err((reply, e));
+        }
+        // A resend while the first copy is being committed waits for it.
+        if let Some(tag) = self.groups.sending.get(&key)
+            && let Some(Commit::Group(GroupCommit::Logged { waiters, .. })) =
+                self.commits.get_mut(tag)
+        {
+            waiters.push(reply);
+            return Ok(());
+        }
+        match reads.group_dedupe(group, &from, client_msg_id) {
+            Ok(Some((msg_id, server_ts))) => {
+                let answer = GroupAnswer::Sent(Stored { msg_id, server_ts });
+                Self::group_reply(reply, Ok(answer), out);
+                return Ok(());
+            }
+            Ok(None) => {}
+            Err(e) => return Err((reply, e)),
+        }
+        if let Some(earlier) = after {
+            let present = if self
+                .groups
+                .sending
+                .contains_key(&(group, from.clone(), earlier))
+            {
+                Ok(true)
+            } else {
+                reads
+                    .group_dedupe(group, &from, earlier)
+                    .map(|found| found.is_some())
+            };
+            match present {
+                Ok(true) => {}
+                Ok(false) => return Err((reply, FragmentError::EarlierMessageMissing)),
+                Err(e) => return Err((reply, e)),
+            }
+        }
+        let home = match self.home(reads, group) {
+            Ok(Some(home)) => home,
+            Ok(None) => return Err((reply, GroupError::UnknownGroup.into())),
+            Err(e) => return Err((reply, e)),
+        };
+        if let Err(e) = home.record.may_send(&from) {
+            return Err((reply, e.into()));
+        }
+        if home.log.len() >= MAX_GROUP_BACKLOG {
+            metrics::counter!("switchboard_group_sends_refused_total", "cause" => "backlog")
+                .increment(1);
+            return Err((reply, FragmentError::GroupBacklog));
+        }
+        let position = self.next_id();
+        let item = GroupItem::Message {
+            from: from.clone(),
+            client_msg_id,
+            server_ts: now,
+            payload,
+        };
+        let ops = vec![
+            WriteOp::LogGroup {
+                group,
+                position,
+                item: item.clone(),
+                dedupe: Some((from.clone(), client_msg_id)),
+            },
+            WriteOp::NextSeq(self.next_seq),
+        ];
+        if let Some(home) = self.groups.homes.get_mut(&group) {
+            home.log.insert(position, (item, false));
+            home.uncommitted += 1;
+        }
+        self.groups.sending.insert(key, self.next_tag);
+        self.persist(
+            Commit::Group(GroupCommit::Logged {
+                group,
+                position,
+                sending: Some((from, client_msg_id)),
+                waiters: vec![reply],
+                answer: GroupAnswer::Sent(Stored {
+                    msg_id: position,
+                    server_ts: now,
+                }),
+            }),
+            ops,
+            out,
+        );
+        Ok(())
+    }
+
+    /// A group write finished.
+    pub(super) fn group_committed(
+        &mut self,
+        reads: &impl MailboxRead,
+        commit: GroupCommit<R>,
+        outcome: Result<(), String>,
+        out: &mut Vec<Action<E, R>>,
+    ) {
+        match commit {
+            GroupCommit::Logged {
+                group,
+                position,
+                sending,
+                waiters,
+                answer,
+            } => {
+                if let Some((from, client_msg_id)) = sending {
+                    self.groups.sending.remove(&(group, from, client_msg_id));
+                }
+                let result = match &outcome {
+                    Ok(()) => Ok(answer),
+                    Err(e) => Err(FragmentError::Storage(e.clone())),
+                };
+                for to in waiters {
+                    Self::group_reply(to, result.clone(), out);
+                }
+                match outcome {
+                    Ok(()) => {
+                        if let Some(home) = self.groups.homes.get_mut(&group) {
+                            home.uncommitted = home.uncommitted.saturating_sub(1);
+                            if let Some((_, durable)) = home.log.get_mut(&position) {
+                                *durable = true;
+                            }
+                        }
+                        self.pump_fanout(group, out);
+                    }
+                    // What is in memory may be ahead of the disk now: read
+                    // the group afresh next time.
+                    Err(_) => {
+                        self.groups.homes.remove(&group);
+                    }
+                }
+            }
+            GroupCommit::FannedOut { group } => {
+                if let Err(e) = outcome {
+                    tracing::warn!(fragment = self.id, group, error = %e,
+                        "recording a group's fan-out failed; it is sent again");
+                    self.groups.homes.remove(&group);
+                }
+            }
+            GroupCommit::Stored {
+                group,
+                home,
+                through,
+                entries,
+                confirm,
+            } => {
+                if self.groups.inbox.get(&group) == Some(&through) {
+                    self.groups.inbox.remove(&group);
+                }
+                if let Err(e) = outcome {
+                    // Not confirmed: the home sends the batch again.
+                    tracing::warn!(fragment = self.id, group, error = %e,
+                        "storing a group's items failed");
+                    for (_, entry) in &entries {
+                        self.pending_ids.remove(&entry.id);
+                    }
+                    return;
+                }
+                for (owner, entry) in entries {
+                    self.pending_ids.remove(&entry.id);
+                    self.deliver(reads, &owner, entry, out);
+                }
+                for through in confirm {
+                    out.push(Action::FannedOut {
+                        fragment: home,
+                        group,
+                        through,
+                        from: self.id,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Sends `group`'s next batch if none is out for confirmation.
+    fn pump_fanout(&mut self, group: GroupId, out: &mut Vec<Action<E, R>>) {
+        let id = self.id;
+        let placement = self.placement;
+        loop {
+            let Some(home) = self.groups.homes.get_mut(&group) else {
+                return;
+            };
+            if home.in_flight.is_some() {
+                return;
+            }
+            // Only durable items, and none after one that is not (order).
+            let batch: Vec<(Position, GroupItem)> = home
+                .log
+                .iter()
+                .take_while(|(_, (_, durable))| *durable)
+                .take(FANOUT_BATCH)
+                .map(|(position, (item, _))| (*position, item.clone()))
+                .collect();
+            let Some(through) = batch.last().map(|(position, _)| *position) else {
+                return;
+            };
+            let mut waiting: BTreeMap<FragmentId, FanOut> = BTreeMap::new();
+            for (position, item) in batch {
+                let sender = match &item {
+                    GroupItem::Message { from, .. } => Some(from),
+                    GroupItem::Change { .. } => None,
+                };
+                for (fragment, recipients) in
+                    home.record.recipients_at(position, &placement, sender)
+                {
+                    waiting
+                        .entry(fragment)
+                        .or_insert_with(|| FanOut {
+                            group,
+                            through,
+                            items: Vec::new(),
+                        })
+                        .items
+                        .push(FanOutItem {
+                            position,
+                            recipients,
+                            item: item.clone(),
+                        });
+                }
+            }
+            if waiting.is_empty() {
+                // No one to send these to (a group of one).
+                self.passed(group, through, out);
+                continue;
+            }
+            for (fragment, fanout) in &waiting {
+                out.push(Action::FanOut {
+                    fragment: *fragment,
+                    fanout: fanout.clone(),
+                });
+            }
+            metrics::counter!("switchboard_group_fanout_batches_total").increment(1);
+            home.in_flight = Some(Batch {
+                through,
+                waiting,
+                ticks: 0,
+            });
+            tracing::trace!(fragment = id, group, through, "fan-out batch sent");
+            return;
+        }
+    }
+
+    /// Fan-out of `group` has passed `through`: record it, drop the log up
+    /// to it, forget members whose removal it passed, and the group once
+    /// everyone has left.
+    fn passed(&mut self, group: GroupId, through: Position, out: &mut Vec<Action<E, R>>) {
+        let Some(home) = self.groups.homes.get_mut(&group) else {
+            return;
+        };
+        home.fanned_out = through;
+        home.log.retain(|position, _| *position > through);
+        let mut ops = vec![WriteOp::GroupFannedOut { group, through }];
+        let over = home.record.is_empty() && home.log.is_empty() && home.uncommitted == 0;
+        if over {
+            ops.push(WriteOp::DeleteGroup { group });
+            self.groups.homes.remove(&group);
+        } else if home.record.forget_through(through) {
+            ops.push(WriteOp::PutGroup {
+                record: home.record.clone(),
+            });
+        }
+        self.persist(Commit::Group(GroupCommit::FannedOut { group }), ops, out);
+    }
+
+    /// Fragment `from` has stored `group`'s batch up to `through`.
+    pub fn group_fanned_out(
+        &mut self,
+        group: GroupId,
+        through: Position,
+        from: FragmentId,
+    ) -> Vec<Action<E, R>> {
+        let mut out = Vec::new();
+        let Some(home) = self.groups.homes.get_mut(&group) else {
+            return out;
+        };
+        let done = match &mut home.in_flight {
+            Some(batch) if batch.through == through => {
+                batch.waiting.remove(&from);
+                batch.waiting.is_empty()
+            }
+            // A late answer to a batch already passed.
+            _ => false,
+        };
+        if done {
+            home.in_flight = None;
+            self.passed(group, through, &mut out);
+            self.pump_fanout(group, &mut out);
+        }
+        out
+    }
+
+    /// Once a second: batches not confirmed in time go out again; idle
+    /// groups leave memory.
+    pub fn group_tick(&mut self) -> Vec<Action<E, R>> {
+        let mut out = Vec::new();
+        for home in self.groups.homes.values_mut() {
+            let Some(batch) = &mut home.in_flight else {
+                continue;
+            };
+            batch.ticks += 1;
+            if batch.ticks < FANOUT_RETRY_TICKS {
+                continue;
+            }
+            batch.ticks = 0;
+            for (fragment, fanout) in &batch.waiting {
+                metrics::counter!("switchboard_group_fanout_resent_total").increment(1);
+                out.push(Action::FanOut {
+                    fragment: *fragment,
+                    fanout: fanout.clone(),
+                });
+            }
+        }
+        self.groups.homes.retain(|_, home| {
+            home.in_flight.is_some() || !home.log.is_empty() || home.uncommitted > 0
+        });
+        out
+    }
+
+    /// The core starts serving: fan out what the log still holds.
+    pub fn resume_groups(
+        &mut self,
+        reads: &impl GroupRead,
+    ) -> Result<Vec<Action<E, R>>, FragmentError> {
+        let mut out = Vec::new();
+        for group in reads.groups_with_log()? {
+            if self.home(reads, group)?.is_some() {
+                self.pump_fanout(group, &mut out);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A batch of a group's log for members of this fragment: stores the
+    /// items above the group's inbox mark and confirms the batch to the
+    /// home once durable (at once if nothing is new).
+    pub fn fan_in(
+        &mut self,
+        reads: &impl GroupRead,
+        home: FragmentId,
+        fanout: FanOut,
+    ) -> Vec<Action<E, R>> {
+        let mut out = Vec::new();
+        let FanOut {
+            group,
+            through,
+            items,
+        } = fanout;
+        let stored = match reads.group_inbox(group) {
+            Ok(mark) => mark,
+            Err(e) => {
+                tracing::warn!(fragment = self.id, group, error = %e, "cannot read a group's inbox mark");
+                return out;
+            }
+        };
+        let pending = self.groups.inbox.get(&group).copied();
+        let mark = stored.max(pending.unwrap_or(0));
+        if through <= mark {
+            // Stored already, or being stored: confirm once durable.
+            if pending.is_some_and(|p| p >= through)
+                && let Some(Commit::Group(GroupCommit::Stored { confirm, .. })) =
+                    self.commits.values_mut().find(|c| {
+                        matches!(c, Commit::Group(GroupCommit::Stored { group: g, .. }) if *g == group)
+                    })
+            {
+                confirm.push(through);
+            } else {
+                out.push(Action::FannedOut {
+                    fragment: home,
+                    group,
+                    through,
+                    from: self.id,
+                });
+            }
+            return out;
+        }
+        let placement = self.placement;
+        let id = self.id;
+        let mut entries = Vec::new();
+        for FanOutItem {
+            position,
+            recipients,
+            item,
+        } in items
+        {
+            if position <= mark {
+                continue;
+            }
+            for owner in recipients {
+                // Only this fragment's users: a confused or hostile peer
+                // cannot make it store mail for anyone else.
+                if placement.fragment_of(&owner) != id {
+                    continue;
+                }
+                let entry = Entry {
+                    id: self.next_id(),
+                    body: EntryBody::Group {
+                        group,
+                        position,
+                        item: item.clone(),
+                    },
+                };
+                entries.push((owner, entry));
+            }
+        }
+        let rows = entries
+            .iter()
+            .map(|(owner, entry)| {
+                (
+                    owner.clone(),
+                    entry.id,
+                    serde_bytes::ByteBuf::from(entry.body.to_bytes()),
+                )
+            })
+            .collect();
+        for (_, entry) in &entries {
+            self.pending_ids.insert(entry.id);
+        }
+        let ops = vec![
+            WriteOp::PutGroupEntries {
+                group,
+                through,
+                entries: rows,
+            },
+            WriteOp::NextSeq(self.next_seq),
+        ];
+        self.groups.inbox.insert(group, through);
+        self.persist(
+            Commit::Group(GroupCommit::Stored {
+                group,
+                home,
+                through,
+                entries,
+                confirm: vec![through],
+            }),
+            ops,
+            &mut out,
+        );
+        out
+    }
+
+    /// Groups with work in hand, for metrics.
+    pub fn groups_in_memory(&self) -> usize {
+        self.groups.homes.len()
+    }
+}
+
+/// The id `next_id` gives out next.
+fn compose_next(fragment: FragmentId, next_seq: u64) -> MessageId {
+    crate::entry::compose_message_id(fragment, next_seq)
+}
+
+impl From<GroupError> for FragmentError {
+    fn from(e: GroupError) -> Self {
+        FragmentError::Group(e)
+    }
+}
+
+#[cfg(test)]
+mod tests;

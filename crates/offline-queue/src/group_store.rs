@@ -1,0 +1,364 @@
+//! The group tables in the node's redb database. Like the mailbox tables,
+//! every key starts with the fragment, so a fragment's groups are one range
+//! of each table and are copied, replicated and merged with it.
+//!
+//! At a group's home fragment:
+//! - `group_record`: `(fragment, group) → postcard(GroupRecord)`.
+//! - `group_log`: `(fragment, group, position) → postcard(GroupItem)`: what
+//!   is logged and not yet fanned out to every member's fragment; deleted
+//!   once fan-out has passed it, so the log holds what is in transit.
+//! - `group_fanout`: `(fragment, group) → position` fan-out has handed
+//!   to every destination fragment (everything up to it, included).
+//! - a group send's dedupe key is a row of the mailbox `dedupe` table,
+//!   under the recipient key [`group_dedupe_key`], swept with the others.
+//!
+//! At every fragment holding a member:
+//! - `group_inbox`: `(fragment, group) → position` up to which this
+//!   fragment has stored the group's items in its members' mailboxes:
+//!   fan-out sends positions in order and resends after a failure, and
+//!   what is at or below the mark is not stored again.
+
+use proto::{PhoneNumber, TimestampMs};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use router::FragmentId;
+use storage::StorageError;
+
+use crate::FragmentError;
+use crate::entry::GroupItem;
+use crate::group::{GroupId, GroupRecord, Position};
+use crate::store::{RedbMailbox, storage};
+
+pub(crate) const GROUP_RECORD_TABLE: TableDefinition<(u16, u64), &[u8]> =
+    TableDefinition::new("group_record");
+pub(crate) const GROUP_LOG_TABLE: TableDefinition<(u16, u64, u64), &[u8]> =
+    TableDefinition::new("group_log");
+pub(crate) const GROUP_FANOUT_TABLE: TableDefinition<(u16, u64), u64> =
+    TableDefinition::new("group_fanout");
+pub(crate) const GROUP_INBOX_TABLE: TableDefinition<(u16, u64), u64> =
+    TableDefinition::new("group_inbox");
+
+/// The `dedupe` table's recipient key for sends to `group`: `#` sorts
+/// before the `+` of every phone number, so a fragment's group keys are
+/// one range, swept with the rest.
+pub(crate) fn group_dedupe_key(group: GroupId) -> String {
+    format!("#{group:016x}")
+}
+
+impl GroupRecord {
+    /// The encoded record (postcard), as stored.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).unwrap_or_default()
+    }
+
+    /// A stored record; `None` if unreadable.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        postcard::from_bytes(bytes).ok()
+    }
+}
+
+/// Stores `record` (the group's whole row).
+pub(crate) fn put_record(
+    txn: &WriteTransaction,
+    fragment: FragmentId,
+    record: &GroupRecord,
+) -> Result<(), StorageError> {
+    txn.open_table(GROUP_RECORD_TABLE)?
+        .insert((fragment, record.id), record.to_bytes().as_slice())?;
+    Ok(())
+}
+
+/// Forgets a group that every member has left, with what is left of it.
+pub(crate) fn delete_group(
+    txn: &WriteTransaction,
+    fragment: FragmentId,
+    group: GroupId,
+) -> Result<(), StorageError> {
+    txn.open_table(GROUP_RECORD_TABLE)?
+        .remove((fragment, group))?;
+    txn.open_table(GROUP_FANOUT_TABLE)?
+        .remove((fragment, group))?;
+    txn.open_table(GROUP_LOG_TABLE)?.retain_in(
+        (fragment, group, 0)..=(fragment, group, u64::MAX),
+        |_, _| false,
+    )?;
+    Ok(())
+}
+
+/// Logs `item` at `position` of `group`.
+pub(crate) fn put_log(
+    txn: &WriteTransaction,
+    fragment: FragmentId,
+    group: GroupId,
+    position: Position,
+    item: &GroupItem,
+) -> Result<(), StorageError> {
+    txn.open_table(GROUP_LOG_TABLE)?
+        .insert((fragment, group, position), item.to_bytes().as_slice())?;
+    Ok(())
+}
+
+/// Fan-out of `group` has passed `through`: its log up to there goes.
+pub(crate) fn fanned_out(
+    txn: &WriteTransaction,
+    fragment: FragmentId,
+    group: GroupId,
+    through: Position,
+) -> Result<(), StorageError> {
+    let mut marks = txn.open_table(GROUP_FANOUT_TABLE)?;
+    let current = marks.get((fragment, group))?.map(|v| v.value());
+    if current.is_none_or(|current| current < through) {
+        marks.insert((fragment, group), through)?;
+    }
+    txn.open_table(GROUP_LOG_TABLE)?
+        .retain_in((fragment, group, 0)..=(fragment, group, through), |_, _| {
+            false
+        })?;
+    Ok(())
+}
+
+/// This fragment has stored `group`'s items up to `through`.
+pub(crate) fn raise_inbox(
+    txn: &WriteTransaction,
+    fragment: FragmentId,
+    group: GroupId,
+    through: Position,
+) -> Result<(), StorageError> {
+    let mut marks = txn.open_table(GROUP_INBOX_TABLE)?;
+    let current = marks.get((fragment, group))?.map(|v| v.value());
+    if current.is_none_or(|current| current < through) {
+        marks.insert((fragment, group), through)?;
+    }
+    Ok(())
+}
+
+/// The group reads a fragment core needs.
+pub trait GroupRead {
+    /// The record of `group`, if this fragment holds it.
+    fn group(&self, group: GroupId) -> Result<Option<GroupRecord>, FragmentError>;
+    /// The log of `group` above `after`, oldest first, at most `limit`.
+    fn group_log(
+        &self,
+        group: GroupId,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<(Position, GroupItem)>, FragmentError>;
+    /// How far fan-out of `group` has gone (0: nothing yet).
+    fn group_fanned_out(&self, group: GroupId) -> Result<Position, FragmentError>;
+    /// Groups of this fragment with a log still to fan out.
+    fn groups_with_log(&self) -> Result<Vec<GroupId>, FragmentError>;
+    /// Up to where this fragment has stored `group`'s items (0: nothing).
+    fn group_inbox(&self, group: GroupId) -> Result<Position, FragmentError>;
+    /// The position and time of `sender`'s send `client_msg_id` to `group`.
+    fn group_dedupe(
+        &self,
+        group: GroupId,
+        sender: &PhoneNumber,
+        client_msg_id: u64,
+    ) -> Result<Option<(Position, TimestampMs)>, FragmentError>;
+}
+
+/// Opens `table` in `read`; `None` if it was never written.
+fn open<K: redb::Key + 'static, V: redb::Value + 'static>(
+    read: &redb::ReadTransaction,
+    table: TableDefinition<K, V>,
+) -> Result<Option<redb::ReadOnlyTable<K, V>>, FragmentError> {
+    match read.open_table(table) {
+        Ok(table) => Ok(Some(table)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(storage(e)),
+    }
+}
+
+impl GroupRead for RedbMailbox {
+    fn group(&self, group: GroupId) -> Result<Option<GroupRecord>, FragmentError> {
+        let read = self.store().db().begin_read().map_err(storage)?;
+        let Some(table) = open(&read, GROUP_RECORD_TABLE)? else {
+            return Ok(None);
+        };
+        match table.get((self.fragment(), group)).map_err(storage)? {
+            Some(bytes) => GroupRecord::from_bytes(bytes.value())
+                .map(Some)
+                .ok_or_else(|| storage(format!("unreadable record of group {group:x}"))),
+            None => Ok(None),
+        }
+    }
+
+    fn group_log(
+        &self,
+        group: GroupId,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<(Position, GroupItem)>, FragmentError> {
+        let read = self.store().db().begin_read().map_err(storage)?;
+        let Some(table) = open(&read, GROUP_LOG_TABLE)? else {
+            return Ok(Vec::new());
+        };
+        let f = self.fragment();
+        let mut log = Vec::new();
+        for row in table
+            .range((f, group, after.saturating_add(1))..=(f, group, u64::MAX))
+            .map_err(storage)?
+            .take(limit)
+        {
+            let (key, value) = row.map_err(storage)?;
+            let item = GroupItem::from_bytes(value.value())
+                .map_err(|e| storage(format!("unreadable log entry of group {group:x}: {e}")))?;
+            log.push((key.value().2, item));
+        }
+        Ok(log)
+    }
+
+    fn group_fanned_out(&self, group: GroupId) -> Result<Position, FragmentError> {
+        let read = self.store().db().begin_read().map_err(storage)?;
+        let Some(table) = open(&read, GROUP_FANOUT_TABLE)? else {
+            return Ok(0);
+        };
+        Ok(table
+            .get((self.fragment(), group))
+            .map_err(storage)?
+            .map_or(0, |v| v.value()))
+    }
+
+    fn groups_with_log(&self) -> Result<Vec<GroupId>, FragmentError> {
+        let read = self.store().db().begin_read().map_err(storage)?;
+        let Some(table) = open(&read, GROUP_LOG_TABLE)? else {
+            return Ok(Vec::new());
+        };
+        let f = self.fragment();
+        let mut groups = Vec::new();
+        let mut next = 0;
+        // One lookup per group, not a walk over every logged item.
+        while let Some(row) = table
+            .range((f, next, 0)..=(f, u64::MAX, u64::MAX))
+            .map_err(storage)?
+            .next()
+        {
+            let group = row.map_err(storage)?.0.value().1;
+            groups.push(group);
+            let Some(after) = group.checked_add(1) else {
+                break;
+            };
+            next = after;
+        }
+        Ok(groups)
+    }
+
+    fn group_inbox(&self, group: GroupId) -> Result<Position, FragmentError> {
+        let read = self.store().db().begin_read().map_err(storage)?;
+        let Some(table) = open(&read, GROUP_INBOX_TABLE)? else {
+            return Ok(0);
+        };
+        Ok(table
+            .get((self.fragment(), group))
+            .map_err(storage)?
+            .map_or(0, |v| v.value()))
+    }
+
+    fn group_dedupe(
+        &self,
+        group: GroupId,
+        sender: &PhoneNumber,
+        client_msg_id: u64,
+    ) -> Result<Option<(Position, TimestampMs)>, FragmentError> {
+        self.dedupe_key(&group_dedupe_key(group), sender, client_msg_id)
+    }
+}
+
+/// A row of the group tables in a copy of a fragment.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum GroupRow {
+    /// `group_record`: the group and its encoded record.
+    Record(GroupId, serde_bytes::ByteBuf),
+    /// `group_log`: the group, the position and the encoded item.
+    Log(GroupId, Position, serde_bytes::ByteBuf),
+    /// `group_fanout`: the group and its mark.
+    Fanout(GroupId, Position),
+    /// `group_inbox`: the group and its mark.
+    Inbox(GroupId, Position),
+}
+
+/// Every group row of fragment `f` in `read`, table by table, in key order.
+pub(crate) fn export_groups(
+    read: &redb::ReadTransaction,
+    f: FragmentId,
+    mut visit: impl FnMut(GroupRow),
+) -> Result<(), FragmentError> {
+    if let Some(table) = open(read, GROUP_RECORD_TABLE)? {
+        for row in table.range((f, 0)..=(f, u64::MAX)).map_err(storage)? {
+            let (key, value) = row.map_err(storage)?;
+            let bytes = serde_bytes::ByteBuf::from(value.value().to_vec());
+            visit(GroupRow::Record(key.value().1, bytes));
+        }
+    }
+    if let Some(table) = open(read, GROUP_LOG_TABLE)? {
+        for row in table
+            .range((f, 0, 0)..=(f, u64::MAX, u64::MAX))
+            .map_err(storage)?
+        {
+            let (key, value) = row.map_err(storage)?;
+            let (_, group, position) = key.value();
+            let bytes = serde_bytes::ByteBuf::from(value.value().to_vec());
+            visit(GroupRow::Log(group, position, bytes));
+        }
+    }
+    for (definition, make) in [
+        (
+            GROUP_FANOUT_TABLE,
+            GroupRow::Fanout as fn(GroupId, Position) -> GroupRow,
+        ),
+        (GROUP_INBOX_TABLE, GroupRow::Inbox),
+    ] {
+        if let Some(table) = open(read, definition)? {
+            for row in table.range((f, 0)..=(f, u64::MAX)).map_err(storage)? {
+                let (key, value) = row.map_err(storage)?;
+                visit(make(key.value().1, value.value()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Erases fragment `f`'s group rows (the first chunk of a copy).
+pub(crate) fn erase_groups(txn: &WriteTransaction, f: FragmentId) -> Result<(), StorageError> {
+    txn.open_table(GROUP_RECORD_TABLE)?
+        .retain_in((f, 0)..=(f, u64::MAX), |_, _| false)?;
+    txn.open_table(GROUP_LOG_TABLE)?
+        .retain_in((f, 0, 0)..=(f, u64::MAX, u64::MAX), |_, _| false)?;
+    txn.open_table(GROUP_FANOUT_TABLE)?
+        .retain_in((f, 0)..=(f, u64::MAX), |_, _| false)?;
+    txn.open_table(GROUP_INBOX_TABLE)?
+        .retain_in((f, 0)..=(f, u64::MAX), |_, _| false)?;
+    Ok(())
+}
+
+/// Stores a copy's group rows of fragment `f`.
+pub(crate) fn import_groups(
+    txn: &WriteTransaction,
+    f: FragmentId,
+    rows: &[GroupRow],
+) -> Result<(), StorageError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut records = txn.open_table(GROUP_RECORD_TABLE)?;
+    let mut log = txn.open_table(GROUP_LOG_TABLE)?;
+    let mut fanout = txn.open_table(GROUP_FANOUT_TABLE)?;
+    let mut inbox = txn.open_table(GROUP_INBOX_TABLE)?;
+    for row in rows {
+        match row {
+            GroupRow::Record(group, bytes) => {
+                records.insert((f, *group), bytes.as_slice())?;
+            }
+            GroupRow::Log(group, position, bytes) => {
+                log.insert((f, *group, *position), bytes.as_slice())?;
+            }
+            GroupRow::Fanout(group, mark) => {
+                fanout.insert((f, *group), *mark)?;
+            }
+            GroupRow::Inbox(group, mark) => {
+                inbox.insert((f, *group), *mark)?;
+            }
+        }
+    }
+    Ok(())
+}
