@@ -25,8 +25,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use proto::{
-    ErrorCode, MessageId, PhoneNumber, PresenceStatus, ReceiptKind, Request, Response, ServerFrame,
-    TimestampMs,
+    ErrorCode, GroupChange, GroupCommand, GroupId, GroupRole, MessageId, PhoneNumber, Position,
+    PresenceStatus, ReceiptKind, Request, Response, ServerFrame, TimestampMs,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -36,7 +36,7 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::BackoffState;
 use crate::dedupe::{RecentIds, Seen};
-use crate::outbox::{Outbox, Outgoing};
+use crate::outbox::{Outbox, Outgoing, Target};
 use crate::sent::SentMessages;
 use crate::{ClientConfig, ClientError, Connection, DisconnectReason, Pushes, Result, Tls};
 
@@ -91,6 +91,38 @@ pub enum Event {
         /// Extension-defined bytes.
         body: Vec<u8>,
     },
+    /// A message to a group this user is in. Acknowledge `msg_id`.
+    GroupMessage {
+        /// This copy's id: the ack key.
+        msg_id: MessageId,
+        /// The group.
+        group: GroupId,
+        /// Its place in the group's log (every member sees the same order).
+        position: Position,
+        /// The sender.
+        from: PhoneNumber,
+        /// The sender's id for it.
+        client_msg_id: u64,
+        /// When the group's node stored it.
+        server_ts: TimestampMs,
+        /// The sender's bytes.
+        payload: Vec<u8>,
+    },
+    /// A change of a group this user is (or was) in. Acknowledge `msg_id`.
+    GroupEvent {
+        /// This copy's id: the ack key.
+        msg_id: MessageId,
+        /// The group.
+        group: GroupId,
+        /// Its place in the group's log.
+        position: Position,
+        /// Who made the change.
+        by: PhoneNumber,
+        /// What changed.
+        change: GroupChange,
+        /// When.
+        ts: TimestampMs,
+    },
     /// Logged in (again); the mailbox backlog follows.
     Connected,
     /// The connection ended. Unless the reason is final
@@ -106,7 +138,9 @@ impl Event {
     /// (messages and receipts).
     pub fn ack_id(&self) -> Option<MessageId> {
         match self {
-            Event::Message { msg_id, .. } => Some(*msg_id),
+            Event::Message { msg_id, .. }
+            | Event::GroupMessage { msg_id, .. }
+            | Event::GroupEvent { msg_id, .. } => Some(*msg_id),
             Event::Receipt { id, .. } => Some(*id),
             _ => None,
         }
@@ -148,7 +182,7 @@ impl Events {
 
 enum Command {
     Send {
-        to: PhoneNumber,
+        to: Target,
         payload: Vec<u8>,
         reply: oneshot::Sender<Result<SendAck>>,
     },
@@ -250,12 +284,62 @@ impl Client {
         to: &PhoneNumber,
         payload: Vec<u8>,
     ) -> Result<impl Future<Output = Result<SendAck>> + Send + 'static> {
+        self.queue_to(Target::User(to.clone()), payload)
+    }
+
+    /// Sends `payload` to `group` (this user must be a member); resolves
+    /// with the node's ack once the group's node stored it. Resent across
+    /// reconnects like [`Client::send`], in order with this client's
+    /// other sends to the group.
+    pub async fn send_group(&self, group: GroupId, payload: Vec<u8>) -> Result<SendAck> {
+        self.queue_send_group(group, payload)?.await
+    }
+
+    /// [`Client::queue_send`] for a group.
+    pub fn queue_send_group(
+        &self,
+        group: GroupId,
+        payload: Vec<u8>,
+    ) -> Result<impl Future<Output = Result<SendAck>> + Send + 'static> {
+        self.queue_to(Target::Group(group), payload)
+    }
+
+    /// Creates a group with this user as its admin; its id.
+    pub async fn create_group(&self, name: &str, members: Vec<PhoneNumber>) -> Result<GroupId> {
+        let request = Request::CreateGroup {
+            name: name.to_owned(),
+            members,
+        };
+        match self.request(request).await? {
+            Response::GroupCreated { group } => Ok(group),
+            other => Err(unexpected("GroupCreated", &other)),
+        }
+    }
+
+    /// Changes a group (see [`GroupCommand`]); `Ok` once durable.
+    pub async fn change_group(&self, group: GroupId, command: GroupCommand) -> Result<()> {
+        self.expect_ok(Request::ChangeGroup { group, command })
+            .await
+    }
+
+    /// A group's name and members with their roles.
+    pub async fn group_info(
+        &self,
+        group: GroupId,
+    ) -> Result<(String, Vec<(PhoneNumber, GroupRole)>)> {
+        match self.request(Request::GroupInfo { group }).await? {
+            Response::GroupInfo { name, members, .. } => Ok((name, members)),
+            other => Err(unexpected("GroupInfo", &other)),
+        }
+    }
+
+    fn queue_to(
+        &self,
+        to: Target,
+        payload: Vec<u8>,
+    ) -> Result<impl Future<Output = Result<SendAck>> + Send + 'static> {
         let (reply, answer) = oneshot::channel();
-        self.command(Command::Send {
-            to: to.clone(),
-            payload,
-            reply,
-        })?;
+        self.command(Command::Send { to, payload, reply })?;
         let stopped = self.stopped.clone();
         Ok(async move {
             match answer.await {
@@ -724,7 +808,9 @@ impl Supervisor {
                 msg_id, server_ts, ..
             }) => {
                 if let Some(entry) = self.outbox.complete(client_msg_id) {
-                    self.sent.record(msg_id, entry.to);
+                    if let Target::User(to) = entry.to {
+                        self.sent.record(msg_id, to);
+                    }
                     let _ = entry.waiter.send(Ok(SendAck {
                         msg_id,
                         client_msg_id,
@@ -802,6 +888,38 @@ impl Supervisor {
                         ts,
                     }
                 }
+                ServerFrame::GroupDeliver {
+                    msg_id,
+                    group,
+                    position,
+                    from,
+                    client_msg_id,
+                    server_ts,
+                    payload,
+                } => Event::GroupMessage {
+                    msg_id,
+                    group,
+                    position,
+                    from,
+                    client_msg_id,
+                    server_ts,
+                    payload,
+                },
+                ServerFrame::GroupEvent {
+                    msg_id,
+                    group,
+                    position,
+                    by,
+                    change,
+                    ts,
+                } => Event::GroupEvent {
+                    msg_id,
+                    group,
+                    position,
+                    by,
+                    change,
+                    ts,
+                },
                 ServerFrame::Presence { user, status } => Event::Presence { user, status },
                 ServerFrame::Typing { from, active } => Event::Typing { from, active },
                 ServerFrame::Extension { namespace, body } => Event::Extension { namespace, body },
@@ -859,14 +977,20 @@ impl Supervisor {
         {
             let internal = self.internal.clone();
             let epoch = self.epoch;
-            let request = match after {
-                None => Request::Send {
+            let request = match (to, after) {
+                (Target::User(to), None) => Request::Send {
                     to,
                     client_msg_id,
                     payload,
                 },
-                Some(after) => Request::SendAfter {
+                (Target::User(to), Some(after)) => Request::SendAfter {
                     to,
+                    client_msg_id,
+                    after,
+                    payload,
+                },
+                (Target::Group(group), after) => Request::SendGroup {
+                    group,
                     client_msg_id,
                     after,
                     payload,

@@ -46,7 +46,10 @@ pub use backoff::Backoff;
 pub use client::{Client, Event, Events, SendAck};
 pub use connection::{Connection, Pushes, Welcome};
 pub use error::{ClientError, DisconnectReason, Result};
-pub use proto::{MessageId, PhoneNumber, PresenceStatus, ReceiptKind, TimestampMs, Visibility};
+pub use proto::{
+    GroupChange, GroupCommand, GroupId, GroupRole, MessageId, PhoneNumber, Position,
+    PresenceStatus, ReceiptKind, TimestampMs, Visibility,
+};
 pub use tls::Tls;
 
 use proto::{Request, Response};

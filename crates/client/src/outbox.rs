@@ -11,13 +11,29 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use proto::PhoneNumber;
+use proto::{GroupId, PhoneNumber};
+
+/// Where a send goes: a user, or a group (which keeps the same order and
+/// dedupe rules per sender).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Target {
+    /// A user.
+    User(PhoneNumber),
+    /// A group.
+    Group(GroupId),
+}
+
+impl From<PhoneNumber> for Target {
+    fn from(user: PhoneNumber) -> Self {
+        Target::User(user)
+    }
+}
 
 /// One unacknowledged send.
 #[derive(Debug)]
 pub struct Entry<T> {
     /// The recipient.
-    pub to: PhoneNumber,
+    pub to: Target,
     /// The dedupe key, fixed for the life of the entry.
     pub client_msg_id: u64,
     /// The bytes.
@@ -30,7 +46,7 @@ pub struct Entry<T> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outgoing {
     /// The recipient.
-    pub to: PhoneNumber,
+    pub to: Target,
     /// The dedupe key.
     pub client_msg_id: u64,
     /// The previous waiting send to the same recipient, which the node
@@ -51,7 +67,7 @@ pub struct Outbox<T> {
     unsent: BTreeSet<u64>,
     seq_of: HashMap<u64, u64>,
     /// The waiting sends of each recipient.
-    by_recipient: HashMap<PhoneNumber, BTreeSet<u64>>,
+    by_recipient: HashMap<Target, BTreeSet<u64>>,
     next_seq: u64,
 }
 
@@ -82,7 +98,7 @@ impl<T> Outbox<T> {
     /// if `client_msg_id` is already waiting.
     pub fn push(
         &mut self,
-        to: PhoneNumber,
+        to: impl Into<Target>,
         client_msg_id: u64,
         payload: Vec<u8>,
         waiter: T,
@@ -90,6 +106,7 @@ impl<T> Outbox<T> {
         if self.contains(client_msg_id) {
             return false;
         }
+        let to = to.into();
         let seq = self.next_seq;
         self.next_seq += 1;
         self.seq_of.insert(client_msg_id, seq);

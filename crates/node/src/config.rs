@@ -162,6 +162,8 @@ pub struct LimitsConfig {
     /// Ack and read-receipt frames one connection may send at once above
     /// that rate.
     pub ack_burst: f64,
+    /// Most members of a group, its creator included.
+    pub max_group_members: u32,
 }
 
 /// Presence settings.
@@ -276,6 +278,7 @@ impl Default for LimitsConfig {
             send_burst: 1000.0,
             max_acks_per_sec: 200.0,
             ack_burst: 400.0,
+            max_group_members: 1024,
         }
     }
 }
@@ -480,6 +483,9 @@ impl NodeConfig {
         if l.undelivered_expiry_days == 0 {
             return fail("limits.undelivered_expiry_days must be at least 1".into());
         }
+        if l.max_group_members < 2 {
+            return fail("limits.max_group_members must be at least 2".into());
+        }
         if l.idle_timeout_secs < 3 {
             return fail("limits.idle_timeout_secs must be at least 3".into());
         }
@@ -569,6 +575,9 @@ impl NodeConfig {
                 max_bytes_per_sender: self.limits.max_mailbox_bytes_per_sender,
             },
             undelivered_ttl_ms: self.limits.undelivered_expiry_days * 24 * 3600 * 1000,
+            groups: offline_queue::fragment::GroupLimits {
+                max_members: self.limits.max_group_members,
+            },
             ..offline_queue::FragmentConfig::default()
         }
     }

@@ -235,6 +235,12 @@ impl Services for NodeServices {
         let fragments = self.fragments.clone();
         Box::pin(async move {
             let id = request.home(&fragments.placement());
+            // An id no fragment gave out (made up, or from another cluster).
+            if id >= fragments.placement().fragments() {
+                return Err(FragmentError::Group(
+                    offline_queue::group::GroupError::UnknownGroup,
+                ));
+            }
             let fragment = fragments.get_when_ready(id, FRAGMENT_RESTART_WAIT).await?;
             let (tx, rx) = ractor::concurrency::oneshot();
             fragment

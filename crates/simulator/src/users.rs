@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use client::outbox::Outbox;
+use client::outbox::{self, Outbox};
 use ledger::{Arrival, Stream};
 use offline_queue::replica_core::{Answer, LocalRequest};
 use offline_queue::{EntryBody, FragmentError, NewMessage, Push};
@@ -256,12 +256,16 @@ impl World {
         let from = self.users.users[u].phone.clone();
         let sends = self.users.users[u].outbox.take_unsent();
         for send in sends {
+            // The simulated users send 1:1 only.
+            let outbox::Target::User(to) = send.to else {
+                continue;
+            };
             self.users.users[u]
                 .in_flight
                 .insert(send.client_msg_id, now + REQUEST_TIMEOUT_MS);
-            let fragment = self.users.placement.fragment_of(&send.to);
+            let fragment = self.users.placement.fragment_of(&to);
             let message = NewMessage {
-                to: send.to,
+                to,
                 from: from.clone(),
                 client_msg_id: send.client_msg_id,
                 after: send.after,

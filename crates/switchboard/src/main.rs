@@ -52,6 +52,8 @@ enum Command {
     Verify(commands::verify::Args),
     /// Send one text message; prints its server id once the node acked it.
     Send(commands::send::Args),
+    /// Create groups, change their members, roles and names, read them.
+    Group(commands::group::Args),
     /// Print (and acknowledge) received messages and receipts.
     Recv(commands::recv::Args),
     /// Interactive terminal chat.
@@ -93,6 +95,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Register(args) => commands::register::run(args).await,
             Command::Verify(args) => commands::verify::run(args).await,
             Command::Send(args) => commands::send::run(args).await,
+            Command::Group(args) => commands::group::run(args).await,
             Command::Recv(args) => commands::recv::run(args).await,
             Command::Chat(args) => commands::chat::run(args).await,
             Command::Bench(args) => bench::run(args).await,
@@ -156,7 +159,36 @@ mod tests {
             panic!("expected send")
         };
         assert_eq!(args.text, "hello there");
-        assert_eq!(args.to.as_str(), "+15550000002");
+        assert_eq!(args.to.as_ref().map(|to| to.as_str()), Some("+15550000002"));
+        assert!(
+            Cli::try_parse_from(["switchboard", "send", "--profile", "p", "text"]).is_err(),
+            "a send names --to or --group"
+        );
+        let cli = Cli::try_parse_from([
+            "switchboard",
+            "send",
+            "--profile",
+            "p",
+            "--group",
+            "77",
+            "hi all",
+        ])
+        .expect("parse");
+        let Command::Send(args) = cli.command else {
+            panic!("expected send")
+        };
+        assert_eq!((args.group, args.to), (Some(77), None));
+        let cli = Cli::try_parse_from([
+            "switchboard",
+            "group",
+            "--profile",
+            "p",
+            "create",
+            "team",
+            "+15550000002",
+        ])
+        .expect("parse");
+        assert!(matches!(cli.command, Command::Group(_)));
 
         let cli = Cli::try_parse_from([
             "switchboard",

@@ -1,6 +1,7 @@
 //! `switchboard chat`: an interactive line-mode chat.
 //!
-//! Lines typed are sent to the current peer (`/to NUMBER` chooses it).
+//! Lines typed are sent to the current peer (`/to NUMBER` chooses it) or
+//! group (`/group ID`).
 //! Incoming messages are printed with their sender and time, acknowledged,
 //! and marked read. Own messages are numbered `#n` and followed by their
 //! ticks as they come: `✓` when the node stored it, `✓✓` when the peer's
@@ -14,7 +15,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use client::{Client, Event, MessageId, PresenceStatus, ReceiptKind, SendAck};
+use client::{Client, Event, GroupId, MessageId, PresenceStatus, ReceiptKind, SendAck};
 use proto::PhoneNumber;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
@@ -49,6 +50,7 @@ enum Input {
     Quit,
     Help,
     To(PhoneNumber),
+    Group(GroupId),
     BadCommand(String),
     Text(String),
     Nothing,
@@ -71,19 +73,41 @@ fn parse_line(line: &str) -> Input {
             Err(e) => Input::BadCommand(e.to_string()),
         },
         (Some("to"), _, _) => Input::BadCommand("usage: /to +15551234567".to_owned()),
+        (Some("group"), Some(id), None) => match id.parse() {
+            Ok(group) => Input::Group(group),
+            Err(_) => Input::BadCommand(format!("{id:?} is not a group id")),
+        },
+        (Some("group"), _, _) => Input::BadCommand("usage: /group ID".to_owned()),
         _ => Input::BadCommand(format!("unknown command {trimmed:?}; /help lists them")),
     }
 }
 
 const HELP: &str = "\
   /to NUMBER   talk to NUMBER (E.164, e.g. +15551234567)
+  /group ID    talk to group ID (see `switchboard group create`)
   /quit        leave (also Ctrl-D)
   any other line is sent to the current peer
   ticks: ✓ stored by the node, ✓✓ delivered to the peer, ✓✓ read";
 
+/// Who typed lines go to.
+#[derive(Debug, Clone)]
+enum Talk {
+    User(PhoneNumber),
+    Group(GroupId),
+}
+
+impl std::fmt::Display for Talk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Talk::User(peer) => write!(f, "{peer}"),
+            Talk::Group(group) => write!(f, "group {group}"),
+        }
+    }
+}
+
 struct Screen {
     me: PhoneNumber,
-    peer: Option<PhoneNumber>,
+    peer: Option<Talk>,
     /// Everyone talked to in this run: they may see this user's presence
     /// and typing (uploaded as the contact list).
     contacts: std::collections::BTreeSet<PhoneNumber>,
@@ -178,14 +202,19 @@ impl Screen {
     fn choose(&mut self, peer: PhoneNumber) {
         say(format_args!("— now talking to {peer}"));
         self.contacts.insert(peer.clone());
-        self.peer = Some(peer);
+        self.peer = Some(Talk::User(peer));
         self.subscribe();
+    }
+
+    fn choose_group(&mut self, group: GroupId) {
+        say(format_args!("— now talking to group {group}"));
+        self.peer = Some(Talk::Group(group));
     }
 
     /// Shares this user's presence with its contacts, then watches the
     /// peer's (shown if the peer shares it with this user).
     fn subscribe(&self) {
-        let Some(peer) = self.peer.clone() else {
+        let Some(Talk::User(peer)) = self.peer.clone() else {
             return;
         };
         let client = self.client.clone();
@@ -206,6 +235,7 @@ impl Screen {
             Input::Quit | Input::Nothing => {}
             Input::Help => say(HELP),
             Input::To(peer) => self.choose(peer),
+            Input::Group(group) => self.choose_group(group),
             Input::BadCommand(message) => say(format_args!("! {message}")),
             Input::Text(text) => {
                 let Some(peer) = self.peer.clone() else {
@@ -219,7 +249,10 @@ impl Screen {
                 let client = self.client.clone();
                 let reports = self.reports.clone();
                 tokio::spawn(async move {
-                    let result = client.send(&peer, text.into_bytes()).await;
+                    let result = match peer {
+                        Talk::User(peer) => client.send(&peer, text.into_bytes()).await,
+                        Talk::Group(group) => client.send_group(group, text.into_bytes()).await,
+                    };
                     let _ = reports.send(Report::Sent { number, result });
                 });
             }
@@ -246,6 +279,21 @@ impl Screen {
             }
             Report::Warn(message) => say(format_args!("! {message}")),
         }
+    }
+
+    /// Acknowledges a shown entry in the background.
+    fn acknowledge(&mut self, id: MessageId) {
+        let client = self.client.clone();
+        let reports = self.reports.clone();
+        self.in_flight += 1;
+        tokio::spawn(async move {
+            let warning = client
+                .ack(vec![id])
+                .await
+                .err()
+                .map(|e| format!("cannot acknowledge: {e}"));
+            let _ = reports.send(Report::Acked(warning));
+        });
     }
 
     /// Shows `event`; returns a reason when the session is over for good.
@@ -305,6 +353,36 @@ impl Screen {
                     let _ = reports.send(Report::Acked(warning));
                 });
             }
+            Event::GroupMessage {
+                msg_id,
+                group,
+                from,
+                server_ts,
+                payload,
+                ..
+            } => {
+                say(format_args!(
+                    "[{}] group {group} {from}: {}",
+                    super::clock(server_ts),
+                    String::from_utf8_lossy(&payload)
+                ));
+                self.acknowledge(msg_id);
+            }
+            Event::GroupEvent {
+                msg_id,
+                group,
+                by,
+                change,
+                ts,
+                ..
+            } => {
+                say(format_args!(
+                    "[{}] group {group}: {by} {}",
+                    super::clock(ts),
+                    super::recv::change_words(&change)
+                ));
+                self.acknowledge(msg_id);
+            }
             Event::Typing { from, active } => {
                 if active {
                     say(format_args!("  … {from} is typing"));
@@ -356,6 +434,7 @@ mod tests {
             ("  /q  ", Input::Quit),
             ("/help", Input::Help),
             ("/to +15551234567", Input::To(peer)),
+            ("/group 42", Input::Group(42)),
             ("", Input::Nothing),
             ("   ", Input::Nothing),
             ("hello there  ", Input::Text("hello there  ".into())),
@@ -366,6 +445,7 @@ mod tests {
         }
         assert!(matches!(parse_line("/to 555"), Input::BadCommand(_)));
         assert!(matches!(parse_line("/to"), Input::BadCommand(_)));
+        assert!(matches!(parse_line("/group x"), Input::BadCommand(_)));
         assert!(matches!(parse_line("/dance"), Input::BadCommand(_)));
     }
 }

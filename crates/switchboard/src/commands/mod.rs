@@ -2,6 +2,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod chat;
+pub(crate) mod group;
 pub(crate) mod recv;
 pub(crate) mod register;
 pub(crate) mod send;

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use client::{Event, MessageId, ReceiptKind};
+use client::{Event, GroupChange, GroupId, MessageId, ReceiptKind};
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -39,6 +39,54 @@ struct JsonMessage<'a> {
     text: &'a str,
     server_ts: u64,
     client_msg_id: u64,
+}
+
+/// A group message as printed by `--json`.
+#[derive(Debug, Serialize)]
+struct JsonGroupMessage<'a> {
+    group: GroupId,
+    position: u64,
+    from: &'a str,
+    id: MessageId,
+    text: &'a str,
+    server_ts: u64,
+    client_msg_id: u64,
+}
+
+/// A group's change as printed by `--json`.
+#[derive(Debug, Serialize)]
+struct JsonGroupEvent<'a> {
+    group: GroupId,
+    position: u64,
+    by: &'a str,
+    id: MessageId,
+    event: String,
+    ts: u64,
+}
+
+/// A group change in words ("added +1555…, +1555…").
+pub(crate) fn change_words(change: &GroupChange) -> String {
+    let list = |members: &[client::PhoneNumber]| {
+        members
+            .iter()
+            .map(|m| m.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match change {
+        GroupChange::Created { name, members } => {
+            format!("created {name:?} with {}", list(members))
+        }
+        GroupChange::Added { members } => format!("added {}", list(members)),
+        GroupChange::Removed { members } => format!("removed {}", list(members)),
+        GroupChange::Promoted { member } => format!("made {member} an admin"),
+        GroupChange::Demoted { member } => format!("made {member} a member"),
+        GroupChange::Renamed { name } => format!("renamed the group {name:?}"),
+        GroupChange::Left { new_admin: None } => "left".to_owned(),
+        GroupChange::Left {
+            new_admin: Some(admin),
+        } => format!("left; {admin} is the admin now"),
+    }
 }
 
 /// A receipt as printed by `--json`.
@@ -99,6 +147,58 @@ fn render(event: &Event, json: bool) -> anyhow::Result<Option<String>> {
                     super::clock(*ts),
                     receipt_word(*kind),
                     ids.join(", ")
+                )
+            }
+        }
+        Event::GroupMessage {
+            msg_id,
+            group,
+            position,
+            from,
+            client_msg_id,
+            server_ts,
+            payload,
+        } => {
+            let text = String::from_utf8_lossy(payload);
+            if json {
+                serde_json::to_string(&JsonGroupMessage {
+                    group: *group,
+                    position: *position,
+                    from: from.as_str(),
+                    id: *msg_id,
+                    text: &text,
+                    server_ts: *server_ts,
+                    client_msg_id: *client_msg_id,
+                })?
+            } else {
+                format!(
+                    "[{}] group {group} {from}: {text}",
+                    super::clock(*server_ts)
+                )
+            }
+        }
+        Event::GroupEvent {
+            msg_id,
+            group,
+            position,
+            by,
+            change,
+            ts,
+        } => {
+            if json {
+                serde_json::to_string(&JsonGroupEvent {
+                    group: *group,
+                    position: *position,
+                    by: by.as_str(),
+                    id: *msg_id,
+                    event: change_words(change),
+                    ts: *ts,
+                })?
+            } else {
+                format!(
+                    "[{}] group {group}: {by} {}",
+                    super::clock(*ts),
+                    change_words(change)
                 )
             }
         }
@@ -203,6 +303,40 @@ mod tests {
         );
         let text = render(&event, false).expect("render").expect("a line");
         assert_eq!(text, "[22:13:20] +15550000001: hi \u{fffd}");
+    }
+
+    #[test]
+    fn group_messages_and_events_render_with_their_group() {
+        let message = Event::GroupMessage {
+            msg_id: 5,
+            group: 77,
+            position: 9,
+            from: phone("+15550000001"),
+            client_msg_id: 3,
+            server_ts: 0,
+            payload: b"hello all".to_vec(),
+        };
+        let line = render(&message, true).expect("render").expect("a line");
+        let value: serde_json::Value = serde_json::from_str(&line).expect("json");
+        assert_eq!(value["group"], 77);
+        assert_eq!(value["position"], 9);
+        assert_eq!(value["text"], "hello all");
+        let text = render(&message, false).expect("render").expect("a line");
+        assert_eq!(text, "[00:00:00] group 77 +15550000001: hello all");
+        let event = Event::GroupEvent {
+            msg_id: 6,
+            group: 77,
+            position: 10,
+            by: phone("+15550000001"),
+            change: GroupChange::Added {
+                members: vec![phone("+15550000002")],
+            },
+            ts: 0,
+        };
+        let line = render(&event, true).expect("render").expect("a line");
+        let value: serde_json::Value = serde_json::from_str(&line).expect("json");
+        assert_eq!(value["event"], "added +15550000002");
+        assert_eq!(event.ack_id(), Some(6));
     }
 
     #[test]
