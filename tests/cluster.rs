@@ -615,3 +615,88 @@ fn the_demo_runs_and_loses_nothing() {
         "{stdout}"
     );
 }
+
+/// A group whose home fragment is on n2, members on n3's and n4's
+/// fragments, each connected to another node: changes and messages cross
+/// nodes both ways (requests forwarded to the home, batches to the
+/// members' fragments, confirmations back). Then n2 is killed in the
+/// middle of the sends: n1 takes the group over from its copy, resumes
+/// the fan-out from the recorded mark, and every acknowledged message
+/// reaches every member once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_messages_cross_nodes_and_survive_the_home_node_dying() {
+    use client::{Event, GroupChange};
+    use common::cluster::phones_owned_by;
+    use common::next_event;
+
+    let _one_at_a_time = FAULTS.lock().await;
+    let mut cluster = blocking(four_nodes_serving);
+    let alice_phone = phones_owned_by("n2", ISLANDS, FRAGMENTS, 1, 300)[0].clone();
+    let bob_phone = phones_owned_by("n4", ISLANDS, FRAGMENTS, 1, 400)[0].clone();
+    let carol_phone = phones_owned_by("n3", ISLANDS, FRAGMENTS, 1, 500)[0].clone();
+    let (alice, _alice_events, _) = cluster.process(0).login(alice_phone.as_str()).await;
+    let (bob, mut bob_events, _) = cluster.process(2).login(bob_phone.as_str()).await;
+    let (carol, mut carol_events, _) = cluster.process(3).login(carol_phone.as_str()).await;
+
+    let group = alice
+        .create_group("across", vec![bob_phone.clone(), carol_phone.clone()])
+        .await
+        .expect("created at the home on n2, asked through n1");
+    let mut acks = Vec::new();
+    for i in 0..40u8 {
+        if i == 20 {
+            // The first half is acknowledged; then the home's node dies.
+            for ack in acks.drain(..) {
+                let ack: client::Result<client::SendAck> = ack;
+                ack.expect("acked");
+            }
+            cluster.kill9(1);
+        }
+        let sending = alice.queue_send_group(group, vec![i]).expect("queued");
+        if i < 20 {
+            acks.push(sending.await);
+        } else {
+            acks.push(
+                tokio::time::timeout(PATIENCE, sending)
+                    .await
+                    .expect("acked after the take-over"),
+            );
+        }
+    }
+    for ack in acks {
+        ack.expect("acked");
+    }
+    for (client, events) in [(&bob, &mut bob_events), (&carol, &mut carol_events)] {
+        let is_group = |e: &Event| matches!(e, Event::GroupMessage { group: g, .. } | Event::GroupEvent { group: g, .. } if *g == group);
+        let created = next_event(events, 20, is_group).await;
+        assert!(
+            matches!(
+                &created,
+                Event::GroupEvent {
+                    change: GroupChange::Created { .. },
+                    ..
+                }
+            ),
+            "first the creation: {created:?}"
+        );
+        client.ack_event(&created).await.expect("ack");
+        let mut got = Vec::new();
+        while got.len() < 40 {
+            let event = next_event(events, 20, is_group).await;
+            let Event::GroupMessage { payload, .. } = &event else {
+                panic!("expected a message, got {event:?}");
+            };
+            got.push(payload[0]);
+            client.ack_event(&event).await.expect("ack");
+        }
+        assert_eq!(
+            got,
+            (0..40).collect::<Vec<u8>>(),
+            "{} got each once, in order",
+            client.user()
+        );
+    }
+    alice.close().await;
+    bob.close().await;
+    carol.close().await;
+}
