@@ -577,6 +577,7 @@ impl NodeConfig {
             undelivered_ttl_ms: self.limits.undelivered_expiry_days * 24 * 3600 * 1000,
             groups: offline_queue::fragment::GroupLimits {
                 max_members: self.limits.max_group_members,
+                ..offline_queue::fragment::GroupLimits::default()
             },
             ..offline_queue::FragmentConfig::default()
         }

@@ -1142,7 +1142,6 @@ mod groups;
 
 pub use groups::{
     FANOUT_BATCH, FANOUT_RETRY_TICKS, FanOut, FanOutItem, GroupAnswer, GroupLimits, GroupRequest,
-    MAX_GROUP_BACKLOG,
 };
 use groups::{GroupCommit, Groups};
 

@@ -37,21 +37,24 @@ pub const FANOUT_BATCH: usize = 64;
 /// with a link).
 pub const FANOUT_RETRY_TICKS: u32 = 3;
 
-/// Most log items a group holds that fan-out has not passed: beyond it,
-/// sends to the group are refused for a while (a flooding member, or a
-/// destination out of reach, must not grow the log without bound).
-pub const MAX_GROUP_BACKLOG: usize = 10_000;
-
 /// Tuning of groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GroupLimits {
     /// Most members of a group.
     pub max_members: u32,
+    /// Most log items a group holds that fan-out has not passed: beyond
+    /// it, sends to the group are refused for a while (a flooding member,
+    /// or a destination out of reach, must not grow the log without
+    /// bound).
+    pub max_backlog: usize,
 }
 
 impl Default for GroupLimits {
     fn default() -> Self {
-        Self { max_members: 1024 }
+        Self {
+            max_members: 1024,
+            max_backlog: 10_000,
+        }
     }
 }
 
@@ -239,7 +242,7 @@ impl<E: Clone, R> FragmentCore<E, R> {
             };
             let fanned_out = reads.group_fanned_out(group)?;
             let log = reads
-                .group_log(group, fanned_out, MAX_GROUP_BACKLOG + FANOUT_BATCH)?
+                .group_log(group, fanned_out, usize::MAX)?
                 .into_iter()
                 .map(|(position, item)| (position, (item, true)))
                 .collect();
@@ -306,6 +309,17 @@ impl<E: Clone, R> FragmentCore<E, R> {
             ),
         };
         if let Err((reply, e)) = result {
+            let cause = match &e {
+                FragmentError::Group(GroupError::UnknownGroup) => "unknown_group",
+                FragmentError::Group(GroupError::NotMember) => "not_member",
+                FragmentError::Group(GroupError::NotAdmin) => "not_admin",
+                FragmentError::Group(GroupError::Full { .. }) => "full",
+                FragmentError::Group(_) => "invalid",
+                FragmentError::GroupBacklog => "backlog",
+                _ => "other",
+            };
+            metrics::counter!("switchboard_group_requests_refused_total", "cause" => cause)
+                .increment(1);
             Self::group_reply(reply, Err(e), &mut out);
         }
         out
@@ -505,9 +519,7 @@ impl<E: Clone, R> FragmentCore<E, R> {
         if let Err(e) = home.record.may_send(&from) {
             return Err((reply, e.into()));
         }
-        if home.log.len() >= MAX_GROUP_BACKLOG {
-            metrics::counter!("switchboard_group_sends_refused_total", "cause" => "backlog")
-                .increment(1);
+        if home.log.len() >= self.config.groups.max_backlog {
             return Err((reply, FragmentError::GroupBacklog));
         }
         let position = self.next_id();

@@ -13,6 +13,7 @@ use storage::Store;
 use test_support::{Rng, numbered as phone};
 
 use super::*;
+use crate::FragmentError;
 use crate::fragment::{Action, FragmentConfig, FragmentCore};
 use crate::store::{RedbMailbox, apply_ops};
 
@@ -95,7 +96,10 @@ impl World {
     fn fresh_core(&self, f: FragmentId) -> Core {
         let next_seq = self.reads(f).next_seq().expect("mark");
         let config = FragmentConfig {
-            groups: GroupLimits { max_members: 6 },
+            groups: GroupLimits {
+                max_members: 6,
+                max_backlog: 200,
+            },
             ..FragmentConfig::default()
         };
         FragmentCore::new(f, self.placement, config, next_seq)
@@ -509,6 +513,35 @@ fn requests_for_unknown_groups_and_from_outsiders_get_typed_errors() {
             name: "friends".into(),
             members: vec![(phone(0), GroupRole::Admin), (phone(1), GroupRole::Member)],
         }))
+    );
+}
+
+/// A group whose fan-out cannot get through (a destination out of reach)
+/// holds at most its backlog in transit: further sends are refused until
+/// fan-out catches up, and then everything arrives.
+#[test]
+fn a_group_whose_fan_out_is_stuck_refuses_sends_beyond_its_backlog() {
+    let mut world = World::new();
+    let group = create(&mut world, 0, &[1]);
+    let mut replies = Vec::new();
+    for cid in 1..=210 {
+        replies.push(send(&mut world, group, 0, cid));
+        let home = fragment_of_message_id(group);
+        while world.commit_one(home) {}
+        // Every batch is lost on its way.
+        while world.deliver_one(true, false) {}
+    }
+    let refused = replies
+        .iter()
+        .filter(|r| matches!(world.answers.get(r), Some(Err(FragmentError::GroupBacklog))))
+        .count();
+    assert_eq!(refused, 10, "200 in transit, the rest refused");
+    world.settle();
+    let seen = world.seen_by(&phone(1), group);
+    assert_eq!(
+        seen.len(),
+        1 + 200,
+        "the creation and every accepted message"
     );
 }
 
