@@ -333,6 +333,14 @@ impl Client {
         }
     }
 
+    /// The groups this user is in, by id.
+    pub async fn list_groups(&self) -> Result<Vec<GroupId>> {
+        match self.request(Request::ListGroups).await? {
+            Response::Groups { groups } => Ok(groups),
+            other => Err(unexpected("Groups", &other)),
+        }
+    }
+
     fn queue_to(
         &self,
         to: Target,

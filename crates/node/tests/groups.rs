@@ -222,6 +222,13 @@ async fn members_get_changes_and_messages_in_order_online_and_at_their_next_logi
         other => panic!("a removed member may not send: {other:?}"),
     }
 
+    assert_eq!(bob.list_groups().await.expect("list"), vec![group]);
+    assert_eq!(dave.list_groups().await.expect("list"), vec![group]);
+    assert_eq!(
+        carol.list_groups().await.expect("list"),
+        Vec::<GroupId>::new(),
+        "removed"
+    );
     let (name, members) = bob.group_info(group).await.expect("info");
     assert_eq!(name, "climbing");
     assert_eq!(

@@ -177,10 +177,37 @@ enum GroupItemHead<'a> {
         payload: &'a [u8],
     },
     Change {
-        _by: PhoneNumber,
-        _change: GroupChange,
+        by: PhoneNumber,
+        change: GroupChange,
         ts: TimestampMs,
     },
+}
+
+/// What a stored group entry does to its owner's membership of the group:
+/// `Some((group, true))` if it adds the owner, `Some((group, false))` if it
+/// takes the owner out, `None` otherwise (read without copying a
+/// message's payload).
+pub(crate) fn membership_change(owner: &PhoneNumber, bytes: &[u8]) -> Option<(GroupId, bool)> {
+    let Ok((
+        EntryHead::Group {
+            _group: group,
+            item: GroupItemHead::Change { by, change, .. },
+            ..
+        },
+        _,
+    )) = postcard::take_from_bytes::<EntryHead<'_>>(bytes)
+    else {
+        return None;
+    };
+    let joins = match change {
+        GroupChange::Created { members, .. } | GroupChange::Added { members } => {
+            members.contains(owner).then_some(true)
+        }
+        GroupChange::Removed { members } => members.contains(owner).then_some(false),
+        GroupChange::Left { .. } => (by == *owner).then_some(false),
+        _ => None,
+    };
+    joins.map(|joins| (group, joins))
 }
 
 /// What the quotas and the expiry need of a stored entry.

@@ -13,6 +13,10 @@
 //!   under the recipient key [`group_dedupe_key`], swept with the others.
 //!
 //! At every fragment holding a member:
+//! - `group_member_of`: `(fragment, user, group) → ()`: the groups a user
+//!   of this fragment is in, kept by the fanned-out changes that add or
+//!   remove the user as they are stored in its mailbox (so it is
+//!   replicated and copied with the mailbox, and needs no other write).
 //! - `group_inbox`: `(fragment, group) → position` up to which this
 //!   fragment has stored the group's items in its members' mailboxes:
 //!   fan-out sends positions in order and resends after a failure, and
@@ -36,6 +40,25 @@ pub(crate) const GROUP_FANOUT_TABLE: TableDefinition<(u16, u64), u64> =
     TableDefinition::new("group_fanout");
 pub(crate) const GROUP_INBOX_TABLE: TableDefinition<(u16, u64), u64> =
     TableDefinition::new("group_inbox");
+pub(crate) const GROUP_MEMBER_OF_TABLE: TableDefinition<(u16, &str, u64), ()> =
+    TableDefinition::new("group_member_of");
+
+/// `user` joined (`true`) or left `group`, as a stored change says.
+pub(crate) fn note_membership(
+    txn: &WriteTransaction,
+    fragment: FragmentId,
+    user: &str,
+    group: GroupId,
+    joined: bool,
+) -> Result<(), StorageError> {
+    let mut table = txn.open_table(GROUP_MEMBER_OF_TABLE)?;
+    if joined {
+        table.insert((fragment, user, group), ())?;
+    } else {
+        table.remove((fragment, user, group))?;
+    }
+    Ok(())
+}
 
 /// The `dedupe` table's recipient key for sends to `group`: `#` sorts
 /// before the `+` of every phone number, so a fragment's group keys are
@@ -148,6 +171,8 @@ pub trait GroupRead {
     fn groups_with_log(&self) -> Result<Vec<GroupId>, FragmentError>;
     /// Up to where this fragment has stored `group`'s items (0: nothing).
     fn group_inbox(&self, group: GroupId) -> Result<Position, FragmentError>;
+    /// The groups `user` (of this fragment) is in.
+    fn groups_of(&self, user: &PhoneNumber) -> Result<Vec<GroupId>, FragmentError>;
     /// The position and time of `sender`'s send `client_msg_id` to `group`.
     fn group_dedupe(
         &self,
@@ -262,6 +287,20 @@ impl GroupRead for RedbMailbox {
     ) -> Result<Option<(Position, TimestampMs)>, FragmentError> {
         self.dedupe_key(&group_dedupe_key(group), sender, client_msg_id)
     }
+
+    fn groups_of(&self, user: &PhoneNumber) -> Result<Vec<GroupId>, FragmentError> {
+        let read = self.store().db().begin_read().map_err(storage)?;
+        let Some(table) = open(&read, GROUP_MEMBER_OF_TABLE)? else {
+            return Ok(Vec::new());
+        };
+        let f = self.fragment();
+        let user = user.as_str();
+        table
+            .range((f, user, 0)..=(f, user, u64::MAX))
+            .map_err(storage)?
+            .map(|row| row.map(|(key, _)| key.value().2).map_err(storage))
+            .collect()
+    }
 }
 
 /// A row of the group tables in a copy of a fragment.
@@ -275,6 +314,8 @@ pub enum GroupRow {
     Fanout(GroupId, Position),
     /// `group_inbox`: the group and its mark.
     Inbox(GroupId, Position),
+    /// `group_member_of`: a user and a group it is in.
+    MemberOf(String, GroupId),
 }
 
 /// Every group row of fragment `f` in `read`, table by table, in key order.
@@ -299,6 +340,16 @@ pub(crate) fn export_groups(
             let (_, group, position) = key.value();
             let bytes = serde_bytes::ByteBuf::from(value.value().to_vec());
             visit(GroupRow::Log(group, position, bytes));
+        }
+    }
+    if let Some(table) = open(read, GROUP_MEMBER_OF_TABLE)? {
+        for row in table
+            .range((f, "", 0)..=(f, "\u{10FFFF}", u64::MAX))
+            .map_err(storage)?
+        {
+            let (key, _) = row.map_err(storage)?;
+            let (_, user, group) = key.value();
+            visit(GroupRow::MemberOf(user.to_owned(), group));
         }
     }
     for (definition, make) in [
@@ -328,6 +379,8 @@ pub(crate) fn erase_groups(txn: &WriteTransaction, f: FragmentId) -> Result<(), 
         .retain_in((f, 0)..=(f, u64::MAX), |_, _| false)?;
     txn.open_table(GROUP_INBOX_TABLE)?
         .retain_in((f, 0)..=(f, u64::MAX), |_, _| false)?;
+    txn.open_table(GROUP_MEMBER_OF_TABLE)?
+        .retain_in((f, "", 0)..=(f, "\u{10FFFF}", u64::MAX), |_, _| false)?;
     Ok(())
 }
 
@@ -344,6 +397,7 @@ pub(crate) fn import_groups(
     let mut log = txn.open_table(GROUP_LOG_TABLE)?;
     let mut fanout = txn.open_table(GROUP_FANOUT_TABLE)?;
     let mut inbox = txn.open_table(GROUP_INBOX_TABLE)?;
+    let mut member_of = txn.open_table(GROUP_MEMBER_OF_TABLE)?;
     for row in rows {
         match row {
             GroupRow::Record(group, bytes) => {
@@ -357,6 +411,9 @@ pub(crate) fn import_groups(
             }
             GroupRow::Inbox(group, mark) => {
                 inbox.insert((f, *group), *mark)?;
+            }
+            GroupRow::MemberOf(user, group) => {
+                member_of.insert((f, user.as_str(), *group), ())?;
             }
         }
     }

@@ -33,7 +33,9 @@ use storage::{StorageError, Store};
 
 use crate::account::AccountRecord;
 use crate::entry::GroupItem;
-use crate::entry::{DeliveredMark, message_sender, seq_of_message_id, stored_head};
+use crate::entry::{
+    DeliveredMark, membership_change, message_sender, seq_of_message_id, stored_head,
+};
 use crate::group::{GroupId, GroupRecord, Position};
 use crate::group_store;
 use crate::staged::{DedupeKey, EntryKey, LAST_OWNER, MailboxStage, Row, merge_mbox, merge_sorted};
@@ -355,6 +357,15 @@ impl<'txn> MailboxTables<'txn> {
                     for (owner, id, body) in entries {
                         self.raise(fragment, seq_of_message_id(*id).saturating_add(1));
                         self.put_entry(fragment, owner.as_str(), *id, body)?;
+                        if let Some((group, joined)) = membership_change(owner, body) {
+                            group_store::note_membership(
+                                self.txn,
+                                fragment,
+                                owner.as_str(),
+                                group,
+                                joined,
+                            )?;
+                        }
                     }
                     group_store::raise_inbox(self.txn, fragment, *group, *through)?;
                 }

@@ -252,6 +252,10 @@ pub enum Request {
         #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
     },
+    /// The groups this user is in, as far as the changes that added and
+    /// removed the user have reached its mailbox. Answer:
+    /// [`Response::Groups`].
+    ListGroups,
 }
 
 /// Who may see a user's presence and typing (besides the user).
@@ -462,6 +466,11 @@ pub enum Response {
         name: String,
         /// Its members and their roles, by number.
         members: Vec<(PhoneNumber, GroupRole)>,
+    },
+    /// The groups this user is in, by id.
+    Groups {
+        /// Their ids.
+        groups: Vec<GroupId>,
     },
 }
 

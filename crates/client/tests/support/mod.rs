@@ -449,7 +449,8 @@ fn handle(state: &Mutex<State>, conn: u64, rid: u32, request: Request) {
             Request::CreateGroup { .. }
             | Request::ChangeGroup { .. }
             | Request::GroupInfo { .. }
-            | Request::SendGroup { .. },
+            | Request::SendGroup { .. }
+            | Request::ListGroups,
             Some(_),
         ) => error(ErrorCode::UnknownRequest, "the fake node has no groups"),
         (Request::Ack { ids }, Some(me)) => {

@@ -87,6 +87,11 @@ pub enum GroupRequest {
         /// The member asking.
         by: PhoneNumber,
     },
+    /// The groups `user` is in (served by the user's own fragment).
+    List {
+        /// The member asking.
+        user: PhoneNumber,
+    },
     /// Send a message to a group.
     Send {
         /// The group.
@@ -109,6 +114,7 @@ impl GroupRequest {
     pub fn home(&self, placement: &router::Placement) -> FragmentId {
         match self {
             GroupRequest::Create { creator, .. } => placement.fragment_of(creator),
+            GroupRequest::List { user } => placement.fragment_of(user),
             GroupRequest::Change { group, .. }
             | GroupRequest::Info { group, .. }
             | GroupRequest::Send { group, .. } => fragment_of_message_id(*group),
@@ -137,6 +143,8 @@ pub enum GroupAnswer {
     },
     /// The message is durable (one tick): its position and time.
     Sent(Stored),
+    /// The groups a user is in, by id.
+    Groups(Vec<GroupId>),
 }
 
 /// A batch of a group's log for the members in one fragment.
@@ -290,6 +298,17 @@ impl<E: Clone, R> FragmentCore<E, R> {
                     })
                 });
                 Self::group_reply(reply, info, &mut out);
+                Ok(())
+            }
+            GroupRequest::List { user } => {
+                let listed = if self.placement.fragment_of(&user) == self.id {
+                    reads.groups_of(&user).map(GroupAnswer::Groups)
+                } else {
+                    Err(FragmentError::InvalidRequest(
+                        "a user's groups are listed by the user's fragment".into(),
+                    ))
+                };
+                Self::group_reply(reply, listed, &mut out);
                 Ok(())
             }
             GroupRequest::Send {

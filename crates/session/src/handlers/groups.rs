@@ -25,6 +25,7 @@ pub(crate) enum GroupAsk {
     Info {
         group: GroupId,
     },
+    List,
     Send {
         group: GroupId,
         client_msg_id: u64,
@@ -66,6 +67,7 @@ pub(crate) async fn request(
             None,
         ),
         GroupAsk::Info { group } => (GroupRequest::Info { group, by: user }, None),
+        GroupAsk::List => (GroupRequest::List { user }, None),
         GroupAsk::Send {
             group,
             client_msg_id,
@@ -117,6 +119,7 @@ fn response(answer: GroupAnswer, send_id: Option<u64>) -> Result<Response, (Erro
             msg_id: stored.msg_id,
             server_ts: stored.server_ts,
         },
+        (GroupAnswer::Groups(groups), _) => Response::Groups { groups },
         (GroupAnswer::Sent(_), None) => {
             return Err((
                 ErrorCode::Internal,

@@ -137,6 +137,7 @@ async fn serve(
         Request::GroupInfo { group } => {
             groups::request(state, id, permit, GroupAsk::Info { group }).await;
         }
+        Request::ListGroups => groups::request(state, id, permit, GroupAsk::List).await,
         Request::SendGroup {
             group,
             client_msg_id,

@@ -68,6 +68,8 @@ pub(crate) enum Action {
         /// The group.
         group: GroupId,
     },
+    /// Print the ids of the groups you are in, one a line.
+    List,
     /// Print the group's name and members.
     Info {
         /// The group.
@@ -103,6 +105,16 @@ async fn act(client: &client::Client, action: Action) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot read group {group}"))?;
             println!("{}", render_info(group, &name, &members, json)?);
+            return Ok(());
+        }
+        Action::List => {
+            let groups = client
+                .list_groups()
+                .await
+                .context("cannot list your groups")?;
+            for group in groups {
+                println!("{group}");
+            }
             return Ok(());
         }
         Action::Add { group, members } => (group, GroupCommand::Add(members)),

@@ -364,6 +364,7 @@ fn a_group_message_reaches_every_other_member_once_in_every_fragment() {
     );
     let reply = send(&mut world, group, 2, 1);
     world.settle();
+    assert_copies_read_the_same(&world.store, group, 0);
     assert!(matches!(
         world.answer(reply),
         Some(Ok(GroupAnswer::Sent(_)))
@@ -680,6 +681,8 @@ fn random_history(seed: u64) {
         }
         absorb_answers(&mut world, &mut asked, &mut model);
     }
+    // In the middle of things too: logs and marks not yet settled.
+    assert_copies_read_the_same(&world.store, group, seed);
     world.settle();
     absorb_answers(&mut world, &mut asked, &mut model);
     assert!(asked.is_empty(), "seed {seed}: every request answered");
@@ -691,6 +694,44 @@ fn random_history(seed: u64) {
             expected,
             "seed {seed}: member {n}"
         );
+        let f = world.placement.fragment_of(&user);
+        let listed = world.reads(f).groups_of(&user).expect("list");
+        let member = model.members.contains(&user);
+        let expected = if member { vec![group] } else { vec![] };
+        assert_eq!(listed, expected, "seed {seed}: {n}'s groups");
+    }
+    assert_copies_read_the_same(&world.store, group, seed);
+}
+
+/// A copy of every fragment (export, then import into another store)
+/// reads the same groups: records, logs, marks and members' lists.
+fn assert_copies_read_the_same(store: &Store, group: GroupId, seed: u64) {
+    let copy = Store::in_memory(Default::default()).expect("store");
+    for f in 0..FRAGMENTS {
+        let chunks = crate::replica::export_fragment_in(store, f, 3).expect("export");
+        let last = chunks.len() - 1;
+        for (i, chunk) in chunks.iter().enumerate() {
+            let txn = copy.db().begin_write().expect("txn");
+            crate::replica::import_chunk(&txn, f, i == 0, i == last, chunk).expect("import");
+            txn.commit().expect("commit");
+        }
+        let a = RedbMailbox::new(store.clone(), f);
+        let b = RedbMailbox::new(copy.clone(), f);
+        let read = |m: &RedbMailbox| {
+            let lists: Vec<_> = (0..USERS)
+                .map(|n| m.groups_of(&phone(n)).expect("list"))
+                .collect();
+            format!(
+                "{:?} {:?} {:?} {:?} {:?} {:?}",
+                m.group(group).expect("record"),
+                m.group_log(group, 0, usize::MAX).expect("log"),
+                m.group_fanned_out(group).expect("fanned out"),
+                m.group_inbox(group).expect("inbox"),
+                m.groups_with_log().expect("groups"),
+                lists
+            )
+        };
+        assert_eq!(read(&a), read(&b), "seed {seed}: fragment {f}");
     }
 }
 
