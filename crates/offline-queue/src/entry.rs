@@ -183,6 +183,15 @@ enum GroupItemHead<'a> {
     },
 }
 
+/// The position of a stored group entry (`None` for any other entry),
+/// read without copying a message's payload.
+pub(crate) fn group_position(bytes: &[u8]) -> Option<Position> {
+    match postcard::take_from_bytes::<EntryHead<'_>>(bytes) {
+        Ok((EntryHead::Group { _position, .. }, _)) => Some(_position),
+        _ => None,
+    }
+}
+
 /// What a stored group entry does to its owner's membership of the group:
 /// `Some((group, true))` if it adds the owner, `Some((group, false))` if it
 /// takes the owner out, `None` otherwise (read without copying a

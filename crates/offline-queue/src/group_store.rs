@@ -17,10 +17,14 @@
 //!   of this fragment is in, kept by the fanned-out changes that add or
 //!   remove the user as they are stored in its mailbox (so it is
 //!   replicated and copied with the mailbox, and needs no other write).
-//! - `group_inbox`: `(fragment, group) → position` up to which this
-//!   fragment has stored the group's items in its members' mailboxes:
-//!   fan-out sends positions in order and resends after a failure, and
-//!   what is at or below the mark is not stored again.
+//! - `group_inbox`: `(fragment, group, era) → position` up to which this
+//!   fragment has stored the group's items of that era in its members'
+//!   mailboxes: fan-out sends positions in order and resends after a
+//!   failure, and what is at or below the mark is not stored again. An
+//!   *era* is the half-block of ids a home's owner gives out from
+//!   ([`era_of`]): a node that takes the home over starts a fresh one, so
+//!   two owners at once (both sides of a partition) never share a mark,
+//!   and neither's positions hide the other's.
 
 use proto::{PhoneNumber, TimestampMs};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
@@ -38,8 +42,15 @@ pub(crate) const GROUP_LOG_TABLE: TableDefinition<(u16, u64, u64), &[u8]> =
     TableDefinition::new("group_log");
 pub(crate) const GROUP_FANOUT_TABLE: TableDefinition<(u16, u64), u64> =
     TableDefinition::new("group_fanout");
-pub(crate) const GROUP_INBOX_TABLE: TableDefinition<(u16, u64), u64> =
+pub(crate) const GROUP_INBOX_TABLE: TableDefinition<(u16, u64, u64), u64> =
     TableDefinition::new("group_inbox");
+
+/// The era of a position: the half-block of sequence numbers it comes
+/// from (see `replica::takeover_seq`: every owner that takes a fragment
+/// over, or serves it again after a restart, starts a fresh half-block).
+pub fn era_of(position: Position) -> u64 {
+    crate::entry::seq_of_message_id(position) / (crate::replica::TAKEOVER_SEQ_GAP / 2)
+}
 pub(crate) const GROUP_MEMBER_OF_TABLE: TableDefinition<(u16, &str, u64), ()> =
     TableDefinition::new("group_member_of");
 
@@ -126,20 +137,22 @@ pub(crate) fn fanned_out(
     fragment: FragmentId,
     group: GroupId,
     through: Position,
+    positions: &[Position],
 ) -> Result<(), StorageError> {
     let mut marks = txn.open_table(GROUP_FANOUT_TABLE)?;
     let current = marks.get((fragment, group))?.map(|v| v.value());
     if current.is_none_or(|current| current < through) {
         marks.insert((fragment, group), through)?;
     }
-    txn.open_table(GROUP_LOG_TABLE)?
-        .retain_in((fragment, group, 0)..=(fragment, group, through), |_, _| {
-            false
-        })?;
+    let mut log = txn.open_table(GROUP_LOG_TABLE)?;
+    for position in positions {
+        log.remove((fragment, group, *position))?;
+    }
     Ok(())
 }
 
-/// This fragment has stored `group`'s items up to `through`.
+/// This fragment has stored `group`'s items of the era of `through` up
+/// to `through`.
 pub(crate) fn raise_inbox(
     txn: &WriteTransaction,
     fragment: FragmentId,
@@ -147,9 +160,10 @@ pub(crate) fn raise_inbox(
     through: Position,
 ) -> Result<(), StorageError> {
     let mut marks = txn.open_table(GROUP_INBOX_TABLE)?;
-    let current = marks.get((fragment, group))?.map(|v| v.value());
+    let key = (fragment, group, era_of(through));
+    let current = marks.get(key)?.map(|v| v.value());
     if current.is_none_or(|current| current < through) {
-        marks.insert((fragment, group), through)?;
+        marks.insert(key, through)?;
     }
     Ok(())
 }
@@ -169,8 +183,9 @@ pub trait GroupRead {
     fn group_fanned_out(&self, group: GroupId) -> Result<Position, FragmentError>;
     /// Groups of this fragment with a log still to fan out.
     fn groups_with_log(&self) -> Result<Vec<GroupId>, FragmentError>;
-    /// Up to where this fragment has stored `group`'s items (0: nothing).
-    fn group_inbox(&self, group: GroupId) -> Result<Position, FragmentError>;
+    /// Up to where this fragment has stored `group`'s items of `era` (0:
+    /// nothing).
+    fn group_inbox(&self, group: GroupId, era: u64) -> Result<Position, FragmentError>;
     /// The groups `user` (of this fragment) is in.
     fn groups_of(&self, user: &PhoneNumber) -> Result<Vec<GroupId>, FragmentError>;
     /// The position and time of `sender`'s send `client_msg_id` to `group`.
@@ -268,13 +283,13 @@ impl GroupRead for RedbMailbox {
         Ok(groups)
     }
 
-    fn group_inbox(&self, group: GroupId) -> Result<Position, FragmentError> {
+    fn group_inbox(&self, group: GroupId, era: u64) -> Result<Position, FragmentError> {
         let read = self.store().db().begin_read().map_err(storage)?;
         let Some(table) = open(&read, GROUP_INBOX_TABLE)? else {
             return Ok(0);
         };
         Ok(table
-            .get((self.fragment(), group))
+            .get((self.fragment(), group, era))
             .map_err(storage)?
             .map_or(0, |v| v.value()))
     }
@@ -312,8 +327,8 @@ pub enum GroupRow {
     Log(GroupId, Position, serde_bytes::ByteBuf),
     /// `group_fanout`: the group and its mark.
     Fanout(GroupId, Position),
-    /// `group_inbox`: the group and its mark.
-    Inbox(GroupId, Position),
+    /// `group_inbox`: the group, the era and its mark.
+    Inbox(GroupId, u64, Position),
     /// `group_member_of`: a user and a group it is in.
     MemberOf(String, GroupId),
 }
@@ -352,18 +367,20 @@ pub(crate) fn export_groups(
             visit(GroupRow::MemberOf(user.to_owned(), group));
         }
     }
-    for (definition, make) in [
-        (
-            GROUP_FANOUT_TABLE,
-            GroupRow::Fanout as fn(GroupId, Position) -> GroupRow,
-        ),
-        (GROUP_INBOX_TABLE, GroupRow::Inbox),
-    ] {
-        if let Some(table) = open(read, definition)? {
-            for row in table.range((f, 0)..=(f, u64::MAX)).map_err(storage)? {
-                let (key, value) = row.map_err(storage)?;
-                visit(make(key.value().1, value.value()));
-            }
+    if let Some(table) = open(read, GROUP_FANOUT_TABLE)? {
+        for row in table.range((f, 0)..=(f, u64::MAX)).map_err(storage)? {
+            let (key, value) = row.map_err(storage)?;
+            visit(GroupRow::Fanout(key.value().1, value.value()));
+        }
+    }
+    if let Some(table) = open(read, GROUP_INBOX_TABLE)? {
+        for row in table
+            .range((f, 0, 0)..=(f, u64::MAX, u64::MAX))
+            .map_err(storage)?
+        {
+            let (key, value) = row.map_err(storage)?;
+            let (_, group, era) = key.value();
+            visit(GroupRow::Inbox(group, era, value.value()));
         }
     }
     Ok(())
@@ -378,7 +395,7 @@ pub(crate) fn erase_groups(txn: &WriteTransaction, f: FragmentId) -> Result<(), 
     txn.open_table(GROUP_FANOUT_TABLE)?
         .retain_in((f, 0)..=(f, u64::MAX), |_, _| false)?;
     txn.open_table(GROUP_INBOX_TABLE)?
-        .retain_in((f, 0)..=(f, u64::MAX), |_, _| false)?;
+        .retain_in((f, 0, 0)..=(f, u64::MAX, u64::MAX), |_, _| false)?;
     txn.open_table(GROUP_MEMBER_OF_TABLE)?
         .retain_in((f, "", 0)..=(f, "\u{10FFFF}", u64::MAX), |_, _| false)?;
     Ok(())
@@ -409,8 +426,8 @@ pub(crate) fn import_groups(
             GroupRow::Fanout(group, mark) => {
                 fanout.insert((f, *group), *mark)?;
             }
-            GroupRow::Inbox(group, mark) => {
-                inbox.insert((f, *group), *mark)?;
+            GroupRow::Inbox(group, era, mark) => {
+                inbox.insert((f, *group, *era), *mark)?;
             }
             GroupRow::MemberOf(user, group) => {
                 member_of.insert((f, user.as_str(), *group), ())?;

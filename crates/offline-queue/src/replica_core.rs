@@ -606,6 +606,10 @@ struct Replication<T, L> {
     /// While a merge offer comes in chunks: ids of its messages that this
     /// owner holds under another id (see `merge`).
     merge_aliases: BTreeMap<MessageId, MessageId>,
+    /// Groups the offer being merged created apart from this owner (their
+    /// record is not here): their whole history comes along, also in the
+    /// offer's later chunks.
+    merge_new_groups: BTreeSet<GroupId>,
     /// The divergent log up to here is merged into an owner (its clearing
     /// may still be on the way to the disk).
     merged_upto: u64,
@@ -682,6 +686,7 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
                 in_sight_since: in_sight.then_some(now),
                 merge_offer: None,
                 merge_aliases: BTreeMap::new(),
+                merge_new_groups: BTreeSet::new(),
                 merged_upto: 0,
                 refused_copy: None,
                 committed_rseq: 0,

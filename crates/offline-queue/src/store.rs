@@ -34,7 +34,8 @@ use storage::{StorageError, Store};
 use crate::account::AccountRecord;
 use crate::entry::GroupItem;
 use crate::entry::{
-    DeliveredMark, membership_change, message_sender, seq_of_message_id, stored_head,
+    DeliveredMark, group_position, membership_change, message_sender, seq_of_message_id,
+    stored_head,
 };
 use crate::group::{GroupId, GroupRecord, Position};
 use crate::group_store;
@@ -124,12 +125,15 @@ pub enum WriteOp {
         /// `(sender, client_msg_id)` of a message.
         dedupe: Option<(PhoneNumber, u64)>,
     },
-    /// Fan-out of `group` has passed `through`: drop the log up to it.
+    /// Fan-out of `group` has handed `positions` (the last `through`) to
+    /// every destination: drop them from the log.
     GroupFannedOut {
         /// The group.
         group: GroupId,
-        /// The last position every destination has.
+        /// The batch's last position.
         through: Position,
+        /// The batch's items.
+        positions: Vec<Position>,
     },
     /// Forget a group every member has left.
     DeleteGroup {
@@ -343,8 +347,12 @@ impl<'txn> MailboxTables<'txn> {
                         )?;
                     }
                 }
-                WriteOp::GroupFannedOut { group, through } => {
-                    group_store::fanned_out(self.txn, fragment, *group, *through)?;
+                WriteOp::GroupFannedOut {
+                    group,
+                    through,
+                    positions,
+                } => {
+                    group_store::fanned_out(self.txn, fragment, *group, *through, positions)?;
                 }
                 WriteOp::DeleteGroup { group } => {
                     group_store::delete_group(self.txn, fragment, *group)?;
@@ -357,6 +365,13 @@ impl<'txn> MailboxTables<'txn> {
                     for (owner, id, body) in entries {
                         self.raise(fragment, seq_of_message_id(*id).saturating_add(1));
                         self.put_entry(fragment, owner.as_str(), *id, body)?;
+                        // The batch may hold items of an older era (a new
+                        // owner resending its predecessor's log).
+                        if let Some(position) = group_position(body)
+                            && group_store::era_of(position) != group_store::era_of(*through)
+                        {
+                            group_store::raise_inbox(self.txn, fragment, *group, position)?;
+                        }
                         if let Some((group, joined)) = membership_change(owner, body) {
                             group_store::note_membership(
                                 self.txn,

@@ -26,7 +26,7 @@ use super::{Action, Commit, FragmentCore, Stored};
 use crate::FragmentError;
 use crate::entry::{Entry, EntryBody, GroupItem, fragment_of_message_id};
 use crate::group::{GroupError, GroupId, GroupRecord, Position};
-use crate::group_store::GroupRead;
+use crate::group_store::{GroupRead, era_of};
 use crate::store::{MailboxRead, WriteOp};
 
 /// Most log items one fan-out batch carries.
@@ -185,6 +185,8 @@ pub(super) struct Home {
 
 struct Batch {
     through: Position,
+    /// The log items it carries.
+    positions: Vec<Position>,
     /// Destinations that have not confirmed, with what they were sent.
     waiting: BTreeMap<FragmentId, FanOut>,
     /// Ticks since it was sent (or sent again).
@@ -200,8 +202,8 @@ pub(super) struct Groups {
     /// Sends being committed, by `(group, sender, client id)`: a resend
     /// waits for the first copy's commit.
     sending: BTreeMap<(GroupId, PhoneNumber, u64), u64>,
-    /// Inbox marks of writes not yet committed here, per group.
-    inbox: BTreeMap<GroupId, Position>,
+    /// Inbox marks of writes not yet committed here, per group and era.
+    inbox: BTreeMap<(GroupId, u64), Position>,
 }
 
 /// What a group commit was for.
@@ -221,7 +223,8 @@ pub(super) enum GroupCommit<R> {
     Stored {
         group: GroupId,
         home: FragmentId,
-        through: Position,
+        /// The marks the write raises, per era.
+        raised: BTreeMap<u64, Position>,
         entries: Vec<(PhoneNumber, Entry)>,
         /// Batches to confirm to the home once durable (a repeat of a
         /// batch still being stored joins it).
@@ -250,7 +253,9 @@ impl<E: Clone, R> FragmentCore<E, R> {
             };
             let fanned_out = reads.group_fanned_out(group)?;
             let log = reads
-                .group_log(group, fanned_out, usize::MAX)?
+                // Everything the log holds is in transit: merged items may
+                // sit below the mark.
+                .group_log(group, 0, usize::MAX)?
                 .into_iter()
                 .map(|(position, item)| (position, (item, true)))
                 .collect();
@@ -632,12 +637,14 @@ impl<E: Clone, R> FragmentCore<E, R> {
             GroupCommit::Stored {
                 group,
                 home,
-                through,
+                raised,
                 entries,
                 confirm,
             } => {
-                if self.groups.inbox.get(&group) == Some(&through) {
-                    self.groups.inbox.remove(&group);
+                for (era, mark) in raised {
+                    if self.groups.inbox.get(&(group, era)) == Some(&mark) {
+                        self.groups.inbox.remove(&(group, era));
+                    }
                 }
                 if let Err(e) = outcome {
                     // Not confirmed: the home sends the batch again.
@@ -686,6 +693,7 @@ impl<E: Clone, R> FragmentCore<E, R> {
             let Some(through) = batch.last().map(|(position, _)| *position) else {
                 return;
             };
+            let positions: Vec<Position> = batch.iter().map(|(position, _)| *position).collect();
             let mut waiting: BTreeMap<FragmentId, FanOut> = BTreeMap::new();
             for (position, item) in batch {
                 let sender = match &item {
@@ -712,7 +720,7 @@ impl<E: Clone, R> FragmentCore<E, R> {
             }
             if waiting.is_empty() {
                 // No one to send these to (a group of one).
-                self.passed(group, through, out);
+                self.passed(group, through, positions, out);
                 continue;
             }
             for (fragment, fanout) in &waiting {
@@ -724,6 +732,7 @@ impl<E: Clone, R> FragmentCore<E, R> {
             metrics::counter!("switchboard_group_fanout_batches_total").increment(1);
             home.in_flight = Some(Batch {
                 through,
+                positions,
                 waiting,
                 ticks: 0,
             });
@@ -735,18 +744,39 @@ impl<E: Clone, R> FragmentCore<E, R> {
     /// Fan-out of `group` has passed `through`: record it, drop the log up
     /// to it, forget members whose removal it passed, and the group once
     /// everyone has left.
-    fn passed(&mut self, group: GroupId, through: Position, out: &mut Vec<Action<E, R>>) {
+    fn passed(
+        &mut self,
+        group: GroupId,
+        through: Position,
+        positions: Vec<Position>,
+        out: &mut Vec<Action<E, R>>,
+    ) {
         let Some(home) = self.groups.homes.get_mut(&group) else {
             return;
         };
-        home.fanned_out = through;
-        home.log.retain(|position, _| *position > through);
-        let mut ops = vec![WriteOp::GroupFannedOut { group, through }];
+        home.fanned_out = home.fanned_out.max(through);
+        // Exactly the batch's items: a merge may have logged older ones
+        // meanwhile, which still go out.
+        for position in &positions {
+            home.log.remove(position);
+        }
+        let mut ops = vec![WriteOp::GroupFannedOut {
+            group,
+            through,
+            positions,
+        }];
+        // Members' closed spans are needed until nothing older than their
+        // end is left to fan out.
+        let forget = home
+            .log
+            .keys()
+            .next()
+            .map_or(through, |first| through.min(first.saturating_sub(1)));
         let over = home.record.is_empty() && home.log.is_empty() && home.uncommitted == 0;
         if over {
             ops.push(WriteOp::DeleteGroup { group });
             self.groups.homes.remove(&group);
-        } else if home.record.forget_through(through) {
+        } else if home.record.forget_through(forget) {
             ops.push(WriteOp::PutGroup {
                 record: home.record.clone(),
             });
@@ -773,9 +803,8 @@ impl<E: Clone, R> FragmentCore<E, R> {
             // A late answer to a batch already passed.
             _ => false,
         };
-        if done {
-            home.in_flight = None;
-            self.passed(group, through, &mut out);
+        if done && let Some(batch) = home.in_flight.take() {
+            self.passed(group, through, batch.positions, &mut out);
             self.pump_fanout(group, &mut out);
         }
         out
@@ -822,6 +851,27 @@ impl<E: Clone, R> FragmentCore<E, R> {
         Ok(out)
     }
 
+    /// Writes were merged behind the core: every group's log is read
+    /// again from the disk (what is in memory stays: it may be ahead of
+    /// the disk), and fan-out goes on with what the merge added.
+    pub fn reload_groups(
+        &mut self,
+        reads: &impl GroupRead,
+    ) -> Result<Vec<Action<E, R>>, FragmentError> {
+        let mut out = Vec::new();
+        for group in reads.groups_with_log()? {
+            if let Some(home) = self.groups.homes.get_mut(&group) {
+                for (position, item) in reads.group_log(group, 0, usize::MAX)? {
+                    home.log.entry(position).or_insert((item, true));
+                }
+            } else if self.home(reads, group)?.is_none() {
+                continue;
+            }
+            self.pump_fanout(group, &mut out);
+        }
+        Ok(out)
+    }
+
     /// A batch of a group's log for members of this fragment: stores the
     /// items above the group's inbox mark and confirms the batch to the
     /// home once durable (at once if nothing is new).
@@ -837,18 +887,38 @@ impl<E: Clone, R> FragmentCore<E, R> {
             through,
             items,
         } = fanout;
-        let stored = match reads.group_inbox(group) {
-            Ok(mark) => mark,
-            Err(e) => {
-                tracing::warn!(fragment = self.id, group, error = %e, "cannot read a group's inbox mark");
-                return out;
-            }
+        // This fragment's marks per era, stored or being stored.
+        let mut marks: BTreeMap<u64, Position> = BTreeMap::new();
+        let eras: std::collections::BTreeSet<u64> = items
+            .iter()
+            .map(|item| era_of(item.position))
+            .chain([era_of(through)])
+            .collect();
+        for era in eras {
+            let stored = match reads.group_inbox(group, era) {
+                Ok(mark) => mark,
+                Err(e) => {
+                    tracing::warn!(fragment = self.id, group, error = %e,
+                        "cannot read a group's inbox mark");
+                    return out;
+                }
+            };
+            let pending = self.groups.inbox.get(&(group, era)).copied().unwrap_or(0);
+            marks.insert(era, stored.max(pending));
+        }
+        let is_new = |position: Position| {
+            marks
+                .get(&era_of(position))
+                .is_none_or(|mark| position > *mark)
         };
-        let pending = self.groups.inbox.get(&group).copied();
-        let mark = stored.max(pending.unwrap_or(0));
-        if through <= mark {
+        if !is_new(through) && items.iter().all(|item| !is_new(item.position)) {
             // Stored already, or being stored: confirm once durable.
-            if pending.is_some_and(|p| p >= through)
+            let being_stored = self
+                .groups
+                .inbox
+                .get(&(group, era_of(through)))
+                .is_some_and(|pending| *pending >= through);
+            if being_stored
                 && let Some(Commit::Group(GroupCommit::Stored { confirm, .. })) =
                     self.commits.values_mut().find(|c| {
                         matches!(c, Commit::Group(GroupCommit::Stored { group: g, .. }) if *g == group)
@@ -868,15 +938,18 @@ impl<E: Clone, R> FragmentCore<E, R> {
         let placement = self.placement;
         let id = self.id;
         let mut entries = Vec::new();
+        let mut raised: BTreeMap<u64, Position> = BTreeMap::from([(era_of(through), through)]);
         for FanOutItem {
             position,
             recipients,
             item,
         } in items
         {
-            if position <= mark {
+            if !is_new(position) {
                 continue;
             }
+            let raise = raised.entry(era_of(position)).or_insert(position);
+            *raise = (*raise).max(position);
             for owner in recipients {
                 // Only this fragment's users: a confused or hostile peer
                 // cannot make it store mail for anyone else.
@@ -915,12 +988,14 @@ impl<E: Clone, R> FragmentCore<E, R> {
             },
             WriteOp::NextSeq(self.next_seq),
         ];
-        self.groups.inbox.insert(group, through);
+        for (era, mark) in &raised {
+            self.groups.inbox.insert((group, *era), *mark);
+        }
         self.persist(
             Commit::Group(GroupCommit::Stored {
                 group,
                 home,
-                through,
+                raised,
                 entries,
                 confirm: vec![through],
             }),

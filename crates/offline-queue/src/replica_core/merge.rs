@@ -6,8 +6,8 @@ use super::*;
 use crate::account::AccountRecord;
 use proto::MessageId;
 
-use crate::EntryBody;
-use crate::entry::seq_of_message_id;
+use crate::entry::{group_position, seq_of_message_id};
+use crate::group_store::era_of;
 
 impl<T: Clone, L: Caller> ReplicaCore<T, L> {
     /// A node that no longer owns the fragment but holds writes its partner
@@ -90,6 +90,11 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
             .as_mut()
             .map(|c| std::mem::take(&mut c.merge_aliases))
             .unwrap_or_default();
+        let mut new_groups = self
+            .cluster
+            .as_mut()
+            .map(|c| std::mem::take(&mut c.merge_new_groups))
+            .unwrap_or_default();
         // Every id the former owner gave out, kept here or not, to messages
         // and receipts alike (a copy it still holds must never share an id
         // with a new entry: a client that saw a receipt under an id takes a
@@ -105,6 +110,7 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
                     .map(|(_, id, _)| seq_of_message_id(*id))
                     .max(),
                 WriteOp::LogGroup { position, .. } => Some(seq_of_message_id(*position)),
+                WriteOp::PutGroup { record } => Some(seq_of_message_id(record.id)),
                 _ => None,
             })
             .max();
@@ -181,39 +187,63 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
                     through,
                     entries,
                 } => {
-                    let mark = reads.group_inbox(*group)?;
-                    let entries: Vec<_> = entries
-                        .iter()
-                        .filter(|(_, _, body)| {
-                            matches!(EntryBody::from_bytes(body),
-                                Ok(EntryBody::Group { position, .. }) if position > mark)
-                        })
-                        .cloned()
-                        .collect();
-                    if *through > mark {
-                        touched.extend(entries.iter().map(|(owner, _, _)| owner.clone()));
-                        keep.push(WriteOp::PutGroupEntries {
-                            group: *group,
-                            through: *through,
-                            entries,
-                        });
+                    let mut entries_here = Vec::new();
+                    for entry in entries {
+                        let Some(position) = group_position(&entry.2) else {
+                            continue;
+                        };
+                        if position > reads.group_inbox(*group, era_of(position))? {
+                            entries_here.push(entry.clone());
+                        }
+                    }
+                    touched.extend(entries_here.iter().map(|(owner, _, _)| owner.clone()));
+                    keep.push(WriteOp::PutGroupEntries {
+                        group: *group,
+                        through: *through,
+                        entries: entries_here,
+                    });
+                }
+                // A message the former owner logged for a group at home
+                // here, unless the sender resent it here meanwhile (its
+                // dedupe key): kept at its position, in the former
+                // owner's era, and fanned out once durable (`merged`);
+                // destinations keep a mark per era, so neither owner's
+                // positions hide the other's.
+                WriteOp::LogGroup {
+                    group,
+                    dedupe: Some((sender, client_msg_id)),
+                    ..
+                } => {
+                    if reads
+                        .group_dedupe(*group, sender, *client_msg_id)?
+                        .is_none()
+                    {
+                        keep.push(op);
                     }
                 }
-                // A group's own log and record as the former owner kept
-                // them apart from this owner: not merged yet (positions
-                // given out on both sides would interleave). Counted and
-                // logged; see docs/architecture.md, "Groups".
-                WriteOp::PutGroup { .. }
-                | WriteOp::LogGroup { .. }
-                | WriteOp::GroupFannedOut { .. }
-                | WriteOp::DeleteGroup { .. } => {
-                    metrics::counter!("switchboard_group_writes_not_merged_total").increment(1);
-                    tracing::warn!(
-                        fragment = self.id,
-                        from,
-                        "a group write made apart from this owner is not merged"
-                    );
+                // A group created apart from this owner (no record here):
+                // its record, changes and end come along.
+                WriteOp::PutGroup { record } => {
+                    let made_apart =
+                        new_groups.contains(&record.id) || reads.group(record.id)?.is_none();
+                    if made_apart {
+                        new_groups.insert(record.id);
+                        keep.push(op);
+                    } else {
+                        not_merged(self.id, from);
+                    }
                 }
+                WriteOp::LogGroup { group, .. } | WriteOp::DeleteGroup { group } => {
+                    if new_groups.contains(group) {
+                        keep.push(op);
+                    } else {
+                        not_merged(self.id, from);
+                    }
+                }
+                // The former owner's fan-out marks: this owner fans out
+                // what its log holds; destinations' era marks drop what
+                // they have.
+                WriteOp::GroupFannedOut { .. } => {}
                 // This owner's sequence is already past the former owner's,
                 // and sweeping is its own business.
                 WriteOp::NextSeq(_) | WriteOp::SweepDedupe { .. } => {}
@@ -228,6 +258,7 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
         metrics::counter!("switchboard_fragment_merged_writes_total").increment(keep.len() as u64);
         if !last && let Some(cluster) = self.cluster.as_mut() {
             cluster.merge_aliases = aliases;
+            cluster.merge_new_groups = new_groups;
         }
         // Messages stored from now on get ids above the merged ones (the
         // former owner may have taken over into a higher half-block than
@@ -275,6 +306,8 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
         for user in &accounts {
             actions.extend(core.account_merged(reads, user)?);
         }
+        // Group messages the merge logged: fanned out from the disk's log.
+        actions.extend(core.reload_groups(reads)?);
         let online: Vec<_> = core
             .attached()
             .filter(|(user, _, _, _)| touched.contains(*user))
@@ -316,4 +349,16 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
         }
         out.push(Action::ClearDivergent { upto });
     }
+}
+
+/// A change of a group's record or membership that a former owner made
+/// apart from this one, for a group this owner has too: the owner's record
+/// stands (two records changed apart do not combine safely).
+fn not_merged(fragment: FragmentId, from: &str) {
+    metrics::counter!("switchboard_group_writes_not_merged_total").increment(1);
+    tracing::warn!(
+        fragment,
+        from,
+        "a group change made apart from this owner is not merged; the owner's record stands"
+    );
 }
