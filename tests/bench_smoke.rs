@@ -145,6 +145,56 @@ fn bench_connections_smoke() {
 }
 
 #[test]
+fn bench_groups_smoke() {
+    let node = admin_node();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pid = node.pid().to_string();
+    let report = bench(
+        &node,
+        &[
+            "groups",
+            "--groups",
+            "3",
+            "--members",
+            "4",
+            "--users",
+            "10",
+            "--rate",
+            "50",
+            "--duration",
+            "2",
+            "--first",
+            "+15550001000",
+            "--server-pid",
+            &pid,
+        ],
+        &dir.path().join("g.json"),
+    );
+    for kind in ["ack", "deliver"] {
+        for q in ["p50", "p90", "p99", "p999", "max"] {
+            assert!(
+                report["latency_ms"][kind][q].is_number(),
+                "missing latency_ms.{kind}.{q}"
+            );
+        }
+    }
+    assert_eq!(report["sent"], 100);
+    assert_eq!(report["acked"], report["sent"]);
+    assert_eq!(report["expected_deliveries"], 300, "three copies of each");
+    assert_eq!(report["delivered"], report["expected_deliveries"]);
+    assert_eq!(report["lost"], 0);
+    assert_eq!(report["duplicated"], 0);
+    assert_eq!(report["out_of_order"], 0);
+    assert!(report["deliveries_per_s"].as_f64().is_some_and(|d| d > 0.0));
+    assert!(
+        report["server_us_per_delivery"]
+            .as_f64()
+            .is_some_and(|us| us > 0.0),
+        "{report}"
+    );
+}
+
+#[test]
 fn minting_is_refused_when_disabled() {
     let node = NodeProcess::start();
     let output = Command::new(binary())

@@ -227,7 +227,7 @@ async fn receive(
     arrivals
 }
 
-async fn connect_all(
+pub(crate) async fn connect_all(
     server: &str,
     tls: &Tls,
     tokens: &[(u32, String)],
@@ -247,7 +247,12 @@ async fn connect_all(
 }
 
 /// Waits until `done()` or until `count()` stops moving for `quiet`.
-async fn settle(count: impl Fn() -> u64, done: impl Fn() -> bool, quiet: Duration, max: Duration) {
+pub(crate) async fn settle(
+    count: impl Fn() -> u64,
+    done: impl Fn() -> bool,
+    quiet: Duration,
+    max: Duration,
+) {
     let started = Instant::now();
     let mut last = count();
     let mut last_change = Instant::now();

@@ -8,12 +8,15 @@
 //!   exactly-once, in-order check of every acknowledged message.
 //! - `steady`: steady traffic through the failover client while nodes are
 //!   killed, cut off or restarted; checks every acknowledged message.
-//! - `groups`: not yet (groups do not exist yet).
+//! - `groups`: an open-loop group message load over groups created first;
+//!   deliveries per second, latencies, the node's CPU per delivered copy,
+//!   and an exactly-once, in-order check at every member.
 //!
 //! Test users are minted in bulk through the node's admin request
 //! (`admin.mint_test_users` in the node's config), not through SMS codes.
 
 pub(crate) mod connections;
+pub(crate) mod groups;
 pub(crate) mod messages;
 pub(crate) mod mint;
 pub(crate) mod report;
@@ -42,8 +45,9 @@ enum BenchCommand {
     /// Steady traffic across a cluster through faults; checks every acked
     /// message (exit code 1 if any was lost, duplicated or reordered).
     Steady(steady::Args),
-    /// Group messaging load (not yet: groups do not exist yet).
-    Groups,
+    /// Send group messages at a fixed rate; report deliveries per second,
+    /// latencies and CPU per copy, and check every member's copies.
+    Groups(groups::Args),
     /// Internal: one worker process of `bench connections`.
     #[command(hide = true)]
     ConnectionsWorker,
@@ -94,9 +98,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         BenchCommand::Connections(args) => connections::run(args).await,
         BenchCommand::Messages(args) => messages::run(args).await,
         BenchCommand::Steady(args) => steady::run(args).await,
-        BenchCommand::Groups => {
-            anyhow::bail!("bench groups: not yet — groups do not exist in Switchboard yet")
-        }
+        BenchCommand::Groups(args) => groups::run(args).await,
         BenchCommand::ConnectionsWorker => connections::worker().await,
     }
 }

@@ -166,7 +166,8 @@ pub(crate) struct CpuUse {
     /// The node's share by thread name.
     server_threads_s: BTreeMap<String, f64>,
     generator_s: Option<f64>,
-    server_us_per_message: Option<f64>,
+    /// The node's CPU per counted message (a delivered copy, for groups).
+    pub(crate) server_us_per_message: Option<f64>,
     generator_us_per_message: Option<f64>,
     /// Bytes the node wrote to disk per message.
     server_disk_bytes_per_message: Option<f64>,
