@@ -2,6 +2,7 @@
 # Starts a fresh release node with test users enabled, runs one
 # `switchboard bench messages` against it, and stops the node.
 # Usage: scripts/bench-messages.sh RATE [DURATION] [USERS] [extra bench flags...]
+# BENCH_MODE=groups runs `bench groups` instead (add --groups, --members).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rate=${1:?rate}; duration=${2:-10}; users=${3:-1000}; shift $(( $# < 3 ? $# : 3 ))
@@ -23,7 +24,7 @@ node=$!
 trap 'kill $node 2>/dev/null; wait $node 2>/dev/null; [ -n "${KEEP_NODE_LOG:-}" ] && cat "$data/node.out" "$data/node.err" > "$KEEP_NODE_LOG"; rm -rf "$data"' EXIT
 for _ in $(seq 1 100); do grep -q "listening on" "$data/node.out" 2>/dev/null && break; sleep 0.1; done
 addr=$(sed -n 's/.* listening on \([^ ]*\) .*/\1/p' "$data/node.out")
-"${gen_pin[@]}" "$sb" bench messages --server "$addr" --ca "$data/tls/cert.pem" --admin-secret "$secret" \
+"${gen_pin[@]}" "$sb" bench "${BENCH_MODE:-messages}" --server "$addr" --ca "$data/tls/cert.pem" --admin-secret "$secret" \
     --users "$users" --rate "$rate" --duration "$duration" --server-pid "$node" "$@"
 # The node's CPU time over the whole run (minting, logins and messages):
 # steadier than latency on a shared machine for comparing two builds.
