@@ -116,7 +116,7 @@ only=${CLUSTER_TEST_ONLY:-kill partition rolling}
 want() { [[ " $only " == *" $1 "* ]]; }
 steady() { # duration first-phone name [window]: the generator, in the background ($!)
     "$bin" bench steady --server "$servers" --ca "$certs/client-facing.pem" \
-        --admin-secret "$admin_secret" --first "$2" --pairs 24 --rate 10 \
+        --admin-secret "$admin_secret" --first "$2" --pairs 24 --group-pairs 8 --rate 10 \
         --window "${4:-8}" \
         --duration "$1" --drain 60 --json "$work/$3.json" \
         > "$work/$3.out" 2> "$work/$3.err" &

@@ -260,6 +260,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         users,
         rate_per_pair: args.rate,
         window: 8,
+        group_pairs: 0,
     })
     .await?;
     println!(

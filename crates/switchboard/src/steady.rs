@@ -3,7 +3,10 @@
 //! client (server list, reconnect, resend with the same id), each receiver
 //! acking what arrives. At the end every message the cluster acknowledged
 //! is checked off: lost, duplicated (after the client's own dedupe) and out
-//! of order per pair are counted. Used by `bench steady` and `demo`.
+//! of order per pair are counted. The first `group_pairs` pairs talk
+//! through a group of their two users instead (created at the start), so
+//! that group fan-out goes through the same faults and the same check.
+//! Used by `bench steady` and `demo`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,6 +35,8 @@ pub(crate) struct SteadyConfig {
     /// Sends one sender may have unacknowledged at once (1: each waits for
     /// the previous ack; more: pipelined, as a chatty app would).
     pub(crate) window: usize,
+    /// How many pairs (the first ones) send through a group of the two.
+    pub(crate) group_pairs: usize,
 }
 
 /// Both sides of every pair (by pair index), checked at the end.
@@ -205,6 +210,22 @@ impl SteadyConfig {
     }
 }
 
+/// A group of `client`'s user and `with`, made at the start of a run (a
+/// cluster still settling may refuse it for a moment).
+async fn create_group(client: &Client, with: &PhoneNumber) -> anyhow::Result<client::GroupId> {
+    let mut last = None;
+    for _ in 0..20 {
+        match client.create_group("steady", vec![with.clone()]).await {
+            Ok(group) => return Ok(group),
+            Err(e) => {
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    Err(anyhow::anyhow!("creating a group: {last:?}"))
+}
+
 impl SteadyRun {
     /// Logs every user in (receivers first, so that nothing waits offline)
     /// and starts sending.
@@ -233,11 +254,21 @@ impl SteadyRun {
             );
             tokio::spawn(async move {
                 while let Some(event) = events.recv().await {
-                    if let Event::Message {
-                        msg_id, payload, ..
-                    } = event
-                        && let Some((seq, at_us)) = parse(&payload)
-                    {
+                    let (msg_id, payload) = match event {
+                        Event::Message {
+                            msg_id, payload, ..
+                        }
+                        | Event::GroupMessage {
+                            msg_id, payload, ..
+                        } => (msg_id, payload),
+                        // The group's creation: acked, nothing to count.
+                        Event::GroupEvent { msg_id, .. } => {
+                            let _ = acker.ack(vec![msg_id]).await;
+                            continue;
+                        }
+                        _ => continue,
+                    };
+                    if let Some((seq, at_us)) = parse(&payload) {
                         let now_us = start.elapsed().as_micros() as u64;
                         record(&hist, now_us.saturating_sub(at_us));
                         counters.delivered.fetch_add(1, Ordering::Relaxed);
@@ -257,6 +288,11 @@ impl SteadyRun {
             let to = config.users[2 * pair + 1].0.clone();
             let (client, _events) =
                 Client::connect(config.client_config(2 * pair), token.clone()).await?;
+            let group = if pair < config.group_pairs {
+                Some(create_group(&client, &to).await?)
+            } else {
+                None
+            };
             let (stop, log, ids, counters, hist, times) = (
                 stop.clone(),
                 ledger.clone(),
@@ -310,9 +346,17 @@ impl SteadyRun {
                         break;
                     };
                     let at_us = start.elapsed().as_micros() as u64;
-                    match client.queue_send(&to, payload(seq, at_us)) {
-                        Ok(ack) => {
-                            let _ = queue.send((seq, at_us, Box::pin(ack), permit));
+                    let queued: client::Result<Pending> = match group {
+                        Some(group) => client
+                            .queue_send_group(group, payload(seq, at_us))
+                            .map(|ack| (seq, at_us, Box::pin(ack) as _, permit)),
+                        None => client
+                            .queue_send(&to, payload(seq, at_us))
+                            .map(|ack| (seq, at_us, Box::pin(ack) as _, permit)),
+                    };
+                    match queued {
+                        Ok(pending) => {
+                            let _ = queue.send(pending);
                         }
                         Err(e) => {
                             tracing::warn!(pair, error = %e, "the client stopped");

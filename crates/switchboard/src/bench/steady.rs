@@ -1,4 +1,4 @@
-//! `bench steady`: steady 1:1 traffic against a cluster while an operator
+//! `bench steady`: steady 1:1 (and group) traffic against a cluster while an operator
 //! (or a test script) kills, cuts off or restarts nodes; at the end every
 //! acknowledged message is checked off. Exits non-zero if any was lost,
 //! duplicated or reordered.
@@ -50,6 +50,10 @@ pub(crate) struct Args {
     /// Sends a sender may have unacknowledged at once (pipelined, in order).
     #[arg(long, default_value_t = 8)]
     window: usize,
+    /// How many pairs (the first ones) talk through a group of their two
+    /// users instead of 1:1, under the same check.
+    #[arg(long, default_value_t = 0)]
+    group_pairs: u32,
     /// Seconds to wait at the end for acked messages still on their way.
     #[arg(long, default_value_t = 30.0)]
     drain: f64,
@@ -88,6 +92,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         users,
         rate_per_pair: args.rate,
         window: args.window,
+        group_pairs: args.group_pairs as usize,
     })
     .await?;
     eprintln!(
