@@ -554,18 +554,7 @@ impl Actor for FragmentActor {
                 request,
                 reply: LocalReply::Group(reply),
             }),
-            FragmentMsg::GroupNote(GroupNote::FanOut { home, fanout }) => {
-                Event::Local(LocalRequest::FanOut { home, fanout })
-            }
-            FragmentMsg::GroupNote(GroupNote::FannedOut {
-                group,
-                through,
-                from,
-            }) => Event::Local(LocalRequest::FannedOut {
-                group,
-                through,
-                from,
-            }),
+            FragmentMsg::GroupNote(note) => Event::Local(LocalRequest::Note(note)),
             FragmentMsg::Committed {
                 generation,
                 tag,

@@ -226,23 +226,9 @@ pub enum LocalRequest<T, L> {
         /// Who waits.
         reply: L,
     },
-    /// A batch of a group's log for members of this fragment, from the
-    /// group's home fragment on this node.
-    FanOut {
-        /// The group's home.
-        home: FragmentId,
-        /// The batch.
-        fanout: FanOut,
-    },
-    /// Fragment `from` of this node stored a batch of a group at home here.
-    FannedOut {
-        /// The group.
-        group: GroupId,
-        /// The batch's last position.
-        through: Position,
-        /// The fragment that stored it.
-        from: FragmentId,
-    },
+    /// A group's batch for members of this fragment, or a confirmation of
+    /// one for a group at home here, from another fragment of this node.
+    Note(GroupNote),
 }
 
 /// Something that happened to the fragment.
@@ -960,12 +946,14 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
             LocalRequest::Group { request, reply } => {
                 (Request::Group(request), Some(Waiter::Local(reply)))
             }
-            LocalRequest::FanOut { home, fanout } => (Request::FanOut { home, fanout }, None),
-            LocalRequest::FannedOut {
+            LocalRequest::Note(GroupNote::FanOut { home, fanout }) => {
+                (Request::FanOut { home, fanout }, None)
+            }
+            LocalRequest::Note(GroupNote::FannedOut {
                 group,
                 through,
                 from,
-            } => (
+            }) => (
                 Request::FannedOut {
                     group,
                     through,

@@ -15,7 +15,7 @@ use offline_queue::replica::{
     store_owner,
 };
 use offline_queue::replica_core::{
-    Action, Caller, ClusterSetup, Endpoint, Event, GroupNote, LocalRequest, ReplicaCore, Waiter,
+    Action, Caller, ClusterSetup, Endpoint, Event, LocalRequest, ReplicaCore, Waiter,
 };
 use offline_queue::store::{RedbMailbox, WriteOp, apply_ops};
 use offline_queue::{FragmentConfig, FragmentError, Push};
@@ -1002,18 +1002,7 @@ impl World {
                     node: n,
                     life,
                     fragment,
-                    request: match note {
-                        GroupNote::FanOut { home, fanout } => LocalRequest::FanOut { home, fanout },
-                        GroupNote::FannedOut {
-                            group,
-                            through,
-                            from,
-                        } => LocalRequest::FannedOut {
-                            group,
-                            through,
-                            from,
-                        },
-                    },
+                    request: LocalRequest::Note(note),
                 },
             ),
             Action::DeleteAckedElsewhere {

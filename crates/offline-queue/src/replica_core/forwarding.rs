@@ -156,28 +156,21 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
             },
             // Out of reach, a batch or its confirmation is dropped: the
             // group's home sends the batch again.
-            LocalRequest::FanOut { home, fanout } => {
+            LocalRequest::Note(note) => {
                 if let Some(owner) = owner {
-                    out.push(Action::Send {
-                        to: owner,
-                        wire: FragmentWire::FanOut { home, fanout },
-                    });
-                }
-            }
-            LocalRequest::FannedOut {
-                group,
-                through,
-                from,
-            } => {
-                if let Some(owner) = owner {
-                    out.push(Action::Send {
-                        to: owner,
-                        wire: FragmentWire::FannedOut {
+                    let wire = match note {
+                        GroupNote::FanOut { home, fanout } => FragmentWire::FanOut { home, fanout },
+                        GroupNote::FannedOut {
+                            group,
+                            through,
+                            from,
+                        } => FragmentWire::FannedOut {
                             group,
                             through,
                             from,
                         },
-                    });
+                    };
+                    out.push(Action::Send { to: owner, wire });
                 }
             }
         }

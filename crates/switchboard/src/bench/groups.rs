@@ -25,10 +25,10 @@ use rand::seq::index::sample;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use super::messages::{connect_all, settle};
+use super::messages::{HEADER, connect_all, header, parse_header, settle};
 use super::report::{
-    CpuSample, CpuUse, Percentiles, latency_line, new_histogram, percentiles, rss_bytes,
-    text_histogram, write_json,
+    CpuSample, CpuUse, Percentiles, finish, latency_line, new_histogram, percentiles, rss_bytes,
+    snapshot, text_histogram,
 };
 use super::{REQUEST_TIMEOUT, Target, mint::mint_users, raise_file_limit};
 
@@ -61,8 +61,6 @@ pub(crate) struct Args {
     #[arg(long)]
     server_pid: Option<u32>,
 }
-
-const HEADER: usize = 20;
 
 /// How long a member collects acks before sending them.
 const ACK_EVERY: Duration = Duration::from_millis(20);
@@ -130,25 +128,6 @@ struct GroupsReport {
 struct Latencies {
     ack: Percentiles,
     deliver: Percentiles,
-}
-
-fn header(sender: u32, group: u32, seq: u32, scheduled_us: u64, size: usize) -> Vec<u8> {
-    let mut payload = Vec::with_capacity(size.max(HEADER));
-    payload.extend_from_slice(&sender.to_be_bytes());
-    payload.extend_from_slice(&group.to_be_bytes());
-    payload.extend_from_slice(&seq.to_be_bytes());
-    payload.extend_from_slice(&scheduled_us.to_be_bytes());
-    payload.resize(size.max(HEADER), 0);
-    payload
-}
-
-fn parse_header(payload: &[u8]) -> Option<(u32, u32, u32, u64)> {
-    let field = |range: std::ops::Range<usize>| payload.get(range);
-    let word = |at: usize| -> Option<u32> {
-        Some(u32::from_be_bytes(field(at..at + 4)?.try_into().ok()?))
-    };
-    let scheduled = u64::from_be_bytes(field(12..20)?.try_into().ok()?);
-    Some((word(0)?, word(4)?, word(8)?, scheduled))
 }
 
 /// Reads one member's pushes until told to stop; returns what arrived.
@@ -412,12 +391,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     let lost = ledger.check().lost.len() as u64;
-    let lock = |h: &Mutex<Histogram<u64>>| {
-        h.lock()
-            .map(|h| h.clone())
-            .unwrap_or_else(|_| new_histogram())
-    };
-    let (ack, deliver) = (lock(&shared.ack), lock(&shared.deliver));
+    let (ack, deliver) = (snapshot(&shared.ack), snapshot(&shared.deliver));
     let report = GroupsReport {
         groups: args.groups,
         members: args.members,
@@ -461,18 +435,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     println!("{}", latency_line("deliver", &report.latency_ms.deliver));
     println!("{}", report.cpu.line());
     print!("{}", text_histogram("send → deliver", &deliver));
-    if let Some(path) = &args.target.json {
-        write_json(path, &report)?;
-    }
-    if report.lost > 0 || report.duplicated > 0 || report.out_of_order > 0 {
-        bail!(
-            "delivery check failed: {} lost, {} duplicated, {} out of order",
-            report.lost,
-            report.duplicated,
-            report.out_of_order
-        );
-    }
-    Ok(())
+    finish(
+        args.target.json.as_deref(),
+        &report,
+        (report.lost, report.duplicated, report.out_of_order),
+    )
 }
 
 #[cfg(test)]
@@ -480,10 +447,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn header_round_trips() {
+    fn a_group_payload_names_sender_group_and_sequence() {
+        // The 1:1 header's second field carries the group's index here.
         let payload = header(7, 3, 9, 123_456, 64);
-        assert_eq!(payload.len(), 64);
         assert_eq!(parse_header(&payload), Some((7, 3, 9, 123_456)));
-        assert_eq!(parse_header(&[1; 5]), None);
     }
 }

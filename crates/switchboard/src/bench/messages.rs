@@ -24,8 +24,8 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use super::report::{
-    CpuSample, CpuUse, Percentiles, latency_line, new_histogram, percentiles, rss_bytes,
-    text_histogram, write_json,
+    CpuSample, CpuUse, Percentiles, finish, latency_line, new_histogram, percentiles, rss_bytes,
+    snapshot, text_histogram,
 };
 use super::{AGENT, REQUEST_TIMEOUT, Target, mint::mint_users, raise_file_limit};
 
@@ -55,7 +55,8 @@ pub(crate) struct Args {
     server_pid: Option<u32>,
 }
 
-const HEADER: usize = 20;
+/// Bytes of the header every bench payload starts with.
+pub(crate) const HEADER: usize = 20;
 
 /// How long a receiving test user collects acks before sending them.
 const ACK_EVERY: Duration = Duration::from_millis(20);
@@ -125,7 +126,15 @@ struct Latencies {
     receipt: Percentiles,
 }
 
-fn header(sender: u32, recipient: u32, seq: u32, scheduled_us: u64, size: usize) -> Vec<u8> {
+/// A payload of `size` bytes (at least the header): sender, recipient (or
+/// group), sequence number, scheduled time.
+pub(crate) fn header(
+    sender: u32,
+    recipient: u32,
+    seq: u32,
+    scheduled_us: u64,
+    size: usize,
+) -> Vec<u8> {
     let mut payload = Vec::with_capacity(size.max(HEADER));
     payload.extend_from_slice(&sender.to_be_bytes());
     payload.extend_from_slice(&recipient.to_be_bytes());
@@ -135,7 +144,8 @@ fn header(sender: u32, recipient: u32, seq: u32, scheduled_us: u64, size: usize)
     payload
 }
 
-fn parse_header(payload: &[u8]) -> Option<(u32, u32, u32, u64)> {
+/// What [`header`] wrote.
+pub(crate) fn parse_header(payload: &[u8]) -> Option<(u32, u32, u32, u64)> {
     let field = |range: std::ops::Range<usize>| payload.get(range);
     let word = |at: usize| -> Option<u32> {
         Some(u32::from_be_bytes(field(at..at + 4)?.try_into().ok()?))
@@ -476,15 +486,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     }
     let lost = ledger.check().lost.len() as u64;
 
-    let lock = |h: &Mutex<Histogram<u64>>| {
-        h.lock()
-            .map(|h| h.clone())
-            .unwrap_or_else(|_| new_histogram())
-    };
     let (ack, deliver, receipt) = (
-        lock(&shared.ack),
-        lock(&shared.deliver),
-        lock(&shared.receipt),
+        snapshot(&shared.ack),
+        snapshot(&shared.deliver),
+        snapshot(&shared.receipt),
     );
     let acked = shared.acked.load(Ordering::Relaxed);
     let report = MessagesReport {
@@ -533,18 +538,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     println!("{}", latency_line("receipt", &report.latency_ms.receipt));
     println!("{}", report.cpu.line());
     print!("{}", text_histogram("send → deliver", &deliver));
-    if let Some(path) = &args.target.json {
-        write_json(path, &report)?;
-    }
-    if report.lost > 0 || report.duplicated > 0 || report.out_of_order > 0 {
-        bail!(
-            "delivery check failed: {} lost, {} duplicated, {} out of order",
-            report.lost,
-            report.duplicated,
-            report.out_of_order
-        );
-    }
-    Ok(())
+    finish(
+        args.target.json.as_deref(),
+        &report,
+        (report.lost, report.duplicated, report.out_of_order),
+    )
 }
 
 #[cfg(test)]

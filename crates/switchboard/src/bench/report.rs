@@ -287,6 +287,31 @@ pub(crate) fn slope(points: &[(f64, f64)]) -> Option<f64> {
 }
 
 /// Writes `value` as pretty JSON to `path`.
+/// A copy of a histogram shared between tasks (an empty one if its lock
+/// was poisoned).
+pub(crate) fn snapshot(h: &std::sync::Mutex<Histogram<u64>>) -> Histogram<u64> {
+    h.lock()
+        .map(|h| h.clone())
+        .unwrap_or_else(|_| new_histogram())
+}
+
+/// Writes the report as JSON if asked, and fails the run if the delivery
+/// check found anything lost, duplicated or out of order.
+pub(crate) fn finish(
+    json: Option<&std::path::Path>,
+    report: &impl Serialize,
+    (lost, duplicated, out_of_order): (u64, u64, u64),
+) -> anyhow::Result<()> {
+    if let Some(path) = json {
+        write_json(path, report)?;
+    }
+    anyhow::ensure!(
+        lost == 0 && duplicated == 0 && out_of_order == 0,
+        "delivery check failed: {lost} lost, {duplicated} duplicated, {out_of_order} out of order"
+    );
+    Ok(())
+}
+
 pub(crate) fn write_json(path: &std::path::Path, value: &impl Serialize) -> anyhow::Result<()> {
     use anyhow::Context;
     let text = serde_json::to_string_pretty(value)?;

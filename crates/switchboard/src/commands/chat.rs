@@ -341,17 +341,7 @@ impl Screen {
                         None => say(format_args!("  message {msg_id} to {by} {label}")),
                     }
                 }
-                let client = self.client.clone();
-                let reports = self.reports.clone();
-                self.in_flight += 1;
-                tokio::spawn(async move {
-                    let warning = client
-                        .ack(vec![id])
-                        .await
-                        .err()
-                        .map(|e| format!("cannot acknowledge: {e}"));
-                    let _ = reports.send(Report::Acked(warning));
-                });
+                self.acknowledge(id);
             }
             Event::GroupMessage {
                 msg_id,

@@ -41,16 +41,13 @@ struct JsonMessage<'a> {
     client_msg_id: u64,
 }
 
-/// A group message as printed by `--json`.
+/// A group message as printed by `--json`: a message with its group.
 #[derive(Debug, Serialize)]
 struct JsonGroupMessage<'a> {
     group: GroupId,
     position: u64,
-    from: &'a str,
-    id: MessageId,
-    text: &'a str,
-    server_ts: u64,
-    client_msg_id: u64,
+    #[serde(flatten)]
+    message: JsonMessage<'a>,
 }
 
 /// A group's change as printed by `--json`.
@@ -164,11 +161,13 @@ fn render(event: &Event, json: bool) -> anyhow::Result<Option<String>> {
                 serde_json::to_string(&JsonGroupMessage {
                     group: *group,
                     position: *position,
-                    from: from.as_str(),
-                    id: *msg_id,
-                    text: &text,
-                    server_ts: *server_ts,
-                    client_msg_id: *client_msg_id,
+                    message: JsonMessage {
+                        from: from.as_str(),
+                        id: *msg_id,
+                        text: &text,
+                        server_ts: *server_ts,
+                        client_msg_id: *client_msg_id,
+                    },
                 })?
             } else {
                 format!(

@@ -15,25 +15,13 @@ use test_support::{Rng, numbered as phone};
 use super::*;
 use crate::FragmentError;
 use crate::fragment::{Action, FragmentConfig, FragmentCore};
+use crate::replica_core::GroupNote as Note;
 use crate::store::{RedbMailbox, apply_ops};
 
 const FRAGMENTS: u16 = 4;
 const USERS: u64 = 8;
 
 type Core = FragmentCore<PhoneNumber, u32>;
-
-/// A fan-out message on its way between fragments.
-enum Note {
-    FanOut {
-        home: FragmentId,
-        fanout: FanOut,
-    },
-    FannedOut {
-        group: GroupId,
-        through: Position,
-        from: FragmentId,
-    },
-}
 
 /// What a member saw of a group, in order: a message by (sender, client
 /// id) or a change by (who, what).
@@ -210,22 +198,7 @@ impl World {
             return true;
         }
         if repeat {
-            let copy = match &note {
-                Note::FanOut { home, fanout } => Note::FanOut {
-                    home: *home,
-                    fanout: fanout.clone(),
-                },
-                Note::FannedOut {
-                    group,
-                    through,
-                    from,
-                } => Note::FannedOut {
-                    group: *group,
-                    through: *through,
-                    from: *from,
-                },
-            };
-            self.net.push_back((to, copy));
+            self.net.push_back((to, note.clone()));
         }
         let reads = self.reads(to);
         let core = &mut self.cores[usize::from(to)];
