@@ -181,7 +181,14 @@ pub(super) struct Home {
     in_flight: Option<Batch>,
     /// Log writes handed to the writer and not yet committed.
     uncommitted: usize,
+    /// Ticks since the group was last asked anything: an idle group
+    /// leaves memory after [`IDLE_TICKS`] (its record is read again from
+    /// disk at the next request, a cost worth keeping off busy groups).
+    idle_ticks: u32,
 }
+
+/// Ticks (seconds) a group with nothing in hand stays in memory.
+const IDLE_TICKS: u32 = 60;
 
 struct Batch {
     through: Position,
@@ -265,9 +272,15 @@ impl<E: Clone, R> FragmentCore<E, R> {
                 fanned_out,
                 in_flight: None,
                 uncommitted: 0,
+                idle_ticks: 0,
             });
         }
-        Ok(self.groups.homes.get_mut(&group))
+        let home = self.groups.homes.get_mut(&group);
+        if let Some(home) = home {
+            home.idle_ticks = 0;
+            return Ok(Some(home));
+        }
+        Ok(None)
     }
 
     /// A group request at its home (see [`GroupRequest`]).
@@ -398,6 +411,7 @@ impl<E: Clone, R> FragmentCore<E, R> {
                 fanned_out: 0,
                 in_flight: None,
                 uncommitted: 1,
+                idle_ticks: 0,
             },
         );
         metrics::counter!("switchboard_groups_created_total").increment(1);
@@ -832,7 +846,9 @@ impl<E: Clone, R> FragmentCore<E, R> {
             }
         }
         self.groups.homes.retain(|_, home| {
-            home.in_flight.is_some() || !home.log.is_empty() || home.uncommitted > 0
+            let busy = home.in_flight.is_some() || !home.log.is_empty() || home.uncommitted > 0;
+            home.idle_ticks = if busy { 0 } else { home.idle_ticks + 1 };
+            home.idle_ticks <= IDLE_TICKS
         });
         out
     }
