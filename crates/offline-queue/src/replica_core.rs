@@ -419,7 +419,7 @@ pub enum Action<T, L> {
     GroupElsewhere {
         /// The fragment.
         fragment: FragmentId,
-        /// A [`LocalRequest::FanOut`] or [`LocalRequest::FannedOut`].
+        /// A batch, or a confirmation of one.
         note: GroupNote,
     },
     /// Delete acked entries in another fragment of this node.
@@ -946,21 +946,7 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
             LocalRequest::Group { request, reply } => {
                 (Request::Group(request), Some(Waiter::Local(reply)))
             }
-            LocalRequest::Note(GroupNote::FanOut { home, fanout }) => {
-                (Request::FanOut { home, fanout }, None)
-            }
-            LocalRequest::Note(GroupNote::FannedOut {
-                group,
-                through,
-                from,
-            }) => (
-                Request::FannedOut {
-                    group,
-                    through,
-                    from,
-                },
-                None,
-            ),
+            LocalRequest::Note(note) => (Request::Note(note), None),
         };
         self.serve(now, request, waiter, reads, out)
     }
@@ -1063,12 +1049,12 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
                 (Some(waiter), _) => core.group_request(reads, request, now, waiter),
                 (None, _) => Vec::new(),
             },
-            Request::FanOut { home, fanout } => core.fan_in(reads, home, fanout),
-            Request::FannedOut {
+            Request::Note(GroupNote::FanOut { home, fanout }) => core.fan_in(reads, home, fanout),
+            Request::Note(GroupNote::FannedOut {
                 group,
                 through,
                 from,
-            } => core.group_fanned_out(group, through, from),
+            }) => core.group_fanned_out(group, through, from),
         };
         self.absorb(now, actions, reads, out)
     }
@@ -1362,15 +1348,7 @@ enum Request<T> {
         ids: Vec<MessageId>,
     },
     Group(GroupRequest),
-    FanOut {
-        home: FragmentId,
-        fanout: FanOut,
-    },
-    FannedOut {
-        group: GroupId,
-        through: Position,
-        from: FragmentId,
-    },
+    Note(GroupNote),
 }
 
 impl<T> Request<T> {
@@ -1432,19 +1410,21 @@ impl<T> Request<T> {
             FragmentWire::Ack { user, ids } => (Request::Ack { user, ids }, None),
             FragmentWire::DeleteAcked { owner, ids } => (Request::DeleteAcked { owner, ids }, None),
             FragmentWire::Group { req, request } => (Request::Group(request), Some(remote(req))),
-            FragmentWire::FanOut { home, fanout } => (Request::FanOut { home, fanout }, None),
+            FragmentWire::FanOut { home, fanout } => {
+                (Request::Note(GroupNote::FanOut { home, fanout }), None)
+            }
             FragmentWire::FannedOut {
                 group,
                 through,
                 from,
-            } => (
-                Request::FannedOut {
+            } => {
+                let note = GroupNote::FannedOut {
                     group,
                     through,
                     from,
-                },
-                None,
-            ),
+                };
+                (Request::Note(note), None)
+            }
             _ => return None,
         })
     }
