@@ -123,6 +123,21 @@ pub enum Event {
         /// When.
         ts: TimestampMs,
     },
+    /// Every member of `group` (but those who left) has received
+    /// (`Delivered`) or read (`Read`) this user's messages at `positions`
+    /// (the `msg_id`s of their [`SendAck`]s). Acknowledge `msg_id`.
+    GroupReceipt {
+        /// This copy's id: the ack key.
+        msg_id: MessageId,
+        /// The group.
+        group: GroupId,
+        /// The messages.
+        positions: Vec<Position>,
+        /// Delivered to all or read by all.
+        kind: ReceiptKind,
+        /// When the group's node found it.
+        ts: TimestampMs,
+    },
     /// Logged in (again); the mailbox backlog follows.
     Connected,
     /// The connection ended. Unless the reason is final
@@ -140,7 +155,8 @@ impl Event {
         match self {
             Event::Message { msg_id, .. }
             | Event::GroupMessage { msg_id, .. }
-            | Event::GroupEvent { msg_id, .. } => Some(*msg_id),
+            | Event::GroupEvent { msg_id, .. }
+            | Event::GroupReceipt { msg_id, .. } => Some(*msg_id),
             Event::Receipt { id, .. } => Some(*id),
             _ => None,
         }
@@ -330,6 +346,29 @@ impl Client {
         match self.request(Request::GroupInfo { group }).await? {
             Response::GroupInfo { name, members, .. } => Ok((name, members)),
             other => Err(unexpected("GroupInfo", &other)),
+        }
+    }
+
+    /// Tells `group`'s senders this user has read up to `through` (a
+    /// [`Event::GroupMessage`]'s position); `Ok` once stored.
+    pub async fn read_group(&self, group: GroupId, through: Position) -> Result<()> {
+        self.expect_ok(Request::ReadGroup { group, through }).await
+    }
+
+    /// Who has received and read this user's message at `position` (its
+    /// [`SendAck`]'s `msg_id`): each member with `None` (sent), delivered
+    /// or read; empty once everyone has read it.
+    pub async fn group_message_info(
+        &self,
+        group: GroupId,
+        position: Position,
+    ) -> Result<Vec<(PhoneNumber, Option<ReceiptKind>)>> {
+        match self
+            .request(Request::GroupMessageInfo { group, position })
+            .await?
+        {
+            Response::GroupMessageInfo { members, .. } => Ok(members),
+            other => Err(unexpected("GroupMessageInfo", &other)),
         }
     }
 
@@ -926,6 +965,19 @@ impl Supervisor {
                     position,
                     by,
                     change,
+                    ts,
+                },
+                ServerFrame::GroupReceipt {
+                    msg_id,
+                    group,
+                    positions,
+                    kind,
+                    ts,
+                } => Event::GroupReceipt {
+                    msg_id,
+                    group,
+                    positions,
+                    kind,
                     ts,
                 },
                 ServerFrame::Presence { user, status } => Event::Presence { user, status },

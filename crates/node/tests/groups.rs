@@ -1,7 +1,8 @@
 //! Groups against a real node (TLS sockets, the group-commit writer, redb
 //! on disk): members get changes and messages once each, in log order,
 //! online at once or at their next login; added members see nothing from
-//! before, removed ones nothing after; resends are stored once; hostile
+//! before, removed ones nothing after; senders get the delivered and read
+//! ticks and message info; resends are stored once; hostile
 //! and bad requests get typed errors and harm no one.
 
 mod common;
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use client::{ClientError, Connection, Event, Events, GroupChange, GroupCommand, GroupRole, Tls};
 use common::{login, next_matching, register, start, test_config};
-use proto::{ErrorCode, GroupId, PhoneNumber, Request, Response};
+use proto::{ErrorCode, GroupId, PhoneNumber, ReceiptKind, Request, Response};
 
 /// What a member saw of a group, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,13 +81,14 @@ async fn groups_on_a_real_node() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = test_config(dir.path());
     config.limits.max_group_members = 4;
-    // Eleven numbers register from one address.
+    // Fourteen numbers register from one address.
     let plenty = auth::limits::BucketConfig {
         burst: 100,
         per_hour: 1000,
     };
     config.auth.limits.codes_per_address = plenty;
     config.auth.limits.codes_per_subnet = plenty;
+    config.auth.limits.codes_per_node = plenty;
     let (node, cfg) = start(config).await;
     members_get_changes_and_messages_in_order_online_and_at_their_next_login(&cfg, dir.path())
         .await;
@@ -94,7 +96,115 @@ async fn groups_on_a_real_node() {
         .await;
     resends_are_stored_once_and_bad_requests_get_typed_errors_without_harm(&node, &cfg, dir.path())
         .await;
+    the_sender_sees_delivered_then_read_ticks_and_who_has_what(&cfg, dir.path()).await;
     node.shutdown().await;
+}
+
+/// Waits for group receipts of `kind` until they cover `positions`.
+async fn ticked(events: &mut Events, group: GroupId, kind: ReceiptKind, positions: &[u64]) {
+    let mut missing: std::collections::BTreeSet<u64> = positions.iter().copied().collect();
+    while !missing.is_empty() {
+        let event = next_matching(events, 20, |e| {
+            matches!(e, Event::GroupReceipt { group: g, kind: k, .. } if *g == group && *k == kind)
+        })
+        .await
+        .unwrap_or_else(|| panic!("no {kind:?} receipt for {missing:?}"));
+        if let Event::GroupReceipt { positions, .. } = event {
+            for position in positions {
+                assert!(
+                    missing.remove(&position),
+                    "{kind:?} of {position} told twice or unasked"
+                );
+            }
+        }
+    }
+}
+
+async fn the_sender_sees_delivered_then_read_ticks_and_who_has_what(
+    cfg: &client::ClientConfig,
+    dir: &std::path::Path,
+) {
+    let (alice, mut alice_events) = login(cfg, dir, "+15550001401").await;
+    let (bob, mut bob_events) = login(cfg, dir, "+15550001402").await;
+    let (carol, mut carol_events) = login(cfg, dir, "+15550001403").await;
+    let others = vec![bob.user().clone(), carol.user().clone()];
+    let group = alice.create_group("ticks", others).await.expect("create");
+    let one = alice
+        .send_group(group, b"one".to_vec())
+        .await
+        .expect("one")
+        .msg_id;
+    let two = alice
+        .send_group(group, b"two".to_vec())
+        .await
+        .expect("two")
+        .msg_id;
+    for (client, events) in [(&bob, &mut bob_events), (&carol, &mut carol_events)] {
+        group_items(client, events, group, 3).await;
+    }
+    ticked(
+        &mut alice_events,
+        group,
+        ReceiptKind::Delivered,
+        &[one, two],
+    )
+    .await;
+    let delivered = Some(ReceiptKind::Delivered);
+    let read = Some(ReceiptKind::Read);
+    assert_eq!(
+        alice.group_message_info(group, one).await.expect("info"),
+        vec![
+            (bob.user().clone(), delivered),
+            (carol.user().clone(), delivered)
+        ]
+    );
+    let info_by_bob = bob.group_message_info(group, one).await;
+    assert!(
+        matches!(
+            &info_by_bob,
+            Err(ClientError::Server {
+                code: ErrorCode::InvalidRequest,
+                ..
+            })
+        ),
+        "only the sender asks: {info_by_bob:?}"
+    );
+    // Bob reads both, Carol the first: read by everyone is the first only.
+    bob.read_group(group, two).await.expect("bob reads");
+    carol.read_group(group, one).await.expect("carol reads");
+    ticked(&mut alice_events, group, ReceiptKind::Read, &[one]).await;
+    assert_eq!(
+        alice.group_message_info(group, two).await.expect("info"),
+        vec![
+            (bob.user().clone(), read),
+            (carol.user().clone(), delivered)
+        ]
+    );
+    carol.read_group(group, two).await.expect("carol reads on");
+    ticked(&mut alice_events, group, ReceiptKind::Read, &[two]).await;
+    assert!(
+        alice
+            .group_message_info(group, two)
+            .await
+            .expect("info")
+            .is_empty(),
+        "nothing kept once everyone read it"
+    );
+    // Reading what the group never logged is refused.
+    let beyond = bob.read_group(group, two + 1_000_000).await;
+    assert!(
+        matches!(
+            &beyond,
+            Err(ClientError::Server {
+                code: ErrorCode::InvalidRequest,
+                ..
+            })
+        ),
+        "{beyond:?}"
+    );
+    for client in [alice, bob, carol] {
+        client.close().await;
+    }
 }
 
 async fn members_get_changes_and_messages_in_order_online_and_at_their_next_login(

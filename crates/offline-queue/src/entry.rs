@@ -96,6 +96,18 @@ pub enum GroupItem {
         /// When.
         ts: TimestampMs,
     },
+    /// Ticks for one sender's messages (see [`crate::group_ticks`]),
+    /// logged like the rest and fanned out to the sender alone.
+    Receipt {
+        /// The sender of the messages.
+        to: PhoneNumber,
+        /// Delivered to all or read by all.
+        kind: ReceiptKind,
+        /// The messages' positions.
+        positions: Vec<Position>,
+        /// When the home found it.
+        ts: TimestampMs,
+    },
 }
 
 impl GroupItem {
@@ -103,8 +115,15 @@ impl GroupItem {
     pub fn ts(&self) -> TimestampMs {
         match self {
             GroupItem::Message { server_ts, .. } => *server_ts,
-            GroupItem::Change { ts, .. } => *ts,
+            GroupItem::Change { ts, .. } | GroupItem::Receipt { ts, .. } => *ts,
         }
+    }
+
+    /// Whether every member in its span receives it (a message or a
+    /// change), so that a member's acknowledgement of it moves the
+    /// member's delivered cursor; a receipt goes to one sender only.
+    pub fn is_for_members(&self) -> bool {
+        !matches!(self, GroupItem::Receipt { .. })
     }
 
     /// Serialises for storage.
@@ -179,6 +198,12 @@ enum GroupItemHead<'a> {
     Change {
         by: PhoneNumber,
         change: GroupChange,
+        ts: TimestampMs,
+    },
+    Receipt {
+        _to: PhoneNumber,
+        _kind: ReceiptKind,
+        _positions: Vec<Position>,
         ts: TimestampMs,
     },
 }
@@ -261,7 +286,7 @@ pub(crate) fn stored_head(bytes: &[u8]) -> Option<StoredHead> {
                 at: server_ts,
                 payload_len: payload.len() as u64,
             },
-            GroupItemHead::Change { ts, .. } => StoredHead {
+            GroupItemHead::Change { ts, .. } | GroupItemHead::Receipt { ts, .. } => StoredHead {
                 sender: None,
                 at: ts,
                 payload_len: 0,

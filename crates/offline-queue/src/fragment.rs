@@ -18,7 +18,6 @@ use proto::{MessageId, PhoneNumber, ReceiptKind, TimestampMs};
 use router::{FragmentId, Placement};
 
 use crate::account::{AccountRecord, AccountReply, AccountWrite, MAX_ACCOUNT_BODY};
-use crate::group::{GroupId, Position};
 use crate::store::{MailboxRead, WriteOp};
 use crate::usage::{Full, MailboxLimits, MailboxUsage};
 use crate::{Entry, EntryBody, FragmentError, compose_message_id, fragment_of_message_id};
@@ -161,25 +160,15 @@ pub enum Action<E, R> {
         /// The answer.
         result: Result<GroupAnswer, FragmentError>,
     },
-    /// Hand a batch of a group's log to the fragment of some members
-    /// (maybe this one), which answers [`FragmentCore::group_fanned_out`].
-    FanOut {
+    /// Tell another fragment (maybe this one) about a group: a batch of
+    /// its log for members there, a batch's confirmation, members'
+    /// cursors or theirs. It takes it with [`FragmentCore::group_note`];
+    /// a lost note is sent again by whoever waits for its answer.
+    Note {
         /// The destination.
         fragment: FragmentId,
-        /// The batch for its members.
-        fanout: FanOut,
-    },
-    /// Tell a group's home fragment that this fragment has stored its
-    /// batch up to `through`.
-    FannedOut {
-        /// The group's home.
-        fragment: FragmentId,
-        /// The group.
-        group: GroupId,
-        /// The batch's last position.
-        through: Position,
-        /// This fragment.
-        from: FragmentId,
+        /// What it is told.
+        note: GroupNote,
     },
     /// A receipt was stored: the acked entries may now be deleted there.
     DeleteAcked {
@@ -760,6 +749,7 @@ impl<E: Clone, R> FragmentCore<E, R> {
         };
         let mut receipts: BTreeMap<PhoneNumber, Vec<MessageId>> = BTreeMap::new();
         let mut deletions = Vec::new();
+        let mut groups_delivered = Vec::new();
         let mut ignored = 0u64;
         for &id in ids {
             let in_window = id < online.next_push;
@@ -774,8 +764,21 @@ impl<E: Clone, R> FragmentCore<E, R> {
                     self.usage.remove(user, &from, payload.len() as u64);
                     receipts.entry(from).or_default().push(id);
                 }
-                EntryBody::Receipt { .. } | EntryBody::Group { .. } => deletions.push(id),
+                EntryBody::Group {
+                    group,
+                    position,
+                    item,
+                } => {
+                    if item.is_for_members() {
+                        groups_delivered.push((group, position));
+                    }
+                    deletions.push(id);
+                }
+                EntryBody::Receipt { .. } => deletions.push(id),
             }
+        }
+        for (group, position) in groups_delivered {
+            self.note_delivered(group, user, position);
         }
         if ignored > 0 {
             metrics::counter!("switchboard_acks_ignored_total").increment(ignored);
@@ -1141,7 +1144,8 @@ impl<E: Clone, R> FragmentCore<E, R> {
 mod groups;
 
 pub use groups::{
-    FANOUT_BATCH, FANOUT_RETRY_TICKS, FanOut, FanOutItem, GroupAnswer, GroupLimits, GroupRequest,
+    FANOUT_BATCH, FANOUT_RETRY_TICKS, FanOut, FanOutItem, GroupAnswer, GroupLimits, GroupNote,
+    GroupRequest,
 };
 use groups::{GroupCommit, Groups};
 

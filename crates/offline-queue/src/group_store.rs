@@ -9,6 +9,11 @@
 //!   once fan-out has passed it, so the log holds what is in transit.
 //! - `group_fanout`: `(fragment, group) → position` fan-out has handed
 //!   to every destination fragment (everything up to it, included).
+//! - `group_cursor`: `(fragment, group, member) → (delivered, read)`: how
+//!   far each member has received and read the group
+//!   ([`crate::group_ticks`]); only ever raised.
+//! - `group_unticked`: `(fragment, group, position) → postcard(Unticked)`:
+//!   messages not yet read by every member, whose ticks are still to come.
 //! - a group send's dedupe key is a row of the mailbox `dedupe` table,
 //!   under the recipient key [`group_dedupe_key`], swept with the others.
 //!
@@ -34,6 +39,7 @@ use storage::StorageError;
 use crate::FragmentError;
 use crate::entry::GroupItem;
 use crate::group::{GroupId, GroupRecord, Position};
+use crate::group_ticks::{Cursor, Ticks, Unticked};
 use crate::store::{RedbMailbox, storage};
 
 pub(crate) const GROUP_RECORD_TABLE: TableDefinition<(u16, u64), &[u8]> =
@@ -44,6 +50,10 @@ pub(crate) const GROUP_FANOUT_TABLE: TableDefinition<(u16, u64), u64> =
     TableDefinition::new("group_fanout");
 pub(crate) const GROUP_INBOX_TABLE: TableDefinition<(u16, u64, u64), u64> =
     TableDefinition::new("group_inbox");
+pub(crate) const GROUP_CURSOR_TABLE: TableDefinition<(u16, u64, &str), (u64, u64)> =
+    TableDefinition::new("group_cursor");
+pub(crate) const GROUP_UNTICKED_TABLE: TableDefinition<(u16, u64, u64), &[u8]> =
+    TableDefinition::new("group_unticked");
 
 /// The era of a position: the half-block of sequence numbers it comes
 /// from (see `replica::takeover_seq`: every owner that takes a fragment
@@ -115,6 +125,70 @@ pub(crate) fn delete_group(
         (fragment, group, 0)..=(fragment, group, u64::MAX),
         |_, _| false,
     )?;
+    txn.open_table(GROUP_UNTICKED_TABLE)?.retain_in(
+        (fragment, group, 0)..=(fragment, group, u64::MAX),
+        |_, _| false,
+    )?;
+    txn.open_table(GROUP_CURSOR_TABLE)?.retain_in(
+        (fragment, group, "")..=(fragment, group, "\u{10FFFF}"),
+        |_, _| false,
+    )?;
+    Ok(())
+}
+
+/// A message logged at `position` waits for its ticks.
+pub(crate) fn put_unticked(
+    txn: &WriteTransaction,
+    fragment: FragmentId,
+    group: GroupId,
+    position: Position,
+    unticked: &Unticked,
+) -> Result<(), StorageError> {
+    txn.open_table(GROUP_UNTICKED_TABLE)?
+        .insert((fragment, group, position), unticked.to_bytes().as_slice())?;
+    Ok(())
+}
+
+/// Raises members' cursors (never lowers one: updates made apart, or
+/// out of order, agree whatever their order).
+pub(crate) fn raise_cursors(
+    txn: &WriteTransaction,
+    fragment: FragmentId,
+    group: GroupId,
+    cursors: &[(PhoneNumber, Position, Position)],
+) -> Result<(), StorageError> {
+    let mut table = txn.open_table(GROUP_CURSOR_TABLE)?;
+    for (member, delivered, read) in cursors {
+        let key = (fragment, group, member.as_str());
+        let (was_delivered, was_read) = table.get(key)?.map_or((0, 0), |v| v.value());
+        table.insert(key, (was_delivered.max(*delivered), was_read.max(*read)))?;
+    }
+    Ok(())
+}
+
+/// Ticks were settled: `delivered` messages were told delivered to all,
+/// `done` ones need nothing more.
+pub(crate) fn ticked(
+    txn: &WriteTransaction,
+    fragment: FragmentId,
+    group: GroupId,
+    delivered: &[Position],
+    done: &[Position],
+) -> Result<(), StorageError> {
+    let mut table = txn.open_table(GROUP_UNTICKED_TABLE)?;
+    for position in delivered {
+        let key = (fragment, group, *position);
+        let row = table
+            .get(key)?
+            .and_then(|v| Unticked::from_bytes(v.value()));
+        if let Some(mut row) = row {
+            row.delivered = true;
+            table.insert(key, row.to_bytes().as_slice())?;
+        }
+    }
+    for position in done {
+        table.remove((fragment, group, *position))?;
+    }
     Ok(())
 }
 
@@ -188,6 +262,8 @@ pub trait GroupRead {
     fn group_inbox(&self, group: GroupId, era: u64) -> Result<Position, FragmentError>;
     /// The groups `user` (of this fragment) is in.
     fn groups_of(&self, user: &PhoneNumber) -> Result<Vec<GroupId>, FragmentError>;
+    /// `group`'s member cursors and unticked messages.
+    fn group_ticks(&self, group: GroupId) -> Result<Ticks, FragmentError>;
     /// The position and time of `sender`'s send `client_msg_id` to `group`.
     fn group_dedupe(
         &self,
@@ -210,6 +286,40 @@ fn open<K: redb::Key + 'static, V: redb::Value + 'static>(
 }
 
 impl GroupRead for RedbMailbox {
+    fn group_ticks(&self, group: GroupId) -> Result<Ticks, FragmentError> {
+        let read = self.store().db().begin_read().map_err(storage)?;
+        let f = self.fragment();
+        let mut cursors = Vec::new();
+        if let Some(table) = open(&read, GROUP_CURSOR_TABLE)? {
+            for row in table
+                .range((f, group, "")..=(f, group, "\u{10FFFF}"))
+                .map_err(storage)?
+            {
+                let (key, value) = row.map_err(storage)?;
+                let (delivered, read) = value.value();
+                // A member's number was checked when it joined; a row that
+                // does not parse names no member and counts for no one.
+                if let Ok(member) = PhoneNumber::parse(key.value().2) {
+                    cursors.push((member, Cursor { delivered, read }));
+                }
+            }
+        }
+        let mut unticked = Vec::new();
+        if let Some(table) = open(&read, GROUP_UNTICKED_TABLE)? {
+            for row in table
+                .range((f, group, 0)..=(f, group, u64::MAX))
+                .map_err(storage)?
+            {
+                let (key, value) = row.map_err(storage)?;
+                let message = Unticked::from_bytes(value.value()).ok_or_else(|| {
+                    storage(format!("unreadable unticked message of group {group:x}"))
+                })?;
+                unticked.push((key.value().2, message));
+            }
+        }
+        Ok(Ticks::load(cursors, unticked))
+    }
+
     fn group(&self, group: GroupId) -> Result<Option<GroupRecord>, FragmentError> {
         let read = self.store().db().begin_read().map_err(storage)?;
         let Some(table) = open(&read, GROUP_RECORD_TABLE)? else {
@@ -331,6 +441,10 @@ pub enum GroupRow {
     Inbox(GroupId, u64, Position),
     /// `group_member_of`: a user and a group it is in.
     MemberOf(String, GroupId),
+    /// `group_cursor`: the group, a member, delivered and read.
+    Cursor(GroupId, String, Position, Position),
+    /// `group_unticked`: the group, the position and the encoded row.
+    Unticked(GroupId, Position, serde_bytes::ByteBuf),
 }
 
 /// Every group row of fragment `f` in `read`, table by table, in key order.
@@ -383,6 +497,28 @@ pub(crate) fn export_groups(
             visit(GroupRow::Inbox(group, era, value.value()));
         }
     }
+    if let Some(table) = open(read, GROUP_CURSOR_TABLE)? {
+        for row in table
+            .range((f, 0, "")..=(f, u64::MAX, "\u{10FFFF}"))
+            .map_err(storage)?
+        {
+            let (key, value) = row.map_err(storage)?;
+            let (_, group, member) = key.value();
+            let (delivered, read) = value.value();
+            visit(GroupRow::Cursor(group, member.to_owned(), delivered, read));
+        }
+    }
+    if let Some(table) = open(read, GROUP_UNTICKED_TABLE)? {
+        for row in table
+            .range((f, 0, 0)..=(f, u64::MAX, u64::MAX))
+            .map_err(storage)?
+        {
+            let (key, value) = row.map_err(storage)?;
+            let (_, group, position) = key.value();
+            let bytes = serde_bytes::ByteBuf::from(value.value().to_vec());
+            visit(GroupRow::Unticked(group, position, bytes));
+        }
+    }
     Ok(())
 }
 
@@ -398,6 +534,10 @@ pub(crate) fn erase_groups(txn: &WriteTransaction, f: FragmentId) -> Result<(), 
         .retain_in((f, 0, 0)..=(f, u64::MAX, u64::MAX), |_, _| false)?;
     txn.open_table(GROUP_MEMBER_OF_TABLE)?
         .retain_in((f, "", 0)..=(f, "\u{10FFFF}", u64::MAX), |_, _| false)?;
+    txn.open_table(GROUP_CURSOR_TABLE)?
+        .retain_in((f, 0, "")..=(f, u64::MAX, "\u{10FFFF}"), |_, _| false)?;
+    txn.open_table(GROUP_UNTICKED_TABLE)?
+        .retain_in((f, 0, 0)..=(f, u64::MAX, u64::MAX), |_, _| false)?;
     Ok(())
 }
 
@@ -415,6 +555,8 @@ pub(crate) fn import_groups(
     let mut fanout = txn.open_table(GROUP_FANOUT_TABLE)?;
     let mut inbox = txn.open_table(GROUP_INBOX_TABLE)?;
     let mut member_of = txn.open_table(GROUP_MEMBER_OF_TABLE)?;
+    let mut cursors = txn.open_table(GROUP_CURSOR_TABLE)?;
+    let mut unticked = txn.open_table(GROUP_UNTICKED_TABLE)?;
     for row in rows {
         match row {
             GroupRow::Record(group, bytes) => {
@@ -431,6 +573,12 @@ pub(crate) fn import_groups(
             }
             GroupRow::MemberOf(user, group) => {
                 member_of.insert((f, user.as_str(), *group), ())?;
+            }
+            GroupRow::Cursor(group, member, delivered, read) => {
+                cursors.insert((f, *group, member.as_str()), (*delivered, *read))?;
+            }
+            GroupRow::Unticked(group, position, bytes) => {
+                unticked.insert((f, *group, *position), bytes.as_slice())?;
             }
         }
     }

@@ -17,7 +17,7 @@
 //!   holds them (most are deleted before a checkpoint would write them).
 //! - [`group`]: a group's record and the rules that change it (members,
 //!   roles, who receives each position of its log); [`group_store`]: its
-//!   tables.
+//!   tables; [`group_ticks`]: the delivered and read ticks of its messages.
 //! - [`account`]: per-user account records of the auth service, kept
 //!   and replicated with the user's mailbox, changed by compare-and-set.
 //! - [`usage`]: undelivered mail per recipient and sender, for the
@@ -40,6 +40,7 @@ mod error;
 pub mod fragment;
 pub mod group;
 pub mod group_store;
+pub mod group_ticks;
 pub mod remote;
 pub mod replica;
 pub mod replica_core;

@@ -6,7 +6,7 @@ use router::{FragmentId, Owner};
 use serde::{Deserialize, Serialize};
 
 use crate::account::{AccountReply, AccountWrite};
-use crate::fragment::{FanOut, GroupAnswer, GroupRequest, ReceiptRequest};
+use crate::fragment::{FanOut, GroupAnswer, GroupNote, GroupRequest, ReceiptRequest};
 use crate::group::{GroupId, Position};
 use crate::group_store::GroupRow;
 use crate::replica::SnapshotChunk;
@@ -292,6 +292,10 @@ pub enum FragmentWire {
         /// The group rows.
         groups: Vec<GroupRow>,
     },
+    /// Another note about a group (members' cursors and their
+    /// confirmation; batches and their confirmations keep the variants
+    /// above, which nodes of the previous release read).
+    Note(GroupNote),
 }
 
 /// A copy chunk's place in its copy: `(epoch, first, last, rseq)`.
@@ -474,6 +478,7 @@ impl FragmentWire {
             FragmentWire::AccountDone { .. } => "account-done",
             FragmentWire::SnapshotWithAccounts { .. } => "snapshot-with-accounts",
             FragmentWire::Committed { .. } => "committed",
+            FragmentWire::Note(_) => "group-note",
         }
     }
 
@@ -495,6 +500,7 @@ impl FragmentWire {
                 | FragmentWire::Group { .. }
                 | FragmentWire::FanOut { .. }
                 | FragmentWire::FannedOut { .. }
+                | FragmentWire::Note(_)
         )
     }
 }

@@ -30,11 +30,12 @@ use proto::{MessageId, PhoneNumber, TimestampMs};
 use router::{FragmentId, FragmentOwnership, Islands, Owner, Placement, Role};
 
 use crate::account::{AccountReply, AccountWrite};
+pub use crate::fragment::GroupNote;
 use crate::fragment::{
-    self, FanOut, FragmentConfig, FragmentCore, GroupAnswer, GroupRequest, NewMessage,
-    ReceiptRequest, Stored,
+    self, FragmentConfig, FragmentCore, GroupAnswer, GroupRequest, NewMessage, ReceiptRequest,
+    Stored,
 };
-use crate::group::{GroupId, Position};
+use crate::group::GroupId;
 use crate::remote::FragmentWire;
 use crate::replica::{SnapshotChunk, takeover_seq};
 use crate::store::{MailboxRead, WriteOp};
@@ -433,27 +434,6 @@ pub enum Action<T, L> {
     },
 }
 
-/// What one fragment tells another about a group's fan-out.
-#[derive(Debug, Clone)]
-pub enum GroupNote {
-    /// A batch for the members of the receiving fragment.
-    FanOut {
-        /// The group's home.
-        home: FragmentId,
-        /// The batch.
-        fanout: FanOut,
-    },
-    /// The sender stored a batch of a group at home in the receiver.
-    FannedOut {
-        /// The group.
-        group: GroupId,
-        /// The batch's last position.
-        through: Position,
-        /// The fragment that stored it.
-        from: FragmentId,
-    },
-}
-
 /// A caller on this node that waits for an answer.
 pub trait Caller {
     /// Whether it stopped waiting (its answer would go nowhere).
@@ -845,7 +825,7 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
             self.groups_resumed = self.generation;
             actions = core.resume_groups(reads)?;
         }
-        actions.extend(core.group_tick());
+        actions.extend(core.group_tick(now));
         self.absorb(now, actions, reads, out)
     }
 
@@ -1049,12 +1029,7 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
                 (Some(waiter), _) => core.group_request(reads, request, now, waiter),
                 (None, _) => Vec::new(),
             },
-            Request::Note(GroupNote::FanOut { home, fanout }) => core.fan_in(reads, home, fanout),
-            Request::Note(GroupNote::FannedOut {
-                group,
-                through,
-                from,
-            }) => core.group_fanned_out(group, through, from),
+            Request::Note(note) => core.group_note(reads, note),
         };
         self.absorb(now, actions, reads, out)
     }
@@ -1113,40 +1088,13 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
                     }
                 }
                 fragment::Action::GroupReply { to, result } => group_answer(to, result, out),
-                fragment::Action::FanOut { fragment, fanout } => {
+                fragment::Action::Note { fragment, note } => {
                     if fragment == self.id {
                         if let Some(core) = self.core.as_mut() {
-                            queue.extend(core.fan_in(reads, self.id, fanout));
+                            queue.extend(core.group_note(reads, note));
                         }
                     } else {
-                        out.push(Action::GroupElsewhere {
-                            fragment,
-                            note: GroupNote::FanOut {
-                                home: self.id,
-                                fanout,
-                            },
-                        });
-                    }
-                }
-                fragment::Action::FannedOut {
-                    fragment,
-                    group,
-                    through,
-                    from,
-                } => {
-                    if fragment == self.id {
-                        if let Some(core) = self.core.as_mut() {
-                            queue.extend(core.group_fanned_out(group, through, from));
-                        }
-                    } else {
-                        out.push(Action::GroupElsewhere {
-                            fragment,
-                            note: GroupNote::FannedOut {
-                                group,
-                                through,
-                                from,
-                            },
-                        });
+                        out.push(Action::GroupElsewhere { fragment, note });
                     }
                 }
                 fragment::Action::DeleteAcked {
@@ -1425,6 +1373,7 @@ impl<T> Request<T> {
                 };
                 (Request::Note(note), None)
             }
+            FragmentWire::Note(note) => (Request::Note(note), None),
             _ => return None,
         })
     }

@@ -39,6 +39,7 @@ use crate::entry::{
 };
 use crate::group::{GroupId, GroupRecord, Position};
 use crate::group_store;
+use crate::group_ticks::Unticked;
 use crate::staged::{DedupeKey, EntryKey, LAST_OWNER, MailboxStage, Row, merge_mbox, merge_sorted};
 use crate::usage::MailboxUsage;
 use crate::{Entry, EntryBody, FragmentError};
@@ -149,6 +150,22 @@ pub enum WriteOp {
         through: Position,
         /// `(member, entry id, serialised EntryBody)`.
         entries: Vec<(PhoneNumber, MessageId, serde_bytes::ByteBuf)>,
+    },
+    /// Raise members' cursors of `group` (at its home).
+    GroupCursors {
+        /// The group.
+        group: GroupId,
+        /// `(member, delivered, read)`.
+        cursors: Vec<(PhoneNumber, Position, Position)>,
+    },
+    /// Ticks of `group`'s messages were settled (at its home).
+    GroupTicked {
+        /// The group.
+        group: GroupId,
+        /// Messages now delivered to all.
+        delivered: Vec<Position>,
+        /// Messages that need nothing more.
+        done: Vec<Position>,
     },
 }
 
@@ -337,6 +354,19 @@ impl<'txn> MailboxTables<'txn> {
                 } => {
                     self.raise(fragment, seq_of_message_id(*position).saturating_add(1));
                     group_store::put_log(self.txn, fragment, *group, *position, item)?;
+                    if let GroupItem::Message {
+                        from, server_ts, ..
+                    } = item
+                    {
+                        let unticked = Unticked {
+                            sender: from.clone(),
+                            ts: *server_ts,
+                            delivered: false,
+                        };
+                        group_store::put_unticked(
+                            self.txn, fragment, *group, *position, &unticked,
+                        )?;
+                    }
                     if let Some((sender, client_msg_id)) = dedupe {
                         self.put_dedupe(
                             fragment,
@@ -383,6 +413,16 @@ impl<'txn> MailboxTables<'txn> {
                         }
                     }
                     group_store::raise_inbox(self.txn, fragment, *group, *through)?;
+                }
+                WriteOp::GroupCursors { group, cursors } => {
+                    group_store::raise_cursors(self.txn, fragment, *group, cursors)?;
+                }
+                WriteOp::GroupTicked {
+                    group,
+                    delivered,
+                    done,
+                } => {
+                    group_store::ticked(self.txn, fragment, *group, delivered, done)?;
                 }
             }
         }

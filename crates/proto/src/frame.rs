@@ -256,6 +256,24 @@ pub enum Request {
     /// removed the user have reached its mailbox. Answer:
     /// [`Response::Groups`].
     ListGroups,
+    /// This member has read the group up to `through` (a position it was
+    /// delivered): counts toward the read ticks of everything before.
+    /// Answer: [`Response::Ok`] once stored.
+    ReadGroup {
+        /// The group.
+        group: GroupId,
+        /// The last position read.
+        through: Position,
+    },
+    /// Who has received and read the sender's own message at `position`
+    /// (its `msg_id` in the [`Response::ServerAck`]). Answer:
+    /// [`Response::GroupMessageInfo`].
+    GroupMessageInfo {
+        /// The group.
+        group: GroupId,
+        /// The message's position.
+        position: Position,
+    },
 }
 
 /// Who may see a user's presence and typing (besides the user).
@@ -407,6 +425,22 @@ pub enum ServerFrame {
         /// When.
         ts: TimestampMs,
     },
+    /// Every member (but the sender, and those who left) has received
+    /// (`Delivered`) or read (`Read`, which implies delivered) this user's
+    /// group messages at `positions`. Acknowledge `msg_id` with
+    /// [`ClientFrame::Ack`].
+    GroupReceipt {
+        /// This copy's id in the user's mailbox: the ack key.
+        msg_id: MessageId,
+        /// The group.
+        group: GroupId,
+        /// The messages: their `msg_id`s in the [`Response::ServerAck`]s.
+        positions: Vec<Position>,
+        /// Delivered or read.
+        kind: ReceiptKind,
+        /// When the group's node found it.
+        ts: TimestampMs,
+    },
 }
 
 /// A successful answer.
@@ -472,10 +506,22 @@ pub enum Response {
         /// Their ids.
         groups: Vec<GroupId>,
     },
+    /// Each member's state for a group message: `None` sent, else
+    /// delivered or read. Empty once every member has read it (the node
+    /// keeps no state then), or after it expired.
+    GroupMessageInfo {
+        /// The group.
+        group: GroupId,
+        /// The message's position.
+        position: Position,
+        /// The members who count for its ticks (not its sender, none added
+        /// after it), by number.
+        members: Vec<(PhoneNumber, Option<ReceiptKind>)>,
+    },
 }
 
 /// The kind of a receipt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum ReceiptKind {
     /// The recipient's device has the message (two ticks).
     Delivered,

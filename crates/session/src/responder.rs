@@ -157,6 +157,23 @@ pub(crate) fn entry_frame(entry: Entry) -> ServerFrame {
             change,
             ts,
         },
+        EntryBody::Group {
+            group,
+            item:
+                GroupItem::Receipt {
+                    kind,
+                    positions,
+                    ts,
+                    ..
+                },
+            ..
+        } => ServerFrame::GroupReceipt {
+            msg_id: entry.id,
+            group,
+            positions,
+            kind,
+            ts,
+        },
     }
 }
 

@@ -141,7 +141,16 @@ impl Services for Shared {
         }
         let answer = match &request {
             GroupRequest::Create { .. } => GroupAnswer::Created { group: 42 },
-            GroupRequest::Change { .. } => GroupAnswer::Changed,
+            GroupRequest::Change { .. } | GroupRequest::Read { .. } => GroupAnswer::Changed,
+            GroupRequest::MessageInfo {
+                group,
+                by,
+                position,
+            } => GroupAnswer::MessageInfo {
+                group: *group,
+                position: *position,
+                members: vec![(by.clone(), None)],
+            },
             GroupRequest::Info { group, by } => GroupAnswer::Info {
                 group: *group,
                 name: "stand-in".into(),

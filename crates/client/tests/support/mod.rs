@@ -450,7 +450,9 @@ fn handle(state: &Mutex<State>, conn: u64, rid: u32, request: Request) {
             | Request::ChangeGroup { .. }
             | Request::GroupInfo { .. }
             | Request::SendGroup { .. }
-            | Request::ListGroups,
+            | Request::ListGroups
+            | Request::ReadGroup { .. }
+            | Request::GroupMessageInfo { .. },
             Some(_),
         ) => error(ErrorCode::UnknownRequest, "the fake node has no groups"),
         (Request::Ack { ids }, Some(me)) => {

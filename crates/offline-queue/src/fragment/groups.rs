@@ -8,17 +8,24 @@
 //! takes the committed entries in position order, a batch at a time:
 //! each destination fragment gets one [`FanOut`] with the batch's items
 //! and, per item, its members there. When every destination has
-//! confirmed ([`Action::FannedOut`]), the home records how far fan-out
+//! confirmed ([`GroupNote::FannedOut`]), the home records how far fan-out
 //! went (the log up to there is dropped) and sends the next batch. A
 //! destination that does not confirm within [`FANOUT_RETRY_TICKS`] is sent
 //! the batch again; a destination stores an item only above its inbox
 //! mark for the group, so a repeated batch is confirmed without storing
 //! twice. After a restart or a take-over the home resumes from its
 //! durable mark ([`FragmentCore::resume_groups`]).
+//!
+//! Ticks ([`crate::group_ticks`]): a member's fragment sends the home how
+//! far its members have received each group, once a tick
+//! ([`GroupNote::Delivered`]), until the home confirms it stored them;
+//! read cursors come as requests from the reader. Once a tick the home
+//! settles what the cursors allow and logs a receipt item per sender and
+//! kind, fanned out to that sender like any other item.
 
 use std::collections::BTreeMap;
 
-use proto::{GroupCommand, GroupRole, MessageId, PhoneNumber, TimestampMs};
+use proto::{GroupCommand, GroupRole, MessageId, PhoneNumber, ReceiptKind, TimestampMs};
 use router::FragmentId;
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +34,7 @@ use crate::FragmentError;
 use crate::entry::{Entry, EntryBody, GroupItem, fragment_of_message_id};
 use crate::group::{GroupError, GroupId, GroupRecord, Position};
 use crate::group_store::{GroupRead, era_of};
+use crate::group_ticks::Ticks;
 use crate::store::{MailboxRead, WriteOp};
 
 /// Most log items one fan-out batch carries.
@@ -107,6 +115,24 @@ pub enum GroupRequest {
         #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
     },
+    /// A member has read the group up to `through`.
+    Read {
+        /// The group.
+        group: GroupId,
+        /// The member.
+        by: PhoneNumber,
+        /// The last position read.
+        through: Position,
+    },
+    /// Who has received and read `by`'s message at `position`.
+    MessageInfo {
+        /// The group.
+        group: GroupId,
+        /// The message's sender, asking.
+        by: PhoneNumber,
+        /// The message.
+        position: Position,
+    },
 }
 
 impl GroupRequest {
@@ -117,6 +143,8 @@ impl GroupRequest {
             GroupRequest::List { user } => placement.fragment_of(user),
             GroupRequest::Change { group, .. }
             | GroupRequest::Info { group, .. }
+            | GroupRequest::Read { group, .. }
+            | GroupRequest::MessageInfo { group, .. }
             | GroupRequest::Send { group, .. } => fragment_of_message_id(*group),
         }
     }
@@ -145,6 +173,53 @@ pub enum GroupAnswer {
     Sent(Stored),
     /// The groups a user is in, by id.
     Groups(Vec<GroupId>),
+    /// Each counted member's state for a message (empty: none kept).
+    MessageInfo {
+        /// The group.
+        group: GroupId,
+        /// The message.
+        position: Position,
+        /// `None` sent, else delivered or read.
+        members: Vec<(PhoneNumber, Option<ReceiptKind>)>,
+    },
+}
+
+/// What one fragment tells another about a group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GroupNote {
+    /// A batch for the members of the receiving fragment.
+    FanOut {
+        /// The group's home.
+        home: FragmentId,
+        /// The batch.
+        fanout: FanOut,
+    },
+    /// The sender stored a batch of a group at home in the receiver.
+    FannedOut {
+        /// The group.
+        group: GroupId,
+        /// The batch's last position.
+        through: Position,
+        /// The fragment that stored it.
+        from: FragmentId,
+    },
+    /// To a group's home: members of fragment `from` have received the
+    /// group up to these positions.
+    Delivered {
+        /// The group.
+        group: GroupId,
+        /// The members' fragment.
+        from: FragmentId,
+        /// `(member, position)`.
+        cursors: Vec<(PhoneNumber, Position)>,
+    },
+    /// From a group's home: these cursors are stored (or were not needed).
+    DeliveredStored {
+        /// The group.
+        group: GroupId,
+        /// As sent.
+        cursors: Vec<(PhoneNumber, Position)>,
+    },
 }
 
 /// A batch of a group's log for the members in one fragment.
@@ -181,6 +256,8 @@ pub(super) struct Home {
     in_flight: Option<Batch>,
     /// Log writes handed to the writer and not yet committed.
     uncommitted: usize,
+    /// Members' cursors and the messages whose ticks are to come.
+    ticks: Ticks,
     /// Ticks since the group was last asked anything: an idle group
     /// leaves memory after [`IDLE_TICKS`] (its record is read again from
     /// disk at the next request, a cost worth keeping off busy groups).
@@ -211,6 +288,17 @@ pub(super) struct Groups {
     sending: BTreeMap<(GroupId, PhoneNumber, u64), u64>,
     /// Inbox marks of writes not yet committed here, per group and era.
     inbox: BTreeMap<(GroupId, u64), Position>,
+    /// How far members here have received groups, not yet stored at the
+    /// groups' homes.
+    delivered: BTreeMap<GroupId, DeliveredOut>,
+}
+
+/// Members' delivered cursors of one group on their way to its home.
+#[derive(Default)]
+struct DeliveredOut {
+    cursors: BTreeMap<PhoneNumber, Position>,
+    /// Ticks since they were last sent (`None`: not sent yet).
+    sent: Option<u32>,
 }
 
 /// What a group commit was for.
@@ -226,6 +314,18 @@ pub(super) enum GroupCommit<R> {
     },
     /// Fan-out passed `through` (home housekeeping).
     FannedOut { group: GroupId },
+    /// Members' cursors stored at the home: answer the reader, or
+    /// confirm to the members' fragment.
+    Cursors {
+        group: GroupId,
+        reply: Option<R>,
+        confirm: Option<(FragmentId, Vec<(PhoneNumber, Position)>)>,
+    },
+    /// Ticks settled, and receipts logged at these positions.
+    Ticked {
+        group: GroupId,
+        positions: Vec<Position>,
+    },
     /// Items stored in members' mailboxes here.
     Stored {
         group: GroupId,
@@ -266,12 +366,14 @@ impl<E: Clone, R> FragmentCore<E, R> {
                 .into_iter()
                 .map(|(position, item)| (position, (item, true)))
                 .collect();
+            let ticks = reads.group_ticks(group)?;
             vacant.insert(Home {
                 record,
                 log,
                 fanned_out,
                 in_flight: None,
                 uncommitted: 0,
+                ticks,
                 idle_ticks: 0,
             });
         }
@@ -313,6 +415,35 @@ impl<E: Clone, R> FragmentCore<E, R> {
                             .current()
                             .map(|m| (m.phone.clone(), m.role))
                             .collect(),
+                    })
+                });
+                Self::group_reply(reply, info, &mut out);
+                Ok(())
+            }
+            GroupRequest::Read { group, by, through } => {
+                self.read_group(reads, group, by, through, reply, &mut out)
+            }
+            GroupRequest::MessageInfo {
+                group,
+                by,
+                position,
+            } => {
+                let info = self.home(reads, group).and_then(|home| {
+                    let home = home.ok_or(GroupError::UnknownGroup)?;
+                    home.record.may_send(&by)?;
+                    let members = match home.ticks.info(&home.record, position) {
+                        Some((sender, _)) if sender != by => {
+                            return Err(FragmentError::InvalidRequest(
+                                "message info is for the message's sender".into(),
+                            ));
+                        }
+                        Some((_, members)) => members,
+                        None => Vec::new(),
+                    };
+                    Ok(GroupAnswer::MessageInfo {
+                        group,
+                        position,
+                        members,
                     })
                 });
                 Self::group_reply(reply, info, &mut out);
@@ -411,6 +542,7 @@ impl<E: Clone, R> FragmentCore<E, R> {
                 fanned_out: 0,
                 in_flight: None,
                 uncommitted: 1,
+                ticks: Ticks::default(),
                 idle_ticks: 0,
             },
         );
@@ -480,6 +612,7 @@ impl<E: Clone, R> FragmentCore<E, R> {
             home.record = record;
             home.log.insert(position, (item, false));
             home.uncommitted += 1;
+            home.ticks.members_changed();
         }
         self.persist(
             Commit::Group(GroupCommit::Logged {
@@ -579,6 +712,7 @@ impl<E: Clone, R> FragmentCore<E, R> {
         if let Some(home) = self.groups.homes.get_mut(&group) {
             home.log.insert(position, (item, false));
             home.uncommitted += 1;
+            home.ticks.logged(position, from.clone(), now);
         }
         self.groups.sending.insert(key, self.next_tag);
         self.persist(
@@ -641,6 +775,53 @@ impl<E: Clone, R> FragmentCore<E, R> {
                     }
                 }
             }
+            GroupCommit::Cursors {
+                group,
+                reply,
+                confirm,
+            } => {
+                match &outcome {
+                    Ok(()) => {
+                        if let Some(home) = self.groups.homes.get_mut(&group) {
+                            home.uncommitted = home.uncommitted.saturating_sub(1);
+                        }
+                    }
+                    Err(_) => {
+                        self.groups.homes.remove(&group);
+                    }
+                }
+                if let Some(to) = reply {
+                    let result = outcome
+                        .clone()
+                        .map(|()| GroupAnswer::Changed)
+                        .map_err(FragmentError::Storage);
+                    Self::group_reply(to, result, out);
+                }
+                if let (Ok(()), Some((fragment, cursors))) = (&outcome, confirm) {
+                    out.push(Action::Note {
+                        fragment,
+                        note: GroupNote::DeliveredStored { group, cursors },
+                    });
+                }
+            }
+            GroupCommit::Ticked { group, positions } => match outcome {
+                Ok(()) => {
+                    if let Some(home) = self.groups.homes.get_mut(&group) {
+                        home.uncommitted = home.uncommitted.saturating_sub(1);
+                        for position in positions {
+                            if let Some((_, durable)) = home.log.get_mut(&position) {
+                                *durable = true;
+                            }
+                        }
+                    }
+                    self.pump_fanout(group, out);
+                }
+                Err(e) => {
+                    tracing::warn!(fragment = self.id, group, error = %e,
+                        "storing a group's ticks failed; they are settled again");
+                    self.groups.homes.remove(&group);
+                }
+            },
             GroupCommit::FannedOut { group } => {
                 if let Err(e) = outcome {
                     tracing::warn!(fragment = self.id, group, error = %e,
@@ -674,11 +855,13 @@ impl<E: Clone, R> FragmentCore<E, R> {
                     self.deliver(reads, &owner, entry, out);
                 }
                 for through in confirm {
-                    out.push(Action::FannedOut {
+                    out.push(Action::Note {
                         fragment: home,
-                        group,
-                        through,
-                        from: self.id,
+                        note: GroupNote::FannedOut {
+                            group,
+                            through,
+                            from: self.id,
+                        },
                     });
                 }
             }
@@ -710,13 +893,24 @@ impl<E: Clone, R> FragmentCore<E, R> {
             let positions: Vec<Position> = batch.iter().map(|(position, _)| *position).collect();
             let mut waiting: BTreeMap<FragmentId, FanOut> = BTreeMap::new();
             for (position, item) in batch {
-                let sender = match &item {
-                    GroupItem::Message { from, .. } => Some(from),
-                    GroupItem::Change { .. } => None,
+                let recipients = match &item {
+                    GroupItem::Message { from, .. } => {
+                        home.record.recipients_at(position, &placement, Some(from))
+                    }
+                    GroupItem::Change { .. } => {
+                        home.record.recipients_at(position, &placement, None)
+                    }
+                    // Ticks go to their sender alone, while a member.
+                    GroupItem::Receipt { to, .. } => home
+                        .record
+                        .member(to)
+                        .filter(|m| m.since().is_some())
+                        .map(|m| {
+                            BTreeMap::from([(placement.fragment_of(to), vec![m.phone.clone()])])
+                        })
+                        .unwrap_or_default(),
                 };
-                for (fragment, recipients) in
-                    home.record.recipients_at(position, &placement, sender)
-                {
+                for (fragment, recipients) in recipients {
                     waiting
                         .entry(fragment)
                         .or_insert_with(|| FanOut {
@@ -738,9 +932,12 @@ impl<E: Clone, R> FragmentCore<E, R> {
                 continue;
             }
             for (fragment, fanout) in &waiting {
-                out.push(Action::FanOut {
+                out.push(Action::Note {
                     fragment: *fragment,
-                    fanout: fanout.clone(),
+                    note: GroupNote::FanOut {
+                        home: self.id,
+                        fanout: fanout.clone(),
+                    },
                 });
             }
             metrics::counter!("switchboard_group_fanout_batches_total").increment(1);
@@ -824,10 +1021,13 @@ impl<E: Clone, R> FragmentCore<E, R> {
         out
     }
 
-    /// Once a second: batches not confirmed in time go out again; idle
+    /// Once a second: batches not confirmed in time go out again, ticks
+    /// are settled, members' cursors go to their groups' homes, and idle
     /// groups leave memory.
-    pub fn group_tick(&mut self) -> Vec<Action<E, R>> {
+    pub fn group_tick(&mut self, now: TimestampMs) -> Vec<Action<E, R>> {
         let mut out = Vec::new();
+        self.settle_ticks(now, &mut out);
+        self.send_delivered(&mut out);
         for home in self.groups.homes.values_mut() {
             let Some(batch) = &mut home.in_flight else {
                 continue;
@@ -839,9 +1039,12 @@ impl<E: Clone, R> FragmentCore<E, R> {
             batch.ticks = 0;
             for (fragment, fanout) in &batch.waiting {
                 metrics::counter!("switchboard_group_fanout_resent_total").increment(1);
-                out.push(Action::FanOut {
+                out.push(Action::Note {
                     fragment: *fragment,
-                    fanout: fanout.clone(),
+                    note: GroupNote::FanOut {
+                        home: self.id,
+                        fanout: fanout.clone(),
+                    },
                 });
             }
         }
@@ -880,6 +1083,7 @@ impl<E: Clone, R> FragmentCore<E, R> {
                 for (position, item) in reads.group_log(group, 0, usize::MAX)? {
                     home.log.entry(position).or_insert((item, true));
                 }
+                home.ticks.absorb(reads.group_ticks(group)?);
             } else if self.home(reads, group)?.is_none() {
                 continue;
             }
@@ -942,11 +1146,13 @@ impl<E: Clone, R> FragmentCore<E, R> {
             {
                 confirm.push(through);
             } else {
-                out.push(Action::FannedOut {
+                out.push(Action::Note {
                     fragment: home,
-                    group,
-                    through,
-                    from: self.id,
+                    note: GroupNote::FannedOut {
+                        group,
+                        through,
+                        from: self.id,
+                    },
                 });
             }
             return out;
@@ -1019,6 +1225,272 @@ impl<E: Clone, R> FragmentCore<E, R> {
             &mut out,
         );
         out
+    }
+
+    /// What another fragment (or this one) tells this one about a group.
+    pub fn group_note(
+        &mut self,
+        reads: &(impl MailboxRead + GroupRead),
+        note: GroupNote,
+    ) -> Vec<Action<E, R>> {
+        match note {
+            GroupNote::FanOut { home, fanout } => self.fan_in(reads, home, fanout),
+            GroupNote::FannedOut {
+                group,
+                through,
+                from,
+            } => self.group_fanned_out(group, through, from),
+            GroupNote::Delivered {
+                group,
+                from,
+                cursors,
+            } => self.members_delivered(reads, group, from, cursors),
+            GroupNote::DeliveredStored { group, cursors } => {
+                self.delivered_stored(group, &cursors);
+                Vec::new()
+            }
+        }
+    }
+
+    /// The last position this fragment has given out: no member can
+    /// have received or read beyond it.
+    fn last_position(&self) -> Position {
+        compose_next(self.id, self.next_seq).saturating_sub(1)
+    }
+
+    /// `by` has read `group` up to `through` (answered once stored).
+    fn read_group(
+        &mut self,
+        reads: &impl GroupRead,
+        group: GroupId,
+        by: PhoneNumber,
+        through: Position,
+        reply: R,
+        out: &mut Vec<Action<E, R>>,
+    ) -> Result<(), (R, FragmentError)> {
+        if fragment_of_message_id(through) != self.id || through > self.last_position() {
+            let e = FragmentError::InvalidRequest("no such position in this group".into());
+            return Err((reply, e));
+        }
+        let home = match self.home(reads, group) {
+            Ok(Some(home)) => home,
+            Ok(None) => return Err((reply, GroupError::UnknownGroup.into())),
+            Err(e) => return Err((reply, e)),
+        };
+        if let Err(e) = home.record.may_send(&by) {
+            return Err((reply, e.into()));
+        }
+        let Some(cursor) = home.ticks.advance(&by, 0, through) else {
+            Self::group_reply(reply, Ok(GroupAnswer::Changed), out);
+            return Ok(());
+        };
+        home.uncommitted += 1;
+        let ops = vec![WriteOp::GroupCursors {
+            group,
+            cursors: vec![(by, cursor.delivered, cursor.read)],
+        }];
+        let commit = GroupCommit::Cursors {
+            group,
+            reply: Some(reply),
+            confirm: None,
+        };
+        self.persist(Commit::Group(commit), ops, out);
+        Ok(())
+    }
+
+    /// Members of fragment `from` have received `group` up to `cursors`:
+    /// stored, then confirmed. Cursors of non-members, or beyond what
+    /// was logged, are ignored (a confused or hostile peer cannot tick
+    /// for anyone).
+    fn members_delivered(
+        &mut self,
+        reads: &impl GroupRead,
+        group: GroupId,
+        from: FragmentId,
+        cursors: Vec<(PhoneNumber, Position)>,
+    ) -> Vec<Action<E, R>> {
+        let mut out = Vec::new();
+        let last = self.last_position();
+        let placement = self.placement;
+        let home = match self.home(reads, group) {
+            Ok(Some(home)) => home,
+            // Gone (every member left): nothing to tick.
+            Ok(None) => {
+                out.push(Action::Note {
+                    fragment: from,
+                    note: GroupNote::DeliveredStored { group, cursors },
+                });
+                return out;
+            }
+            // Not confirmed: the members' fragment sends them again.
+            Err(e) => {
+                tracing::warn!(fragment = self.id, group, error = %e,
+                    "cannot load a group for its members' cursors");
+                return out;
+            }
+        };
+        let mut moved = Vec::new();
+        for (member, position) in &cursors {
+            let counts = placement.fragment_of(member) == from
+                && *position <= last
+                && home
+                    .record
+                    .member(member)
+                    .is_some_and(|m| m.since().is_some());
+            if counts && let Some(cursor) = home.ticks.advance(member, *position, 0) {
+                moved.push((member.clone(), cursor.delivered, cursor.read));
+            }
+        }
+        if moved.is_empty() {
+            out.push(Action::Note {
+                fragment: from,
+                note: GroupNote::DeliveredStored { group, cursors },
+            });
+            return out;
+        }
+        home.uncommitted += 1;
+        let ops = vec![WriteOp::GroupCursors {
+            group,
+            cursors: moved,
+        }];
+        let commit = GroupCommit::Cursors {
+            group,
+            reply: None,
+            confirm: Some((from, cursors)),
+        };
+        self.persist(Commit::Group(commit), ops, &mut out);
+        out
+    }
+
+    /// `user` of this fragment acknowledged `group`'s item at `position`:
+    /// its delivered cursor goes to the group's home at the next tick.
+    pub(super) fn note_delivered(
+        &mut self,
+        group: GroupId,
+        user: &PhoneNumber,
+        position: Position,
+    ) {
+        let out = self.groups.delivered.entry(group).or_default();
+        let cursor = out.cursors.entry(user.clone()).or_default();
+        *cursor = (*cursor).max(position);
+    }
+
+    /// The home stored these cursors: forget those not overtaken since.
+    fn delivered_stored(&mut self, group: GroupId, cursors: &[(PhoneNumber, Position)]) {
+        let Some(out) = self.groups.delivered.get_mut(&group) else {
+            return;
+        };
+        for (member, position) in cursors {
+            if out.cursors.get(member).is_some_and(|now| now <= position) {
+                out.cursors.remove(member);
+            }
+        }
+        out.sent = None;
+        if out.cursors.is_empty() {
+            self.groups.delivered.remove(&group);
+        }
+    }
+
+    /// Once a tick: members' cursors go to their groups' homes (again, if
+    /// unconfirmed for a while).
+    fn send_delivered(&mut self, out: &mut Vec<Action<E, R>>) {
+        for (group, waiting) in &mut self.groups.delivered {
+            let due = match &mut waiting.sent {
+                None => true,
+                Some(ticks) => {
+                    *ticks += 1;
+                    *ticks >= FANOUT_RETRY_TICKS
+                }
+            };
+            if !due {
+                continue;
+            }
+            waiting.sent = Some(0);
+            out.push(Action::Note {
+                fragment: fragment_of_message_id(*group),
+                note: GroupNote::Delivered {
+                    group: *group,
+                    from: self.id,
+                    cursors: waiting
+                        .cursors
+                        .iter()
+                        .map(|(member, position)| (member.clone(), *position))
+                        .collect(),
+                },
+            });
+        }
+    }
+
+    /// Once a tick: settles the ticks of groups whose cursors or members
+    /// moved, and logs a receipt for each sender and kind (fanned out to
+    /// the sender like any item).
+    fn settle_ticks(&mut self, now: TimestampMs, out: &mut Vec<Action<E, R>>) {
+        let expire_before = now.saturating_sub(self.config.undelivered_ttl_ms);
+        let max_unticked = self.config.groups.max_backlog;
+        let dirty: Vec<GroupId> = self
+            .groups
+            .homes
+            .iter()
+            .filter(|(_, home)| home.ticks.is_dirty())
+            .map(|(group, _)| *group)
+            .collect();
+        for group in dirty {
+            let Some(home) = self.groups.homes.get_mut(&group) else {
+                continue;
+            };
+            let settled = home.ticks.settle(&home.record, expire_before, max_unticked);
+            if settled.is_empty() {
+                continue;
+            }
+            if settled.given_up > 0 {
+                metrics::counter!("switchboard_group_ticks_given_up_total")
+                    .increment(settled.given_up as u64);
+            }
+            let mut ops = vec![WriteOp::GroupTicked {
+                group,
+                delivered: settled.now_delivered,
+                done: settled.done,
+            }];
+            let mut logged = Vec::new();
+            for ((to, kind), positions) in settled.receipts {
+                let label = match kind {
+                    ReceiptKind::Delivered => "delivered",
+                    ReceiptKind::Read => "read",
+                };
+                for chunk in positions.chunks(proto::MAX_IDS_PER_ACK) {
+                    metrics::counter!("switchboard_group_receipts_total", "kind" => label)
+                        .increment(1);
+                    let position = self.next_id();
+                    let item = GroupItem::Receipt {
+                        to: to.clone(),
+                        kind,
+                        positions: chunk.to_vec(),
+                        ts: now,
+                    };
+                    ops.push(WriteOp::LogGroup {
+                        group,
+                        position,
+                        item: item.clone(),
+                        dedupe: None,
+                    });
+                    logged.push((position, item));
+                }
+            }
+            ops.push(WriteOp::NextSeq(self.next_seq));
+            let Some(home) = self.groups.homes.get_mut(&group) else {
+                continue;
+            };
+            home.uncommitted += 1;
+            let positions = logged.iter().map(|(position, _)| *position).collect();
+            for (position, item) in logged {
+                home.log.insert(position, (item, false));
+            }
+            self.persist(
+                Commit::Group(GroupCommit::Ticked { group, positions }),
+                ops,
+                out,
+            );
+        }
     }
 
     /// Groups with work in hand, for metrics.

@@ -64,7 +64,9 @@ impl MemMailbox {
                 | WriteOp::LogGroup { .. }
                 | WriteOp::GroupFannedOut { .. }
                 | WriteOp::DeleteGroup { .. }
-                | WriteOp::PutGroupEntries { .. } => {
+                | WriteOp::PutGroupEntries { .. }
+                | WriteOp::GroupCursors { .. }
+                | WriteOp::GroupTicked { .. } => {
                     unreachable!("these tests make no groups")
                 }
             }
@@ -234,7 +236,7 @@ fn run(
             Action::StoreReceipt {
                 fragment, request, ..
             } => out.receipts.push((fragment, request)),
-            Action::GroupReply { .. } | Action::FanOut { .. } | Action::FannedOut { .. } => {
+            Action::GroupReply { .. } | Action::Note { .. } => {
                 unreachable!("these tests make no groups")
             }
             Action::DeleteAcked {

@@ -169,6 +169,7 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
                             through,
                             from,
                         },
+                        note => FragmentWire::Note(note),
                     };
                     out.push(Action::Send { to: owner, wire });
                 }

@@ -244,6 +244,13 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
                 // what its log holds; destinations' era marks drop what
                 // they have.
                 WriteOp::GroupFannedOut { .. } => {}
+                // Cursors only rise, so both sides' agree in any order;
+                // this owner settles the ticks again from them (the former
+                // owner's settled ticks and the receipts it logged are
+                // not merged).
+                WriteOp::GroupCursors { .. } => keep.push(op),
+                WriteOp::GroupTicked { group, .. } if new_groups.contains(group) => keep.push(op),
+                WriteOp::GroupTicked { .. } => {}
                 // This owner's sequence is already past the former owner's,
                 // and sweeping is its own business.
                 WriteOp::NextSeq(_) | WriteOp::SweepDedupe { .. } => {}

@@ -1,4 +1,4 @@
-//! Groups: create, change, read and send, each handed to the group's home
+//! Groups: create, change, read, send, read marks and message info, each handed to the group's home
 //! fragment (a create: the creator's). Like 1:1 sends they are handed over
 //! before the session reads the client's next request (order) and paced
 //! with the sends, so a client creating and tearing down groups in a loop
@@ -6,7 +6,7 @@
 
 use offline_queue::fragment::{GroupAnswer, GroupRequest};
 use proto::clock::now_ms;
-use proto::{ErrorCode, GroupCommand, GroupId, PhoneNumber, RequestId, Response};
+use proto::{ErrorCode, GroupCommand, GroupId, PhoneNumber, Position, RequestId, Response};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::unavailable;
@@ -26,6 +26,14 @@ pub(crate) enum GroupAsk {
         group: GroupId,
     },
     List,
+    Read {
+        group: GroupId,
+        through: Position,
+    },
+    MessageInfo {
+        group: GroupId,
+        position: Position,
+    },
     Send {
         group: GroupId,
         client_msg_id: u64,
@@ -68,6 +76,22 @@ pub(crate) async fn request(
         ),
         GroupAsk::Info { group } => (GroupRequest::Info { group, by: user }, None),
         GroupAsk::List => (GroupRequest::List { user }, None),
+        GroupAsk::Read { group, through } => (
+            GroupRequest::Read {
+                group,
+                by: user,
+                through,
+            },
+            None,
+        ),
+        GroupAsk::MessageInfo { group, position } => (
+            GroupRequest::MessageInfo {
+                group,
+                by: user,
+                position,
+            },
+            None,
+        ),
         GroupAsk::Send {
             group,
             client_msg_id,
@@ -120,6 +144,18 @@ fn response(answer: GroupAnswer, send_id: Option<u64>) -> Result<Response, (Erro
             server_ts: stored.server_ts,
         },
         (GroupAnswer::Groups(groups), _) => Response::Groups { groups },
+        (
+            GroupAnswer::MessageInfo {
+                group,
+                position,
+                members,
+            },
+            _,
+        ) => Response::GroupMessageInfo {
+            group,
+            position,
+            members,
+        },
         (GroupAnswer::Sent(_), None) => {
             return Err((
                 ErrorCode::Internal,

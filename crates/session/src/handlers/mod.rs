@@ -138,6 +138,13 @@ async fn serve(
             groups::request(state, id, permit, GroupAsk::Info { group }).await;
         }
         Request::ListGroups => groups::request(state, id, permit, GroupAsk::List).await,
+        Request::ReadGroup { group, through } => {
+            groups::request(state, id, permit, GroupAsk::Read { group, through }).await;
+        }
+        Request::GroupMessageInfo { group, position } => {
+            let ask = GroupAsk::MessageInfo { group, position };
+            groups::request(state, id, permit, ask).await;
+        }
         Request::SendGroup {
             group,
             client_msg_id,

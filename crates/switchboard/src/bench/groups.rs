@@ -187,7 +187,9 @@ async fn receive(
                     }
                 }
                 // The creations and anything else: acked, not counted.
-                ServerFrame::GroupEvent { msg_id, .. } | ServerFrame::Deliver { msg_id, .. } => {
+                ServerFrame::GroupEvent { msg_id, .. }
+                | ServerFrame::GroupReceipt { msg_id, .. }
+                | ServerFrame::Deliver { msg_id, .. } => {
                     to_ack.push(msg_id);
                 }
                 ServerFrame::Receipt { id, .. } => to_ack.push(id),

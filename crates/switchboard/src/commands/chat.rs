@@ -36,12 +36,15 @@ enum Report {
     /// A send finished.
     Sent {
         number: u32,
+        group: Option<GroupId>,
         result: client::Result<SendAck>,
     },
     /// An ack (and read receipt) finished, with a warning if it failed.
     Acked(Option<String>),
-    /// Something to show.
+    /// Something went wrong.
     Warn(String),
+    /// Something to show as it is.
+    Show(String),
 }
 
 /// What a typed line asks for.
@@ -51,6 +54,8 @@ enum Input {
     Help,
     To(PhoneNumber),
     Group(GroupId),
+    /// Who has received and read own group message `#n`.
+    Info(u32),
     BadCommand(String),
     Text(String),
     Nothing,
@@ -78,6 +83,11 @@ fn parse_line(line: &str) -> Input {
             Err(_) => Input::BadCommand(format!("{id:?} is not a group id")),
         },
         (Some("group"), _, _) => Input::BadCommand("usage: /group ID".to_owned()),
+        (Some("info"), Some(number), None) => match number.trim_start_matches('#').parse() {
+            Ok(number) => Input::Info(number),
+            Err(_) => Input::BadCommand(format!("{number:?} is not a message number")),
+        },
+        (Some("info"), _, _) => Input::BadCommand("usage: /info N (a group message #N)".to_owned()),
         _ => Input::BadCommand(format!("unknown command {trimmed:?}; /help lists them")),
     }
 }
@@ -85,9 +95,11 @@ fn parse_line(line: &str) -> Input {
 const HELP: &str = "\
   /to NUMBER   talk to NUMBER (E.164, e.g. +15551234567)
   /group ID    talk to group ID (see `switchboard group create`)
+  /info N      who has received and read your group message #N
   /quit        leave (also Ctrl-D)
   any other line is sent to the current peer
-  ticks: ✓ stored by the node, ✓✓ delivered to the peer, ✓✓ read";
+  ticks: ✓ stored by the node, ✓✓ delivered to the peer, ✓✓ read
+  (in a group: once every member has it, or has read it)";
 
 /// Who typed lines go to.
 #[derive(Debug, Clone)]
@@ -112,8 +124,9 @@ struct Screen {
     /// and typing (uploaded as the contact list).
     contacts: std::collections::BTreeSet<PhoneNumber>,
     next_number: u32,
-    /// Own messages by server id → their number on screen.
-    numbers: HashMap<MessageId, u32>,
+    /// Own messages by server id → their number on screen and, for a
+    /// group message, its group.
+    numbers: HashMap<MessageId, (u32, Option<GroupId>)>,
     /// Sends and acks not finished yet; waited for on the way out.
     in_flight: usize,
     /// Whether the first `Connected` (the login of `connect`) was seen.
@@ -236,6 +249,7 @@ impl Screen {
             Input::Help => say(HELP),
             Input::To(peer) => self.choose(peer),
             Input::Group(group) => self.choose_group(group),
+            Input::Info(number) => self.info(number),
             Input::BadCommand(message) => say(format_args!("! {message}")),
             Input::Text(text) => {
                 let Some(peer) = self.peer.clone() else {
@@ -249,11 +263,18 @@ impl Screen {
                 let client = self.client.clone();
                 let reports = self.reports.clone();
                 tokio::spawn(async move {
-                    let result = match peer {
-                        Talk::User(peer) => client.send(&peer, text.into_bytes()).await,
-                        Talk::Group(group) => client.send_group(group, text.into_bytes()).await,
+                    let (result, group) = match peer {
+                        Talk::User(peer) => (client.send(&peer, text.into_bytes()).await, None),
+                        Talk::Group(group) => (
+                            client.send_group(group, text.into_bytes()).await,
+                            Some(group),
+                        ),
                     };
-                    let _ = reports.send(Report::Sent { number, result });
+                    let _ = reports.send(Report::Sent {
+                        number,
+                        group,
+                        result,
+                    });
                 });
             }
         }
@@ -261,11 +282,15 @@ impl Screen {
 
     fn report(&mut self, report: Report) {
         match report {
-            Report::Sent { number, result } => {
+            Report::Sent {
+                number,
+                group,
+                result,
+            } => {
                 self.in_flight = self.in_flight.saturating_sub(1);
                 match result {
                     Ok(ack) => {
-                        self.numbers.insert(ack.msg_id, number);
+                        self.numbers.insert(ack.msg_id, (number, group));
                         say(format_args!("  #{number} ✓"));
                     }
                     Err(e) => say(format_args!("! #{number} not sent: {e}")),
@@ -278,7 +303,44 @@ impl Screen {
                 }
             }
             Report::Warn(message) => say(format_args!("! {message}")),
+            Report::Show(text) => say(text),
         }
+    }
+
+    /// Asks who has received and read own group message `#number`.
+    fn info(&mut self, number: u32) {
+        let Some((msg_id, group)) = self
+            .numbers
+            .iter()
+            .find(|(_, sent)| sent.0 == number)
+            .and_then(|(msg_id, sent)| Some((*msg_id, sent.1?)))
+        else {
+            say(format_args!(
+                "! #{number} is not a group message sent in this chat"
+            ));
+            return;
+        };
+        let client = self.client.clone();
+        let reports = self.reports.clone();
+        tokio::spawn(async move {
+            let text = match client.group_message_info(group, msg_id).await {
+                Ok(members) if members.is_empty() => format!("  #{number}: read by everyone"),
+                Ok(members) => {
+                    let mut text = format!("  #{number}:");
+                    for (member, state) in members {
+                        let state = match state {
+                            None => "✓",
+                            Some(ReceiptKind::Delivered) => "✓✓",
+                            Some(ReceiptKind::Read) => "✓✓ read",
+                        };
+                        text.push_str(&format!("\n    {member} {state}"));
+                    }
+                    text
+                }
+                Err(e) => format!("! no info for #{number}: {e}"),
+            };
+            let _ = reports.send(Report::Show(text));
+        });
     }
 
     /// Acknowledges a shown entry in the background.
@@ -337,7 +399,7 @@ impl Screen {
                 };
                 for msg_id in msg_ids {
                     match self.numbers.get(&msg_id) {
-                        Some(number) => say(format_args!("  #{number} {label}")),
+                        Some((number, _)) => say(format_args!("  #{number} {label}")),
                         None => say(format_args!("  message {msg_id} to {by} {label}")),
                     }
                 }
@@ -346,6 +408,7 @@ impl Screen {
             Event::GroupMessage {
                 msg_id,
                 group,
+                position,
                 from,
                 server_ts,
                 payload,
@@ -356,6 +419,38 @@ impl Screen {
                     super::clock(server_ts),
                     String::from_utf8_lossy(&payload)
                 ));
+                // Shown: acknowledge it and mark the group read up to it.
+                let client = self.client.clone();
+                let reports = self.reports.clone();
+                self.in_flight += 1;
+                tokio::spawn(async move {
+                    let done = async {
+                        client.ack(vec![msg_id]).await?;
+                        client.read_group(group, position).await
+                    };
+                    let warning = done.await.err().map(|e| format!("cannot acknowledge: {e}"));
+                    let _ = reports.send(Report::Acked(warning));
+                });
+            }
+            Event::GroupReceipt {
+                msg_id,
+                group,
+                positions,
+                kind,
+                ..
+            } => {
+                let label = match kind {
+                    ReceiptKind::Delivered => "✓✓ (everyone)",
+                    ReceiptKind::Read => "✓✓ read by everyone",
+                };
+                for position in positions {
+                    match self.numbers.get(&position) {
+                        Some((number, _)) => say(format_args!("  #{number} {label}")),
+                        None => say(format_args!(
+                            "  message {position} to group {group} {label}"
+                        )),
+                    }
+                }
                 self.acknowledge(msg_id);
             }
             Event::GroupEvent {
@@ -425,6 +520,8 @@ mod tests {
             ("/help", Input::Help),
             ("/to +15551234567", Input::To(peer)),
             ("/group 42", Input::Group(42)),
+            ("/info #3", Input::Info(3)),
+            ("/info 3", Input::Info(3)),
             ("", Input::Nothing),
             ("   ", Input::Nothing),
             ("hello there  ", Input::Text("hello there  ".into())),
@@ -436,6 +533,7 @@ mod tests {
         assert!(matches!(parse_line("/to 555"), Input::BadCommand(_)));
         assert!(matches!(parse_line("/to"), Input::BadCommand(_)));
         assert!(matches!(parse_line("/group x"), Input::BadCommand(_)));
+        assert!(matches!(parse_line("/info"), Input::BadCommand(_)));
         assert!(matches!(parse_line("/dance"), Input::BadCommand(_)));
     }
 }

@@ -94,6 +94,15 @@ struct JsonReceipt<'a> {
     msg_ids: &'a [MessageId],
 }
 
+/// A group receipt as printed by `--json`: every member has received or
+/// read this user's messages `msg_ids` (their send acks' ids).
+#[derive(Debug, Serialize)]
+struct JsonGroupReceipt<'a> {
+    group: GroupId,
+    receipt: &'a str,
+    msg_ids: &'a [MessageId],
+}
+
 fn receipt_word(kind: ReceiptKind) -> &'static str {
     match kind {
         ReceiptKind::Delivered => "delivered",
@@ -198,6 +207,29 @@ fn render(event: &Event, json: bool) -> anyhow::Result<Option<String>> {
                     "[{}] group {group}: {by} {}",
                     super::clock(*ts),
                     change_words(change)
+                )
+            }
+        }
+        Event::GroupReceipt {
+            group,
+            positions,
+            kind,
+            ts,
+            ..
+        } => {
+            if json {
+                serde_json::to_string(&JsonGroupReceipt {
+                    group: *group,
+                    receipt: receipt_word(*kind),
+                    msg_ids: positions,
+                })?
+            } else {
+                let ids: Vec<String> = positions.iter().map(u64::to_string).collect();
+                format!(
+                    "[{}] group {group} ✓✓ {} by everyone: {}",
+                    super::clock(*ts),
+                    receipt_word(*kind),
+                    ids.join(", ")
                 )
             }
         }
@@ -353,6 +385,20 @@ mod tests {
             value,
             serde_json::json!({"receipt": "read", "by": "+15550000002", "msg_ids": [1, 2]})
         );
+        let group = Event::GroupReceipt {
+            msg_id: 10,
+            group: 77,
+            positions: vec![3, 4],
+            kind: ReceiptKind::Delivered,
+            ts: 0,
+        };
+        let line = render(&group, true).expect("render").expect("a line");
+        let value: serde_json::Value = serde_json::from_str(&line).expect("json");
+        assert_eq!(
+            value,
+            serde_json::json!({"group": 77, "receipt": "delivered", "msg_ids": [3, 4]})
+        );
+        assert_eq!(group.ack_id(), Some(10));
         assert!(render(&Event::Connected, true).expect("render").is_none());
         let typing = Event::Typing {
             from: phone("+15550000002"),

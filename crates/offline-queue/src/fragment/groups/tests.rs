@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use proto::{GroupChange, GroupCommand, PhoneNumber};
+use proto::{GroupChange, GroupCommand, PhoneNumber, ReceiptKind};
 use router::{FragmentId, Placement};
 use storage::Store;
 use test_support::{Rng, numbered as phone};
@@ -15,7 +15,6 @@ use test_support::{Rng, numbered as phone};
 use super::*;
 use crate::FragmentError;
 use crate::fragment::{Action, FragmentConfig, FragmentCore};
-use crate::replica_core::GroupNote as Note;
 use crate::store::{RedbMailbox, apply_ops};
 
 const FRAGMENTS: u16 = 4;
@@ -37,12 +36,15 @@ struct World {
     cores: Vec<Core>,
     /// Writes handed to the writer and not yet committed, per fragment.
     pending: Vec<VecDeque<(u64, Vec<WriteOp>)>>,
-    net: VecDeque<(FragmentId, Note)>,
+    net: VecDeque<(FragmentId, GroupNote)>,
     answers: BTreeMap<u32, Result<GroupAnswer, FragmentError>>,
     /// Per member, what it was pushed, as a client keeps it: an entry
     /// pushed again under the same id (its ack was lost) only once.
     seen: BTreeMap<PhoneNumber, Vec<(GroupId, Position, Seen)>>,
     seen_ids: std::collections::BTreeSet<(PhoneNumber, MessageId)>,
+    /// Per sender, the group receipts it was pushed: group, kind and
+    /// positions.
+    receipts: BTreeMap<PhoneNumber, Vec<(GroupId, ReceiptKind, Vec<Position>)>>,
     next_reply: u32,
 }
 
@@ -59,6 +61,7 @@ impl World {
             answers: BTreeMap::new(),
             seen: BTreeMap::new(),
             seen_ids: Default::default(),
+            receipts: BTreeMap::new(),
             next_reply: 0,
         };
         for f in 0..FRAGMENTS {
@@ -102,22 +105,7 @@ impl World {
                 Action::GroupReply { to, result } => {
                     self.answers.insert(to, result);
                 }
-                Action::FanOut { fragment, fanout } => self
-                    .net
-                    .push_back((fragment, Note::FanOut { home: f, fanout })),
-                Action::FannedOut {
-                    fragment,
-                    group,
-                    through,
-                    from,
-                } => self.net.push_back((
-                    fragment,
-                    Note::FannedOut {
-                        group,
-                        through,
-                        from,
-                    },
-                )),
+                Action::Note { fragment, note } => self.net.push_back((fragment, note)),
                 Action::Push { endpoint, entries } => {
                     let ids: Vec<MessageId> = entries.iter().map(|e| e.id).collect();
                     for entry in entries {
@@ -137,6 +125,15 @@ impl World {
                                     ..
                                 } => Seen::Message(from, client_msg_id),
                                 GroupItem::Change { by, change, .. } => Seen::Change(by, change),
+                                GroupItem::Receipt {
+                                    kind, positions, ..
+                                } => {
+                                    self.receipts
+                                        .entry(endpoint.clone())
+                                        .or_default()
+                                        .push((group, kind, positions));
+                                    continue;
+                                }
                             };
                             self.seen
                                 .entry(endpoint.clone())
@@ -202,21 +199,14 @@ impl World {
         }
         let reads = self.reads(to);
         let core = &mut self.cores[usize::from(to)];
-        let actions = match note {
-            Note::FanOut { home, fanout } => core.fan_in(&reads, home, fanout),
-            Note::FannedOut {
-                group,
-                through,
-                from,
-            } => core.group_fanned_out(group, through, from),
-        };
+        let actions = core.group_note(&reads, note);
         self.run(to, actions);
         true
     }
 
     fn tick(&mut self) {
         for f in 0..FRAGMENTS {
-            let actions = self.cores[usize::from(f)].group_tick();
+            let actions = self.cores[usize::from(f)].group_tick(1);
             self.run(f, actions);
         }
     }
@@ -366,6 +356,106 @@ fn a_group_message_reaches_every_other_member_once_in_every_fragment() {
         .map(|n| world.placement.fragment_of(&phone(n)))
         .collect();
     assert!(fragments.len() > 1, "members in several fragments");
+}
+
+#[test]
+fn a_sender_is_told_delivered_then_read_and_message_info_shows_each_member() {
+    let mut world = World::new();
+    let group = create(&mut world, 0, &[1, 2, 3]);
+    let first = send(&mut world, group, 1, 1);
+    let second = send(&mut world, group, 1, 2);
+    world.settle();
+    let position = |world: &mut World, reply| match world.answer(reply) {
+        Some(Ok(GroupAnswer::Sent(stored))) => stored.msg_id,
+        other => panic!("send answered {other:?}"),
+    };
+    let (first, second) = (position(&mut world, first), position(&mut world, second));
+    let told = |world: &World| world.receipts.get(&phone(1)).cloned().unwrap_or_default();
+    assert_eq!(
+        told(&world),
+        vec![(group, ReceiptKind::Delivered, vec![first, second])],
+        "every member acked both: one receipt for both"
+    );
+    let info = |world: &mut World, by: u64, position| {
+        let reply = world.ask(GroupRequest::MessageInfo {
+            group,
+            by: phone(by),
+            position,
+        });
+        world.answer(reply)
+    };
+    let delivered = Some(ReceiptKind::Delivered);
+    assert_eq!(
+        info(&mut world, 1, first),
+        Some(Ok(GroupAnswer::MessageInfo {
+            group,
+            position: first,
+            members: vec![
+                (phone(0), delivered),
+                (phone(2), delivered),
+                (phone(3), delivered)
+            ],
+        }))
+    );
+    assert!(
+        matches!(
+            info(&mut world, 2, first),
+            Some(Err(FragmentError::InvalidRequest(_)))
+        ),
+        "only the sender asks"
+    );
+    // Two of three read the first; the third reads both.
+    for (by, through) in [(0, first), (2, first), (3, second)] {
+        let reply = world.ask(GroupRequest::Read {
+            group,
+            by: phone(by),
+            through,
+        });
+        world.settle();
+        assert_eq!(world.answer(reply), Some(Ok(GroupAnswer::Changed)));
+    }
+    assert_eq!(
+        told(&world)[1..],
+        [(group, ReceiptKind::Read, vec![first])],
+        "read by all: the first only"
+    );
+    assert_eq!(
+        info(&mut world, 1, second),
+        Some(Ok(GroupAnswer::MessageInfo {
+            group,
+            position: second,
+            members: vec![
+                (phone(0), delivered),
+                (phone(2), delivered),
+                (phone(3), Some(ReceiptKind::Read)),
+            ],
+        }))
+    );
+    let done = info(&mut world, 1, first);
+    assert!(
+        matches!(done, Some(Ok(GroupAnswer::MessageInfo { ref members, .. })) if members.is_empty()),
+        "nothing kept once read by all: {done:?}"
+    );
+    // Reading beyond what was logged, or as an outsider, is refused.
+    let beyond = world.ask(GroupRequest::Read {
+        group,
+        by: phone(0),
+        through: second + 1_000,
+    });
+    let outsider = world.ask(GroupRequest::Read {
+        group,
+        by: phone(6),
+        through: second,
+    });
+    world.settle();
+    assert!(matches!(
+        world.answer(beyond),
+        Some(Err(FragmentError::InvalidRequest(_)))
+    ));
+    assert_eq!(
+        world.answer(outsider),
+        Some(Err(FragmentError::Group(GroupError::NotMember)))
+    );
 }
 
 #[test]
@@ -538,7 +628,7 @@ fn a_destination_keeps_a_mark_per_era() {
     let confirmations = world
         .net
         .iter()
-        .filter(|(to, note)| *to == home && matches!(note, Note::FannedOut { .. }))
+        .filter(|(to, note)| *to == home && matches!(note, GroupNote::FannedOut { .. }))
         .count();
     assert_eq!(confirmations, 4, "every batch confirmed, repeats too");
 }
@@ -655,6 +745,10 @@ struct Model {
     admins: std::collections::BTreeSet<PhoneNumber>,
     /// Per member, what it must see, in order.
     expected: BTreeMap<PhoneNumber, Vec<Seen>>,
+    /// Acknowledged messages: position → sender.
+    sent: BTreeMap<Position, PhoneNumber>,
+    /// Members who ever left or were removed.
+    ever_left: std::collections::BTreeSet<PhoneNumber>,
 }
 
 impl Model {
@@ -712,6 +806,7 @@ fn random_history(seed: u64) {
     // Requests whose answer is awaited: reply id → what it did.
     let mut asked = Asked::new();
     let mut client_id = 0;
+    let mut crashed = false;
     for _ in 0..120 {
         match rng.below(10) {
             0..=3 => {
@@ -747,10 +842,21 @@ fn random_history(seed: u64) {
                 let repeat = rng.chance(15);
                 world.deliver_one(lose, repeat);
             }
-            8 => world.tick(),
+            8 => {
+                world.tick();
+                // A member reads up to the latest acknowledged message.
+                if let Some(through) = model.sent.keys().next_back().copied() {
+                    world.ask(GroupRequest::Read {
+                        group,
+                        by: phone(rng.below(USERS)),
+                        through,
+                    });
+                }
+            }
             _ => {
                 if rng.chance(10) {
                     let f = rng.below(u64::from(FRAGMENTS)) as FragmentId;
+                    crashed = true;
                     world.crash(f);
                     if f == home {
                         // Their writes were lost: never answered.
@@ -781,6 +887,41 @@ fn random_history(seed: u64) {
         assert_eq!(listed, expected, "seed {seed}: {n}'s groups");
     }
     assert_copies_read_the_same(&world.store, group, seed);
+    assert_ticks(&world, &model, crashed, seed);
+}
+
+/// Each sender is told each tick of its messages at most once, only of
+/// its own messages; and, unless a crash lost members' latest cursors
+/// (made good only by their next acknowledgement), every message of a
+/// sender who never left is ticked once everyone acknowledged it.
+fn assert_ticks(world: &World, model: &Model, crashed: bool, seed: u64) {
+    let mut told = std::collections::BTreeSet::new();
+    for (sender, receipts) in &world.receipts {
+        for (_, kind, positions) in receipts {
+            for position in positions {
+                assert_eq!(
+                    model.sent.get(position),
+                    Some(sender),
+                    "seed {seed}: {sender} told of {position:x}, not its message"
+                );
+                assert!(
+                    told.insert((*position, *kind)),
+                    "seed {seed}: {kind:?} of {position:x} told twice"
+                );
+            }
+        }
+    }
+    if crashed {
+        return;
+    }
+    for (position, sender) in &model.sent {
+        if model.ever_left.contains(sender) || !model.members.contains(sender) {
+            continue;
+        }
+        let ticked = told.contains(&(*position, ReceiptKind::Delivered))
+            || told.contains(&(*position, ReceiptKind::Read));
+        assert!(ticked, "seed {seed}: {position:x} by {sender} never ticked");
+    }
 }
 
 /// A copy of every fragment (export, then import into another store)
@@ -802,8 +943,9 @@ fn assert_copies_read_the_same(store: &Store, group: GroupId, seed: u64) {
                 .map(|n| m.groups_of(&phone(n)).expect("list"))
                 .collect();
             format!(
-                "{:?} {:?} {:?} {:?} {:?} {:?}",
+                "{:?} {:?} {:?} {:?} {:?} {:?} {:?}",
                 m.group(group).expect("record"),
+                m.group_ticks(group).expect("ticks"),
                 m.group_log(group, 0, usize::MAX).expect("log"),
                 m.group_fanned_out(group).expect("fanned out"),
                 (0..4)
@@ -829,8 +971,11 @@ fn absorb_answers(world: &mut World, asked: &mut Asked, model: &mut Model) {
         let Some((_, seen, command)) = asked.pop_front() else {
             return;
         };
-        if answer.is_err() {
+        let Ok(answer) = answer else {
             continue;
+        };
+        if let (GroupAnswer::Sent(stored), Seen::Message(from, _)) = (&answer, &seen) {
+            model.sent.insert(stored.msg_id, from.clone());
         }
         let before = model.members.clone();
         let item = match (seen, command) {
@@ -856,6 +1001,7 @@ fn apply_to_model(model: &mut Model, by: &PhoneNumber, command: GroupCommand) ->
         }
         GroupCommand::Remove(members) => {
             for member in &members {
+                model.ever_left.insert(member.clone());
                 model.members.remove(member);
                 model.admins.remove(member);
             }
@@ -866,6 +1012,7 @@ fn apply_to_model(model: &mut Model, by: &PhoneNumber, command: GroupCommand) ->
             GroupChange::Promoted { member }
         }
         GroupCommand::Leave => {
+            model.ever_left.insert(by.clone());
             model.members.remove(by);
             model.admins.remove(by);
             let new_admin = if model.admins.is_empty() {
