@@ -304,6 +304,11 @@ impl<E: Clone, R> FragmentCore<E, R> {
         }
     }
 
+    /// The sequence number the next id gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
     /// Gives out ids from `at_least` on, if that is higher: a merge stored
     /// ids a former owner gave out, and a new message must sort after
     /// them (pushes go out in id order, and `next_push` only moves up).

@@ -9,6 +9,13 @@
 //!   once fan-out has passed it, so the log holds what is in transit.
 //! - `group_fanout`: `(fragment, group) → position` fan-out has handed
 //!   to every destination fragment (everything up to it, included).
+//! - `group_gap`: `(fragment, group, from) → to`: stretches of positions
+//!   fan-out passed while another owner of this fragment confirmed them
+//!   (seen when a batch starts above this fragment's mark); a merge of
+//!   that owner's writes keeps their items there. The newest
+//!   [`MAX_GAPS`] per group are kept.
+//!
+//! At a group's home:
 //! - `group_cursor`: `(fragment, group, member) → (delivered, read)`: how
 //!   far each member has received and read the group
 //!   ([`crate::group_ticks`]); only ever raised.
@@ -50,6 +57,13 @@ pub(crate) const GROUP_FANOUT_TABLE: TableDefinition<(u16, u64), u64> =
     TableDefinition::new("group_fanout");
 pub(crate) const GROUP_INBOX_TABLE: TableDefinition<(u16, u64, u64), u64> =
     TableDefinition::new("group_inbox");
+pub(crate) const GROUP_GAP_TABLE: TableDefinition<(u16, u64, u64), u64> =
+    TableDefinition::new("group_gap");
+
+/// Gaps kept per group (each is a take-over or a cut that overlapped a
+/// fan-out; more are rare, and the oldest matter least).
+pub const MAX_GAPS: usize = 16;
+
 pub(crate) const GROUP_CURSOR_TABLE: TableDefinition<(u16, u64, &str), (u64, u64)> =
     TableDefinition::new("group_cursor");
 pub(crate) const GROUP_UNTICKED_TABLE: TableDefinition<(u16, u64, u64), &[u8]> =
@@ -133,6 +147,56 @@ pub(crate) fn delete_group(
         (fragment, group, "")..=(fragment, group, "\u{10FFFF}"),
         |_, _| false,
     )?;
+    Ok(())
+}
+
+/// Records the gap `(from, to]` of `group`, dropping the oldest beyond
+/// [`MAX_GAPS`].
+pub(crate) fn put_gap(
+    txn: &WriteTransaction,
+    fragment: FragmentId,
+    group: GroupId,
+    from: Position,
+    to: Position,
+) -> Result<(), StorageError> {
+    let mut table = txn.open_table(GROUP_GAP_TABLE)?;
+    table.insert((fragment, group, from), to)?;
+    let mut starts = Vec::new();
+    for row in table.range((fragment, group, 0)..=(fragment, group, u64::MAX))? {
+        starts.push(row?.0.value().2);
+    }
+    for start in starts.iter().take(starts.len().saturating_sub(MAX_GAPS)) {
+        tracing::warn!(fragment, group, from = start, "dropping an old fan-out gap");
+        table.remove((fragment, group, *start))?;
+    }
+    Ok(())
+}
+
+/// Takes `positions` out of `group`'s gaps (split around each).
+pub(crate) fn fill_gaps(
+    txn: &WriteTransaction,
+    fragment: FragmentId,
+    group: GroupId,
+    positions: &[Position],
+) -> Result<(), StorageError> {
+    let mut table = txn.open_table(GROUP_GAP_TABLE)?;
+    for position in positions {
+        let below = table
+            .range((fragment, group, 0)..(fragment, group, *position))?
+            .next_back()
+            .transpose()?
+            .map(|(key, to)| (key.value().2, to.value()));
+        let Some((from, to)) = below.filter(|(_, to)| position <= to) else {
+            continue;
+        };
+        table.remove((fragment, group, from))?;
+        if position.saturating_sub(1) > from {
+            table.insert((fragment, group, from), position - 1)?;
+        }
+        if to > *position {
+            table.insert((fragment, group, *position), to)?;
+        }
+    }
     Ok(())
 }
 
@@ -262,6 +326,8 @@ pub trait GroupRead {
     fn group_inbox(&self, group: GroupId, era: u64) -> Result<Position, FragmentError>;
     /// The groups `user` (of this fragment) is in.
     fn groups_of(&self, user: &PhoneNumber) -> Result<Vec<GroupId>, FragmentError>;
+    /// Whether `position` of `group` lies in a gap this fragment recorded.
+    fn in_group_gap(&self, group: GroupId, position: Position) -> Result<bool, FragmentError>;
     /// `group`'s member cursors and unticked messages.
     fn group_ticks(&self, group: GroupId) -> Result<Ticks, FragmentError>;
     /// The position and time of `sender`'s send `client_msg_id` to `group`.
@@ -286,6 +352,27 @@ fn open<K: redb::Key + 'static, V: redb::Value + 'static>(
 }
 
 impl GroupRead for RedbMailbox {
+    fn in_group_gap(&self, group: GroupId, position: Position) -> Result<bool, FragmentError> {
+        let read = self.store().db().begin_read().map_err(storage)?;
+        let Some(table) = open(&read, GROUP_GAP_TABLE)? else {
+            return Ok(false);
+        };
+        let f = self.fragment();
+        // The last gap starting below `position` is the only one that
+        // can hold it (gaps of one group do not overlap).
+        let below = table
+            .range((f, group, 0)..(f, group, position))
+            .map_err(storage)?
+            .next_back();
+        match below {
+            Some(row) => {
+                let (_, to) = row.map_err(storage)?;
+                Ok(position <= to.value())
+            }
+            None => Ok(false),
+        }
+    }
+
     fn group_ticks(&self, group: GroupId) -> Result<Ticks, FragmentError> {
         let read = self.store().db().begin_read().map_err(storage)?;
         let f = self.fragment();
@@ -445,6 +532,8 @@ pub enum GroupRow {
     Cursor(GroupId, String, Position, Position),
     /// `group_unticked`: the group, the position and the encoded row.
     Unticked(GroupId, Position, serde_bytes::ByteBuf),
+    /// `group_gap`: the group, from and to.
+    Gap(GroupId, Position, Position),
 }
 
 /// Every group row of fragment `f` in `read`, table by table, in key order.
@@ -508,6 +597,16 @@ pub(crate) fn export_groups(
             visit(GroupRow::Cursor(group, member.to_owned(), delivered, read));
         }
     }
+    if let Some(table) = open(read, GROUP_GAP_TABLE)? {
+        for row in table
+            .range((f, 0, 0)..=(f, u64::MAX, u64::MAX))
+            .map_err(storage)?
+        {
+            let (key, value) = row.map_err(storage)?;
+            let (_, group, from) = key.value();
+            visit(GroupRow::Gap(group, from, value.value()));
+        }
+    }
     if let Some(table) = open(read, GROUP_UNTICKED_TABLE)? {
         for row in table
             .range((f, 0, 0)..=(f, u64::MAX, u64::MAX))
@@ -538,6 +637,8 @@ pub(crate) fn erase_groups(txn: &WriteTransaction, f: FragmentId) -> Result<(), 
         .retain_in((f, 0, "")..=(f, u64::MAX, "\u{10FFFF}"), |_, _| false)?;
     txn.open_table(GROUP_UNTICKED_TABLE)?
         .retain_in((f, 0, 0)..=(f, u64::MAX, u64::MAX), |_, _| false)?;
+    txn.open_table(GROUP_GAP_TABLE)?
+        .retain_in((f, 0, 0)..=(f, u64::MAX, u64::MAX), |_, _| false)?;
     Ok(())
 }
 
@@ -557,6 +658,7 @@ pub(crate) fn import_groups(
     let mut member_of = txn.open_table(GROUP_MEMBER_OF_TABLE)?;
     let mut cursors = txn.open_table(GROUP_CURSOR_TABLE)?;
     let mut unticked = txn.open_table(GROUP_UNTICKED_TABLE)?;
+    let mut gaps = txn.open_table(GROUP_GAP_TABLE)?;
     for row in rows {
         match row {
             GroupRow::Record(group, bytes) => {
@@ -579,6 +681,9 @@ pub(crate) fn import_groups(
             }
             GroupRow::Unticked(group, position, bytes) => {
                 unticked.insert((f, *group, *position), bytes.as_slice())?;
+            }
+            GroupRow::Gap(group, from, to) => {
+                gaps.insert((f, *group, *from), *to)?;
             }
         }
     }

@@ -158,6 +158,24 @@ pub enum WriteOp {
         /// `(member, delivered, read)`.
         cursors: Vec<(PhoneNumber, Position, Position)>,
     },
+    /// Fan-out of `group` passed `(from, to]` (one era) without this
+    /// fragment's owner: what a former owner stored there is merged.
+    GroupGap {
+        /// The group.
+        group: GroupId,
+        /// This fragment's mark when the gap was seen.
+        from: Position,
+        /// How far fan-out had gone.
+        to: Position,
+    },
+    /// A merge stored a former owner's items at these positions of
+    /// `group`'s gaps: they leave the gaps.
+    GroupGapFilled {
+        /// The group.
+        group: GroupId,
+        /// The positions.
+        positions: Vec<Position>,
+    },
     /// Ticks of `group`'s messages were settled (at its home).
     GroupTicked {
         /// The group.
@@ -413,6 +431,13 @@ impl<'txn> MailboxTables<'txn> {
                         }
                     }
                     group_store::raise_inbox(self.txn, fragment, *group, *through)?;
+                }
+                WriteOp::GroupGap { group, from, to } => {
+                    group_store::put_gap(self.txn, fragment, *group, *from, *to)?;
+                    group_store::raise_inbox(self.txn, fragment, *group, *to)?;
+                }
+                WriteOp::GroupGapFilled { group, positions } => {
+                    group_store::fill_gaps(self.txn, fragment, *group, positions)?;
                 }
                 WriteOp::GroupCursors { group, cursors } => {
                     group_store::raise_cursors(self.txn, fragment, *group, cursors)?;

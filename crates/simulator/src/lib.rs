@@ -13,7 +13,9 @@
 //! - **disks**: writes handed over wait in a queue and are committed as a
 //!   group after a seeded latency; a crash loses the queue, never a commit.
 //! - **clients**: senders with the real outbox (resend in order with the
-//!   same ids, `SendAfter`), recipients that ack what they are pushed.
+//!   same ids, `SendAfter`), recipients that ack what they are pushed;
+//!   the first user sends to a group of everyone instead (its home and its
+//!   members' fragments fail over and merge like any data).
 //! - **faults**: crash and restart, symmetric, one-way and staggered
 //!   cuts, a frozen node, a slow or failing disk, clock jumps, slow links.
 //!

@@ -21,6 +21,12 @@ fn main() {
         .unwrap_or(10_000);
     let first: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(0);
     let mut options = simulator::Options::default();
+    if let Some(senders) = std::env::var("SIM_GROUP_SENDERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        options.group_senders = senders;
+    }
     if std::env::var("SIM_PAIR_CUTS").is_ok_and(|v| v == "0") {
         options.pair_cuts = false;
     }

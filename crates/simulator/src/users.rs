@@ -7,8 +7,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use client::outbox::{self, Outbox};
 use ledger::{Arrival, Stream};
+use offline_queue::entry::GroupItem;
+use offline_queue::fragment::{GroupAnswer, GroupRequest};
+use offline_queue::group::GroupId;
 use offline_queue::replica_core::{Answer, LocalRequest};
-use offline_queue::{EntryBody, FragmentError, NewMessage, Push};
+use offline_queue::{EntryBody, FragmentError, NewMessage, Push, fragment_of_message_id};
 use proto::{MessageId, PhoneNumber};
 use rand::Rng;
 use router::{FragmentId, Placement};
@@ -33,6 +36,14 @@ pub(crate) enum Reply {
     },
     /// A user's attach.
     Attach { user: usize, session: u64 },
+    /// A group sender's creation of its group.
+    CreateGroup { user: usize },
+    /// A group sender's send of `client_msg_id`.
+    SendGroup {
+        user: usize,
+        session: u64,
+        client_msg_id: u64,
+    },
     /// A request of another node passed on to a third fragment (a read
     /// receipt): answered over the link to `node`.
     Remote {
@@ -51,6 +62,8 @@ const REQUEST_TIMEOUT_MS: u64 = 10_000;
 struct User {
     phone: PhoneNumber,
     to: usize,
+    /// A group sender sends to a group of every user, not to `to`.
+    group: Option<GroupSender>,
     /// `(node, session, attached)`.
     session: Option<(usize, u64, bool)>,
     attach_deadline: u64,
@@ -64,6 +77,14 @@ struct User {
     /// Per sender: the order client ids arrived in (the shared delivery check).
     arrivals: BTreeMap<usize, Stream>,
     wake_at: Option<u64>,
+}
+
+/// A group sender's group, once created.
+#[derive(Debug, Default)]
+struct GroupSender {
+    group: Option<GroupId>,
+    /// A create is out (since when).
+    creating: Option<u64>,
 }
 
 /// Each sender numbers its messages from this client id.
@@ -82,9 +103,17 @@ pub(crate) struct Users {
 }
 
 impl Users {
-    pub(crate) fn new(count: usize, messages: u64, placement: &Placement) -> Self {
+    /// `count` users; the first `group_senders` of them send to a group of
+    /// everyone instead of to the next user.
+    pub(crate) fn new(
+        count: usize,
+        group_senders: usize,
+        messages: u64,
+        placement: &Placement,
+    ) -> Self {
         let users: Vec<User> = (0..count)
             .map(|i| User {
+                group: (i < group_senders).then(GroupSender::default),
                 phone: PhoneNumber::parse(&format!("+1555{:07}", 100 + i)).unwrap_or_else(|_| {
                     // Cannot happen: the pattern is a valid number.
                     PhoneNumber::parse("+15550000000").expect("a valid number")
@@ -138,34 +167,56 @@ impl Users {
 
     /// Every message sent, acknowledged and delivered.
     pub(crate) fn all_done(&self) -> bool {
-        self.users.iter().enumerate().all(|(i, u)| {
-            u.acked.len() as u64 == self.messages && {
-                let to = &self.users[u.to];
-                to.received.get(&i).map_or(0, |m| m.len()) as u64 == self.messages
+        (0..self.users.len()).all(|i| self.unfinished_sender(i).is_none())
+    }
+
+    /// Who should receive sender `i`'s messages.
+    fn recipients_of(&self, i: usize) -> Vec<usize> {
+        match self.users[i].group {
+            Some(_) => (0..self.users.len()).filter(|r| *r != i).collect(),
+            None => vec![self.users[i].to],
+        }
+    }
+
+    /// What sender `i` still lacks: acks, or deliveries at a recipient.
+    fn unfinished_sender(&self, i: usize) -> Option<String> {
+        let u = &self.users[i];
+        let short: Vec<String> = self
+            .recipients_of(i)
+            .into_iter()
+            .filter_map(|r| {
+                let got = self.users[r].received.get(&i).map_or(0, |m| m.len());
+                (got as u64 != self.messages).then(|| format!("{got} at {r}"))
+            })
+            .collect();
+        if u.acked.len() as u64 == self.messages && short.is_empty() {
+            return None;
+        }
+        let to = match &u.group {
+            Some(g) => format!("group {:?}", g.group),
+            None => u.to.to_string(),
+        };
+        Some(format!(
+            "user {i} -> {to}: {} acked, delivered {} of {} ({})",
+            u.acked.len(),
+            if short.is_empty() {
+                "all".into()
+            } else {
+                short.join(", ")
+            },
+            self.messages,
+            match u.session {
+                Some((n, s, attached)) => format!("session {s} on node {n}, attached {attached}"),
+                None => "not connected".into(),
             }
-        })
+        ))
     }
 
     pub(crate) fn unfinished(&self) -> String {
-        let mut parts = Vec::new();
-        for (i, u) in self.users.iter().enumerate() {
-            let received = self.users[u.to].received.get(&i).map_or(0, |m| m.len());
-            if u.acked.len() as u64 != self.messages || received as u64 != self.messages {
-                parts.push(format!(
-                    "user {i} -> {}: {} acked, {} delivered of {} ({})",
-                    u.to,
-                    u.acked.len(),
-                    received,
-                    self.messages,
-                    match u.session {
-                        Some((n, s, attached)) =>
-                            format!("session {s} on node {n}, attached {attached}"),
-                        None => "not connected".into(),
-                    }
-                ));
-            }
-        }
-        parts.join("; ")
+        (0..self.users.len())
+            .filter_map(|i| self.unfinished_sender(i))
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     /// Node `n` died: its sessions are gone. Returns their users, who
@@ -246,23 +297,62 @@ impl World {
         }
         let messages = self.users.messages;
         let to_user = user.to;
-        if user.outbox.len() < WINDOW && user.next_cid <= messages {
+        let to = match &mut user.group {
+            None => Some(outbox::Target::User(
+                self.users.users[to_user].phone.clone(),
+            )),
+            Some(GroupSender {
+                group: Some(group), ..
+            }) => Some(outbox::Target::Group(*group)),
+            Some(sender) => {
+                // No group yet: create it (again, if the answer is late:
+                // a group whose answer was lost is left unused).
+                if sender
+                    .creating
+                    .is_none_or(|at| at + REQUEST_TIMEOUT_MS <= now)
+                {
+                    sender.creating = Some(now);
+                    self.create_group(u, node);
+                }
+                None
+            }
+        };
+        let user = &mut self.users.users[u];
+        if let Some(to) = to
+            && user.outbox.len() < WINDOW
+            && user.next_cid <= messages
+        {
             let cid = user.next_cid;
             user.next_cid += 1;
-            let to = self.users.users[to_user].phone.clone();
             let payload = cid.to_be_bytes().to_vec();
-            self.users.users[u].outbox.push(to, cid, payload, ());
+            user.outbox.push(to, cid, payload, ());
         }
         let from = self.users.users[u].phone.clone();
         let sends = self.users.users[u].outbox.take_unsent();
         for send in sends {
-            // The simulated users send 1:1 only.
-            let outbox::Target::User(to) = send.to else {
-                continue;
-            };
             self.users.users[u]
                 .in_flight
                 .insert(send.client_msg_id, now + REQUEST_TIMEOUT_MS);
+            let to = match send.to {
+                outbox::Target::User(to) => to,
+                outbox::Target::Group(group) => {
+                    let request = GroupRequest::Send {
+                        group,
+                        from: from.clone(),
+                        client_msg_id: send.client_msg_id,
+                        after: send.after,
+                        payload: send.payload,
+                    };
+                    let reply = Reply::SendGroup {
+                        user: u,
+                        session,
+                        client_msg_id: send.client_msg_id,
+                    };
+                    let fragment = fragment_of_message_id(group);
+                    self.request(u, node, fragment, LocalRequest::Group { request, reply });
+                    continue;
+                }
+            };
             let fragment = self.users.placement.fragment_of(&to);
             let message = NewMessage {
                 to,
@@ -284,6 +374,23 @@ impl World {
             self.wake(u, next);
         }
         Ok(())
+    }
+
+    /// Group sender `u` creates a group of every other user.
+    fn create_group(&mut self, u: usize, node: usize) {
+        let members = (0..self.users.len())
+            .filter(|m| *m != u)
+            .map(|m| self.phone(m))
+            .collect();
+        let request = GroupRequest::Create {
+            creator: self.phone(u),
+            name: format!("sim {u}"),
+            members,
+        };
+        let reply = Reply::CreateGroup { user: u };
+        let fragment = self.users.fragment_of(u);
+        self.note(format!("user {u} creates its group"));
+        self.request(u, node, fragment, LocalRequest::Group { request, reply });
     }
 
     /// Connects user `u` to a running node and attaches there.
@@ -374,6 +481,39 @@ impl World {
                     }
                 }
             }
+            (Reply::CreateGroup { user: u, .. }, Answer::Group(result)) => {
+                self.note(format!("user {u} group created: {result:?}"));
+                if let Some(sender) = &mut self.users.users[u].group {
+                    sender.creating = None;
+                    if let Ok(GroupAnswer::Created { group }) = result
+                        && sender.group.is_none()
+                    {
+                        sender.group = Some(group);
+                    }
+                }
+                self.wake(u, 1);
+            }
+            (
+                Reply::SendGroup {
+                    user,
+                    session,
+                    client_msg_id,
+                },
+                Answer::Group(result),
+            ) => {
+                let stored = result.and_then(|answer| match answer {
+                    GroupAnswer::Sent(stored) => Ok(stored),
+                    other => Err(FragmentError::InvalidRequest(format!(
+                        "a group send answered {other:?}"
+                    ))),
+                });
+                let reply = Reply::Send {
+                    user,
+                    session,
+                    client_msg_id,
+                };
+                return self.client_answer(reply, Answer::Stored(stored));
+            }
             (
                 Reply::Send {
                     user: u,
@@ -435,17 +575,40 @@ impl World {
         let mut ids = Vec::new();
         for entry in entries {
             ids.push(entry.id);
-            if let EntryBody::Message {
-                from,
-                client_msg_id,
-                ..
-            } = entry.body
+            let (from, client_msg_id, group) = match entry.body {
+                EntryBody::Message {
+                    from,
+                    client_msg_id,
+                    ..
+                } => (from, client_msg_id, None),
+                EntryBody::Group {
+                    group,
+                    item:
+                        GroupItem::Message {
+                            from,
+                            client_msg_id,
+                            ..
+                        },
+                    ..
+                } => (from, client_msg_id, Some(group)),
+                // Receipts, group changes and ticks: acked.
+                _ => continue,
+            };
+            let Some(&sender) = self.users.by_phone.get(&from) else {
+                return Err(format!("user {u} got a message from a stranger {from}"));
+            };
+            let expected = self.users.users[sender].group.as_ref().map(|g| g.group);
+            if let (Some(group), Some(expected)) = (group, expected)
+                && Some(group) != expected
             {
-                let Some(&sender) = self.users.by_phone.get(&from) else {
-                    return Err(format!("user {u} got a message from a stranger {from}"));
-                };
-                self.received(u, sender, client_msg_id, entry.id)?;
+                return Err(format!(
+                    "user {u} got {from}'s message in group {group:#x}, not {expected:?}"
+                ));
             }
+            if group.is_some() != expected.is_some() {
+                return Err(format!("user {u} got {from}'s message by the wrong route"));
+            }
+            self.received(u, sender, client_msg_id, entry.id, group.is_some())?;
         }
         let fragment = self.users.fragment_of(u);
         let user = self.phone(u);
@@ -455,7 +618,14 @@ impl World {
 
     /// User `u` is pushed `sender`'s message `cid` as `id`: shown once (a
     /// second id for it is a duplicate), and in the sender's order.
-    fn received(&mut self, u: usize, sender: usize, cid: u64, id: MessageId) -> Result<(), String> {
+    fn received(
+        &mut self,
+        u: usize,
+        sender: usize,
+        cid: u64,
+        id: MessageId,
+        by_group: bool,
+    ) -> Result<(), String> {
         let seen = self.users.users[u].received.entry(sender).or_default();
         match seen.get(&cid) {
             Some(first) if *first == id => return Ok(()),
@@ -480,8 +650,13 @@ impl World {
         // of a split (docs/architecture.md, "What is guaranteed"):
         // counted, not failed; the end still checks that it arrives.
         let from = self.users.users[sender].phone.clone();
+        // A group message may have been stored alone at the group's home
+        // (whoever gets it) or in the recipient's mailbox.
         let to = self.users.users[u].phone.clone();
-        let split = |c: u64| self.checks.acked_alone(&from, &to, c);
+        let split = |c: u64| {
+            self.checks.acked_alone(&from, Some(&to), c)
+                || (by_group && self.checks.acked_alone(&from, None, c))
+        };
         let arrivals = self.users.users[u].arrivals.entry(sender).or_default();
         match arrivals.arrive(FIRST_CLIENT_ID, cid) {
             Arrival::Next | Arrival::Again => {}

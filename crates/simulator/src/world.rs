@@ -38,6 +38,10 @@ pub struct Options {
     pub fragments: u16,
     /// Users; each sends to the next.
     pub users: usize,
+    /// Of them, the first this many send to a group of every user
+    /// instead (its home fails over, is cut off and merged like any
+    /// fragment's data).
+    pub group_senders: usize,
     /// Messages each user sends.
     pub messages: u64,
     /// Virtual milliseconds of faults.
@@ -70,6 +74,7 @@ impl Default for Options {
             nodes: 4,
             fragments: 4,
             users: 6,
+            group_senders: 0,
             messages: 30,
             fault_ms: 40_000,
             settle_ms: 90_000,
@@ -323,7 +328,12 @@ impl World {
                 disk_fails: false,
             });
         }
-        let users = Users::new(options.users, options.messages, &placement);
+        let users = Users::new(
+            options.users,
+            options.group_senders,
+            options.messages,
+            &placement,
+        );
         let mut world = Self {
             seed,
             now: 0,
@@ -851,6 +861,42 @@ impl World {
                         );
                         self.note(line);
                     }
+                    if let WriteOp::LogGroup {
+                        position,
+                        dedupe: Some((sender, client_msg_id)),
+                        ..
+                    } = op
+                    {
+                        let line = format!(
+                            "{} f{f} logs {sender}'s group message {client_msg_id} at {position:#x}{}",
+                            self.nodes[n].name,
+                            if divergent { " (alone)" } else { "" }
+                        );
+                        self.note(line);
+                    }
+                    if let WriteOp::GroupGap { from, to, .. } = op {
+                        let line = format!(
+                            "{} f{f} records a fan-out gap ({from:#x}, {to:#x}]",
+                            self.nodes[n].name
+                        );
+                        self.note(line);
+                    }
+                    if let WriteOp::PutGroupEntries {
+                        through, entries, ..
+                    } = op
+                    {
+                        let owners: Vec<String> = entries
+                            .iter()
+                            .map(|(owner, id, _)| format!("{owner}:{id:#x}"))
+                            .collect();
+                        let line = format!(
+                            "{} f{f} stores group items through {through:#x} [{}]{}",
+                            self.nodes[n].name,
+                            owners.join(" "),
+                            if divergent { " (alone)" } else { "" }
+                        );
+                        self.note(line);
+                    }
                     if let WriteOp::Delete { owner, ids } = op {
                         let ids: Vec<String> = ids.iter().map(|i| format!("{i:#x}")).collect();
                         let line = format!(
@@ -959,6 +1005,28 @@ impl World {
                         );
                         self.note(line);
                     }
+                    if let WriteOp::PutGroupEntries {
+                        through, entries, ..
+                    } = op
+                    {
+                        let ids: Vec<String> = entries
+                            .iter()
+                            .map(|(_, id, _)| format!("{id:#x}"))
+                            .collect();
+                        let line = format!(
+                            "{} f{f} merge from {from} stores group items through {through:#x} [{}]",
+                            self.nodes[n].name,
+                            ids.join(" ")
+                        );
+                        self.note(line);
+                    }
+                    if let WriteOp::GroupGapFilled { positions, .. } = op {
+                        let line = format!(
+                            "{} f{f} merge from {from} fills gaps at {positions:x?}",
+                            self.nodes[n].name
+                        );
+                        self.note(line);
+                    }
                 }
                 self.checks.stored_ops(self.seed, &ops)?;
                 if !self.write_now(n, |txn| apply_ops(txn, f, &ops))? {
@@ -1040,7 +1108,10 @@ impl World {
                     self.send(n, to, NetMsg::Fragment { fragment, wire });
                 }
             }
-            Reply::Send { user, .. } | Reply::Attach { user, .. } => {
+            Reply::Send { user, .. }
+            | Reply::Attach { user, .. }
+            | Reply::CreateGroup { user, .. }
+            | Reply::SendGroup { user, .. } => {
                 let delay = self.client_delay(false, user, n);
                 self.at(delay, Ev::Answer { reply: to, answer });
             }

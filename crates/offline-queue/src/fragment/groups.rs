@@ -227,6 +227,11 @@ pub enum GroupNote {
 pub struct FanOut {
     /// The group.
     pub group: GroupId,
+    /// How far fan-out had gone before this batch (every destination
+    /// confirmed up to here): a destination whose mark is below it missed
+    /// batches that another owner of it confirmed, a *gap* it records so
+    /// that a merge of that owner's writes keeps their items.
+    pub after: Position,
     /// The last position of the batch (the destination confirms it).
     pub through: Position,
     /// The batch's items for this fragment, in position order.
@@ -891,7 +896,23 @@ impl<E: Clone, R> FragmentCore<E, R> {
                 return;
             };
             let positions: Vec<Position> = batch.iter().map(|(position, _)| *position).collect();
-            let mut waiting: BTreeMap<FragmentId, FanOut> = BTreeMap::new();
+            // Every fragment of a member gets every batch (most carry
+            // items for it anyway), so that a destination's marks move in
+            // step with fan-out and a gap means another owner confirmed.
+            let mut waiting: BTreeMap<FragmentId, FanOut> = home
+                .record
+                .members
+                .iter()
+                .map(|m| {
+                    let fanout = FanOut {
+                        group,
+                        after: home.fanned_out,
+                        through,
+                        items: Vec::new(),
+                    };
+                    (placement.fragment_of(&m.phone), fanout)
+                })
+                .collect();
             for (position, item) in batch {
                 let recipients = match &item {
                     GroupItem::Message { from, .. } => {
@@ -915,6 +936,7 @@ impl<E: Clone, R> FragmentCore<E, R> {
                         .entry(fragment)
                         .or_insert_with(|| FanOut {
                             group,
+                            after: home.fanned_out,
                             through,
                             items: Vec::new(),
                         })
@@ -1104,6 +1126,7 @@ impl<E: Clone, R> FragmentCore<E, R> {
         let mut out = Vec::new();
         let FanOut {
             group,
+            after,
             through,
             items,
         } = fanout;
@@ -1112,7 +1135,7 @@ impl<E: Clone, R> FragmentCore<E, R> {
         let eras: std::collections::BTreeSet<u64> = items
             .iter()
             .map(|item| era_of(item.position))
-            .chain([era_of(through)])
+            .chain([era_of(through), era_of(after)])
             .collect();
         for era in eras {
             let stored = match reads.group_inbox(group, era) {
@@ -1157,10 +1180,23 @@ impl<E: Clone, R> FragmentCore<E, R> {
             }
             return out;
         }
+        // Batches up to `after` that this fragment's mark does not cover
+        // were confirmed by another owner of it (one cut off from this
+        // one, or not copied here yet): its writes, merged later, keep
+        // their items in this gap.
+        let gap = marks
+            .get(&era_of(after))
+            .copied()
+            .filter(|mark| after > 0 && after > *mark)
+            .map(|mark| (mark, after));
         let placement = self.placement;
         let id = self.id;
         let mut entries = Vec::new();
         let mut raised: BTreeMap<u64, Position> = BTreeMap::from([(era_of(through), through)]);
+        if let Some((_, after)) = gap {
+            let raise = raised.entry(era_of(after)).or_insert(after);
+            *raise = (*raise).max(after);
+        }
         for FanOutItem {
             position,
             recipients,
@@ -1202,7 +1238,7 @@ impl<E: Clone, R> FragmentCore<E, R> {
         for (_, entry) in &entries {
             self.pending_ids.insert(entry.id);
         }
-        let ops = vec![
+        let mut ops = vec![
             WriteOp::PutGroupEntries {
                 group,
                 through,
@@ -1210,6 +1246,10 @@ impl<E: Clone, R> FragmentCore<E, R> {
             },
             WriteOp::NextSeq(self.next_seq),
         ];
+        if let Some((from, to)) = gap {
+            metrics::counter!("switchboard_group_fanout_gaps_total").increment(1);
+            ops.push(WriteOp::GroupGap { group, from, to });
+        }
         for (era, mark) in &raised {
             self.groups.inbox.insert((group, *era), *mark);
         }

@@ -66,6 +66,8 @@ impl MemMailbox {
                 | WriteOp::DeleteGroup { .. }
                 | WriteOp::PutGroupEntries { .. }
                 | WriteOp::GroupCursors { .. }
+                | WriteOp::GroupGap { .. }
+                | WriteOp::GroupGapFilled { .. }
                 | WriteOp::GroupTicked { .. } => {
                     unreachable!("these tests make no groups")
                 }

@@ -180,19 +180,27 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
                 // Group items the former owner stored in its members'
                 // mailboxes: those above this owner's inbox mark of the
                 // group are new here (the group's fan-out goes on from
-                // its own mark and skips what the mark covers); the rest
-                // this owner stored itself.
+                // its own mark and skips what the mark covers), and so are
+                // those in a gap (batches the home passed on the former
+                // owner's confirmation, which this owner never got); the
+                // rest this owner stored itself. A gap's positions merged
+                // are taken out of it, so a repeated merge keeps nothing
+                // twice.
                 WriteOp::PutGroupEntries {
                     group,
                     through,
                     entries,
                 } => {
                     let mut entries_here = Vec::new();
+                    let mut filled = BTreeSet::new();
                     for entry in entries {
                         let Some(position) = group_position(&entry.2) else {
                             continue;
                         };
                         if position > reads.group_inbox(*group, era_of(position))? {
+                            entries_here.push(entry.clone());
+                        } else if reads.in_group_gap(*group, position)? {
+                            filled.insert(position);
                             entries_here.push(entry.clone());
                         }
                     }
@@ -202,6 +210,12 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
                         through: *through,
                         entries: entries_here,
                     });
+                    if !filled.is_empty() {
+                        keep.push(WriteOp::GroupGapFilled {
+                            group: *group,
+                            positions: filled.into_iter().collect(),
+                        });
+                    }
                 }
                 // A message the former owner logged for a group at home
                 // here, unless the sender resent it here meanwhile (its
@@ -249,6 +263,9 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
                 // owner's settled ticks and the receipts it logged are
                 // not merged).
                 WriteOp::GroupCursors { .. } => keep.push(op),
+                // The former owner's gaps: its own business (this owner
+                // records those it sees).
+                WriteOp::GroupGap { .. } | WriteOp::GroupGapFilled { .. } => {}
                 WriteOp::GroupTicked { group, .. } if new_groups.contains(group) => keep.push(op),
                 WriteOp::GroupTicked { .. } => {}
                 // This owner's sequence is already past the former owner's,
@@ -269,9 +286,16 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
         }
         // Messages stored from now on get ids above the merged ones (the
         // former owner may have taken over into a higher half-block than
-        // this owner's): pushes go out in id order.
-        if let (Some(seq), Some(core)) = (highest, self.core.as_mut()) {
-            core.raise_next_seq(seq.saturating_add(1));
+        // this owner's): pushes go out in id order. Above them means a
+        // fresh half-block of this owner's, not the next id of the former
+        // owner's: that owner may have given out more ids there than its
+        // divergent log holds (writes streamed here but lost with a copy
+        // cut short, which a client may have been pushed).
+        let member = self.island_member();
+        if let (Some(seq), Some(core)) = (highest, self.core.as_mut())
+            && seq >= core.next_seq()
+        {
+            core.raise_next_seq(takeover_seq(seq, member));
         }
         out.push(Action::ApplyMerge {
             from: from.to_owned(),

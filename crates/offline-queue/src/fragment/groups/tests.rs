@@ -594,6 +594,7 @@ fn a_destination_keeps_a_mark_per_era() {
     let era = crate::replica::TAKEOVER_SEQ_GAP / 2;
     let batch = |seq: u64, cid: u64| FanOut {
         group,
+        after: 0,
         through: crate::entry::compose_message_id(home, seq),
         items: vec![FanOutItem {
             position: crate::entry::compose_message_id(home, seq),
