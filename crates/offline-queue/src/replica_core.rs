@@ -569,6 +569,9 @@ struct Replication<T, L> {
     /// another owner, after [`MERGE_RETRY_MS`], or when the owner's link
     /// comes back (the offer may have died with the old one).
     merge_offer: Option<(String, u64, TimestampMs)>,
+    /// Writes went to the divergent log after the last offer was read
+    /// (a demotion's unconfirmed writes): offer again until it is empty.
+    merge_more: bool,
     /// While a merge offer comes in chunks: ids of its messages that this
     /// owner holds under another id (see `merge`).
     merge_aliases: BTreeMap<MessageId, MessageId>,
@@ -651,6 +654,7 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
                 handing_since: None,
                 in_sight_since: in_sight.then_some(now),
                 merge_offer: None,
+                merge_more: false,
                 merge_aliases: BTreeMap::new(),
                 merge_new_groups: BTreeSet::new(),
                 merged_upto: 0,

@@ -41,6 +41,7 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
         }
         let chunks = reads.divergent_chunks(MERGE_CHUNK_OPS)?;
         if chunks.is_empty() {
+            cluster.merge_more = false;
             return Ok(());
         }
         let writes: usize = chunks.iter().map(|(_, ops)| ops.len()).sum();

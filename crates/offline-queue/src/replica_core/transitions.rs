@@ -132,8 +132,21 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
             cluster.copy = PartnerCopy::Absent;
             cluster.by_rseq.clear();
             // Writes still waiting are not acknowledged: their senders retry
-            // with the same ids, which the new owner deduplicates.
-            cluster.waiting.clear();
+            // with the same ids, which the new owner deduplicates. But they
+            // are in this node's rows, and if this node serves again before
+            // its partner copies to it, a retry here would find them and be
+            // acknowledged (a destination's group batch confirmed) while
+            // the partner, which may take over later, never had them: they
+            // go to the divergent log, to be merged wherever the fragment
+            // is served next (in tag order, the order they were written).
+            let unconfirmed: Vec<WriteOp> = std::mem::take(&mut cluster.waiting)
+                .into_values()
+                .flat_map(|waiting| waiting.ops)
+                .collect();
+            if !unconfirmed.is_empty() {
+                out.push(Action::LogDivergent(unconfirmed));
+                cluster.merge_more = true;
+            }
             for (user, _, endpoint) in core.take_attached() {
                 if let Attached::Local(endpoint) = endpoint {
                     cluster.local_sessions.insert(user, endpoint);
@@ -218,7 +231,7 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
             let offered = self
                 .cluster
                 .as_ref()
-                .is_some_and(|c| c.merge_offer.is_some());
+                .is_some_and(|c| c.merge_offer.is_some() || c.merge_more);
             if self.core.is_none() && offered {
                 self.send_merge(now, reads, out)?;
             }
