@@ -101,6 +101,13 @@ const HELP: &str = "\
   ticks: ✓ stored by the node, ✓✓ delivered to the peer, ✓✓ read
   (in a group: once every member has it, or has read it)";
 
+/// What reading a shown message tells: its sender (1:1), or its group
+/// up to its position.
+enum ReadMark {
+    User(PhoneNumber),
+    Group(GroupId, client::Position),
+}
+
 /// Who typed lines go to.
 #[derive(Debug, Clone)]
 enum Talk {
@@ -343,6 +350,24 @@ impl Screen {
         });
     }
 
+    /// Acknowledges a shown message and marks it read, in the background.
+    fn acknowledge_read(&mut self, msg_id: MessageId, mark: ReadMark) {
+        let client = self.client.clone();
+        let reports = self.reports.clone();
+        self.in_flight += 1;
+        tokio::spawn(async move {
+            let done = async {
+                client.ack(vec![msg_id]).await?;
+                match mark {
+                    ReadMark::User(from) => client.read(&from, vec![msg_id]).await,
+                    ReadMark::Group(group, position) => client.read_group(group, position).await,
+                }
+            };
+            let warning = done.await.err().map(|e| format!("cannot acknowledge: {e}"));
+            let _ = reports.send(Report::Acked(warning));
+        });
+    }
+
     /// Acknowledges a shown entry in the background.
     fn acknowledge(&mut self, id: MessageId) {
         let client = self.client.clone();
@@ -374,17 +399,7 @@ impl Screen {
                     String::from_utf8_lossy(&payload)
                 ));
                 // Shown: acknowledge it and tell the sender it was read.
-                let client = self.client.clone();
-                let reports = self.reports.clone();
-                self.in_flight += 1;
-                tokio::spawn(async move {
-                    let done = async {
-                        client.ack(vec![msg_id]).await?;
-                        client.read(&from, vec![msg_id]).await
-                    };
-                    let warning = done.await.err().map(|e| format!("cannot acknowledge: {e}"));
-                    let _ = reports.send(Report::Acked(warning));
-                });
+                self.acknowledge_read(msg_id, ReadMark::User(from));
             }
             Event::Receipt {
                 id,
@@ -420,17 +435,7 @@ impl Screen {
                     String::from_utf8_lossy(&payload)
                 ));
                 // Shown: acknowledge it and mark the group read up to it.
-                let client = self.client.clone();
-                let reports = self.reports.clone();
-                self.in_flight += 1;
-                tokio::spawn(async move {
-                    let done = async {
-                        client.ack(vec![msg_id]).await?;
-                        client.read_group(group, position).await
-                    };
-                    let warning = done.await.err().map(|e| format!("cannot acknowledge: {e}"));
-                    let _ = reports.send(Report::Acked(warning));
-                });
+                self.acknowledge_read(msg_id, ReadMark::Group(group, position));
             }
             Event::GroupReceipt {
                 msg_id,
