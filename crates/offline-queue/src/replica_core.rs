@@ -585,6 +585,11 @@ struct Replication<T, L> {
     /// A copy from the owner this node refuses (see `apply_snapshot`), by
     /// its stream position.
     refused_copy: Option<u64>,
+    /// A copy's first chunk was handed to the disk and its last not yet:
+    /// this node's rows are (or are about to be) only part of the
+    /// fragment. The store's own mark (`copy_incomplete`) lags behind the
+    /// writer's queue, so a take-over must look here too.
+    copying: bool,
     /// As owner: this node's own commits hold every write it streamed up
     /// to here; the partner was told up to `told_committed`.
     committed_rseq: u64,
@@ -659,6 +664,7 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
                 merge_new_groups: BTreeSet::new(),
                 merged_upto: 0,
                 refused_copy: None,
+                copying: false,
                 committed_rseq: 0,
                 told_committed: 0,
                 uncommitted: UncommittedStream::default(),

@@ -51,6 +51,8 @@ fn main() {
     if let Some(lines) = std::env::var("SIM_TRACE").ok().and_then(|s| s.parse().ok()) {
         options.trace_lines = lines;
     }
+    // SIM_TRACE_WIRE=1: trace every fragment message delivered too.
+    options.trace_wire = std::env::var("SIM_TRACE_WIRE").is_ok_and(|v| v == "1");
     // SIM_KEEP_GOING=1: count the failing seeds instead of stopping.
     let keep_going = std::env::var("SIM_KEEP_GOING").is_ok_and(|v| v == "1");
     let mut failed = 0u64;

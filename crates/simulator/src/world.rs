@@ -66,6 +66,9 @@ pub struct Options {
     pub copy_chunk_rows: usize,
     /// Keep this many trace lines for a failure.
     pub trace_lines: usize,
+    /// Trace every fragment message delivered between nodes, not only
+    /// the lost ones (a long trace; for chasing one seed).
+    pub trace_wire: bool,
 }
 
 impl Default for Options {
@@ -84,6 +87,7 @@ impl Default for Options {
             copy_chunk_rows: 8,
             disk_stall: 0.25,
             trace_lines: 400,
+            trace_wire: false,
         }
     }
 }
@@ -1169,6 +1173,10 @@ impl World {
             }
             NetMsg::Closed => self.link_closed(to, from, link)?,
             NetMsg::Fragment { fragment, wire } => {
+                if self.options.trace_wire {
+                    let (from, to) = (&self.nodes[from].name, &self.nodes[to].name);
+                    self.note(format!("{from} f{fragment} => {to}: {}", wire.kind()));
+                }
                 self.step(to, fragment, Event::Peer { from: peer, wire })?;
             }
         }

@@ -89,6 +89,9 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
             // The copy is of the owner's disk: it holds what came before.
             cluster.uncommitted.clear();
         }
+        if first || last {
+            cluster.copying = !last;
+        }
         out.push(Action::ImportChunk {
             from: from.to_owned(),
             rseq,

@@ -238,6 +238,42 @@ fn a_copy_from_the_owner_holds_what_was_streamed_before_it() {
     );
 }
 
+/// Seed 1276: a copy's first chunk handed to the disk but not yet written
+/// (the store does not mark the copy yet) already holds a take-over back;
+/// once the last chunk is handed over too, the take-over goes ahead (its
+/// flush lands the chunks first).
+#[test]
+fn no_take_over_while_a_copys_chunks_wait_for_the_disk() {
+    let reads = reads();
+    let mut partner = partner_of_n1(&reads);
+    let first = FragmentWire::snapshot((1, true, false, 2), SnapshotChunk::default());
+    let out = partner.step(20, from_n1(first), &reads).expect("step");
+    assert!(
+        out.iter().any(|a| matches!(a, Action::ImportChunk { .. })),
+        "{}",
+        kinds(&out)
+    );
+    // The import is not applied to `reads`: it waits in the writer's queue.
+    let out = n1_goes_down(&mut partner, &reads);
+    assert!(
+        !out.iter()
+            .any(|a| matches!(a, Action::Flush | Action::SaveOwner(_))),
+        "no take-over from part of a copy: {}",
+        kinds(&out)
+    );
+    let last = FragmentWire::snapshot((1, false, true, 2), SnapshotChunk::default());
+    partner.step(2_100, from_n1(last), &reads).expect("step");
+    let tick = Event::Tick {
+        lately: lately(&["n3", "n4"]),
+    };
+    let out = partner.step(3_100, tick, &reads).expect("tick");
+    assert!(
+        out.iter().any(|a| matches!(a, Action::Flush)),
+        "the whole copy is handed over: the take-over goes ahead: {}",
+        kinds(&out)
+    );
+}
+
 /// The owner side: how far its own commits reach goes to the partner
 /// every [`COMMITTED_EVERY`] writes and at a tick.
 #[test]

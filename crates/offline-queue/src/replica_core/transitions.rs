@@ -180,7 +180,7 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
                 "primary lost, but this node does not see enough of the cluster (yet) to take over");
             return Ok(());
         }
-        if reads.copy_incomplete()? {
+        if cluster.copying || reads.copy_incomplete()? {
             // Serving from part of a copy would lose what the rest held;
             // the fragment waits for its owner instead (checked again
             // every second).
