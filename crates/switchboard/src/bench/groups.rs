@@ -81,6 +81,9 @@ struct Shared {
     in_flight: AtomicU64,
     /// Deliveries owed for the acknowledged messages.
     expected: AtomicU64,
+    /// Membership events received (the groups' creations, before the
+    /// clock starts).
+    events: AtomicU64,
     acked_log: Mutex<Ledger<Key>>,
 }
 
@@ -186,9 +189,12 @@ async fn receive(
                         }
                     }
                 }
-                // The creations and anything else: acked, not counted.
-                ServerFrame::GroupEvent { msg_id, .. }
-                | ServerFrame::GroupReceipt { msg_id, .. }
+                // The creations: counted apart; anything else: acked.
+                ServerFrame::GroupEvent { msg_id, .. } => {
+                    to_ack.push(msg_id);
+                    shared.events.fetch_add(1, Ordering::Relaxed);
+                }
+                ServerFrame::GroupReceipt { msg_id, .. }
                 | ServerFrame::Deliver { msg_id, .. } => {
                     to_ack.push(msg_id);
                 }
@@ -288,6 +294,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         out_of_order: AtomicU64::new(0),
         in_flight: AtomicU64::new(0),
         expected: AtomicU64::new(0),
+        events: AtomicU64::new(0),
         acked_log: Mutex::new(Ledger::new(1)),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -305,6 +312,20 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             stop_rx.clone(),
         )));
     }
+    // The clock starts once every member has its group's creation: a
+    // 1,024-member group's creation is itself 1,024 deliveries, and the
+    // first messages would otherwise queue behind it.
+    let creations: u64 = members_of.iter().map(|m| m.len() as u64).sum();
+    let waiting_since = Instant::now();
+    while shared.events.load(Ordering::Relaxed) < creations {
+        if waiting_since.elapsed() > REQUEST_TIMEOUT {
+            bail!(
+                "{} of {creations} group creations arrived in {REQUEST_TIMEOUT:?}",
+                shared.events.load(Ordering::Relaxed)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let members_of = Arc::new(members_of);
 
     let total = (args.rate * args.duration).round() as u64;
@@ -314,7 +335,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let send_start = Instant::now();
     let start_offset_us = shared.since_start_us();
     while next < total {
-        let due = ((send_start.elapsed().as_secs_f64() * args.rate) as u64).min(total);
+        let due = super::sends_due(send_start.elapsed().as_secs_f64(), args.rate, total);
         while next < due {
             let scheduled_us = start_offset_us + (next as f64 / args.rate * 1e6) as u64;
             let group = rng.random_range(0..args.groups);

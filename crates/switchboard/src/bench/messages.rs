@@ -359,7 +359,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let send_start = Instant::now();
     let start_offset_us = shared.since_start_us();
     while next < total {
-        let due = ((send_start.elapsed().as_secs_f64() * args.rate) as u64).min(total);
+        let due = super::sends_due(send_start.elapsed().as_secs_f64(), args.rate, total);
         while next < due {
             let scheduled_us = start_offset_us + (next as f64 / args.rate * 1e6) as u64;
             let sender = rng.random_range(0..online_count);

@@ -113,3 +113,27 @@ pub(crate) fn raise_file_limit() -> u64 {
         }
     }
 }
+
+/// How many of an open loop's `total` sends are due `elapsed_s` into it:
+/// send `i` is scheduled at `i / rate` (its latency is counted from
+/// there), so it is due as soon as that time has come, not one interval
+/// later.
+pub(crate) fn sends_due(elapsed_s: f64, rate: f64, total: u64) -> u64 {
+    ((elapsed_s * rate).floor() as u64)
+        .saturating_add(1)
+        .min(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sends_due;
+
+    #[test]
+    fn a_send_is_due_at_its_scheduled_time() {
+        // At 10/s send 0 is due at once, send 1 at 100 ms.
+        assert_eq!(sends_due(0.0, 10.0, 100), 1);
+        assert_eq!(sends_due(0.099, 10.0, 100), 1);
+        assert_eq!(sends_due(0.1, 10.0, 100), 2);
+        assert_eq!(sends_due(1_000.0, 10.0, 100), 100);
+    }
+}
