@@ -320,15 +320,28 @@ impl Client {
         self.queue_to(Target::Group(group), payload)
     }
 
-    /// Creates a group with this user as its admin; its id.
+    /// Creates a group with this user as its admin; its id. If the
+    /// connection is lost before the answer, the request is made again on
+    /// the next one (within the request timeout) with the same create id,
+    /// so a creation that did happen is answered, not repeated.
     pub async fn create_group(&self, name: &str, members: Vec<PhoneNumber>) -> Result<GroupId> {
-        let request = Request::CreateGroup {
+        let request = Request::CreateGroupOnce {
+            create_id: rand::random(),
             name: name.to_owned(),
             members,
         };
-        match self.request(request).await? {
-            Response::GroupCreated { group } => Ok(group),
-            other => Err(unexpected("GroupCreated", &other)),
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        loop {
+            match self.request(request.clone()).await {
+                Ok(Response::GroupCreated { group }) => return Ok(group),
+                Ok(other) => return Err(unexpected("GroupCreated", &other)),
+                Err(ClientError::ConnectionLost(reason))
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    debug!("group creation in doubt ({reason}); asking again");
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 

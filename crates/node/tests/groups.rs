@@ -458,6 +458,33 @@ async fn resends_are_stored_once_and_bad_requests_get_typed_errors_without_harm(
         .await;
     assert_eq!(refused(after_missing), ErrorCode::EarlierMessageMissing);
 
+    // A creation asked again (its answer lost with a connection) is
+    // answered with the first group, also while the first is in flight.
+    let create_once = |create_id: u64| Request::CreateGroupOnce {
+        create_id,
+        name: "once".into(),
+        members: vec![bob.user().clone()],
+    };
+    let (first, racing) =
+        tokio::join!(alice.request(create_once(7)), alice.request(create_once(7)));
+    let first = first.expect("created");
+    assert!(
+        matches!(first, Response::GroupCreated { group: g } if g != group),
+        "{first:?}"
+    );
+    assert_eq!(
+        racing.expect("answered"),
+        first,
+        "in flight: the same group"
+    );
+    let again = alice.request(create_once(7)).await.expect("answered");
+    assert_eq!(again, first, "stored: the same group");
+    let other = alice.request(create_once(8)).await.expect("created");
+    assert!(
+        matches!(other, Response::GroupCreated { .. }) && other != first,
+        "another create id makes another group: {other:?}"
+    );
+
     // Outsiders, members acting as admins, unknown ids, limits, bad names.
     let cases = [
         (

@@ -102,6 +102,11 @@ pub(crate) fn group_dedupe_key(group: GroupId) -> String {
     format!("#{group:016x}")
 }
 
+/// The `dedupe` table's recipient key for creations with a create id
+/// (`Request::CreateGroupOnce`): by creator and create id → the group.
+/// Of the group keys' range, and never one of them (they are longer).
+pub(crate) const GROUP_CREATE_KEY: &str = "#new";
+
 impl GroupRecord {
     /// The encoded record (postcard), as stored.
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -337,6 +342,12 @@ pub trait GroupRead {
         sender: &PhoneNumber,
         client_msg_id: u64,
     ) -> Result<Option<(Position, TimestampMs)>, FragmentError>;
+    /// The group `creator` created with `create_id`, if its key is kept.
+    fn group_created(
+        &self,
+        creator: &PhoneNumber,
+        create_id: u64,
+    ) -> Result<Option<GroupId>, FragmentError>;
 }
 
 /// Opens `table` in `read`; `None` if it was never written.
@@ -498,6 +509,17 @@ impl GroupRead for RedbMailbox {
         client_msg_id: u64,
     ) -> Result<Option<(Position, TimestampMs)>, FragmentError> {
         self.dedupe_key(&group_dedupe_key(group), sender, client_msg_id)
+    }
+
+    fn group_created(
+        &self,
+        creator: &PhoneNumber,
+        create_id: u64,
+    ) -> Result<Option<GroupId>, FragmentError> {
+        // A creation is logged at the group's first position: its id.
+        Ok(self
+            .dedupe_key(GROUP_CREATE_KEY, creator, create_id)?
+            .map(|(group, _)| group))
     }
 
     fn groups_of(&self, user: &PhoneNumber) -> Result<Vec<GroupId>, FragmentError> {

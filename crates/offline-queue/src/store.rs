@@ -26,7 +26,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use proto::{MessageId, PhoneNumber, TimestampMs};
+use proto::{GroupChange, MessageId, PhoneNumber, TimestampMs};
 use redb::{ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 use router::FragmentId;
 use storage::{StorageError, Store};
@@ -386,9 +386,16 @@ impl<'txn> MailboxTables<'txn> {
                         )?;
                     }
                     if let Some((sender, client_msg_id)) = dedupe {
+                        let key = match item {
+                            GroupItem::Change {
+                                change: GroupChange::Created { .. },
+                                ..
+                            } => group_store::GROUP_CREATE_KEY.to_owned(),
+                            _ => group_store::group_dedupe_key(*group),
+                        };
                         self.put_dedupe(
                             fragment,
-                            &group_store::group_dedupe_key(*group),
+                            &key,
                             sender.as_str(),
                             *client_msg_id,
                             (*position, item.ts()),

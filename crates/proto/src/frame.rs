@@ -274,6 +274,19 @@ pub enum Request {
         /// The message's position.
         position: Position,
     },
+    /// [`Request::CreateGroup`] that may be repeated: a repeat with the same
+    /// `create_id` from the same user (after an answer lost with the
+    /// connection) is answered with the group the first one created, for
+    /// as long as send dedupe keys are kept. Answer:
+    /// [`Response::GroupCreated`].
+    CreateGroupOnce {
+        /// Chosen by the client, unique among its creations.
+        create_id: u64,
+        /// As in [`Request::CreateGroup`].
+        name: String,
+        /// As in [`Request::CreateGroup`].
+        members: Vec<PhoneNumber>,
+    },
 }
 
 /// Who may see a user's presence and typing (besides the user).

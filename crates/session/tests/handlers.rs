@@ -140,7 +140,9 @@ impl Services for Shared {
             return Box::pin(async move { Err(e) });
         }
         let answer = match &request {
-            GroupRequest::Create { .. } => GroupAnswer::Created { group: 42 },
+            GroupRequest::Create { .. } | GroupRequest::CreateOnce { .. } => {
+                GroupAnswer::Created { group: 42 }
+            }
             GroupRequest::Change { .. } | GroupRequest::Read { .. } => GroupAnswer::Changed,
             GroupRequest::MessageInfo {
                 group,
@@ -571,8 +573,15 @@ async fn group_requests_act_as_the_logged_in_user_and_entries_arrive_as_group_fr
         })
         .await;
     let info = client.request(Request::GroupInfo { group: 42 }).await;
+    let create_once = client
+        .request(Request::CreateGroupOnce {
+            create_id: 5,
+            name: "again".into(),
+            members: vec![phone(3)],
+        })
+        .await;
     let mut answers = HashMap::new();
-    for _ in 0..4 {
+    for _ in 0..5 {
         match client.expect().await {
             ServerFrame::Response { id, response } => {
                 answers.insert(id, response);
@@ -594,6 +603,7 @@ async fn group_requests_act_as_the_logged_in_user_and_entries_arrive_as_group_fr
         &answers[&info],
         Response::GroupInfo { group: 42, .. }
     ));
+    assert_eq!(answers[&create_once], Response::GroupCreated { group: 42 });
     let handed = stand_in.groups.lock().expect("lock").clone();
     assert_eq!(
         handed,
@@ -618,6 +628,12 @@ async fn group_requests_act_as_the_logged_in_user_and_entries_arrive_as_group_fr
             GroupRequest::Info {
                 group: 42,
                 by: phone(1)
+            },
+            GroupRequest::CreateOnce {
+                creator: phone(1),
+                create_id: 5,
+                name: "again".into(),
+                members: vec![phone(3)],
             },
         ]
     );

@@ -447,6 +447,7 @@ fn handle(state: &Mutex<State>, conn: u64, rid: u32, request: Request) {
         // Groups are tested against a real node (crates/node/tests).
         (
             Request::CreateGroup { .. }
+            | Request::CreateGroupOnce { .. }
             | Request::ChangeGroup { .. }
             | Request::GroupInfo { .. }
             | Request::SendGroup { .. }

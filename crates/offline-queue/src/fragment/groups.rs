@@ -133,13 +133,28 @@ pub enum GroupRequest {
         /// The message.
         position: Position,
     },
+    /// [`GroupRequest::Create`] that a repeat with the same `create_id`
+    /// answers with the group the first one created (appended: the
+    /// variants before it keep their wire form).
+    CreateOnce {
+        /// Its admin.
+        creator: PhoneNumber,
+        /// The creator's id for this creation.
+        create_id: u64,
+        /// Its name.
+        name: String,
+        /// The other members.
+        members: Vec<PhoneNumber>,
+    },
 }
 
 impl GroupRequest {
     /// The fragment that serves it: the group's home, or the creator's.
     pub fn home(&self, placement: &router::Placement) -> FragmentId {
         match self {
-            GroupRequest::Create { creator, .. } => placement.fragment_of(creator),
+            GroupRequest::Create { creator, .. } | GroupRequest::CreateOnce { creator, .. } => {
+                placement.fragment_of(creator)
+            }
             GroupRequest::List { user } => placement.fragment_of(user),
             GroupRequest::Change { group, .. }
             | GroupRequest::Info { group, .. }
@@ -291,6 +306,9 @@ pub(super) struct Groups {
     /// Sends being committed, by `(group, sender, client id)`: a resend
     /// waits for the first copy's commit.
     sending: BTreeMap<(GroupId, PhoneNumber, u64), u64>,
+    /// Creations being committed, by `(creator, create id)`: a repeat
+    /// waits for the first one's commit.
+    creating: BTreeMap<(PhoneNumber, u64), u64>,
     /// Inbox marks of writes not yet committed here, per group and era.
     inbox: BTreeMap<(GroupId, u64), Position>,
     /// How far members here have received groups, not yet stored at the
@@ -314,6 +332,8 @@ pub(super) enum GroupCommit<R> {
         position: Position,
         /// A send's dedupe key.
         sending: Option<(PhoneNumber, u64)>,
+        /// A creation's `(creator, create id)`.
+        creating: Option<(PhoneNumber, u64)>,
         waiters: Vec<R>,
         answer: GroupAnswer,
     },
@@ -404,7 +424,16 @@ impl<E: Clone, R> FragmentCore<E, R> {
                 creator,
                 name,
                 members,
-            } => self.create_group(creator, name, members, now, reply, &mut out),
+            } => self.create_group(reads, creator, None, name, members, now, reply, &mut out),
+            GroupRequest::CreateOnce {
+                creator,
+                create_id,
+                name,
+                members,
+            } => {
+                let once = Some(create_id);
+                self.create_group(reads, creator, once, name, members, now, reply, &mut out)
+            }
             GroupRequest::Change { group, by, command } => {
                 self.change_group(reads, group, by, command, now, reply, &mut out)
             }
@@ -498,9 +527,12 @@ impl<E: Clone, R> FragmentCore<E, R> {
         out
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn create_group(
         &mut self,
+        reads: &impl GroupRead,
         creator: PhoneNumber,
+        create_id: Option<u64>,
         name: String,
         members: Vec<PhoneNumber>,
         now: TimestampMs,
@@ -515,6 +547,26 @@ impl<E: Clone, R> FragmentCore<E, R> {
                 ),
             ));
         }
+        if let Some(create_id) = create_id {
+            let key = (creator.clone(), create_id);
+            // A repeat while the first is being committed waits for it.
+            if let Some(tag) = self.groups.creating.get(&key)
+                && let Some(Commit::Group(GroupCommit::Logged { waiters, .. })) =
+                    self.commits.get_mut(tag)
+            {
+                waiters.push(reply);
+                return Ok(());
+            }
+            match reads.group_created(&creator, create_id) {
+                Ok(Some(group)) => {
+                    Self::group_reply(reply, Ok(GroupAnswer::Created { group }), out);
+                    return Ok(());
+                }
+                Ok(None) => {}
+                Err(e) => return Err((reply, e)),
+            }
+        }
+        let creating = create_id.map(|create_id| (creator.clone(), create_id));
         let id = self.next_id();
         let limit = self.config.groups.max_members;
         let (record, change) =
@@ -535,7 +587,9 @@ impl<E: Clone, R> FragmentCore<E, R> {
                 group: id,
                 position: id,
                 item: item.clone(),
-                dedupe: None,
+                // Stored under the creator's creations (the item is the
+                // group's creation), not the group's sends.
+                dedupe: creating.clone(),
             },
             WriteOp::NextSeq(self.next_seq),
         ];
@@ -552,11 +606,15 @@ impl<E: Clone, R> FragmentCore<E, R> {
             },
         );
         metrics::counter!("switchboard_groups_created_total").increment(1);
+        if let Some(key) = &creating {
+            self.groups.creating.insert(key.clone(), self.next_tag);
+        }
         self.persist(
             Commit::Group(GroupCommit::Logged {
                 group: id,
                 position: id,
                 sending: None,
+                creating,
                 waiters: vec![reply],
                 answer: GroupAnswer::Created { group: id },
             }),
@@ -624,6 +682,7 @@ impl<E: Clone, R> FragmentCore<E, R> {
                 group,
                 position,
                 sending: None,
+                creating: None,
                 waiters: vec![reply],
                 answer: GroupAnswer::Changed,
             }),
@@ -725,6 +784,7 @@ impl<E: Clone, R> FragmentCore<E, R> {
                 group,
                 position,
                 sending: Some((from, client_msg_id)),
+                creating: None,
                 waiters: vec![reply],
                 answer: GroupAnswer::Sent(Stored {
                     msg_id: position,
@@ -750,11 +810,15 @@ impl<E: Clone, R> FragmentCore<E, R> {
                 group,
                 position,
                 sending,
+                creating,
                 waiters,
                 answer,
             } => {
                 if let Some((from, client_msg_id)) = sending {
                     self.groups.sending.remove(&(group, from, client_msg_id));
+                }
+                if let Some(key) = creating {
+                    self.groups.creating.remove(&key);
                 }
                 let result = match &outcome {
                     Ok(()) => Ok(answer),

@@ -15,6 +15,8 @@ use crate::actor::SessionState;
 /// What a client asked of a group, before the node adds who asks.
 pub(crate) enum GroupAsk {
     Create {
+        /// `Some` for [`proto::Request::CreateGroupOnce`].
+        create_id: Option<u64>,
         name: String,
         members: Vec<PhoneNumber>,
     },
@@ -58,9 +60,26 @@ pub(crate) async fn request(
         tokio::time::sleep(wait).await;
     }
     let (request, send_id) = match ask {
-        GroupAsk::Create { name, members } => (
+        GroupAsk::Create {
+            create_id: None,
+            name,
+            members,
+        } => (
             GroupRequest::Create {
                 creator: user,
+                name,
+                members,
+            },
+            None,
+        ),
+        GroupAsk::Create {
+            create_id: Some(create_id),
+            name,
+            members,
+        } => (
+            GroupRequest::CreateOnce {
+                creator: user,
+                create_id,
                 name,
                 members,
             },

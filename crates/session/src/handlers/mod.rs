@@ -129,7 +129,24 @@ async fn serve(
             count,
         } => admin::mint_test_users(myself, state, id, permit, &secret, first, count),
         Request::CreateGroup { name, members } => {
-            groups::request(state, id, permit, GroupAsk::Create { name, members }).await;
+            let ask = GroupAsk::Create {
+                create_id: None,
+                name,
+                members,
+            };
+            groups::request(state, id, permit, ask).await;
+        }
+        Request::CreateGroupOnce {
+            create_id,
+            name,
+            members,
+        } => {
+            let ask = GroupAsk::Create {
+                create_id: Some(create_id),
+                name,
+                members,
+            };
+            groups::request(state, id, permit, ask).await;
         }
         Request::ChangeGroup { group, command } => {
             groups::request(state, id, permit, GroupAsk::Change { group, command }).await;

@@ -194,8 +194,7 @@ async fn receive(
                     to_ack.push(msg_id);
                     shared.events.fetch_add(1, Ordering::Relaxed);
                 }
-                ServerFrame::GroupReceipt { msg_id, .. }
-                | ServerFrame::Deliver { msg_id, .. } => {
+                ServerFrame::GroupReceipt { msg_id, .. } | ServerFrame::Deliver { msg_id, .. } => {
                     to_ack.push(msg_id);
                 }
                 ServerFrame::Receipt { id, .. } => to_ack.push(id),
