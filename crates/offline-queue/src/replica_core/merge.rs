@@ -6,7 +6,7 @@ use super::*;
 use crate::account::AccountRecord;
 use proto::MessageId;
 
-use crate::entry::{group_position, seq_of_message_id};
+use crate::entry::{GroupItem, group_position, seq_of_message_id};
 use crate::group_store::era_of;
 
 impl<T: Clone, L: Caller> ReplicaCore<T, L> {
@@ -226,6 +226,7 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
                 // positions hide the other's.
                 WriteOp::LogGroup {
                     group,
+                    item: GroupItem::Message { .. },
                     dedupe: Some((sender, client_msg_id)),
                     ..
                 } => {
