@@ -70,6 +70,49 @@ pub enum EntryBody {
         /// What was logged there.
         item: GroupItem,
     },
+    /// A member's reference to a group item stored once for all of the
+    /// fragment's members ([`SharedItem`], the `mbox` row of owner
+    /// [`SHARED_OWNER`] at the item's position). Only ever on disk: the
+    /// mailbox's readers resolve it into [`EntryBody::Group`].
+    GroupRef {
+        /// The group.
+        group: GroupId,
+        /// Its place in the group's log (the shared row's id).
+        position: Position,
+        /// When the group logged it (for the expiry, without the item).
+        ts: TimestampMs,
+    },
+}
+
+/// The `mbox` owner under which a fragment keeps the group items its
+/// members' [`EntryBody::GroupRef`]s point to, by position: `#` sorts
+/// before every phone number's `+`, and is no phone number, so no
+/// mailbox, scan or sweep of members' rows meets these rows (copies and
+/// the stage carry them like any row of the fragment).
+pub const SHARED_OWNER: &str = "#shared";
+
+/// A group item stored once in a fragment for the members there who
+/// have not acknowledged it yet; gone with the last one's deletion.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedItem {
+    /// The group.
+    pub group: GroupId,
+    /// Members here whose mailbox still holds a reference to it.
+    pub waiting: Vec<PhoneNumber>,
+    /// The item.
+    pub item: GroupItem,
+}
+
+impl SharedItem {
+    /// Serialises for storage.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).unwrap_or_default()
+    }
+
+    /// Reads a stored row.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        postcard::from_bytes(bytes)
+    }
 }
 
 /// What a group's log holds at a position.
@@ -145,6 +188,7 @@ impl EntryBody {
             EntryBody::Message { server_ts, .. } => *server_ts,
             EntryBody::Receipt { ts, .. } => *ts,
             EntryBody::Group { item, .. } => item.ts(),
+            EntryBody::GroupRef { ts, .. } => *ts,
         }
     }
 
@@ -184,6 +228,11 @@ enum EntryHead<'a> {
         #[serde(borrow)]
         item: GroupItemHead<'a>,
     },
+    GroupRef {
+        group: GroupId,
+        position: Position,
+        ts: TimestampMs,
+    },
 }
 
 #[derive(Deserialize)]
@@ -213,6 +262,20 @@ enum GroupItemHead<'a> {
 pub(crate) fn group_position(bytes: &[u8]) -> Option<Position> {
     match postcard::take_from_bytes::<EntryHead<'_>>(bytes) {
         Ok((EntryHead::Group { _position, .. }, _)) => Some(_position),
+        Ok((EntryHead::GroupRef { position, .. }, _)) => Some(position),
+        _ => None,
+    }
+}
+
+/// The group and position a stored [`EntryBody::GroupRef`] points to.
+pub(crate) fn group_ref(bytes: &[u8]) -> Option<(GroupId, Position)> {
+    match postcard::take_from_bytes::<EntryHead<'_>>(bytes) {
+        Ok((
+            EntryHead::GroupRef {
+                group, position, ..
+            },
+            _,
+        )) => Some((group, position)),
         _ => None,
     }
 }
@@ -233,15 +296,32 @@ pub(crate) fn membership_change(owner: &PhoneNumber, bytes: &[u8]) -> Option<(Gr
     else {
         return None;
     };
-    let joins = match change {
+    joins(owner, &by, &change).map(|joins| (group, joins))
+}
+
+/// [`membership_change`] of an item of `group` stored for `owner`.
+pub(crate) fn item_membership_change(
+    owner: &PhoneNumber,
+    group: GroupId,
+    item: &GroupItem,
+) -> Option<(GroupId, bool)> {
+    match item {
+        GroupItem::Change { by, change, .. } => joins(owner, by, change).map(|j| (group, j)),
+        _ => None,
+    }
+}
+
+/// Whether change `change` made by `by` adds `owner` (`Some(true)`) or
+/// takes it out (`Some(false)`).
+fn joins(owner: &PhoneNumber, by: &PhoneNumber, change: &GroupChange) -> Option<bool> {
+    match change {
         GroupChange::Created { members, .. } | GroupChange::Added { members } => {
             members.contains(owner).then_some(true)
         }
         GroupChange::Removed { members } => members.contains(owner).then_some(false),
-        GroupChange::Left { .. } => (by == *owner).then_some(false),
+        GroupChange::Left { .. } => (by == owner).then_some(false),
         _ => None,
-    };
-    joins.map(|joins| (group, joins))
+    }
 }
 
 /// What the quotas and the expiry need of a stored entry.
@@ -291,6 +371,11 @@ pub(crate) fn stored_head(bytes: &[u8]) -> Option<StoredHead> {
                 at: ts,
                 payload_len: 0,
             },
+        }),
+        Ok((EntryHead::GroupRef { ts, .. }, _)) => Some(StoredHead {
+            sender: None,
+            at: ts,
+            payload_len: 0,
         }),
         Err(_) => None,
     }

@@ -779,7 +779,8 @@ impl<E: Clone, R> FragmentCore<E, R> {
                     }
                     deletions.push(id);
                 }
-                EntryBody::Receipt { .. } => deletions.push(id),
+                // Resolved by the readers: never queued (deleted like the rest).
+                EntryBody::Receipt { .. } | EntryBody::GroupRef { .. } => deletions.push(id),
             }
         }
         for (group, position) in groups_delivered {

@@ -25,6 +25,9 @@
 //!   under the recipient key [`group_dedupe_key`], swept with the others.
 //!
 //! At every fragment holding a member:
+//! - the group's items, once each, in the `mbox` table under the owner
+//!   [`crate::entry::SHARED_OWNER`], referenced from members' mailboxes
+//!   (see [`crate::entry::SharedItem`]).
 //! - `group_member_of`: `(fragment, user, group) → ()`: the groups a user
 //!   of this fragment is in, kept by the fanned-out changes that add or
 //!   remove the user as they are stored in its mailbox (so it is
@@ -74,6 +77,15 @@ pub(crate) const GROUP_UNTICKED_TABLE: TableDefinition<(u16, u64, u64), &[u8]> =
 /// over, or serves it again after a restart, starts a fresh half-block).
 pub fn era_of(position: Position) -> u64 {
     crate::entry::seq_of_message_id(position) / (crate::replica::TAKEOVER_SEQ_GAP / 2)
+}
+
+/// The position just below the first of `position`'s era.
+pub(crate) fn below_era(position: Position) -> Position {
+    let first = crate::entry::compose_message_id(
+        crate::entry::fragment_of_message_id(position),
+        era_of(position) * (crate::replica::TAKEOVER_SEQ_GAP / 2),
+    );
+    first.saturating_sub(1)
 }
 pub(crate) const GROUP_MEMBER_OF_TABLE: TableDefinition<(u16, &str, u64), ()> =
     TableDefinition::new("group_member_of");

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use storage::{StorageError, Store};
 
 use crate::FragmentError;
-use crate::entry::seq_of_message_id;
+use crate::entry::{SHARED_OWNER, seq_of_message_id};
 use crate::group_store::{GroupRow, erase_groups, export_groups, import_groups};
 use crate::staged::{LAST_OWNER, MailboxStage, Row, merge_mbox, merge_sorted};
 use crate::store::{
@@ -237,7 +237,11 @@ pub fn import_chunk(
     }
     let mut next_seq = chunk.next_seq.unwrap_or(0);
     for (owner, id, body) in &chunk.mbox {
-        next_seq = next_seq.max(seq_of_message_id(*id).saturating_add(1));
+        // A shared group item's id is a position: the home's id, not one
+        // of this fragment's.
+        if owner != SHARED_OWNER {
+            next_seq = next_seq.max(seq_of_message_id(*id).saturating_add(1));
+        }
         mbox.insert((f, owner.as_str(), *id), body.as_slice())?;
     }
     for (recipient, sender, cid, id, ts) in &chunk.dedupe {

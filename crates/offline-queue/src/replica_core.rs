@@ -525,6 +525,9 @@ enum Copied {
 struct Forwarded<L> {
     /// Where it went (empty once that node went down).
     owner: String,
+    /// The owner's epoch then: a node that stopped serving and serves
+    /// again (a new epoch) dropped the requests it had not answered.
+    epoch: u64,
     wire: FragmentWire,
     reply: L,
 }

@@ -205,6 +205,18 @@ impl<K: Ord + Clone, V: Clone> StagedTable<K, V> {
         rows.into_iter().collect()
     }
 
+    /// The writer's view of one row (see [`Self::writer_range`]).
+    pub(crate) fn writer_get(&self, key: &K) -> Option<V> {
+        let pending = self.pending();
+        if let Some(value) = pending.puts.get(key) {
+            return Some(value.clone());
+        }
+        if pending.removes.contains(key) {
+            return None;
+        }
+        self.published().get(key).cloned()
+    }
+
     /// A published row (readers).
     pub(crate) fn get(&self, key: &K) -> Option<V> {
         self.published().get(key).cloned()

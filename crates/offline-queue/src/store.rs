@@ -34,8 +34,8 @@ use storage::{StorageError, Store};
 use crate::account::AccountRecord;
 use crate::entry::GroupItem;
 use crate::entry::{
-    DeliveredMark, group_position, membership_change, message_sender, seq_of_message_id,
-    stored_head,
+    DeliveredMark, SHARED_OWNER, SharedItem, group_position, group_ref, item_membership_change,
+    membership_change, message_sender, seq_of_message_id, stored_head,
 };
 use crate::group::{GroupId, GroupRecord, Position};
 use crate::group_store;
@@ -185,6 +185,20 @@ pub enum WriteOp {
         /// Messages that need nothing more.
         done: Vec<Position>,
     },
+    /// [`WriteOp::PutGroupEntries`] with each item once: stored once in
+    /// this fragment ([`SharedItem`]) and referenced from each member's
+    /// mailbox ([`EntryBody::GroupRef`]); raises the inbox mark to
+    /// `through`.
+    PutGroupShared {
+        /// The group.
+        group: GroupId,
+        /// The last position of the batch.
+        through: Position,
+        /// `(position, serialised GroupItem)`.
+        items: Vec<(Position, serde_bytes::ByteBuf)>,
+        /// `(member, entry id, position)`.
+        entries: Vec<(PhoneNumber, MessageId, Position)>,
+    },
 }
 
 /// Applies `ops` of `fragment` inside a group-commit transaction.
@@ -283,25 +297,124 @@ impl<'txn> MailboxTables<'txn> {
     }
 
     /// Deletes an entry and returns the sender and store time of the
-    /// message it held (`None`: a receipt, or no such entry).
+    /// message it held (`None`: a receipt, a group entry, or no such
+    /// entry). A group reference lets go of its shared item.
     fn remove_entry(
         &mut self,
         fragment: FragmentId,
         owner: &PhoneNumber,
         id: MessageId,
     ) -> Result<Option<(PhoneNumber, TimestampMs)>, StorageError> {
-        let staged = self.stage.as_ref().and_then(|stage| {
-            stage
-                .entries
-                .take(&(fragment, owner.as_str().to_owned(), id))
-        });
+        let Some(body) = self.take_row(fragment, owner.as_str(), id)? else {
+            return Ok(None);
+        };
+        if let Some((_, position)) = group_ref(&body) {
+            self.release_shared(fragment, position, owner)?;
+        }
+        Ok(message_sender(&body))
+    }
+
+    /// Takes a row of `mbox` out, staged or stored; its bytes.
+    fn take_row(
+        &mut self,
+        fragment: FragmentId,
+        owner: &str,
+        id: MessageId,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        let staged = self
+            .stage
+            .as_ref()
+            .and_then(|stage| stage.entries.take(&(fragment, owner.to_owned(), id)));
         // Also out of `mbox`: an entry put again (a copy's ops replayed
         // over it) can be in both. A missing key costs a lookup, no write.
         let stored = self
             .mbox
-            .remove((fragment, owner.as_str(), id))?
-            .and_then(|old| message_sender(old.value()));
-        Ok(staged.map_or(stored, |body| message_sender(&body)))
+            .remove((fragment, owner, id))?
+            .map(|old| old.value().to_vec());
+        Ok(staged.or(stored))
+    }
+
+    /// A row of `mbox` as this batch left it (staged first).
+    fn row(
+        &self,
+        fragment: FragmentId,
+        owner: &str,
+        id: MessageId,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        if let Some(stage) = &self.stage
+            && let Some(row) = stage.entries.writer_get(&(fragment, owner.to_owned(), id))
+        {
+            return Ok(Some(row));
+        }
+        Ok(self
+            .mbox
+            .get((fragment, owner, id))?
+            .map(|value| value.value().to_vec()))
+    }
+
+    /// Stores `item` at `position` once for `members` (joining those a
+    /// repeat of the batch already listed: applying it twice is applying
+    /// it once).
+    fn put_shared(
+        &mut self,
+        fragment: FragmentId,
+        group: GroupId,
+        position: Position,
+        item: &[u8],
+        members: Vec<PhoneNumber>,
+    ) -> Result<(), StorageError> {
+        let Ok(item) = GroupItem::from_bytes(item) else {
+            tracing::error!(
+                fragment,
+                group,
+                position,
+                "skipping an unreadable group item"
+            );
+            return Ok(());
+        };
+        let mut shared = SharedItem {
+            group,
+            waiting: Vec::new(),
+            item,
+        };
+        if let Some(row) = self.row(fragment, SHARED_OWNER, position)?
+            && let Ok(stored) = SharedItem::from_bytes(&row)
+        {
+            shared.waiting = stored.waiting;
+        }
+        for member in members {
+            if !shared.waiting.contains(&member) {
+                shared.waiting.push(member);
+            }
+        }
+        if shared.waiting.is_empty() {
+            // No one here to keep it for.
+            return Ok(());
+        }
+        self.put_entry(fragment, SHARED_OWNER, position, &shared.to_bytes())
+    }
+
+    /// `owner` no longer refers to the item at `position`: gone with its
+    /// last member.
+    fn release_shared(
+        &mut self,
+        fragment: FragmentId,
+        position: Position,
+        owner: &PhoneNumber,
+    ) -> Result<(), StorageError> {
+        let Some(row) = self.row(fragment, SHARED_OWNER, position)? else {
+            return Ok(());
+        };
+        let Ok(mut shared) = SharedItem::from_bytes(&row) else {
+            self.take_row(fragment, SHARED_OWNER, position)?;
+            return Ok(());
+        };
+        shared.waiting.retain(|member| member != owner);
+        if shared.waiting.is_empty() {
+            self.take_row(fragment, SHARED_OWNER, position)?;
+            return Ok(());
+        }
+        self.put_entry(fragment, SHARED_OWNER, position, &shared.to_bytes())
     }
 
     fn raise(&mut self, fragment: FragmentId, next: u64) {
@@ -435,6 +548,50 @@ impl<'txn> MailboxTables<'txn> {
                                 group,
                                 joined,
                             )?;
+                        }
+                    }
+                    group_store::raise_inbox(self.txn, fragment, *group, *through)?;
+                }
+                WriteOp::PutGroupShared {
+                    group,
+                    through,
+                    items,
+                    entries,
+                } => {
+                    for (position, item) in items {
+                        let members: Vec<PhoneNumber> = entries
+                            .iter()
+                            .filter(|(_, _, p)| p == position)
+                            .map(|(member, _, _)| member.clone())
+                            .collect();
+                        self.put_shared(fragment, *group, *position, item, members)?;
+                        // The batch may hold items of an older era (a new
+                        // owner resending its predecessor's log).
+                        if group_store::era_of(*position) != group_store::era_of(*through) {
+                            group_store::raise_inbox(self.txn, fragment, *group, *position)?;
+                        }
+                        let Ok(item) = GroupItem::from_bytes(item) else {
+                            continue;
+                        };
+                        for (owner, id, _) in entries.iter().filter(|(_, _, p)| p == position) {
+                            self.raise(fragment, seq_of_message_id(*id).saturating_add(1));
+                            let reference = EntryBody::GroupRef {
+                                group: *group,
+                                position: *position,
+                                ts: item.ts(),
+                            };
+                            self.put_entry(fragment, owner.as_str(), *id, &reference.to_bytes())?;
+                            if let Some((group, joined)) =
+                                item_membership_change(owner, *group, &item)
+                            {
+                                group_store::note_membership(
+                                    self.txn,
+                                    fragment,
+                                    owner.as_str(),
+                                    group,
+                                    joined,
+                                )?;
+                            }
                         }
                     }
                     group_store::raise_inbox(self.txn, fragment, *group, *through)?;
@@ -692,6 +849,51 @@ pub(crate) fn storage(e: impl std::fmt::Display) -> FragmentError {
 }
 
 impl RedbMailbox {
+    /// `body` as a mailbox shows it: a group reference with the item it
+    /// points to (`None`, logged, if that is missing or unreadable: the
+    /// rest of the mailbox goes on).
+    fn resolve(
+        &self,
+        table: Option<&MboxReadTable>,
+        id: MessageId,
+        body: EntryBody,
+    ) -> Result<Option<EntryBody>, FragmentError> {
+        let EntryBody::GroupRef {
+            group, position, ..
+        } = body
+        else {
+            return Ok(Some(body));
+        };
+        let key = (self.fragment, SHARED_OWNER.to_owned(), position);
+        let row = match self.stage.entries.get(&key) {
+            Some(row) => Some(row),
+            None => match table {
+                Some(table) => table
+                    .get((self.fragment, SHARED_OWNER, position))
+                    .map_err(storage)?
+                    .map(|value| value.value().to_vec()),
+                None => None,
+            },
+        };
+        match row.map(|row| SharedItem::from_bytes(&row)) {
+            Some(Ok(shared)) => Ok(Some(EntryBody::Group {
+                group,
+                position,
+                item: shared.item,
+            })),
+            _ => {
+                tracing::error!(
+                    fragment = self.fragment,
+                    id,
+                    group,
+                    position,
+                    "skipping a group entry whose item is missing or unreadable"
+                );
+                Ok(None)
+            }
+        }
+    }
+
     /// Live entries of the fragment from `start` on (delivered marks and
     /// unreadable rows skipped), with their heads, until `visit` says stop.
     fn scan_entries(
@@ -901,6 +1103,7 @@ impl MailboxRead for RedbMailbox {
             None => None,
         };
         let mut entries = Vec::new();
+        let mut failed = None;
         merge_mbox(
             staged,
             stored
@@ -909,7 +1112,14 @@ impl MailboxRead for RedbMailbox {
                 .map(|item| item.map_err(storage)),
             |_, _, id, bytes| {
                 match EntryBody::from_bytes(bytes) {
-                    Ok(body) => entries.push(Entry { id, body }),
+                    Ok(body) => match self.resolve(table.as_ref(), id, body) {
+                        Ok(Some(body)) => entries.push(Entry { id, body }),
+                        Ok(None) => {}
+                        Err(e) => {
+                            failed = Some(e);
+                            return false;
+                        }
+                    },
                     // One unreadable entry must not block the rest of the mailbox.
                     Err(e) => tracing::error!(fragment = self.fragment, id, error = %e,
                         "skipping a corrupt mailbox entry"),
@@ -917,6 +1127,9 @@ impl MailboxRead for RedbMailbox {
                 entries.len() < limit
             },
         )?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
         Ok(entries)
     }
 
@@ -926,10 +1139,16 @@ impl MailboxRead for RedbMailbox {
         id: MessageId,
     ) -> Result<Option<EntryBody>, FragmentError> {
         let _view = self.store.view();
+        let read = self.store.db().begin_read().map_err(storage)?;
+        let table = match read.open_table(MBOX_TABLE) {
+            Ok(table) => Some(table),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(storage(e)),
+        };
         let decode = |bytes: &[u8]| {
-            EntryBody::from_bytes(bytes)
-                .map(Some)
-                .map_err(|e| FragmentError::Storage(format!("corrupt entry {id}: {e}")))
+            let body = EntryBody::from_bytes(bytes)
+                .map_err(|e| FragmentError::Storage(format!("corrupt entry {id}: {e}")))?;
+            self.resolve(table.as_ref(), id, body)
         };
         if let Some(body) = self
             .stage
@@ -938,11 +1157,8 @@ impl MailboxRead for RedbMailbox {
         {
             return decode(&body);
         }
-        let read = self.store.db().begin_read().map_err(storage)?;
-        let table = match read.open_table(MBOX_TABLE) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(storage(e)),
+        let Some(table) = &table else {
+            return Ok(None);
         };
         match table
             .get((self.fragment, owner.as_str(), id))

@@ -99,9 +99,10 @@ pub(crate) enum EntryPush {
     Unencodable(String),
 }
 
-/// The frame that delivers a mailbox entry.
-pub(crate) fn entry_frame(entry: Entry) -> ServerFrame {
-    match entry.body {
+/// The frame that delivers a mailbox entry; `Err` for one no client can
+/// be shown (a group reference the mailbox did not resolve).
+pub(crate) fn entry_frame(entry: Entry) -> Result<ServerFrame, String> {
+    Ok(match entry.body {
         EntryBody::Message {
             from,
             client_msg_id,
@@ -174,7 +175,10 @@ pub(crate) fn entry_frame(entry: Entry) -> ServerFrame {
             kind,
             ts,
         },
-    }
+        EntryBody::GroupRef { .. } => {
+            return Err("a group reference the mailbox did not resolve".to_owned());
+        }
+    })
 }
 
 /// The frame of a presence or typing update.

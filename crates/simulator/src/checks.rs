@@ -129,6 +129,22 @@ impl Checks {
                         }
                     }
                 }
+                WriteOp::PutGroupShared { items, entries, .. } => {
+                    for (position, bytes) in items {
+                        let Ok(GroupItem::Message {
+                            from,
+                            client_msg_id,
+                            ..
+                        }) = GroupItem::from_bytes(bytes)
+                        else {
+                            continue;
+                        };
+                        for (owner, _, _) in entries.iter().filter(|(_, _, p)| p == position) {
+                            self.alone
+                                .insert((from.clone(), Some(owner.clone()), client_msg_id));
+                        }
+                    }
+                }
                 _ => {}
             }
         }
@@ -161,7 +177,7 @@ impl Checks {
                 Ok(EntryBody::Receipt { .. }) => self.stored(*id, Named::Receipt(owner))?,
                 // Group entries' ids are checked by the group tests and
                 // the delivery checks (a position is shown once).
-                Ok(EntryBody::Group { .. }) | Err(_) => {}
+                Ok(EntryBody::Group { .. } | EntryBody::GroupRef { .. }) | Err(_) => {}
             }
         }
         Ok(())

@@ -885,13 +885,10 @@ impl World {
                         );
                         self.note(line);
                     }
-                    if let WriteOp::PutGroupEntries {
-                        through, entries, ..
-                    } = op
-                    {
+                    if let Some((through, entries)) = group_entries(op) {
                         let owners: Vec<String> = entries
                             .iter()
-                            .map(|(owner, id, _)| format!("{owner}:{id:#x}"))
+                            .map(|(owner, id)| format!("{owner}:{id:#x}"))
                             .collect();
                         let line = format!(
                             "{} f{f} stores group items through {through:#x} [{}]{}",
@@ -1009,14 +1006,9 @@ impl World {
                         );
                         self.note(line);
                     }
-                    if let WriteOp::PutGroupEntries {
-                        through, entries, ..
-                    } = op
-                    {
-                        let ids: Vec<String> = entries
-                            .iter()
-                            .map(|(_, id, _)| format!("{id:#x}"))
-                            .collect();
+                    if let Some((through, entries)) = group_entries(op) {
+                        let ids: Vec<String> =
+                            entries.iter().map(|(_, id)| format!("{id:#x}")).collect();
                         let line = format!(
                             "{} f{f} merge from {from} stores group items through {through:#x} [{}]",
                             self.nodes[n].name,
@@ -1175,7 +1167,23 @@ impl World {
             NetMsg::Fragment { fragment, wire } => {
                 if self.options.trace_wire {
                     let (from, to) = (&self.nodes[from].name, &self.nodes[to].name);
-                    self.note(format!("{from} f{fragment} => {to}: {}", wire.kind()));
+                    let detail = match &wire {
+                        FragmentWire::FanOut { fanout, .. } => format!(
+                            " after {:#x} through {:#x} items {:x?}",
+                            fanout.after,
+                            fanout.through,
+                            fanout
+                                .items
+                                .iter()
+                                .map(|i| (i.position, i.recipients.len()))
+                                .collect::<Vec<_>>()
+                        ),
+                        _ => String::new(),
+                    };
+                    self.note(format!(
+                        "{from} f{fragment} => {to}: {}{detail}",
+                        wire.kind()
+                    ));
                 }
                 self.step(to, fragment, Event::Peer { from: peer, wire })?;
             }
@@ -1771,5 +1779,25 @@ impl World {
 
     pub(crate) fn phone(&self, user: usize) -> PhoneNumber {
         self.users.phone(user)
+    }
+}
+
+/// The batch end and `(member, entry id)`s of a write storing a group's
+/// items in members' mailboxes (for the trace).
+fn group_entries(op: &WriteOp) -> Option<(u64, Vec<(&PhoneNumber, u64)>)> {
+    match op {
+        WriteOp::PutGroupEntries {
+            through, entries, ..
+        } => Some((
+            *through,
+            entries.iter().map(|(o, id, _)| (o, *id)).collect(),
+        )),
+        WriteOp::PutGroupShared {
+            through, entries, ..
+        } => Some((
+            *through,
+            entries.iter().map(|(o, id, _)| (o, *id)).collect(),
+        )),
+        _ => None,
     }
 }

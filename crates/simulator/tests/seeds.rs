@@ -259,3 +259,32 @@ fn seed_2245_writes_logged_after_a_merge_offer_are_offered_too() {
 fn seed_1276_no_take_over_while_a_copy_waits_for_the_disk() {
     run(1276, &with_a_group_sender()).unwrap_or_else(|f| panic!("{f}"));
 }
+
+/// Found with a group sender once items were stored once per fragment
+/// (which moved the schedule): a home's owner logged two messages alone
+/// and crashed; the new owner fanned out the predecessor's next item,
+/// which raised the destinations' mark of that era past the two; the
+/// merge brought them to the home, whose fan-out then sent them below
+/// every destination's mark: every member missed them. Now an item of an
+/// older era records the positions it jumps as a gap, and items in gaps
+/// are stored when they come.
+#[test]
+fn seed_555_items_merged_below_an_older_eras_mark_reach_every_member() {
+    run(555, &with_a_group_sender()).unwrap_or_else(|f| panic!("{f}"));
+}
+
+/// Found with two group senders (the same change moved it): a node
+/// forwarded group sends to the owner, which logged them alone, was
+/// demoted (dropping their waiters: the senders retry) and served again
+/// at a new epoch. The forwarding node heard only of the new epoch, on
+/// the same node, so it never sent the held requests again: they stayed
+/// unanswered. Held requests now go again when the owner's epoch changes
+/// too.
+#[test]
+fn seed_10221_held_requests_go_again_to_an_owner_serving_at_a_new_epoch() {
+    let options = Options {
+        group_senders: 2,
+        ..Options::default()
+    };
+    run(10_221, &options).unwrap_or_else(|f| panic!("{f}"));
+}

@@ -65,6 +65,7 @@ impl MemMailbox {
                 | WriteOp::GroupFannedOut { .. }
                 | WriteOp::DeleteGroup { .. }
                 | WriteOp::PutGroupEntries { .. }
+                | WriteOp::PutGroupShared { .. }
                 | WriteOp::GroupCursors { .. }
                 | WriteOp::GroupGap { .. }
                 | WriteOp::GroupGapFilled { .. }
@@ -186,7 +187,11 @@ impl MailboxRead for MemMailbox {
             .iter()
             .map(|id| match entries.get(&(owner.clone(), *id)) {
                 Some(EntryBody::Message { from, .. }) => Some(from.clone()),
-                Some(EntryBody::Receipt { .. } | EntryBody::Group { .. }) => None,
+                Some(
+                    EntryBody::Receipt { .. }
+                    | EntryBody::Group { .. }
+                    | EntryBody::GroupRef { .. },
+                ) => None,
                 None => delivered.get(&(owner.clone(), *id)).cloned(),
             })
             .collect())
@@ -401,7 +406,7 @@ fn online_pushes_keep_order_and_respect_the_window() {
         .flat_map(|(_, es)| es.iter())
         .map(|e| match &e.body {
             EntryBody::Message { payload, .. } => payload[0],
-            EntryBody::Receipt { .. } | EntryBody::Group { .. } => 255,
+            EntryBody::Receipt { .. } | EntryBody::Group { .. } | EntryBody::GroupRef { .. } => 255,
         })
         .collect();
     assert_eq!(payloads, vec![0, 1, 2, 3, 4, 5]);
@@ -644,7 +649,9 @@ fn receipt_ids(mem: &MemMailbox, owner: &PhoneNumber) -> Vec<Vec<MessageId>> {
         .filter(|((o, _), _)| o == owner)
         .filter_map(|(_, body)| match body {
             EntryBody::Receipt { msg_ids, .. } => Some(msg_ids.clone()),
-            EntryBody::Message { .. } | EntryBody::Group { .. } => None,
+            EntryBody::Message { .. } | EntryBody::Group { .. } | EntryBody::GroupRef { .. } => {
+                None
+            }
         })
         .collect()
 }
@@ -830,7 +837,9 @@ fn a_large_receipt_is_stored_as_entries_that_each_fit_a_frame() {
             by: by.clone(),
             msg_ids: match entry {
                 EntryBody::Receipt { msg_ids, .. } => msg_ids.clone(),
-                EntryBody::Message { .. } | EntryBody::Group { .. } => Vec::new(),
+                EntryBody::Message { .. }
+                | EntryBody::Group { .. }
+                | EntryBody::GroupRef { .. } => Vec::new(),
             },
             ts: u64::MAX,
         };

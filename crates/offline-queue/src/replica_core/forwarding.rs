@@ -203,9 +203,11 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
         let Some(owner) = cluster.reachable_owner() else {
             return Ok(());
         };
+        let epoch = cluster.ownership.owner().epoch;
         for held in cluster.forwarded.values_mut() {
-            if held.owner != owner {
+            if held.owner != owner || held.epoch != epoch {
                 held.owner = owner.clone();
+                held.epoch = epoch;
                 out.push(Action::Send {
                     to: owner.clone(),
                     wire: held.wire.clone(),
@@ -253,7 +255,16 @@ impl<T, L: Caller> Replication<T, L> {
             to: owner.clone(),
             wire: wire.clone(),
         });
-        self.forwarded.insert(req, Forwarded { owner, wire, reply });
+        let epoch = self.ownership.owner().epoch;
+        self.forwarded.insert(
+            req,
+            Forwarded {
+                owner,
+                epoch,
+                wire,
+                reply,
+            },
+        );
         if self.forwarded.len().is_power_of_two() && self.forwarded.len() >= 1024 {
             self.forwarded.retain(|_, f| !f.reply.gone());
         }

@@ -110,6 +110,10 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
                     .iter()
                     .map(|(_, id, _)| seq_of_message_id(*id))
                     .max(),
+                WriteOp::PutGroupShared { entries, .. } => entries
+                    .iter()
+                    .map(|(_, id, _)| seq_of_message_id(*id))
+                    .max(),
                 WriteOp::LogGroup { position, .. } => Some(seq_of_message_id(*position)),
                 WriteOp::PutGroup { record } => Some(seq_of_message_id(record.id)),
                 _ => None,
@@ -210,6 +214,46 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
                         group: *group,
                         through: *through,
                         entries: entries_here,
+                    });
+                    if !filled.is_empty() {
+                        keep.push(WriteOp::GroupGapFilled {
+                            group: *group,
+                            positions: filled.into_iter().collect(),
+                        });
+                    }
+                }
+                // The same, with each item once.
+                WriteOp::PutGroupShared {
+                    group,
+                    through,
+                    items,
+                    entries,
+                } => {
+                    let mut kept = BTreeSet::new();
+                    let mut filled = BTreeSet::new();
+                    for (position, _) in items {
+                        if *position > reads.group_inbox(*group, era_of(*position))? {
+                            kept.insert(*position);
+                        } else if reads.in_group_gap(*group, *position)? {
+                            filled.insert(*position);
+                            kept.insert(*position);
+                        }
+                    }
+                    let entries: Vec<_> = entries
+                        .iter()
+                        .filter(|(_, _, position)| kept.contains(position))
+                        .cloned()
+                        .collect();
+                    touched.extend(entries.iter().map(|(owner, _, _)| owner.clone()));
+                    keep.push(WriteOp::PutGroupShared {
+                        group: *group,
+                        through: *through,
+                        items: items
+                            .iter()
+                            .filter(|(position, _)| kept.contains(position))
+                            .cloned()
+                            .collect(),
+                        entries,
                     });
                     if !filled.is_empty() {
                         keep.push(WriteOp::GroupGapFilled {

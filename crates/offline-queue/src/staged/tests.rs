@@ -2,7 +2,8 @@
 //! a store with the journal (rows staged, checkpoints and durable commits
 //! at random points) and to one without (every row in redb), and every
 //! read of both must agree (sweeps included), also after the journaled
-//! store reopens.
+//! store reopens. Group items stored once per fragment ride along: each
+//! is kept exactly as long as a member's reference to it, in both.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use router::FragmentId;
 use storage::{JournalOptions, Store, StoreOptions};
 
 use crate::actor::{FragmentWrites, MailboxWrites, journal_replayer};
-use crate::entry::compose_message_id;
+use crate::entry::{GroupItem, SHARED_OWNER, SharedItem, compose_message_id, group_ref};
 use crate::replica::export_fragment_in;
 use crate::staged::MailboxStage;
 use crate::store::{MailboxRead, RedbMailbox, WriteOp};
@@ -29,6 +30,8 @@ struct Model {
     next_seq: BTreeMap<FragmentId, u64>,
     live: BTreeMap<(FragmentId, PhoneNumber), BTreeMap<MessageId, Vec<u8>>>,
     client_ids: u64,
+    /// Positions of group items (ids of another fragment, the home's).
+    positions: u64,
 }
 
 impl Model {
@@ -43,7 +46,7 @@ impl Model {
         for _ in 0..1 + rng.below(4) {
             let owner = phone(1 + rng.below(USERS));
             let ts = 1_000 + rng.below(1_000);
-            match rng.below(10) {
+            match rng.below(12) {
                 0..=3 => {
                     let sender = phone(1 + rng.below(USERS));
                     self.client_ids += 1;
@@ -97,15 +100,60 @@ impl Model {
                     ops.push(WriteOp::Delete { owner, ids });
                 }
                 8 => {
-                    // The same entry put again (a copy's ops replayed over it).
+                    // The same entry put again (a copy's ops replayed over
+                    // it; group references come again only with their
+                    // batch, below).
                     let live = self.live.entry((f, owner.clone())).or_default();
-                    if let Some((&id, body)) = live.iter().nth(rng.below(4) as usize) {
+                    if let Some((&id, body)) = live
+                        .iter()
+                        .filter(|(_, body)| group_ref(body).is_none())
+                        .nth(rng.below(4) as usize)
+                    {
                         ops.push(WriteOp::PutReceipt {
                             owner,
                             id,
                             body: body.clone(),
                         });
                     }
+                }
+                10 | 11 => {
+                    // A group item for 1 to 3 members here, stored once;
+                    // sometimes applied twice (a repeated batch).
+                    self.positions += 1;
+                    let position = compose_message_id(9, self.positions);
+                    let item = GroupItem::Message {
+                        from: phone(1 + rng.below(USERS)),
+                        client_msg_id: self.positions,
+                        server_ts: ts,
+                        payload: vec![rng.below(255) as u8; rng.below(40) as usize],
+                    };
+                    let mut entries = Vec::new();
+                    for member in 1..=USERS {
+                        if entries.len() == 3 || !rng.chance(50) {
+                            continue;
+                        }
+                        let id = self.new_id(f);
+                        let reference = EntryBody::GroupRef {
+                            group: 77,
+                            position,
+                            ts,
+                        };
+                        self.live
+                            .entry((f, phone(member)))
+                            .or_default()
+                            .insert(id, reference.to_bytes());
+                        entries.push((phone(member), id, position));
+                    }
+                    let op = WriteOp::PutGroupShared {
+                        group: 77,
+                        through: position,
+                        items: vec![(position, serde_bytes::ByteBuf::from(item.to_bytes()))],
+                        entries,
+                    };
+                    if rng.chance(20) {
+                        ops.push(op.clone());
+                    }
+                    ops.push(op);
                 }
                 _ => ops.push(WriteOp::SweepDedupe {
                     before_ms: 1_000 + rng.below(600),
@@ -203,6 +251,24 @@ fn reads(store: &Store, f: FragmentId, probe_ids: &[MessageId]) -> String {
     assert_eq!(all.expired, stepped, "a stepped scan of fragment {f}");
     let chunks = export_fragment_in(store, f, 7).expect("export");
     let mbox: Vec<_> = chunks.iter().flat_map(|c| c.mbox.clone()).collect();
+    // A shared item waits for exactly the members whose references to it
+    // are left, and is gone with the last.
+    let mut referenced: BTreeMap<MessageId, Vec<PhoneNumber>> = BTreeMap::new();
+    let mut shared: BTreeMap<MessageId, Vec<PhoneNumber>> = BTreeMap::new();
+    for (owner, id, bytes) in &mbox {
+        if owner == SHARED_OWNER {
+            let mut waiting = SharedItem::from_bytes(bytes).expect("shared item").waiting;
+            waiting.sort();
+            shared.insert(*id, waiting);
+        } else if let Some((_, position)) = group_ref(bytes) {
+            let owner = PhoneNumber::parse(owner).expect("owner");
+            referenced.entry(position).or_default().push(owner);
+        }
+    }
+    for owners in referenced.values_mut() {
+        owners.sort();
+    }
+    assert_eq!(shared, referenced, "shared items of fragment {f}");
     let dedupe: Vec<_> = chunks.iter().flat_map(|c| c.dedupe.clone()).collect();
     seen += &format!("export {mbox:?}\n{dedupe:?}\n");
     seen += &format!("next seq {:?}\n", mailbox.next_seq().expect("mark"));

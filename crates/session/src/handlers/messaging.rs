@@ -135,7 +135,11 @@ pub(crate) async fn push_entries(state: &mut SessionState, entries: Vec<Entry>) 
     let mut undeliverable = Vec::new();
     for entry in entries {
         let id = entry.id;
-        match state.responder.push_entry(entry_frame(entry)) {
+        let pushed = match entry_frame(entry) {
+            Ok(frame) => state.responder.push_entry(frame),
+            Err(reason) => EntryPush::Unencodable(reason),
+        };
+        match pushed {
             EntryPush::Queued => {}
             EntryPush::Gone => break,
             EntryPush::Unencodable(reason) => {

@@ -634,6 +634,62 @@ fn a_destination_keeps_a_mark_per_era() {
     assert_eq!(confirmations, 4, "every batch confirmed, repeats too");
 }
 
+/// Seed 555: a home's new owner sends its predecessor's item at 10 (older
+/// era) with its own newer ones; the predecessor had logged 8 and 9
+/// alone, merged at the home later and sent below the destination's mark
+/// of that era. The jump from 6 to 10 is recorded as a gap, so 8 and 9 are
+/// stored when they come, once, and a repeat of their batch is not.
+#[test]
+fn items_merged_below_an_older_eras_mark_are_stored_from_its_gap() {
+    let mut world = World::new();
+    let member = phone(1);
+    let f = world.placement.fragment_of(&member);
+    let home = (f + 1) % FRAGMENTS;
+    let group = crate::entry::compose_message_id(home, 5);
+    let era = crate::replica::TAKEOVER_SEQ_GAP / 2;
+    let at = |seq: u64| crate::entry::compose_message_id(home, seq);
+    let item = |seq: u64| FanOutItem {
+        position: at(seq),
+        recipients: vec![member.clone()],
+        item: GroupItem::Message {
+            from: phone(0),
+            client_msg_id: seq,
+            server_ts: 1,
+            payload: vec![],
+        },
+    };
+    let batch = |after: u64, through: u64, seqs: &[u64]| FanOut {
+        group,
+        after: if after == 0 { 0 } else { at(after) },
+        through: at(through),
+        items: seqs.iter().map(|s| item(*s)).collect(),
+    };
+    let batches = [
+        batch(0, era + 6, &[era + 6]),
+        // The new owner (a higher era) with the predecessor's 10.
+        batch(era + 6, 2 * era + 1, &[era + 10, 2 * era + 1]),
+        // The merged 8 and 9, after the new owner's items; then again.
+        batch(2 * era + 1, era + 9, &[era + 8, era + 9]),
+        batch(2 * era + 1, era + 9, &[era + 8, era + 9]),
+    ];
+    for fanout in batches {
+        let reads = world.reads(f);
+        let actions = world.cores[usize::from(f)].fan_in(&reads, home, fanout);
+        world.run(f, actions);
+        while world.commit_one(f) {}
+    }
+    let seen: Vec<Seen> = world.seen[&member]
+        .iter()
+        .filter(|(g, _, _)| *g == group)
+        .map(|(_, _, seen)| seen.clone())
+        .collect();
+    let expected: Vec<Seen> = [era + 6, era + 10, 2 * era + 1, era + 8, era + 9]
+        .iter()
+        .map(|seq| Seen::Message(phone(0), *seq))
+        .collect();
+    assert_eq!(seen, expected, "every item once");
+}
+
 /// A merge logs a message a former owner took apart from this one, at its
 /// position in the former owner's (older, lower) era, while a batch of
 /// newer items is out: it is still fanned out once the batch is through,
