@@ -360,22 +360,13 @@ impl<'txn> MailboxTables<'txn> {
         fragment: FragmentId,
         group: GroupId,
         position: Position,
-        item: &[u8],
+        item: &GroupItem,
         members: Vec<PhoneNumber>,
     ) -> Result<(), StorageError> {
-        let Ok(item) = GroupItem::from_bytes(item) else {
-            tracing::error!(
-                fragment,
-                group,
-                position,
-                "skipping an unreadable group item"
-            );
-            return Ok(());
-        };
         let mut shared = SharedItem {
             group,
             waiting: Vec::new(),
-            item,
+            item: item.clone(),
         };
         if let Some(row) = self.row(fragment, SHARED_OWNER, position)?
             && let Ok(stored) = SharedItem::from_bytes(&row)
@@ -559,28 +550,44 @@ impl<'txn> MailboxTables<'txn> {
                     entries,
                 } => {
                     for (position, item) in items {
-                        let members: Vec<PhoneNumber> = entries
-                            .iter()
-                            .filter(|(_, _, p)| p == position)
-                            .map(|(member, _, _)| member.clone())
-                            .collect();
-                        self.put_shared(fragment, *group, *position, item, members)?;
                         // The batch may hold items of an older era (a new
                         // owner resending its predecessor's log).
                         if group_store::era_of(*position) != group_store::era_of(*through) {
                             group_store::raise_inbox(self.txn, fragment, *group, *position)?;
                         }
                         let Ok(item) = GroupItem::from_bytes(item) else {
+                            tracing::error!(
+                                fragment,
+                                group,
+                                position,
+                                "skipping an unreadable group item"
+                            );
                             continue;
                         };
-                        for (owner, id, _) in entries.iter().filter(|(_, _, p)| p == position) {
-                            self.raise(fragment, seq_of_message_id(*id).saturating_add(1));
-                            let reference = EntryBody::GroupRef {
+                        let here: Vec<&(PhoneNumber, MessageId, Position)> =
+                            entries.iter().filter(|(_, _, p)| p == position).collect();
+                        // One recipient here: the item in its entry (shared,
+                        // it would be two rows for one).
+                        let body = match here.as_slice() {
+                            [_] => EntryBody::Group {
                                 group: *group,
                                 position: *position,
-                                ts: item.ts(),
-                            };
-                            self.put_entry(fragment, owner.as_str(), *id, &reference.to_bytes())?;
+                                item: item.clone(),
+                            },
+                            _ => {
+                                let members = here.iter().map(|(m, _, _)| m.clone()).collect();
+                                self.put_shared(fragment, *group, *position, &item, members)?;
+                                EntryBody::GroupRef {
+                                    group: *group,
+                                    position: *position,
+                                    ts: item.ts(),
+                                }
+                            }
+                        }
+                        .to_bytes();
+                        for (owner, id, _) in here {
+                            self.raise(fragment, seq_of_message_id(*id).saturating_add(1));
+                            self.put_entry(fragment, owner.as_str(), *id, &body)?;
                             if let Some((group, joined)) =
                                 item_membership_change(owner, *group, &item)
                             {
