@@ -352,6 +352,24 @@ impl<'txn> MailboxTables<'txn> {
             .map(|value| value.value().to_vec()))
     }
 
+    /// Stores a group entry in `owner`'s mailbox, and what it does to the
+    /// owner's membership of the group, if anything.
+    fn put_member_entry(
+        &mut self,
+        fragment: FragmentId,
+        owner: &PhoneNumber,
+        id: MessageId,
+        body: &[u8],
+        membership: Option<(GroupId, bool)>,
+    ) -> Result<(), StorageError> {
+        self.raise(fragment, seq_of_message_id(id).saturating_add(1));
+        self.put_entry(fragment, owner.as_str(), id, body)?;
+        if let Some((group, joined)) = membership {
+            group_store::note_membership(self.txn, fragment, owner.as_str(), group, joined)?;
+        }
+        Ok(())
+    }
+
     /// Stores `item` at `position` once for `members` (joining those a
     /// repeat of the batch already listed: applying it twice is applying
     /// it once).
@@ -522,23 +540,14 @@ impl<'txn> MailboxTables<'txn> {
                     entries,
                 } => {
                     for (owner, id, body) in entries {
-                        self.raise(fragment, seq_of_message_id(*id).saturating_add(1));
-                        self.put_entry(fragment, owner.as_str(), *id, body)?;
+                        let membership = membership_change(owner, body);
+                        self.put_member_entry(fragment, owner, *id, body, membership)?;
                         // The batch may hold items of an older era (a new
                         // owner resending its predecessor's log).
                         if let Some(position) = group_position(body)
                             && group_store::era_of(position) != group_store::era_of(*through)
                         {
                             group_store::raise_inbox(self.txn, fragment, *group, position)?;
-                        }
-                        if let Some((group, joined)) = membership_change(owner, body) {
-                            group_store::note_membership(
-                                self.txn,
-                                fragment,
-                                owner.as_str(),
-                                group,
-                                joined,
-                            )?;
                         }
                     }
                     group_store::raise_inbox(self.txn, fragment, *group, *through)?;
@@ -586,19 +595,8 @@ impl<'txn> MailboxTables<'txn> {
                         }
                         .to_bytes();
                         for (owner, id, _) in here {
-                            self.raise(fragment, seq_of_message_id(*id).saturating_add(1));
-                            self.put_entry(fragment, owner.as_str(), *id, &body)?;
-                            if let Some((group, joined)) =
-                                item_membership_change(owner, *group, &item)
-                            {
-                                group_store::note_membership(
-                                    self.txn,
-                                    fragment,
-                                    owner.as_str(),
-                                    group,
-                                    joined,
-                                )?;
-                            }
+                            let membership = item_membership_change(owner, *group, &item);
+                            self.put_member_entry(fragment, owner, *id, &body, membership)?;
                         }
                     }
                     group_store::raise_inbox(self.txn, fragment, *group, *through)?;

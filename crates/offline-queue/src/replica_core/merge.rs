@@ -7,6 +7,7 @@ use crate::account::AccountRecord;
 use proto::MessageId;
 
 use crate::entry::{GroupItem, group_position, seq_of_message_id};
+use crate::group::Position;
 use crate::group_store::era_of;
 
 impl<T: Clone, L: Caller> ReplicaCore<T, L> {
@@ -202,10 +203,10 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
                         let Some(position) = group_position(&entry.2) else {
                             continue;
                         };
-                        if position > reads.group_inbox(*group, era_of(position))? {
-                            entries_here.push(entry.clone());
-                        } else if reads.in_group_gap(*group, position)? {
-                            filled.insert(position);
+                        if let Some(in_gap) = merged_position(reads, *group, position)? {
+                            if in_gap {
+                                filled.insert(position);
+                            }
                             entries_here.push(entry.clone());
                         }
                     }
@@ -232,10 +233,10 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
                     let mut kept = BTreeSet::new();
                     let mut filled = BTreeSet::new();
                     for (position, _) in items {
-                        if *position > reads.group_inbox(*group, era_of(*position))? {
-                            kept.insert(*position);
-                        } else if reads.in_group_gap(*group, *position)? {
-                            filled.insert(*position);
+                        if let Some(in_gap) = merged_position(reads, *group, *position)? {
+                            if in_gap {
+                                filled.insert(*position);
+                            }
                             kept.insert(*position);
                         }
                     }
@@ -438,4 +439,21 @@ fn not_merged(fragment: FragmentId, from: &str) {
         from,
         "a group change made apart from this owner is not merged; the owner's record stands"
     );
+}
+
+/// Whether a former owner's group item at `position` is merged here:
+/// `Some(false)` above this owner's mark, `Some(true)` in one of its gaps
+/// (to be filled), `None` if this owner stored it itself.
+fn merged_position(
+    reads: &impl ReplicaRead,
+    group: GroupId,
+    position: Position,
+) -> Result<Option<bool>, FragmentError> {
+    if position > reads.group_inbox(group, era_of(position))? {
+        Ok(Some(false))
+    } else if reads.in_group_gap(group, position)? {
+        Ok(Some(true))
+    } else {
+        Ok(None)
+    }
 }
