@@ -238,6 +238,53 @@ fn a_copy_from_the_owner_holds_what_was_streamed_before_it() {
     );
 }
 
+/// Seed 10221: a request forwarded to the owner goes again when the owner
+/// serves at a new epoch, even on the same node (it dropped what it had
+/// not answered when it stopped serving).
+#[test]
+fn a_held_request_goes_again_to_an_owner_serving_at_a_new_epoch() {
+    let reads = reads();
+    let mut other = core_on("n3", &reads);
+    let appends = |out: &Out<u32, Waiter>| {
+        out.iter()
+            .filter(|a| {
+                matches!(a, Action::Send { to, wire: FragmentWire::Append { .. } } if to == "n1")
+            })
+            .count()
+    };
+    let message = NewMessage {
+        to: phone(2),
+        from: phone(1),
+        client_msg_id: 1,
+        after: None,
+        payload: vec![7],
+    };
+    let request = Event::Local(LocalRequest::Append {
+        message,
+        reply: Waiter,
+    });
+    let out = other.step(10, request, &reads).expect("append");
+    assert_eq!(appends(&out), 1, "forwarded: {}", kinds(&out));
+    let same = FragmentWire::Owner {
+        owner: Owner {
+            epoch: 1,
+            node: "n1".to_owned(),
+        },
+        reply: false,
+    };
+    let out = other.step(20, from_n1(same), &reads).expect("owner");
+    assert_eq!(appends(&out), 0, "the same owner: held: {}", kinds(&out));
+    let again = FragmentWire::Owner {
+        owner: Owner {
+            epoch: 3,
+            node: "n1".to_owned(),
+        },
+        reply: false,
+    };
+    let out = other.step(30, from_n1(again), &reads).expect("owner");
+    assert_eq!(appends(&out), 1, "a new epoch: sent again: {}", kinds(&out));
+}
+
 /// Seed 1276: a copy's first chunk handed to the disk but not yet written
 /// (the store does not mark the copy yet) already holds a take-over back;
 /// once the last chunk is handed over too, the take-over goes ahead (its
