@@ -554,11 +554,13 @@ fn is_final(e: &ClientError) -> bool {
 }
 
 /// The delay a refusal asks for before retrying, if the refusal is temporary.
-/// A message's identity across copies: its sender and the sender's id.
-fn send_key(from: &PhoneNumber, client_msg_id: u64) -> u64 {
+/// A message's identity across copies: its group (`None`: 1:1), its
+/// sender and the sender's id.
+fn send_key(group: Option<GroupId>, from: &PhoneNumber, client_msg_id: u64) -> u64 {
     use std::hash::{Hash, Hasher};
-    // DefaultHasher::new() has fixed keys: the same key for the same pair.
+    // DefaultHasher::new() has fixed keys: the same key for the same triple.
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    group.hash(&mut hasher);
     from.hash(&mut hasher);
     client_msg_id.hash(&mut hasher);
     hasher.finish()
@@ -1004,13 +1006,25 @@ impl Supervisor {
             if let Some(id) = event.ack_id() {
                 match self.recent.observe(id) {
                     Seen::New => {
-                        if let Event::Message {
-                            from,
-                            client_msg_id,
-                            ..
-                        } = &event
-                            && self.recent_sends.observe(send_key(from, *client_msg_id))
-                                != Seen::New
+                        // Two owners at once (a partition) may each store
+                        // a resent message, 1:1 or to a group, under its
+                        // own id or position.
+                        let copy = match &event {
+                            Event::Message {
+                                from,
+                                client_msg_id,
+                                ..
+                            } => Some(send_key(None, from, *client_msg_id)),
+                            Event::GroupMessage {
+                                group,
+                                from,
+                                client_msg_id,
+                                ..
+                            } => Some(send_key(Some(*group), from, *client_msg_id)),
+                            _ => None,
+                        };
+                        if let Some(key) = copy
+                            && self.recent_sends.observe(key) != Seen::New
                         {
                             // The same message under a second id: hide it
                             // and let the node drop that copy.

@@ -362,6 +362,45 @@ async fn a_second_copy_of_a_message_under_another_id_is_hidden_and_acked() {
     assert_eq!(acks, 1, "the second copy is acked");
 }
 
+/// The same for a group message stored by two owners of its group's home
+/// (two positions); the same sender and client id in another group, or
+/// 1:1, is another message.
+#[tokio::test]
+async fn a_second_copy_of_a_group_message_is_hidden_and_acked() {
+    let node = FakeNode::start(Options::default()).await;
+    let b = phone("+15550000002");
+    let (_bob, mut events) = login(&node, &b).await;
+    next(&mut events).await;
+    let deliver = |msg_id, group, position| ServerFrame::GroupDeliver {
+        msg_id,
+        group,
+        position,
+        from: phone("+15550000001"),
+        client_msg_id: 7,
+        server_ts: 1,
+        payload: b"x".to_vec(),
+    };
+    node.push(&b, deliver(2000, 40, 100));
+    node.push(&b, deliver(9000, 40, 900));
+    node.push(&b, deliver(2001, 41, 101));
+    node.push(
+        &b,
+        ServerFrame::Deliver {
+            msg_id: 2002,
+            from: phone("+15550000001"),
+            client_msg_id: 7,
+            server_ts: 1,
+            payload: b"x".to_vec(),
+        },
+    );
+    assert_eq!(next(&mut events).await.ack_id(), Some(2000));
+    assert_eq!(next(&mut events).await.ack_id(), Some(2001));
+    assert_eq!(next(&mut events).await.ack_id(), Some(2002));
+    quiet(&mut events, Duration::from_millis(200)).await;
+    let acks = node.requests_seen().iter().filter(|r| *r == "Ack").count();
+    assert_eq!(acks, 1, "the second copy is acked");
+}
+
 #[tokio::test]
 async fn a_second_login_replaces_the_first_for_good() {
     let node = FakeNode::start(Options::default()).await;
