@@ -265,23 +265,20 @@ fn a_held_request_goes_again_to_an_owner_serving_at_a_new_epoch() {
     });
     let out = other.step(10, request, &reads).expect("append");
     assert_eq!(appends(&out), 1, "forwarded: {}", kinds(&out));
-    let same = FragmentWire::Owner {
+    let n1_owns_at = |epoch| FragmentWire::Owner {
         owner: Owner {
-            epoch: 1,
+            epoch,
             node: "n1".to_owned(),
         },
         reply: false,
     };
-    let out = other.step(20, from_n1(same), &reads).expect("owner");
+    let out = other
+        .step(20, from_n1(n1_owns_at(1)), &reads)
+        .expect("owner");
     assert_eq!(appends(&out), 0, "the same owner: held: {}", kinds(&out));
-    let again = FragmentWire::Owner {
-        owner: Owner {
-            epoch: 3,
-            node: "n1".to_owned(),
-        },
-        reply: false,
-    };
-    let out = other.step(30, from_n1(again), &reads).expect("owner");
+    let out = other
+        .step(30, from_n1(n1_owns_at(3)), &reads)
+        .expect("owner");
     assert_eq!(appends(&out), 1, "a new epoch: sent again: {}", kinds(&out));
 }
 

@@ -580,6 +580,55 @@ fn requests_for_unknown_groups_and_from_outsiders_get_typed_errors() {
     );
 }
 
+/// A member of fragment `f` and a group at another fragment `home`, for
+/// feeding `f` batches by hand; `era` is the ids of one half-block.
+struct Era {
+    member: PhoneNumber,
+    f: FragmentId,
+    home: FragmentId,
+    group: GroupId,
+    era: u64,
+}
+
+impl Era {
+    fn of(world: &World) -> Self {
+        let member = phone(1);
+        let f = world.placement.fragment_of(&member);
+        let home = (f + 1) % FRAGMENTS;
+        Era {
+            member,
+            f,
+            home,
+            group: crate::entry::compose_message_id(home, 5),
+            era: crate::replica::TAKEOVER_SEQ_GAP / 2,
+        }
+    }
+}
+
+/// Hands `f` each batch from `home` and commits what it writes.
+fn fan_in_all(
+    world: &mut World,
+    f: FragmentId,
+    home: FragmentId,
+    batches: impl IntoIterator<Item = FanOut>,
+) {
+    for fanout in batches {
+        let reads = world.reads(f);
+        let actions = world.cores[usize::from(f)].fan_in(&reads, home, fanout);
+        world.run(f, actions);
+        while world.commit_one(f) {}
+    }
+}
+
+/// What `member` was shown of `group`, in order.
+fn seen_in(world: &World, member: &PhoneNumber, group: GroupId) -> Vec<Seen> {
+    world.seen[member]
+        .iter()
+        .filter(|(g, _, _)| *g == group)
+        .map(|(_, _, seen)| seen.clone())
+        .collect()
+}
+
 /// Two owners of a home at once (both sides of a partition) give out
 /// positions from different eras: a destination keeps a mark per era, so
 /// the higher era's batch does not hide the lower one's, and a repeat of
@@ -587,11 +636,13 @@ fn requests_for_unknown_groups_and_from_outsiders_get_typed_errors() {
 #[test]
 fn a_destination_keeps_a_mark_per_era() {
     let mut world = World::new();
-    let member = phone(1);
-    let f = world.placement.fragment_of(&member);
-    let home = (f + 1) % FRAGMENTS;
-    let group = crate::entry::compose_message_id(home, 5);
-    let era = crate::replica::TAKEOVER_SEQ_GAP / 2;
+    let Era {
+        member,
+        f,
+        home,
+        group,
+        era,
+    } = Era::of(&world);
     let batch = |seq: u64, cid: u64| FanOut {
         group,
         after: 0,
@@ -608,19 +659,16 @@ fn a_destination_keeps_a_mark_per_era() {
         }],
     };
     // The newer owner's item first, then the older owner's, then both again.
-    for (seq, cid) in [(2 * era + 7, 1), (6, 2), (2 * era + 7, 1), (6, 2)] {
-        let reads = world.reads(f);
-        let actions = world.cores[usize::from(f)].fan_in(&reads, home, batch(seq, cid));
-        world.run(f, actions);
-        while world.commit_one(f) {}
-    }
+    let batches = [(2 * era + 7, 1), (6, 2), (2 * era + 7, 1), (6, 2)];
+    fan_in_all(
+        &mut world,
+        f,
+        home,
+        batches.map(|(seq, cid)| batch(seq, cid)),
+    );
     // In the order they came (two owners at once is the partition case,
     // where order across the two sides is not kept).
-    let seen: Vec<Seen> = world.seen[&member]
-        .iter()
-        .filter(|(g, _, _)| *g == group)
-        .map(|(_, _, seen)| seen.clone())
-        .collect();
+    let seen = seen_in(&world, &member, group);
     assert_eq!(
         seen,
         vec![Seen::Message(phone(0), 1), Seen::Message(phone(0), 2)],
@@ -642,11 +690,13 @@ fn a_destination_keeps_a_mark_per_era() {
 #[test]
 fn items_merged_below_an_older_eras_mark_are_stored_from_its_gap() {
     let mut world = World::new();
-    let member = phone(1);
-    let f = world.placement.fragment_of(&member);
-    let home = (f + 1) % FRAGMENTS;
-    let group = crate::entry::compose_message_id(home, 5);
-    let era = crate::replica::TAKEOVER_SEQ_GAP / 2;
+    let Era {
+        member,
+        f,
+        home,
+        group,
+        era,
+    } = Era::of(&world);
     let at = |seq: u64| crate::entry::compose_message_id(home, seq);
     let item = |seq: u64| FanOutItem {
         position: at(seq),
@@ -672,17 +722,8 @@ fn items_merged_below_an_older_eras_mark_are_stored_from_its_gap() {
         batch(2 * era + 1, era + 9, &[era + 8, era + 9]),
         batch(2 * era + 1, era + 9, &[era + 8, era + 9]),
     ];
-    for fanout in batches {
-        let reads = world.reads(f);
-        let actions = world.cores[usize::from(f)].fan_in(&reads, home, fanout);
-        world.run(f, actions);
-        while world.commit_one(f) {}
-    }
-    let seen: Vec<Seen> = world.seen[&member]
-        .iter()
-        .filter(|(g, _, _)| *g == group)
-        .map(|(_, _, seen)| seen.clone())
-        .collect();
+    fan_in_all(&mut world, f, home, batches);
+    let seen = seen_in(&world, &member, group);
     let expected: Vec<Seen> = [era + 6, era + 10, 2 * era + 1, era + 8, era + 9]
         .iter()
         .map(|seq| Seen::Message(phone(0), *seq))
