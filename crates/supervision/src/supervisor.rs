@@ -81,6 +81,9 @@ pub enum SupervisorMsg {
     StartChild(ChildSpec, RpcReplyPort<Result<ActorCell, String>>),
     /// Reply with the ids and cells of the children now running.
     Children(RpcReplyPort<Vec<(String, ActorCell)>>),
+    /// Messages waiting in each child's queue now, in no order: a sample
+    /// for queue-length metrics that clones no child's name or cell.
+    QueueLengths(RpcReplyPort<Vec<usize>>),
     /// Restart counts per child id since start, for metrics and tests.
     RestartCounts(RpcReplyPort<HashMap<String, u64>>),
     /// Stop the child with this id for good (not restarted, whatever its
@@ -205,6 +208,14 @@ impl Actor for Supervisor {
                     .map(|child| (child.spec.id.clone(), child.cell.clone()))
                     .collect();
                 let _ = reply.send(children);
+            }
+            SupervisorMsg::QueueLengths(reply) => {
+                let lengths = state
+                    .children
+                    .values()
+                    .map(|child| child.cell.queued_messages())
+                    .collect();
+                let _ = reply.send(lengths);
             }
             SupervisorMsg::RestartCounts(reply) => {
                 let _ = reply.send(state.restarts.clone());

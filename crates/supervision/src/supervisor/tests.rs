@@ -12,6 +12,9 @@ enum CrashyMsg {
     Panic,
     Stop,
     Ping(RpcReplyPort<u32>),
+    /// Handled once the notify fires: holds up the messages behind it.
+    Hold(Arc<tokio::sync::Notify>),
+    Nothing,
 }
 impl ractor::Message for CrashyMsg {}
 
@@ -40,6 +43,8 @@ impl Actor for Crashy {
             CrashyMsg::Ping(reply) => {
                 let _ = reply.send(*state);
             }
+            CrashyMsg::Hold(release) => release.notified().await,
+            CrashyMsg::Nothing => {}
         }
         Ok(())
     }
@@ -238,6 +243,56 @@ async fn a_terminated_permanent_child_is_not_restarted() {
     assert_eq!(children.len(), 1);
     let again = call_t!(sup, SupervisorMsg::TerminateChild, 2000, "term-a".into()).expect("call");
     assert!(!again, "no such child any more");
+
+    sup.stop(None);
+    handle.await.expect("supervisor ends");
+}
+
+/// Polls the supervisor's queue-length sample until it is `want`.
+async fn wait_for_queue_lengths(sup: &ActorRef<SupervisorMsg>, want: &[usize]) {
+    let mut seen = Vec::new();
+    for _ in 0..200 {
+        seen = call_t!(sup, SupervisorMsg::QueueLengths, 500).expect("queue lengths");
+        seen.sort_unstable();
+        if seen == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("queue lengths {seen:?}, expected {want:?}");
+}
+
+#[tokio::test]
+async fn queue_lengths_count_the_messages_each_child_has_not_taken() {
+    let (sup, handle) = Actor::spawn(
+        None,
+        Supervisor,
+        SupervisorArgs {
+            children: vec![
+                crashy_spec("queue-busy", Restart::Permanent, Arc::default()),
+                crashy_spec("queue-idle", Restart::Permanent, Arc::default()),
+            ],
+            intensity: Intensity::default(),
+            concurrent_shutdown: false,
+        },
+    )
+    .await
+    .expect("spawn");
+    wait_for_queue_lengths(&sup, &[0, 0]).await;
+
+    let busy = named("queue-busy");
+    let release = Arc::new(tokio::sync::Notify::new());
+    busy.send_message(CrashyMsg::Hold(release.clone()))
+        .expect("send");
+    for _ in 0..4 {
+        busy.send_message(CrashyMsg::Nothing).expect("send");
+    }
+    // The held message is being handled, the four behind it wait.
+    wait_for_queue_lengths(&sup, &[0, 4]).await;
+    assert_eq!(busy.get_cell().queued_messages(), 4);
+
+    release.notify_one();
+    wait_for_queue_lengths(&sup, &[0, 0]).await;
 
     sup.stop(None);
     handle.await.expect("supervisor ends");

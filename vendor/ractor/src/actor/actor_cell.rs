@@ -313,6 +313,14 @@ impl ActorCell {
         self.inner.get_status()
     }
 
+    /// The number of messages waiting in the [super::Actor]'s message port:
+    /// sent and not yet taken by its processing loop (the one being handled
+    /// is not counted). A sample for queue-length metrics; it costs one
+    /// uncontended lock.
+    pub fn queued_messages(&self) -> usize {
+        self.inner.message.len()
+    }
+
     /// Identifies if this actor supports remote (dist) communication
     ///
     /// Returns [true] if the actor's messaging protocols support remote calls, [false] otherwise

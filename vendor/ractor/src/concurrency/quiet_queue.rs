@@ -84,6 +84,11 @@ impl<T> QuietSender<T> {
         self.shared.notify.notify_one();
         Ok(())
     }
+
+    /// Items waiting now (those the receiver has not taken yet).
+    pub(crate) fn len(&self) -> usize {
+        self.shared.lock().items.len()
+    }
 }
 
 impl<T> Drop for QuietSender<T> {
