@@ -246,3 +246,69 @@ async fn failures_exit_non_zero_with_a_message() {
         run.stderr
     );
 }
+
+/// The operator's commands against a running node process, over its admin
+/// socket found from the data directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_status_user_revoke_and_drain() {
+    let node = NodeProcess::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    enrol(&node, dir.path(), "+15550000091", "erin").await;
+    let data_dir = node.data_dir.to_str().expect("utf-8 path").to_owned();
+
+    let run = switchboard(&["admin", "status", "--data-dir", &data_dir], "").await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("ready: yes"), "{}", run.stdout);
+    assert!(run.stdout.contains("served here of"), "{}", run.stdout);
+    assert!(run.stdout.contains("session queues:"), "{}", run.stdout);
+
+    let run = switchboard(&["admin", "status", "--json", "--data-dir", &data_dir], "").await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let json: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
+    assert_eq!(json["reply"], "status", "{json}");
+    assert!(
+        json["fragments"].as_array().is_some_and(|f| !f.is_empty()),
+        "{json}"
+    );
+
+    let run = switchboard(
+        &["admin", "user", "+15550000091", "--data-dir", &data_dir],
+        "",
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("mailbox: 0 messages"), "{}", run.stdout);
+    assert!(run.stdout.contains("token generation"), "{}", run.stdout);
+
+    let run = switchboard(
+        &["admin", "revoke", "+15550000091", "--data-dir", &data_dir],
+        "",
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("revoked every token"), "{}", run.stdout);
+
+    let run = switchboard(&["admin", "drain", "--data-dir", &data_dir], "").await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("draining"), "{}", run.stdout);
+    let run = switchboard(&["admin", "status", "--data-dir", &data_dir], "").await;
+    assert!(
+        run.stdout.contains("ready: no (not ready: draining)"),
+        "{}",
+        run.stdout
+    );
+
+    // No node there: a clear error, not a hang.
+    let run = switchboard(
+        &[
+            "admin",
+            "status",
+            "--data-dir",
+            dir.path().to_str().expect("utf-8"),
+        ],
+        "",
+    )
+    .await;
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("is the node running"), "{}", run.stderr);
+}

@@ -416,6 +416,17 @@ impl AuthHandle {
             .await
     }
 
+    /// What an operator may see of `phone`'s account (no code, no PIN).
+    pub async fn account_summary(&self, phone: &PhoneNumber) -> Result<AccountSummary> {
+        let loaded = self.accounts.read(phone).await?;
+        Ok(AccountSummary {
+            registered_at_ms: loaded.account.created_at_ms,
+            last_active_ms: loaded.account.last_active_ms,
+            token_generation: loaded.generation,
+            registration_lock: loaded.account.lock.is_some(),
+        })
+    }
+
     /// Sets (`Some`) or clears `phone`'s registration-lock PIN. The PIN is
     /// hashed on the blocking pool (slow on purpose).
     pub async fn set_registration_lock(
@@ -541,3 +552,16 @@ pub(crate) use proto::clock::now_ms;
 
 #[cfg(test)]
 mod tests;
+
+/// An account as an operator sees it: when, and which token generation.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AccountSummary {
+    /// When the number was first verified (or minted), if ever.
+    pub registered_at_ms: Option<u64>,
+    /// The last verification or login the account recorded.
+    pub last_active_ms: u64,
+    /// Tokens of a lower generation are revoked.
+    pub token_generation: u64,
+    /// Whether a registration-lock PIN is set.
+    pub registration_lock: bool,
+}

@@ -31,7 +31,7 @@ const PRESENCE_NAME: &str = "presence";
 const AUTH_NAME: &str = "auth";
 /// How long auth waits for a number's fragment (maybe on another node).
 const ACCOUNT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-const SESSIONS_NAME: &str = "sessions";
+pub(crate) const SESSIONS_NAME: &str = "sessions";
 const MEMBERSHIP_NAME: &str = "membership";
 const LISTENER_NAME: &str = "listener";
 const WEBSOCKET_LISTENER_NAME: &str = "listener-websocket";
@@ -329,6 +329,7 @@ impl NodeBuilder {
 
         // Sessions resolve the supervised auth actor by name, so restarts are followed.
         let auth_handle = auth::AuthHandle::named(AUTH_NAME, &config.auth, store.clone(), accounts);
+        let admin_auth = auth_handle.clone();
 
         let session_config = config.session_config();
         let attach_timeout = session_config.request_timeout;
@@ -447,6 +448,29 @@ impl NodeBuilder {
         if let Some(handle) = &cluster {
             relay_peer_changes(handle.watch(), fragments.clone());
         }
+        crate::admin::serve(
+            &config.admin.socket_path(&config.data_dir),
+            crate::admin::AdminContext {
+                node: config.name.clone(),
+                started: std::time::Instant::now(),
+                health: health.clone(),
+                store: store.clone(),
+                fragments: fragments.clone(),
+                fragment_count: config.fragments,
+                cluster: match (&config.cluster, &cluster) {
+                    (Some(c), Some(handle)) => Some(crate::admin::AdminCluster {
+                        handle: handle.clone(),
+                        nodes: c.nodes.iter().map(|n| n.name.clone()).collect(),
+                        islands: c.islands.clone(),
+                    }),
+                    _ => None,
+                },
+                auth: admin_auth,
+                presence: PRESENCE_NAME,
+                sessions: SESSIONS_NAME,
+                root: root.clone(),
+            },
+        )?;
         tracing::info!(node = %config.name, listen = %local_addr, data = %config.data_dir.display(),
             fragments = config.fragments, "node started");
         Ok(Node {
@@ -570,19 +594,7 @@ impl Node {
     /// Stops accepting connections on every listener (TLS and WebSocket);
     /// connections already open are served on. The first step of a drain.
     pub async fn stop_listening(&self) {
-        // Terminated through the root, which would restart a listener
-        // merely stopped (they are permanent children).
-        for listener in [LISTENER_NAME, WEBSOCKET_LISTENER_NAME] {
-            let terminated = ractor::call_t!(
-                self.root,
-                SupervisorMsg::TerminateChild,
-                5_000,
-                listener.to_owned()
-            );
-            if let Err(e) = terminated {
-                tracing::warn!(listener, error = %e, "could not stop a listener");
-            }
-        }
+        stop_listening(&self.root).await;
     }
 
     /// Resolves with the I/O error once the store has failed and the node
@@ -604,14 +616,8 @@ impl Node {
     /// later, then the services stop bottom-up and storage is flushed.
     pub async fn shutdown(self) {
         tracing::info!("shutting down");
-        self.health.set_draining();
-        self.stop_listening().await;
+        drain_clients(&self.root, &self.health, SESSIONS_NAME).await;
         if let Some(sessions) = self.sessions() {
-            let told = broadcast_to_sessions(&sessions, || {
-                SessionMsg::Close(proto::CloseReason::ShuttingDown)
-            })
-            .await;
-            tracing::info!(sessions = told, "told clients to reconnect later");
             let deadline = tokio::time::Instant::now() + session::actor::CLOSE_GRACE;
             while tokio::time::Instant::now() < deadline {
                 match ractor::call_t!(sessions, SupervisorMsg::Children, 1000) {
@@ -629,4 +635,43 @@ impl Node {
         }
         tracing::info!("stopped");
     }
+}
+
+/// Stops accepting connections on every listener (TLS and WebSocket).
+async fn stop_listening(root: &ActorRef<SupervisorMsg>) {
+    // Terminated through the root, which would restart a listener merely
+    // stopped (they are permanent children).
+    for listener in [LISTENER_NAME, WEBSOCKET_LISTENER_NAME] {
+        let terminated = ractor::call_t!(
+            root,
+            SupervisorMsg::TerminateChild,
+            5_000,
+            listener.to_owned()
+        );
+        if let Err(e) = terminated {
+            tracing::warn!(listener, error = %e, "could not stop a listener");
+        }
+    }
+}
+
+/// The client half of a drain, for a shutdown and for `switchboard admin
+/// drain`: not ready from now on, no new connections, and every client told
+/// to reconnect (to another node) now. Returns how many were told. The
+/// fragments are served on until the node stops.
+pub(crate) async fn drain_clients(
+    root: &ActorRef<SupervisorMsg>,
+    health: &Health,
+    sessions: &str,
+) -> usize {
+    health.set_draining();
+    stop_listening(root).await;
+    let Some(sessions) = ractor::registry::where_is(sessions).map(ActorRef::from) else {
+        return 0;
+    };
+    let told = broadcast_to_sessions(&sessions, || {
+        SessionMsg::Close(proto::CloseReason::ShuttingDown)
+    })
+    .await;
+    tracing::info!(sessions = told, "draining: told clients to reconnect");
+    told
 }

@@ -50,10 +50,14 @@ pub struct MetricsSettings {
     pub listen: Option<String>,
 }
 
-/// Operator tools, all off by default.
+/// Operator tools: the admin channel, and test users (off by default).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminSettings {
+    /// The admin channel's Unix socket (`switchboard admin status`, ...);
+    /// default `<data_dir>/admin.sock`. Only the node's user and root may
+    /// use it.
+    pub socket: Option<PathBuf>,
     /// Allow `MintTestUsers` (bulk test users for load tests, no SMS).
     /// Never enable on a node that real users reach.
     pub mint_test_users: bool,
@@ -68,10 +72,20 @@ pub struct AdminSettings {
 impl Default for AdminSettings {
     fn default() -> Self {
         Self {
+            socket: None,
             mint_test_users: false,
             secret: String::new(),
             test_number_prefix: session::DEFAULT_TEST_NUMBER_PREFIX.to_owned(),
         }
+    }
+}
+
+impl AdminSettings {
+    /// Where the admin socket is for a node keeping its data in `data_dir`.
+    pub fn socket_path(&self, data_dir: &std::path::Path) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(|| data_dir.join(crate::admin::SOCKET_FILE))
     }
 }
 

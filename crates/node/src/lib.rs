@@ -23,6 +23,8 @@
 //! - [`datadir`]: the data directory's permissions (0700, files 0600).
 //! - `health`: `/healthz` and `/readyz`, and the free-disk watch.
 //! - `telemetry`: the metrics listener (metrics and the two probes).
+//! - [`queues`]: queue lengths of the actors, for metrics and status.
+//! - [`admin`]: the admin channel (a Unix socket) behind `switchboard admin`.
 //!
 //! # A broken store
 //! A write that fails on an I/O error breaks the store for the rest of the
@@ -32,12 +34,14 @@
 //! [`Node::failed`] resolves a moment later: the binary exits non-zero for
 //! its supervisor to restart it on a database redb recovers at open.
 
+pub mod admin;
 pub mod builder;
 pub mod config;
 pub mod datadir;
 mod error;
 mod health;
 pub mod listener;
+pub mod queues;
 mod telemetry;
 pub mod tls;
 

@@ -2,8 +2,8 @@
 //!
 //! Counters are incremented where things happen (`switchboard_*_total` in
 //! the session and fragment crates); the gauges here — connections, the
-//! group-commit queue, fragment backlogs — are sampled every few seconds,
-//! since ractor does not expose mailbox lengths.
+//! group-commit queue, fragment backlogs, every actor's queue length
+//! (`queues`) — are sampled every few seconds.
 //!
 //! The listener is ours rather than the exporter's (which answers every
 //! path with the metrics): it also answers `/healthz` and `/readyz` from
@@ -126,6 +126,7 @@ fn probe((ok, why): (bool, String)) -> (StatusCode, String) {
 
 async fn sample(store: &Store, fragments: &FragmentDirectory, count: u16) {
     metrics::gauge!("switchboard_connections").set(session::live_sessions() as f64);
+    crate::queues::record(&crate::queues::sample(crate::builder::SESSIONS_NAME).await);
     let stats = store.stats();
     metrics::gauge!("switchboard_storage_queue_depth")
         .set(stats.queued.load(Ordering::Relaxed) as f64);

@@ -86,6 +86,19 @@ async fn metrics_count_sessions_acks_and_storage() {
         Some(2.0),
         "{text}"
     );
+    // Queue lengths: every registered actor, and the sessions' spread.
+    for line in [
+        "switchboard_actor_queue_length{actor=\"auth\"}",
+        "switchboard_actor_queue_length{actor=\"fragment-0\"}",
+        "switchboard_session_queue_length{quantile=\"max\"}",
+        "switchboard_session_queue_length{quantile=\"0.99\"}",
+        "switchboard_fragment_queue_length_max",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(line)),
+            "{line} missing:\n{text}"
+        );
+    }
     alice.close().await;
     bob.close().await;
     node.shutdown().await;

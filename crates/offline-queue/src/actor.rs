@@ -48,8 +48,8 @@ impl ractor::Message for Push {}
 /// Where an online user's entries go: a session (or bot) of this node.
 pub type Endpoint = crate::replica_core::Endpoint<DerivedActorRef<Push>>;
 
-/// Gauges of one fragment, for metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Gauges of one fragment, for metrics and `switchboard admin status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FragmentStats {
     /// The fragment.
     pub fragment: FragmentId,
@@ -59,6 +59,14 @@ pub struct FragmentStats {
     pub pending_commits: usize,
     /// Entries cached in memory for online users.
     pub cached_entries: usize,
+    /// Whether this node serves the fragment now.
+    pub serves: bool,
+    /// The owner as this node sees it (`None` on a node alone).
+    pub owner: Option<router::Owner>,
+    /// Whether the owner is still unknown after a restart.
+    pub waiting_for_owner: bool,
+    /// Requests forwarded or held and not answered yet.
+    pub unanswered: usize,
 }
 
 /// Messages to a fragment actor.
@@ -154,6 +162,14 @@ pub enum FragmentMsg {
     CheckPartner,
     /// Report gauges.
     Stats(RpcReplyPort<FragmentStats>),
+    /// What an operator may see of a user's mailbox here (`None` when this
+    /// node does not serve the fragment).
+    Mailbox {
+        /// The user.
+        user: PhoneNumber,
+        /// Gets the summary.
+        reply: RpcReplyPort<Option<crate::replica_core::MailboxSummary>>,
+    },
     /// Cluster: a message about this fragment from another node.
     FromPeer {
         /// The sending node.
@@ -575,7 +591,15 @@ impl Actor for FragmentActor {
                     online: counts.online,
                     pending_commits: counts.pending_commits,
                     cached_entries: counts.cached_entries,
+                    serves: state.replica.serves(),
+                    owner: state.replica.owner().cloned(),
+                    waiting_for_owner: state.replica.waiting_for_owner(),
+                    unanswered: state.replica.unanswered(),
                 });
+                return Ok(());
+            }
+            FragmentMsg::Mailbox { user, reply } => {
+                let _ = reply.send(state.replica.mailbox_of(&user));
                 return Ok(());
             }
             FragmentMsg::FromPeer { from, wire } => Event::Peer { from, wire },

@@ -304,6 +304,17 @@ impl<E: Clone, R> FragmentCore<E, R> {
         }
     }
 
+    /// What an operator may see of `user`'s mailbox: undelivered entries
+    /// and their bytes, and the attached session's id and endpoint.
+    pub fn mailbox_of(&self, user: &PhoneNumber) -> (u32, u64, Option<(u64, &E)>) {
+        let (entries, bytes) = self.usage.held(user);
+        let session = self
+            .online
+            .get(user)
+            .map(|online| (online.session_id, &online.endpoint));
+        (entries, bytes, session)
+    }
+
     /// The sequence number the next id gets.
     pub fn next_seq(&self) -> u64 {
         self.next_seq

@@ -113,6 +113,26 @@ pub enum Push {
     Revoked,
 }
 
+/// A user's mailbox as an operator sees it (see [`ReplicaCore::mailbox_of`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MailboxSummary {
+    /// Entries stored and not yet delivered.
+    pub held_entries: u32,
+    /// Their payload bytes.
+    pub held_bytes: u64,
+    /// The session the fragment pushes to, if the user is attached.
+    pub session: Option<AttachedSession>,
+}
+
+/// The session a fragment pushes a user's entries to.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AttachedSession {
+    /// The session's id.
+    pub session_id: u64,
+    /// Its node, when it is not the fragment's.
+    pub node: Option<String>,
+}
+
 /// Where the fragment core pushes: a session of this node, or one on
 /// another node.
 #[derive(Clone)]
@@ -719,6 +739,24 @@ impl<T: Clone, L: Caller> ReplicaCore<T, L> {
     /// The owner as this node sees it (`None` on a node alone).
     pub fn owner(&self) -> Option<&Owner> {
         self.cluster.as_ref().map(|c| c.ownership.owner())
+    }
+
+    /// What an operator may see of `user`'s mailbox, if this node serves
+    /// the fragment: no content, only counts and where the user is attached.
+    pub fn mailbox_of(&self, user: &PhoneNumber) -> Option<MailboxSummary> {
+        let core = self.core.as_ref()?;
+        let (held_entries, held_bytes, session) = core.mailbox_of(user);
+        Some(MailboxSummary {
+            held_entries,
+            held_bytes,
+            session: session.map(|(session_id, attached)| AttachedSession {
+                session_id,
+                node: match attached {
+                    Attached::Local(_) => None,
+                    Attached::Remote { node, .. } => Some(node.clone()),
+                },
+            }),
+        })
     }
 
     /// Whether the owner is still unknown after a restart.

@@ -73,6 +73,14 @@ pub enum PresenceMsg {
     PeerUp(String),
     /// Cluster: a peer went down (its users are offline now).
     PeerDown(String),
+    /// What this node knows of `user`'s presence, whatever the user's
+    /// settings (for the operator's `switchboard admin user`).
+    StatusOf {
+        /// The user.
+        user: PhoneNumber,
+        /// Gets the status.
+        reply: ractor::RpcReplyPort<proto::PresenceStatus>,
+    },
 }
 
 impl ractor::Message for PresenceMsg {}
@@ -198,6 +206,9 @@ impl Actor for PresenceActor {
                     });
                 }
                 state.core.online(user, session_id, Target::Local(target));
+            }
+            PresenceMsg::StatusOf { user, reply } => {
+                let _ = reply.send(state.core.status_of(&user));
             }
             PresenceMsg::Offline { user, session_id } => {
                 let at_ms = now_ms();

@@ -94,7 +94,8 @@ impl<T: Clone> PresenceCore<T> {
         self.online.len()
     }
 
-    fn status_of(&self, user: &PhoneNumber) -> PresenceStatus {
+    /// `user`'s status as this node knows it, ignoring who may see it.
+    pub fn status_of(&self, user: &PhoneNumber) -> PresenceStatus {
         if self.online.contains_key(user) {
             PresenceStatus::Online
         } else {
