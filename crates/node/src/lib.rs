@@ -41,6 +41,7 @@ pub mod datadir;
 mod error;
 mod health;
 pub mod listener;
+mod metric_help;
 pub mod queues;
 mod telemetry;
 pub mod tls;

@@ -91,7 +91,7 @@ pub(crate) fn record(sample: &QueueSample) {
     let s = sample.sessions;
     metrics::gauge!("switchboard_session_queue_length", "quantile" => "max").set(s.max as f64);
     metrics::gauge!("switchboard_session_queue_length", "quantile" => "0.99").set(s.p99 as f64);
-    metrics::gauge!("switchboard_session_queue_length_total").set(s.total as f64);
+    metrics::gauge!("switchboard_session_queued_messages").set(s.total as f64);
 }
 
 #[cfg(test)]

@@ -25,6 +25,11 @@ use storage::Store;
 use crate::health::Health;
 use crate::{NodeError, Result};
 
+/// Histogram buckets (seconds) of every latency: from a fast commit on a
+/// good disk to a stall an alert should see.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
 /// How often gauges are sampled.
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 /// Scrapes and probes served at once; more wait for the accept loop.
@@ -46,8 +51,13 @@ pub(crate) fn start(
         .parse()
         .map_err(|e| NodeError::Config(format!("metrics.listen = {listen:?}: {e}")))?;
     let handle = PrometheusBuilder::new()
+        .set_buckets(LATENCY_BUCKETS)
+        .map_err(|e| NodeError::Startup(format!("metrics buckets: {e}")))?
         .install_recorder()
         .map_err(|e| NodeError::Startup(format!("metrics recorder: {e}")))?;
+    crate::metric_help::describe_all();
+    let process = metrics_process::Collector::default();
+    process.describe();
     let listener = std::net::TcpListener::bind(addr)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .and_then(tokio::net::TcpListener::from_std)
@@ -63,6 +73,7 @@ pub(crate) fn start(
             tick.tick().await;
             // The exporter's own listener would do this; ours must.
             handle.run_upkeep();
+            process.collect();
             sample(&store, &fragments, count).await;
         }
     });

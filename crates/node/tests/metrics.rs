@@ -93,10 +93,25 @@ async fn metrics_count_sessions_acks_and_storage() {
         "switchboard_session_queue_length{quantile=\"max\"}",
         "switchboard_session_queue_length{quantile=\"0.99\"}",
         "switchboard_fragment_queue_length_max",
+        // Latencies as histograms, with buckets.
+        "switchboard_send_ack_seconds_bucket{le=\"0.05\"}",
+        "switchboard_storage_commit_seconds_bucket{le=\"0.05\"}",
+        // The process.
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
     ] {
         assert!(
             text.lines().any(|l| l.starts_with(line)),
             "{line} missing:\n{text}"
+        );
+    }
+    // Every metric says what it is.
+    for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let name = line.split(' ').nth(2).expect("a name");
+        assert!(
+            text.contains(&format!("# HELP {name} ")),
+            "{name} has no HELP:\n{text}"
         );
     }
     alice.close().await;

@@ -570,6 +570,7 @@ impl Writer {
             stats
                 .busy_micros
                 .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+            metrics::histogram!("switchboard_storage_commit_seconds").record(took.as_secs_f64());
             tracing::trace!(
                 changes = batch.len(),
                 micros = took.as_micros() as u64,

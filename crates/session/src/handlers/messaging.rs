@@ -45,12 +45,15 @@ pub(crate) async fn send(
         after,
         payload,
     };
+    let received = std::time::Instant::now();
     let handed = state.ctx.services.append(message).await;
     let Some(answer) = answer_or_refuse(state, id, handed) else {
         return;
     };
     state.answer_later(id, permit, async move {
         let stored = answer.await.map_err(|e| unavailable(&e))?;
+        metrics::histogram!("switchboard_send_ack_seconds")
+            .record(received.elapsed().as_secs_f64());
         Ok(Response::ServerAck {
             client_msg_id,
             msg_id: stored.msg_id,
