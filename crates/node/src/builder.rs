@@ -423,6 +423,15 @@ impl NodeBuilder {
                     handle: handle.clone(),
                     peers: c.nodes.len().saturating_sub(1),
                     owns_fragments: c.islands.iter().any(|pair| pair.contains(&config.name)),
+                    partner: c.islands.iter().find_map(|[a, b]| {
+                        if *a == config.name {
+                            Some(b.clone())
+                        } else if *b == config.name {
+                            Some(a.clone())
+                        } else {
+                            None
+                        }
+                    }),
                 }),
                 _ => None,
             },

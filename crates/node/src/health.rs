@@ -36,6 +36,8 @@ pub(crate) struct ClusterReadiness {
     pub(crate) peers: usize,
     /// Whether this node is in an island (may own fragments).
     pub(crate) owns_fragments: bool,
+    /// This node's island partner, if it is in an island.
+    pub(crate) partner: Option<String>,
 }
 
 /// An answer of a probe: whether it passed, and a line saying why.
@@ -53,6 +55,19 @@ impl Health {
     /// From now on the node is draining (shutting down): not ready.
     pub(crate) fn set_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the node is draining.
+    pub(crate) fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Whether this node's island partner is linked now (`None`: no
+    /// partner, a node alone or outside the islands).
+    pub(crate) fn partner_up(&self) -> Option<bool> {
+        let c = self.cluster.as_ref()?;
+        let partner = c.partner.as_ref()?;
+        Some(c.handle.view().up.contains(partner))
     }
 
     /// `/healthz`: alive and the store writable.
@@ -128,6 +143,7 @@ pub(crate) fn watch_disk(store: Store, data_dir: PathBuf, settings: StorageSetti
                 }
             };
             metrics::gauge!("switchboard_storage_free_bytes").set(free as f64);
+            metrics::gauge!("switchboard_storage_size_bytes").set(total as f64);
             let low = low_on_disk(&settings, free, total);
             if low != was_low {
                 if low {

@@ -66,6 +66,7 @@ pub(crate) fn start(
             source,
         })?;
     tracing::info!(%addr, "serving Prometheus metrics at /metrics, probes at /healthz and /readyz");
+    let health_for_gauges = health.clone();
     tokio::spawn(serve(listener, handle.clone(), health));
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(SAMPLE_EVERY);
@@ -75,6 +76,7 @@ pub(crate) fn start(
             handle.run_upkeep();
             process.collect();
             sample(&store, &fragments, count).await;
+            sample_health(&health_for_gauges, count);
         }
     });
     Ok(())
@@ -133,6 +135,18 @@ fn probe((ok, why): (bool, String)) -> (StatusCode, String) {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, why + "\n")
+}
+
+/// Readiness, draining and the island partner as gauges, for alerts (a
+/// probe's answer is not a metric Prometheus can keep).
+fn sample_health(health: &Health, fragments: u16) {
+    let flag = |on: bool| if on { 1.0 } else { 0.0 };
+    metrics::gauge!("switchboard_ready").set(flag(health.readyz().0));
+    metrics::gauge!("switchboard_draining").set(flag(health.draining()));
+    metrics::gauge!("switchboard_fragments_configured").set(f64::from(fragments));
+    if let Some(up) = health.partner_up() {
+        metrics::gauge!("switchboard_island_partner_up").set(flag(up));
+    }
 }
 
 async fn sample(store: &Store, fragments: &FragmentDirectory, count: u16) {
