@@ -4,8 +4,11 @@
 # generator (`switchboard bench steady`, run on this host):
 #   1. docker kill of a node, and its restart;
 #   2. docker network disconnect of one island member for 30 s, and back;
-#   3. a rolling restart of all four nodes, one by one.
-# Each scenario ends with the generator's check over every acknowledged
+#   3. a rolling restart of all four nodes, one by one;
+#   4. monitoring: Prometheus with deploy/monitoring's rules scraping the
+#      four nodes; one node starved of CPU under load until an alert on its
+#      queues fires in Prometheus' API.
+# Each fault scenario ends with the generator's check over every acknowledged
 # message: lost, duplicated, out of order (all must be 0).
 #
 # The engine here has no registry: the base image is made from this host's
@@ -53,7 +56,7 @@ export SWITCHBOARD_TOKEN_KEY SWITCHBOARD_CLUSTER_COOKIE
 export SWITCHBOARD_MINT_TEST_USERS=true SWITCHBOARD_ADMIN_SECRET=$admin_secret
 export SWITCHBOARD_METRICS_LISTEN=0.0.0.0:9100
 cleanup() {
-    compose down -v --remove-orphans >/dev/null 2>&1 || true
+    compose --profile monitoring down -v --remove-orphans >/dev/null 2>&1 || true
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -111,8 +114,9 @@ wait_mesh() { # every node sees the three others
 }
 
 failures=0
-# CLUSTER_TEST_ONLY="kill partition rolling" picks scenarios (default: all).
-only=${CLUSTER_TEST_ONLY:-kill partition rolling}
+# CLUSTER_TEST_ONLY="kill partition rolling monitoring" picks scenarios
+# (default: all).
+only=${CLUSTER_TEST_ONLY:-kill partition rolling monitoring}
 want() { [[ " $only " == *" $1 "* ]]; }
 steady() { # duration first-phone name [window]: the generator, in the background ($!)
     "$bin" bench steady --server "$servers" --ca "$certs/client-facing.pem" \
@@ -174,6 +178,87 @@ scenario_rolling() { # first-phone
     finish rolling "$pid"
 }
 
+prom=172.28.0.20:9090
+prom_query() { # PromQL -> the first result's value, or empty
+    curl -s --max-time 2 --get "http://$prom/api/v1/query" --data-urlencode "query=$1" 2>/dev/null \
+        | python3 -c 'import json,sys
+try:
+    r = json.load(sys.stdin)["data"]["result"]
+    print(r[0]["value"][1] if r else "")
+except Exception:
+    print("")'
+}
+firing() { # -> the alerts firing now, "name{instance}" each, one line
+    curl -s --max-time 2 "http://$prom/api/v1/alerts" 2>/dev/null \
+        | python3 -c 'import json,sys
+try:
+    a = json.load(sys.stdin)["data"]["alerts"]
+    print(" ".join(x["labels"]["alertname"] + "{" + x["labels"].get("instance", "") + "}" for x in a if x["state"] == "firing"))
+except Exception:
+    print("")'
+}
+
+scenario_monitoring() { # first-phone
+    local promtool_bin
+    promtool_bin=$(command -v prometheus || true)
+    if [ -z "$promtool_bin" ]; then
+        echo "cluster-test: monitoring: SKIPPED (no prometheus binary: apt-get install prometheus)"
+        return 0
+    fi
+    mkdir -p "$work/prometheus"
+    cp "$promtool_bin" "$work/prometheus/prometheus"
+    docker build -q -f deploy/monitoring/Dockerfile.prometheus \
+        --build-arg BASE_IMAGE=switchboard-base:local \
+        -t switchboard-prometheus:local "$work/prometheus" >/dev/null
+    compose --profile monitoring up -d prometheus >/dev/null
+    local up=""
+    for _ in $(seq 120); do
+        up=$(prom_query 'sum(up{job="switchboard"})')
+        [ "$up" = 4 ] && break
+        sleep 0.5
+    done
+    if [ "$up" != 4 ]; then
+        echo "cluster-test: monitoring: FAILED: Prometheus scrapes ${up:-no} nodes, not 4"
+        compose --profile monitoring logs --tail 20 prometheus >&2
+        return 1
+    fi
+    local quiet
+    quiet=$(firing)
+    if [ -n "$quiet" ]; then
+        echo "cluster-test: monitoring: FAILED: alerts fire on a healthy cluster: $quiet"
+        return 1
+    fi
+    # The overload: n1 gets a twentieth of a core while clients send to
+    # users everywhere; requests for n1's fragments queue up there.
+    local n1 fired="" i
+    n1=$(compose ps -q n1)
+    docker update --cpus "${CLUSTER_TEST_STARVE_CPUS:-0.05}" "$n1" >/dev/null
+    "$bin" bench messages --server 172.28.0.13:5222 --ca "$certs/client-facing.pem" \
+        --admin-secret "$admin_secret" --first "$1" --users 400 \
+        --rate "${CLUSTER_TEST_OVERLOAD_RATE:-3000}" --duration 240 \
+        > "$work/overload.out" 2> "$work/overload.err" &
+    local load=$!
+    for i in $(seq 120); do
+        sleep 2
+        fired=$(firing)
+        if [ $((i % 10)) = 0 ]; then
+            echo "cluster-test: monitoring: $((i * 2)) s: n1 fragment queue max $(prom_query 'switchboard_fragment_queue_length_max{instance="172.28.0.11:9100"}'), session p99 $(prom_query 'switchboard_session_queue_length{instance="172.28.0.11:9100",quantile="0.99"}'), n3 send→ack p99 $(prom_query 'switchboard:send_ack_seconds:p99{instance="172.28.0.13:9100"}') s; firing: ${fired:-none}"
+        fi
+        [[ " $fired " == *"SwitchboardFragmentQueueLong{172.28.0.11:9100}"* ]] && break
+    done
+    kill "$load" 2>/dev/null || true
+    wait "$load" 2>/dev/null || true
+    docker update --cpus 0 "$n1" >/dev/null 2>&1 || docker update --cpus 2 "$n1" >/dev/null
+    compose --profile monitoring stop prometheus >/dev/null 2>&1 || true
+    if [[ " $fired " == *"SwitchboardFragmentQueueLong{172.28.0.11:9100}"* ]]; then
+        echo "cluster-test: monitoring: ok: the healthy cluster fired nothing; starved n1 fired: $fired"
+        return 0
+    fi
+    echo "cluster-test: monitoring: FAILED: SwitchboardFragmentQueueLong did not fire for n1 (firing: ${fired:-none})"
+    tail -n 5 "$work/overload.out" "$work/overload.err" >&2 || true
+    return 1
+}
+
 # CLUSTER_TEST_ATTEMPTS=n runs a failing scenario up to n times (with fresh
 # users), to tell a rare fault from a steady one while investigating; the
 # default, one run, is what CI uses: any loss, duplicate or reordering fails.
@@ -196,7 +281,7 @@ run_scenario() { # name title first-phone
 echo "cluster-test: starting the cluster"
 # A run that was killed before its cleanup leaves containers and volumes
 # behind; starting on their old data would test something else.
-compose down -v --remove-orphans >/dev/null 2>&1 || true
+compose --profile monitoring down -v --remove-orphans >/dev/null 2>&1 || true
 compose up -d >/dev/null
 if [ -n "${CLUSTER_TEST_CPUS:-}" ]; then
     # e.g. 0.15: each node gets that share of a core (kept across restarts),
@@ -211,6 +296,7 @@ wait_mesh
 run_scenario kill "1. docker kill of n3 under load" +15550710000
 run_scenario partition "2. n2 cut off from the network for 30 s" +15550720000
 run_scenario rolling "3. rolling restart of all four nodes" +15550730000
+run_scenario monitoring "4. alerts: Prometheus sees an overloaded node" +15550740000
 
 if [ "$failures" -gt 0 ]; then
     echo "cluster-test: $failures scenario(s) failed"
