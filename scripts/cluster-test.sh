@@ -63,7 +63,7 @@ trap cleanup EXIT
 
 echo "cluster-test: base image from this host's libraries"
 rootfs=$work/rootfs
-mkdir -p "$rootfs/tmp" "$rootfs/etc" "$rootfs/var/lib/switchboard"
+mkdir -p "$rootfs/tmp" "$rootfs/etc" "$rootfs/var/lib"
 chmod 1777 "$rootfs/tmp"
 for lib in $(ldd "$bin" | grep -o '/[^ ]*'); do
     mkdir -p "$rootfs$(dirname "$lib")"
@@ -290,6 +290,19 @@ if [ -n "${CLUSTER_TEST_CPUS:-}" ]; then
     echo "cluster-test: each node limited to $CLUSTER_TEST_CPUS of a core"
 fi
 wait_mesh
+# The image's health check (`switchboard admin probe` over the admin
+# socket, as the unprivileged user the node runs as) passes on every node.
+healthy=""
+for _ in $(seq 60); do
+    healthy=$(for c in $(compose ps -q); do docker inspect --format '{{.State.Health.Status}}' "$c"; done | sort | uniq -c | tr -s ' ' | tr '\n' ' ')
+    [ "$healthy" = " 4 healthy " ] && break
+    sleep 1
+done
+if [ "$healthy" != " 4 healthy " ]; then
+    echo "cluster-test: the nodes' health checks say:$healthy" >&2
+    exit 1
+fi
+echo "cluster-test: 4 nodes healthy, running as uid $(docker exec "$(compose ps -q n1)" /usr/local/bin/switchboard admin status --socket /var/lib/switchboard/admin.sock --json | python3 -c 'import sys; sys.stdin.read()' >/dev/null && docker inspect --format '{{.Config.User}}' "$(compose ps -q n1)")"
 
 # Test users live in the nodes' test range (admin.test_number_prefix,
 # default +15550).

@@ -288,6 +288,8 @@ async fn admin_status_user_revoke_and_drain() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(run.stdout.contains("revoked every token"), "{}", run.stdout);
 
+    let run = switchboard(&["admin", "probe", "--ready", "--data-dir", &data_dir], "").await;
+    assert_eq!(run.code, 0, "{} {}", run.stdout, run.stderr);
     let run = switchboard(&["admin", "drain", "--data-dir", &data_dir], "").await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(run.stdout.contains("draining"), "{}", run.stdout);
@@ -297,6 +299,10 @@ async fn admin_status_user_revoke_and_drain() {
         "{}",
         run.stdout
     );
+    let run = switchboard(&["admin", "probe", "--ready", "--data-dir", &data_dir], "").await;
+    assert_eq!(run.code, 1, "a draining node is not ready: {}", run.stdout);
+    let run = switchboard(&["admin", "probe", "--data-dir", &data_dir], "").await;
+    assert_eq!(run.code, 0, "a draining node is healthy: {}", run.stdout);
 
     // No node there: a clear error, not a hang.
     let run = switchboard(

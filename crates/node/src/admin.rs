@@ -51,6 +51,9 @@ pub enum AdminRequest {
     /// Before maintenance: stop taking connections, report not ready, and
     /// tell every client to reconnect (to another node) now.
     Drain,
+    /// `/healthz` and `/readyz` without the metrics listener: for a
+    /// container's health check.
+    Probe,
 }
 
 /// A reply of the admin channel.
@@ -73,6 +76,15 @@ pub enum AdminReply {
     Draining {
         /// Clients told to reconnect elsewhere.
         sessions_told: usize,
+    },
+    /// To [`AdminRequest::Probe`].
+    Probe {
+        /// `/healthz`: alive and the store writable.
+        healthy: bool,
+        /// `/readyz`: serving.
+        ready: bool,
+        /// Why not, or "ok".
+        reason: String,
     },
     /// The request was refused or failed.
     Error {

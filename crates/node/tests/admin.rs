@@ -95,6 +95,14 @@ async fn status_user_and_revoke_over_the_admin_socket() {
         assert!(actors.contains(&name), "{name} missing from {actors:?}");
     }
     assert_eq!(status.queues.sessions.sessions, 2);
+    assert_eq!(
+        ask(&socket, &AdminRequest::Probe, TIMEOUT).await,
+        Ok(AdminReply::Probe {
+            healthy: true,
+            ready: true,
+            reason: "ok".into()
+        })
+    );
 
     let report = |phone: &proto::PhoneNumber| {
         let request = AdminRequest::User {
@@ -251,6 +259,13 @@ async fn drain_moves_clients_away_and_reports_not_ready() {
         "{}",
         status.readiness
     );
+    let AdminReply::Probe { healthy, ready, .. } = ask(&socket, &AdminRequest::Probe, TIMEOUT)
+        .await
+        .expect("probe")
+    else {
+        panic!("not a probe");
+    };
+    assert!(healthy && !ready, "a draining node is healthy, not ready");
     // No new connection is taken.
     let refused =
         tokio::time::timeout(Duration::from_secs(5), Client::connect(cfg.clone(), token)).await;

@@ -56,6 +56,19 @@ impl AdminContext {
                     message: format!("cannot revoke {phone}'s tokens: {e}"),
                 },
             },
+            AdminRequest::Probe => {
+                let (healthy, why_not_healthy) = self.health.healthz();
+                let (ready, why_not_ready) = self.health.readyz();
+                AdminReply::Probe {
+                    healthy,
+                    ready,
+                    reason: if healthy {
+                        why_not_ready
+                    } else {
+                        why_not_healthy
+                    },
+                }
+            }
             AdminRequest::Drain => {
                 let sessions_told =
                     crate::builder::drain_clients(&self.root, &self.health, self.sessions).await;

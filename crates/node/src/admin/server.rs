@@ -152,6 +152,7 @@ fn command_name(request: &AdminRequest) -> &'static str {
         AdminRequest::User { .. } => "user",
         AdminRequest::Revoke { .. } => "revoke",
         AdminRequest::Drain => "drain",
+        AdminRequest::Probe => "probe",
     }
 }
 

@@ -38,6 +38,18 @@ enum AdminCommand {
     /// Before maintenance: stop taking connections, report not ready, and
     /// move every client to another node now.
     Drain(ChannelArgs),
+    /// Exit 0 if the node is healthy (with --ready: serving), 1 if not: a
+    /// container's health check, without the metrics listener.
+    Probe(ProbeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ProbeArgs {
+    /// Ask for readiness (`/readyz`) rather than health (`/healthz`).
+    #[arg(long)]
+    ready: bool,
+    #[command(flatten)]
+    channel: ChannelArgs,
 }
 
 /// Where the node's admin socket is.
@@ -160,6 +172,25 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 println!(
                     "revoked every token of {phone} (token generation now {token_generation}); its connections are closed"
                 );
+            }
+            Ok(())
+        }
+        AdminCommand::Probe(args) => {
+            let reply = args.channel.ask(AdminRequest::Probe).await?;
+            let AdminReply::Probe {
+                healthy,
+                ready,
+                reason,
+            } = reply
+            else {
+                anyhow::bail!("the node answered something else than a probe");
+            };
+            let passed = if args.ready { ready } else { healthy };
+            if !args.channel.json {
+                println!("{}", reason.trim_end());
+            }
+            if !passed {
+                std::process::exit(1);
             }
             Ok(())
         }
