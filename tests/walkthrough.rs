@@ -288,6 +288,44 @@ async fn admin_status_user_revoke_and_drain() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(run.stdout.contains("revoked every token"), "{}", run.stdout);
 
+    let backup = dir.path().join("backup");
+    let backup_arg = backup.to_str().expect("utf-8 path").to_owned();
+    let run = switchboard(
+        &["admin", "backup", &backup_arg, "--data-dir", &data_dir],
+        "",
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("backup of"), "{}", run.stdout);
+    let restored = dir.path().join("restored");
+    let restored_arg = restored.to_str().expect("utf-8 path").to_owned();
+    let run = switchboard(
+        &[
+            "admin",
+            "restore",
+            "--from",
+            &backup_arg,
+            "--data-dir",
+            &restored_arg,
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(restored.join("switchboard.redb").is_file());
+    let run = switchboard(
+        &[
+            "admin",
+            "restore",
+            "--from",
+            &backup_arg,
+            "--data-dir",
+            &restored_arg,
+        ],
+        "",
+    )
+    .await;
+    assert_ne!(run.code, 0, "a second restore over the first is refused");
     let run = switchboard(&["admin", "probe", "--ready", "--data-dir", &data_dir], "").await;
     assert_eq!(run.code, 0, "{} {}", run.stdout, run.stderr);
     let run = switchboard(&["admin", "drain", "--data-dir", &data_dir], "").await;

@@ -11,6 +11,7 @@
 //! - `server`: the socket, the peer check, the framing.
 //! - `commands`: what each request reads or does in the node.
 
+mod backup;
 mod commands;
 mod server;
 
@@ -21,6 +22,7 @@ use proto::PhoneNumber;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
+pub use backup::{BackupManifest, restore};
 pub(crate) use commands::{AdminCluster, AdminContext};
 pub(crate) use server::serve;
 
@@ -54,6 +56,12 @@ pub enum AdminRequest {
     /// `/healthz` and `/readyz` without the metrics listener: for a
     /// container's health check.
     Probe,
+    /// A consistent copy of the node's data into `dir`, a new folder (an
+    /// absolute path on the node's host), while it serves.
+    Backup {
+        /// Where.
+        dir: std::path::PathBuf,
+    },
 }
 
 /// A reply of the admin channel.
@@ -85,6 +93,13 @@ pub enum AdminReply {
         ready: bool,
         /// Why not, or "ok".
         reason: String,
+    },
+    /// To [`AdminRequest::Backup`].
+    BackedUp {
+        /// Where.
+        dir: std::path::PathBuf,
+        /// What it holds.
+        manifest: BackupManifest,
     },
     /// The request was refused or failed.
     Error {

@@ -152,6 +152,9 @@ impl NodeBuilder {
         )?;
         let placement =
             Placement::new(config.fragments).map_err(|e| NodeError::Config(e.to_string()))?;
+        offline_queue::store::ensure_data_format(&store)
+            .await
+            .map_err(|e| NodeError::Config(e.to_string()))?;
         offline_queue::store::ensure_fragment_count(&store, config.fragments)
             .await
             .map_err(|e| NodeError::Config(e.to_string()))?;
@@ -462,6 +465,7 @@ impl NodeBuilder {
             crate::admin::AdminContext {
                 node: config.name.clone(),
                 started: std::time::Instant::now(),
+                data_dir: config.data_dir.clone(),
                 health: health.clone(),
                 store: store.clone(),
                 fragments: fragments.clone(),

@@ -33,6 +33,8 @@ async fn raw(socket: &std::path::Path, bytes: &[u8]) -> String {
 /// One node at a time: a process registers one node's actors by name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_channel() {
+    let backups = tempfile::tempdir().expect("tempdir");
+    backup_while_serving_then_restore(backups.path()).await;
     status_user_and_revoke_over_the_admin_socket().await;
     bad_requests_get_an_error_and_the_channel_goes_on().await;
     drain_moves_clients_away_and_reports_not_ready().await;
@@ -273,5 +275,68 @@ async fn drain_moves_clients_away_and_reports_not_ready() {
         !matches!(refused, Ok(Ok(_))),
         "a draining node took a login"
     );
+    node.shutdown().await;
+}
+
+/// A backup taken while the node serves holds the messages waiting in a
+/// mailbox (staged, not yet in the database's tables) and the accounts; a
+/// node started on its restored copy delivers them.
+async fn backup_while_serving_then_restore(backups: &std::path::Path) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = test_config(dir.path());
+    let socket = config.admin.socket_path(&config.data_dir);
+    let (node, cfg) = start(config).await;
+    let (alice, _alice_events) = login(&cfg, dir.path(), "+15550000821").await;
+    let dave_token = register(&cfg, dir.path(), "+15550000822").await;
+    let dave = test_support::phone("+15550000822");
+    for text in [&b"kept one"[..], b"kept two"] {
+        alice.send(&dave, text.to_vec()).await.expect("ack");
+    }
+    let target = backups.join("b1");
+    let AdminReply::BackedUp { manifest, .. } = ask(
+        &socket,
+        &AdminRequest::Backup {
+            dir: target.clone(),
+        },
+        TIMEOUT,
+    )
+    .await
+    .expect("backup") else {
+        panic!("not backed up");
+    };
+    assert_eq!(manifest.node, node.config().name);
+    assert_eq!(manifest.data_format, offline_queue::store::DATA_FORMAT);
+    // Sent after the backup: not in it.
+    alice.send(&dave, b"after".to_vec()).await.expect("ack");
+    // A second backup into the same folder, or a relative path, is refused.
+    for dir in [target.clone(), std::path::PathBuf::from("relative")] {
+        assert!(matches!(
+            ask(&socket, &AdminRequest::Backup { dir }, TIMEOUT).await,
+            Ok(AdminReply::Error { .. })
+        ));
+    }
+    alice.close().await;
+    node.shutdown().await;
+
+    // Restoring over a data directory with a database is refused.
+    assert!(node::admin::restore(&target, dir.path()).is_err());
+    let restored = tempfile::tempdir().expect("tempdir");
+    let again = node::admin::restore(&target, restored.path()).expect("restore");
+    assert_eq!(again, manifest);
+    let (node, cfg) = start(test_config(restored.path())).await;
+    let (dave_client, mut dave_events) = Client::connect(cfg.clone(), dave_token)
+        .await
+        .expect("the token works on the restored node");
+    assert_eq!(dave_client.user(), &dave);
+    let mut got = Vec::new();
+    while let Some(Event::Message {
+        payload, msg_id, ..
+    }) = next_matching(&mut dave_events, 3, |e| matches!(e, Event::Message { .. })).await
+    {
+        got.push(payload);
+        dave_client.ack(vec![msg_id]).await.expect("ack");
+    }
+    assert_eq!(got, vec![b"kept one".to_vec(), b"kept two".to_vec()]);
+    dave_client.close().await;
     node.shutdown().await;
 }

@@ -1235,6 +1235,42 @@ impl MailboxRead for RedbMailbox {
 
 const LAYOUT_TABLE: TableDefinition<&str, u64> = TableDefinition::new("mailbox_layout");
 
+/// The version of the data directory's format this build writes: raised by
+/// a release that changes what is stored in a way an older build would
+/// misread (after migrating older data at start).
+pub const DATA_FORMAT: u64 = 1;
+
+/// Records [`DATA_FORMAT`] in a new data directory (and in one written
+/// before versions were recorded, whose format is 1), and refuses data
+/// written by a newer build: an older node would misread it. Returns the
+/// version that was recorded before.
+pub async fn ensure_data_format(store: &Store) -> Result<u64, FragmentError> {
+    check_data_format(store, DATA_FORMAT).await
+}
+
+/// [`ensure_data_format`] for a build that writes `this_build`.
+pub async fn check_data_format(store: &Store, this_build: u64) -> Result<u64, FragmentError> {
+    let recorded = store
+        .write(move |txn| {
+            let mut table = txn.open_table(LAYOUT_TABLE)?;
+            let recorded = table.get("format")?.map_or(1, |v| v.value());
+            if recorded <= this_build {
+                table.insert("format", this_build)?;
+            }
+            Ok(recorded)
+        })
+        .await
+        .map_err(storage)?;
+    if recorded > this_build {
+        return Err(FragmentError::Storage(format!(
+            "this data directory holds data format {recorded}, written by a newer \
+             Switchboard; this build reads formats up to {this_build}: run the newer \
+             build, or restore a backup taken by this one"
+        )));
+    }
+    Ok(recorded)
+}
+
 /// Records the fragment count on first start and refuses a different one
 /// later: placement depends on it, so changing it would strand every mailbox.
 pub async fn ensure_fragment_count(store: &Store, fragments: u16) -> Result<(), FragmentError> {

@@ -149,3 +149,29 @@ async fn the_fragment_count_is_fixed_at_creation() {
     let refused = offline_queue::store::ensure_fragment_count(&store, 32).await;
     assert!(refused.is_err(), "a different count is refused");
 }
+
+#[tokio::test]
+async fn data_of_a_newer_format_is_refused() {
+    use offline_queue::store::{DATA_FORMAT, check_data_format, ensure_data_format};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("db.redb"), StoreOptions::default()).expect("open");
+    // A directory from before versions were recorded is format 1.
+    assert_eq!(ensure_data_format(&store).await.expect("first start"), 1);
+    assert_eq!(
+        ensure_data_format(&store).await.expect("again"),
+        DATA_FORMAT
+    );
+    // A newer build raises it; this one then refuses, and the data stays
+    // marked as the newer format.
+    check_data_format(&store, DATA_FORMAT + 1)
+        .await
+        .expect("a newer build");
+    let refused = ensure_data_format(&store).await.expect_err("refused");
+    assert!(refused.to_string().contains("newer"), "{refused}");
+    assert_eq!(
+        check_data_format(&store, DATA_FORMAT + 1)
+            .await
+            .expect("still newer"),
+        DATA_FORMAT + 1
+    );
+}

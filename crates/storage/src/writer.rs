@@ -1,7 +1,7 @@
 //! The group-commit writer thread.
 
 use std::any::{Any, TypeId};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -236,6 +236,8 @@ where
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
+    /// The database file (`None` in memory).
+    path: Option<Arc<PathBuf>>,
     recovery: Option<JournalRecovery>,
     changes: mpsc::Sender<Box<dyn Change>>,
     stats: Arc<WriterStats>,
@@ -274,6 +276,7 @@ impl Store {
         let journal = journal.and_then(|(journal, _)| journal);
         let mut store = Self::start(db, options, journal)?;
         store.recovery = recovery;
+        store.path = Some(Arc::new(path.to_path_buf()));
         Ok(store)
     }
 
@@ -320,6 +323,7 @@ impl Store {
             .map_err(|e| StorageError::Engine(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             db,
+            path: None,
             recovery: None,
             changes,
             stats,
@@ -463,6 +467,30 @@ impl Store {
     /// Resolves once every change submitted before it is durable.
     pub async fn flush(&self) -> Result<()> {
         self.write(|_| Ok(())).await
+    }
+
+    /// Writes a consistent copy of the database to `target`, a new file
+    /// (mode 0600, synced), while the store serves: a backup. Returns its
+    /// size. The copy holds every change committed before it, staged rows
+    /// included, and nothing after: it is made on the writer thread right
+    /// after a durable commit, so commits wait while the file is copied
+    /// (`copy_file_range`, a reflink where the filesystem has them).
+    pub async fn snapshot_to(&self, target: PathBuf) -> Result<u64> {
+        let source = self
+            .path
+            .clone()
+            .ok_or_else(|| StorageError::Engine("a database in memory has no file".into()))?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // Not journaled: the batch commits durably and writes what is
+        // staged into the file first.
+        self.submit(
+            |_| Ok(()),
+            move |committed: Result<()>| {
+                let copied = committed.and_then(|()| copy_synced(&source, &target));
+                let _ = tx.send(copied);
+            },
+        );
+        rx.await.unwrap_or(Err(StorageError::Closed))
     }
 }
 
@@ -790,6 +818,31 @@ fn apply_batch(
     Ok(())
 }
 
+/// Copies `source` to the new file `target` (0600) and syncs it and its
+/// folder.
+fn copy_synced(source: &Path, target: &Path) -> Result<u64> {
+    let io = |what: &str, e: std::io::Error| {
+        StorageError::Engine(format!("{what} {}: {e}", target.display()))
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut out = options.open(target).map_err(|e| io("creating", e))?;
+    let mut from = std::fs::File::open(source).map_err(|e| io("reading the database for", e))?;
+    let bytes = std::io::copy(&mut from, &mut out).map_err(|e| io("writing", e))?;
+    out.sync_all().map_err(|e| io("syncing", e))?;
+    if let Some(parent) = target.parent()
+        && let Ok(dir) = std::fs::File::open(parent)
+    {
+        dir.sync_all().map_err(|e| io("syncing the folder of", e))?;
+    }
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -799,6 +852,54 @@ mod tests {
 
     fn open(dir: &tempfile::TempDir) -> Store {
         Store::open(&dir.path().join("db.redb"), StoreOptions::default()).expect("open")
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_holds_a_prefix_of_the_commits_made_around_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(&dir);
+        let mut writes = Vec::new();
+        for key in 0..100u64 {
+            writes.push(insert(&store, key));
+        }
+        let target = dir.path().join("copy.redb");
+        let snapshot = store.snapshot_to(target.clone());
+        // Submitted with the snapshot in flight: the copy holds some of
+        // these, in order, never one without those before it.
+        for key in 100..200u64 {
+            writes.push(insert(&store, key));
+        }
+        let bytes = snapshot.await.expect("snapshot");
+        for write in writes {
+            write.await.expect("sent").expect("write");
+        }
+        // Written once the snapshot is done: not in the copy.
+        insert(&store, 1_000)
+            .await
+            .expect("sent")
+            .expect("later write");
+        assert_eq!(std::fs::metadata(&target).expect("copy").len(), bytes);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&target)
+                .expect("copy")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // A copy is never overwritten.
+        assert!(store.snapshot_to(target.clone()).await.is_err());
+        drop(store);
+        let copy = Store::open(&target, StoreOptions::default()).expect("the copy opens");
+        let read = copy.db().begin_read().expect("read");
+        let table = read.open_table(TABLE).expect("table");
+        let held = table.len().expect("len");
+        assert!((100..=200).contains(&held), "{held}");
+        for key in 0..held {
+            assert_eq!(table.get(key).expect("get").map(|v| v.value()), Some(key));
+        }
+        assert!(table.get(1_000).expect("get").is_none());
     }
 
     #[tokio::test]

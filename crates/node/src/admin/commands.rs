@@ -18,6 +18,7 @@ const ASK_TIMEOUT_MS: u64 = 2_000;
 pub(crate) struct AdminContext {
     pub(crate) node: String,
     pub(crate) started: Instant,
+    pub(crate) data_dir: std::path::PathBuf,
     pub(crate) health: Health,
     pub(crate) store: storage::Store,
     pub(crate) fragments: FragmentDirectory,
@@ -56,6 +57,22 @@ impl AdminContext {
                     message: format!("cannot revoke {phone}'s tokens: {e}"),
                 },
             },
+            AdminRequest::Backup { dir } => {
+                match super::backup::backup(
+                    &self.store,
+                    &self.data_dir,
+                    &self.node,
+                    self.fragment_count,
+                    &dir,
+                )
+                .await
+                {
+                    Ok(manifest) => AdminReply::BackedUp { dir, manifest },
+                    Err(message) => AdminReply::Error {
+                        message: format!("backup into {}: {message}", dir.display()),
+                    },
+                }
+            }
             AdminRequest::Probe => {
                 let (healthy, why_not_healthy) = self.health.healthz();
                 let (ready, why_not_ready) = self.health.readyz();

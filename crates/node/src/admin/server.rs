@@ -153,6 +153,7 @@ fn command_name(request: &AdminRequest) -> &'static str {
         AdminRequest::Revoke { .. } => "revoke",
         AdminRequest::Drain => "drain",
         AdminRequest::Probe => "probe",
+        AdminRequest::Backup { .. } => "backup",
     }
 }
 

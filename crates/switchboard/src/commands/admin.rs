@@ -41,6 +41,31 @@ enum AdminCommand {
     /// Exit 0 if the node is healthy (with --ready: serving), 1 if not: a
     /// container's health check, without the metrics listener.
     Probe(ProbeArgs),
+    /// A consistent copy of a serving node's data into DIR, a new folder on
+    /// the node's host.
+    Backup(BackupArgs),
+    /// Put a backup into a data directory no node is using (offline).
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct BackupArgs {
+    /// The folder to create (its parent must exist and be writable by the
+    /// node's user).
+    #[arg(value_name = "DIR")]
+    dir: PathBuf,
+    #[command(flatten)]
+    channel: ChannelArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct RestoreArgs {
+    /// The backup folder.
+    #[arg(long, value_name = "DIR")]
+    from: PathBuf,
+    /// The data directory to restore into (no database in it yet).
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -173,6 +198,33 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                     "revoked every token of {phone} (token generation now {token_generation}); its connections are closed"
                 );
             }
+            Ok(())
+        }
+        AdminCommand::Backup(args) => {
+            let dir = std::path::absolute(&args.dir)
+                .with_context(|| format!("{}", args.dir.display()))?;
+            let reply = args.channel.ask(AdminRequest::Backup { dir }).await?;
+            if let (false, AdminReply::BackedUp { dir, manifest }) = (args.channel.json, reply) {
+                println!(
+                    "backup of {} in {}: database {} bytes, data format {}",
+                    manifest.node,
+                    dir.display(),
+                    manifest.database_bytes,
+                    manifest.data_format
+                );
+            }
+            Ok(())
+        }
+        AdminCommand::Restore(args) => {
+            let manifest =
+                node::admin::restore(&args.from, &args.data_dir).map_err(anyhow::Error::msg)?;
+            println!(
+                "restored the backup of {} ({} bytes, data format {}) into {}; start the node on it (in an island it then takes from its partner what changed since)",
+                manifest.node,
+                manifest.database_bytes,
+                manifest.data_format,
+                args.data_dir.display()
+            );
             Ok(())
         }
         AdminCommand::Probe(args) => {
