@@ -5,7 +5,9 @@
 #   1. docker kill of a node, and its restart;
 #   2. docker network disconnect of one island member for 30 s, and back;
 #   3. a rolling restart of all four nodes, one by one;
-#   4. monitoring: Prometheus with deploy/monitoring's rules scraping the
+#   4. a rolling upgrade (scripts/rolling-upgrade.sh) to another image tag,
+#      each node drained over its admin socket first;
+#   5. monitoring: Prometheus with deploy/monitoring's rules scraping the
 #      four nodes; one node starved of CPU under load until an alert on its
 #      queues fires in Prometheus' API.
 # Each fault scenario ends with the generator's check over every acknowledged
@@ -114,9 +116,9 @@ wait_mesh() { # every node sees the three others
 }
 
 failures=0
-# CLUSTER_TEST_ONLY="kill partition rolling monitoring" picks scenarios
-# (default: all).
-only=${CLUSTER_TEST_ONLY:-kill partition rolling monitoring}
+# CLUSTER_TEST_ONLY="kill partition rolling upgrade monitoring" picks
+# scenarios (default: all).
+only=${CLUSTER_TEST_ONLY:-kill partition rolling upgrade monitoring}
 want() { [[ " $only " == *" $1 "* ]]; }
 steady() { # duration first-phone name [window]: the generator, in the background ($!)
     "$bin" bench steady --server "$servers" --ca "$certs/client-facing.pem" \
@@ -176,6 +178,30 @@ scenario_rolling() { # first-phone
         sleep 5
     done
     finish rolling "$pid"
+}
+
+scenario_upgrade() { # first-phone
+    # The same binary under another tag: this shows the procedure (drain,
+    # recreate on the new image with the data kept, rejoin), not what two
+    # versions understand of each other (see docs/deploy.md).
+    docker tag switchboard:local switchboard:next
+    steady 120 "$1" upgrade; pid=$!
+    sleep 5
+    if ! COMPOSE_PROJECT=switchboard-test scripts/rolling-upgrade.sh switchboard:next; then
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+        echo "cluster-test: upgrade: FAILED: the rolling upgrade stopped"
+        return 1
+    fi
+    local image
+    for n in n1 n2 n3 n4; do
+        image=$(docker inspect --format '{{.Config.Image}}' "$(compose ps -q "$n")")
+        if [ "$image" != switchboard:next ]; then
+            echo "cluster-test: upgrade: FAILED: $n runs $image"
+            return 1
+        fi
+    done
+    finish upgrade "$pid"
 }
 
 prom=172.28.0.20:9090
@@ -309,7 +335,8 @@ echo "cluster-test: 4 nodes healthy, running as uid $(docker exec "$(compose ps 
 run_scenario kill "1. docker kill of n3 under load" +15550710000
 run_scenario partition "2. n2 cut off from the network for 30 s" +15550720000
 run_scenario rolling "3. rolling restart of all four nodes" +15550730000
-run_scenario monitoring "4. alerts: Prometheus sees an overloaded node" +15550740000
+run_scenario upgrade "4. rolling upgrade of all four nodes, drained first" +15550750000
+run_scenario monitoring "5. alerts: Prometheus sees an overloaded node" +15550740000
 
 if [ "$failures" -gt 0 ]; then
     echo "cluster-test: $failures scenario(s) failed"
