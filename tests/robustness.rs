@@ -217,3 +217,108 @@ async fn an_answer_too_large_for_a_frame_becomes_an_error() {
     // The connection still works.
     assert!(conn.request(Request::Ping).await.is_ok());
 }
+
+/// SIGHUP reloads the client-facing certificate from its files: new
+/// connections get the renewed one, an open connection goes on, and a
+/// broken pair on disk leaves the one in use serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_client_certificate() {
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old, new) = (
+        test_support::self_signed(&["localhost"]),
+        test_support::self_signed(&["localhost"]),
+    );
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, &old.cert_pem).expect("cert");
+    std::fs::write(&key, &old.key_pem).expect("key");
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[tls]\ncert = {:?}\nkey = {:?}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        ),
+    )
+    .expect("config");
+    let data = dir.path().join("data");
+    let node = NodeProcess::start_with_config(&config, &data, "127.0.0.1:0");
+
+    let mut roots = rustls::RootCertStore::empty();
+    for pair in [&old, &new] {
+        roots
+            .add(rustls_pki_types::CertificateDer::from(
+                pair.cert_der.clone(),
+            ))
+            .expect("root");
+    }
+    let mut client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    // A resumed session reports the certificate of the session it resumes:
+    // every connection here makes a full handshake.
+    client.resumption = rustls::client::Resumption::disabled();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let served = || async {
+        let tcp = tokio::net::TcpStream::connect(&node.addr)
+            .await
+            .expect("connect");
+        let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+        let stream = tls.connect(name, tcp).await.expect("handshake");
+        let leaf = stream.get_ref().1.peer_certificates().expect("certs")[0].to_vec();
+        (stream, leaf)
+    };
+    let (mut open, leaf) = served().await;
+    assert_eq!(leaf, old.cert_der);
+
+    std::fs::write(&cert, &new.cert_pem).expect("cert");
+    std::fs::write(&key, &new.key_pem).expect("key");
+    let hangup = || {
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &node.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    };
+    hangup();
+    let mut renewed = false;
+    for _ in 0..100 {
+        if served().await.1 == new.cert_der {
+            renewed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(renewed, "new connections still get the old certificate");
+    // The connection made before the reload is served on.
+    let hello = ClientFrame::Hello {
+        version: PROTOCOL_VERSION,
+        agent: "before the reload".into(),
+    };
+    open.write_all(&encode_frame(&hello, 1 << 16).expect("encode"))
+        .await
+        .expect("write");
+    let frames = {
+        let mut buf = Vec::new();
+        common::next_frame(&mut open, &mut buf, |f| {
+            matches!(f, ServerFrame::Welcome { .. })
+        })
+        .await
+    };
+    assert!(matches!(frames, ServerFrame::Welcome { .. }));
+
+    // A half-written renewal (a key that does not match): the renewed pair
+    // stays in use.
+    std::fs::write(&key, &old.key_pem).expect("key");
+    hangup();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let leaf = served().await.1;
+    assert!(leaf != old.cert_der, "the old certificate is back");
+    assert!(leaf == new.cert_der, "another certificate is served");
+}

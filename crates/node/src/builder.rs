@@ -77,6 +77,7 @@ pub struct Node {
     certificate: NodeCertificate,
     cluster: Option<cluster::ClusterHandle>,
     health: Health,
+    tls: Arc<crate::tls::ReloadableCertificate>,
 }
 
 fn supervisor_spec(id: &str, args: SupervisorArgs) -> ChildSpec {
@@ -127,7 +128,7 @@ impl NodeBuilder {
         }
         tracing::info!(cert = %certificate.cert_path.display(), sha256 = %certificate.fingerprint,
             "client TLS certificate");
-        let tls = server_config(&certificate)?;
+        let (tls, reloadable) = server_config(&certificate)?;
         let db_path = config.data_dir.join("switchboard.redb");
         crate::datadir::create_private_file(&db_path)?;
         let store = Store::open(
@@ -496,6 +497,7 @@ impl NodeBuilder {
             certificate,
             cluster,
             health,
+            tls: reloadable,
         })
     }
 }
@@ -592,6 +594,15 @@ impl Node {
     /// The node's database.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The client-facing certificate's handle: its
+    /// [`reload`](crate::tls::ReloadableCertificate::reload) reads the
+    /// certificate and key files again (after a renewal; `switchboard node`
+    /// does it on SIGHUP): new connections get the new pair, open ones keep
+    /// theirs, and on an error the pair in use stays.
+    pub fn certificate_reloader(&self) -> Arc<crate::tls::ReloadableCertificate> {
+        Arc::clone(&self.tls)
     }
 
     /// The supervisor of the client sessions.

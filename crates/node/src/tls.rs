@@ -1,9 +1,12 @@
 //! The node's client-facing certificate.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
@@ -99,19 +102,79 @@ fn fingerprint(cert_path: &Path) -> Result<String> {
     Ok(hex::encode(Sha256::digest(chain[0].as_ref())))
 }
 
-/// A rustls server configuration for the certificate.
-pub fn server_config(cert: &NodeCertificate) -> Result<Arc<ServerConfig>> {
-    let chain = load_chain(&cert.cert_path)?;
-    let key = PrivateKeyDer::from_pem_file(&cert.key_path)
-        .map_err(|e| NodeError::Tls(format!("{}: {e}", cert.key_path.display())))?;
+/// The client-facing certificate in use, swappable while the node serves:
+/// every handshake asks it for the pair, and [`Self::reload`] reads the
+/// files again (a renewed certificate, on SIGHUP). Connections already open
+/// keep the pair they were made with.
+#[derive(Debug)]
+pub struct ReloadableCertificate {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    provider: Arc<CryptoProvider>,
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ReloadableCertificate {
+    fn load_pair(
+        cert_path: &Path,
+        key_path: &Path,
+        provider: &CryptoProvider,
+    ) -> Result<CertifiedKey> {
+        let chain = load_chain(cert_path)?;
+        let key = PrivateKeyDer::from_pem_file(key_path)
+            .map_err(|e| NodeError::Tls(format!("{}: {e}", key_path.display())))?;
+        CertifiedKey::from_der(chain, key, provider).map_err(|e| {
+            NodeError::Tls(format!(
+                "{} and {}: {e}",
+                cert_path.display(),
+                key_path.display()
+            ))
+        })
+    }
+
+    /// Reads the pair again; on any error the pair in use stays. Returns
+    /// the new leaf's SHA-256 fingerprint.
+    pub fn reload(&self) -> Result<String> {
+        let pair = Self::load_pair(&self.cert_path, &self.key_path, &self.provider)?;
+        let fingerprint = hex::encode(Sha256::digest(pair.cert[0].as_ref()));
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(pair);
+        Ok(fingerprint)
+    }
+}
+
+impl ResolvesServerCert for ReloadableCertificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(
+            &self
+                .current
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        ))
+    }
+}
+
+/// A rustls server configuration for the certificate, and the handle that
+/// reloads it.
+pub fn server_config(
+    cert: &NodeCertificate,
+) -> Result<(Arc<ServerConfig>, Arc<ReloadableCertificate>)> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let pair = ReloadableCertificate::load_pair(&cert.cert_path, &cert.key_path, &provider)?;
+    let resolver = Arc::new(ReloadableCertificate {
+        cert_path: cert.cert_path.clone(),
+        key_path: cert.key_path.clone(),
+        provider: Arc::clone(&provider),
+        current: RwLock::new(Arc::new(pair)),
+    });
     let config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| NodeError::Tls(e.to_string()))?
         .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| NodeError::Tls(e.to_string()))?;
-    Ok(Arc::new(config))
+        .with_cert_resolver(resolver.clone());
+    Ok((Arc::new(config), resolver))
 }
 
 #[cfg(test)]

@@ -45,6 +45,8 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         println!("WebSocket (browsers) on wss://{ws}/");
     }
     let failure = running.failed();
+    let reloader = running.certificate_reloader();
+    tokio::spawn(reload_certificate_on_hangup(reloader));
     let failed = tokio::select! {
         () = shutdown_signal() => None,
         () = running.stopped() => anyhow::bail!("the node's root supervisor stopped; see the log"),
@@ -62,6 +64,30 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         .await
         .context("shutdown took longer than 30 s")?;
     Ok(())
+}
+
+/// SIGHUP: read the client-facing certificate and key again (a renewed
+/// certificate), without a restart.
+async fn reload_certificate_on_hangup(reloader: std::sync::Arc<node::tls::ReloadableCertificate>) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("cannot listen for SIGHUP: the certificate reloads only at a restart");
+            return;
+        };
+        while hangup.recv().await.is_some() {
+            match reloader.reload() {
+                Ok(sha256) => {
+                    tracing::info!(%sha256, "SIGHUP: reloaded the client TLS certificate")
+                }
+                Err(e) => tracing::error!(error = %e,
+                    "SIGHUP: cannot reload the client TLS certificate; the one in use stays"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = reloader;
 }
 
 async fn shutdown_signal() {
