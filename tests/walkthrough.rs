@@ -299,32 +299,18 @@ async fn admin_status_user_revoke_and_drain() {
     assert!(run.stdout.contains("backup of"), "{}", run.stdout);
     let restored = dir.path().join("restored");
     let restored_arg = restored.to_str().expect("utf-8 path").to_owned();
-    let run = switchboard(
-        &[
-            "admin",
-            "restore",
-            "--from",
-            &backup_arg,
-            "--data-dir",
-            &restored_arg,
-        ],
-        "",
-    )
-    .await;
+    let restore_args = [
+        "admin",
+        "restore",
+        "--from",
+        &backup_arg,
+        "--data-dir",
+        &restored_arg,
+    ];
+    let run = switchboard(&restore_args, "").await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(restored.join("switchboard.redb").is_file());
-    let run = switchboard(
-        &[
-            "admin",
-            "restore",
-            "--from",
-            &backup_arg,
-            "--data-dir",
-            &restored_arg,
-        ],
-        "",
-    )
-    .await;
+    let run = switchboard(&restore_args, "").await;
     assert_ne!(run.code, 0, "a second restore over the first is refused");
     let run = switchboard(&["admin", "probe", "--ready", "--data-dir", &data_dir], "").await;
     assert_eq!(run.code, 0, "{} {}", run.stdout, run.stderr);

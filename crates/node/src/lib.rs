@@ -34,6 +34,7 @@
 //! [`Node::failed`] resolves a moment later: the binary exits non-zero for
 //! its supervisor to restart it on a database redb recovers at open.
 
+mod accept;
 pub mod admin;
 pub mod builder;
 pub mod config;

@@ -11,7 +11,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -83,32 +82,26 @@ pub(crate) fn start(
 }
 
 async fn serve(listener: tokio::net::TcpListener, metrics: PrometheusHandle, health: Health) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
-    loop {
-        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
-            return;
-        };
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                tracing::debug!(error = %e, "metrics accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
+    crate::accept::serve_bounded(
+        "metrics",
+        MAX_SCRAPES,
+        SCRAPE_DEADLINE,
+        || async { listener.accept().await.map(|(stream, _)| stream) },
+        |stream| {
+            let (metrics, health) = (metrics.clone(), health.clone());
+            async move {
+                let service = hyper::service::service_fn(move |request| {
+                    let answer = answer(&request, &metrics, &health);
+                    async move { Ok::<_, Infallible>(answer) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(false)
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
             }
-        };
-        let (metrics, health) = (metrics.clone(), health.clone());
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let answer = answer(&request, &metrics, &health);
-                async move { Ok::<_, Infallible>(answer) }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .keep_alive(false)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(SCRAPE_DEADLINE, connection).await;
-            drop(permit);
-        });
-    }
+        },
+    )
+    .await;
 }
 
 fn answer(

@@ -15,6 +15,18 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Waits for the client's connection to be closed by the node, for `why`.
+async fn assert_closed_for(events: &mut client::Events, why: CloseReason) {
+    let closed = next_matching(events, 10, |e| matches!(e, Event::Disconnected { .. })).await;
+    match closed {
+        Some(Event::Disconnected {
+            reason: DisconnectReason::Closing { reason, .. },
+            ..
+        }) => assert_eq!(reason, why),
+        other => panic!("not closed for {why:?}: {other:?}"),
+    }
+}
+
 /// Sends raw bytes and reads the one reply line.
 async fn raw(socket: &std::path::Path, bytes: &[u8]) -> String {
     let stream = tokio::net::UnixStream::connect(socket)
@@ -154,23 +166,7 @@ async fn status_user_and_revoke_over_the_admin_socket() {
         panic!("not revoked");
     };
     assert!(token_generation > before);
-    let closed = next_matching(&mut bob_events, 10, |e| {
-        matches!(e, Event::Disconnected { .. })
-    })
-    .await;
-    assert!(
-        matches!(
-            closed,
-            Some(Event::Disconnected {
-                reason: DisconnectReason::Closing {
-                    reason: CloseReason::TokenRevoked,
-                    ..
-                },
-                ..
-            })
-        ),
-        "{closed:?}"
-    );
+    assert_closed_for(&mut bob_events, CloseReason::TokenRevoked).await;
     assert!(
         Client::connect(cfg.clone(), bob_token).await.is_err(),
         "a revoked token logs in"
@@ -232,23 +228,7 @@ async fn drain_moves_clients_away_and_reports_not_ready() {
         .await
         .expect("drain");
     assert_eq!(reply, AdminReply::Draining { sessions_told: 1 });
-    let closed = next_matching(&mut alice_events, 10, |e| {
-        matches!(e, Event::Disconnected { .. })
-    })
-    .await;
-    assert!(
-        matches!(
-            closed,
-            Some(Event::Disconnected {
-                reason: DisconnectReason::Closing {
-                    reason: CloseReason::ShuttingDown,
-                    ..
-                },
-                ..
-            })
-        ),
-        "{closed:?}"
-    );
+    assert_closed_for(&mut alice_events, CloseReason::ShuttingDown).await;
     let AdminReply::Status(status) = ask(&socket, &AdminRequest::Status, TIMEOUT)
         .await
         .expect("status")

@@ -56,26 +56,18 @@ fn bind_error(path: &Path, source: std::io::Error) -> NodeError {
 }
 
 async fn accept_loop(listener: UnixListener, ctx: Arc<AdminContext>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let own_uid = rustix::process::geteuid().as_raw();
-    loop {
-        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
-            return;
-        };
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                tracing::debug!(error = %e, "admin accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let ctx = Arc::clone(&ctx);
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(DEADLINE, answer(stream, own_uid, &ctx)).await;
-            drop(permit);
-        });
-    }
+    crate::accept::serve_bounded(
+        "admin",
+        MAX_CONNECTIONS,
+        DEADLINE,
+        || async { listener.accept().await.map(|(stream, _)| stream) },
+        |stream| {
+            let ctx = Arc::clone(&ctx);
+            async move { answer(stream, own_uid, &ctx).await }
+        },
+    )
+    .await;
 }
 
 /// Whether a peer of this user id may use the channel: the node's own
