@@ -657,6 +657,9 @@ impl Node {
         if let Err(e) = self.store.flush().await {
             tracing::error!(error = %e, "final flush failed");
         }
+        // The admin socket goes with the node (a copy of the data directory
+        // made now has nothing but files).
+        let _ = std::fs::remove_file(self.config.admin.socket_path(&self.config.data_dir));
         tracing::info!("stopped");
     }
 }
