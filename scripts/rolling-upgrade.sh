@@ -9,7 +9,10 @@
 # nodes), wait until its connections are gone, recreate it on IMAGE (its
 # data volume is kept; its island partner serves its fragments meanwhile),
 # then wait until it is healthy and every node sees the whole mesh again
-# before the next. Environment:
+# before the next. Run it with the environment the cluster was started
+# with (compose needs SWITCHBOARD_TOKEN_KEY, SWITCHBOARD_CLUSTER_COOKIE and
+# the other settings of deploy/docker-compose.yml, or it would recreate the
+# node with others). Environment of its own:
 #   COMPOSE_PROJECT  the compose project (default switchboard)
 #   NODES            the nodes, in order (default "n1 n2 n3 n4")
 #   DRAIN_WAIT       seconds to wait for a drained node's clients (default 20)
